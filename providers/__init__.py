@@ -1,0 +1,1 @@
+"""Adapters for the systems rotator talks to: one module per outside system."""

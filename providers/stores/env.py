@@ -1,0 +1,299 @@
+"""Environment variables and env files (dotenv format) as a secret store.
+
+A client's location is a variable prefix ``P``. Its credential is the pair ``P_CLIENT_ID`` /
+``P_CLIENT_SECRET``: what services that take credentials from their environment read. The
+other stages and the rotation facts sit beside it in the same file:
+
+==============================  =========================================
+``P_CLIENT_ID``                 client id (CURRENT)
+``P_CLIENT_SECRET``             CURRENT secret
+``P_CLIENT_SECRET_PENDING``     PENDING secret, during a rotation
+``P_PENDING_ROTATION_ID``       rotation that wrote PENDING
+``P_CLIENT_SECRET_PREVIOUS``    PREVIOUS secret, until the IdP retires it
+``P_PREVIOUS_ROTATION_ID``      rotation that wrote PREVIOUS
+``P_ROTATION_ID``               rotation that wrote CURRENT
+``P_ROTATED_AT``                when CURRENT was promoted (ISO 8601, UTC)
+==============================  =========================================
+
+With ``file`` set, the store reads and writes that file: every write replaces it atomically
+(temporary file, fsync, rename) with mode 0600 under an exclusive lock, keeping every other
+line as it was. Without ``file`` the store reads the process environment and refuses writes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rotator._files import write_private_file
+from rotator.errors import StoreAccessDenied, StoreConflict, StoreUnavailable
+from rotator.interfaces import (
+    Credentials,
+    Location,
+    RotationId,
+    Stage,
+    StoredCredentials,
+    StoreFacts,
+)
+from rotator.secrets import Secret
+from rotator.settings import Setting
+
+_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
+_PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\", "$": "$"}
+
+
+def _unquote(raw: str) -> str:
+    if len(raw) >= 2 and raw[0] == raw[-1] == "'":
+        return raw[1:-1]
+    if len(raw) >= 2 and raw[0] == raw[-1] == '"':
+        out: list[str] = []
+        chars = iter(raw[1:-1])
+        for ch in chars:
+            if ch == "\\":
+                nxt = next(chars, "\\")
+                out.append(_ESCAPES.get(nxt, "\\" + nxt))
+            else:
+                out.append(ch)
+        return "".join(out)
+    return raw.split(" #", 1)[0].rstrip()
+
+
+def _quote(value: str) -> str:
+    body = (value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
+            .replace("\n", "\\n").replace("\r", "\\r"))
+    return f'"{body}"'
+
+
+def parse_env(text: str) -> dict[str, str]:
+    """Parse dotenv text into a mapping; comments and blank lines are skipped."""
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        match = _LINE.match(line)
+        if match:
+            values[match.group(1)] = _unquote(match.group(2))
+    return values
+
+
+def render_env(text: str, updates: Mapping[str, str | None]) -> str:
+    """Apply ``updates`` to dotenv ``text``: set, or delete where the value is None.
+
+    Every other line, comments included, is kept as it was.
+    """
+    pending = dict(updates)
+    lines: list[str] = []
+    for line in text.splitlines():
+        match = _LINE.match(line) if line.strip() and not line.lstrip().startswith("#") else None
+        if match and match.group(1) in pending:
+            value = pending.pop(match.group(1))
+            if value is not None:
+                lines.append(f"{match.group(1)}={_quote(value)}")
+            continue
+        lines.append(line)
+    lines.extend(f"{k}={_quote(v)}" for k, v in pending.items() if v is not None)
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+class EnvStore:
+    """Credentials in environment variables, written to a dotenv file."""
+
+    LOCATION_KEY = "prefix"
+    SETTINGS = (
+        Setting("file", "path", help="dotenv file to read and write; omit to read the "
+                                    "process environment only"),
+        Setting("read_environ", "bool", default=True,
+                help="read the process environment for variables the file lacks"),
+    )
+
+    def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
+        self.name = name
+        self._file = Path(settings["file"]) if settings.get("file") else None
+        self._read_environ = bool(settings.get("read_environ", True))
+
+    def start(self) -> None:
+        if self._file is not None and not self._file.parent.is_dir():
+            raise StoreUnavailable(
+                f"store {self.name!r}: directory {self._file.parent} does not exist"
+            )
+
+    def close(self) -> None:
+        return None
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _values(self) -> dict[str, str]:
+        values: dict[str, str] = dict(os.environ) if self._read_environ else {}
+        if self._file is not None:
+            try:
+                values.update(parse_env(self._file.read_text(encoding="utf-8")))
+            except FileNotFoundError:
+                pass
+            except (OSError, UnicodeDecodeError) as exc:
+                raise StoreUnavailable(f"store {self.name!r}: cannot read {self._file}: "
+                                       f"{exc}") from exc
+        return values
+
+    @staticmethod
+    def _names(prefix: Location) -> dict[str, str]:
+        if not _PREFIX.match(prefix):
+            raise StoreConflict(f"env prefix {prefix!r} is not a valid variable name prefix")
+        return {
+            "id": f"{prefix}_CLIENT_ID",
+            "current": f"{prefix}_CLIENT_SECRET",
+            "pending": f"{prefix}_CLIENT_SECRET_PENDING",
+            "pending_rid": f"{prefix}_PENDING_ROTATION_ID",
+            "previous": f"{prefix}_CLIENT_SECRET_PREVIOUS",
+            "previous_rid": f"{prefix}_PREVIOUS_ROTATION_ID",
+            "rid": f"{prefix}_ROTATION_ID",
+            "at": f"{prefix}_ROTATED_AT",
+        }
+
+    def read(self, location: Location, stage: Stage = Stage.CURRENT) -> StoredCredentials | None:
+        n = self._names(location)
+        v = self._values()
+        client_id = v.get(n["id"])
+        secret = v.get(n[stage.value])
+        if not client_id or not secret:
+            return None
+        rid_key = {Stage.CURRENT: "rid", Stage.PENDING: "pending_rid",
+                   Stage.PREVIOUS: "previous_rid"}[stage]
+        promoted_at = None
+        if stage is Stage.CURRENT and v.get(n["at"]):
+            try:
+                promoted_at = datetime.fromisoformat(v[n["at"]])
+            except ValueError:
+                promoted_at = None
+        return StoredCredentials(
+            Credentials(client_id, Secret(secret)), stage,
+            rotation_id=v.get(n[rid_key]) or None, promoted_at=promoted_at,
+        )
+
+    def facts(self, location: Location) -> StoreFacts:
+        n = self._names(location)
+        v = self._values()
+        current = self.read(location)
+        return StoreFacts(
+            has_current=current is not None,
+            current_rotation_id=v.get(n["rid"]) or None,
+            current_since=current.promoted_at if current else None,
+            pending_rotation_id=v.get(n["pending_rid"]) if v.get(n["pending"]) else None,
+            has_previous=bool(v.get(n["previous"])),
+            extra={"file": str(self._file)} if self._file else {"source": "environment"},
+        )
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def _require_file(self) -> Path:
+        if self._file is None:
+            raise StoreAccessDenied(
+                f"store {self.name!r} reads the process environment only; set 'file' to let "
+                "rotator write credentials"
+            )
+        return self._file
+
+    @contextmanager
+    def _locked(self) -> Iterator[tuple[str, dict[str, str]]]:
+        path = self._require_file()
+        try:
+            lock = os.open(f"{path}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        except OSError as exc:
+            raise StoreUnavailable(f"store {self.name!r}: cannot lock {path}: "
+                                   f"{exc.strerror}") from exc
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                text = path.read_text(encoding="utf-8")
+            except FileNotFoundError:
+                text = ""
+            except (OSError, UnicodeDecodeError) as exc:
+                raise StoreUnavailable(f"store {self.name!r}: cannot read {path}: "
+                                       f"{exc}") from exc
+            yield text, parse_env(text)
+        finally:
+            os.close(lock)
+
+    def _write(self, text: str, updates: Mapping[str, str | None]) -> None:
+        path = self._require_file()
+        try:
+            write_private_file(path, render_env(text, updates).encode("utf-8"))
+        except PermissionError as exc:
+            raise StoreAccessDenied(f"store {self.name!r}: cannot write {path}: "
+                                    f"{exc.strerror}") from exc
+        except OSError as exc:
+            raise StoreUnavailable(f"store {self.name!r}: cannot write {path}: "
+                                   f"{exc.strerror}") from exc
+
+    def check_writable(self, location: Location) -> None:
+        self._names(location)
+        path = self._require_file()
+        if not os.access(path.parent, os.W_OK):
+            raise StoreAccessDenied(f"store {self.name!r}: directory {path.parent} is not "
+                                    "writable")
+        if path.exists() and not os.access(path, os.W_OK):
+            raise StoreAccessDenied(f"store {self.name!r}: {path} is not writable")
+
+    def stage_pending(
+        self,
+        location: Location,
+        credentials: Credentials,
+        rotation_id: RotationId,
+        *,
+        replace_foreign: bool = False,
+    ) -> None:
+        n = self._names(location)
+        with self._locked() as (text, v):
+            foreign = v.get(n["pending_rid"])
+            if v.get(n["pending"]) and foreign and foreign != rotation_id and not replace_foreign:
+                raise StoreConflict(
+                    f"store {self.name!r}: {location} holds a pending secret of rotation "
+                    f"{foreign}; finish or abandon it first"
+                )
+            updates: dict[str, str | None] = {
+                n["pending"]: credentials.client_secret.reveal(),
+                n["pending_rid"]: rotation_id,
+            }
+            if not v.get(n["id"]):
+                updates[n["id"]] = credentials.client_id
+            self._write(text, updates)
+
+    def promote(self, location: Location, rotation_id: RotationId) -> None:
+        n = self._names(location)
+        with self._locked() as (text, v):
+            if v.get(n["rid"]) == rotation_id:
+                if v.get(n["pending_rid"]) == rotation_id:
+                    self._write(text, {n["pending"]: None, n["pending_rid"]: None})
+                return
+            if v.get(n["pending_rid"]) != rotation_id or not v.get(n["pending"]):
+                raise StoreConflict(
+                    f"store {self.name!r}: {location} has no pending secret of rotation "
+                    f"{rotation_id} to promote"
+                )
+            self._write(text, {
+                n["previous"]: v.get(n["current"]),
+                n["previous_rid"]: v.get(n["rid"]),
+                n["current"]: v[n["pending"]],
+                n["rid"]: rotation_id,
+                n["at"]: datetime.now(UTC).isoformat(timespec="seconds"),
+                n["pending"]: None,
+                n["pending_rid"]: None,
+            })
+
+    def discard_pending(self, location: Location, rotation_id: RotationId) -> None:
+        n = self._names(location)
+        with self._locked() as (text, v):
+            if v.get(n["pending_rid"]) == rotation_id:
+                self._write(text, {n["pending"]: None, n["pending_rid"]: None})
+
+    def drop_previous(self, location: Location, rotation_id: RotationId) -> None:
+        n = self._names(location)
+        with self._locked() as (text, v):
+            if v.get(n["rid"]) == rotation_id and v.get(n["previous"]):
+                self._write(text, {n["previous"]: None, n["previous_rid"]: None})

@@ -1,0 +1,655 @@
+"""The rotation state machine.
+
+A rotation follows AWS Secrets Manager's four steps, recorded in the journal after each
+one so that a run killed anywhere is finished by the next run:
+
+Overlap-capable identity providers (two secrets valid at once)::
+
+    STARTED ─▶ [STAGED] ─▶ [CREATING] ─▶ CREATED ─▶ VERIFIED ─▶ PROMOTED ─▶ COMPLETED
+                                            │ verification fails       (after the grace period:
+                                            ▼                           old secret retired)
+                                      ROLLING_BACK ─▶ ROLLED_BACK  (new secret deleted at the
+                                                                    IdP; old one still current)
+
+Single-secret identity providers (the old secret dies when the new one exists)::
+
+    STARTED ─▶ [STAGED] ─▶ [CREATING] ─▶ CREATED ─▶ PROMOTED ─▶ VERIFIED ─▶ COMPLETED
+
+``STAGED`` is used when rotator chooses the value: it is written to every store as PENDING
+before the IdP hears of it, so no issued secret can be lost. ``CREATING`` is used when the
+IdP generates the value: a run killed inside it asks the IdP for its current secret (where
+the IdP can tell) instead of creating another. With a single-secret IdP the new value is
+promoted before verification, because the old one no longer works; verification then
+retries to tolerate propagation delay.
+
+Every step is idempotent; the engine decides between the two families from
+:class:`~rotator.interfaces.IdpCapabilities`, never from an adapter's name.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import structlog
+
+from rotator.audit import AuditLog, bound
+from rotator.config import ClientConfig, Config
+from rotator.errors import (
+    IdpAccessDenied,
+    IdpNotFound,
+    InvalidScope,
+    RotationError,
+    RotatorError,
+    StoreError,
+    UnauthorizedClient,
+    VerificationError,
+)
+from rotator.interfaces import (
+    Credentials,
+    IdentityProvider,
+    IdpCapabilities,
+    IssuedSecret,
+    SecretStore,
+    Stage,
+    StoredCredentials,
+)
+from rotator.journal import Journal, Rotation, State, new_rotation_id
+from rotator.secrets import Secret, generate_secret
+from rotator.token import Token, TokenRequest, request_token
+
+log = structlog.get_logger("rotator.engine")
+
+Clock = Callable[[], datetime]
+HttpFactory = Callable[[ClientConfig], httpx.Client]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def default_http(client: ClientConfig) -> httpx.Client:
+    """An httpx client for the token endpoint, TLS verification on unless turned off."""
+    return httpx.Client(timeout=client.verify_timeout, verify=client.tls_verify)
+
+
+@dataclass
+class Outcome:
+    """What one command did for one client."""
+
+    client: str
+    ok: bool
+    action: str  # rotated | promoted | retired | resumed | rolled_back | failed | planned ...
+    message: str
+    rotation_id: str | None = None
+    state: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"client": self.client, "ok": self.ok, "action": self.action,
+                "message": self.message, "rotation_id": self.rotation_id,
+                "state": self.state, **({"details": self.details} if self.details else {})}
+
+
+class Adapters:
+    """Builds adapters from the configuration and starts each on first use."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._stores: dict[str, SecretStore] = {}
+        self._idps: dict[str, IdentityProvider] = {}
+
+    def store(self, name: str) -> SecretStore:
+        if name not in self._stores:
+            store: SecretStore = self._config.stores[name].build()
+            store.start()
+            self._stores[name] = store
+        return self._stores[name]
+
+    def idp(self, name: str) -> IdentityProvider:
+        if name not in self._idps:
+            idp: IdentityProvider = self._config.idps[name].build()
+            idp.start()
+            self._idps[name] = idp
+        return self._idps[name]
+
+    def close(self) -> None:
+        for store in self._stores.values():
+            store.close()
+        for idp in self._idps.values():
+            idp.close()
+        self._stores.clear()
+        self._idps.clear()
+
+
+class _Abort(Exception):
+    """Internal: stop driving a rotation; the journal already says why."""
+
+
+class Engine:
+    """Runs rotations, retirements and verifications for configured clients."""
+
+    def __init__(
+        self,
+        config: Config,
+        adapters: Adapters,
+        journal: Journal,
+        audit: AuditLog,
+        *,
+        actor: str = "cli",
+        clock: Clock = utcnow,
+        sleep: Callable[[float], None] = time.sleep,
+        http_factory: HttpFactory = default_http,
+    ) -> None:
+        self.config = config
+        self.adapters = adapters
+        self.journal = journal
+        self.audit = audit
+        self.actor = actor
+        self.clock = clock
+        self.sleep = sleep
+        self.http_factory = http_factory
+
+    # -- public commands -------------------------------------------------------------------
+
+    def rotate(self, name: str, *, dry_run: bool = False,
+               abandon_pending: bool = False) -> Outcome:
+        """Rotate ``name`` now, first finishing any rotation a crash left behind."""
+        client = self.config.clients[name]
+        with bound(client=name, idp=client.idp, actor=self.actor), self.journal.lock(name):
+            try:
+                open_rotation = self.journal.open_rotation(name)
+                if open_rotation is not None:
+                    if open_rotation.state is not State.PROMOTED or open_rotation.family != (
+                        "overlap"
+                    ):
+                        if dry_run:
+                            return Outcome(name, True, "planned",
+                                           f"would resume rotation {open_rotation.id} from "
+                                           f"{open_rotation.state}", open_rotation.id,
+                                           open_rotation.state.value)
+                        return self._drive(client, open_rotation, resumed=True)
+                    if not self._retirement_due(open_rotation):
+                        assert open_rotation.retire_after is not None
+                        return Outcome(
+                            name, False, "waiting",
+                            f"rotation {open_rotation.id} keeps the old secret valid until "
+                            f"{open_rotation.retire_after.isoformat(timespec='seconds')}; "
+                            f"run 'rotator retire {name} --now' to end its grace period first",
+                            open_rotation.id, open_rotation.state.value)
+                    if dry_run:
+                        return Outcome(name, True, "planned",
+                                       f"would retire the old secret of {open_rotation.id}, "
+                                       "then rotate", open_rotation.id,
+                                       open_rotation.state.value)
+                    retired = self._drive(client, open_rotation, resumed=True)
+                    if not retired.ok:
+                        return retired
+                return self._start(client, dry_run=dry_run, abandon_pending=abandon_pending)
+            except RotatorError as exc:
+                return Outcome(name, False, "failed", str(exc))
+
+    def retire(self, name: str, *, now: bool = False) -> Outcome:
+        """Retire the old secret of ``name``'s last rotation once its grace period is over."""
+        client = self.config.clients[name]
+        with bound(client=name, idp=client.idp, actor=self.actor), self.journal.lock(name):
+            rotation = self.journal.open_rotation(name)
+            if rotation is None:
+                return Outcome(name, True, "nothing", "no rotation awaits retirement")
+            if rotation.state is not State.PROMOTED or rotation.family != "overlap":
+                return self._drive(client, rotation, resumed=True)
+            if now:
+                rotation = self.journal.advance(rotation.id, State.PROMOTED, self.clock(),
+                                                retire_after=self.clock().isoformat())
+            if not self._retirement_due(rotation):
+                assert rotation.retire_after is not None
+                return Outcome(name, True, "waiting",
+                               f"old secret stays valid until "
+                               f"{rotation.retire_after.isoformat(timespec='seconds')}",
+                               rotation.id, rotation.state.value)
+            try:
+                return self._drive(client, rotation, resumed=True)
+            except RotatorError as exc:
+                return Outcome(name, False, "failed", str(exc), rotation.id)
+
+    def verify(self, name: str, stage: Stage = Stage.CURRENT) -> Outcome:
+        """Check that the credential stored in every store of ``name`` obtains a token."""
+        client = self.config.clients[name]
+        results: dict[str, Any] = {}
+        ok = True
+        with bound(client=name, idp=client.idp, actor=self.actor):
+            for target in client.targets:
+                key = f"{target.store}:{target.location}"
+                started = time.monotonic()
+                try:
+                    stored = self.adapters.store(target.store).read(target.location, stage)
+                    if stored is None:
+                        raise RotationError(f"no {stage} credential stored")
+                    token = self._request_token(client, stored.credentials)
+                    results[key] = {"ok": True, "scopes": sorted(token.scopes),
+                                    "expires_in": token.expires_in,
+                                    "fingerprint": self.audit.fingerprint(
+                                        stored.credentials.client_secret)}
+                    outcome = "success"
+                except RotatorError as exc:
+                    ok = False
+                    results[key] = {"ok": False, "error": str(exc)}
+                    outcome = "failure"
+                self.audit.event("credential_verified", store=target.store, step="verify",
+                                 stage=stage.value, outcome=outcome,
+                                 duration_ms=_ms(started), **(
+                                     {"error": results[key]["error"]}
+                                     if outcome == "failure" else {}))
+        message = ("the stored credential obtains a token" if ok else
+                   "; ".join(f"{k}: {v['error']}" for k, v in results.items() if not v["ok"]))
+        return Outcome(name, ok, "verified" if ok else "failed", message, details=results)
+
+    def status(self, name: str) -> dict[str, Any]:
+        """What rotator knows about ``name``: stores, IdP, last rotation, age, state."""
+        client = self.config.clients[name]
+        now = self.clock()
+        stores: dict[str, Any] = {}
+        current_since: datetime | None = None
+        for target in client.targets:
+            key = f"{target.store}:{target.location}"
+            try:
+                facts = self.adapters.store(target.store).facts(target.location)
+                stores[key] = {"has_current": facts.has_current,
+                               "current_rotation_id": facts.current_rotation_id,
+                               "pending_rotation_id": facts.pending_rotation_id,
+                               "has_previous": facts.has_previous}
+                if facts.current_since and (current_since is None
+                                            or facts.current_since > current_since):
+                    current_since = facts.current_since
+            except StoreError as exc:
+                stores[key] = {"error": str(exc)}
+        latest = self.journal.latest(name)
+        success = self.journal.last_success(name)
+        last_rotated = success.updated_at if success else current_since
+        age = (now - last_rotated).total_seconds() if last_rotated else None
+        open_rotation = self.journal.open_rotation(name)
+        if any("error" in s for s in stores.values()):
+            state = "store_error"
+        elif open_rotation is not None:
+            state = ("awaiting_retirement" if open_rotation.state is State.PROMOTED
+                     and open_rotation.family == "overlap" else f"interrupted:"
+                     f"{open_rotation.state}")
+        elif latest is not None and latest.state in (State.FAILED, State.ROLLED_BACK):
+            state = f"last_rotation_{latest.state}"
+        elif not any(s.get("has_current") for s in stores.values()):
+            state = "no_credential"
+        elif client.rotate_every is not None and (age is None or age >= client.rotate_every):
+            state = "due"
+        else:
+            state = "ok"
+        return {
+            "client": name, "client_id": client.client_id, "idp": client.idp,
+            "stores": stores, "state": state,
+            "last_rotation": None if latest is None else {
+                "id": latest.id, "state": latest.state.value, "actor": latest.actor,
+                "started_at": latest.started_at.isoformat(timespec="seconds"),
+                "updated_at": latest.updated_at.isoformat(timespec="seconds"),
+                "retire_after": latest.retire_after.isoformat(timespec="seconds")
+                if latest.retire_after else None,
+                "error": latest.error,
+            },
+            "last_rotated_at": last_rotated.isoformat(timespec="seconds") if last_rotated
+            else None,
+            "age_seconds": None if age is None else int(age),
+            "rotate_every_seconds": client.rotate_every,
+        }
+
+    # -- starting ------------------------------------------------------------------------
+
+    def _start(self, client: ClientConfig, *, dry_run: bool, abandon_pending: bool) -> Outcome:
+        idp = self.adapters.idp(client.idp)
+        caps = idp.capabilities(client.client_id)
+        current = self._read(client, Stage.CURRENT)
+        if current is None:
+            raise RotationError(
+                f"no current credential for {client.name} in store "
+                f"{client.primary.store!r} at {client.primary.location!r}; store the client's "
+                "present secret there first"
+            )
+        if current.credentials.client_id != client.client_id:
+            raise RotationError(
+                f"store {client.primary.store!r} holds client id "
+                f"{current.credentials.client_id!r} at {client.primary.location!r}, but the "
+                f"configuration says {client.client_id!r}"
+            )
+        for target in client.targets:
+            store = self.adapters.store(target.store)
+            store.check_writable(target.location)
+            pending = store.read(target.location, Stage.PENDING)
+            if pending is not None and not abandon_pending:
+                raise RotationError(
+                    f"store {target.store!r} holds a pending secret at {target.location!r} "
+                    f"from rotation {pending.rotation_id or 'unknown'} that rotator's journal "
+                    "does not know; pass --abandon-pending to discard it"
+                )
+        family = "overlap" if caps.overlap else "single"
+        if dry_run:
+            return Outcome(client.name, True, "planned", _plan(caps), details={
+                "family": family, "caller_sets_value": caps.caller_sets_value,
+                "grace_period_seconds": client.grace_period if caps.overlap else 0})
+        rotation = self.journal.begin(
+            new_rotation_id(), client.name, family, self.actor,
+            self.audit.fingerprint(current.credentials.client_secret), self.clock(),
+        )
+        self.audit.event("rotation_started", rotation_id=rotation.id, step="start",
+                         outcome="success", family=family,
+                         old_fingerprint=rotation.old_fingerprint,
+                         stores=[t.store for t in client.targets])
+        return self._drive(client, rotation, resumed=False, abandon_pending=abandon_pending)
+
+    # -- driving -------------------------------------------------------------------------
+
+    def _drive(self, client: ClientConfig, rotation: Rotation, *, resumed: bool,
+               abandon_pending: bool = False) -> Outcome:
+        started = time.monotonic()
+        with bound(rotation_id=rotation.id):
+            if resumed:
+                self.audit.event("rotation_resumed", step=rotation.state.value,
+                                 outcome="success", family=rotation.family)
+            idp = self.adapters.idp(client.idp)
+            caps = idp.capabilities(client.client_id)
+            try:
+                while not rotation.state.terminal:
+                    before = rotation.state
+                    rotation = self._step(client, idp, caps, rotation, resumed=resumed,
+                                          abandon_pending=abandon_pending)
+                    resumed = False
+                    if rotation.state is before:
+                        break  # waiting for the grace period
+            except _Abort:
+                rotation = self.journal.get(rotation.id)
+            except RotatorError as exc:
+                self.journal.advance(rotation.id, rotation.state, self.clock(), error=str(exc))
+                self.audit.event("rotation_interrupted", step=rotation.state.value,
+                                 outcome="failure", error=str(exc),
+                                 duration_ms=_ms(started))
+                log.debug("rotation_interrupted", exc_info=True)
+                return Outcome(
+                    client.name, False, "interrupted",
+                    f"rotation {rotation.id} stopped at {rotation.state}: {exc}; the stored "
+                    "current secret still works and the next run resumes it",
+                    rotation.id, rotation.state.value)
+        return self._finish(client, rotation, started)
+
+    def _finish(self, client: ClientConfig, rotation: Rotation, started: float) -> Outcome:
+        state = rotation.state
+        if state is State.COMPLETED:
+            ok, action, message = True, "rotated", "new secret verified and current; old " \
+                                                   "secret retired"
+        elif state is State.PROMOTED:
+            assert rotation.retire_after is not None
+            ok, action = True, "rotated"
+            message = ("new secret verified and current; old secret stays valid until "
+                       f"{rotation.retire_after.isoformat(timespec='seconds')}")
+        elif state is State.ROLLED_BACK:
+            ok, action = False, "rolled_back"
+            message = (f"new secret failed verification and was discarded; the old secret is "
+                       f"still current: {rotation.error}")
+        else:
+            ok, action, message = False, "failed", rotation.error or "rotation failed"
+        with bound(rotation_id=rotation.id):
+            self.audit.event(f"rotation_{state}", step=state.value,
+                             outcome="success" if ok else "failure",
+                             duration_ms=_ms(started),
+                             **({"error": rotation.error} if rotation.error and not ok else {}))
+        return Outcome(client.name, ok, action, message, rotation.id, state.value)
+
+    def _step(self, client: ClientConfig, idp: IdentityProvider, caps: IdpCapabilities,
+              rotation: Rotation, *, resumed: bool, abandon_pending: bool) -> Rotation:
+        state = rotation.state
+        if state is State.STARTED:
+            if caps.caller_sets_value:
+                value = generate_secret()
+                self._stage_all(client, rotation, value, abandon_pending)
+                return self._advance(rotation, State.STAGED,
+                                     new_fingerprint=self.audit.fingerprint(value))
+            return self._advance(rotation, State.CREATING)
+        if state is State.STAGED:
+            pending = self._pending_of(client, rotation)
+            if pending is None:  # pragma: no cover - the store lost its pending value
+                return self._fail(rotation, "the pending secret vanished from the store")
+            issued = self._timed("secret_created", lambda: idp.create_secret(
+                client.client_id, rotation.id, pending), rotation, abort_if_denied=True,
+                client=client)
+            return self._advance(rotation, State.CREATED, secret_ref=issued.secret_ref)
+        if state is State.CREATING:
+            return self._create_generated(client, idp, caps, rotation, resumed=resumed,
+                                          abandon_pending=abandon_pending)
+        if state is State.CREATED:
+            if caps.overlap:
+                return self._verify_step(client, rotation, next_state=State.VERIFIED)
+            self._promote_all(client, rotation)
+            return self._advance(rotation, State.PROMOTED, retire_after=self.clock().isoformat())
+        if state is State.VERIFIED:
+            if caps.overlap:
+                self._promote_all(client, rotation)
+                retire = self.clock() + timedelta(seconds=client.grace_period)
+                return self._advance(rotation, State.PROMOTED, retire_after=retire.isoformat())
+            return self._advance(rotation, State.COMPLETED)
+        if state is State.PROMOTED:
+            if not caps.overlap or rotation.family != "overlap":
+                return self._verify_step(client, rotation, next_state=State.VERIFIED,
+                                         single=True)
+            if not self._retirement_due(rotation):
+                return rotation
+            return self._retire(client, idp, caps, rotation)
+        if state is State.ROLLING_BACK:
+            return self._rollback(client, idp, rotation)
+        raise AssertionError(f"no step for {state}")  # pragma: no cover
+
+    # -- steps ---------------------------------------------------------------------------
+
+    def _create_generated(self, client: ClientConfig, idp: IdentityProvider,
+                          caps: IdpCapabilities, rotation: Rotation, *, resumed: bool,
+                          abandon_pending: bool) -> Rotation:
+        issued: IssuedSecret | None = None
+        if resumed and caps.can_read_current:
+            # A run died after asking the IdP; if the IdP holds a secret that is not the old
+            # one, that is the secret it issued for us: keep it rather than create another.
+            value = idp.current_secret(client.client_id)
+            if value is not None and self.audit.fingerprint(value) != rotation.old_fingerprint:
+                issued = IssuedSecret(value, rotation.secret_ref)
+                self.audit.event("secret_recovered", step="create", outcome="success",
+                                 new_fingerprint=self.audit.fingerprint(value))
+        if issued is None:
+            issued = self._timed("secret_created", lambda: idp.create_secret(
+                client.client_id, rotation.id, None), rotation, abort_if_denied=True,
+                client=client)
+        fingerprint = self.audit.fingerprint(issued.value)
+        try:
+            self._stage_all(client, rotation, issued.value, abandon_pending)
+        except StoreError:
+            if caps.overlap:
+                # The old secret still works: take the new one back rather than risk it.
+                self.journal.advance(rotation.id, State.CREATING, self.clock(),
+                                     new_fingerprint=fingerprint, secret_ref=issued.secret_ref)
+                self._discard_at_idp(client, idp, rotation, issued)
+                self._advance(rotation, State.ROLLED_BACK,
+                              error="a store refused the new secret, so it was discarded at "
+                                    "the IdP and the old secret kept")
+                raise _Abort from None
+            raise
+        return self._advance(rotation, State.CREATED, new_fingerprint=fingerprint,
+                             secret_ref=issued.secret_ref)
+
+    def _verify_step(self, client: ClientConfig, rotation: Rotation, *, next_state: State,
+                     single: bool = False) -> Rotation:
+        stage = Stage.CURRENT if single else Stage.PENDING
+        stored = self._read(client, stage)
+        if stored is None or (not single and stored.rotation_id not in (None, rotation.id)):
+            raise RotationError(f"no {stage} credential of rotation {rotation.id} to verify")
+        started = time.monotonic()
+        try:
+            token = self._verify_with_retries(client, stored.credentials)
+        except VerificationError as exc:
+            self.audit.event("secret_verification_failed", step="verify", outcome="failure",
+                             error=str(exc), duration_ms=_ms(started),
+                             new_fingerprint=rotation.new_fingerprint)
+            if single:
+                return self._fail(
+                    rotation, f"the new secret is current (the IdP invalidated the old one) "
+                              f"but did not obtain a token: {exc}")
+            return self._advance(rotation, State.ROLLING_BACK, error=str(exc))
+        self.audit.event("secret_verified", step="verify", outcome="success",
+                         duration_ms=_ms(started), scopes=sorted(token.scopes),
+                         new_fingerprint=rotation.new_fingerprint)
+        if single:
+            return self._advance(rotation, State.COMPLETED)
+        return self._advance(rotation, next_state)
+
+    def _verify_with_retries(self, client: ClientConfig, creds: Credentials) -> Token:
+        delay = 0.5
+        for attempt in range(1, client.verify_attempts + 1):
+            try:
+                return self._request_token(client, creds)
+            except (InvalidScope, UnauthorizedClient):
+                raise  # waiting will not change what the client is allowed
+            except VerificationError as exc:
+                if attempt == client.verify_attempts:
+                    raise
+                log.debug("verification_retry", attempt=attempt, error=str(exc))
+                self.sleep(delay)
+                delay = min(delay * 2, 8.0)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _request_token(self, client: ClientConfig, creds: Credentials) -> Token:
+        idp = self.adapters.idp(client.idp)
+        endpoint = client.token_endpoint or idp.default_token_endpoint()
+        if not endpoint:
+            raise RotationError(f"client {client.name} has no token_endpoint and IdP "
+                                f"{client.idp!r} cannot tell it")
+        req = TokenRequest(endpoint, client.auth_method, client.scopes, client.audience,
+                           client.resource)
+        with self.http_factory(client) as http:
+            return request_token(http, req, creds)
+
+    def _retire(self, client: ClientConfig, idp: IdentityProvider, caps: IdpCapabilities,
+                rotation: Rotation) -> Rotation:
+        current = self._read(client, Stage.CURRENT)
+        if current is None:
+            raise RotationError("no current credential to keep while retiring")
+        keep = IssuedSecret(current.credentials.client_secret, rotation.secret_ref)
+        count = 0
+        if caps.can_revoke_old:
+            count = self._timed("old_secret_retired",
+                                lambda: idp.retire_old_secrets(client.client_id, keep), rotation,
+                                client=client)
+        for target in client.targets:
+            self.adapters.store(target.store).drop_previous(target.location, rotation.id)
+        log.debug("old_secrets_retired", count=count)
+        return self._advance(rotation, State.COMPLETED)
+
+    def _rollback(self, client: ClientConfig, idp: IdentityProvider,
+                  rotation: Rotation) -> Rotation:
+        pending = self._pending_of(client, rotation)
+        if pending is not None:
+            self._discard_at_idp(client, idp, rotation, IssuedSecret(pending,
+                                                                      rotation.secret_ref))
+        for target in client.targets:
+            self.adapters.store(target.store).discard_pending(target.location, rotation.id)
+        return self._advance(rotation, State.ROLLED_BACK)
+
+    def _discard_at_idp(self, client: ClientConfig, idp: IdentityProvider, rotation: Rotation,
+                        issued: IssuedSecret) -> None:
+        current = self._read(client, Stage.CURRENT)
+        if current is None:
+            raise RotationError("no current credential to fall back to")
+        self._timed("new_secret_discarded", lambda: idp.discard_secret(
+            client.client_id, issued, current.credentials.client_secret), rotation,
+            client=client)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _stage_all(self, client: ClientConfig, rotation: Rotation, value: Secret,
+                   abandon_pending: bool) -> None:
+        creds = Credentials(client.client_id, value)
+        for target in client.targets:
+            started = time.monotonic()
+            self.adapters.store(target.store).stage_pending(
+                target.location, creds, rotation.id, replace_foreign=abandon_pending)
+            self.audit.event("secret_staged", step="stage", store=target.store,
+                             outcome="success", duration_ms=_ms(started),
+                             new_fingerprint=self.audit.fingerprint(value))
+
+    def _promote_all(self, client: ClientConfig, rotation: Rotation) -> None:
+        for target in client.targets:
+            started = time.monotonic()
+            self.adapters.store(target.store).promote(target.location, rotation.id)
+            self.audit.event("secret_promoted", step="promote", store=target.store,
+                             outcome="success", duration_ms=_ms(started),
+                             new_fingerprint=rotation.new_fingerprint)
+
+    def _read(self, client: ClientConfig, stage: Stage) -> StoredCredentials | None:
+        return self.adapters.store(client.primary.store).read(client.primary.location, stage)
+
+    def _pending_of(self, client: ClientConfig, rotation: Rotation) -> Secret | None:
+        pending = self._read(client, Stage.PENDING)
+        if pending is None or pending.rotation_id not in (None, rotation.id):
+            return None
+        return pending.credentials.client_secret
+
+    def _timed(self, event: str, action: Callable[[], Any], rotation: Rotation, *,
+               client: ClientConfig, abort_if_denied: bool = False) -> Any:
+        started = time.monotonic()
+        try:
+            result = action()
+        except (IdpAccessDenied, IdpNotFound) as exc:
+            self.audit.event(event, step=rotation.state.value, outcome="failure",
+                             error=str(exc), duration_ms=_ms(started))
+            if abort_if_denied:
+                # The IdP refused outright: nothing was created, so end the rotation cleanly.
+                for target in client.targets:
+                    self.adapters.store(target.store).discard_pending(target.location,
+                                                                      rotation.id)
+                self._fail(rotation, str(exc))
+                raise _Abort from exc
+            raise
+        except RotatorError as exc:
+            self.audit.event(event, step=rotation.state.value, outcome="failure",
+                             error=str(exc), duration_ms=_ms(started))
+            raise
+        fields: dict[str, Any] = {}
+        if isinstance(result, IssuedSecret):
+            fields["new_fingerprint"] = self.audit.fingerprint(result.value)
+            if result.secret_ref:
+                fields["secret_ref"] = result.secret_ref
+        elif isinstance(result, int):
+            fields["count"] = result
+        self.audit.event(event, step=rotation.state.value, outcome="success",
+                         duration_ms=_ms(started), **fields)
+        return result
+
+    def _advance(self, rotation: Rotation, state: State, **fields: str | None) -> Rotation:
+        return self.journal.advance(rotation.id, state, self.clock(), **fields)
+
+    def _fail(self, rotation: Rotation, reason: str) -> Rotation:
+        return self.journal.advance(rotation.id, State.FAILED, self.clock(), error=reason)
+
+    def _retirement_due(self, rotation: Rotation) -> bool:
+        return rotation.retire_after is None or self.clock() >= rotation.retire_after
+
+
+def _ms(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
+
+
+def _plan(caps: IdpCapabilities) -> str:
+    if caps.overlap:
+        create = ("generate a secret, stage it, set it at the IdP" if caps.caller_sets_value
+                  else "ask the IdP for a new secret, stage it")
+        return f"{create}, verify it, promote it, retire the old one after the grace period"
+    return ("ask the IdP for a new secret (the old one stops working), store and promote it "
+            "at once, then verify it with retries")
+
+
+def describe(outcomes: Mapping[str, Outcome]) -> str:  # pragma: no cover - used by the CLI
+    return "\n".join(f"{o.client}: {o.message}" for o in outcomes.values())

@@ -1,0 +1,254 @@
+"""The two interfaces every adapter implements, and the value types they exchange.
+
+This module is the one place where the contracts are documented. Adapters live in
+``providers/``; the engine (:mod:`rotator.engine`) only ever talks to these protocols.
+
+Lifecycle, as for every adapter: construct with validated settings (no I/O), ``start()``
+opens clients and authenticates, ``close()`` releases them. Both may be called on an
+adapter used as a context manager.
+
+Stages of a stored credential
+-----------------------------
+A store keeps up to three credentials per location, named after AWS Secrets Manager's labels:
+
+``CURRENT``
+    The credential consumers use. Always one that works (rotator's central promise).
+``PENDING``
+    A new credential written during a rotation, before it is verified and promoted.
+    Tagged with the rotation id that wrote it, so a retried write is idempotent and a
+    foreign pending credential is detected.
+``PREVIOUS``
+    The credential that was current before the last promotion, kept so that consumers can
+    fall back to it during the grace period and so that a rotation can be audited.
+
+How a store maps these onto its own model is documented in its module.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from rotator.secrets import Secret
+
+#: Where a credential lives inside one store: a KV path, an env-variable prefix, a secret name.
+Location = str
+#: The OAuth ``client_id`` as the identity provider knows it.
+ClientId = str
+#: A rotation's unique id (``r-`` + 26 characters); also AWS's ``ClientRequestToken``.
+RotationId = str
+
+
+class Stage(enum.StrEnum):
+    """Which of a location's credentials to read."""
+
+    CURRENT = "current"
+    PENDING = "pending"
+    PREVIOUS = "previous"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A client id and its secret."""
+
+    client_id: ClientId
+    client_secret: Secret
+
+
+@dataclass(frozen=True)
+class StoredCredentials:
+    """A credential as read from a store, with what the store knows about it."""
+
+    credentials: Credentials
+    stage: Stage
+    #: The store's own version id (KV version number, AWS VersionId, ...), if it has one.
+    version: str | None = None
+    #: The rotation that wrote this credential, if rotator wrote it.
+    rotation_id: RotationId | None = None
+    #: When this credential became current (for CURRENT and PREVIOUS).
+    promoted_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class StoreFacts:
+    """What a store records about a location's rotations; never secret values."""
+
+    has_current: bool
+    current_rotation_id: RotationId | None = None
+    current_since: datetime | None = None
+    pending_rotation_id: RotationId | None = None
+    has_previous: bool = False
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class SecretStore(Protocol):
+    """A place where client credentials are kept: Vault KV, AWS Secrets Manager, env files.
+
+    Every write is idempotent for a given rotation id: the engine repeats a step after a
+    crash without knowing whether the first attempt landed.
+
+    Errors: every method raises only :class:`rotator.errors.StoreError` subclasses:
+    ``StoreUnavailable`` (unreachable, sealed, timed out), ``StoreAccessDenied``,
+    ``StoreConflict`` (another writer, a foreign pending credential), ``StoreNotFound``.
+    """
+
+    #: The name this store has in the configuration.
+    name: str
+
+    def start(self) -> None:
+        """Open clients and authenticate. Raises ``StoreError`` if that fails."""
+        ...
+
+    def close(self) -> None:
+        """Release clients. Never raises."""
+        ...
+
+    def read(self, location: Location, stage: Stage = Stage.CURRENT) -> StoredCredentials | None:
+        """Return the credential at ``location`` in ``stage``, or ``None`` if there is none."""
+        ...
+
+    def facts(self, location: Location) -> StoreFacts:
+        """Return the rotation facts recorded for ``location`` (no secret values)."""
+        ...
+
+    def check_writable(self, location: Location) -> None:
+        """Raise ``StoreError`` if a rotation could not write ``location`` right now.
+
+        Called before a rotation asks the identity provider for a new secret, so that a
+        store that is down or read-only is found before anything changes.
+        """
+        ...
+
+    def stage_pending(
+        self,
+        location: Location,
+        credentials: Credentials,
+        rotation_id: RotationId,
+        *,
+        replace_foreign: bool = False,
+    ) -> None:
+        """Write ``credentials`` as PENDING for ``rotation_id``; CURRENT is unchanged.
+
+        Idempotent: staging the same rotation id again succeeds (and rewrites the value).
+        Raises ``StoreConflict`` when a pending credential of another rotation is present,
+        unless ``replace_foreign`` is set, which abandons it.
+        """
+        ...
+
+    def promote(self, location: Location, rotation_id: RotationId) -> None:
+        """Make the PENDING credential of ``rotation_id`` CURRENT; the old CURRENT becomes PREVIOUS.
+
+        Idempotent: when ``rotation_id`` is already CURRENT this does nothing. Raises
+        ``StoreConflict`` when neither PENDING nor CURRENT belongs to ``rotation_id``.
+        """
+        ...
+
+    def discard_pending(self, location: Location, rotation_id: RotationId) -> None:
+        """Remove the PENDING credential of ``rotation_id``; absent already is fine."""
+        ...
+
+    def drop_previous(self, location: Location, rotation_id: RotationId) -> None:
+        """Stop offering PREVIOUS once the identity provider retired it.
+
+        ``rotation_id`` is the rotation whose promotion made that credential PREVIOUS; if
+        CURRENT belongs to another rotation by now, nothing is changed. Idempotent.
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class IdpCapabilities:
+    """What an identity provider can do with one client's secrets.
+
+    The engine picks its strategy from these, never from the adapter's name.
+    """
+
+    #: How many secrets may be valid at once: 1 means the old one dies when a new one exists.
+    max_active_secrets: int
+    #: Whether rotator may choose the new secret's value (else the IdP generates it).
+    caller_sets_value: bool
+    #: Whether an old secret can be revoked on its own once the new one is in use.
+    can_revoke_old: bool
+    #: Whether the admin API returns the current secret value (lets a crash recover it).
+    can_read_current: bool
+    #: Seconds a new secret may take to work at the token endpoint everywhere.
+    propagation_delay: float = 0.0
+
+    @property
+    def overlap(self) -> bool:
+        """Old and new secret can both be valid, so a failed rotation can roll back."""
+        return self.max_active_secrets >= 2
+
+
+@dataclass(frozen=True)
+class IssuedSecret:
+    """A secret the identity provider now accepts."""
+
+    value: Secret
+    #: The IdP's own id for this secret (Okta secret id, Entra keyId), if it has ids.
+    secret_ref: str | None = None
+    expires_at: datetime | None = None
+
+
+@runtime_checkable
+class IdentityProvider(Protocol):
+    """An identity provider's admin API, as far as client secrets go.
+
+    Errors: every method raises only :class:`rotator.errors.IdentityProviderError`
+    subclasses: ``IdpUnavailable`` (5xx, timeout; retryable), ``IdpAccessDenied`` (names the
+    missing role or permission), ``IdpNotFound`` (no such client).
+    """
+
+    #: The name this identity provider has in the configuration.
+    name: str
+
+    def start(self) -> None:
+        """Open clients; may authenticate. Raises ``IdentityProviderError``."""
+        ...
+
+    def close(self) -> None:
+        """Release clients. Never raises."""
+        ...
+
+    def default_token_endpoint(self) -> str | None:
+        """The token endpoint clients of this IdP use, if the IdP can tell."""
+        ...
+
+    def capabilities(self, client_id: ClientId) -> IdpCapabilities:
+        """What this IdP can do for ``client_id`` (may depend on the client's policy)."""
+        ...
+
+    def create_secret(
+        self, client_id: ClientId, rotation_id: RotationId, value: Secret | None
+    ) -> IssuedSecret:
+        """Give ``client_id`` a new secret and return it.
+
+        ``value`` is given exactly when ``caller_sets_value``; otherwise the IdP generates
+        one. With a single-secret IdP the old secret stops working here.
+        """
+        ...
+
+    def current_secret(self, client_id: ClientId) -> Secret | None:
+        """The secret the IdP holds as current, or ``None`` where it cannot tell."""
+        ...
+
+    def discard_secret(
+        self, client_id: ClientId, issued: IssuedSecret, previous: Secret
+    ) -> None:
+        """Undo :meth:`create_secret` after a failed verification (overlap IdPs only).
+
+        Afterwards ``previous`` is the client's secret again and ``issued`` is invalid.
+        Idempotent.
+        """
+        ...
+
+    def retire_old_secrets(self, client_id: ClientId, keep: IssuedSecret) -> int:
+        """Revoke every secret of ``client_id`` except ``keep``; return how many went.
+
+        Called once the grace period has passed. Idempotent: nothing to revoke returns 0.
+        """
+        ...

@@ -1,0 +1,177 @@
+"""Declarative settings for adapters: each adapter lists its keys, this module checks them.
+
+An adapter class declares ``SETTINGS: tuple[Setting, ...]``. The configuration loader calls
+:func:`check_settings` on the adapter's table and collects every problem, so a user sees all
+of them at once. A setting marked ``secret`` is never written in the file: the user names
+an environment variable (``<key>_env``) or a file (``<key>_file``) that holds it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rotator.secrets import Secret
+
+#: Checked settings handed to an adapter: plain values, and ``Secret`` for secret settings.
+Settings = dict[str, Any]
+#: Reports one problem: (key path relative to the table, reason).
+Report = Callable[[str, str], None]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from ``90``, ``"90s"``, ``"15m"``, ``"24h"``, ``"30d"``; raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30, '90s', '15m', '24h' or '30d'")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return float(match.group(1)) * _UNITS[match.group(2)]
+    raise ValueError(f"expected a duration such as 30, '90s', '15m', '24h' or '30d', got {value!r}")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One key an adapter accepts."""
+
+    key: str
+    kind: str = "str"  # str | int | float | bool | duration | list[str] | path
+    required: bool = False
+    default: Any = None
+    choices: tuple[str, ...] = ()
+    #: Given as ``<key>_env`` or ``<key>_file``, never inline; resolved to a ``Secret``.
+    secret: bool = False
+    help: str = ""
+
+    def accepted_keys(self) -> tuple[str, ...]:
+        if self.secret:
+            return (f"{self.key}_env", f"{self.key}_file")
+        return (self.key,)
+
+
+def read_secret_file(path: Path) -> Secret:
+    """Read a secret from ``path``; refuse a file that other users may read.
+
+    Raises ValueError with a reason fit for a configuration problem.
+    """
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise ValueError(f"file {path} does not exist") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    if info.st_mode & (stat.S_IROTH | stat.S_IWOTH):
+        mode = stat.S_IMODE(info.st_mode)
+        raise ValueError(f"{path} is readable by other users (mode {mode:o}); chmod 600 it")
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from None
+    if not text:
+        raise ValueError(f"{path} is empty")
+    return Secret(text)
+
+
+def _check_value(setting: Setting, value: Any, base_dir: Path) -> Any:
+    """Return the converted value or raise ValueError with the reason."""
+    kind = setting.kind
+    if kind in ("str", "path"):
+        if not isinstance(value, str) or not value:
+            raise ValueError("must be a non-empty string")
+        if setting.choices and value not in setting.choices:
+            raise ValueError(f"must be one of {', '.join(setting.choices)}; got {value!r}")
+        return str(base_dir / value) if kind == "path" else value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError("must be true or false")
+        return value
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError("must be a whole number")
+        return value
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError("must be a number")
+        return float(value)
+    if kind == "duration":
+        return parse_duration(value)
+    if kind == "list[str]":
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ValueError("must be a list of non-empty strings")
+        return list(value)
+    raise AssertionError(f"unknown setting kind {kind}")  # pragma: no cover
+
+
+def check_settings(
+    table: Mapping[str, Any],
+    schema: tuple[Setting, ...],
+    report: Report,
+    *,
+    base_dir: Path,
+    environ: Mapping[str, str] | None = None,
+    ignore: tuple[str, ...] = (),
+) -> Settings:
+    """Check ``table`` against ``schema``; report every problem; return the settings.
+
+    Secret settings are resolved here (environment variable or file), so a missing
+    variable is a configuration problem reported with the rest.
+    """
+    env = os.environ if environ is None else environ
+    known = {k for s in schema for k in s.accepted_keys()} | set(ignore)
+    for key in table:
+        if key not in known:
+            report(key, f"unknown key; expected one of: {', '.join(sorted(known))}")
+    out: Settings = {}
+    for setting in schema:
+        if setting.secret:
+            env_key, file_key = setting.accepted_keys()
+            given = [k for k in (env_key, file_key) if k in table]
+            if len(given) == 2:
+                report(setting.key, f"give either {env_key} or {file_key}, not both")
+                continue
+            if not given:
+                if setting.required:
+                    report(env_key, f"required: name the environment variable holding the "
+                                    f"{setting.help or setting.key} (or use {file_key})")
+                continue
+            key = given[0]
+            ref = table[key]
+            if not isinstance(ref, str) or not ref:
+                report(key, "must be a non-empty string")
+                continue
+            if key == env_key:
+                value = env.get(ref)
+                if not value:
+                    report(key, f"environment variable {ref} is not set")
+                    continue
+                out[setting.key] = Secret(value)
+            else:
+                try:
+                    out[setting.key] = read_secret_file(base_dir / ref)
+                except ValueError as exc:
+                    report(key, str(exc))
+            continue
+        if setting.key not in table:
+            if setting.required:
+                report(setting.key, "required key is missing"
+                       + (f" ({setting.help})" if setting.help else ""))
+            else:
+                out[setting.key] = setting.default
+            continue
+        try:
+            out[setting.key] = _check_value(setting, table[setting.key], base_dir)
+        except ValueError as exc:
+            report(setting.key, str(exc))
+    return out

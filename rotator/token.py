@@ -1,0 +1,212 @@
+"""Requesting a token with the client-credentials grant (RFC 6749 §4.4).
+
+One implementation, used by the rotation engine to verify a secret and by the client
+library to obtain tokens. :class:`TokenRequest` says what to ask for; :func:`request_token`
+and :func:`request_token_async` send it with an ``httpx`` client the caller owns, and
+:func:`parse_token_response` turns the answer into a :class:`Token` or a precise error:
+
+- ``invalid_client`` (or a 401 without a body) → :class:`~rotator.errors.InvalidClient`
+- ``invalid_scope`` or a granted scope narrower than required → ``InvalidScope``
+- ``unauthorized_client`` → ``UnauthorizedClient``
+- 5xx, 429, timeouts, refused connections → ``TokenEndpointUnavailable`` (retryable,
+  with ``Retry-After`` when the server sent one)
+- anything else that is not a bearer token → ``BadTokenResponse``
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from rotator.errors import (
+    BadTokenResponse,
+    InvalidClient,
+    InvalidScope,
+    TokenEndpointUnavailable,
+    UnauthorizedClient,
+    VerificationError,
+)
+from rotator.interfaces import Credentials
+from rotator.secrets import Secret, redact
+
+_ERROR_CLASSES: dict[str, type[VerificationError]] = {
+    "invalid_client": InvalidClient,
+    "invalid_scope": InvalidScope,
+    "unauthorized_client": UnauthorizedClient,
+}
+
+
+@dataclass(frozen=True)
+class TokenRequest:
+    """What to ask the token endpoint for."""
+
+    token_endpoint: str
+    auth_method: str = "client_secret_basic"  # or "client_secret_post"
+    scopes: tuple[str, ...] = ()
+    audience: str | None = None
+    resource: str | None = None
+
+
+@dataclass(frozen=True)
+class Token:
+    """An access token and what the server said about it."""
+
+    access_token: Secret
+    token_type: str
+    expires_in: float | None
+    #: Monotonic time when the response arrived; expiry is measured from here.
+    obtained_at: float
+    scopes: frozenset[str] = field(default_factory=frozenset)
+
+    def expires_at(self) -> float | None:
+        """Monotonic time of expiry, or None when the server did not say."""
+        return None if self.expires_in is None else self.obtained_at + self.expires_in
+
+
+def _form_encode(value: str) -> str:
+    # RFC 6749 §2.3.1: client id and secret are form-urlencoded before Basic encoding.
+    return quote(value, safe="")
+
+
+def build_request(
+    req: TokenRequest, creds: Credentials
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Return (headers, form data) for a client-credentials request."""
+    data = {"grant_type": "client_credentials"}
+    if req.scopes:
+        data["scope"] = " ".join(req.scopes)
+    if req.audience:
+        data["audience"] = req.audience
+    if req.resource:
+        data["resource"] = req.resource
+    headers = {"Accept": "application/json"}
+    secret = creds.client_secret.reveal()
+    if req.auth_method == "client_secret_post":
+        data["client_id"] = creds.client_id
+        data["client_secret"] = secret
+    else:
+        pair = f"{_form_encode(creds.client_id)}:{_form_encode(secret)}"
+        headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+    return headers, data
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    raw = response.headers.get("Retry-After")
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def parse_token_response(
+    req: TokenRequest, response: httpx.Response, *, now: float | None = None
+) -> Token:
+    """Turn a token-endpoint response into a :class:`Token`, or raise the matching error."""
+    obtained = time.monotonic() if now is None else now
+    status = response.status_code
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        body = {}
+    where = req.token_endpoint
+    if status >= 500 or status == 429:
+        raise TokenEndpointUnavailable(
+            f"token endpoint {where} answered HTTP {status}", status=status,
+            error=body.get("error"), retry_after=_retry_after(response),
+        )
+    if status != 200:
+        error = body.get("error") if isinstance(body.get("error"), str) else None
+        desc = body.get("error_description")
+        detail = f": {redact(str(desc))[:200]}" if isinstance(desc, str) and desc else ""
+        if error in _ERROR_CLASSES:
+            raise _ERROR_CLASSES[error](
+                f"token endpoint {where} refused the credentials: {error}{detail}",
+                error=error, status=status,
+            )
+        if status == 401:
+            raise InvalidClient(
+                f"token endpoint {where} refused the credentials (HTTP 401){detail}",
+                error=error, status=status,
+            )
+        raise BadTokenResponse(
+            f"token endpoint {where} answered HTTP {status}"
+            + (f" ({error}{detail})" if error else detail),
+            error=error, status=status,
+        )
+    access = body.get("access_token")
+    if not isinstance(access, str) or not access:
+        raise BadTokenResponse(f"token endpoint {where} answered 200 without an access_token",
+                               status=status)
+    token_type = body.get("token_type")
+    if not isinstance(token_type, str) or token_type.lower() != "bearer":
+        raise BadTokenResponse(
+            f"token endpoint {where} issued a token of type {token_type!r}, not Bearer",
+            status=status,
+        )
+    raw_expires = body.get("expires_in")
+    expires_in: float | None = None
+    if raw_expires is not None:
+        try:
+            expires_in = float(raw_expires)
+        except (TypeError, ValueError):
+            raise BadTokenResponse(
+                f"token endpoint {where} sent a non-numeric expires_in", status=status
+            ) from None
+        if expires_in <= 0:
+            raise BadTokenResponse(f"token endpoint {where} issued an already expired token",
+                                   status=status)
+    raw_scope = body.get("scope")
+    # RFC 6749 §5.1: an omitted scope means the requested scope was granted.
+    granted = (frozenset(raw_scope.split()) if isinstance(raw_scope, str)
+               else frozenset(req.scopes))
+    missing = sorted(set(req.scopes) - granted)
+    if missing:
+        raise InvalidScope(
+            f"token endpoint {where} issued a token without the required scope(s) "
+            f"{' '.join(missing)}", error="invalid_scope", status=status,
+        )
+    return Token(Secret(access), "Bearer", expires_in, obtained, granted)
+
+
+def _transport_error(req: TokenRequest, exc: httpx.HTTPError) -> TokenEndpointUnavailable:
+    kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "could not be reached"
+    return TokenEndpointUnavailable(
+        f"token endpoint {req.token_endpoint} {kind}: {redact(str(exc)) or type(exc).__name__}"
+    )
+
+
+def request_token(client: httpx.Client, req: TokenRequest, creds: Credentials) -> Token:
+    """Request a token; raises a :class:`~rotator.errors.VerificationError` subclass."""
+    headers, data = build_request(req, creds)
+    try:
+        response = client.post(req.token_endpoint, data=data, headers=headers)
+    except httpx.HTTPError as exc:
+        raise _transport_error(req, exc) from None
+    return parse_token_response(req, response)
+
+
+async def request_token_async(
+    client: httpx.AsyncClient, req: TokenRequest, creds: Credentials
+) -> Token:
+    """The asyncio twin of :func:`request_token`."""
+    headers, data = build_request(req, creds)
+    try:
+        response = await client.post(req.token_endpoint, data=data, headers=headers)
+    except httpx.HTTPError as exc:
+        raise _transport_error(req, exc) from None
+    return parse_token_response(req, response)
