@@ -105,6 +105,8 @@ class AuditLog:
             sinks.append(stream)
         self._log = structlog.wrap_logger(
             _Sinks(sinks, sync=file is not None),
+            # Independent of the diagnostic log's level: audit events are never filtered.
+            wrapper_class=structlog.BoundLogger,
             processors=[
                 structlog.contextvars.merge_contextvars,
                 structlog.processors.TimeStamper(fmt="iso", utc=True, key="@timestamp"),

@@ -503,6 +503,9 @@ class Engine:
                          duration_ms=_ms(started), scopes=sorted(token.scopes),
                          new_fingerprint=rotation.new_fingerprint)
         if single:
+            # The IdP invalidated the old secret when it issued this one: stop offering it.
+            for target in client.targets:
+                self.adapters.store(target.store).drop_previous(target.location, rotation.id)
             return self._advance(rotation, State.COMPLETED)
         return self._advance(rotation, next_state)
 
