@@ -121,8 +121,8 @@ class _Problems:
 
     def reporter(self, prefix: str) -> Any:
         def report(key: str, reason: str) -> None:
-            self.items.append(ConfigProblem(self.file, f"{prefix}.{key}" if prefix else key,
-                                            reason))
+            path = f"{prefix}.{key}" if prefix and key else prefix or key
+            self.items.append(ConfigProblem(self.file, path, reason))
         return report
 
 
@@ -208,7 +208,8 @@ def _client(
         if any(x.store == store and x.location == loc for x in targets):
             t_report(loc_key, "the same store location is listed twice")
         targets.append(StoreTarget(store, loc))
-    if any(k not in s for k in ("idp", "client_id")) or not targets:
+    # A setting that failed its check is absent from ``s`` (and already reported).
+    if any(setting.key not in s for setting in _CLIENT_SETTINGS) or not targets:
         return None
     tls: bool | str = s["ca_file"] if s.get("ca_file") else s["tls_verify"]
     return ClientConfig(

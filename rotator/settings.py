@@ -8,6 +8,7 @@ an environment variable (``<key>_env``) or a file (``<key>_file``) that holds it
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import stat
@@ -32,6 +33,8 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 30, '90s', '15m', '24h' or '30d'")
     if isinstance(value, int | float):
+        if not math.isfinite(value):  # TOML allows nan and inf
+            raise ValueError(f"a duration must be a finite number, got {value!r}")
         if value < 0:
             raise ValueError("a duration cannot be negative")
         return float(value)

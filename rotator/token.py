@@ -124,13 +124,15 @@ def parse_token_response(
     if not isinstance(body, dict):
         body = {}
     where = req.token_endpoint
+    # Remote text may echo the request back: redact it before it reaches a message.
+    raw_error = body.get("error")
+    error = redact(raw_error)[:100] if isinstance(raw_error, str) else None
     if status >= 500 or status == 429:
         raise TokenEndpointUnavailable(
             f"token endpoint {where} answered HTTP {status}", status=status,
-            error=body.get("error"), retry_after=_retry_after(response),
+            error=error, retry_after=_retry_after(response),
         )
     if status != 200:
-        error = body.get("error") if isinstance(body.get("error"), str) else None
         desc = body.get("error_description")
         detail = f": {redact(str(desc))[:200]}" if isinstance(desc, str) and desc else ""
         if error in _ERROR_CLASSES:
@@ -154,8 +156,10 @@ def parse_token_response(
                                status=status)
     token_type = body.get("token_type")
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
+        shown = (repr(redact(token_type)[:40]) if isinstance(token_type, str)
+                 else "<missing>" if token_type is None else "<not a string>")
         raise BadTokenResponse(
-            f"token endpoint {where} issued a token of type {token_type!r}, not Bearer",
+            f"token endpoint {where} issued a token of type {shown}, not Bearer",
             status=status,
         )
     raw_expires = body.get("expires_in")

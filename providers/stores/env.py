@@ -95,8 +95,11 @@ def render_env(text: str, updates: Mapping[str, str | None]) -> str:
         if match and match.group(1) in pending:
             value = pending.pop(match.group(1))
             if value is not None:
-                lines.append(f"{match.group(1)}={_quote(value)}")
+                # Keep "export " (and indentation): a file that is sourced must still export.
+                lines.append(f"{line[:match.start(1)]}{match.group(1)}={_quote(value)}")
             continue
+        if match and match.group(1) in updates:
+            continue  # a later duplicate would win on reading and undo the update
         lines.append(line)
     lines.extend(f"{k}={_quote(v)}" for k, v in pending.items() if v is not None)
     return "\n".join(lines) + "\n" if lines else ""
@@ -143,7 +146,7 @@ class EnvStore:
 
     @staticmethod
     def _names(prefix: Location) -> dict[str, str]:
-        if not _PREFIX.match(prefix):
+        if not _PREFIX.fullmatch(prefix):  # match() would let a trailing newline through
             raise StoreConflict(f"env prefix {prefix!r} is not a valid variable name prefix")
         return {
             "id": f"{prefix}_CLIENT_ID",

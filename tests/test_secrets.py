@@ -1,0 +1,191 @@
+"""Tests for rotator.secrets: the Secret wrapper, redaction, fingerprints, generation."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import pickle
+import re
+import secrets
+
+import pytest
+
+from rotator.interfaces import Credentials
+from rotator.secrets import Secret, fingerprint, generate_secret, redact
+
+MASK = "**********"
+
+
+def _value() -> str:
+    return secrets.token_urlsafe(24)
+
+
+class TestSecretHidesItsValue:
+    """Every way of turning a Secret into text shows a mask, never the value."""
+
+    @pytest.mark.parametrize(
+        "render",
+        [
+            pytest.param(repr, id="repr"),
+            pytest.param(str, id="str"),
+            pytest.param(lambda s: format(s, ""), id="format"),
+            pytest.param(lambda s: format(s, ">60"), id="format-spec"),
+            pytest.param(lambda s: f"{s}", id="f-string"),
+            pytest.param(lambda s: f"{s!r}", id="f-string-repr"),
+            pytest.param(lambda s: f"{s!s:^50}", id="f-string-spec"),
+            pytest.param(lambda s: "%s" % s, id="percent-s"),  # noqa: UP031
+            pytest.param(lambda s: "%r" % s, id="percent-r"),  # noqa: UP031
+            pytest.param(lambda s: "{}".format(s), id="str-format"),  # noqa: UP032
+            pytest.param(lambda s: repr([s, {"k": s}]), id="in-containers"),
+            pytest.param(lambda s: repr(Credentials("client", s)), id="in-dataclass"),
+        ],
+    )
+    def test_rendering_masks_the_value(self, render: object) -> None:
+        value = _value()
+        text = render(Secret(value))  # type: ignore[operator]
+        assert value not in text
+        assert MASK in text
+
+    def test_reveal_returns_the_value(self) -> None:
+        value = _value()
+        assert Secret(value).reveal() == value
+
+    def test_only_strings_are_wrapped(self) -> None:
+        with pytest.raises(TypeError):
+            Secret(b"bytes")  # type: ignore[arg-type]
+
+    def test_truthiness_follows_the_value(self) -> None:
+        assert Secret(_value())
+        assert not Secret("")
+
+
+class TestSecretEquality:
+    """Two Secrets are equal when their values are, and a Secret never equals a plain str."""
+
+    def test_same_value_is_equal_and_hashes_alike(self) -> None:
+        value = _value()
+        a, b = Secret(value), Secret(value)
+        assert a == b
+        assert hash(a) == hash(b)
+        assert len({a, b}) == 1
+
+    def test_different_values_are_not_equal(self) -> None:
+        assert Secret(_value()) != Secret(_value())
+
+    def test_a_secret_is_not_equal_to_its_plain_value(self) -> None:
+        value = _value()
+        assert Secret(value) != value
+
+
+class TestSecretCannotBeSerialised:
+    """Pickling (and the copy protocol built on it) refuses a Secret, so it cannot leak to disk."""
+
+    @pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+    def test_pickle_refuses(self, protocol: int) -> None:
+        with pytest.raises(TypeError, match="cannot be pickled"):
+            pickle.dumps(Secret(_value()), protocol=protocol)
+
+    def test_pickle_refuses_a_secret_nested_in_credentials(self) -> None:
+        with pytest.raises(TypeError, match="cannot be pickled"):
+            pickle.dumps(Credentials("client", Secret(_value())))
+
+    def test_copy_refuses(self) -> None:
+        with pytest.raises(TypeError):
+            copy.copy(Secret(_value()))
+
+
+class TestRedact:
+    """redact() replaces every live secret value of 8 or more characters with a mask."""
+
+    def test_scrubs_a_live_value(self) -> None:
+        value = _value()
+        s = Secret(value)
+        assert redact(f"the server said: {value}!") == f"the server said: {MASK}!"
+        assert s  # keep the Secret alive until here
+
+    def test_scrubs_every_occurrence_of_several_values(self) -> None:
+        v1, v2 = _value(), _value()
+        keep = (Secret(v1), Secret(v2))
+        out = redact(f"{v1} and {v2} and {v1} again")
+        assert v1 not in out
+        assert v2 not in out
+        assert out.count(MASK) == 3
+        assert keep
+
+    def test_longest_value_is_scrubbed_first(self) -> None:
+        short = _value()
+        long = short + "-and-a-suffix"
+        keep = (Secret(short), Secret(long))
+        out = redact(f"[{long}]")
+        assert out == f"[{MASK}]"
+        assert "suffix" not in out
+        assert keep
+
+    def test_values_shorter_than_eight_characters_are_left_alone(self) -> None:
+        short = secrets.token_hex(16)[:7]
+        keep = Secret(short)
+        text = f"id {short} is fine"
+        assert redact(text) == text
+        assert keep
+
+    def test_eight_characters_is_enough_to_be_scrubbed(self) -> None:
+        value = secrets.token_hex(16)[:8]
+        keep = Secret(value)
+        assert redact(f"x{value}x") == f"x{MASK}x"
+        assert keep
+
+    def test_text_without_secrets_is_unchanged(self) -> None:
+        text = "nothing to see here " + secrets.token_hex(8)
+        assert redact(text) == text
+
+    def test_a_value_no_longer_wrapped_is_forgotten(self) -> None:
+        value = _value()
+        s = Secret(value)
+        assert value not in redact(value)
+        del s
+        gc.collect()
+        assert redact(value) == value
+
+
+class TestFingerprint:
+    """fingerprint() is a stable keyed HMAC that identifies a value without revealing it."""
+
+    def test_stable_for_the_same_key_and_value(self) -> None:
+        key, value = secrets.token_bytes(32), _value()
+        assert fingerprint(key, Secret(value)) == fingerprint(key, Secret(value))
+
+    def test_differs_across_keys(self) -> None:
+        value = Secret(_value())
+        assert fingerprint(secrets.token_bytes(32), value) != fingerprint(
+            secrets.token_bytes(32), value
+        )
+
+    def test_differs_across_values(self) -> None:
+        key = secrets.token_bytes(32)
+        assert fingerprint(key, Secret(_value())) != fingerprint(key, Secret(_value()))
+
+    def test_does_not_contain_the_value(self) -> None:
+        value = _value()
+        fp = fingerprint(secrets.token_bytes(32), Secret(value))
+        assert value not in fp
+        assert re.fullmatch(r"hmac-sha256:[0-9a-f]{32}", fp)
+
+
+class TestGenerateSecret:
+    """generate_secret() returns distinct URL-safe values carrying at least 256 bits."""
+
+    def test_values_are_distinct(self) -> None:
+        values = {generate_secret().reveal() for _ in range(200)}
+        assert len(values) == 200
+
+    def test_default_carries_at_least_256_bits(self) -> None:
+        value = generate_secret().reveal()
+        # URL-safe base64 carries 6 bits per character.
+        assert len(value) * 6 >= 256
+        assert re.fullmatch(r"[A-Za-z0-9_-]+", value)
+
+    def test_nbytes_sets_the_entropy(self) -> None:
+        assert len(generate_secret(64).reveal()) * 6 >= 512
+
+    def test_returns_a_secret(self) -> None:
+        assert isinstance(generate_secret(), Secret)
