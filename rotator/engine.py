@@ -98,21 +98,28 @@ class Outcome:
 class Adapters:
     """Builds adapters from the configuration and starts each on first use."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, stores: Mapping[str, SecretStore] | None = None,
+                 idps: Mapping[str, IdentityProvider] | None = None) -> None:
         self._config = config
+        # Adapters given here (already constructed, e.g. with a test transport) are started
+        # on first use like the others.
+        self._given_stores = dict(stores or {})
+        self._given_idps = dict(idps or {})
         self._stores: dict[str, SecretStore] = {}
         self._idps: dict[str, IdentityProvider] = {}
 
     def store(self, name: str) -> SecretStore:
         if name not in self._stores:
-            store: SecretStore = self._config.stores[name].build()
+            store: SecretStore = (self._given_stores.get(name)
+                                  or self._config.stores[name].build())
             store.start()
             self._stores[name] = store
         return self._stores[name]
 
     def idp(self, name: str) -> IdentityProvider:
         if name not in self._idps:
-            idp: IdentityProvider = self._config.idps[name].build()
+            idp: IdentityProvider = (self._given_idps.get(name)
+                                     or self._config.idps[name].build())
             idp.start()
             self._idps[name] = idp
         return self._idps[name]

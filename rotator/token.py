@@ -7,7 +7,8 @@ and :func:`request_token_async` send it with an ``httpx`` client the caller owns
 
 - ``invalid_client`` (or a 401 without a body) → :class:`~rotator.errors.InvalidClient`
 - ``invalid_scope`` or a granted scope narrower than required → ``InvalidScope``
-- ``unauthorized_client`` → ``UnauthorizedClient``
+- ``unauthorized_client`` → ``UnauthorizedClient`` (with HTTP 401, as Keycloak answers a wrong
+  secret, → ``InvalidClient``)
 - 5xx, 429, timeouts, refused connections → ``TokenEndpointUnavailable`` (retryable,
   with ``Retry-After`` when the server sent one)
 - anything else that is not a bearer token → ``BadTokenResponse``
@@ -135,8 +136,14 @@ def parse_token_response(
     if status != 200:
         desc = body.get("error_description")
         detail = f": {redact(str(desc))[:200]}" if isinstance(desc, str) and desc else ""
+        if error == "unauthorized_client" and status == 401:
+            # Keycloak answers a wrong secret with 401 unauthorized_client where RFC 6749
+            # says invalid_client; a 401 is a failed client authentication either way.
+            error_class: type[VerificationError] = InvalidClient
+        else:
+            error_class = _ERROR_CLASSES.get(error or "", BadTokenResponse)
         if error in _ERROR_CLASSES:
-            raise _ERROR_CLASSES[error](
+            raise error_class(
                 f"token endpoint {where} refused the credentials: {error}{detail}",
                 error=error, status=status,
             )

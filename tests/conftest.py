@@ -1,0 +1,39 @@
+"""Session-scoped real servers, shared by every test module that needs them."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from rotation_env import KeycloakRealm
+from servers import ADMIN_CLIENT_ROLES, Keycloak, OpenBao
+
+
+@pytest.fixture(scope="session")
+def bao_server() -> Iterator[OpenBao]:
+    """A real OpenBao dev server on 127.0.0.1 and a free port."""
+    with OpenBao() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def keycloak() -> Iterator[Keycloak]:
+    """A real Keycloak 26 (start-dev, in-memory database) on 127.0.0.1 and a free port."""
+    with Keycloak() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def kc_realm(keycloak: Keycloak) -> KeycloakRealm:
+    """A realm with rotator's admin client and a secret-rotation policy for tagged clients."""
+    realm = "rotator-tests"
+    keycloak.create_realm(realm)
+    admin_secret = keycloak.create_admin_client(realm, "rotator-admin", roles=ADMIN_CLIENT_ROLES)
+    keycloak.enable_secret_rotation(realm, rotated_expiration=3600, expiration=86400 * 30,
+                                    remaining=600, client_ids=[])
+    return KeycloakRealm(keycloak, realm, "rotator-admin", admin_secret)

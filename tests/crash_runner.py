@@ -1,0 +1,56 @@
+"""Run the rotator CLI and SIGKILL it at a chosen point: the crash-safety tests' subject.
+
+    python crash_runner.py MODE TARGET ROTATOR-ARGS...
+
+MODE ``event``: die right after the audit event TARGET (``name`` or ``name#N`` for its N-th
+occurrence) is written, i.e. after the step it reports took effect and before the journal
+records it. MODE ``advance``: die just before the journal records state TARGET.
+MODE ``none``: run normally.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Any
+
+from rotator import audit, journal
+from rotator.cli import run
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def main(argv: list[str]) -> int:
+    mode, target, args = argv[0], argv[1], argv[2:]
+    if mode == "event":
+        name, _, nth = target.partition("#")
+        wanted = int(nth or 1)
+        seen = {"count": 0}
+        original_event = audit.AuditLog.event
+
+        def event(self: audit.AuditLog, event_name: str, **fields: Any) -> None:
+            original_event(self, event_name, **fields)
+            if event_name == name:
+                seen["count"] += 1
+                if seen["count"] == wanted:
+                    _die()
+
+        audit.AuditLog.event = event  # type: ignore[method-assign]
+    elif mode == "advance":
+        original_advance = journal.Journal.advance
+
+        def advance(self: journal.Journal, rotation_id: str, state: journal.State,
+                    now: Any, **fields: Any) -> journal.Rotation:
+            if state.value == target:
+                _die()
+            return original_advance(self, rotation_id, state, now, **fields)
+
+        journal.Journal.advance = advance  # type: ignore[method-assign]
+    return run(args, sys.stdout, sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
