@@ -1,0 +1,404 @@
+"""HashiCorp Vault or OpenBao KV version 2 as a secret store (through hvac).
+
+A client's location is a KV path ``P`` under ``mount``; a consumer running ``bao kv get P``
+always sees a working credential:
+
+``CURRENT``
+    The latest version of ``P``: ``{"client_id": ..., "client_secret": ...}``; other keys in
+    the data are kept on every write. A soft-deleted latest version reads as none.
+``PENDING``
+    The latest version of the sibling path ``P.pending``. Its data holds the credential and
+    ``rotator_rotation_id``, which is also in its ``custom_metadata``: only data writes are
+    checked-and-set, so the data alone says atomically whose credential it is. Discarding
+    deletes the sibling's metadata and all its versions.
+``PREVIOUS``
+    An older version of ``P``, named in ``P``'s ``custom_metadata``:
+
+    ================================  ===================================================
+    ``rotator_rotation_id``           rotation that wrote CURRENT
+    ``rotator_promoted_at``           when it did (ISO 8601, UTC)
+    ``rotator_current_version``       the version it wrote; the facts hold while it is latest
+    ``rotator_previous_version``      the PREVIOUS version; absent when none or dropped
+    ``rotator_previous_rotation_id``  rotation that wrote PREVIOUS, if rotator did
+    ================================  ===================================================
+
+    KV refuses empty metadata values, so a cleared fact is a missing key. Nothing here limits
+    or destroys versions.
+
+Every data write passes ``cas`` = the version read just before (0 to create), so two writers
+cannot clobber each other; a failed check-and-set raises ``StoreConflict``. ``promote``
+writes ``P``, then ``P``'s metadata, then deletes ``P.pending``; after a crash between any
+two of these a retried ``promote`` finishes the job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+import hvac
+import hvac.exceptions as hv
+import requests
+
+from rotator.errors import (
+    StoreAccessDenied,
+    StoreConflict,
+    StoreError,
+    StoreNotFound,
+    StoreUnavailable,
+)
+from rotator.interfaces import (
+    Credentials,
+    Location,
+    RotationId,
+    Stage,
+    StoredCredentials,
+    StoreFacts,
+)
+from rotator.secrets import Secret, redact
+from rotator.settings import Setting
+
+_RID = "rotator_rotation_id"
+_AT = "rotator_promoted_at"
+_CUR = "rotator_current_version"
+_PREV = "rotator_previous_version"
+_PREV_RID = "rotator_previous_rotation_id"
+_OURS = (_RID, _AT, _CUR, _PREV, _PREV_RID)
+
+
+def _time(value: object) -> datetime | None:
+    with suppress(TypeError, ValueError):
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return None
+
+
+def _creds(data: dict[str, Any] | None) -> Credentials | None:
+    cid, secret = (data or {}).get("client_id"), (data or {}).get("client_secret")
+    if isinstance(cid, str) and isinstance(secret, str):
+        return Credentials(cid, Secret(secret))
+    return None
+
+
+def _stored(
+    creds: Credentials | None, stage: Stage, version: object, rid: str | None, at: datetime | None
+) -> StoredCredentials | None:
+    return None if creds is None else StoredCredentials(creds, stage, str(version), rid, at)
+
+
+def _remote(exc: hv.VaultError) -> str:
+    errors = exc.errors or [str(exc.args[0] if exc.args else "")]
+    text = errors if isinstance(errors, str) else "; ".join(map(str, errors))
+    return redact(text.strip() or type(exc).__name__)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """A KV path as read: latest version (0: no path), its data (None: deleted), metadata."""
+
+    version: int = 0
+    data: dict[str, Any] | None = None
+    custom: dict[str, str] = field(default_factory=dict)
+    created: datetime | None = None
+
+    @property
+    def creds(self) -> Credentials | None:
+        return _creds(self.data)
+
+    @property
+    def owner(self) -> RotationId | None:
+        """The rotation that staged this pending credential."""
+        owner = (self.data or {}).get(_RID) or self.custom.get(_RID)
+        return owner if isinstance(owner, str) else None
+
+    @property
+    def current_rid(self) -> RotationId | None:
+        """The rotation that wrote the latest version, if the metadata still describes it."""
+        return self.custom.get(_RID) if self.custom.get(_CUR) == str(self.version) else None
+
+
+class VaultStore:
+    """Credentials in a Vault or OpenBao KV v2 mount, with PREVIOUS kept as an old version."""
+
+    LOCATION_KEY = "path"
+    SETTINGS: tuple[Setting, ...] = (
+        Setting("url", required=True, help="Vault address, e.g. https://vault:8200"),
+        Setting("mount", default="secret", help="KV version 2 mount point"),
+        Setting("namespace", help="Vault Enterprise / OpenBao namespace"),
+        Setting("auth", default="token", choices=("token", "approle")),
+        Setting("token", secret=True, help="Vault token"),
+        Setting("role_id", help="AppRole role id"),
+        Setting("secret_id", secret=True, help="AppRole secret id"),
+        Setting("approle_mount", default="approle"),
+        Setting("tls_verify", "bool", default=True),
+        Setting("ca_file", "path", help="CA bundle for Vault's TLS certificate"),
+        Setting("timeout", "duration", default=10.0),
+    )
+
+    def __init__(self, name: str, settings: dict[str, Any]) -> None:
+        self.name = name
+        self._settings = settings
+        self._url: str = settings["url"]
+        self._mount = str(settings.get("mount") or "secret").strip("/")
+        self._timeout = float(settings.get("timeout") or 10.0)
+        self._client: hvac.Client | None = None
+
+    def __enter__(self) -> VaultStore:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _errors(self, path: str, capability: str) -> Iterator[None]:
+        """Translate every hvac and requests error raised inside into a ``StoreError``."""
+        where = f"vault store {self.name!r}"
+        try:
+            yield
+        except hv.VaultDown as exc:
+            state = "sealed" if "sealed" in _remote(exc).lower() else "unavailable (HTTP 503)"
+            raise StoreUnavailable(f"{where}: {self._url} is {state}") from exc
+        except (hv.Forbidden, hv.Unauthorized) as exc:
+            raise StoreAccessDenied(
+                f"{where}: permission denied: the token lacks {capability!r} on {path} "
+                "(or is invalid or expired)"
+            ) from exc
+        except hv.InvalidRequest as exc:
+            if path.endswith("/login"):
+                raise StoreAccessDenied(
+                    f"{where}: login at {path} refused: {_remote(exc)}"
+                ) from exc
+            if "check-and-set" in _remote(exc):
+                raise StoreConflict(
+                    f"{where}: {path} was changed by another writer (check-and-set failed)"
+                ) from exc
+            raise StoreError(f"{where}: {path}: {_remote(exc)}") from exc
+        except hv.InvalidPath as exc:
+            raise StoreNotFound(f"{where}: {path} not found (no KV v2 mount?)") from exc
+        except hv.VaultError as exc:
+            raise StoreUnavailable(f"{where}: {path}: {_remote(exc)}") from exc
+        except requests.Timeout as exc:
+            raise StoreUnavailable(
+                f"{where}: {self._url} is unreachable (no answer within {self._timeout:g}s)"
+            ) from exc
+        except requests.RequestException as exc:
+            raise StoreUnavailable(
+                f"{where}: {self._url} is unreachable: {redact(str(exc))}"
+            ) from exc
+
+    def _call(
+        self, method: str, path: str, capability: str, body: dict[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        """One API request: its JSON body, ``{}`` for 204, ``None`` for 404."""
+        if self._client is None:
+            raise StoreUnavailable(f"vault store {self.name!r} is not started")
+        url, _, query = path.partition("?")
+        with self._errors(url, capability):
+            try:
+                answer = self._client.adapter.request(
+                    method, f"/v1/{quote(url)}" + (f"?{query}" if query else ""), json=body
+                )
+            except hv.InvalidPath:
+                return None
+        return answer if isinstance(answer, dict) else {}
+
+    def start(self) -> None:
+        self.close()
+        s, where = self._settings, f"vault store {self.name!r}"
+        token, approle = s.get("token"), s.get("auth") == "approle"
+        if not approle and not isinstance(token, Secret):
+            raise StoreAccessDenied(
+                f"{where}: auth is 'token' but no token is set; give token_env or token_file"
+            )
+        if approle and not (s.get("role_id") and isinstance(s.get("secret_id"), Secret)):
+            raise StoreAccessDenied(
+                f"{where}: auth is 'approle' but role_id or secret_id_env/secret_id_file is missing"
+            )
+        self._client = client = hvac.Client(
+            url=self._url,
+            token=token.reveal() if isinstance(token, Secret) else None,
+            verify=s.get("ca_file") or bool(s.get("tls_verify", True)),
+            timeout=self._timeout,  # type: ignore[arg-type]  # requests takes a float
+            namespace=s.get("namespace") or None,
+        )
+        mount = str(s.get("approle_mount") or "approle").strip("/")
+        try:
+            if approle:
+                with self._errors(f"auth/{mount}/login", "update"):
+                    client.auth.approle.login(
+                        role_id=s["role_id"], secret_id=s["secret_id"].reveal(), mount_point=mount
+                    )
+            with self._errors("auth/token/lookup-self", "read"):
+                if not client.is_authenticated():
+                    raise StoreAccessDenied(
+                        f"{where}: the token is not accepted (invalid, expired or revoked)"
+                    )
+        except StoreError:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._client is not None:
+            with suppress(Exception):
+                self._client.adapter.close()
+            self._client = None
+
+    # -- KV v2 ----------------------------------------------------------------------------
+
+    def _paths(self, location: Location) -> tuple[str, str]:
+        path = location.strip("/")
+        return path, path + ".pending"
+
+    def _meta(self, path: str) -> tuple[int, dict[str, str]]:
+        meta = (self._call("GET", f"{self._mount}/metadata/{path}", "read") or {}).get("data")
+        meta = meta or {}
+        return int(meta.get("current_version") or 0), dict(meta.get("custom_metadata") or {})
+
+    def _version(self, path: str, version: int) -> tuple[dict[str, Any] | None, datetime | None]:
+        answer = self._call("GET", f"{self._mount}/data/{path}?version={version}", "read")
+        body = (answer or {}).get("data") or {}
+        return body.get("data"), _time((body.get("metadata") or {}).get("created_time"))
+
+    def _latest(self, path: str) -> _Entry:
+        version, custom = self._meta(path)
+        data, created = self._version(path, version) if version else (None, None)
+        return _Entry(version, data, custom, created)
+
+    def _write(self, path: str, data: dict[str, Any], cas: int) -> int:
+        body = {"data": data, "options": {"cas": cas}}
+        answer = self._call("POST", f"{self._mount}/data/{path}", "create/update", body)
+        return int(((answer or {}).get("data") or {}).get("version") or cas + 1)
+
+    def _set_custom(self, path: str, custom: dict[str, str]) -> None:
+        self._call("POST", f"{self._mount}/metadata/{path}", "update", {"custom_metadata": custom})
+
+    def _delete(self, path: str) -> None:
+        self._call("DELETE", f"{self._mount}/metadata/{path}", "delete")
+
+    # -- SecretStore ----------------------------------------------------------------------
+
+    def read(self, location: Location, stage: Stage = Stage.CURRENT) -> StoredCredentials | None:
+        main, pending = self._paths(location)
+        if stage is Stage.PENDING:
+            entry = self._latest(pending)
+            return _stored(entry.creds, stage, entry.version, entry.owner, None)
+        entry = self._latest(main)
+        if stage is Stage.CURRENT:
+            rid = entry.current_rid
+            at = _time(entry.custom.get(_AT)) if rid else None
+            return _stored(entry.creds, stage, entry.version, rid, at or entry.created)
+        previous = entry.custom.get(_PREV, "")
+        if not previous.isdigit():
+            return None
+        data, created = self._version(main, int(previous))
+        return _stored(_creds(data), stage, previous, entry.custom.get(_PREV_RID), created)
+
+    def facts(self, location: Location) -> StoreFacts:
+        main, pending = self._paths(location)
+        entry, staged = self._latest(main), self._latest(pending)
+        rid = entry.current_rid if entry.creds else None
+        extra = {"kv_version": str(entry.version)}
+        for key in (_PREV, _PREV_RID):
+            if key in entry.custom:
+                extra[key.removeprefix("rotator_")] = entry.custom[key]
+        return StoreFacts(
+            has_current=entry.creds is not None,
+            current_rotation_id=rid,
+            current_since=(_time(entry.custom.get(_AT)) if rid else None) or entry.created,
+            pending_rotation_id=staged.owner if staged.data is not None else None,
+            has_previous=entry.custom.get(_PREV, "").isdigit(),
+            extra=extra,
+        )
+
+    def check_writable(self, location: Location) -> None:
+        main, pending = self._paths(location)
+        exists, m = self._meta(main)[0] > 0, self._mount
+        needed = {
+            f"{m}/data/{main}": ("read", "update" if exists else "create"),
+            f"{m}/metadata/{main}": ("read", "update"),
+            f"{m}/data/{pending}": ("read", "create", "update"),
+            f"{m}/metadata/{pending}": ("read", "update", "delete"),
+        }
+        body = {"paths": list(needed)}
+        answer = self._call("POST", "sys/capabilities-self", "update", body) or {}
+        caps = answer.get("data") or answer
+        have = {path: set(caps.get(path) or ()) for path in needed}
+        missing = [
+            f"{', '.join(c for c in want if c not in have[path])} on {path}"
+            for path, want in needed.items()
+            if "root" not in have[path] and not have[path].issuperset(want)
+        ]
+        if missing:
+            raise StoreAccessDenied(
+                f"vault store {self.name!r}: the token cannot rotate "
+                f"{location!r}: it lacks {'; '.join(missing)}"
+            )
+
+    def stage_pending(
+        self,
+        location: Location,
+        credentials: Credentials,
+        rotation_id: RotationId,
+        *,
+        replace_foreign: bool = False,
+    ) -> None:
+        _, pending = self._paths(location)
+        entry = self._latest(pending)
+        if entry.data is not None and entry.owner != rotation_id and not replace_foreign:
+            raise StoreConflict(
+                f"vault store {self.name!r}: {location!r} holds a pending credential of "
+                f"rotation {entry.owner or '(unknown)'}; rotation {rotation_id} will not "
+                "replace it"
+            )
+        secret = credentials.client_secret.reveal()
+        data = {"client_id": credentials.client_id, "client_secret": secret, _RID: rotation_id}
+        self._write(pending, data, cas=entry.version)
+        self._set_custom(pending, {**entry.custom, _RID: rotation_id})
+
+    def promote(self, location: Location, rotation_id: RotationId) -> None:
+        main, pending = self._paths(location)
+        entry, staged_entry = self._latest(main), self._latest(pending)
+        current = entry.creds
+        staged = staged_entry.creds if staged_entry.owner == rotation_id else None
+        if current is not None and entry.current_rid == rotation_id:
+            if staged is not None:  # crashed after the metadata update
+                self._delete(pending)
+            return
+        if staged is None:
+            raise StoreConflict(
+                f"vault store {self.name!r}: {location!r} has no pending credential of "
+                f"rotation {rotation_id}, and its current one belongs to "
+                f"{entry.current_rid or 'no known rotation'}"
+            )
+        if current == staged:  # crashed after writing the data: the latest version is ours
+            new, before = entry.version, entry.version - 1
+            had_creds = before > 0 and _creds(self._version(main, before)[0]) is not None
+        else:
+            secret = staged.client_secret.reveal()
+            data = {**(entry.data or {}), "client_id": staged.client_id, "client_secret": secret}
+            new = self._write(main, data, cas=entry.version)
+            before, had_creds = entry.version, current is not None
+        meta = {k: v for k, v in entry.custom.items() if k not in _OURS}
+        meta.update({_RID: rotation_id, _CUR: str(new), _AT: datetime.now(UTC).isoformat()})
+        if had_creds:
+            meta[_PREV] = str(before)
+        if had_creds and entry.custom.get(_CUR) == str(before) and _RID in entry.custom:
+            meta[_PREV_RID] = entry.custom[_RID]
+        self._set_custom(main, meta)
+        self._delete(pending)
+
+    def discard_pending(self, location: Location, rotation_id: RotationId) -> None:
+        _, pending = self._paths(location)
+        entry = self._latest(pending)
+        if entry.version and entry.owner == rotation_id:
+            self._delete(pending)
+
+    def drop_previous(self, location: Location, rotation_id: RotationId) -> None:
+        main, _ = self._paths(location)
+        version, custom = self._meta(main)
+        if _Entry(version, None, custom).current_rid == rotation_id and _PREV in custom:
+            self._set_custom(main, {k: v for k, v in custom.items() if k != _PREV})
