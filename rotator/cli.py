@@ -149,7 +149,12 @@ def _print_status(rows: list[dict[str, Any]], as_json: bool, out: TextIO) -> Non
         return
     for row in rows:
         age = row["age_seconds"]
-        age_text = "never rotated" if age is None else _human_age(age)
+        if row["last_rotation"] is None:
+            age_text = "never rotated by rotator" + (
+                "" if age is None else f" (current secret stored {_human_age(age)} ago)")
+        else:
+            age_text = "rotated " + ("at an unknown time" if age is None
+                                     else f"{_human_age(age)} ago")
         out.write(f"{row['client']} ({row['client_id']} at {row['idp']}): {row['state']}, "
                   f"{age_text}\n")
         for key, facts in row["stores"].items():
@@ -170,8 +175,8 @@ def _print_status(rows: list[dict[str, Any]], as_json: bool, out: TextIO) -> Non
 def _human_age(seconds: int) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
-            return f"rotated {seconds // size}{unit} ago"
-    return f"rotated {seconds}s ago"
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def run(argv: Sequence[str], out: TextIO, err: TextIO) -> int:

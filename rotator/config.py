@@ -205,6 +205,11 @@ def _client(
         if not isinstance(loc, str) or not loc:
             t_report(loc_key, f"required: where in store {store!r} the credential lives")
             continue
+        validate = getattr(cfg_stores[store].cls, "validate_location", None)
+        problem = validate(loc) if validate is not None else None
+        if problem:
+            t_report(loc_key, problem)
+            continue
         if any(x.store == store and x.location == loc for x in targets):
             t_report(loc_key, "the same store location is listed twice")
         targets.append(StoreTarget(store, loc))

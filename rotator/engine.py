@@ -358,6 +358,7 @@ class Engine:
     def _drive(self, client: ClientConfig, rotation: Rotation, *, resumed: bool,
                abandon_pending: bool = False) -> Outcome:
         started = time.monotonic()
+        began_at = rotation.state
         with bound(rotation_id=rotation.id):
             if resumed:
                 self.audit.event("rotation_resumed", step=rotation.state.value,
@@ -385,11 +386,14 @@ class Engine:
                     f"rotation {rotation.id} stopped at {rotation.state}: {exc}; the stored "
                     "current secret still works and the next run resumes it",
                     rotation.id, rotation.state.value)
-        return self._finish(client, rotation, started)
+        return self._finish(client, rotation, started, began_at)
 
-    def _finish(self, client: ClientConfig, rotation: Rotation, started: float) -> Outcome:
+    def _finish(self, client: ClientConfig, rotation: Rotation, started: float,
+                began_at: State) -> Outcome:
         state = rotation.state
-        if state is State.COMPLETED:
+        if state is State.COMPLETED and began_at is State.PROMOTED:
+            ok, action, message = True, "retired", "old secret retired; the new one is current"
+        elif state is State.COMPLETED:
             ok, action, message = True, "rotated", "new secret verified and current; old " \
                                                    "secret retired"
         elif state is State.PROMOTED:
@@ -609,11 +613,13 @@ class Engine:
 
     def _timed(self, event: str, action: Callable[[], Any], rotation: Rotation, *,
                client: ClientConfig, abort_if_denied: bool = False) -> Any:
+        """Run one IdP action, audit it as ``event``, translate refusals."""
+        step = _STEPS[event]
         started = time.monotonic()
         try:
             result = action()
         except (IdpAccessDenied, IdpNotFound) as exc:
-            self.audit.event(event, step=rotation.state.value, outcome="failure",
+            self.audit.event(event, step=step, outcome="failure",
                              error=str(exc), duration_ms=_ms(started))
             if abort_if_denied:
                 # The IdP refused outright: nothing was created, so end the rotation cleanly.
@@ -624,7 +630,7 @@ class Engine:
                 raise _Abort from exc
             raise
         except RotatorError as exc:
-            self.audit.event(event, step=rotation.state.value, outcome="failure",
+            self.audit.event(event, step=step, outcome="failure",
                              error=str(exc), duration_ms=_ms(started))
             raise
         fields: dict[str, Any] = {}
@@ -634,7 +640,7 @@ class Engine:
                 fields["secret_ref"] = result.secret_ref
         elif isinstance(result, int):
             fields["count"] = result
-        self.audit.event(event, step=rotation.state.value, outcome="success",
+        self.audit.event(event, step=step, outcome="success",
                          duration_ms=_ms(started), **fields)
         return result
 
@@ -646,6 +652,10 @@ class Engine:
 
     def _retirement_due(self, rotation: Rotation) -> bool:
         return rotation.retire_after is None or self.clock() >= rotation.retire_after
+
+
+_STEPS = {"secret_created": "create", "old_secret_retired": "retire",
+          "new_secret_discarded": "rollback"}
 
 
 def _ms(started: float) -> int:

@@ -3,9 +3,9 @@
 This module is the one place where the contracts are documented. Adapters live in
 ``providers/``; the engine (:mod:`rotator.engine`) only ever talks to these protocols.
 
-Lifecycle, as for every adapter: construct with validated settings (no I/O), ``start()``
-opens clients and authenticates, ``close()`` releases them. Both may be called on an
-adapter used as a context manager.
+Lifecycle, as for every adapter: construct as ``Adapter(name, settings)`` with the settings
+the config loader checked against ``SETTINGS`` (no I/O happens there), ``start()``
+opens clients and authenticates, ``close()`` releases them and never raises.
 
 Stages of a stored credential
 -----------------------------
@@ -30,9 +30,10 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 from rotator.secrets import Secret
+from rotator.settings import Setting
 
 #: Where a credential lives inside one store: a KV path, an env-variable prefix, a secret name.
 Location = str
@@ -95,6 +96,13 @@ class SecretStore(Protocol):
     ``StoreUnavailable`` (unreachable, sealed, timed out), ``StoreAccessDenied``,
     ``StoreConflict`` (another writer, a foreign pending credential), ``StoreNotFound``.
     """
+
+    #: The key a client's ``stores = [{store = ..., <LOCATION_KEY> = ...}]`` entry uses.
+    LOCATION_KEY: ClassVar[str]
+    #: The keys the store's ``[stores.NAME]`` table accepts, checked by the config loader.
+    #: A store may also define ``validate_location(location) -> str | None`` (a static
+    #: method returning why a location is unusable), which the config check calls.
+    SETTINGS: ClassVar[tuple[Setting, ...]]
 
     #: The name this store has in the configuration.
     name: str
@@ -202,6 +210,9 @@ class IdentityProvider(Protocol):
     subclasses: ``IdpUnavailable`` (5xx, timeout; retryable), ``IdpAccessDenied`` (names the
     missing role or permission), ``IdpNotFound`` (no such client).
     """
+
+    #: The keys the IdP's ``[idps.NAME]`` table accepts, checked by the config loader.
+    SETTINGS: ClassVar[tuple[Setting, ...]]
 
     #: The name this identity provider has in the configuration.
     name: str

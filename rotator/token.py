@@ -17,6 +17,7 @@ and :func:`request_token_async` send it with an ``httpx`` client the caller owns
 from __future__ import annotations
 
 import base64
+import math
 import time
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -172,12 +173,19 @@ def parse_token_response(
     raw_expires = body.get("expires_in")
     expires_in: float | None = None
     if raw_expires is not None:
+        # RFC 6749 §5.1 says a number; some servers send a numeric string. Never a bool.
+        if isinstance(raw_expires, bool) or not isinstance(raw_expires, int | float | str):
+            raise BadTokenResponse(f"token endpoint {where} sent a non-numeric expires_in",
+                                   status=status)
         try:
             expires_in = float(raw_expires)
-        except (TypeError, ValueError):
+        except ValueError:
             raise BadTokenResponse(
                 f"token endpoint {where} sent a non-numeric expires_in", status=status
             ) from None
+        if not math.isfinite(expires_in):
+            raise BadTokenResponse(f"token endpoint {where} sent a non-finite expires_in",
+                                   status=status)
         if expires_in <= 0:
             raise BadTokenResponse(f"token endpoint {where} issued an already expired token",
                                    status=status)

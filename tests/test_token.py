@@ -220,6 +220,11 @@ class TestErrorResponses:
                          id="invalid_scope"),
             pytest.param(400, {"error": "unauthorized_client"}, UnauthorizedClient,
                          "unauthorized_client", id="unauthorized_client"),
+            # Keycloak's answer to a wrong secret: a failed client authentication.
+            pytest.param(401, {"error": "unauthorized_client",
+                               "error_description": "Invalid client or Invalid client "
+                                                    "credentials"}, InvalidClient,
+                         "unauthorized_client", id="keycloak-401-unauthorized_client"),
             pytest.param(400, {"error": "invalid_request"}, BadTokenResponse,
                          "invalid_request", id="other-oauth-error"),
             pytest.param(403, None, BadTokenResponse, None, id="bare-403"),
@@ -300,6 +305,12 @@ class TestUnusableSuccess:
                                  "expires_in": -30}), id="expires_in-negative"),
         pytest.param(json.dumps({"access_token": "abc", "token_type": "Bearer",
                                  "expires_in": [1]}), id="expires_in-list"),
+        pytest.param(json.dumps({"access_token": "abc", "token_type": "Bearer",
+                                 "expires_in": True}), id="expires_in-bool"),
+        pytest.param('{"access_token": "abc", "token_type": "Bearer", "expires_in": NaN}',
+                     id="expires_in-nan"),
+        pytest.param('{"access_token": "abc", "token_type": "Bearer", "expires_in": Infinity}',
+                     id="expires_in-infinity"),
     ])
     def test_bad_token_response(self, send: Callable[..., Token], body: str) -> None:
         with pytest.raises(BadTokenResponse) as info:

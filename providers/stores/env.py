@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from rotator._files import write_private_file
-from rotator.errors import StoreAccessDenied, StoreConflict, StoreUnavailable
+from rotator.errors import StoreAccessDenied, StoreConflict, StoreError, StoreUnavailable
 from rotator.interfaces import (
     Credentials,
     Location,
@@ -49,12 +49,28 @@ _PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ESCAPES = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\", "$": "$"}
 
 
+def _closing_quote(raw: str) -> int:
+    """Index of the quote that closes the one at ``raw[0]``, or -1."""
+    quote, i = raw[0], 1
+    while i < len(raw):
+        if quote == '"' and raw[i] == "\\":
+            i += 2
+            continue
+        if raw[i] == quote:
+            return i
+        i += 1
+    return -1
+
+
 def _unquote(raw: str) -> str:
-    if len(raw) >= 2 and raw[0] == raw[-1] == "'":
-        return raw[1:-1]
-    if len(raw) >= 2 and raw[0] == raw[-1] == '"':
+    end = _closing_quote(raw) if raw[:1] in ("'", '"') else -1
+    rest = raw[end + 1:].strip() if end > 0 else ""
+    if end > 0 and (not rest or rest.startswith("#")):  # a trailing comment is allowed
+        body = raw[1:end]
+        if raw[0] == "'":
+            return body
         out: list[str] = []
-        chars = iter(raw[1:-1])
+        chars = iter(body)
         for ch in chars:
             if ch == "\\":
                 nxt = next(chars, "\\")
@@ -145,9 +161,17 @@ class EnvStore:
         return values
 
     @staticmethod
-    def _names(prefix: Location) -> dict[str, str]:
+    def validate_location(prefix: Location) -> str | None:
+        """Why ``prefix`` cannot name variables, or None when it can."""
         if not _PREFIX.fullmatch(prefix):  # match() would let a trailing newline through
-            raise StoreConflict(f"env prefix {prefix!r} is not a valid variable name prefix")
+            return "must be letters, digits and '_', not starting with a digit"
+        return None
+
+    @classmethod
+    def _names(cls, prefix: Location) -> dict[str, str]:
+        problem = cls.validate_location(prefix)
+        if problem:
+            raise StoreError(f"env prefix {prefix!r} {problem}")
         return {
             "id": f"{prefix}_CLIENT_ID",
             "current": f"{prefix}_CLIENT_SECRET",
@@ -254,10 +278,11 @@ class EnvStore:
         n = self._names(location)
         with self._locked() as (text, v):
             foreign = v.get(n["pending_rid"])
-            if v.get(n["pending"]) and foreign and foreign != rotation_id and not replace_foreign:
+            if v.get(n["pending"]) and foreign != rotation_id and not replace_foreign:
                 raise StoreConflict(
                     f"store {self.name!r}: {location} holds a pending secret of rotation "
-                    f"{foreign}; finish or abandon it first"
+                    f"{foreign or '(unknown)'}, so rotation {rotation_id} cannot stage; "
+                    "finish or abandon it first"
                 )
             updates: dict[str, str | None] = {
                 n["pending"]: credentials.client_secret.reveal(),
