@@ -351,3 +351,23 @@ class TestCommands:
         assert status["age_seconds"] is not None and status["age_seconds"] < 120
         human = s.cli("status", "svc")
         assert "svc" in human.out and human.code == 0
+
+
+class TestLeastPrivilege:
+    """The documented Vault policy is enough for a whole rotation, and no more is needed."""
+
+    def test_rotation_with_the_documented_policy(self, kc_realm: KeycloakRealm,
+                                                 bao_server: OpenBao, tmp_path: Path) -> None:
+        s = Scenario.create(kc_realm, bao_server, tmp_path, overlap=True, grace="1h")
+        policy = (Path(__file__).parent.parent / "config" / "vault-policy.hcl").read_text()
+        vault = s.vault()
+        vault.sys.create_or_update_policy(name="rotator", policy=policy)
+        token = vault.auth.token.create(policies=["rotator"], no_default_policy=True)
+        s.seen_secrets.add(token["auth"]["client_token"])
+        (s.root / "bao.token").write_text(token["auth"]["client_token"])
+        rotated = s.cli("rotate", "svc")
+        assert rotated.code == 0, rotated.out + rotated.err
+        retired = s.cli("retire", "svc", "--now")
+        assert retired.code == 0, retired.out + retired.err
+        assert s.works(s.vault_current()) and s.vault_pending() is None
+        assert s.leaks() == []
