@@ -124,7 +124,13 @@ def _each(names: list[str], run: Callable[[str], Outcome]) -> list[Outcome]:
         try:
             outcomes.append(run(name))
         except RotatorError as exc:
-            outcomes.append(Outcome(name, False, "failed", str(exc)))
+            outcomes.append(Outcome(name, False, "failed", redact(str(exc))))
+        except Exception as exc:  # a bug must not stop the other clients either
+            structlog.get_logger("rotator.cli").debug("unexpected_error", client=name,
+                                                      exc_info=True)
+            outcomes.append(Outcome(name, False, "failed",
+                                    f"unexpected error {type(exc).__name__}: "
+                                    f"{redact(str(exc))} (run with -v for the traceback)"))
     return outcomes
 
 

@@ -536,8 +536,7 @@ class Engine:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _request_token(self, client: ClientConfig, creds: Credentials) -> Token:
-        idp = self.adapters.idp(client.idp)
-        endpoint = client.token_endpoint or idp.default_token_endpoint()
+        endpoint = client.token_endpoint or self.adapters.idp(client.idp).default_token_endpoint()
         if not endpoint:
             raise RotationError(f"client {client.name} has no token_endpoint and IdP "
                                 f"{client.idp!r} cannot tell it")

@@ -7,6 +7,7 @@ real servers.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -15,10 +16,12 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog
 from rotation_env import KeycloakRealm, Scenario
 from servers import OpenBao
 
 from providers.idps.keycloak import KeycloakIdp
+from rotator import cli as cli_module
 from rotator.audit import AuditLog
 from rotator.config import ClientConfig, load_config
 from rotator.engine import Adapters, Engine, Outcome, default_http
@@ -370,4 +373,38 @@ class TestLeastPrivilege:
         retired = s.cli("retire", "svc", "--now")
         assert retired.code == 0, retired.out + retired.err
         assert s.works(s.vault_current()) and s.vault_pending() is None
+        assert s.leaks() == []
+
+
+class TestSecretLeaks:
+    """Debug logs, tracebacks and error texts of failing rotations carry no secret value."""
+
+    def test_verbose_failures_leak_nothing(self, kc_realm: KeycloakRealm,
+                                           bao_server: OpenBao, tmp_path: Path) -> None:
+        s = Scenario.create(kc_realm, bao_server, tmp_path, overlap=True)
+        # A wrong secret in the env store: verify fails there with Keycloak's own error text.
+        wrong = "wrong-" + s.vault_current()[:20][::-1]
+        s.seen_secrets.add(wrong)
+        env = (s.root / "creds.env").read_text()
+        (s.root / "creds.env").write_text(env.replace(s.env_values()["SVC_CLIENT_SECRET"], wrong))
+        verify = s.cli("verify", "svc", "-v")
+        assert verify.code == 1 and "refused the credentials" in verify.out
+
+        # An interrupted rotation logs its traceback at debug level.
+        debug = io.StringIO()
+        cli_module._setup_logging(True, debug)
+        try:
+            def fail_create(request: httpx.Request) -> httpx.Response | None:
+                if request.method == "POST" and request.url.path.endswith("/client-secret"):
+                    raise httpx.ConnectError("connection reset", request=request)
+                return None
+
+            outcome = run_engine(s, lambda e: e.rotate("svc"),
+                                 idp_transport=FaultyTransport(fail_create))
+        finally:
+            structlog.reset_defaults()
+        assert outcome.action == "interrupted"
+        s.outputs.append(debug.getvalue())
+        assert "Traceback" in debug.getvalue()
+        assert s.cli("rotate", "svc", "-v").code == 0
         assert s.leaks() == []

@@ -76,9 +76,9 @@ class KeycloakIdp:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
+        # Signing in waits for the first admin call, so `rotator verify` needs no admin access.
         self._http = httpx.Client(base_url=self._url, timeout=self._timeout,
                                   verify=self._verify, transport=self._transport)
-        self._admin_token()
 
     def close(self) -> None:
         if self._http is not None:
