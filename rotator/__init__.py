@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from rotator.client import CachePolicy, ClientCredentialsAuth, TokenClient
+from rotator.client_async import AsyncTokenClient
 from rotator.errors import (
     ConfigError,
     IdentityProviderError,
@@ -23,6 +25,9 @@ from rotator.interfaces import (
 from rotator.secrets import Secret
 
 __all__ = [
+    "AsyncTokenClient",
+    "CachePolicy",
+    "ClientCredentialsAuth",
     "ConfigError",
     "Credentials",
     "IdentityProvider",
@@ -37,6 +42,7 @@ __all__ = [
     "StoreError",
     "StoreFacts",
     "StoredCredentials",
+    "TokenClient",
     "VerificationError",
 ]
 

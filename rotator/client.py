@@ -1,0 +1,590 @@
+"""A token cache for services that call APIs with client credentials, and survive rotation.
+
+A service asks :class:`TokenClient` (threads) or :class:`~rotator.client_async.AsyncTokenClient`
+(asyncio) for a token, or lets :class:`ClientCredentialsAuth` put one on every request of an
+``httpx`` client. Tokens come from :func:`rotator.token.request_token`; this module decides
+when to ask and what to do when asking fails.
+
+Reuse and refresh
+    A token is cached per scope set and handed out until its *refresh point*: its lifetime
+    (``expires_in``, measured from just before the request was sent) minus a buffer of
+    ``min(max_buffer, buffer_ratio * lifetime)``, by default ``min(300 s, 10 %)``: a one-hour
+    token is refreshed 5 minutes early, a 60-second token 6 seconds early. From the refresh
+    point one caller fetches a new token while the others keep using the old one; the old one
+    is no longer handed out once only half the buffer remains. A token without
+    ``expires_in`` is assumed to live ``assumed_lifetime`` (300 s).
+Single flight
+    Callers that need a new token at the same time wait for one request.
+Retries
+    ``TokenEndpointUnavailable`` (5xx, 429, timeouts) is retried up to ``max_attempts``
+    requests in all, after ``random() * min(max_delay, base_delay * 2 ** (n - 1))`` seconds
+    (exponential backoff, full jitter), never sooner than ``Retry-After``; a ``Retry-After``
+    longer than ``max_delay`` ends the retries at once. ``InvalidScope``,
+    ``UnauthorizedClient`` and ``BadTokenResponse`` are raised at once: waiting cannot fix them.
+Rotation
+    With credentials read from a :class:`~rotator.interfaces.SecretStore`, an
+    ``InvalidClient`` makes the client re-read CURRENT and retry once with a secret it has
+    not tried; if there is none it tries PREVIOUS, which rotator keeps in the store exactly
+    while the old secret's grace period lasts. Credentials given directly are never re-read.
+
+No secret and no access token reaches a log event or an exception message; events carry the
+client id, the scopes and the stage of the credential used.
+
+Errors raised by :meth:`TokenClient.token`: the :class:`~rotator.errors.VerificationError`
+subclasses of :mod:`rotator.token`, each prefixed with the client id, and ``StoreError`` when
+the credentials cannot be read in the first place.
+"""
+
+from __future__ import annotations
+
+import random as _random
+import threading
+import time
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping
+from dataclasses import dataclass, replace
+from os import PathLike
+from typing import Any, Generic, Protocol, Self, TypeVar
+
+import httpx
+import structlog
+from structlog.typing import FilteringBoundLogger
+
+from rotator.config import ClientConfig, load_config
+from rotator.errors import (
+    ConfigError,
+    ConfigProblem,
+    InvalidClient,
+    InvalidScope,
+    StoreError,
+    StoreNotFound,
+    TokenEndpointUnavailable,
+    UnauthorizedClient,
+)
+from rotator.interfaces import Credentials, Location, SecretStore, Stage, StoredCredentials
+from rotator.token import Token, TokenRequest, request_token
+
+__all__ = ["CachePolicy", "ClientCredentialsAuth", "TokenClient"]
+
+#: A monotonic clock in seconds.
+Clock = Callable[[], float]
+#: A uniform random number in [0, 1).
+Random = Callable[[], float]
+#: The scopes a token was requested with, sorted and without duplicates.
+ScopeKey = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CachePolicy:
+    """When a cached token is refreshed, and how a failing token endpoint is retried."""
+
+    #: Refresh at most this many seconds before a token expires...
+    max_buffer: float = 300.0
+    #: ...and at most this fraction of its lifetime before.
+    buffer_ratio: float = 0.1
+    #: Lifetime assumed for a token whose response has no ``expires_in``.
+    assumed_lifetime: float = 300.0
+    #: Token requests in all while the endpoint is unavailable (1 = no retry).
+    max_attempts: int = 5
+    #: The backoff ceiling after the first failure; it doubles with every failure...
+    base_delay: float = 0.5
+    #: ...up to this, which also bounds how long a ``Retry-After`` is waited for.
+    max_delay: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if not 0.0 <= self.buffer_ratio < 1.0:
+            raise ValueError("buffer_ratio must be in [0, 1)")
+        if min(self.max_buffer, self.assumed_lifetime, self.base_delay, self.max_delay) < 0:
+            raise ValueError("durations must not be negative")
+
+    def buffer(self, lifetime: float) -> float:
+        """Seconds before expiry at which a token of ``lifetime`` seconds is refreshed."""
+        return min(self.max_buffer, self.buffer_ratio * lifetime)
+
+    def backoff(self, failures: int, rand: float, retry_after: float | None) -> float | None:
+        """Seconds to wait after ``failures`` failed requests, or None to stop retrying.
+
+        ``rand`` is uniform in [0, 1) (full jitter). None when the attempts are used up or the
+        server asked to wait longer than ``max_delay``.
+        """
+        if failures >= self.max_attempts:
+            return None
+        delay = rand * min(self.max_delay, self.base_delay * 2.0 ** (failures - 1))
+        if retry_after is not None:
+            if retry_after > self.max_delay:
+                return None
+            delay = max(delay, retry_after)
+        return delay
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """A cached token and the (monotonic) times that decide its use."""
+
+    token: Token
+    #: From here one caller refreshes it; the others still get it.
+    refresh_at: float
+    #: From here nobody gets it.
+    expires_at: float
+
+
+def _entry(token: Token, sent_at: float, policy: CachePolicy) -> _Entry:
+    lifetime = token.expires_in if token.expires_in is not None else policy.assumed_lifetime
+    buffer = policy.buffer(lifetime)
+    return _Entry(token, sent_at + lifetime - buffer, sent_at + lifetime - buffer / 2)
+
+
+_F = TypeVar("_F")
+
+
+class _Slot(Generic[_F]):
+    """The cache for one scope set: the token and the request that is refreshing it."""
+
+    __slots__ = ("entry", "flight")
+
+    def __init__(self) -> None:
+        self.entry: _Entry | None = None
+        self.flight: _F | None = None
+
+
+# The token policy is written once, as a generator of effects that a driver performs: the
+# sync driver with blocking calls, the asyncio driver with awaits (httpx's auth-flow pattern).
+
+
+@dataclass(frozen=True)
+class _Fetch:
+    request: TokenRequest
+    credentials: Credentials
+
+
+@dataclass(frozen=True)
+class _Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _Read:
+    stage: Stage
+
+
+_Effect = _Fetch | _Sleep | _Read
+_Flow = Generator[_Effect, Any, _Entry]
+
+
+def _scope_key(scopes: Iterable[str]) -> ScopeKey:
+    return tuple(sorted(set(scopes)))
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """What a client built from a rotator configuration needs."""
+
+    request: TokenRequest
+    store: SecretStore
+    location: Location
+    client: ClientConfig
+
+
+def _setup_from_config(
+    path: str | PathLike[str], client_name: str, store_name: str | None,
+    environ: Mapping[str, str] | None,
+) -> _Setup:
+    config = load_config(path, environ)
+    client = config.clients.get(client_name)
+    if client is None:
+        raise ConfigError([ConfigProblem(str(path), f"clients.{client_name}",
+                                         "no such client in the configuration")])
+    targets = [t for t in client.targets if store_name in (None, t.store)]
+    if not targets:
+        raise ConfigError([ConfigProblem(str(path), f"clients.{client_name}.stores",
+                                         f"client does not use a store named {store_name!r}")])
+    endpoint = client.token_endpoint or config.idps[client.idp].build().default_token_endpoint()
+    if not endpoint:
+        raise ConfigError([ConfigProblem(str(path), f"clients.{client_name}.token_endpoint",
+                                         f"required: IdP {client.idp!r} cannot tell it")])
+    request = TokenRequest(endpoint, client.auth_method, client.scopes, client.audience,
+                           client.resource)
+    store: SecretStore = config.stores[targets[0].store].build()
+    store.start()
+    return _Setup(request, store, targets[0].location, client)
+
+
+class _TokenCore:
+    """What the sync and asyncio clients share: configuration, cache and the token policy."""
+
+    def __init__(
+        self,
+        request: TokenRequest,
+        credentials: Credentials | None,
+        store: SecretStore | None,
+        location: Location | None,
+        policy: CachePolicy,
+        clock: Clock,
+        random: Random,
+        logger: FilteringBoundLogger | None,
+    ) -> None:
+        if (credentials is None) == (store is None):
+            raise ValueError("give either credentials or a store and a location")
+        if store is not None and not location:
+            raise ValueError("a store needs the location of the credentials in it")
+        self._request = request
+        self._credentials = credentials
+        self._store = store
+        self._location = location or ""
+        self._owns_store = False
+        self._policy = policy
+        self._clock = clock
+        self._random = random
+        self._log: FilteringBoundLogger = logger or structlog.get_logger("rotator.client")
+        self._lock = threading.Lock()
+        self._default_key = _scope_key(request.scopes)
+        self._requests: dict[ScopeKey, TokenRequest] = {self._default_key: request}
+
+    @property
+    def client_id(self) -> str | None:
+        """The client id in use, once known (credentials from a store are read lazily)."""
+        return None if self._credentials is None else self._credentials.client_id
+
+    def _key(self, scopes: Iterable[str] | None) -> ScopeKey:
+        return self._default_key if scopes is None else _scope_key(scopes)
+
+    def _request_for(self, key: ScopeKey) -> TokenRequest:
+        request = self._requests.get(key)
+        if request is None:
+            request = self._requests[key] = replace(self._request, scopes=key)
+        return request
+
+    def _invalidate(self, slots: Iterable[_Slot[Any]], token: Token) -> None:
+        with self._lock:
+            for slot in slots:
+                if slot.entry is not None and slot.entry.token is token:
+                    slot.entry = None
+
+    def _read_store(self, stage: Stage) -> StoredCredentials | None:
+        assert self._store is not None
+        return self._store.read(self._location, stage)
+
+    def _kept_after_failure(self, slot: _Slot[Any], exc: Exception) -> Token | None:
+        """A refresh failed: the old token while it is still valid (retried later), or None."""
+        now = self._clock()
+        with self._lock:
+            old = slot.entry
+            if old is None or now >= old.expires_at:
+                return None
+            retry_at = now + min(self._policy.max_delay, (old.expires_at - now) / 2)
+            slot.entry = replace(old, refresh_at=retry_at)
+        self._log.warning("token_refresh_failed", client_id=self.client_id,
+                          error=type(exc).__name__, detail=str(exc),
+                          old_token_valid_for=round(old.expires_at - now, 3))
+        return old.token
+
+    # -- the token policy, as effects --------------------------------------------------------
+
+    def _flow(self, key: ScopeKey) -> _Flow:
+        """Obtain a token for ``key``: retries, store re-reads and the PREVIOUS fallback."""
+        request = self._request_for(key)
+        credentials, stage = self._credentials, "given" if self._store is None else "current"
+        if credentials is None:
+            credentials = yield from self._read_current()
+        tried = {credentials}
+        failures = 0
+        while True:
+            sent_at = self._clock()
+            try:
+                token = yield _Fetch(request, credentials)
+            except TokenEndpointUnavailable as exc:
+                failures += 1
+                delay = self._policy.backoff(failures, self._random(), exc.retry_after)
+                if delay is None:
+                    raise self._gave_up(exc, failures) from exc
+                self._log.warning("token_endpoint_retry", client_id=credentials.client_id,
+                                  attempt=failures, delay=round(delay, 3), status=exc.status,
+                                  retry_after=exc.retry_after)
+                yield _Sleep(delay)
+                continue
+            except InvalidClient as exc:
+                found = None
+                if self._store is not None and len(tried) < 3:
+                    found = yield from self._other_credentials(tried, exc)
+                if found is None:
+                    raise self._refused(exc, credentials.client_id, len(tried)) from exc
+                credentials, stage = found
+                tried.add(credentials)
+                continue
+            except (InvalidScope, UnauthorizedClient) as exc:
+                raise type(exc)(
+                    f"client {credentials.client_id}: {exc} (not retried: the IdP must change "
+                    "what the client may request)", error=exc.error, status=exc.status,
+                ) from exc
+            entry = _entry(token, sent_at, self._policy)
+            self._log.info("token_obtained", client_id=credentials.client_id, scopes=list(key),
+                           expires_in=token.expires_in, credential=stage)
+            return entry
+
+    def _read_current(self) -> Generator[_Effect, Any, Credentials]:
+        stored: StoredCredentials | None = yield _Read(Stage.CURRENT)
+        if stored is None:
+            raise StoreNotFound(f"store {self._store_name()!r} holds no credentials at "
+                                f"{self._location!r}")
+        self._credentials = stored.credentials
+        return stored.credentials
+
+    def _other_credentials(
+        self, tried: set[Credentials], refused: InvalidClient
+    ) -> Generator[_Effect, Any, tuple[Credentials, str] | None]:
+        """A credential not yet tried: CURRENT re-read from the store, else PREVIOUS."""
+        for stage in (Stage.CURRENT, Stage.PREVIOUS):
+            try:
+                stored: StoredCredentials | None = yield _Read(stage)
+            except StoreError as exc:
+                raise InvalidClient(
+                    f"{refused}; re-reading store {self._store_name()!r} failed: {exc}",
+                    error=refused.error, status=refused.status,
+                ) from exc
+            if stored is not None and stored.credentials not in tried:
+                if stage is Stage.CURRENT:
+                    self._credentials = stored.credentials
+                self._log.info("credentials_reread", client_id=stored.credentials.client_id,
+                               stage=stage.value, store=self._store_name())
+                return stored.credentials, stage.value
+        return None
+
+    def _store_name(self) -> str:
+        return getattr(self._store, "name", "?")
+
+    def _refused(self, exc: InvalidClient, client_id: str, tried: int) -> InvalidClient:
+        where = ("the credentials were given directly" if self._store is None else
+                 f"tried {tried} secret(s) from store {self._store_name()!r}, none other there")
+        return InvalidClient(f"client {client_id}: {exc} ({where})",
+                             error=exc.error, status=exc.status)
+
+    def _gave_up(self, exc: TokenEndpointUnavailable, failures: int) -> TokenEndpointUnavailable:
+        if exc.retry_after is not None and exc.retry_after > self._policy.max_delay:
+            why = (f"it asked to retry after {exc.retry_after:.0f} s, longer than max_delay "
+                   f"{self._policy.max_delay:g} s")
+        else:
+            why = f"gave up after {failures} attempt(s)"
+        return TokenEndpointUnavailable(
+            f"client {self.client_id}: {exc} ({why})", error=exc.error, status=exc.status,
+            retry_after=exc.retry_after,
+        )
+
+
+class _Flight:
+    """One token request that several threads wait for."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._token: Token | None = None
+        self._error: BaseException | None = None
+
+    def finish(self, token: Token | None, error: BaseException | None = None) -> None:
+        self._token, self._error = token, error
+        self._done.set()
+
+    def wait(self) -> Token:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._token is not None
+        return self._token
+
+
+class TokenClient(_TokenCore):
+    """Access tokens for one OAuth client, cached and shared by the threads of a service.
+
+    Give ``credentials``, or a started ``store`` and the ``location`` of the credentials in
+    it (re-read when the token endpoint refuses the secret). ``http`` is the client for the
+    token endpoint (closed by :meth:`close` only if this object created it). ``clock``,
+    ``sleep`` and ``random`` are injectable for tests.
+    """
+
+    def __init__(
+        self,
+        request: TokenRequest,
+        credentials: Credentials | None = None,
+        *,
+        store: SecretStore | None = None,
+        location: Location | None = None,
+        http: httpx.Client | None = None,
+        policy: CachePolicy | None = None,
+        clock: Clock = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        random: Random = _random.random,
+        logger: FilteringBoundLogger | None = None,
+    ) -> None:
+        super().__init__(request, credentials, store, location, policy or CachePolicy(), clock,
+                         random, logger)
+        self._http = http if http is not None else httpx.Client(timeout=10.0)
+        self._owns_http = http is None
+        self._sleep = sleep
+        self._store_lock = threading.Lock()
+        self._slots: dict[ScopeKey, _Slot[_Flight]] = {}
+
+    @classmethod
+    def from_config(
+        cls,
+        path: str | PathLike[str],
+        client_name: str,
+        *,
+        store: str | None = None,
+        environ: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> Self:
+        """A client for ``[clients.<client_name>]`` of a rotator configuration.
+
+        Reads credentials from the client's first store (or the one named ``store``), which
+        is started here and closed by :meth:`close`. Raises ``ConfigError`` or ``StoreError``.
+        """
+        setup = _setup_from_config(path, client_name, store, environ)
+        kwargs.setdefault("http", httpx.Client(timeout=setup.client.verify_timeout,
+                                               verify=setup.client.tls_verify))
+        client = cls(setup.request, store=setup.store, location=setup.location, **kwargs)
+        client._owns_http = True
+        client._owns_store = True
+        return client
+
+    def token(self, scopes: Iterable[str] | None = None) -> Token:
+        """A valid token for ``scopes`` (default: the request's), from the cache if possible.
+
+        Raises the ``VerificationError`` subclasses described in the module docstring.
+        """
+        slot = self._slots.get(self._default_key if scopes is None else _scope_key(scopes))
+        if slot is not None:
+            entry = slot.entry
+            if entry is not None and self._clock() < entry.refresh_at:
+                return entry.token
+        return self._token_slow(self._key(scopes))
+
+    def invalidate(self, token: Token) -> None:
+        """Forget ``token`` (a resource server refused it); the next call fetches another."""
+        self._invalidate(self._slots.values(), token)
+
+    def _token_slow(self, key: ScopeKey) -> Token:
+        with self._lock:
+            slot = self._slots.setdefault(key, _Slot())
+            now, entry = self._clock(), slot.entry
+            if entry is not None and now < entry.expires_at and (
+                now < entry.refresh_at or slot.flight is not None
+            ):
+                return entry.token  # fresh, or another thread is already refreshing it
+            flight, lead = slot.flight, slot.flight is None
+            if flight is None:
+                flight = slot.flight = _Flight()
+        if not lead:
+            return flight.wait()
+        try:
+            new = self._run(self._flow(key))
+        except Exception as exc:
+            kept = self._kept_after_failure(slot, exc)
+            with self._lock:
+                slot.flight = None
+            flight.finish(kept, exc if kept is None else None)
+            if kept is None:
+                raise
+            return kept
+        except BaseException as exc:  # KeyboardInterrupt: release the waiting threads too
+            with self._lock:
+                slot.flight = None
+            flight.finish(None, exc)
+            raise
+        with self._lock:
+            slot.entry, slot.flight = new, None
+        flight.finish(new.token)
+        return new.token
+
+    def _run(self, flow: _Flow) -> _Entry:
+        sent: Any = None
+        error: Exception | None = None
+        while True:
+            try:
+                effect = flow.throw(error) if error is not None else flow.send(sent)
+            except StopIteration as stop:
+                result: _Entry = stop.value
+                return result
+            sent, error = None, None
+            try:
+                if isinstance(effect, _Fetch):
+                    sent = request_token(self._http, effect.request, effect.credentials)
+                elif isinstance(effect, _Sleep):
+                    self._sleep(effect.seconds)
+                else:
+                    with self._store_lock:
+                        sent = self._read_store(effect.stage)
+            except Exception as exc:
+                error = exc
+
+    def close(self) -> None:
+        """Close the token-endpoint client and store this object created. Never raises."""
+        if self._owns_http:
+            self._http.close()
+        if self._owns_store and self._store is not None:
+            self._store.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncTokenSource(Protocol):
+    """What :class:`ClientCredentialsAuth` needs from an asyncio token client."""
+
+    async def token(self, scopes: Iterable[str] | None = None) -> Token: ...
+
+    def invalidate(self, token: Token) -> None: ...
+
+
+def _authorized(request: httpx.Request, token: Token) -> httpx.Request:
+    request.headers["Authorization"] = "Bearer " + token.access_token.reveal()
+    return request
+
+
+class ClientCredentialsAuth(httpx.Auth):
+    """``httpx`` authentication with cached client-credentials tokens.
+
+    ``httpx.Client(auth=ClientCredentialsAuth(token_client))`` with a :class:`TokenClient`,
+    ``httpx.AsyncClient(auth=...)`` with an ``AsyncTokenClient``. When the resource server
+    answers 401, the token is dropped from the cache and the request is sent once more with a
+    new token; a second 401 is returned to the caller. Token errors propagate from the
+    request as ``VerificationError`` subclasses.
+    """
+
+    # A request is sent twice after a 401: read a streamed body first so it can be replayed.
+    requires_request_body = True
+
+    def __init__(self, tokens: TokenClient | AsyncTokenSource,
+                 scopes: Iterable[str] | None = None) -> None:
+        self._tokens = tokens
+        self._scopes = None if scopes is None else _scope_key(scopes)
+        self._log: FilteringBoundLogger = structlog.get_logger("rotator.client")
+
+    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response,
+                                                                   None]:
+        tokens = self._tokens
+        if not isinstance(tokens, TokenClient):
+            raise TypeError("ClientCredentialsAuth holds an asyncio token client: use it with "
+                            "httpx.AsyncClient, or give it a TokenClient")
+        request.read()
+        token = tokens.token(self._scopes)
+        response = yield _authorized(request, token)
+        if response.status_code == 401:
+            self._log.info("token_rejected_by_resource", host=request.url.host)
+            tokens.invalidate(token)
+            yield _authorized(request, tokens.token(self._scopes))
+
+    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request,
+                                                                               httpx.Response]:
+        tokens = self._tokens
+        if isinstance(tokens, TokenClient):
+            raise TypeError("ClientCredentialsAuth holds a TokenClient: use it with "
+                            "httpx.Client, or give it an AsyncTokenClient")
+        await request.aread()
+        token = await tokens.token(self._scopes)
+        response = yield _authorized(request, token)
+        if response.status_code == 401:
+            self._log.info("token_rejected_by_resource", host=request.url.host)
+            tokens.invalidate(token)
+            yield _authorized(request, await tokens.token(self._scopes))
