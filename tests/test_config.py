@@ -531,3 +531,16 @@ class TestCliBrokenConfigTouchesNothing:
         assert "Traceback" not in err
         assert _snapshot(tmp_path) == before
         assert not (tmp_path / "state").exists()
+
+
+class TestExampleConfig:
+    """The documented example config uses only keys rotator knows; only its files are absent."""
+
+    def test_example_has_no_problem_but_missing_files(self) -> None:
+        example = Path(__file__).parent.parent / "config" / "rotator.toml"
+        with pytest.raises(ConfigError) as info:
+            load_config(example, environ={"ROTATOR_KEYCLOAK_SECRET": secrets.token_hex(8)})
+        reasons = {(p.key, p.reason) for p in info.value.problems}
+        assert reasons, "the example should name files that do not exist here"
+        for key, reason in reasons:
+            assert key.endswith("_file") and "does not exist" in reason, (key, reason)
