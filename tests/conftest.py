@@ -11,13 +11,20 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from rotation_env import KeycloakRealm
-from servers import ADMIN_CLIENT_ROLES, Keycloak, OpenBao
+from servers import ADMIN_CLIENT_ROLES, Keycloak, MotoServer, OpenBao
 
 
 @pytest.fixture(scope="session")
 def bao_server() -> Iterator[OpenBao]:
     """A real OpenBao dev server on 127.0.0.1 and a free port."""
     with OpenBao() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    """A real moto server (AWS APIs over HTTP) on 127.0.0.1 and a free port."""
+    with MotoServer() as server:
         yield server
 
 

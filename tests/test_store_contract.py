@@ -1,4 +1,5 @@
-"""The SecretStore contract, run on every store: Vault KV v2 (a real OpenBao) and env files."""
+"""The SecretStore contract, run on every store: Vault KV v2 (a real OpenBao), AWS Secrets
+Manager (a real moto server) and env files."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import httpx
 import pytest
-from servers import OpenBao, free_port
+from servers import MotoServer, OpenBao, free_port
 
+from providers.stores.aws_secrets_manager import AwsSecretsManagerStore
 from providers.stores.env import EnvStore
 from providers.stores.vault import VaultStore
 from rotator.errors import StoreAccessDenied, StoreConflict, StoreUnavailable
@@ -61,12 +64,26 @@ def vault_store(server: OpenBao, **settings: Any) -> VaultStore:
     return VaultStore("vault", given)
 
 
-@pytest.fixture(params=[pytest.param("vault", marks=pytest.mark.server), "env"])
+def aws_store(server: MotoServer, **settings: Any) -> AwsSecretsManagerStore:
+    """An AwsSecretsManagerStore on the moto server, signing with the server's made-up keys."""
+    given: dict[str, Any] = {s.key: s.default for s in AwsSecretsManagerStore.SETTINGS}
+    given.update(region=server.region, endpoint_url=server.url, timeout=5.0)
+    given.update(settings)
+    session = boto3.Session(aws_access_key_id=server.access_key_id,
+                            aws_secret_access_key=server.secret_access_key)
+    return AwsSecretsManagerStore("aws", given, session=session)
+
+
+@pytest.fixture(params=[pytest.param("vault", marks=pytest.mark.server),
+                        pytest.param("aws", marks=pytest.mark.server), "env"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[SecretStore, str]]:
     """A started store of each kind and a fresh location in it."""
     adapter: SecretStore
     if request.param == "vault":
         adapter = vault_store(request.getfixturevalue("bao_server"))
+        location = f"apps/{secrets.token_hex(6)}"
+    elif request.param == "aws":
+        adapter = aws_store(request.getfixturevalue("moto_server"))
         location = f"apps/{secrets.token_hex(6)}"
     else:
         adapter = EnvStore("env", {"file": str(tmp_path / "creds.env"), "read_environ": False})
@@ -173,7 +190,7 @@ class TestForeignPending:
             s.stage_pending(loc, ours, our_rid)
         message = str(caught.value)
         assert their_rid in message
-        if isinstance(s, VaultStore):  # the env store names only the foreign rotation
+        if isinstance(s, VaultStore | AwsSecretsManagerStore):  # env names only the foreign one
             assert our_rid in message
         assert theirs.client_secret.reveal() not in message
         assert ours.client_secret.reveal() not in message
