@@ -76,6 +76,7 @@ _TOKEN = re.compile(r"^rotator\.(\d\d)\.\.*([^.].*)$")
 _RID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_:.-]{0,52}$")
 _PLACEHOLDER = "rotator.empty."
 _DENIED = {"AccessDeniedException", "AccessDenied", "UnrecognizedClientException",
+           "InvalidClientTokenId",
            "InvalidSignatureException", "ExpiredTokenException", "DecryptionFailure"}
 _UNAVAILABLE = {"InternalServiceError", "ThrottlingException", "TooManyRequestsException",
                 "ServiceUnavailable", "RequestTimeout"}
@@ -97,6 +98,17 @@ def rotation_of(version_id: str | None) -> tuple[RotationId | None, int]:
 
 def _placeholder(version_id: str | None) -> bool:
     return bool(version_id and version_id.startswith(_PLACEHOLDER))
+
+
+def _error_of(exc: bex.ClientError) -> tuple[str, str]:
+    """The error code and the redacted message; moto answers IAM refusals in XML."""
+    error = exc.response.get("Error", {})
+    code, message = error.get("Code", ""), error.get("Message", "")
+    if message.lstrip().startswith("<"):
+        xml = {k: re.search(f"<{k}>(.*?)</{k}>", message, re.S) for k in ("Code", "Message")}
+        code = xml["Code"].group(1) if xml["Code"] else code
+        message = xml["Message"].group(1) if xml["Message"] else ""
+    return code, redact(message or code)
 
 
 def _time(value: str | None) -> datetime | None:
@@ -158,7 +170,7 @@ class AwsSecretsManagerStore:
         s, where = self._settings, f"aws store {self.name!r}"
         timeout = float(s.get("timeout") or 10.0)
         config = Config(connect_timeout=timeout, read_timeout=timeout, retries={
-            "mode": "standard", "max_attempts": int(s.get("max_attempts") or 5)})
+            "mode": "standard", "total_max_attempts": int(s.get("max_attempts") or 5)})
         try:
             session = self._session or boto3.Session(profile_name=s.get("profile"))
             if session.get_credentials() is None:
@@ -189,16 +201,15 @@ class AwsSecretsManagerStore:
         try:
             yield
         except bex.ClientError as exc:
-            error = exc.response.get("Error", {})
-            code, action = error.get("Code", ""), f"secretsmanager:{exc.operation_name}"
-            remote = redact(error.get("Message", "") or code)
+            code, remote = _error_of(exc)
+            action = f"secretsmanager:{exc.operation_name}"
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
             if code == "ResourceNotFoundException":
                 raise StoreNotFound(f"{where}: not found ({remote})") from exc
-            if code in _DENIED:
+            if code in _DENIED or status in (401, 403):
                 need = "kms:Decrypt on its KMS key" if code == "DecryptionFailure" else action
                 raise StoreAccessDenied(f"{where}: access denied: the AWS identity needs "
                                         f"{need} ({code}: {remote})") from exc
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
             if code in _UNAVAILABLE or status >= 500:
                 raise StoreUnavailable(f"{where}: {action} failed after retries: {remote}") \
                     from exc
