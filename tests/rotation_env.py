@@ -1,5 +1,8 @@
 """A rotation scenario on real servers: one fresh Keycloak client, OpenBao and an env file.
 
+The first (primary) store is OpenBao by default; ``primary="aws"`` puts the client's secret
+in AWS Secrets Manager on a moto server instead (the env file stays the second store).
+
 ``Scenario`` writes a real configuration (audit key, admin secret file, env file), seeds the
 stores with the client's present secret, runs the real ``rotator`` CLI (in-process or as a
 subprocess), and answers the questions tests ask: what does each store hold, what does
@@ -9,18 +12,21 @@ can scan every output for leaks.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import os
 import secrets
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import boto3
 import hvac
-from servers import ROTATION_ATTRIBUTES, Keycloak, OpenBao
+from servers import ROTATION_ATTRIBUTES, Keycloak, MotoServer, OpenBao
 
 from providers.stores.env import parse_env
 from rotator.cli import run
@@ -51,19 +57,24 @@ class Scenario:
     client_id: str
     overlap: bool
     grace: str = "0s"
+    primary: str = "vault"
+    moto: MotoServer | None = None
     seen_secrets: set[str] = field(default_factory=set)
     outputs: list[str] = field(default_factory=list)
 
     @classmethod
     def create(cls, kc: KeycloakRealm, bao: OpenBao, root: Path, *, overlap: bool,
                grace: str = "0s", scopes: Sequence[str] = (), extra_client: str = "",
-               idp_extra: str = "") -> Scenario:
+               idp_extra: str = "", primary: str = "vault",
+               moto: MotoServer | None = None) -> Scenario:
         client_id = f"svc-{secrets.token_hex(4)}"
         _, secret = kc.keycloak.create_client(
             kc.realm, client_id, scopes=scopes,
             attributes=dict(ROTATION_ATTRIBUTES) if overlap else None)
-        s = cls(kc, bao, root, client_id, overlap, grace)
+        s = cls(kc, bao, root, client_id, overlap, grace, primary, moto)
         s.seen_secrets |= {secret, kc.admin_secret, bao.root_token}
+        if moto is not None:
+            s.seen_secrets.add(moto.secret_access_key)
         root.mkdir(parents=True, exist_ok=True)
         key = secrets.token_urlsafe(32)
         s.seen_secrets.add(key)
@@ -74,9 +85,21 @@ class Scenario:
             path.chmod(0o600)
         (root / "creds.env").write_text(f"SVC_CLIENT_ID={client_id}\nSVC_CLIENT_SECRET={secret}\n")
         (root / "creds.env").chmod(0o600)
-        s.vault().secrets.kv.v2.create_or_update_secret(
-            path=s.vault_path, secret={"client_id": client_id, "client_secret": secret},
-            mount_point="secret")
+        value = {"client_id": client_id, "client_secret": secret}
+        if primary == "aws":
+            s.aws().create_secret(Name=s.aws_secret_id, SecretString=json.dumps(value))
+            primary_line = f'{{store = "aws", secret_id = "{s.aws_secret_id}"}}'
+        else:
+            s.vault().secrets.kv.v2.create_or_update_secret(
+                path=s.vault_path, secret=value, mount_point="secret")
+            primary_line = f'{{store = "bao", path = "{s.vault_path}"}}'
+        aws_store = "" if moto is None else f"""
+[stores.aws]
+type = "aws_secrets_manager"
+region = "{moto.region}"
+endpoint_url = "{moto.url}"
+timeout = "5s"
+"""
         scope_line = f"scopes = {list(scopes)!r}\n" if scopes else ""
         (root / "rotator.toml").write_text(f"""
 [rotator]
@@ -92,6 +115,7 @@ url = "{bao.url}"
 token_file = "bao.token"
 timeout = "5s"
 
+{aws_store}
 [stores.envfile]
 type = "env"
 file = "creds.env"
@@ -112,7 +136,7 @@ client_id = "{client_id}"
 grace_period = "{grace}"
 verify_attempts = 3
 {scope_line}{extra_client}
-stores = [{{store = "bao", path = "{s.vault_path}"}}, {{store = "envfile", prefix = "SVC"}}]
+stores = [{primary_line}, {{store = "envfile", prefix = "SVC"}}]
 """)
         return s
 
@@ -129,12 +153,42 @@ stores = [{{store = "bao", path = "{s.vault_path}"}}, {{store = "envfile", prefi
     def vault(self) -> hvac.Client:
         return hvac.Client(url=self.bao.url, token=self.bao.root_token)
 
+    @property
+    def aws_secret_id(self) -> str:
+        return f"apps/{self.client_id}"
+
+    def aws(self) -> Any:
+        """A Secrets Manager client for the moto server (made-up keys, passed explicitly)."""
+        assert self.moto is not None, "this scenario has no moto server"
+        return boto3.client("secretsmanager", region_name=self.moto.region,
+                            endpoint_url=self.moto.url,
+                            aws_access_key_id=self.moto.access_key_id,
+                            aws_secret_access_key=self.moto.secret_access_key)
+
+    def _aws_env(self) -> dict[str, str]:
+        return {} if self.moto is None else self.moto.aws_env()
+
+    @contextlib.contextmanager
+    def _environ(self) -> Iterator[None]:
+        """The AWS variables of the moto server in os.environ, for an in-process CLI run."""
+        saved = {k: os.environ.get(k) for k in self._aws_env()}
+        os.environ.update(self._aws_env())
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
     # -- running the CLI -------------------------------------------------------------------
 
     def cli(self, *args: str) -> CliResult:
         """Run ``rotator ARGS -c CONFIG`` in this process."""
         out, err = io.StringIO(), io.StringIO()
-        code = run([*args, "-c", str(self.config)], out, err)
+        with self._environ():
+            code = run([*args, "-c", str(self.config)], out, err)
         result = CliResult(code, out.getvalue(), err.getvalue())
         self.outputs += [result.out, result.err]
         self.remember()
@@ -145,6 +199,7 @@ stores = [{{store = "bao", path = "{s.vault_path}"}}, {{store = "envfile", prefi
         argv = [sys.executable, str(TESTS / "crash_runner.py"), *(crash or ("none", "-")),
                 *args, "-c", str(self.config)]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+        env |= self._aws_env()
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env,
                               check=False)
         self.outputs += [proc.stdout, proc.stderr]
@@ -170,6 +225,29 @@ stores = [{{store = "bao", path = "{s.vault_path}"}}, {{store = "envfile", prefi
     def vault_pending(self) -> str | None:
         data = self.vault_data(self.vault_path + ".pending")
         return None if data is None else str(data["client_secret"])
+
+    def aws_value(self, stage: str = "AWSCURRENT") -> str | None:
+        """The client secret in the version labelled ``stage``, read with the stage named."""
+        aws = self.aws()
+        try:
+            got = aws.get_secret_value(SecretId=self.aws_secret_id, VersionStage=stage)
+        except aws.exceptions.ResourceNotFoundException:
+            return None
+        if stage == "AWSPENDING" and "AWSCURRENT" in got["VersionStages"]:
+            return None  # a finished rotation, not a pending one
+        secret = json.loads(got["SecretString"]).get("client_secret")
+        return None if secret is None else str(secret)
+
+    def primary_current(self) -> str:
+        """The secret consumers of the primary store read now."""
+        if self.primary == "aws":
+            value = self.aws_value()
+            assert value is not None
+            return value
+        return self.vault_current()
+
+    def primary_pending(self) -> str | None:
+        return self.aws_value("AWSPENDING") if self.primary == "aws" else self.vault_pending()
 
     def env_values(self) -> dict[str, str]:
         return parse_env((self.root / "creds.env").read_text())
@@ -207,6 +285,11 @@ stores = [{{store = "bao", path = "{s.vault_path}"}}, {{store = "envfile", prefi
                 continue  # a test sealed it
             if data and data.get("client_secret"):
                 self.seen_secrets.add(str(data["client_secret"]))
+        if self.primary == "aws":
+            for stage in ("AWSCURRENT", "AWSPENDING", "AWSPREVIOUS"):
+                value = self.aws_value(stage)
+                if value:
+                    self.seen_secrets.add(value)
         for key, value in self.env_values().items():
             if "SECRET" in key:
                 self.seen_secrets.add(value)
