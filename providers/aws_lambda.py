@@ -1,0 +1,294 @@
+"""rotator as an AWS Secrets Manager rotation function (a Lambda handler).
+
+Secrets Manager drives the rotation and calls :func:`handler` once per step with
+``{"SecretId": arn, "ClientRequestToken": token, "Step": step}`` (newer events add
+``RotationToken``, passed on to ``PutSecretValue``). The version labels are the journal:
+every step first re-reads them, does nothing if its work is done, and refuses a token that
+is neither ``AWSPENDING`` nor ``AWSCURRENT``. The version id of the new secret is ``token``.
+
+``createSecret``
+    Does nothing if ``token`` already holds a value. Otherwise gets the new secret and
+    stores it under ``AWSPENDING``, the other JSON keys copied from ``AWSCURRENT``. When the
+    IdP generates values (Keycloak), the new value exists only once the IdP made it, so this
+    step asks the IdP for it; a retry after a crash adopts the secret the IdP already holds
+    (when it differs from ``AWSCURRENT``) instead of making a second one. When rotator may
+    choose the value, this step only generates it. Before making a new secret it retires the
+    old secrets the last rotation kept valid (see below). With a single-secret IdP the old
+    secret is dead at this point, so the new version is made ``AWSCURRENT`` at once.
+``setSecret``
+    Gives the IdP the new value when rotator chooses values; otherwise nothing to do.
+``testSecret``
+    The new credential must obtain a token (client-credentials grant), with the client's
+    ``verify_attempts`` to ride out propagation delay.
+``finishSecret``
+    Moves ``AWSCURRENT`` to ``token`` (AWS puts ``AWSPREVIOUS`` on the old version), removes
+    ``AWSPENDING`` and tags the secret.
+
+Retiring old secrets: Secrets Manager has no step after ``finishSecret``, so the old secret
+stays valid (as ``AWSPREVIOUS``) until the next rotation's ``createSecret`` retires it, i.e.
+for one rotation interval; with ``grace_period = 0`` ``finishSecret`` retires it at once.
+
+Configuration: ``ROTATOR_CONFIG`` names rotator's TOML file; the client rotated is the one
+whose first store is an ``aws_secrets_manager`` store holding this secret (``ROTATOR_CLIENT``
+names it explicitly). Audit events go to stdout (CloudWatch Logs). Nothing here logs a
+secret value; failures raise :class:`~rotator.errors.RotatorError` and Secrets Manager
+marks the rotation failed and retries it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from providers.stores.aws_secrets_manager import (
+    CURRENT,
+    PENDING,
+    PREVIOUS,
+    AwsSecretsManagerStore,
+)
+from rotator.audit import AuditLog, bound
+from rotator.config import ClientConfig, Config, load_config
+from rotator.engine import Adapters
+from rotator.errors import (
+    InvalidScope,
+    RotationError,
+    StoreNotFound,
+    UnauthorizedClient,
+    VerificationError,
+)
+from rotator.interfaces import Credentials, IdentityProvider, IdpCapabilities, IssuedSecret
+from rotator.secrets import Secret, generate_secret
+from rotator.token import TokenRequest, request_token
+
+STEPS = ("createSecret", "setSecret", "testSecret", "finishSecret")
+
+
+@dataclass
+class _Rotation:
+    """One step's view: the client, its store and IdP, and the secret's labels."""
+
+    config: ClientConfig
+    store: AwsSecretsManagerStore
+    idp: IdentityProvider
+    caps: IdpCapabilities
+    secret_id: str
+    token: str
+    labels: dict[str, list[str]]
+    audit: AuditLog
+
+    def label_of(self, label: str) -> str | None:
+        return next((v for v, stages in self.labels.items() if label in stages), None)
+
+    def state(self) -> str:
+        """``current``, ``pending``, ``absent`` or ``other`` for the version ``token``."""
+        stages = self.labels.get(self.token)
+        if stages is None:
+            return "absent"
+        return "current" if CURRENT in stages else "pending" if PENDING in stages else "other"
+
+    def value(self, **where: str) -> tuple[dict[str, Any], Credentials | None]:
+        with self.store.errors(self.secret_id):
+            text = self.store.client.get_secret_value(SecretId=self.secret_id, **where)
+        return self.store.decode(text.get("SecretString"))
+
+    def refresh(self) -> None:
+        with self.store.errors(self.secret_id):
+            meta = self.store.client.describe_secret(SecretId=self.secret_id)
+        self.labels = {k: list(v) for k, v in meta.get("VersionIdsToStages", {}).items()}
+
+    def move(self, label: str, *, to: str | None = None, away_from: str | None = None) -> None:
+        kwargs = {k: v for k, v in (("MoveToVersionId", to), ("RemoveFromVersionId", away_from))
+                  if v}
+        with self.store.errors(self.secret_id):
+            self.store.client.update_secret_version_stage(
+                SecretId=self.secret_id, VersionStage=label, **kwargs)
+
+
+def handler(event: Mapping[str, Any], context: object = None,
+            environ: Mapping[str, str] | None = None) -> None:
+    """Run one rotation step for the secret in ``event``; raises ``RotatorError`` on failure."""
+    env = os.environ if environ is None else environ
+    step, token = str(event.get("Step", "")), str(event.get("ClientRequestToken", ""))
+    if step not in STEPS or not token:
+        raise RotationError(f"not a Secrets Manager rotation event (Step {step!r})")
+    config = load_config(env.get("ROTATOR_CONFIG") or "rotator.toml", env)
+    audit = AuditLog(config.audit.key, stdout=True)
+    adapters = Adapters(config)
+    try:
+        rotation = _rotation(config, adapters, audit, str(event["SecretId"]), token,
+                             env.get("ROTATOR_CLIENT"))
+        with bound(client=rotation.config.name, rotation_id=token, actor="aws-lambda"):
+            started = time.monotonic()
+            try:
+                _STEP[step](rotation, event.get("RotationToken"))
+            except Exception as exc:
+                audit.event("rotation_step", step=step, outcome="failure", error=str(exc),
+                            duration_ms=int((time.monotonic() - started) * 1000))
+                raise
+            audit.event("rotation_step", step=step, outcome="success",
+                        duration_ms=int((time.monotonic() - started) * 1000))
+    finally:
+        adapters.close()
+        audit.close()
+
+
+def _rotation(config: Config, adapters: Adapters, audit: AuditLog, secret_id: str, token: str,
+              wanted: str | None) -> _Rotation:
+    """Find the configured client whose first store holds ``secret_id``; check rotation."""
+    for client in config.clients.values():
+        store_config = config.stores[client.primary.store]
+        if (wanted and client.name != wanted) or store_config.type != "aws_secrets_manager":
+            continue
+        store = adapters.store(client.primary.store)
+        assert isinstance(store, AwsSecretsManagerStore)
+        with store.errors(secret_id):
+            meta = store.client.describe_secret(SecretId=secret_id)
+        location = client.primary.location
+        if location not in (meta["ARN"], meta["Name"], secret_id) and not meta[
+                "ARN"].startswith(location + "-"):
+            continue
+        if not meta.get("RotationEnabled"):
+            raise RotationError(f"secret {meta['Name']} is not enabled for rotation")
+        idp = adapters.idp(client.idp)
+        labels = {k: list(v) for k, v in meta.get("VersionIdsToStages", {}).items()}
+        return _Rotation(client, store, idp, idp.capabilities(client.client_id), meta["ARN"],
+                         token, labels, audit)
+    raise RotationError(f"no configured client has {secret_id} as its first store"
+                        + (f" (ROTATOR_CLIENT={wanted})" if wanted else ""))
+
+
+def _current(r: _Rotation) -> tuple[dict[str, Any], Credentials]:
+    base, current = r.value(VersionStage=CURRENT)
+    if current is None or current.client_id != r.config.client_id:
+        raise RotationError(f"AWSCURRENT of {r.secret_id} holds no credential of client "
+                            f"{r.config.client_id!r}")
+    return base, current
+
+
+def _retire(r: _Rotation, keep: Secret) -> None:
+    """Revoke the old secrets the IdP still accepts, and stop offering AWSPREVIOUS."""
+    if not r.caps.can_revoke_old:
+        return
+    count = r.idp.retire_old_secrets(r.config.client_id, IssuedSecret(keep))
+    previous = r.label_of(PREVIOUS)
+    if previous and previous != r.label_of(CURRENT):
+        r.move(PREVIOUS, away_from=previous)
+    r.audit.event("old_secret_retired", step="retire", outcome="success", count=count)
+
+
+def create_secret(r: _Rotation, rotation_token: str | None) -> None:
+    state = r.state()
+    if state == "current":
+        return
+    if state == "other":
+        raise RotationError(f"version {r.token} of {r.secret_id} is not AWSPENDING")
+    pending = r.label_of(PENDING)
+    if pending not in (None, r.token, r.label_of(CURRENT)):
+        raise RotationError(f"{r.secret_id}: version {pending} is AWSPENDING: another "
+                            "rotation is in progress")
+    if state == "pending":
+        try:
+            if r.value(VersionId=r.token, VersionStage=PENDING)[1] is not None:
+                return  # created by an earlier attempt
+        except StoreNotFound:
+            pass  # Secrets Manager registered the version; it has no value yet
+    base, current = _current(r)
+    value: Secret | None = None
+    if not r.caps.caller_sets_value and r.caps.can_read_current:
+        held = r.idp.current_secret(r.config.client_id)
+        if held is not None and held != current.client_secret:
+            value = held  # an earlier attempt made it, then died before storing it
+            r.audit.event("secret_recovered", step="create", outcome="success",
+                          new_fingerprint=r.audit.fingerprint(held))
+    if value is None:
+        _retire(r, current.client_secret)
+        if r.caps.caller_sets_value:
+            value = generate_secret()
+        else:
+            value = r.idp.create_secret(r.config.client_id, r.token, None).value
+            r.audit.event("secret_created", step="create", outcome="success",
+                          new_fingerprint=r.audit.fingerprint(value))
+    text = r.store.encode(base, Credentials(r.config.client_id, value))
+    extra = {"RotationToken": rotation_token} if rotation_token else {}
+    with r.store.errors(r.secret_id):
+        r.store.client.put_secret_value(SecretId=r.secret_id, ClientRequestToken=r.token,
+                                        SecretString=text, VersionStages=[PENDING], **extra)
+    r.audit.event("secret_staged", step="create", outcome="success",
+                  new_fingerprint=r.audit.fingerprint(value))
+    if not r.caps.overlap:  # the old secret no longer works: consumers need the new one now
+        _promote(r)
+
+
+def set_secret(r: _Rotation, rotation_token: str | None) -> None:
+    creds = _token_credentials(r)
+    if r.caps.caller_sets_value and r.state() == "pending":
+        r.idp.create_secret(r.config.client_id, r.token, creds.client_secret)
+
+
+def test_secret(r: _Rotation, rotation_token: str | None) -> None:
+    creds = _token_credentials(r)
+    endpoint = r.config.token_endpoint or r.idp.default_token_endpoint()
+    if not endpoint:
+        raise RotationError(f"client {r.config.name} has no token_endpoint")
+    request = TokenRequest(endpoint, r.config.auth_method, r.config.scopes, r.config.audience,
+                           r.config.resource)
+    delay = 0.5
+    with httpx.Client(timeout=r.config.verify_timeout, verify=r.config.tls_verify) as http:
+        for attempt in range(1, r.config.verify_attempts + 1):
+            try:
+                request_token(http, request, creds)
+                break
+            except (InvalidScope, UnauthorizedClient):
+                raise
+            except VerificationError:
+                if attempt == r.config.verify_attempts:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 8.0)
+    r.audit.event("secret_verified", step="test", outcome="success",
+                  new_fingerprint=r.audit.fingerprint(creds.client_secret))
+
+
+def finish_secret(r: _Rotation, rotation_token: str | None) -> None:
+    if r.state() not in ("current", "pending"):
+        raise RotationError(f"version {r.token} of {r.secret_id} is neither AWSPENDING nor "
+                            "AWSCURRENT")
+    _promote(r)
+    if r.config.grace_period == 0:
+        _retire(r, _current(r)[1].client_secret)
+
+
+def _promote(r: _Rotation) -> None:
+    current = r.label_of(CURRENT)
+    if current != r.token:
+        r.move(CURRENT, to=r.token, away_from=current)
+        r.audit.event("secret_promoted", step="finish", outcome="success")
+        r.refresh()
+    if PENDING in r.labels.get(r.token, []):
+        r.move(PENDING, away_from=r.token)
+        r.refresh()
+    with r.store.errors(r.secret_id):
+        r.store.client.tag_resource(SecretId=r.secret_id, Tags=[
+            {"Key": "rotator:rotation-id", "Value": r.token},
+            {"Key": "rotator:promoted-at", "Value": datetime.now(UTC).isoformat()}])
+
+
+def _token_credentials(r: _Rotation) -> Credentials:
+    """The credential in version ``token``, which must be AWSPENDING or AWSCURRENT."""
+    if r.state() not in ("current", "pending"):
+        raise RotationError(f"version {r.token} of {r.secret_id} is neither AWSPENDING nor "
+                            "AWSCURRENT; run createSecret first")
+    creds = r.value(VersionId=r.token)[1]
+    if creds is None:
+        raise RotationError(f"version {r.token} of {r.secret_id} holds no credential")
+    return creds
+
+
+_STEP = {"createSecret": create_secret, "setSecret": set_secret, "testSecret": test_secret,
+         "finishSecret": finish_secret}

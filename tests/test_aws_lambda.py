@@ -1,0 +1,339 @@
+"""The Secrets Manager rotation function, step by step as Secrets Manager calls it, against a
+real moto server and a real Keycloak: repeated, out-of-order and interrupted steps."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from rotation_env import KeycloakRealm
+from servers import ROTATION_ATTRIBUTES, MotoServer
+
+from providers import aws_lambda
+from rotator.errors import InvalidClient, RotationError
+
+pytestmark = pytest.mark.server
+
+STEPS = ["createSecret", "setSecret", "testSecret", "finishSecret"]
+
+
+@dataclass
+class Rig:
+    """One Keycloak client whose secret lives in a moto secret marked for rotation."""
+
+    kc: KeycloakRealm
+    moto: MotoServer
+    client_id: str
+    name: str
+    arn: str
+    old: str
+    seen: set[str] = field(default_factory=set)
+
+    def aws(self) -> Any:
+        return boto3.client("secretsmanager", region_name=self.moto.region,
+                            endpoint_url=self.moto.url,
+                            aws_access_key_id=self.moto.access_key_id,
+                            aws_secret_access_key=self.moto.secret_access_key)
+
+    def step(self, step: str, token: str, **extra: str) -> None:
+        """Invoke the handler with the event Secrets Manager sends for ``step``."""
+        event = {"SecretId": self.arn, "ClientRequestToken": token, "Step": step, **extra}
+        try:
+            aws_lambda.handler(event, None)
+        finally:
+            self.remember()
+
+    def rotate(self, token: str | None = None) -> str:
+        token = token or str(uuid.uuid4())
+        for step in STEPS:
+            self.step(step, token)
+        return token
+
+    def value(self, stage: str) -> str | None:
+        aws = self.aws()
+        try:
+            got = aws.get_secret_value(SecretId=self.name, VersionStage=stage)
+        except aws.exceptions.ResourceNotFoundException:
+            return None
+        return str(json.loads(got["SecretString"])["client_secret"])
+
+    def labels(self) -> dict[str, list[str]]:
+        stages = self.aws().describe_secret(SecretId=self.name)["VersionIdsToStages"]
+        return {v: sorted(s) for v, s in stages.items() if s}
+
+    def kc_current(self) -> str:
+        uuid_ = self.kc.keycloak.client_uuid(self.kc.realm, self.client_id)
+        value = self.kc.keycloak.admin.get(
+            f"{self.kc.realm}/clients/{uuid_}/client-secret").json()["value"]
+        self.seen.add(value)
+        return str(value)
+
+    def kc_rotated(self) -> str | None:
+        uuid_ = self.kc.keycloak.client_uuid(self.kc.realm, self.client_id)
+        response = self.kc.keycloak.admin.get(
+            f"{self.kc.realm}/clients/{uuid_}/client-secret/rotated")
+        return None if response.status_code == 404 else str(response.json()["value"])
+
+    def kc_regenerate(self) -> str:
+        """What a createSecret that died after asking Keycloak left behind."""
+        uuid_ = self.kc.keycloak.client_uuid(self.kc.realm, self.client_id)
+        value = str(self.kc.keycloak.admin.post(
+            f"{self.kc.realm}/clients/{uuid_}/client-secret").json()["value"])
+        self.seen.add(value)
+        return value
+
+    def works(self, secret: str | None) -> bool:
+        if not secret:
+            return False
+        return self.kc.keycloak.token(self.kc.realm, self.client_id, secret).status_code == 200
+
+    def remember(self) -> None:
+        for stage in ("AWSCURRENT", "AWSPENDING", "AWSPREVIOUS"):
+            value = self.value(stage)
+            if value:
+                self.seen.add(value)
+
+
+def make_rig(kc: KeycloakRealm, moto: MotoServer, root: Path, monkeypatch: pytest.MonkeyPatch,
+             *, overlap: bool = True, grace: str = "1h", rotation: bool = True) -> Rig:
+    client_id = f"svc-{secrets.token_hex(4)}"
+    _, old = kc.keycloak.create_client(
+        kc.realm, client_id, attributes=dict(ROTATION_ATTRIBUTES) if overlap else None)
+    rig = Rig(kc, moto, client_id, f"apps/{client_id}", "", old)
+    value = {"client_id": client_id, "client_secret": old, "note": "kept"}
+    rig.arn = rig.aws().create_secret(Name=rig.name, SecretString=json.dumps(value))["ARN"]
+    if rotation:  # moto without a Lambda: marks the secret for rotation, value unchanged
+        rig.aws().rotate_secret(SecretId=rig.name, RotateImmediately=False,
+                                RotationRules={"AutomaticallyAfterDays": 30})
+    audit_key = secrets.token_urlsafe(32)
+    rig.seen |= {old, kc.admin_secret, audit_key, moto.secret_access_key}
+    for name, text in (("audit.key", audit_key), ("admin.secret", kc.admin_secret)):
+        (root / name).write_text(text)
+        (root / name).chmod(0o600)
+    (root / "rotator.toml").write_text(f"""
+[audit]
+stdout = true
+key_file = "audit.key"
+
+[stores.aws]
+type = "aws_secrets_manager"
+region = "{moto.region}"
+endpoint_url = "{moto.url}"
+timeout = "5s"
+
+[idps.kc]
+type = "keycloak"
+url = "{kc.keycloak.url}"
+realm = "{kc.realm}"
+admin_client_id = "{kc.admin_client_id}"
+admin_client_secret_file = "admin.secret"
+
+[clients.svc]
+idp = "kc"
+client_id = "{client_id}"
+grace_period = "{grace}"
+verify_attempts = 3
+stores = [{{store = "aws", secret_id = "{rig.name}"}}]
+""")
+    monkeypatch.setenv("ROTATOR_CONFIG", str(root / "rotator.toml"))
+    for key, value_ in moto.aws_env().items():
+        monkeypatch.setenv(key, value_)
+    return rig
+
+
+@pytest.fixture
+def rig_for(kc_realm: KeycloakRealm, moto_server: MotoServer, tmp_path: Path,
+            monkeypatch: pytest.MonkeyPatch,
+            capsys: pytest.CaptureFixture[str]) -> Iterator[Any]:
+    """Makes rigs; afterwards, no secret any rig saw appears in the handler's output."""
+    rigs: list[Rig] = []
+
+    def make(**kwargs: Any) -> Rig:
+        root = tmp_path / str(len(rigs))
+        root.mkdir()
+        rigs.append(make_rig(kc_realm, moto_server, root, monkeypatch, **kwargs))
+        return rigs[-1]
+
+    yield make
+    output = capsys.readouterr()
+    text = output.out + output.err
+    assert [s[:4] for rig in rigs for s in rig.seen if len(s) >= 8 and s in text] == []
+
+
+class TestRotation:
+    """The four steps make the IdP's new secret AWSCURRENT and keep the old one AWSPREVIOUS."""
+
+    def test_four_steps(self, rig_for: Any) -> None:
+        rig = rig_for()
+        token = rig.rotate()
+        new = rig.value("AWSCURRENT")
+        assert new != rig.old
+        assert new == rig.kc_current()
+        assert rig.works(new)
+        assert rig.value("AWSPREVIOUS") == rig.old
+        assert rig.works(rig.old), "the old secret is kept for the grace period"
+        assert rig.labels()[token] == ["AWSCURRENT"]
+        assert rig.value("AWSPENDING") is None
+        got = rig.aws().get_secret_value(SecretId=rig.name, VersionStage="AWSCURRENT")
+        assert json.loads(got["SecretString"])["note"] == "kept"
+
+    def test_rotation_token_is_accepted(self, rig_for: Any) -> None:
+        rig = rig_for()
+        token = str(uuid.uuid4())
+        for step in STEPS:
+            rig.step(step, token, RotationToken=str(uuid.uuid4()))
+        assert rig.value("AWSCURRENT") == rig.kc_current()
+
+
+class TestRepeatedSteps:
+    """Every step may run again: the IdP makes one secret and the result is the same."""
+
+    def test_each_step_twice(self, rig_for: Any) -> None:
+        rig = rig_for()
+        token = str(uuid.uuid4())
+        for step in STEPS:
+            rig.step(step, token)
+            rig.step(step, token)
+        rig.step("createSecret", token)
+        new = rig.value("AWSCURRENT")
+        assert new == rig.kc_current()
+        assert rig.kc_rotated() == rig.old, "createSecret made a second secret"
+        assert rig.works(rig.old)
+        assert rig.labels()[token] == ["AWSCURRENT"]
+
+
+class TestInterruptedCreate:
+    """A createSecret that died after the IdP made the secret adopts it on its retry."""
+
+    def test_adopts_the_idp_secret(self, rig_for: Any) -> None:
+        rig = rig_for()
+        made = rig.kc_regenerate()
+        rig.rotate()
+        assert rig.value("AWSCURRENT") == made == rig.kc_current()
+        assert rig.kc_rotated() == rig.old
+        assert rig.works(rig.old)
+
+
+class TestOutOfOrder:
+    """Steps for a token createSecret did not stage are refused and change nothing."""
+
+    @pytest.mark.parametrize("step", STEPS[1:])
+    def test_before_create(self, rig_for: Any, step: str) -> None:
+        rig = rig_for()
+        before = rig.labels()
+        with pytest.raises(RotationError, match="neither AWSPENDING nor AWSCURRENT"):
+            rig.step(step, str(uuid.uuid4()))
+        assert rig.labels() == before
+        assert rig.kc_current() == rig.old
+
+    def test_second_rotation_while_one_is_pending(self, rig_for: Any) -> None:
+        rig = rig_for()
+        first = str(uuid.uuid4())
+        rig.step("createSecret", first)
+        with pytest.raises(RotationError, match="another rotation is in progress"):
+            rig.step("createSecret", str(uuid.uuid4()))
+        for step in STEPS[1:]:
+            rig.step(step, first)
+        assert rig.value("AWSCURRENT") == rig.kc_current()
+
+    def test_stale_token_after_next_rotation(self, rig_for: Any) -> None:
+        rig = rig_for()
+        first = rig.rotate()
+        rig.rotate()
+        current = rig.value("AWSCURRENT")
+        for step in STEPS:  # its version is AWSPREVIOUS now
+            with pytest.raises(RotationError, match="AWSPENDING"):
+                rig.step(step, first)
+        assert rig.value("AWSCURRENT") == current
+
+    def test_finish_again_changes_nothing(self, rig_for: Any) -> None:
+        rig = rig_for()
+        token = rig.rotate()
+        before = (rig.labels(), rig.value("AWSCURRENT"))
+        rig.step("finishSecret", token)
+        rig.step("testSecret", token)
+        assert (rig.labels(), rig.value("AWSCURRENT")) == before
+
+
+class TestRetirement:
+    """Old secrets are retired by the next rotation's createSecret, or at once with grace 0."""
+
+    def test_next_rotation_retires(self, rig_for: Any) -> None:
+        rig = rig_for()
+        rig.rotate()
+        first = rig.value("AWSCURRENT")
+        assert rig.works(rig.old)
+        token = str(uuid.uuid4())
+        rig.step("createSecret", token)
+        assert not rig.works(rig.old)
+        assert rig.works(first)
+        for step in STEPS[1:]:
+            rig.step(step, token)
+        assert rig.value("AWSPREVIOUS") == first
+        assert rig.works(first)
+
+    def test_grace_zero_retires_at_finish(self, rig_for: Any) -> None:
+        rig = rig_for(grace="0s")
+        rig.rotate()
+        assert not rig.works(rig.old)
+        assert rig.kc_rotated() is None
+        assert rig.value("AWSPREVIOUS") is None
+        assert rig.works(rig.value("AWSCURRENT"))
+
+
+class TestSingleSecret:
+    """Without overlap the old secret dies in createSecret, so the new one is current at once."""
+
+    def test_promoted_in_create(self, rig_for: Any) -> None:
+        rig = rig_for(overlap=False)
+        token = str(uuid.uuid4())
+        rig.step("createSecret", token)
+        assert rig.value("AWSCURRENT") == rig.kc_current()
+        assert not rig.works(rig.old)
+        for step in STEPS[1:]:
+            rig.step(step, token)
+        assert rig.works(rig.value("AWSCURRENT"))
+        assert rig.labels()[token] == ["AWSCURRENT"]
+
+
+class TestRefusals:
+    """Secrets not marked for rotation, unknown secrets and bad values are refused."""
+
+    def test_rotation_not_enabled(self, rig_for: Any) -> None:
+        rig = rig_for(rotation=False)
+        with pytest.raises(RotationError, match="not enabled for rotation"):
+            rig.step("createSecret", str(uuid.uuid4()))
+        assert rig.kc_current() == rig.old
+
+    def test_unknown_secret(self, rig_for: Any) -> None:
+        rig = rig_for()
+        other = rig.aws().create_secret(Name=f"apps/{secrets.token_hex(6)}",
+                                        SecretString="{}")["ARN"]
+        rig.arn = other
+        with pytest.raises(RotationError, match="no configured client"):
+            rig.step("createSecret", str(uuid.uuid4()))
+
+    def test_not_a_rotation_event(self, rig_for: Any) -> None:
+        rig = rig_for()
+        with pytest.raises(RotationError, match="not a Secrets Manager rotation event"):
+            rig.step("deleteSecret", str(uuid.uuid4()))
+
+    def test_wrong_pending_value_fails_test(self, rig_for: Any) -> None:
+        rig = rig_for()
+        token, wrong = str(uuid.uuid4()), secrets.token_urlsafe(24)
+        rig.seen.add(wrong)
+        rig.aws().put_secret_value(
+            SecretId=rig.name, ClientRequestToken=token, VersionStages=["AWSPENDING"],
+            SecretString=json.dumps({"client_id": rig.client_id, "client_secret": wrong}))
+        rig.step("createSecret", token)  # a value is there already: nothing to create
+        with pytest.raises(InvalidClient):
+            rig.step("testSecret", token)
+        assert rig.value("AWSCURRENT") == rig.old
+        assert rig.kc_current() == rig.old
