@@ -195,7 +195,9 @@ def create_secret(r: _Rotation, rotation_token: str | None) -> None:
     if state == "pending":
         try:
             if r.value(VersionId=r.token, VersionStage=PENDING)[1] is not None:
-                return  # created by an earlier attempt
+                if not r.caps.overlap:  # an earlier attempt died before promoting it
+                    _promote(r)
+                return
         except StoreNotFound:
             pass  # Secrets Manager registered the version; it has no value yet
     base, current = _current(r)

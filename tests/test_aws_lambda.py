@@ -303,6 +303,31 @@ class TestSingleSecret:
         assert rig.labels()[token] == ["AWSCURRENT"]
 
 
+class _Crash(BaseException):
+    """The function being killed: nothing in the handler catches it."""
+
+
+class TestSingleSecretRetry:
+    """A createSecret killed after staging promotes the staged secret on its retry."""
+
+    def test_retry_promotes(self, rig_for: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        rig = rig_for(overlap=False)
+        token = str(uuid.uuid4())
+
+        def killed(r: object) -> None:
+            raise _Crash
+
+        with monkeypatch.context() as m:
+            m.setattr(aws_lambda, "_promote", killed)
+            with pytest.raises(_Crash):
+                rig.step("createSecret", token)
+        assert rig.value("AWSPENDING") == rig.kc_current()
+        assert rig.value("AWSCURRENT") == rig.old
+        rig.step("createSecret", token)
+        assert rig.value("AWSCURRENT") == rig.kc_current()
+        assert rig.labels()[token] == ["AWSCURRENT"]
+
+
 class TestRefusals:
     """Secrets not marked for rotation, unknown secrets and bad values are refused."""
 
