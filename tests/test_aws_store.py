@@ -381,3 +381,16 @@ class TestSecretWrapping:
         assert current is not None
         assert isinstance(current.credentials.client_secret, Secret)
         assert "old-12345678" not in repr(current)
+
+
+class TestErrorText:
+    """A refused request names the parameter, never the value it carried."""
+
+    def test_invalid_request_hides_values(self, store: AwsSecretsManagerStore) -> None:
+        value = "v-" + secrets.token_hex(6)
+        with pytest.raises(StoreError, match="ClientRequestToken") as caught, \
+                store.errors("apps/x"):
+            store.client.put_secret_value(SecretId="apps/x", ClientRequestToken=value,
+                                          SecretString=value)
+        assert value not in str(caught.value)
+        assert "valid min length: 32" in str(caught.value)

@@ -73,11 +73,11 @@ CURRENT, PENDING, PREVIOUS = "AWSCURRENT", "AWSPENDING", "AWSPREVIOUS"
 _LABEL = {Stage.CURRENT: CURRENT, Stage.PENDING: PENDING, Stage.PREVIOUS: PREVIOUS}
 _TAG_RID, _TAG_AT = "rotator:rotation-id", "rotator:promoted-at"
 _TOKEN = re.compile(r"^rotator\.(\d\d)\.\.*([^.].*)$")
-_RID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_:.-]{0,52}$")
+_RID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,52}$")
 _PLACEHOLDER = "rotator.empty."
 _DENIED = {"AccessDeniedException", "AccessDenied", "UnrecognizedClientException",
-           "InvalidClientTokenId",
-           "InvalidSignatureException", "ExpiredTokenException", "DecryptionFailure"}
+           "InvalidClientTokenId", "InvalidSignatureException", "ExpiredTokenException",
+           "DecryptionFailure"}
 _UNAVAILABLE = {"InternalServiceError", "ThrottlingException", "TooManyRequestsException",
                 "ServiceUnavailable", "RequestTimeout"}
 
@@ -218,8 +218,10 @@ class AwsSecretsManagerStore:
             raise StoreError(f"{where}: {action} failed ({code}): {remote}") from exc
         except bex.NoCredentialsError as exc:
             raise StoreAccessDenied(f"{where}: no AWS credentials found") from exc
-        except bex.ParamValidationError as exc:
-            raise StoreError(f"{where}: invalid request: {redact(str(exc))}") from exc
+        except bex.ParamValidationError as exc:  # its report quotes values: cut them off
+            report = re.sub(r"value: .*?(?=, valid |, type |$)", "value: (not shown)",
+                            str(exc), flags=re.M)
+            raise StoreError(f"{where}: invalid request: {redact(report)}") from exc
         except bex.BotoCoreError as exc:  # connection refused, timeouts, closed connections
             raise StoreUnavailable(f"{where}: unreachable: {redact(str(exc))}") from exc
 
