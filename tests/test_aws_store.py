@@ -8,6 +8,8 @@ import secrets
 import socket
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -246,33 +248,66 @@ class TestPromoteCrash:
         assert store.facts(name).current_rotation_id == rid
 
 
+POLICY_FILE = Path(__file__).parent.parent / "config" / "aws-iam-policy.json"
+
+
+@dataclass
+class IamMoto:
+    """A moto server that enforces IAM, and an admin user's keys to set up other users."""
+
+    server: MotoServer
+    admin: dict[str, str]
+
+    def client(self, service: str, key: dict[str, str] | None = None) -> Any:
+        key = key or self.admin
+        return boto3.client(service, region_name=self.server.region,
+                            endpoint_url=self.server.url,
+                            aws_access_key_id=key["AccessKeyId"],
+                            aws_secret_access_key=key["SecretAccessKey"])
+
+    def user(self, policy: dict[str, Any]) -> dict[str, str]:
+        """A new IAM user with ``policy``; returns its access key."""
+        iam, name = self.client("iam"), f"u-{secrets.token_hex(4)}"
+        iam.create_user(UserName=name)
+        iam.put_user_policy(UserName=name, PolicyName="p", PolicyDocument=json.dumps(policy))
+        return dict(iam.create_access_key(UserName=name)["AccessKey"])
+
+    def store(self, key: dict[str, str]) -> AwsSecretsManagerStore:
+        session = boto3.Session(aws_access_key_id=key["AccessKeyId"],
+                                aws_secret_access_key=key["SecretAccessKey"])
+        settings = {s.key: s.default for s in AwsSecretsManagerStore.SETTINGS}
+        settings.update(region=self.server.region, endpoint_url=self.server.url)
+        return AwsSecretsManagerStore("aws", settings, session=session)
+
+
 @pytest.fixture(scope="module")
-def iam_moto() -> Iterator[MotoServer]:
-    """A moto server of its own that enforces IAM after the first 4 requests (the setup)."""
-    with MotoServer(auth_after=4) as server:
-        yield server
+def iam_moto() -> Iterator[IamMoto]:
+    """moto enforcing IAM from its 4th request on; the first 3 make an admin user."""
+    with MotoServer(auth_after=3) as server:
+        iam = boto3.client("iam", region_name=server.region, endpoint_url=server.url,
+                           aws_access_key_id=server.access_key_id,
+                           aws_secret_access_key=server.secret_access_key)
+        iam.create_user(UserName="admin")
+        iam.put_user_policy(UserName="admin", PolicyName="all", PolicyDocument=json.dumps({
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+        admin = iam.create_access_key(UserName="admin")["AccessKey"]
+        yield IamMoto(server, dict(admin))
 
 
 class TestAccessDenied:
     """Without an IAM permission the error names the secretsmanager: action that is missing."""
 
-    def test_missing_put_permission(self, iam_moto: MotoServer) -> None:
-        iam = boto3.client("iam", region_name=iam_moto.region, endpoint_url=iam_moto.url,
-                           aws_access_key_id=iam_moto.access_key_id,
-                           aws_secret_access_key=iam_moto.secret_access_key)
-        iam.create_user(UserName="reader")
-        iam.put_user_policy(UserName="reader", PolicyName="read", PolicyDocument=json.dumps({
-            "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Resource": "*",
-                "Action": ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret",
-                           "secretsmanager:ListSecretVersionIds"]}]}))
-        key = iam.create_access_key(UserName="reader")["AccessKey"]
-        name = hand_made(iam_moto, {"client_id": CLIENT_ID, "client_secret": "old-1234"})
-        session = boto3.Session(aws_access_key_id=key["AccessKeyId"],
-                                aws_secret_access_key=key["SecretAccessKey"])
-        settings = {s.key: s.default for s in AwsSecretsManagerStore.SETTINGS}
-        settings.update(region=iam_moto.region, endpoint_url=iam_moto.url)
+    def test_missing_put_permission(self, iam_moto: IamMoto) -> None:
+        key = iam_moto.user({"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Resource": "*",
+            "Action": ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret",
+                       "secretsmanager:ListSecretVersionIds"]}]})
+        name = f"apps/{secrets.token_hex(6)}"
+        iam_moto.client("secretsmanager").create_secret(Name=name, SecretString=json.dumps(
+            {"client_id": CLIENT_ID, "client_secret": "old-1234"}))
         creds = new_creds()
-        with AwsSecretsManagerStore("aws", settings, session=session) as s:
+        with iam_moto.store(key) as s:
             assert s.read(name) is not None
             s.check_writable(name)
             with pytest.raises(StoreAccessDenied,
@@ -281,14 +316,50 @@ class TestAccessDenied:
         assert creds.client_secret.reveal() not in str(caught.value)
         assert key["SecretAccessKey"] not in str(caught.value)
 
-    def test_unknown_keys(self, iam_moto: MotoServer) -> None:
-        session = boto3.Session(aws_access_key_id="AKIA" + secrets.token_hex(8).upper(),
-                                aws_secret_access_key=secrets.token_urlsafe(30))
-        settings = {s.key: s.default for s in AwsSecretsManagerStore.SETTINGS}
-        settings.update(region=iam_moto.region, endpoint_url=iam_moto.url)
-        with AwsSecretsManagerStore("aws", settings, session=session) as s, \
-                pytest.raises(StoreAccessDenied, match="access denied"):
+    def test_unknown_keys(self, iam_moto: IamMoto) -> None:
+        key = {"AccessKeyId": "AKIA" + secrets.token_hex(8).upper(),
+               "SecretAccessKey": secrets.token_urlsafe(30)}
+        with iam_moto.store(key) as s, pytest.raises(StoreAccessDenied, match="access denied"):
             s.read("apps/anything")
+
+
+class TestDocumentedPolicy:
+    """config/aws-iam-policy.json allows every Secrets Manager action a rotation takes.
+
+    moto checks actions and conditions but evaluates Secrets Manager requests against the
+    resource ``*``, so the ARNs are widened here: this proves the action list, not the
+    ``oauth/*`` scoping.
+    """
+
+    def test_rotation_under_the_policy(self, iam_moto: IamMoto) -> None:
+        policy = json.loads(POLICY_FILE.read_text())
+        for statement in policy["Statement"]:
+            statement["Resource"] = "*"
+        key = iam_moto.user(policy)
+        with iam_moto.store(key) as s:
+            name = f"oauth/{secrets.token_hex(6)}"
+            s.check_writable(name)
+            rotate(s, name)  # creates the secret
+            rotate(s, name)
+            creds, rid = rotate(s, name)
+            s.stage_pending(name, new_creds(), new_rid())
+            s.discard_pending(name, rid)
+            s.drop_previous(name, rid)
+            current = s.read(name)
+            assert current is not None
+            assert (current.credentials, current.rotation_id) == (creds, rid)
+            assert s.facts(name).current_rotation_id == rid
+
+    def test_policy_lists_only_what_the_store_calls(self) -> None:
+        policy = json.loads(POLICY_FILE.read_text())
+        actions = {a for st in policy["Statement"] for a in (
+            st["Action"] if isinstance(st["Action"], list) else [st["Action"]])}
+        assert {a for a in actions if a.startswith("secretsmanager:")} == {
+            "secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue",
+            "secretsmanager:ListSecretVersionIds", "secretsmanager:PutSecretValue",
+            "secretsmanager:UpdateSecretVersionStage", "secretsmanager:TagResource",
+            "secretsmanager:CreateSecret"}
+        assert not any("*" in a for a in actions)
 
 
 class _Body:
