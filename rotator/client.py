@@ -287,7 +287,7 @@ class _TokenCore:
         credentials, stage = self._credentials, "given" if self._store is None else "current"
         if credentials is None:
             credentials = yield from self._read_current()
-        tried = {credentials}
+        tried = [credentials]  # a list: hashing a Secret costs a SHA-256
         failures = 0
         while True:
             sent_at = self._clock()
@@ -310,7 +310,7 @@ class _TokenCore:
                 if found is None:
                     raise self._refused(exc, credentials.client_id, len(tried)) from exc
                 credentials, stage = found
-                tried.add(credentials)
+                tried.append(credentials)
                 continue
             except (InvalidScope, UnauthorizedClient) as exc:
                 raise type(exc)(
@@ -318,7 +318,7 @@ class _TokenCore:
                     "what the client may request)", error=exc.error, status=exc.status,
                 ) from exc
             entry = _entry(token, sent_at, self._policy)
-            self._log.info("token_obtained", client_id=credentials.client_id, scopes=list(key),
+            self._log.info("token_obtained", client_id=credentials.client_id, scopes=key,
                            expires_in=token.expires_in, credential=stage)
             return entry
 
@@ -331,7 +331,7 @@ class _TokenCore:
         return stored.credentials
 
     def _other_credentials(
-        self, tried: set[Credentials], refused: InvalidClient
+        self, tried: list[Credentials], refused: InvalidClient
     ) -> Generator[_Effect, Any, tuple[Credentials, str] | None]:
         """A credential not yet tried: CURRENT re-read from the store, else PREVIOUS."""
         for stage in (Stage.CURRENT, Stage.PREVIOUS):
@@ -372,19 +372,25 @@ class _TokenCore:
 
 
 class _Flight:
-    """One token request that several threads wait for."""
+    """One token request that several threads wait for.
+
+    A lock held by the leader until the result is in: cheaper to create than an Event, and
+    the leader creates one for every fetch, usually with nobody waiting.
+    """
 
     def __init__(self) -> None:
-        self._done = threading.Event()
+        self._pending = threading.Lock()
+        self._pending.acquire()
         self._token: Token | None = None
         self._error: BaseException | None = None
 
     def finish(self, token: Token | None, error: BaseException | None = None) -> None:
         self._token, self._error = token, error
-        self._done.set()
+        self._pending.release()
 
     def wait(self) -> Token:
-        self._done.wait()
+        with self._pending:
+            pass
         if self._error is not None:
             raise self._error
         assert self._token is not None
