@@ -444,10 +444,16 @@ class TokenClient(_TokenCore):
         is started here and closed by :meth:`close`. Raises ``ConfigError`` or ``StoreError``.
         """
         setup = _setup_from_config(path, client_name, store, environ)
-        kwargs.setdefault("http", httpx.Client(timeout=setup.client.verify_timeout,
-                                               verify=setup.client.tls_verify))
-        client = cls(setup.request, store=setup.store, location=setup.location, **kwargs)
-        client._owns_http = True
+        owns_http = "http" not in kwargs
+        if owns_http:
+            kwargs["http"] = httpx.Client(timeout=setup.client.verify_timeout,
+                                          verify=setup.client.tls_verify)
+        try:
+            client = cls(setup.request, store=setup.store, location=setup.location, **kwargs)
+        except BaseException:
+            setup.store.close()
+            raise
+        client._owns_http = owns_http
         client._owns_store = True
         return client
 

@@ -705,6 +705,7 @@ class TestFromConfig:
         with TokenClient.from_config(config, "orders", http=http, clock=rig.clock) as client:
             client.token()
             assert client.client_id == "svc-orders"
+        assert not http.is_closed  # the caller's client stays the caller's
         assert rig.idp.requests[0]["scope"] == "orders:read"
         assert rig.idp.secrets_used == [rig.secret]
 

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from structlog.testing import capture_logs
-from test_client import API, ENDPOINT, FakeClock, FakeIdP, FakeStore, ResourceServer, new_secret
+from test_client import (
+    API,
+    ENDPOINT,
+    FakeClock,
+    FakeIdP,
+    FakeStore,
+    ResourceServer,
+    new_secret,
+    write_config,
+)
 
 from rotator.client import CachePolicy, ClientCredentialsAuth
 from rotator.client_async import AsyncTokenClient
@@ -189,6 +199,23 @@ class TestRotation:
             with pytest.raises(InvalidClient, match="given directly"):
                 await client.token()
         rig.run(test, direct=True)
+
+
+class TestFromConfig:
+    """The asyncio client is built from a rotator configuration like the sync one."""
+
+    def test_reads_store_and_endpoint(self, rig: AsyncRig, tmp_path: Path) -> None:
+        config = write_config(tmp_path, rig.secret, ENDPOINT)
+
+        async def go() -> None:
+            http = httpx.AsyncClient(transport=httpx.MockTransport(rig.idp))
+            async with AsyncTokenClient.from_config(config, "orders", http=http) as client:
+                await client.token()
+            await http.aclose()
+
+        asyncio.run(go())
+        assert rig.idp.secrets_used == [rig.secret]
+        assert rig.idp.requests[0]["scope"] == "orders:read"
 
 
 class TestAuth:
