@@ -343,7 +343,7 @@ class AwsSecretsManagerStore:
         if pending and owner == rotation_id:
             with self.errors(location):
                 staged = self.client.get_secret_value(SecretId=location, VersionId=pending)
-            if json.loads(staged.get("SecretString") or "{}") == json.loads(text):
+            if self.decode(staged.get("SecretString"))[0] == json.loads(text):
                 return  # this very value is staged already
         token = version_token(rotation_id, max(self._our_generations(location, rotation_id),
                                                default=-1) + 1)
