@@ -350,6 +350,18 @@ class TestRefusals:
         with pytest.raises(RotationError, match="not a Secrets Manager rotation event"):
             rig.step("deleteSecret", str(uuid.uuid4()))
 
+    def test_finish_before_test_verifies(self, rig_for: Any) -> None:
+        rig = rig_for()
+        token, wrong = str(uuid.uuid4()), secrets.token_urlsafe(24)
+        rig.seen.add(wrong)
+        rig.aws().put_secret_value(
+            SecretId=rig.name, ClientRequestToken=token, VersionStages=["AWSPENDING"],
+            SecretString=json.dumps({"client_id": rig.client_id, "client_secret": wrong}))
+        with pytest.raises(InvalidClient):
+            rig.step("finishSecret", token)
+        assert rig.value("AWSCURRENT") == rig.old
+        assert rig.labels()[token] == ["AWSPENDING"]
+
     def test_wrong_pending_value_fails_test(self, rig_for: Any) -> None:
         rig = rig_for()
         token, wrong = str(uuid.uuid4()), secrets.token_urlsafe(24)
