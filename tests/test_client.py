@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, unquote_plus
 
 import httpx
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from providers.stores.env import EnvStore
@@ -35,6 +36,15 @@ from rotator.token import TokenRequest
 
 ENDPOINT = "https://idp.test/realms/r/protocol/openid-connect/token"
 API = "https://api.test/orders"
+
+
+@pytest.fixture(autouse=True)
+def default_structlog() -> Iterator[None]:
+    """capture_logs needs every level to reach it: undo a CLI test's configuration."""
+    saved = structlog.get_config()
+    structlog.reset_defaults()
+    yield
+    structlog.configure(**saved)
 
 
 def new_secret() -> str:

@@ -17,6 +17,7 @@ from test_client import (
     FakeIdP,
     FakeStore,
     ResourceServer,
+    default_structlog,  # noqa: F401 - an autouse fixture: applies here too
     new_secret,
     write_config,
 )
