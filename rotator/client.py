@@ -51,6 +51,7 @@ from structlog.typing import FilteringBoundLogger
 
 from rotator.config import ClientConfig, load_config
 from rotator.errors import (
+    BadTokenResponse,
     ConfigError,
     ConfigProblem,
     InvalidClient,
@@ -317,6 +318,9 @@ class _TokenCore:
                     f"client {credentials.client_id}: {exc} (not retried: the IdP must change "
                     "what the client may request)", error=exc.error, status=exc.status,
                 ) from exc
+            except BadTokenResponse as exc:
+                raise BadTokenResponse(f"client {credentials.client_id}: {exc}",
+                                       error=exc.error, status=exc.status) from exc
             entry = _entry(token, sent_at, self._policy)
             self._log.info("token_obtained", client_id=credentials.client_id, scopes=key,
                            expires_in=token.expires_in, credential=stage)

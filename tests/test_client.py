@@ -22,6 +22,7 @@ from structlog.testing import capture_logs
 from providers.stores.env import EnvStore
 from rotator.client import CachePolicy, ClientCredentialsAuth, TokenClient
 from rotator.errors import (
+    BadTokenResponse,
     ConfigError,
     InvalidClient,
     InvalidScope,
@@ -468,6 +469,13 @@ class TestFatal:
             client.token()
         assert len(rig.idp.requests) == 1 and rig.clock.sleeps == []
         assert rig.store.reads == [Stage.CURRENT]
+
+    def test_bad_token_response_is_not_retried(self, rig: Rig) -> None:
+        client = rig.client()
+        rig.idp.script = [httpx.Response(200, json={"access_token": "x", "token_type": "mac"})]
+        with pytest.raises(BadTokenResponse, match=r"client svc-orders: .*not Bearer"):
+            client.token()
+        assert len(rig.idp.requests) == 1 and rig.clock.sleeps == []
 
     def test_unauthorized_client_is_not_retried(self, rig: Rig) -> None:
         client = rig.client()
