@@ -1,36 +1,25 @@
 """AWS Secrets Manager as a secret store, with AWS's own staging labels (through boto3).
 
-A client's location is a secret id ``S`` (name or ARN). The secret's value is a JSON object:
+A client's location is a secret id (name or ARN). Its value is a JSON object: the keys
 ``client_id_key`` and ``client_secret_key`` hold the credential, every other key is copied
-into each new version. The stages are AWS's labels, so ``GetSecretValue`` (AWSCURRENT)
-always returns a working credential and AWS's tooling sees a rotation it knows:
+into each new version. CURRENT, PENDING and PREVIOUS are the versions labelled
+``AWSCURRENT``, ``AWSPENDING`` (unless also ``AWSCURRENT``) and ``AWSPREVIOUS``; every read
+names its label. ``promote`` moves ``AWSCURRENT`` (AWS moves ``AWSPREVIOUS`` itself), tags
+the secret (``rotator:rotation-id``, ``rotator:promoted-at``), then removes ``AWSPENDING``;
+repeated after a crash between any two, it finishes the job.
 
-``CURRENT`` = the version labelled ``AWSCURRENT``; ``PENDING`` = the version labelled
-``AWSPENDING`` unless that one is also ``AWSCURRENT``; ``PREVIOUS`` = the version labelled
-``AWSPREVIOUS`` (AWS moves that label itself when ``AWSCURRENT`` moves).
+A version's id is its ``ClientRequestToken``, which AWS wants 32-64 characters long; rotation
+ids have 29, so versions are written as ``rotator.NN.<rotation id>`` (``NN`` a generation,
+dot-padded to 32). The id says atomically which rotation wrote a version, so a retried stage
+finds its own and any other ``AWSPENDING`` is foreign. AWS versions never change, so a
+restage with another value writes the next generation. A secret created here first gets an
+``AWSCURRENT`` placeholder ``{}`` (``rotator.empty.<hex>``): AWS labels a first version so.
 
-Version ids. A version's id is the ``ClientRequestToken`` it was written with. AWS wants 32
-to 64 characters and rotation ids have 29, so rotator writes ``rotator.NN.<rotation id>``
-(``NN`` a generation, 00-99; dots after the second one pad it to 32). The id thus says,
-atomically with the write, which rotation wrote a version: a retried stage finds its own
-version, a foreign ``AWSPENDING`` (another rotation's, or any version whose id is not of this
-form, such as one Secrets Manager's own rotation made) is recognised. Versions cannot change,
-so restaging a rotation with a different value writes the next generation.
-
-AWS labels a secret's first version ``AWSCURRENT`` whatever the request says, so a secret
-that ``stage_pending`` creates gets a placeholder first, ``{}`` with id
-``rotator.empty.<hex>``; it reads as no credential. Every read names its stage explicitly.
-
-``promote`` moves ``AWSCURRENT`` (``MoveToVersionId``/``RemoveFromVersionId``), tags the
-secret, then removes ``AWSPENDING``; a retry after a crash between these finishes the job.
-Tags ``rotator:rotation-id`` and ``rotator:promoted-at`` record the promotion for people.
-
-Retries: botocore's ``standard`` retry mode (``max_attempts`` in all) retries throttling
-(``ThrottlingException``, ``TooManyRequestsException``, ...), 5xx and connection errors with
-exponential backoff and full jitter; nothing is retried here on top of it. Errors: access
-denied → ``StoreAccessDenied`` naming the IAM action ``secretsmanager:<Operation>``; no
-answer, throttled past the retries → ``StoreUnavailable``; no such secret → ``None`` or
-``StoreNotFound``. No botocore exception leaves this module.
+Retries are botocore's ``standard`` mode (throttling, 5xx, connection errors; exponential
+backoff with full jitter; ``max_attempts`` in all); none are added here. Errors: refusals
+→ ``StoreAccessDenied`` naming ``secretsmanager:<Operation>``; unreachable, or throttled past
+the retries → ``StoreUnavailable``; no such secret → ``None``/``StoreNotFound``. No botocore
+exception leaves this module. docs/aws.md has the details and the IAM policy.
 """
 
 from __future__ import annotations
