@@ -465,3 +465,18 @@ class TestErrorText:
                                           SecretString=value)
         assert value not in str(caught.value)
         assert "valid min length: 32" in str(caught.value)
+
+
+class TestMotoServer:
+    """The moto launcher serves on 127.0.0.1, keeps its keys out of logs and cleans up."""
+
+    def test_lifecycle(self) -> None:
+        server = MotoServer(startup_timeout=30)
+        with server:
+            assert server.url.startswith("http://127.0.0.1:")
+            name = hand_made(server, {"client_id": CLIENT_ID, "client_secret": "x" * 12})
+            assert raw(server).describe_secret(SecretId=name)["Name"] == name
+            assert server.secret_access_key not in server.log_tail()
+            workdir = server.log_path.parent
+        assert not workdir.exists()
+        assert server.aws_env()["AWS_ACCESS_KEY_ID"] == server.access_key_id
