@@ -331,12 +331,12 @@ class Engine:
         for target in client.targets:
             store = self.adapters.store(target.store)
             store.check_writable(target.location)
-            pending = store.read(target.location, Stage.PENDING)
-            if pending is not None and not abandon_pending:
+            facts = store.facts(target.location)
+            if facts.has_pending and not abandon_pending:
                 raise RotationError(
                     f"store {target.store!r} holds a pending secret at {target.location!r} "
-                    f"from rotation {pending.rotation_id or 'unknown'} that rotator's journal "
-                    "does not know; pass --abandon-pending to discard it"
+                    f"from rotation {facts.pending_rotation_id or '(not rotator)'} that "
+                    "rotator's journal does not know; pass --abandon-pending to discard it"
                 )
         family = "overlap" if caps.overlap else "single"
         if dry_run:

@@ -39,7 +39,7 @@ from rotator.settings import Setting
 Location = str
 #: The OAuth ``client_id`` as the identity provider knows it.
 ClientId = str
-#: A rotation's unique id (``r-`` + 26 characters); also AWS's ``ClientRequestToken``.
+#: A rotation's unique id, ``r-<UTC timestamp>-<10 hex digits>`` (29 characters).
 RotationId = str
 
 
@@ -81,6 +81,8 @@ class StoreFacts:
     current_rotation_id: RotationId | None = None
     current_since: datetime | None = None
     pending_rotation_id: RotationId | None = None
+    #: A PENDING credential or marker exists, whoever wrote it (its rotation id may be unknown).
+    has_pending: bool = False
     has_previous: bool = False
     extra: Mapping[str, str] = field(default_factory=dict)
 

@@ -39,7 +39,7 @@ class KeycloakRealm:
     keycloak: Keycloak
     realm: str
     admin_client_id: str
-    admin_secret: str
+    admin_secret: str = field(repr=False)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -407,4 +408,26 @@ class TestSecretLeaks:
         s.outputs.append(debug.getvalue())
         assert "Traceback" in debug.getvalue()
         assert s.cli("rotate", "svc", "-v").code == 0
+        assert s.leaks() == []
+
+
+class TestForeignPending:
+    """A pending secret rotator's journal does not know blocks a rotation until abandoned."""
+
+    def test_foreign_pending_blocks_until_abandoned(self, kc_realm: KeycloakRealm,
+                                                    bao_server: OpenBao,
+                                                    tmp_path: Path) -> None:
+        s = Scenario.create(kc_realm, bao_server, tmp_path, overlap=True)
+        old = s.vault_current()
+        foreign = secrets.token_urlsafe(24)
+        s.seen_secrets.add(foreign)
+        s.vault().secrets.kv.v2.create_or_update_secret(
+            path=s.vault_path + ".pending", mount_point="secret",
+            secret={"client_id": s.client_id, "client_secret": foreign})
+        blocked = s.cli("rotate", "svc")
+        assert blocked.code == 1 and "--abandon-pending" in blocked.out
+        assert s.kc_current() == old
+        abandoned = s.cli("rotate", "svc", "--abandon-pending")
+        assert abandoned.code == 0, abandoned.out + abandoned.err
+        assert s.vault_current() not in (old, foreign) and s.works(s.vault_current())
         assert s.leaks() == []

@@ -136,6 +136,7 @@ class TestEmptyLocation:
         assert not facts.has_previous
         assert facts.current_rotation_id is None
         assert facts.pending_rotation_id is None
+        assert not facts.has_pending
 
 
 class TestStagePending:
@@ -275,6 +276,7 @@ class TestDiscardPending:
         s.discard_pending(loc, rid)
         assert s.read(loc, Stage.PENDING) is None
         assert s.facts(loc).pending_rotation_id is None
+        assert not s.facts(loc).has_pending
         after = s.read(loc)
         assert after is not None
         assert after.credentials == current
@@ -336,6 +338,7 @@ class TestFacts:
         assert facts.has_previous
         assert facts.current_rotation_id == second_rid
         assert facts.pending_rotation_id == staged_rid
+        assert facts.has_pending
         assert facts.current_since is not None
         for creds in (first, second, staged):
             assert creds.client_secret.reveal() not in repr(facts)

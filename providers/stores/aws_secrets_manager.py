@@ -307,7 +307,7 @@ class AwsSecretsManagerStore:
         return StoreFacts(
             has_current=bool(current) and not _placeholder(current),
             current_rotation_id=rid, current_since=since,
-            pending_rotation_id=rotation_of(pending)[0],
+            pending_rotation_id=rotation_of(pending)[0], has_pending=bool(pending),
             has_previous=bool(previous) and not _placeholder(previous), extra=extra)
 
     def check_writable(self, location: Location) -> None:

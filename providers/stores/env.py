@@ -212,6 +212,7 @@ class EnvStore:
             current_rotation_id=v.get(n["rid"]) or None,
             current_since=current.promoted_at if current else None,
             pending_rotation_id=v.get(n["pending_rid"]) if v.get(n["pending"]) else None,
+            has_pending=bool(v.get(n["pending"])),
             has_previous=bool(v.get(n["previous"])),
             extra={"file": str(self._file)} if self._file else {"source": "environment"},
         )

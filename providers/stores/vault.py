@@ -310,6 +310,7 @@ class VaultStore:
             current_rotation_id=rid,
             current_since=(_time(entry.custom.get(_AT)) if rid else None) or entry.created,
             pending_rotation_id=staged.owner if staged.data is not None else None,
+            has_pending=staged.data is not None,
             has_previous=entry.custom.get(_PREV, "").isdigit(),
             extra=extra,
         )
