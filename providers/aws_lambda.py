@@ -45,8 +45,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
-
 from providers.stores.aws_secrets_manager import (
     CURRENT,
     PENDING,
@@ -55,17 +53,13 @@ from providers.stores.aws_secrets_manager import (
 )
 from rotator.audit import AuditLog, bound
 from rotator.config import ClientConfig, Config, load_config
-from rotator.engine import Adapters
+from rotator.engine import Adapters, verify_credentials
 from rotator.errors import (
-    InvalidScope,
     RotationError,
     StoreNotFound,
-    UnauthorizedClient,
-    VerificationError,
 )
 from rotator.interfaces import Credentials, IdentityProvider, IdpCapabilities, IssuedSecret
 from rotator.secrets import Secret, generate_secret
-from rotator.token import TokenRequest, request_token
 
 STEPS = ("createSecret", "setSecret", "testSecret", "finishSecret")
 
@@ -237,24 +231,7 @@ def set_secret(r: _Rotation, rotation_token: str | None) -> None:
 
 def test_secret(r: _Rotation, rotation_token: str | None) -> None:
     creds = _token_credentials(r)
-    endpoint = r.config.token_endpoint or r.idp.default_token_endpoint()
-    if not endpoint:
-        raise RotationError(f"client {r.config.name} has no token_endpoint")
-    request = TokenRequest(endpoint, r.config.auth_method, r.config.scopes, r.config.audience,
-                           r.config.resource)
-    delay = 0.5
-    with httpx.Client(timeout=r.config.verify_timeout, verify=r.config.tls_verify) as http:
-        for attempt in range(1, r.config.verify_attempts + 1):
-            try:
-                request_token(http, request, creds)
-                break
-            except (InvalidScope, UnauthorizedClient):
-                raise
-            except VerificationError:
-                if attempt == r.config.verify_attempts:
-                    raise
-                time.sleep(delay)
-                delay = min(delay * 2, 8.0)
+    verify_credentials(r.config, creds, r.idp, attempts=r.config.verify_attempts)
     r.audit.event("secret_verified", step="test", outcome="success",
                   new_fingerprint=r.audit.fingerprint(creds.client_secret))
 

@@ -521,29 +521,13 @@ class Engine:
         return self._advance(rotation, next_state)
 
     def _verify_with_retries(self, client: ClientConfig, creds: Credentials) -> Token:
-        delay = 0.5
-        for attempt in range(1, client.verify_attempts + 1):
-            try:
-                return self._request_token(client, creds)
-            except (InvalidScope, UnauthorizedClient):
-                raise  # waiting will not change what the client is allowed
-            except VerificationError as exc:
-                if attempt == client.verify_attempts:
-                    raise
-                log.debug("verification_retry", attempt=attempt, error=str(exc))
-                self.sleep(delay)
-                delay = min(delay * 2, 8.0)
-        raise AssertionError("unreachable")  # pragma: no cover
+        return verify_credentials(client, creds, self.adapters.idp(client.idp),
+                                  attempts=client.verify_attempts,
+                                  http_factory=self.http_factory, sleep=self.sleep)
 
     def _request_token(self, client: ClientConfig, creds: Credentials) -> Token:
-        endpoint = client.token_endpoint or self.adapters.idp(client.idp).default_token_endpoint()
-        if not endpoint:
-            raise RotationError(f"client {client.name} has no token_endpoint and IdP "
-                                f"{client.idp!r} cannot tell it")
-        req = TokenRequest(endpoint, client.auth_method, client.scopes, client.audience,
-                           client.resource)
-        with self.http_factory(client) as http:
-            return request_token(http, req, creds)
+        return verify_credentials(client, creds, self.adapters.idp(client.idp), attempts=1,
+                                  http_factory=self.http_factory, sleep=self.sleep)
 
     def _retire(self, client: ClientConfig, idp: IdentityProvider, caps: IdpCapabilities,
                 rotation: Rotation) -> Rotation:
@@ -655,6 +639,39 @@ class Engine:
 
 _STEPS = {"secret_created": "create", "old_secret_retired": "retire",
           "new_secret_discarded": "rollback"}
+
+
+def verify_credentials(
+    client: ClientConfig, creds: Credentials, idp: IdentityProvider, *, attempts: int,
+    http_factory: HttpFactory = default_http, sleep: Callable[[float], None] = time.sleep,
+) -> Token:
+    """Obtain a token with ``creds`` as ``client`` must, retrying up to ``attempts`` times.
+
+    Retries ride out propagation delay and a busy token endpoint (backoff from 0.5 s,
+    doubling, capped at 8 s); ``invalid_scope`` and ``unauthorized_client`` are raised at
+    once because waiting does not change what a client may do. Raises
+    :class:`~rotator.errors.VerificationError` or ``RotationError`` (no token endpoint).
+    """
+    endpoint = client.token_endpoint or idp.default_token_endpoint()
+    if not endpoint:
+        raise RotationError(f"client {client.name} has no token_endpoint and IdP "
+                            f"{client.idp!r} cannot tell it")
+    req = TokenRequest(endpoint, client.auth_method, client.scopes, client.audience,
+                       client.resource)
+    delay = 0.5
+    with http_factory(client) as http:
+        for attempt in range(1, attempts + 1):
+            try:
+                return request_token(http, req, creds)
+            except (InvalidScope, UnauthorizedClient):
+                raise
+            except VerificationError as exc:
+                if attempt == attempts:
+                    raise
+                log.debug("verification_retry", attempt=attempt, error=str(exc))
+                sleep(delay)
+                delay = min(delay * 2, 8.0)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _ms(started: float) -> int:
