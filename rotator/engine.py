@@ -13,7 +13,11 @@ Overlap-capable identity providers (two secrets valid at once)::
 
 Single-secret identity providers (the old secret dies when the new one exists)::
 
-    STARTED ─▶ [STAGED] ─▶ [CREATING] ─▶ CREATED ─▶ PROMOTED ─▶ VERIFIED ─▶ COMPLETED
+    STARTED ─▶ [STAGED] ─▶ [CREATING] ─▶ CREATED ─▶ PROMOTED ─▶ COMPLETED (once verified)
+                                                        │ verification fails
+                                                        ▼
+                                                      FAILED  (the new secret stays current:
+                                                               it is the only one the IdP has)
 
 ``STAGED`` is used when rotator chooses the value: it is written to every store as PENDING
 before the IdP hears of it, so no issued secret can be lost. ``CREATING`` is used when the
@@ -303,6 +307,8 @@ class Engine:
                 "retire_after": latest.retire_after.isoformat(timespec="seconds")
                 if latest.retire_after else None,
                 "error": latest.error,
+                "steps": [{"state": state.value, "at": at.isoformat(timespec="seconds")}
+                          for at, state, _detail in self.journal.steps(latest.id)],
             },
             "last_rotated_at": last_rotated.isoformat(timespec="seconds") if last_rotated
             else None,
@@ -521,8 +527,9 @@ class Engine:
         return self._advance(rotation, next_state)
 
     def _verify_with_retries(self, client: ClientConfig, creds: Credentials) -> Token:
-        return verify_credentials(client, creds, self.adapters.idp(client.idp),
-                                  attempts=client.verify_attempts,
+        idp = self.adapters.idp(client.idp)
+        return verify_credentials(client, creds, idp, attempts=client.verify_attempts,
+                                  patience=idp.capabilities(client.client_id).propagation_delay,
                                   http_factory=self.http_factory, sleep=self.sleep)
 
     def _request_token(self, client: ClientConfig, creds: Credentials) -> Token:
@@ -643,14 +650,17 @@ _STEPS = {"secret_created": "create", "old_secret_retired": "retire",
 
 def verify_credentials(
     client: ClientConfig, creds: Credentials, idp: IdentityProvider, *, attempts: int,
-    http_factory: HttpFactory = default_http, sleep: Callable[[float], None] = time.sleep,
+    patience: float = 0.0, http_factory: HttpFactory = default_http,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> Token:
     """Obtain a token with ``creds`` as ``client`` must, retrying up to ``attempts`` times.
 
     Retries ride out propagation delay and a busy token endpoint (backoff from 0.5 s,
-    doubling, capped at 8 s); ``invalid_scope`` and ``unauthorized_client`` are raised at
-    once because waiting does not change what a client may do. Raises
-    :class:`~rotator.errors.VerificationError` or ``RotationError`` (no token endpoint).
+    doubling, capped at 8 s); they go on past ``attempts`` until ``patience`` seconds were
+    waited, so an IdP that declares a propagation delay gets at least that long.
+    ``invalid_scope`` and ``unauthorized_client`` are raised at once because waiting does not
+    change what a client may do. Raises :class:`~rotator.errors.VerificationError` or
+    ``RotationError`` (no token endpoint).
     """
     endpoint = client.token_endpoint or idp.default_token_endpoint()
     if not endpoint:
@@ -658,20 +668,21 @@ def verify_credentials(
                             f"{client.idp!r} cannot tell it")
     req = TokenRequest(endpoint, client.auth_method, client.scopes, client.audience,
                        client.resource)
-    delay = 0.5
+    delay, waited, attempt = 0.5, 0.0, 0
     with http_factory(client) as http:
-        for attempt in range(1, attempts + 1):
+        while True:
+            attempt += 1
             try:
                 return request_token(http, req, creds)
             except (InvalidScope, UnauthorizedClient):
                 raise
             except VerificationError as exc:
-                if attempt == attempts:
+                if attempt >= attempts and waited >= patience:
                     raise
                 log.debug("verification_retry", attempt=attempt, error=str(exc))
                 sleep(delay)
+                waited += delay
                 delay = min(delay * 2, 8.0)
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _ms(started: float) -> int:
@@ -685,7 +696,3 @@ def _plan(caps: IdpCapabilities) -> str:
         return f"{create}, verify it, promote it, retire the old one after the grace period"
     return ("ask the IdP for a new secret (the old one stops working), store and promote it "
             "at once, then verify it with retries")
-
-
-def describe(outcomes: Mapping[str, Outcome]) -> str:  # pragma: no cover - used by the CLI
-    return "\n".join(f"{o.client}: {o.message}" for o in outcomes.values())

@@ -265,3 +265,29 @@ class TestGracePeriod:
             assert planned.ok and planned.action == "planned"
             assert "old one stops working" in planned.message
             assert rig.env_file.read_bytes() == before and rig.idp.created == 0
+
+
+class TestPropagationDelay:
+    """Verification keeps trying for as long as the IdP says a new secret may take to work."""
+
+    def test_waits_out_the_declared_delay(self, tmp_path: Path) -> None:
+        caps = IdpCapabilities(1, caller_sets_value=True, can_revoke_old=False,
+                               can_read_current=False, propagation_delay=20.0)
+        with make_rig(tmp_path, caps) as rig:
+            slept: list[float] = []
+            rig.engine.sleep = slept.append
+            transport = rig.idp.token_endpoint()
+            calls = {"n": 0}
+
+            def slow_to_propagate(client: ClientConfig) -> httpx.Client:
+                def handle(request: httpx.Request) -> httpx.Response:
+                    calls["n"] += 1
+                    if calls["n"] <= 4:  # the new secret works only from the fifth request
+                        return httpx.Response(401, json={"error": "invalid_client"})
+                    return transport.handle_request(request)
+                return httpx.Client(transport=httpx.MockTransport(handle))
+
+            rig.engine.http_factory = slow_to_propagate
+            outcome = rig.engine.rotate("app")  # verify_attempts = 2 in the rig's config
+            assert outcome.ok, outcome.message
+            assert calls["n"] == 5 and slept == [0.5, 1.0, 2.0, 4.0]

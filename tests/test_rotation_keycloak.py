@@ -352,6 +352,8 @@ class TestCommands:
         status = json.loads(s.cli("status", "--all", "--json").out)["clients"][0]
         assert status["state"] == "ok"
         assert status["last_rotation"]["state"] == "completed"
+        assert [s["state"] for s in status["last_rotation"]["steps"]] == [
+            "started", "creating", "created", "promoted", "completed"]
         assert status["age_seconds"] is not None and status["age_seconds"] < 120
         human = s.cli("status", "svc")
         assert "svc" in human.out and human.code == 0
