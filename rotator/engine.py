@@ -175,9 +175,7 @@ class Engine:
             try:
                 open_rotation = self.journal.open_rotation(name)
                 if open_rotation is not None:
-                    if open_rotation.state is not State.PROMOTED or open_rotation.family != (
-                        "overlap"
-                    ):
+                    if not open_rotation.awaiting_retirement:
                         if dry_run:
                             return Outcome(name, True, "planned",
                                            f"would resume rotation {open_rotation.id} from "
@@ -211,7 +209,7 @@ class Engine:
             rotation = self.journal.open_rotation(name)
             if rotation is None:
                 return Outcome(name, True, "nothing", "no rotation awaits retirement")
-            if rotation.state is not State.PROMOTED or rotation.family != "overlap":
+            if not rotation.awaiting_retirement:
                 return self._drive(client, rotation, resumed=True)
             if now:
                 rotation = self.journal.advance(rotation.id, State.PROMOTED, self.clock(),
@@ -286,9 +284,8 @@ class Engine:
         if any("error" in s for s in stores.values()):
             state = "store_error"
         elif open_rotation is not None:
-            state = ("awaiting_retirement" if open_rotation.state is State.PROMOTED
-                     and open_rotation.family == "overlap" else f"interrupted:"
-                     f"{open_rotation.state}")
+            state = ("awaiting_retirement" if open_rotation.awaiting_retirement
+                     else f"interrupted:{open_rotation.state}")
         elif latest is not None and latest.state in (State.FAILED, State.ROLLED_BACK):
             state = f"last_rotation_{latest.state}"
         elif not any(s.get("has_current") for s in stores.values()):
@@ -423,6 +420,8 @@ class Engine:
     def _step(self, client: ClientConfig, idp: IdentityProvider, caps: IdpCapabilities,
               rotation: Rotation, *, resumed: bool, abandon_pending: bool) -> Rotation:
         state = rotation.state
+        # The family recorded when the rotation began decides, even if the IdP changed since.
+        overlap = rotation.family == "overlap"
         if state is State.STARTED:
             if caps.caller_sets_value:
                 value = generate_secret()
@@ -442,18 +441,18 @@ class Engine:
             return self._create_generated(client, idp, caps, rotation, resumed=resumed,
                                           abandon_pending=abandon_pending)
         if state is State.CREATED:
-            if caps.overlap:
+            if overlap:
                 return self._verify_step(client, rotation, next_state=State.VERIFIED)
             self._promote_all(client, rotation)
             return self._advance(rotation, State.PROMOTED, retire_after=self.clock().isoformat())
         if state is State.VERIFIED:
-            if caps.overlap:
+            if overlap:
                 self._promote_all(client, rotation)
                 retire = self.clock() + timedelta(seconds=client.grace_period)
                 return self._advance(rotation, State.PROMOTED, retire_after=retire.isoformat())
             return self._advance(rotation, State.COMPLETED)
         if state is State.PROMOTED:
-            if not caps.overlap or rotation.family != "overlap":
+            if not overlap:
                 return self._verify_step(client, rotation, next_state=State.VERIFIED,
                                          single=True)
             if not self._retirement_due(rotation):
@@ -485,7 +484,7 @@ class Engine:
         try:
             self._stage_all(client, rotation, issued.value, abandon_pending)
         except StoreError:
-            if caps.overlap:
+            if rotation.family == "overlap":
                 # The old secret still works: take the new one back rather than risk it.
                 self.journal.advance(rotation.id, State.CREATING, self.clock(),
                                      new_fingerprint=fingerprint, secret_ref=issued.secret_ref)

@@ -87,6 +87,11 @@ class Rotation:
     secret_ref: str | None
     error: str | None
 
+    @property
+    def awaiting_retirement(self) -> bool:
+        """The new secret is current and the old one is kept valid until ``retire_after``."""
+        return self.state is State.PROMOTED and self.family == "overlap"
+
 
 def new_rotation_id() -> RotationId:
     """A sortable, unique rotation id."""
