@@ -13,6 +13,7 @@ import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, TextIO
 
 import structlog
@@ -28,13 +29,20 @@ from rotator.secrets import redact
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
+#: Where ``--help`` goes: the ``out`` stream given to :func:`run`.
+_HELP_OUT: ContextVar[TextIO] = ContextVar("rotator_help_out", default=sys.stdout)
+
+
 class _UsageError(Exception):
-    pass
+    """The command line itself is wrong (exit code 2)."""
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # argparse would exit 2 itself; keep control here
         raise _UsageError(f"{self.prog}: {message}")
+
+    def print_help(self, file: Any = None) -> None:
+        super().print_help(file or _HELP_OUT.get())
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -187,6 +195,7 @@ def _human_age(seconds: int) -> str:
 
 def run(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
     """Run the CLI with ``argv``; return the exit code."""
+    _HELP_OUT.set(out)
     try:
         args = _parser().parse_args(argv)
     except _UsageError as exc:

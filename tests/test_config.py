@@ -508,9 +508,10 @@ class TestCliUsage:
     @pytest.mark.parametrize("argv", [["--help"], ["rotate", "--help"],
                                       ["config", "check", "--help"]])
     def test_help_exits_0(self, argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-        code, _, _ = _cli(*argv)
+        code, out, _ = _cli(*argv)
         assert code == 0
-        assert "usage: rotator" in capsys.readouterr().out
+        assert "usage: rotator" in out
+        assert capsys.readouterr().out == ""  # the given stream, not the process's stdout
 
 
 @pytest.mark.usefixtures("cli_env")
