@@ -113,7 +113,7 @@ def handler(event: Mapping[str, Any], context: object = None,
     if step not in STEPS or not token:
         raise RotationError(f"not a Secrets Manager rotation event (Step {step!r})")
     config = load_config(env.get("ROTATOR_CONFIG") or "rotator.toml", env)
-    audit = AuditLog(config.audit.key, stdout=True)
+    audit = AuditLog(config.audit.require_key(config.path), stdout=True)
     adapters = Adapters(config)
     try:
         rotation = _rotation(config, adapters, audit, str(event["SecretId"]), token,

@@ -114,7 +114,8 @@ def _select(config: Config, args: argparse.Namespace) -> list[str]:
 @contextmanager
 def open_engine(config: Config, actor: str = "cli") -> Iterator[Engine]:
     """An engine over ``config`` whose adapters, journal and audit log close on exit."""
-    audit = AuditLog(config.audit.key, file=config.audit.file, stdout=config.audit.stdout)
+    audit = AuditLog(config.audit.require_key(config.path), file=config.audit.file,
+                     stdout=config.audit.stdout)
     journal = Journal(config.state_dir)
     adapters = Adapters(config)
     try:

@@ -191,7 +191,7 @@ def _setup_from_config(
     path: str | PathLike[str], client_name: str, store_name: str | None,
     environ: Mapping[str, str] | None,
 ) -> _Setup:
-    config = load_config(path, environ)
+    config = load_config(path, environ, consumer=client_name)
     client = config.clients.get(client_name)
     if client is None:
         raise ConfigError([ConfigProblem(str(path), f"clients.{client_name}",

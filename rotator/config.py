@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,7 +101,15 @@ class ClientConfig:
 class AuditConfig:
     file: Path | None
     stdout: bool
-    key: Secret
+    #: None only in a configuration loaded for a consumer (``load_config(consumer=...)``).
+    key: Secret | None
+
+    def require_key(self, config_path: Path) -> Secret:
+        """The audit key; ``ConfigError`` if this configuration was loaded without it."""
+        if self.key is None:
+            raise ConfigError([ConfigProblem(str(config_path), "audit.key_env",
+                                             "loaded for a consumer: no audit key")])
+        return self.key
 
 
 @dataclass(frozen=True)
@@ -137,7 +145,7 @@ def _table(value: Any, key: str, problems: _Problems) -> Mapping[str, Any]:
 
 def _adapters(
     raw: Mapping[str, Any], kind: str, section: str, problems: _Problems, base: Path,
-    environ: Mapping[str, str],
+    environ: Mapping[str, str], resolve: Callable[[str], bool],
 ) -> dict[str, AdapterConfig]:
     out: dict[str, AdapterConfig] = {}
     for name, table in raw.items():
@@ -158,7 +166,7 @@ def _adapters(
             continue
         schema: tuple[Setting, ...] = cls.SETTINGS
         settings = check_settings(table, schema, report, base_dir=base, environ=environ,
-                                  ignore=("type",))
+                                  ignore=("type",), resolve_secrets=resolve(name))
         out[name] = AdapterConfig(name, type_name, cls, settings)
     return out
 
@@ -227,9 +235,26 @@ def _client(
     )
 
 
-def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+def _stores_of(raw_clients: Mapping[str, Any], consumer: str,
+               problems: _Problems) -> set[str]:
+    """Names of the stores client ``consumer`` reads from, for a consumer load."""
+    table = raw_clients.get(consumer)
+    if not isinstance(table, dict):
+        problems.reporter("clients")(consumer, "no such client in the configuration")
+        return set()
+    targets = table.get("stores")
+    return {t["store"] for t in targets if isinstance(t, dict) and isinstance(t.get("store"),
+                                                                                str)} \
+        if isinstance(targets, list) else set()
+
+
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None, *,
+                consumer: str | None = None) -> Config:
     """Read and check the configuration at ``path``.
 
+    ``consumer`` loads it for a service that only reads client ``consumer``'s credentials
+    (the client library): every table is still checked, but secrets are read only for that
+    client's stores, so the service needs neither the audit key nor an IdP's admin secret.
     Raises :class:`ConfigError` listing every problem found.
     """
     env = os.environ if environ is None else environ
@@ -251,19 +276,26 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
             report(key, "unknown section; expected rotator, audit, stores, idps, clients")
     rot = check_settings(_table(raw.get("rotator"), "rotator", problems), _ROTATOR_SETTINGS,
                          problems.reporter("rotator"), base_dir=base, environ=env)
-    audit_raw = _table(raw.get("audit"), "audit", problems)
-    audit = check_settings(audit_raw, _AUDIT_SETTINGS, problems.reporter("audit"),
-                           base_dir=base, environ=env)
-    if "audit" in raw and not audit.get("file") and not audit.get("stdout"):
-        problems.reporter("audit")("file", "set file, stdout = true, or both")
+    audit: Settings = {"file": None, "stdout": False, "key": None}
+    if "audit" in raw:
+        audit = check_settings(_table(raw["audit"], "audit", problems), _AUDIT_SETTINGS,
+                               problems.reporter("audit"), base_dir=base, environ=env,
+                               resolve_secrets=consumer is None)
+        if not audit.get("file") and not audit.get("stdout"):
+            problems.reporter("audit")("file", "set file, stdout = true, or both")
+    elif consumer is None:
+        report("audit", "required section: [audit] with key_env or key_file and a file")
 
     raw_stores = _table(raw.get("stores"), "stores", problems)
     raw_idps = _table(raw.get("idps"), "idps", problems)
     raw_clients = _table(raw.get("clients"), "clients", problems)
     if not raw_clients:
         report("clients", "no clients configured")
-    stores = _adapters(raw_stores, "store", "stores", problems, base, env)
-    idps = _adapters(raw_idps, "idp", "idps", problems, base, env)
+    consumed = _stores_of(raw_clients, consumer, problems) if consumer else None
+    stores = _adapters(raw_stores, "store", "stores", problems, base, env,
+                       lambda name: consumed is None or name in consumed)
+    idps = _adapters(raw_idps, "idp", "idps", problems, base, env,
+                     lambda _name: consumer is None)
     clients: dict[str, ClientConfig] = {}
     for name, table in raw_clients.items():
         client = _client(name, table, stores, raw_stores, raw_idps, problems, base, env)
@@ -276,14 +308,12 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
             problems.reporter(f"clients.{c.name}")(
                 "client_id", f"client {c.client_id!r} at {c.idp!r} is already configured as "
                              f"{other!r}")
-    if "key" not in audit and "audit" not in raw:
-        report("audit", "required section: [audit] with key_env or key_file and a file")
     if problems.items:
         raise ConfigError(problems.items)
     state_dir = Path(rot["state_dir"]) if rot.get("state_dir") else base / "state"
     return Config(
         path=p, state_dir=state_dir,
         audit=AuditConfig(file=Path(audit["file"]) if audit.get("file") else None,
-                          stdout=audit["stdout"], key=audit["key"]),
+                          stdout=audit["stdout"], key=audit.get("key")),
         stores=stores, idps=idps, clients=clients,
     )

@@ -125,11 +125,13 @@ def check_settings(
     base_dir: Path,
     environ: Mapping[str, str] | None = None,
     ignore: tuple[str, ...] = (),
+    resolve_secrets: bool = True,
 ) -> Settings:
     """Check ``table`` against ``schema``; report every problem; return the settings.
 
     Secret settings are resolved here (environment variable or file), so a missing
-    variable is a configuration problem reported with the rest.
+    variable is a configuration problem reported with the rest. With ``resolve_secrets``
+    false they are only checked for form and left out of the result.
     """
     env = os.environ if environ is None else environ
     known = {k for s in schema for k in s.accepted_keys()} | set(ignore)
@@ -153,6 +155,8 @@ def check_settings(
             ref = table[key]
             if not isinstance(ref, str) or not ref:
                 report(key, "must be a non-empty string")
+                continue
+            if not resolve_secrets:
                 continue
             if key == env_key:
                 value = env.get(ref)

@@ -21,6 +21,7 @@ from structlog.testing import capture_logs
 
 from providers.stores.env import EnvStore
 from rotator.client import CachePolicy, ClientCredentialsAuth, TokenClient
+from rotator.config import load_config
 from rotator.errors import (
     BadTokenResponse,
     ConfigError,
@@ -739,6 +740,18 @@ class TestFromConfig:
         with TokenClient.from_config(config, "orders", http=http) as client:
             client.token()
         assert urls == ["https://kc.test/realms/prod/protocol/openid-connect/token"]
+
+    def test_needs_neither_audit_key_nor_admin_secret(self, rig: Rig, tmp_path: Path) -> None:
+        """A consuming service reads only its own store's secrets from the configuration."""
+        config = write_config(tmp_path, rig.secret, ENDPOINT)
+        (tmp_path / "audit.key").unlink()
+        (tmp_path / "admin.secret").unlink()
+        with pytest.raises(ConfigError, match="does not exist"):
+            load_config(config)
+        http = httpx.Client(transport=httpx.MockTransport(rig.idp))
+        with TokenClient.from_config(config, "orders", http=http, clock=rig.clock) as client:
+            client.token()
+        assert rig.idp.secrets_used == [rig.secret]
 
     def test_unknown_client(self, tmp_path: Path) -> None:
         config = write_config(tmp_path, new_secret(), ENDPOINT)

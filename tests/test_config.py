@@ -545,3 +545,49 @@ class TestExampleConfig:
         assert reasons, "the example should name files that do not exist here"
         for key, reason in reasons:
             assert key.endswith("_file") and "does not exist" in reason, (key, reason)
+
+
+class TestConsumerLoad:
+    """A load for one consuming client resolves only that client's store secrets."""
+
+    def test_other_secrets_are_not_read(self, tmp_path: Path) -> None:
+        (tmp_path / "rotator.toml").write_text("""
+[audit]
+file = "audit.jsonl"
+key_env = "NOT_SET_AUDIT_KEY"
+[stores.bao]
+type = "vault"
+url = "https://bao.test"
+token_env = "APP_VAULT_TOKEN"
+[stores.admin-bao]
+type = "vault"
+url = "https://bao.test"
+token_env = "NOT_SET_OTHER_TOKEN"
+[idps.kc]
+type = "keycloak"
+url = "https://kc.test"
+realm = "r"
+admin_client_id = "rotator"
+admin_client_secret_env = "NOT_SET_ADMIN_SECRET"
+[clients.app]
+idp = "kc"
+client_id = "app"
+stores = [{store = "bao", path = "apps/app"}]
+""")
+        env = {"APP_VAULT_TOKEN": secrets.token_hex(8)}
+        with pytest.raises(ConfigError) as info:
+            load_config(tmp_path / "rotator.toml", environ=env)
+        assert {p.key for p in info.value.problems} == {
+            "audit.key_env", "stores.admin-bao.token_env", "idps.kc.admin_client_secret_env"}
+        config = load_config(tmp_path / "rotator.toml", environ=env, consumer="app")
+        assert config.audit.key is None
+        assert config.stores["bao"].settings["token"].reveal() == env["APP_VAULT_TOKEN"]
+        assert "token" not in config.stores["admin-bao"].settings
+        assert "admin_client_secret" not in config.idps["kc"].settings
+        with pytest.raises(ConfigError, match="no audit key"):
+            config.audit.require_key(config.path)
+
+    def test_unknown_consumer(self, tmp_path: Path) -> None:
+        (tmp_path / "rotator.toml").write_text('[clients.app]\nidp = "x"\n')
+        with pytest.raises(ConfigError, match=r"clients\.nope: no such client"):
+            load_config(tmp_path / "rotator.toml", consumer="nope")

@@ -62,7 +62,8 @@ class KeycloakIdp:
         self._realm = str(settings["realm"])
         self._admin_realm = str(settings.get("admin_realm") or self._realm)
         self._admin_id = str(settings["admin_client_id"])
-        self._admin_secret: Secret = settings["admin_client_secret"]
+        # Absent when the configuration was loaded for a consumer: no admin calls then.
+        self._admin_secret: Secret | None = settings.get("admin_client_secret")
         self._overlap = str(settings.get("overlap") or "auto")
         ca = settings.get("ca_file")
         self._verify: bool | str = str(ca) if ca else bool(settings.get("tls_verify", True))
@@ -94,6 +95,8 @@ class KeycloakIdp:
         if self._token and time.monotonic() < self._token_expiry:
             return self._token
         http = self._client()
+        if self._admin_secret is None:
+            raise IdpAccessDenied(f"Keycloak {self.name!r}: admin_client_secret is not loaded")
         url = f"/realms/{quote(self._admin_realm)}/protocol/openid-connect/token"
         try:
             response = http.post(url, data={
