@@ -211,6 +211,29 @@ def _setup_from_config(
     return _Setup(request, store, targets[0].location, client)
 
 
+_Client = TypeVar("_Client", bound="_TokenCore")
+
+
+def _from_config(
+    make: Callable[..., _Client], path: str | PathLike[str], client_name: str,
+    store_name: str | None, environ: Mapping[str, str] | None, kwargs: dict[str, Any],
+    make_http: Callable[[ClientConfig], Any],
+) -> _Client:
+    """Build a sync or asyncio client from a configuration; it owns the store it started."""
+    setup = _setup_from_config(path, client_name, store_name, environ)
+    owns_http = "http" not in kwargs
+    if owns_http:
+        kwargs["http"] = make_http(setup.client)
+    try:
+        client = make(setup.request, store=setup.store, location=setup.location, **kwargs)
+    except BaseException:
+        setup.store.close()
+        raise
+    client._owns_http = owns_http
+    client._owns_store = True
+    return client
+
+
 class _TokenCore:
     """What the sync and asyncio clients share: configuration, cache and the token policy."""
 
@@ -234,6 +257,7 @@ class _TokenCore:
         self._store = store
         self._location = location or ""
         self._owns_store = False
+        self._owns_http = False  # set by the subclasses, which create their own http client
         self._policy = policy
         self._clock = clock
         self._random = random
@@ -447,19 +471,9 @@ class TokenClient(_TokenCore):
         Reads credentials from the client's first store (or the one named ``store``), which
         is started here and closed by :meth:`close`. Raises ``ConfigError`` or ``StoreError``.
         """
-        setup = _setup_from_config(path, client_name, store, environ)
-        owns_http = "http" not in kwargs
-        if owns_http:
-            kwargs["http"] = httpx.Client(timeout=setup.client.verify_timeout,
-                                          verify=setup.client.tls_verify)
-        try:
-            client = cls(setup.request, store=setup.store, location=setup.location, **kwargs)
-        except BaseException:
-            setup.store.close()
-            raise
-        client._owns_http = owns_http
-        client._owns_store = True
-        return client
+        return _from_config(cls, path, client_name, store, environ, kwargs,
+                            lambda c: httpx.Client(timeout=c.verify_timeout,
+                                                   verify=c.tls_verify))
 
     def token(self, scopes: Iterable[str] | None = None) -> Token:
         """A valid token for ``scopes`` (default: the request's), from the cache if possible.

@@ -30,8 +30,8 @@ from rotator.client import (
     _Entry,
     _Fetch,
     _Flow,
+    _from_config,
     _scope_key,
-    _setup_from_config,
     _Sleep,
     _Slot,
     _TokenCore,
@@ -89,19 +89,9 @@ class AsyncTokenClient(_TokenCore):
         **kwargs: Any,
     ) -> Self:
         """As :meth:`rotator.client.TokenClient.from_config` (starting the store blocks)."""
-        setup = _setup_from_config(path, client_name, store, environ)
-        owns_http = "http" not in kwargs
-        if owns_http:
-            kwargs["http"] = httpx.AsyncClient(timeout=setup.client.verify_timeout,
-                                               verify=setup.client.tls_verify)
-        try:
-            client = cls(setup.request, store=setup.store, location=setup.location, **kwargs)
-        except BaseException:
-            setup.store.close()
-            raise
-        client._owns_http = owns_http
-        client._owns_store = True
-        return client
+        return _from_config(cls, path, client_name, store, environ, kwargs,
+                            lambda c: httpx.AsyncClient(timeout=c.verify_timeout,
+                                                        verify=c.tls_verify))
 
     async def token(self, scopes: Iterable[str] | None = None) -> Token:
         """A valid token for ``scopes`` (default: the request's), from the cache if possible."""
