@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -12,16 +11,7 @@ from servers import ROTATION_ATTRIBUTES, Keycloak, OpenBao
 pytestmark = pytest.mark.server
 
 
-@pytest.fixture(scope="module")
-def openbao() -> Iterator[OpenBao]:
-    with OpenBao() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def keycloak() -> Iterator[Keycloak]:
-    with Keycloak() as server:
-        yield server
+# The servers are the session's, from conftest.py: one Keycloak for the whole run.
 
 
 @pytest.fixture(scope="module")
@@ -51,22 +41,22 @@ def _regenerate(keycloak: Keycloak, realm: str, uuid: str) -> str:
 class TestOpenBao:
     """A dev-mode OpenBao is healthy, serves KV v2 at secret/ to its root token, and stops."""
 
-    def test_health_reports_unsealed(self, openbao: OpenBao) -> None:
-        response = httpx.get(f"{openbao.url}/v1/sys/health")
+    def test_health_reports_unsealed(self, bao_server: OpenBao) -> None:
+        response = httpx.get(f"{bao_server.url}/v1/sys/health")
 
         assert response.status_code == 200
         assert response.json()["sealed"] is False
 
-    def test_kv_v2_round_trip(self, openbao: OpenBao) -> None:
-        headers = {"X-Vault-Token": openbao.root_token}
+    def test_kv_v2_round_trip(self, bao_server: OpenBao) -> None:
+        headers = {"X-Vault-Token": bao_server.root_token}
         value = secrets.token_urlsafe(16)
 
         written = httpx.post(
-            f"{openbao.url}/v1/secret/data/servers-test",
+            f"{bao_server.url}/v1/secret/data/servers-test",
             headers=headers,
             json={"data": {"client_secret": value}},
         )
-        read = httpx.get(f"{openbao.url}/v1/secret/data/servers-test", headers=headers)
+        read = httpx.get(f"{bao_server.url}/v1/secret/data/servers-test", headers=headers)
 
         assert written.status_code == 200
         assert read.json()["data"]["data"] == {"client_secret": value}
