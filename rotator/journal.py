@@ -15,6 +15,7 @@ import fcntl
 import json
 import os
 import sqlite3
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -218,17 +219,35 @@ class Journal:
         return [(datetime.fromisoformat(a), State(s), json.loads(d)) for a, s, d in rows]
 
     @contextmanager
-    def lock(self, client: str) -> Iterator[None]:
-        """Hold the client's rotation lock; raise ``RotationLocked`` if another holds it."""
+    def lock(self, client: str, *, wait: float = 0.0) -> Iterator[None]:
+        """Hold the client's rotation lock for the ``with`` block.
+
+        Waits up to ``wait`` seconds for another holder to let go, then raises
+        ``RotationLocked``. The lock file is opened without following symlinks and must
+        belong to this user, so another local user cannot redirect or hold it.
+        """
         path = self.state_dir / f"{client}.lock"
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise RotationLocked(
-                    f"client {client!r} is being rotated by another process"
-                ) from None
+            fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise RotationError(f"cannot open the lock file {path}: {exc.strerror}") from exc
+        try:
+            if os.fstat(fd).st_uid != os.geteuid():
+                raise RotationError(f"lock file {path} belongs to another user; remove it")
+            deadline = time.monotonic() + wait
+            delay = 0.01
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise RotationLocked(
+                            f"client {client!r} is being rotated by another process"
+                        ) from None
+                    time.sleep(min(delay, remaining))
+                    delay = min(delay * 2, 0.25)
             yield
         finally:
             os.close(fd)

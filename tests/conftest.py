@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +32,16 @@ def moto_server() -> Iterator[MotoServer]:
 
 @pytest.fixture(scope="session")
 def keycloak() -> Iterator[Keycloak]:
-    """A real Keycloak 26 (start-dev, in-memory database) on 127.0.0.1 and a free port."""
+    """A real Keycloak 26 (start-dev, in-memory database) on 127.0.0.1 and a free port.
+
+    For development only: ``ROTATOR_TEST_KEYCLOAK=<port>:<admin password>`` attaches to a
+    Keycloak started with ``python tests/servers.py keycloak`` instead of starting one, so
+    several test runs on one machine can share it (realms get a random suffix then).
+    """
+    attach = os.environ.get("ROTATOR_TEST_KEYCLOAK")
+    if attach:
+        yield Keycloak.attach(attach)
+        return
     with Keycloak() as server:
         yield server
 
@@ -39,6 +50,8 @@ def keycloak() -> Iterator[Keycloak]:
 def kc_realm(keycloak: Keycloak) -> KeycloakRealm:
     """A realm with rotator's admin client and a secret-rotation policy for tagged clients."""
     realm = "rotator-tests"
+    if os.environ.get("ROTATOR_TEST_KEYCLOAK"):
+        realm += f"-{secrets.token_hex(4)}"
     keycloak.create_realm(realm)
     admin_secret = keycloak.create_admin_client(realm, "rotator-admin", roles=ADMIN_CLIENT_ROLES)
     keycloak.enable_secret_rotation(realm, rotated_expiration=3600, expiration=86400 * 30,

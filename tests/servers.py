@@ -477,10 +477,27 @@ class Keycloak(_LocalServer):
             self._wait_until_ok("/realms/master")
         return self
 
+    @classmethod
+    def attach(cls, spec: str) -> Keycloak:
+        """A handle on a Keycloak already running on 127.0.0.1 (``"<port>:<admin password>"``).
+
+        Its ``stop()`` leaves the server running: whoever started it stops it.
+        """
+        port, _, password = spec.partition(":")
+        server = cls(port=int(port))
+        server.admin_password = password
+        server._attached = True
+        return server
+
+    _attached = False
+
     def stop(self, *, keep_logs: bool = False) -> None:
         if self._admin is not None:
             self._admin.close()
             self._admin = None
+        if self._attached:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            return
         super().stop(keep_logs=keep_logs)
 
     @property
@@ -672,3 +689,12 @@ class Keycloak(_LocalServer):
         current = _raise_for(self.admin.get(path), f"read client {kind}").json().get(kind, [])
         kept = [entry for entry in current if entry.get("name") != item["name"]]
         _raise_for(self.admin.put(path, json={kind: [*kept, item]}), f"write client {kind}")
+
+
+if __name__ == "__main__":  # pragma: no cover - a developer's shared Keycloak
+    if sys.argv[1:] != ["keycloak"]:
+        sys.exit("usage: python tests/servers.py keycloak")
+    with Keycloak() as shared:
+        print(f"export ROTATOR_TEST_KEYCLOAK={shared.port}:{shared.admin_password}", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.pause()
