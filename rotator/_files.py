@@ -1,11 +1,87 @@
-"""Writing files that hold secrets: atomically, durably, mode 0600."""
+"""Files that hold secrets or state: private directories, safe opens, atomic writes.
+
+Threat model (``docs/security.md``): other local users on a shared host are not trusted. So a
+file rotator writes or reads secrets from is opened without following symlinks, must belong
+to this user and must not be open to the group or others; a directory rotator keeps state in
+must belong to this user and must not be writable by others.
+
+Every function raises :class:`UnsafeFile` (an ``OSError``) with a message that names the path
+and says what to do, never a secret.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
+
+
+class UnsafeFile(OSError):
+    """A file or directory is not safe to hold secrets or state; the message says why."""
+
+
+def _mode(info: os.stat_result) -> str:
+    return f"{stat.S_IMODE(info.st_mode):o}"
+
+
+def check_private_dir(path: Path) -> None:
+    """Refuse a directory that another user owns or that the group or others may write.
+
+    A sticky, world-writable directory such as ``/tmp`` is refused too: rotator's files
+    would sit among everyone else's.
+    """
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode):
+        raise UnsafeFile(f"{path} is a symbolic link; point the setting at the real directory")
+    if not stat.S_ISDIR(info.st_mode):
+        raise UnsafeFile(f"{path} is not a directory")
+    if info.st_uid != os.geteuid():
+        raise UnsafeFile(f"{path} belongs to another user (uid {info.st_uid}); use a "
+                         "directory of the user rotator runs as")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UnsafeFile(f"{path} is writable by other users (mode {_mode(info)}); chmod 700 it")
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) with mode 0700 if missing, then :func:`check_private_dir`."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    check_private_dir(path)
+
+
+def open_private(path: Path, flags: int, mode: int = 0o600) -> int:
+    """Open ``path`` without following a symlink; refuse it unless this user owns it and
+    neither group nor others have any access. Returns the descriptor (close-on-exec).
+
+    ``flags`` are ``os.open`` flags (``O_CREAT`` creates the file with ``mode``).
+    """
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == 40:  # ELOOP: the last component is a symlink
+            raise UnsafeFile(f"{path} is a symbolic link; refusing to follow it") from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnsafeFile(f"{path} is not a regular file")
+        if info.st_uid != os.geteuid():
+            raise UnsafeFile(f"{path} belongs to another user (uid {info.st_uid})")
+        if info.st_mode & 0o077:
+            raise UnsafeFile(f"{path} is open to other users (mode {_mode(info)}); "
+                             "chmod 600 it")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_private_file(path: Path) -> bytes:
+    """Read a whole file through :func:`open_private` (checked on the opened descriptor)."""
+    fd = open_private(path, os.O_RDONLY)
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()
 
 
 def write_private_file(path: Path, data: bytes) -> None:

@@ -1,0 +1,1 @@
+"""``rotator run``: the long-running service (scheduler, admin API, metrics, process control)."""
