@@ -40,7 +40,11 @@ def keycloak() -> Iterator[Keycloak]:
     """
     attach = os.environ.get("ROTATOR_TEST_KEYCLOAK")
     if attach:
-        yield Keycloak.attach(attach)
+        server = Keycloak.attach(attach)
+        try:
+            yield server
+        finally:
+            server.stop()
         return
     with Keycloak() as server:
         yield server
