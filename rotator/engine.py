@@ -93,7 +93,7 @@ class Outcome:
 
     client: str
     ok: bool
-    action: str  # rotated | promoted | retired | resumed | rolled_back | failed | planned ...
+    action: str  # rotated | retired | rolled_back | failed | refused | conflict | planned ...
     message: str
     rotation_id: str | None = None
     state: str | None = None
