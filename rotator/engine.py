@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -42,11 +42,12 @@ import httpx
 import structlog
 
 from rotator.audit import AuditLog, bound
-from rotator.config import ClientConfig, Config
+from rotator.config import ClientConfig, Config, StoreTarget
 from rotator.errors import (
     IdpAccessDenied,
     IdpNotFound,
     InvalidScope,
+    JournalConflict,
     RotationError,
     RotatorError,
     StoreError,
@@ -58,11 +59,16 @@ from rotator.interfaces import (
     IdentityProvider,
     IdpCapabilities,
     IssuedSecret,
+    Journal,
+    Rotation,
+    RotationId,
+    RotationTarget,
     SecretStore,
     Stage,
+    State,
     StoredCredentials,
 )
-from rotator.journal import Journal, Rotation, State, new_rotation_id
+from rotator.journal import new_rotation_id
 from rotator.secrets import Secret, generate_secret
 from rotator.token import Token, TokenRequest, request_token
 
@@ -87,7 +93,7 @@ class Outcome:
 
     client: str
     ok: bool
-    action: str  # rotated | promoted | retired | resumed | rolled_back | failed | planned ...
+    action: str  # rotated | retired | rolled_back | failed | refused | conflict | planned ...
     message: str
     rotation_id: str | None = None
     state: str | None = None
@@ -142,7 +148,12 @@ class _Abort(Exception):
 
 
 class Engine:
-    """Runs rotations, retirements and verifications for configured clients."""
+    """Runs rotations, retirements and verifications for configured clients.
+
+    Each command takes the acting identity (``cli``, ``scheduler``, ``api:<token name>``)
+    as ``actor``; the ``actor`` given to the constructor is only the default for a call
+    that names none. An engine may be used from several threads at once.
+    """
 
     def __init__(
         self,
@@ -167,11 +178,16 @@ class Engine:
 
     # -- public commands -------------------------------------------------------------------
 
-    def rotate(self, name: str, *, dry_run: bool = False,
-               abandon_pending: bool = False) -> Outcome:
-        """Rotate ``name`` now, first finishing any rotation a crash left behind."""
+    def rotate(self, name: str, *, dry_run: bool = False, abandon_pending: bool = False,
+               actor: str | None = None, rotation_id: RotationId | None = None) -> Outcome:
+        """Rotate ``name`` now, first finishing any rotation a crash left behind.
+
+        A new rotation gets ``rotation_id`` if given (so a caller can name it before it
+        begins); a resumed one keeps its own, which the outcome reports.
+        """
         client = self.config.clients[name]
-        with bound(client=name, idp=client.idp, actor=self.actor), self.journal.lock(name):
+        actor = actor or self.actor
+        with bound(client=name, idp=client.idp, actor=actor), self.journal.lock(name):
             try:
                 open_rotation = self.journal.open_rotation(name)
                 if open_rotation is not None:
@@ -198,22 +214,24 @@ class Engine:
                     retired = self._drive(client, open_rotation, resumed=True)
                     if not retired.ok:
                         return retired
-                return self._start(client, dry_run=dry_run, abandon_pending=abandon_pending)
+                return self._start(client, dry_run=dry_run, abandon_pending=abandon_pending,
+                                   actor=actor, rotation_id=rotation_id)
             except RotatorError as exc:
                 return Outcome(name, False, "failed", str(exc))
 
-    def retire(self, name: str, *, now: bool = False) -> Outcome:
+    def retire(self, name: str, *, now: bool = False, actor: str | None = None) -> Outcome:
         """Retire the old secret of ``name``'s last rotation once its grace period is over."""
         client = self.config.clients[name]
-        with bound(client=name, idp=client.idp, actor=self.actor), self.journal.lock(name):
+        with bound(client=name, idp=client.idp, actor=actor or self.actor), \
+                self.journal.lock(name):
             rotation = self.journal.open_rotation(name)
             if rotation is None:
                 return Outcome(name, True, "nothing", "no rotation awaits retirement")
             if not rotation.awaiting_retirement:
                 return self._drive(client, rotation, resumed=True)
             if now:
-                rotation = self.journal.advance(rotation.id, State.PROMOTED, self.clock(),
-                                                retire_after=self.clock().isoformat())
+                rotation = self._advance(rotation, State.PROMOTED,
+                                         retire_after=self.clock().isoformat())
             if not self._retirement_due(rotation):
                 assert rotation.retire_after is not None
                 return Outcome(name, True, "waiting",
@@ -225,12 +243,13 @@ class Engine:
             except RotatorError as exc:
                 return Outcome(name, False, "failed", str(exc), rotation.id)
 
-    def verify(self, name: str, stage: Stage = Stage.CURRENT) -> Outcome:
+    def verify(self, name: str, stage: Stage = Stage.CURRENT, *,
+               actor: str | None = None) -> Outcome:
         """Check that the credential stored in every store of ``name`` obtains a token."""
         client = self.config.clients[name]
         results: dict[str, Any] = {}
         ok = True
-        with bound(client=name, idp=client.idp, actor=self.actor):
+        with bound(client=name, idp=client.idp, actor=actor or self.actor):
             for target in client.targets:
                 key = f"{target.store}:{target.location}"
                 started = time.monotonic()
@@ -315,7 +334,8 @@ class Engine:
 
     # -- starting ------------------------------------------------------------------------
 
-    def _start(self, client: ClientConfig, *, dry_run: bool, abandon_pending: bool) -> Outcome:
+    def _start(self, client: ClientConfig, *, dry_run: bool, abandon_pending: bool,
+               actor: str, rotation_id: RotationId | None) -> Outcome:
         idp = self.adapters.idp(client.idp)
         caps = idp.capabilities(client.client_id)
         current = self._read(client, Stage.CURRENT)
@@ -347,8 +367,10 @@ class Engine:
                 "family": family, "caller_sets_value": caps.caller_sets_value,
                 "grace_period_seconds": client.grace_period if caps.overlap else 0})
         rotation = self.journal.begin(
-            new_rotation_id(), client.name, family, self.actor,
+            rotation_id or new_rotation_id(), client.name, family, actor,
             self.audit.fingerprint(current.credentials.client_secret), self.clock(),
+            targets=[RotationTarget(t.store, t.location) for t in client.targets],
+            audit_key_id=self._audit_key_id(),
         )
         self.audit.event("rotation_started", rotation_id=rotation.id, step="start",
                          outcome="success", family=family,
@@ -363,6 +385,14 @@ class Engine:
         started = time.monotonic()
         began_at = rotation.state
         with bound(rotation_id=rotation.id):
+            refusal = self._check_audit_key(rotation)
+            if refusal is not None:
+                return Outcome(client.name, False, "refused", refusal, rotation.id,
+                               rotation.state.value)
+            if rotation.targets:
+                # The stores recorded when the rotation began, even if the config changed since.
+                client = replace(client, targets=tuple(
+                    StoreTarget(t.store, t.location) for t in rotation.targets))
             if resumed:
                 self.audit.event("rotation_resumed", step=rotation.state.value,
                                  outcome="success", family=rotation.family)
@@ -378,8 +408,14 @@ class Engine:
                         break  # waiting for the grace period
             except _Abort:
                 rotation = self.journal.get(rotation.id)
+            except JournalConflict as exc:
+                # Another writer moved the rotation: this one records nothing more.
+                self.audit.event("rotation_interrupted", step=rotation.state.value,
+                                 outcome="failure", error=str(exc), duration_ms=_ms(started))
+                return Outcome(client.name, False, "conflict", str(exc), rotation.id,
+                               rotation.state.value)
             except RotatorError as exc:
-                self.journal.advance(rotation.id, rotation.state, self.clock(), error=str(exc))
+                self._advance(rotation, rotation.state, error=str(exc))
                 self.audit.event("rotation_interrupted", step=rotation.state.value,
                                  outcome="failure", error=str(exc),
                                  duration_ms=_ms(started))
@@ -486,8 +522,8 @@ class Engine:
         except StoreError:
             if rotation.family == "overlap":
                 # The old secret still works: take the new one back rather than risk it.
-                self.journal.advance(rotation.id, State.CREATING, self.clock(),
-                                     new_fingerprint=fingerprint, secret_ref=issued.secret_ref)
+                rotation = self._advance(rotation, State.CREATING, new_fingerprint=fingerprint,
+                                         secret_ref=issued.secret_ref)
                 self._discard_at_idp(client, idp, rotation, issued)
                 self._advance(rotation, State.ROLLED_BACK,
                               error="a store refused the new secret, so it was discarded at "
@@ -634,15 +670,31 @@ class Engine:
         return result
 
     def _advance(self, rotation: Rotation, state: State, **fields: str | None) -> Rotation:
-        return self.journal.advance(rotation.id, state, self.clock(), **fields)
+        """Record ``state``; ``JournalConflict`` if another writer moved ``rotation`` since."""
+        return self.journal.advance(rotation.id, state, self.clock(), expected=rotation.state,
+                                    **fields)
 
     def _fail(self, rotation: Rotation, reason: str) -> Rotation:
-        return self.journal.advance(rotation.id, State.FAILED, self.clock(), error=reason)
+        return self._advance(rotation, State.FAILED, error=reason)
+
+    def _audit_key_id(self) -> str:
+        """Names the audit key without revealing it: 8 hex digits of HMAC(key, a constant)."""
+        return self.audit.fingerprint(Secret(_AUDIT_KEY_ID_INPUT)).rpartition(":")[2][:8]
+
+    def _check_audit_key(self, rotation: Rotation) -> str | None:
+        """Why ``rotation`` must not go on with the configured audit key, if it must not."""
+        current = self._audit_key_id()
+        if rotation.audit_key_id is None or rotation.audit_key_id == current:
+            return None
+        return (f"rotation {rotation.id} began with audit key {rotation.audit_key_id}, but the "
+                f"configured audit key is {current}: its fingerprints would not match; "
+                "configure the audit key it began with to finish it")
 
     def _retirement_due(self, rotation: Rotation) -> bool:
         return rotation.retire_after is None or self.clock() >= rotation.retire_after
 
 
+_AUDIT_KEY_ID_INPUT = "rotator-audit-key-id"
 _STEPS = {"secret_created": "create", "old_secret_retired": "retire",
           "new_secret_discarded": "rollback"}
 

@@ -20,7 +20,8 @@
     │   ├── TokenEndpointUnavailable 5xx, timeout, unreachable: worth retrying
     │   └── BadTokenResponse        200 but not a usable bearer token
     └── RotationError               the engine could not finish a rotation
-        └── RotationLocked          another process is rotating the same client
+        ├── RotationLocked          another process is rotating the same client
+        └── JournalConflict         the journal moved on: a stale writer, a second open rotation
 
 Vendor exceptions (``hvac.exceptions.*``, ``botocore.exceptions.ClientError``,
 ``httpx.HTTPError``) are translated at the adapter boundary with ``raise ... from exc`` and
@@ -155,3 +156,7 @@ class RotationLocked(RotationError):
     """Another process holds the rotation lock for this client."""
 
     retryable = True
+
+
+class JournalConflict(RotationError):
+    """The journal refused a write made on stale knowledge (check-and-set lost)."""

@@ -1,7 +1,8 @@
-"""The two interfaces every adapter implements, and the value types they exchange.
+"""The interfaces every adapter implements, and the value types they exchange.
 
 This module is the one place where the contracts are documented. Adapters live in
-``providers/``; the engine (:mod:`rotator.engine`) only ever talks to these protocols.
+``providers/``, journals in :mod:`rotator.journal`; the engine (:mod:`rotator.engine`) only
+ever talks to these protocols.
 
 Lifecycle, as for every adapter: construct as ``Adapter(name, settings)`` with the settings
 the config loader checked against ``SETTINGS`` (no I/O happens there), ``start()``
@@ -27,10 +28,11 @@ How a store maps these onto its own model is documented in its module.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
 from rotator.secrets import Secret
 from rotator.settings import Setting
@@ -264,4 +266,143 @@ class IdentityProvider(Protocol):
 
         Called once the grace period has passed. Idempotent: nothing to revoke returns 0.
         """
+        ...
+
+
+class State(enum.StrEnum):
+    """Where a rotation stands. Terminal states end with the rotation done or undone."""
+
+    STARTED = "started"  # recorded; nothing changed anywhere yet
+    STAGED = "staged"  # caller-chosen value written as PENDING before the IdP knows it
+    CREATING = "creating"  # asking the IdP for a new secret; outcome unknown until CREATED
+    CREATED = "created"  # the IdP accepts the new secret and every store holds it as PENDING
+    VERIFIED = "verified"  # the new secret obtained a token
+    PROMOTED = "promoted"  # the new secret is CURRENT everywhere; old awaits retirement
+    ROLLING_BACK = "rolling_back"  # undoing a failed rotation
+    COMPLETED = "completed"  # terminal: old secret retired
+    ROLLED_BACK = "rolled_back"  # terminal: the new secret was discarded, the old one kept
+    FAILED = "failed"  # terminal: stopped; see error (the stored current secret still works)
+
+    @property
+    def terminal(self) -> bool:
+        return self in (State.COMPLETED, State.ROLLED_BACK, State.FAILED)
+
+
+@dataclass(frozen=True)
+class RotationTarget:
+    """One store a rotation writes to, and where in it, as recorded when it began."""
+
+    store: str
+    location: Location
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """One rotation as the journal records it."""
+
+    id: RotationId
+    client: str
+    state: State
+    family: str  # "overlap" or "single", decided once when the rotation began
+    actor: str  # who began it: cli, scheduler, api:<token name>
+    started_at: datetime
+    updated_at: datetime
+    retire_after: datetime | None
+    old_fingerprint: str | None
+    new_fingerprint: str | None
+    secret_ref: str | None
+    error: str | None
+    #: The stores the rotation writes to; empty for a rotation recorded before they were kept.
+    targets: tuple[RotationTarget, ...] = ()
+    #: Identifies the audit key its fingerprints were made with; ``None`` if not recorded.
+    audit_key_id: str | None = None
+
+    @property
+    def awaiting_retirement(self) -> bool:
+        """The new secret is current and the old one is kept valid until ``retire_after``."""
+        return self.state is State.PROMOTED and self.family == "overlap"
+
+
+class Step(NamedTuple):
+    """One state a rotation reached, with the fields that changed then (no secret values)."""
+
+    at: datetime
+    state: State
+    detail: Mapping[str, Any]
+
+
+@runtime_checkable
+class Journal(Protocol):
+    """The durable record of every rotation and each step it completed, and the per-client lock.
+
+    The engine records a step only after it took effect, so a run killed anywhere is resumed
+    from the journal by the next one. A journal holds fingerprints and the IdP's secret ids,
+    never a secret value; ``error`` text is passed through :func:`rotator.secrets.redact`
+    before it is stored.
+
+    Every method may be called from any thread, concurrently. Several processes (or, for a
+    networked journal, several replicas) may share one journal: ``lock`` keeps two of them
+    from driving the same client, and the check-and-set of :meth:`advance` and the
+    one-open-rotation rule of :meth:`begin` keep a writer that lost the lock (a lease that
+    expired, a process that was paused) from moving a rotation on stale knowledge.
+
+    Errors: every method raises only :class:`rotator.errors.RotationError` subclasses:
+    ``JournalConflict`` (a check-and-set lost), ``RotationLocked`` (``lock`` timed out),
+    ``RotationError`` (unreachable, unknown rotation id, a corrupt record).
+    """
+
+    def begin(self, rotation_id: RotationId, client: str, family: str, actor: str,
+              old_fingerprint: str | None, now: datetime, *,
+              targets: Sequence[RotationTarget] = (),
+              audit_key_id: str | None = None) -> Rotation:
+        """Record a new rotation of ``client`` in state ``STARTED`` and return it.
+
+        ``targets`` and ``audit_key_id`` are kept with it, so that a reload that changes the
+        client's stores or the audit key cannot misdirect it. Raises ``JournalConflict`` when
+        ``rotation_id`` exists already or ``client`` has an open (non-terminal) rotation, and
+        ``RotationError`` when ``rotation_id`` is not usable as a store tag
+        (``[A-Za-z0-9][A-Za-z0-9_.-]{0,52}``).
+        """
+        ...
+
+    def advance(self, rotation_id: RotationId, state: State, now: datetime, *,
+                expected: State, **fields: str | None) -> Rotation:
+        """Move ``rotation_id`` from ``expected`` to ``state`` and return the new record.
+
+        ``fields`` set ``retire_after``, ``new_fingerprint``, ``secret_ref`` or ``error``.
+        Check-and-set: raises ``JournalConflict`` (changing nothing) when the rotation is not
+        in ``expected``, i.e. another writer moved it since this one read it.
+        """
+        ...
+
+    def get(self, rotation_id: RotationId) -> Rotation:
+        """The rotation ``rotation_id``; ``RotationError`` if there is none."""
+        ...
+
+    def open_rotation(self, client: str) -> Rotation | None:
+        """The client's unfinished (non-terminal) rotation, if any."""
+        ...
+
+    def latest(self, client: str) -> Rotation | None:
+        """The client's most recently begun rotation, if any."""
+        ...
+
+    def last_success(self, client: str) -> Rotation | None:
+        """The client's newest rotation whose new secret became current."""
+        ...
+
+    def steps(self, rotation_id: RotationId) -> list[Step]:
+        """The states ``rotation_id`` reached, oldest first."""
+        ...
+
+    def lock(self, client: str, *, wait: float = 0.0) -> AbstractContextManager[None]:
+        """Hold ``client``'s rotation lock for a ``with`` block.
+
+        Waits up to ``wait`` seconds for another holder, then raises ``RotationLocked``.
+        The holder's death releases it (a kernel lock, a lease that expires). Not reentrant.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release connections. Never raises."""
         ...

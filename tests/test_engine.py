@@ -10,6 +10,7 @@ token endpoint (an ``httpx.MockTransport``) accepts exactly the secrets the IdP 
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +27,7 @@ from providers.stores.env import EnvStore, parse_env
 from rotator.audit import AuditLog
 from rotator.config import ClientConfig, load_config
 from rotator.engine import Adapters, Engine
-from rotator.errors import IdpAccessDenied
+from rotator.errors import IdpAccessDenied, IdpUnavailable
 from rotator.interfaces import ClientId, IdpCapabilities, IssuedSecret, RotationId
 from rotator.journal import Journal, State
 from rotator.secrets import Secret, generate_secret
@@ -291,3 +292,154 @@ class TestPropagationDelay:
             outcome = rig.engine.rotate("app")  # verify_attempts = 2 in the rig's config
             assert outcome.ok, outcome.message
             assert calls["n"] == 5 and slept == [0.5, 1.0, 2.0, 4.0]
+
+
+def interrupt_create(rig: Rig) -> list[str]:
+    """Make the IdP fail the next create with a message echoing the value; return the values."""
+    original = rig.idp.create_secret
+    echoed: list[str] = []
+
+    def flaky(client_id: str, rotation_id: str, value: Secret | None) -> IssuedSecret:
+        rig.idp.create_secret = original  # type: ignore[method-assign]
+        assert value is not None
+        echoed.append(value.reveal())
+        raise IdpUnavailable(f"upstream echoed {value.reveal()}")
+
+    rig.idp.create_secret = flaky  # type: ignore[method-assign]
+    return echoed
+
+
+@contextmanager
+def engine_with(rig: Rig, toml: str | None = None,
+                audit_key: str | None = None) -> Iterator[Engine]:
+    """A second engine on the rig's journal: a reloaded config or another audit key."""
+    base = rig.env_file.parent
+    if toml is not None:
+        (base / "rotator.toml").write_text(toml)
+    if audit_key is not None:
+        (base / "audit.key").write_text(audit_key)
+    config = load_config(base / "rotator.toml",
+                         environ={"UNUSED_ADMIN_SECRET": secrets.token_hex(8)})
+    audit = AuditLog(config.audit.key, file=config.audit.file)
+    old = rig.engine
+    try:
+        yield Engine(config, old.adapters, old.journal, audit, clock=old.clock,
+                     sleep=lambda _s: None, http_factory=old.http_factory)
+    finally:
+        audit.close()
+
+
+class TestRecordedTargets:
+    """An open rotation finishes on the stores it began with, whatever a reload says now."""
+
+    def test_resumes_on_recorded_stores(self, tmp_path: Path) -> None:
+        with make_rig(tmp_path, CAPS["chosen-overlap"]) as rig:
+            old = rig.env()["APP_CLIENT_SECRET"]
+            echoed = interrupt_create(rig)
+            first = rig.engine.rotate("app")
+            assert first.action == "interrupted" and first.state == "staged"
+            toml = (tmp_path / "rotator.toml").read_text()
+            with engine_with(rig, toml.replace('prefix = "APP"', 'prefix = "NEW"')) as reloaded:
+                assert reloaded.config.clients["app"].primary.location == "NEW"
+                outcome = reloaded.rotate("app")
+            assert outcome.ok and outcome.action == "rotated", outcome.message
+            assert outcome.rotation_id == first.rotation_id
+            env = rig.env()
+            assert env["APP_CLIENT_SECRET"] == echoed[0] != old
+            assert echoed[0] in rig.idp.active.values()
+            assert not [k for k in env if k.startswith("NEW_")]
+            rotation = rig.engine.journal.get(outcome.rotation_id or "")
+            assert [(t.store, t.location) for t in rotation.targets] == [("env", "APP")]
+
+
+class TestAuditKeyRecorded:
+    """An open rotation begun under another audit key is refused, naming both key ids."""
+
+    def test_refused_then_resumed_with_its_key(self, tmp_path: Path) -> None:
+        with make_rig(tmp_path, CAPS["chosen-overlap"]) as rig:
+            original_key = (tmp_path / "audit.key").read_text()
+            interrupt_create(rig)
+            first = rig.engine.rotate("app")
+            recorded = rig.engine.journal.get(first.rotation_id or "").audit_key_id
+            assert recorded is not None and len(recorded) == 8
+            before = rig.env_file.read_bytes()
+            with engine_with(rig, audit_key=secrets.token_hex(16)) as other:
+                refused = other.rotate("app")
+            assert not refused.ok and refused.action == "refused"
+            assert f"began with audit key {recorded}" in refused.message
+            assert original_key not in refused.message
+            assert rig.env_file.read_bytes() == before and rig.idp.created == 0
+            assert rig.engine.journal.get(first.rotation_id or "").state is State.STAGED
+            with engine_with(rig, audit_key=original_key) as again:
+                assert again.rotate("app").ok
+
+
+class TestErrorsRedacted:
+    """An error text echoing a secret value is stored and shown by status with it masked."""
+
+    def test_status_error_masked(self, tmp_path: Path) -> None:
+        with make_rig(tmp_path, CAPS["chosen-overlap"]) as rig:
+            echoed = interrupt_create(rig)
+            assert rig.engine.rotate("app").action == "interrupted"
+            error = rig.engine.status("app")["last_rotation"]["error"]
+            assert "upstream echoed **********" in error and echoed[0] not in error
+
+
+class TestActorPerCall:
+    """Each command records the actor its caller names, in the journal and the audit log."""
+
+    def test_actor_given_per_call(self, rig: Rig) -> None:
+        assert rig.engine.rotate("app", actor="api:deploy-bot").ok
+        assert rig.engine.journal.latest("app").actor == "api:deploy-bot"  # type: ignore[union-attr]
+        rig.engine.verify("app", actor="scheduler")
+        assert rig.engine.config.audit.file is not None
+        events = [json.loads(line)
+                  for line in rig.engine.config.audit.file.read_text().splitlines()]
+        actors = {e["event"]: e["actor"] for e in events}
+        assert actors["rotation_started"] == "api:deploy-bot"
+        assert actors["credential_verified"] == "scheduler"
+        rig.engine.verify("app")
+        last = json.loads(rig.engine.config.audit.file.read_text().splitlines()[-1])
+        assert last["actor"] == "cli"  # the engine's default when a call names none
+
+
+class TestCallerNamedRotation:
+    """A caller may name a new rotation before it begins; an unusable name changes nothing."""
+
+    def test_named(self, tmp_path: Path) -> None:
+        with make_rig(tmp_path, CAPS["generated-many"]) as rig:
+            outcome = rig.engine.rotate("app", rotation_id="r-api-0001")
+            assert outcome.ok and outcome.rotation_id == "r-api-0001"
+            assert rig.engine.journal.get("r-api-0001").state is State.PROMOTED
+
+    def test_unusable_name(self, tmp_path: Path) -> None:
+        with make_rig(tmp_path, CAPS["generated-many"]) as rig:
+            before = rig.env_file.read_bytes()
+            outcome = rig.engine.rotate("app", rotation_id="r\nAPP_CLIENT_SECRET=x")
+            assert not outcome.ok and "not a usable rotation id" in outcome.message
+            assert rig.engine.journal.latest("app") is None
+            assert rig.env_file.read_bytes() == before and rig.idp.created == 0
+
+
+class TestStaleWriter:
+    """An engine whose rotation another writer moved meanwhile records nothing more."""
+
+    def test_conflict(self, tmp_path: Path) -> None:
+        with make_rig(tmp_path, CAPS["chosen-overlap"]) as rig:
+            original = rig.idp.create_secret
+
+            def taken_over(client_id: str, rotation_id: str,
+                           value: Secret | None) -> IssuedSecret:
+                other = Journal(rig.engine.config.state_dir)  # as another replica would
+                other.advance(rotation_id, State.FAILED, rig.clock(), expected=State.STAGED,
+                              error="taken over")
+                other.close()
+                return original(client_id, rotation_id, value)
+
+            rig.idp.create_secret = taken_over  # type: ignore[method-assign]
+            outcome = rig.engine.rotate("app")
+            assert not outcome.ok and outcome.action == "conflict"
+            assert "is failed, not staged" in outcome.message
+            rotation = rig.engine.journal.get(outcome.rotation_id or "")
+            assert rotation.state is State.FAILED and rotation.error == "taken over"
+            assert len(rig.engine.journal.steps(rotation.id)) == 3

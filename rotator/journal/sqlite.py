@@ -1,0 +1,304 @@
+"""The embedded rotation journal: one SQLite file, and a per-client ``flock`` lock.
+
+The journal records every rotation and each step it completed, so that a run interrupted
+anywhere (SIGKILL, power loss, a store going away) is resumed or rolled back by the next
+run. It holds fingerprints and the IdP's secret ids, never a secret value. The contract is
+:class:`rotator.interfaces.Journal`.
+
+Threads: one connection (``check_same_thread=False``) guarded by a mutex serves every thread.
+A journal call takes well under a millisecond, the network steps between them take
+hundreds, so serialising calls costs nothing measurable; in exchange ``close()`` closes the
+one connection whatever thread calls it, and a thread pool that replaces its threads does
+not leave connections behind. Processes sharing the file are kept apart by SQLite's own
+locking (``BEGIN IMMEDIATE`` with a 30 s busy timeout).
+
+Schema versions (``PRAGMA user_version``), migrated on open, idempotently:
+
+0. rotations and steps, as written by rotator before versions were kept;
+1. ``rotations.targets`` and ``rotations.audit_key_id``; indexes on ``steps(rotation_id)``
+   and on each client's open and successful rotations, so that status costs the same
+   however long the history.
+
+The lock is an ``flock`` on one file per client in the state directory: it is released by
+the kernel when its holder dies, so a killed rotation never leaves a stale lock behind. Two
+threads of one process exclude each other too (each call opens its own descriptor).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from rotator.errors import JournalConflict, RotationError, RotationLocked
+from rotator.interfaces import Rotation, RotationId, RotationTarget, State, Step
+from rotator.secrets import redact
+
+SCHEMA_VERSION = 1
+
+_TABLES = """
+CREATE TABLE IF NOT EXISTS rotations (
+    id TEXT PRIMARY KEY,
+    client TEXT NOT NULL,
+    state TEXT NOT NULL,
+    family TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    retire_after TEXT,
+    old_fingerprint TEXT,
+    new_fingerprint TEXT,
+    secret_ref TEXT,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS rotations_client ON rotations (client, started_at);
+CREATE TABLE IF NOT EXISTS steps (
+    rotation_id TEXT NOT NULL REFERENCES rotations (id),
+    at TEXT NOT NULL,
+    state TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+"""
+
+# The WHERE clauses of the partial indexes and of the queries that use them must read the
+# same, or SQLite does not use the index.
+_OPEN = "state NOT IN ('completed', 'rolled_back', 'failed')"
+_SUCCESS = "state IN ('promoted', 'completed')"
+
+_V1_COLUMNS = (("targets", "TEXT"), ("audit_key_id", "TEXT"))
+_V1_INDEXES = f"""
+CREATE INDEX IF NOT EXISTS steps_rotation ON steps (rotation_id);
+CREATE INDEX IF NOT EXISTS rotations_open ON rotations (client, started_at) WHERE {_OPEN};
+CREATE INDEX IF NOT EXISTS rotations_success ON rotations (client, started_at)
+    WHERE {_SUCCESS};
+"""
+
+_COLUMNS = ("id, client, state, family, actor, started_at, updated_at, retire_after, "
+            "old_fingerprint, new_fingerprint, secret_ref, error, targets, audit_key_id")
+_NEWEST = "ORDER BY started_at DESC, rowid DESC LIMIT 1"
+_FIELDS = frozenset({"retire_after", "new_fingerprint", "secret_ref", "error"})
+#: Every store tags credentials with the rotation id; this is what all of them accept.
+ROTATION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,52}")
+
+
+def _ts(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _row(row: Sequence[Any]) -> Rotation:
+    targets = tuple(RotationTarget(t["store"], t["location"])
+                    for t in json.loads(row[12] or "[]"))
+    return Rotation(
+        id=row[0], client=row[1], state=State(row[2]), family=row[3], actor=row[4],
+        started_at=datetime.fromisoformat(row[5]), updated_at=datetime.fromisoformat(row[6]),
+        retire_after=_ts(row[7]), old_fingerprint=row[8], new_fingerprint=row[9],
+        secret_ref=row[10], error=row[11], targets=targets, audit_key_id=row[13],
+    )
+
+
+class SqliteJournal:
+    """The rotation journal in ``journal.sqlite3`` under the state directory."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.path = state_dir / "journal.sqlite3"
+        self._mutex = threading.RLock()
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # SQLite gives its -wal and -shm files the database file's mode.
+            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None,
+                                       check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise RotationError(f"cannot open the rotation journal at {self.path}: {exc}") from exc
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._migrate()
+        except (sqlite3.Error, RotationError) as exc:
+            self._db.close()
+            if isinstance(exc, RotationError):
+                raise
+            raise RotationError(f"cannot open the rotation journal at {self.path}: {exc}") from exc
+
+    def _migrate(self) -> None:
+        with self._tx():
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise RotationError(
+                    f"the rotation journal at {self.path} has schema version {version}, newer "
+                    f"than this rotator knows ({SCHEMA_VERSION}); upgrade rotator")
+            if version == SCHEMA_VERSION:
+                return
+            for statement in _TABLES.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            have = {r[1] for r in self._db.execute("PRAGMA table_info(rotations)")}
+            for column, kind in _V1_COLUMNS:
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE rotations ADD COLUMN {column} {kind}")
+            for statement in _V1_INDEXES.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        with self._mutex, suppress(sqlite3.Error):
+            self._db.close()
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def begin(self, rotation_id: RotationId, client: str, family: str, actor: str,
+              old_fingerprint: str | None, now: datetime, *,
+              targets: Sequence[RotationTarget] = (),
+              audit_key_id: str | None = None) -> Rotation:
+        if not ROTATION_ID.fullmatch(rotation_id):
+            raise RotationError(f"{rotation_id!r} is not a usable rotation id: it must match "
+                                f"{ROTATION_ID.pattern}")
+        ts = now.isoformat()
+        recorded = json.dumps([{"store": t.store, "location": t.location} for t in targets])
+        with self._tx():
+            if self._db.execute("SELECT 1 FROM rotations WHERE id = ?",
+                                (rotation_id,)).fetchone():
+                raise JournalConflict(f"rotation {rotation_id} exists already")
+            open_rotation = self._one(f"WHERE client = ? AND {_OPEN} {_NEWEST}", client)
+            if open_rotation is not None:
+                raise JournalConflict(
+                    f"client {client!r} has an unfinished rotation {open_rotation.id} "
+                    f"({open_rotation.state}); finish it before beginning another")
+            self._db.execute(
+                f"INSERT INTO rotations ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (rotation_id, client, State.STARTED.value, family, actor, ts, ts, None,
+                 old_fingerprint, None, None, None, recorded, audit_key_id),
+            )
+            self._step(rotation_id, State.STARTED, ts, {})
+            return self._get(rotation_id)
+
+    def advance(self, rotation_id: RotationId, state: State, now: datetime, *,
+                expected: State, **fields: str | None) -> Rotation:
+        unknown = set(fields) - _FIELDS
+        if unknown:  # pragma: no cover - programming error
+            raise ValueError(f"unknown journal fields {unknown}")
+        if fields.get("error") is not None:
+            fields["error"] = redact(str(fields["error"]))
+        ts = now.isoformat()
+        sets = "".join(f", {k} = ?" for k in fields)
+        with self._tx():
+            updated = self._db.execute(
+                f"UPDATE rotations SET state = ?, updated_at = ?{sets} WHERE id = ? AND state = ?",
+                (state.value, ts, *fields.values(), rotation_id, expected.value),
+            ).rowcount
+            if not updated:
+                actual = self._get(rotation_id).state
+                raise JournalConflict(
+                    f"rotation {rotation_id} is {actual}, not {expected}: another writer moved "
+                    f"it, so it was not moved to {state}")
+            self._step(rotation_id, state, ts, {k: v for k, v in fields.items() if v})
+            return self._get(rotation_id)
+
+    def _step(self, rotation_id: RotationId, state: State, ts: str,
+              detail: dict[str, str | None]) -> None:
+        self._db.execute("INSERT INTO steps VALUES (?,?,?,?)",
+                         (rotation_id, ts, state.value, json.dumps(detail)))
+
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        with self._mutex:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise RotationError(f"rotation journal {self.path}: {exc}") from exc
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        with self._mutex:
+            try:
+                yield
+            except (sqlite3.Error, ValueError, KeyError, TypeError) as exc:
+                raise RotationError(f"rotation journal {self.path}: {exc}") from exc
+
+    def _one(self, where: str, *params: str) -> Rotation | None:
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM rotations {where}", params).fetchone()
+        return _row(row) if row else None
+
+    def _get(self, rotation_id: RotationId) -> Rotation:
+        rotation = self._one("WHERE id = ?", rotation_id)
+        if rotation is None:
+            raise RotationError(f"no rotation {rotation_id} in the journal")
+        return rotation
+
+    def get(self, rotation_id: RotationId) -> Rotation:
+        with self._reading():
+            return self._get(rotation_id)
+
+    def open_rotation(self, client: str) -> Rotation | None:
+        with self._reading():
+            return self._one(f"WHERE client = ? AND {_OPEN} {_NEWEST}", client)
+
+    def latest(self, client: str) -> Rotation | None:
+        with self._reading():
+            return self._one(f"WHERE client = ? {_NEWEST}", client)
+
+    def last_success(self, client: str) -> Rotation | None:
+        with self._reading():
+            return self._one(f"WHERE client = ? AND {_SUCCESS} {_NEWEST}", client)
+
+    def steps(self, rotation_id: RotationId) -> list[Step]:
+        with self._reading():
+            rows = self._db.execute(
+                "SELECT at, state, detail FROM steps WHERE rotation_id = ? ORDER BY rowid",
+                (rotation_id,)).fetchall()
+            return [Step(datetime.fromisoformat(a), State(s), json.loads(d)) for a, s, d in rows]
+
+    # -- the lock --------------------------------------------------------------------------
+
+    @contextmanager
+    def lock(self, client: str, *, wait: float = 0.0) -> Iterator[None]:
+        """Hold the client's rotation lock for the ``with`` block.
+
+        Waits up to ``wait`` seconds for another holder to let go, then raises
+        ``RotationLocked``. The lock file is opened without following symlinks and must
+        belong to this user, so another local user cannot redirect or hold it.
+        """
+        path = self.state_dir / f"{client}.lock"
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise RotationError(f"cannot open the lock file {path}: {exc.strerror}") from exc
+        try:
+            if os.fstat(fd).st_uid != os.geteuid():
+                raise RotationError(f"lock file {path} belongs to another user; remove it")
+            deadline = time.monotonic() + wait
+            delay = 0.01
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise RotationLocked(
+                            f"client {client!r} is being rotated by another process"
+                        ) from None
+                    time.sleep(min(delay, remaining))
+                    delay = min(delay * 2, 0.25)
+            yield
+        finally:
+            os.close(fd)

@@ -1,0 +1,365 @@
+"""The SQLite rotation journal and its per-client lock, on their own."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rotator import interfaces
+from rotator.errors import JournalConflict, RotationError, RotationLocked
+from rotator.journal import Journal, RotationTarget, SqliteJournal, State, new_rotation_id
+from rotator.journal.sqlite import SCHEMA_VERSION
+from rotator.secrets import generate_secret
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+#: The order of states an overlap rotation with an IdP-generated value goes through.
+PATH = [State.CREATING, State.CREATED, State.VERIFIED, State.PROMOTED, State.COMPLETED]
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[SqliteJournal]:
+    made = Journal(tmp_path / "state")
+    yield made
+    made.close()
+
+
+def begin(journal: SqliteJournal, client: str = "app", **kw: Any) -> interfaces.Rotation:
+    return journal.begin(kw.pop("rotation_id", new_rotation_id()), client, "overlap", "cli",
+                         "hmac-sha256:old", NOW, **kw)
+
+
+def finish(journal: SqliteJournal, rotation: interfaces.Rotation) -> interfaces.Rotation:
+    for state in PATH:
+        rotation = journal.advance(rotation.id, state, NOW, expected=rotation.state)
+    return rotation
+
+
+class TestProtocol:
+    """The SQLite journal is a rotator.interfaces.Journal and the embedded default."""
+
+    def test_is_a_journal(self, journal: SqliteJournal) -> None:
+        assert isinstance(journal, interfaces.Journal)
+        assert Journal is SqliteJournal
+
+
+class TestCheckAndSet:
+    """advance moves a rotation only from the state its writer expected; else nothing changes."""
+
+    def test_stale_writer_is_refused(self, journal: SqliteJournal) -> None:
+        rotation = begin(journal)
+        journal.advance(rotation.id, State.CREATING, NOW, expected=State.STARTED)
+        with pytest.raises(JournalConflict, match="is creating, not started"):
+            journal.advance(rotation.id, State.FAILED, NOW, expected=State.STARTED,
+                            error="stale")
+        after = journal.get(rotation.id)
+        assert after.state is State.CREATING and after.error is None
+        assert [s.state for s in journal.steps(rotation.id)] == [State.STARTED, State.CREATING]
+
+    def test_terminal_rotation_cannot_move(self, journal: SqliteJournal) -> None:
+        rotation = finish(journal, begin(journal))
+        with pytest.raises(JournalConflict):
+            journal.advance(rotation.id, State.ROLLING_BACK, NOW, expected=State.PROMOTED)
+
+    def test_unknown_rotation_is_not_a_conflict(self, journal: SqliteJournal) -> None:
+        with pytest.raises(RotationError, match="no rotation r-nope") as caught:
+            journal.advance("r-nope", State.CREATING, NOW, expected=State.STARTED)
+        assert not isinstance(caught.value, JournalConflict)
+
+
+class TestBegin:
+    """begin refuses a second open rotation of a client, a reused id and an unusable id."""
+
+    def test_one_open_rotation_per_client(self, journal: SqliteJournal) -> None:
+        first = begin(journal)
+        with pytest.raises(JournalConflict, match=f"unfinished rotation {first.id}"):
+            begin(journal)
+        begin(journal, client="other")  # other clients are not affected
+        finish(journal, first)
+        assert begin(journal).state is State.STARTED
+
+    def test_reused_id(self, journal: SqliteJournal) -> None:
+        rotation = finish(journal, begin(journal, rotation_id="r-given-1"))
+        with pytest.raises(JournalConflict, match="exists already"):
+            begin(journal, rotation_id=rotation.id)
+
+    @pytest.mark.parametrize("bad", ["", "-r", "r 1", "r\nAPP_CLIENT_SECRET=x", "../x",
+                                     "r" * 54])
+    def test_unusable_id(self, journal: SqliteJournal, bad: str) -> None:
+        with pytest.raises(RotationError, match="not a usable rotation id"):
+            begin(journal, rotation_id=bad)
+        assert journal.latest("app") is None
+
+    def test_targets_and_audit_key_id_are_kept(self, journal: SqliteJournal,
+                                               tmp_path: Path) -> None:
+        targets = [RotationTarget("vault", "kv/app"), RotationTarget("env", "APP")]
+        rotation = begin(journal, targets=targets, audit_key_id="0123abcd")
+        assert rotation.targets == tuple(targets) and rotation.audit_key_id == "0123abcd"
+        journal.close()
+        reopened = Journal(tmp_path / "state")
+        try:
+            again = reopened.get(rotation.id)
+            assert again.targets == tuple(targets) and again.audit_key_id == "0123abcd"
+        finally:
+            reopened.close()
+
+
+class TestRedaction:
+    """An error text carrying a live secret value is stored with the value masked."""
+
+    def test_error_is_redacted(self, journal: SqliteJournal) -> None:
+        secret = generate_secret()
+        rotation = begin(journal)
+        journal.advance(rotation.id, State.FAILED, NOW, expected=State.STARTED,
+                        error=f"IdP said: bad secret {secret.reveal()}")
+        stored = journal.get(rotation.id)
+        assert stored.error is not None and "bad secret **********" in stored.error
+        raw = (journal.path.read_bytes()
+               + Path(f"{journal.path}-wal").read_bytes())
+        assert secret.reveal().encode() not in raw
+        assert secret.reveal() not in str(journal.steps(rotation.id))
+
+
+class TestThreads:
+    """Many threads use one journal at once; exactly one of racing writers moves a rotation."""
+
+    def run_all(self, count: int, work: Callable[[int], None]) -> list[BaseException]:
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(count)
+
+        def run(i: int) -> None:
+            try:
+                barrier.wait()
+                work(i)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return errors
+
+    def test_concurrent_rotations(self, journal: SqliteJournal) -> None:
+        def work(i: int) -> None:
+            for _ in range(10):
+                finish(journal, begin(journal, client=f"c{i}"))
+                assert journal.open_rotation(f"c{i}") is None
+
+        assert self.run_all(12, work) == []
+        count = journal._db.execute("SELECT count(*) FROM rotations WHERE state = 'completed'")
+        assert count.fetchone()[0] == 120
+
+    def test_racing_writers(self, journal: SqliteJournal) -> None:
+        rotation = begin(journal)
+        won: list[int] = []
+
+        def work(i: int) -> None:
+            journal.advance(rotation.id, State.CREATING, NOW, expected=State.STARTED)
+            won.append(i)
+
+        errors = self.run_all(8, work)
+        assert len(won) == 1 and len(errors) == 7
+        assert all(isinstance(e, JournalConflict) for e in errors)
+        assert len(journal.steps(rotation.id)) == 2
+
+    def test_racing_begins(self, journal: SqliteJournal) -> None:
+        errors = self.run_all(8, lambda _i: begin(journal))
+        assert len(errors) == 7 and all(isinstance(e, JournalConflict) for e in errors)
+
+
+_V0_SCHEMA = """
+CREATE TABLE rotations (
+    id TEXT PRIMARY KEY, client TEXT NOT NULL, state TEXT NOT NULL, family TEXT NOT NULL,
+    actor TEXT NOT NULL, started_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+    retire_after TEXT, old_fingerprint TEXT, new_fingerprint TEXT, secret_ref TEXT,
+    error TEXT);
+CREATE INDEX rotations_client ON rotations (client, started_at);
+CREATE TABLE steps (rotation_id TEXT NOT NULL REFERENCES rotations (id), at TEXT NOT NULL,
+    state TEXT NOT NULL, detail TEXT NOT NULL);
+"""
+
+
+class TestMigration:
+    """A journal written before schema versions is migrated on open, once, keeping its rows."""
+
+    def make_v0(self, state_dir: Path) -> None:
+        state_dir.mkdir()
+        db = sqlite3.connect(state_dir / "journal.sqlite3")
+        db.executescript(_V0_SCHEMA)
+        ts = NOW.isoformat()
+        db.execute("INSERT INTO rotations VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                   ("r-old", "app", "promoted", "overlap", "cli", ts, ts, ts, "fp-old",
+                    "fp-new", None, None))
+        db.execute("INSERT INTO steps VALUES (?,?,?,?)", ("r-old", ts, "started", "{}"))
+        db.commit()
+        db.close()
+
+    def test_migrates(self, tmp_path: Path) -> None:
+        self.make_v0(tmp_path / "state")
+        for _ in range(2):  # the second open finds nothing to do
+            journal = Journal(tmp_path / "state")
+            try:
+                old = journal.get("r-old")
+                assert old.state is State.PROMOTED and old.targets == ()
+                assert old.audit_key_id is None
+                assert journal.open_rotation("app") == old
+                assert journal.last_success("app") == old
+                assert journal._db.execute("PRAGMA user_version").fetchone()[0] == 1
+                indexes = {r[0] for r in journal._db.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'index'")}
+                assert {"steps_rotation", "rotations_open", "rotations_success"} <= indexes
+                finish(journal, begin(journal, client="new"))
+            finally:
+                journal.close()
+
+    def test_newer_schema_is_refused(self, tmp_path: Path) -> None:
+        Journal(tmp_path / "state").close()
+        db = sqlite3.connect(tmp_path / "state" / "journal.sqlite3")
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        db.close()
+        with pytest.raises(RotationError, match="newer than this rotator knows"):
+            Journal(tmp_path / "state")
+
+
+def synthesize(journal: SqliteJournal, clients: int, per_client: int) -> None:
+    """``per_client`` finished rotations of six steps each for every client, then one open."""
+    rotations, steps = [], []
+    for c in range(clients):
+        for r in range(per_client):
+            rid = f"r-{c}-{r}"
+            at = (NOW + timedelta(minutes=r)).isoformat()
+            state = "failed" if r % 7 == 0 else "completed"
+            rotations.append((rid, f"c{c}", state, "overlap", "cli", at, at, None, "a", "b",
+                              None, None, "[]", None))
+            steps += [(rid, at, s, "{}") for s in ("started", "creating", "created",
+                                                   "verified", "promoted", state)]
+    with journal._tx():
+        journal._db.executemany(
+            "INSERT INTO rotations VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rotations)
+        journal._db.executemany("INSERT INTO steps VALUES (?,?,?,?)", steps)
+
+
+def read_like_status(journal: SqliteJournal, client: str) -> None:
+    latest = journal.latest(client)
+    assert latest is not None
+    journal.last_success(client)
+    journal.open_rotation(client)
+    assert len(journal.steps(latest.id)) == 6
+
+
+class TestFlatStatus:
+    """What status reads from the journal searches indexes, so its cost ignores history length."""
+
+    def test_every_read_uses_an_index(self, journal: SqliteJournal) -> None:
+        synthesize(journal, clients=10, per_client=1000)  # 10,000 rotations, 60,000 steps
+        statements: list[str] = []
+        journal._db.set_trace_callback(statements.append)
+        read_like_status(journal, "c3")
+        journal._db.set_trace_callback(None)
+        selects = [s for s in statements if s.startswith("SELECT")]
+        assert len(selects) == 4
+        for sql in selects:
+            plan = [r[3] for r in journal._db.execute(f"EXPLAIN QUERY PLAN {sql}")]
+            assert not [p for p in plan if p.startswith("SCAN") or "TEMP B-TREE" in p], \
+                (sql, plan)
+
+    def test_cost_does_not_grow(self, tmp_path: Path) -> None:
+        """Counts SQLite VM instructions, not time: the same for 3 and 1000 rotations a client."""
+        counts = []
+        for n, per_client in enumerate((3, 1000)):
+            journal = Journal(tmp_path / f"state{n}")
+            try:
+                synthesize(journal, clients=10, per_client=per_client)
+                ops = [0]
+
+                def tick(ops: list[int] = ops) -> int:
+                    ops[0] += 1
+                    return 0
+
+                journal._db.set_progress_handler(tick, 1)
+                read_like_status(journal, "c3")
+                journal._db.set_progress_handler(None, 1)
+                counts.append(ops[0])
+            finally:
+                journal.close()
+        assert counts[1] <= counts[0] * 1.1, counts
+
+
+class TestLock:
+    """A client's lock admits one holder (thread or process) and dies with its holder."""
+
+    def test_second_holder_refused(self, journal: SqliteJournal) -> None:
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with journal.lock("app"):
+                held.set()
+                release.wait()
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        held.wait()
+        try:
+            with pytest.raises(RotationLocked), journal.lock("app"):
+                pass
+            with journal.lock("other"):  # another client's lock is independent
+                pass
+        finally:
+            release.set()
+            holder.join()
+        with journal.lock("app"):
+            pass
+
+    def test_waiter_gets_it_after_release(self, journal: SqliteJournal) -> None:
+        order: list[str] = []
+        held = threading.Event()
+
+        def wait_for_it() -> None:
+            held.wait()
+            with journal.lock("app", wait=60):
+                order.append("waiter")
+
+        waiter = threading.Thread(target=wait_for_it)
+        waiter.start()
+        with journal.lock("app"):
+            held.set()
+            order.append("holder done")
+        waiter.join()
+        assert order == ["holder done", "waiter"]
+
+    def test_released_when_holder_is_killed(self, journal: SqliteJournal) -> None:
+        code = ("import sys, time\nfrom pathlib import Path\nfrom rotator.journal import Journal\n"
+                "with Journal(Path(sys.argv[1])).lock('app'):\n"
+                "    print('held', flush=True)\n    time.sleep(600)\n")
+        proc = subprocess.Popen([sys.executable, "-c", code, str(journal.state_dir)],
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None and proc.stdout.readline() == "held\n"
+            with pytest.raises(RotationLocked), journal.lock("app"):
+                pass
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            assert proc.stdout is not None
+            proc.stdout.close()
+        with journal.lock("app"):
+            pass
+
+    def test_symlinked_lock_file_refused(self, journal: SqliteJournal, tmp_path: Path) -> None:
+        target = tmp_path / "elsewhere"
+        target.write_text("")
+        (journal.state_dir / "app.lock").symlink_to(target)
+        with pytest.raises(RotationError, match="cannot open the lock file"), \
+                journal.lock("app"):
+            pass
