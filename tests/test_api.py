@@ -4,14 +4,32 @@ audit events, the committed OpenAPI document, and a leak scan."""
 from __future__ import annotations
 
 import hashlib
+import io
+import ipaddress
+import json
 import secrets
+import ssl
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from api_support import AUDIENCE, ISSUER, JwksServer, SigningKey
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+from service_double import InMemoryRotationService, sample_clients
+from starlette.routing import Route
 
+from rotator.audit import AuditLog
 from rotator.config import ApiToken, JwtConfig, load_config
+from rotator.daemon.api import ApiServerError, create_app, serve
 from rotator.daemon.auth import (
     Authenticator,
     JwksCache,
@@ -19,7 +37,9 @@ from rotator.daemon.auth import (
     Role,
     Unauthenticated,
 )
-from rotator.errors import ConfigError
+from rotator.daemon.model import Condition, Readiness, RotationStep, RotationView
+from rotator.errors import ConfigError, RotatorError
+from rotator.secrets import Secret
 
 # -- [api] configuration ----------------------------------------------------------------------
 
@@ -275,3 +295,383 @@ def jwt_encode(claims: dict[str, object], key: str | None, alg: str) -> str:
     if alg == "none":
         return jwt.encode(claims, None, algorithm="none", headers={"kid": "k1"})
     return jwt.encode(claims, key, algorithm=alg, headers={"kid": "k1"})
+
+
+# -- the app: fixtures ------------------------------------------------------------------------
+
+FINGERPRINT = "fp:" + "ab12" * 8
+ROUTE_NAME = "client-001"
+ROTATION_ID = "done-1"
+#: Every route and the weakest role that may call it (None: no token needed). A route the app
+#: serves that is missing here fails TestAuthMatrix.test_every_route_is_listed.
+ROUTE_ROLES: dict[tuple[str, str], str | None] = {
+    ("GET", "/healthz"): None,
+    ("GET", "/openapi.json"): None,
+    ("GET", "/readyz"): "read",
+    ("GET", "/v1/clients"): "read",
+    ("GET", "/v1/clients/{name}"): "read",
+    ("GET", "/v1/rotations/{rotation_id}"): "read",
+    ("POST", "/v1/clients/{name}/rotations"): "rotate",
+    ("POST", "/v1/clients/{name}/verifications"): "rotate",
+    ("POST", "/v1/clients/{name}/retirements"): "admin",
+}
+
+
+def _url(template: str) -> str:
+    return template.replace("{name}", ROUTE_NAME).replace("{rotation_id}", ROTATION_ID)
+
+
+@dataclass
+class Api:
+    """The app over a service test double, its tokens, and the audit events it wrote."""
+
+    client: TestClient
+    service: InMemoryRotationService
+    tokens: dict[str, str]
+    secret: Secret
+    audit_stream: io.StringIO
+    signing_key: SigningKey
+
+    def headers(self, credential: str) -> dict[str, str]:
+        value = self.tokens.get(credential)
+        return {"Authorization": f"Bearer {value}"} if value else {}
+
+    def events(self) -> list[dict[str, Any]]:
+        lines = self.audit_stream.getvalue().splitlines()
+        return [e for e in map(json.loads, lines) if e["event"] == "api_request"]
+
+
+@pytest.fixture
+def api(tmp_path: Path, jwks: JwksServer, signing_key: SigningKey) -> Iterator[Api]:
+    tokens = {role: secrets.token_urlsafe(24) for role in ("read", "rotate", "admin")}
+    hashed = secrets.token_urlsafe(24)
+    config = _load(tmp_path, f"""
+[[api.tokens]]
+name = "viewer"
+role = "read"
+token_env = "T_READ"
+[[api.tokens]]
+name = "ci"
+role = "rotate"
+token_env = "T_ROTATE"
+[[api.tokens]]
+name = "ops"
+role = "admin"
+token_env = "T_ADMIN"
+[[api.tokens]]
+name = "grafana"
+role = "read"
+token_sha256 = "{hashlib.sha256(hashed.encode()).hexdigest()}"
+[api.jwt]
+jwks_uri = "{jwks.uri}"
+issuer = "{ISSUER}"
+audience = "{AUDIENCE}"
+""", T_READ=tokens["read"], T_ROTATE=tokens["rotate"], T_ADMIN=tokens["admin"])
+    secret = Secret(secrets.token_urlsafe(32))
+    service = InMemoryRotationService(sample_clients(12, fingerprint=FINGERPRINT,
+                                                     secret=secret))
+    now = datetime.now(UTC)
+    service.add_rotation(RotationView(
+        id=ROTATION_ID, client=ROUTE_NAME, state="completed", family="two-secret",
+        actor="scheduler", started_at=now, updated_at=now, retire_after=None,
+        error=f"an earlier attempt echoed {secret.reveal()}",
+        steps=[RotationStep("created", now), RotationStep("completed", now)]))
+    service.verification[ROUTE_NAME] = {"fingerprint": FINGERPRINT, "secret": secret,
+                                        "note": f"raw {secret.reveal()}"}
+    stream = io.StringIO()
+    audit = AuditLog(Secret(secrets.token_hex(16)), stream=stream)
+    auth = Authenticator.from_config(config.api)  # type: ignore[attr-defined]
+    app = create_app(service, auth=auth, audit=audit, metrics=None)
+    all_tokens = {
+        **tokens, "hashed": hashed, "wrong": secrets.token_urlsafe(24),
+        "jwt-read": signing_key.sign(scope="rotator:read"),
+        "jwt-rotate": signing_key.sign(scope="rotator:rotate"),
+        "jwt-admin": signing_key.sign(scope="rotator:admin"),
+        "jwt-expired": signing_key.sign(scope="rotator:admin", expires_in=-120),
+        "jwt-audience": signing_key.sign(scope="rotator:admin", audience="other"),
+        "jwt-issuer": signing_key.sign(scope="rotator:admin", issuer="https://evil.test"),
+    }
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield Api(client, service, all_tokens, secret, stream, signing_key)
+    auth.close()
+
+
+def _assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status and body["title"] and body["type"] == "about:blank"
+    assert "Traceback" not in response.text and "<html" not in response.text.lower()
+    return body
+
+
+# -- the app: who may call --------------------------------------------------------------------
+
+#: credential -> (role it grants, or None if refused; the caller the audit event names)
+CREDENTIALS: dict[str, tuple[str | None, str | None]] = {
+    "none": (None, None), "wrong": (None, None), "jwt-expired": (None, None),
+    "jwt-audience": (None, None), "jwt-issuer": (None, None),
+    "read": ("read", "viewer"), "hashed": ("read", "grafana"), "rotate": ("rotate", "ci"),
+    "admin": ("admin", "ops"), "jwt-read": ("read", "ops-bot"),
+    "jwt-rotate": ("rotate", "ops-bot"), "jwt-admin": ("admin", "ops-bot"),
+}
+_RANK = {"read": 1, "rotate": 2, "admin": 3}
+
+
+class TestAuthMatrix:
+    """Every route refuses a missing, wrong or too-weak credential and audits every call."""
+
+    def test_every_route_is_listed(self, api: Api) -> None:
+        served = {(method, route.path) for route in api.client.app.routes  # type: ignore[attr-defined]
+                  if isinstance(route, APIRoute | Route)
+                  for method in (route.methods or ()) if method != "HEAD"}
+        assert served == set(ROUTE_ROLES)
+
+    @pytest.mark.parametrize("credential", sorted(CREDENTIALS))
+    @pytest.mark.parametrize(("method", "template"), sorted(ROUTE_ROLES))
+    def test_route(self, api: Api, method: str, template: str, credential: str) -> None:
+        needed = ROUTE_ROLES[(method, template)]
+        granted, caller = CREDENTIALS[credential]
+        response = api.client.request(method, _url(template), headers=api.headers(credential))
+        if needed is None:
+            assert response.status_code == 200
+            caller = None
+        elif granted is None:
+            _assert_problem(response, 401)
+            assert response.headers["www-authenticate"].startswith("Bearer")
+        elif _RANK[granted] < _RANK[needed]:
+            body = _assert_problem(response, 403)
+            assert needed in body["detail"]
+        else:
+            assert response.status_code in (200, 202), response.text
+        [event] = api.events()
+        assert event["route"] == template
+        assert event["method"] == method
+        assert event["status"] == response.status_code
+        assert event["source_ip"] == "testclient"
+        assert event["outcome"] == ("success" if response.status_code < 400 else "failure")
+        assert event["caller"] == caller
+        if response.status_code in (401, 403):
+            assert event["reason"]
+        if credential in api.tokens:
+            assert api.tokens[credential] not in api.audit_stream.getvalue()
+
+
+# -- the app: problem details -----------------------------------------------------------------
+
+
+class TestProblemDetails:
+    """Every error is an RFC 9457 problem document, audited, with no traceback or HTML."""
+
+    def test_unknown_client_and_rotation_are_404(self, api: Api) -> None:
+        h = api.headers("admin")
+        for method, url in [("GET", "/v1/clients/nobody"), ("GET", "/v1/rotations/nothing"),
+                            ("POST", "/v1/clients/nobody/rotations"),
+                            ("POST", "/v1/clients/nobody/retirements"),
+                            ("POST", "/v1/clients/nobody/verifications")]:
+            body = _assert_problem(api.client.request(method, url, headers=h), 404)
+            assert "nobody" in body["detail"] or "nothing" in body["detail"]
+        assert [e["status"] for e in api.events()] == [404] * 5
+
+    @pytest.mark.parametrize("url", ["/v1/clients?limit=0", "/v1/clients?limit=x",
+                                     "/v1/clients?after=%20bad", "/v1/clients/bad%20name",
+                                     "/v1/rotations/-x"])
+    def test_bad_input_is_422_without_echoing_it(self, api: Api, url: str) -> None:
+        body = _assert_problem(api.client.get(url, headers=api.headers("read")), 422)
+        assert body["errors"] and all(set(e) == {"loc", "message"} for e in body["errors"])
+        assert "input" not in json.dumps(body["errors"])
+
+    def test_bad_idempotency_key_is_422(self, api: Api) -> None:
+        response = api.client.post(f"/v1/clients/{ROUTE_NAME}/rotations",
+                                   headers={**api.headers("rotate"), "Idempotency-Key": ""})
+        _assert_problem(response, 422)
+        assert api.service.calls == []
+
+    def test_unknown_route_and_method(self, api: Api) -> None:
+        _assert_problem(api.client.get("/v2/anything"), 404)
+        _assert_problem(api.client.delete("/v1/clients", headers=api.headers("admin")), 405)
+        assert [(e["route"], e["status"]) for e in api.events()] == [
+            ("unmatched", 404), ("/v1/clients", 405)]
+
+    def test_service_unavailable_is_503_with_retry_after(self, api: Api) -> None:
+        api.service.unavailable = True
+        response = api.client.post(f"/v1/clients/{ROUTE_NAME}/rotations",
+                                   headers=api.headers("rotate"))
+        _assert_problem(response, 503)
+        assert response.headers["retry-after"] == "5"
+
+    def test_not_ready_is_503(self, api: Api) -> None:
+        api.service.ready = Readiness(True, False, True)
+        body = _assert_problem(api.client.get("/readyz", headers=api.headers("read")), 503)
+        assert body["checks"]["journal_writable"] is False
+
+    @pytest.mark.parametrize("crash", [RuntimeError("boom at /srv/x.py line 3"),
+                                       RotatorError("unexpected")])
+    def test_a_service_bug_is_a_500_problem(self, api: Api, crash: Exception) -> None:
+        api.service.crash = crash
+        response = api.client.get("/v1/clients", headers=api.headers("read"))
+        body = _assert_problem(response, 500)
+        assert "boom" not in response.text and "/srv" not in response.text
+        assert body["detail"]
+        [event] = api.events()
+        assert (event["status"], event["outcome"], event["route"]) == (
+            500, "failure", "/v1/clients")
+
+
+# -- the app: what the routes do --------------------------------------------------------------
+
+
+class TestClients:
+    """GET /v1/clients pages through every client in name order; one client has every field."""
+
+    def test_paging_visits_every_client_once(self, api: Api) -> None:
+        seen: list[str] = []
+        url: str | None = "/v1/clients?limit=5"
+        pages = 0
+        while url:
+            page = api.client.get(url, headers=api.headers("read")).json()
+            seen += [c["name"] for c in page["items"]]
+            url = page["next"]
+            pages += 1
+        assert seen == [c.name for c in api.service.clients()]
+        assert pages == 3
+
+    def test_one_client(self, api: Api) -> None:
+        api.service.set_condition(ROUTE_NAME, Condition.FAILING, failures=3)
+        body = api.client.get(f"/v1/clients/{ROUTE_NAME}", headers=api.headers("read")).json()
+        assert body["condition"] == "failing"
+        assert body["backoff"]["failures"] == 3
+        assert body["stores"] == ["vault", "env"] and body["idp"] == "kc"
+        assert body["last_rotation"] == {"id": "done-1", "state": "completed"}
+        assert body["age_seconds"] == 86400.0 and body["next_run"]
+        assert body["extra"]["current_fingerprint"] == FINGERPRINT
+
+    def test_a_rotation_and_its_steps(self, api: Api) -> None:
+        body = api.client.get(f"/v1/rotations/{ROTATION_ID}",
+                              headers=api.headers("read")).json()
+        assert body["state"] == "completed"
+        assert [s["state"] for s in body["steps"]] == ["created", "completed"]
+        assert all(s["at"] for s in body["steps"])
+
+
+class TestTriggers:
+    """Triggers answer 202 with the rotation's id and Location; keys and actors pass through."""
+
+    def test_rotation_202_location_and_actor(self, api: Api) -> None:
+        response = api.client.post("/v1/clients/client-000/rotations",
+                                   headers=api.headers("rotate"))
+        assert response.status_code == 202
+        body = response.json()
+        assert response.headers["location"] == body["location"] == \
+            f"/v1/rotations/{body['rotation_id']}"
+        assert body["joined"] is False
+        assert api.client.get(body["location"], headers=api.headers("read")).json()[
+            "state"] == "queued"
+        assert api.service.calls[0].actor == "api:ci"
+
+    def test_idempotency_key_is_passed_through_and_repeats_the_answer(self, api: Api) -> None:
+        headers = {**api.headers("rotate"), "Idempotency-Key": "deploy-42"}
+        first = api.client.post("/v1/clients/client-000/rotations", headers=headers).json()
+        again = api.client.post("/v1/clients/client-000/rotations", headers=headers).json()
+        assert again == first
+        assert [c.options["idempotency_key"] for c in api.service.calls] == ["deploy-42"] * 2
+
+    def test_a_trigger_while_rotating_joins(self, api: Api) -> None:
+        h = api.headers("jwt-rotate")
+        first = api.client.post("/v1/clients/client-000/rotations", headers=h).json()
+        second = api.client.post("/v1/clients/client-000/rotations", headers=h).json()
+        assert second["rotation_id"] == first["rotation_id"] and second["joined"] is True
+        assert api.service.calls[0].actor == "api:jwt:ops-bot"
+
+    def test_retirement_now_and_verification(self, api: Api) -> None:
+        response = api.client.post(f"/v1/clients/{ROUTE_NAME}/retirements?now=true",
+                                   headers=api.headers("admin"))
+        assert response.status_code == 202 and response.headers["location"]
+        verified = api.client.post(f"/v1/clients/{ROUTE_NAME}/verifications",
+                                   headers=api.headers("rotate"))
+        assert verified.status_code == 200
+        assert verified.json()["result"]["fingerprint"] == FINGERPRINT
+        assert [(c.method, c.options) for c in api.service.calls] == [
+            ("trigger_retirement", {"now": True}), ("verify", {})]
+
+
+class TestNoSecretInResponses:
+    """A secret the service mistakenly hands over appears in no response body or header."""
+
+    def test_leak_scan(self, api: Api) -> None:
+        value = api.secret.reveal()
+        responses = [api.client.request(m, _url(t), headers=api.headers("admin"))
+                     for m, t in ROUTE_ROLES]
+        responses.append(api.client.get("/v1/clients?limit=1000", headers=api.headers("admin")))
+        for response in responses:
+            assert response.status_code < 500, response.text
+            assert value not in response.text
+            assert all(value not in v for v in response.headers.values())
+        listed = responses[-1].json()["items"]
+        assert listed[0]["extra"]["current_fingerprint"] == FINGERPRINT
+        assert listed[0]["extra"]["leaked"] == "**********"
+        assert value not in api.audit_stream.getvalue()
+
+
+# -- serving ----------------------------------------------------------------------------------
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=1))
+            .not_valid_after(now + timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "api.crt", tmp_path / "api.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_file.chmod(0o600)
+    return cert_file, key_file
+
+
+class TestServe:
+    """serve() runs the app in a thread on loopback, with TLS when given, and stops cleanly."""
+
+    def _app(self) -> Any:
+        return create_app(InMemoryRotationService(), auth=Authenticator(), audit=None)
+
+    def test_plain_http_on_loopback(self) -> None:
+        server = serve(self._app(), "127.0.0.1:0")
+        try:
+            response = httpx.get(f"http://127.0.0.1:{server.port}/healthz")
+            assert response.json() == {"status": "ok"}
+            assert "server" not in response.headers
+        finally:
+            server.stop()
+        assert not server.running
+
+    def test_tls(self, tmp_path: Path) -> None:
+        cert_file, key_file = _self_signed(tmp_path)
+        server = serve(self._app(), ("127.0.0.1", 0), cert_file=str(cert_file),
+                       key_file=str(key_file))
+        try:
+            response = httpx.get(f"https://127.0.0.1:{server.port}/healthz",
+                                 verify=ssl.create_default_context(cafile=str(cert_file)))
+            assert response.status_code == 200
+        finally:
+            server.stop()
+
+    @pytest.mark.parametrize("listen", ["0.0.0.0:0", "[::]:0"])
+    def test_plain_http_elsewhere_is_refused(self, listen: str) -> None:
+        with pytest.raises(ApiServerError, match="insecure_http"):
+            serve(self._app(), listen)
+
+    def test_address_in_use_is_one_clear_error(self) -> None:
+        server = serve(self._app(), "127.0.0.1:0")
+        try:
+            with pytest.raises(ApiServerError, match="cannot listen"):
+                serve(self._app(), ("127.0.0.1", server.port))
+        finally:
+            server.stop()
