@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 from service_double import InMemoryRotationService, sample_clients
 from starlette.routing import Route
 
@@ -37,6 +38,7 @@ from rotator.daemon.auth import (
     Role,
     Unauthenticated,
 )
+from rotator.daemon.metrics import Metrics
 from rotator.daemon.model import Condition, Readiness, RotationStep, RotationView
 from rotator.errors import ConfigError, RotatorError
 from rotator.secrets import Secret
@@ -299,7 +301,7 @@ def jwt_encode(claims: dict[str, object], key: str | None, alg: str) -> str:
 
 # -- the app: fixtures ------------------------------------------------------------------------
 
-FINGERPRINT = "fp:" + "ab12" * 8
+FINGERPRINT = "hmac-sha256:" + "ab12" * 8
 ROUTE_NAME = "client-001"
 ROTATION_ID = "done-1"
 #: Every route and the weakest role that may call it (None: no token needed). A route the app
@@ -308,6 +310,7 @@ ROUTE_ROLES: dict[tuple[str, str], str | None] = {
     ("GET", "/healthz"): None,
     ("GET", "/openapi.json"): None,
     ("GET", "/readyz"): "read",
+    ("GET", "/metrics"): "read",
     ("GET", "/v1/clients"): "read",
     ("GET", "/v1/clients/{name}"): "read",
     ("GET", "/v1/rotations/{rotation_id}"): "read",
@@ -381,7 +384,7 @@ audience = "{AUDIENCE}"
     stream = io.StringIO()
     audit = AuditLog(Secret(secrets.token_hex(16)), stream=stream)
     auth = Authenticator.from_config(config.api)  # type: ignore[attr-defined]
-    app = create_app(service, auth=auth, audit=audit, metrics=None)
+    app = create_app(service, auth=auth, audit=audit, metrics=Metrics())
     all_tokens = {
         **tokens, "hashed": hashed, "wrong": secrets.token_urlsafe(24),
         "jwt-read": signing_key.sign(scope="rotator:read"),
@@ -675,3 +678,14 @@ class TestServe:
                 serve(self._app(), ("127.0.0.1", server.port))
         finally:
             server.stop()
+
+
+class TestMetricsRoute:
+    """GET /metrics serves the Prometheus text format with the service's client gauges."""
+
+    def test_scrape(self, api: Api) -> None:
+        response = api.client.get("/metrics", headers=api.headers("hashed"))
+        assert response.headers["content-type"].startswith("text/plain")
+        names = {f.name for f in text_string_to_metric_families(response.text)}
+        assert {"rotator_client_condition", "rotator_secret_age_seconds",
+                "rotator_rotations", "rotator_idp_requests"} <= names
