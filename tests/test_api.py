@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+import schemathesis
 from api_support import AUDIENCE, ISSUER, JwksServer, SigningKey
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -24,13 +25,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, settings
 from prometheus_client.parser import text_string_to_metric_families
 from service_double import InMemoryRotationService, sample_clients
 from starlette.routing import Route
 
 from rotator.audit import AuditLog
 from rotator.config import ApiToken, JwtConfig, load_config
-from rotator.daemon.api import ApiServerError, create_app, serve
+from rotator.daemon.api import ApiServerError, create_app, openapi_text, serve
 from rotator.daemon.auth import (
     Authenticator,
     JwksCache,
@@ -478,7 +480,8 @@ class TestProblemDetails:
 
     @pytest.mark.parametrize("url", ["/v1/clients?limit=0", "/v1/clients?limit=x",
                                      "/v1/clients?after=%20bad", "/v1/clients/bad%20name",
-                                     "/v1/rotations/-x"])
+                                     "/v1/rotations/-x",
+                                     "/v1/clients?limt=5"])
     def test_bad_input_is_422_without_echoing_it(self, api: Api, url: str) -> None:
         body = _assert_problem(api.client.get(url, headers=api.headers("read")), 422)
         assert body["errors"] and all(set(e) == {"loc", "message"} for e in body["errors"])
@@ -689,3 +692,70 @@ class TestMetricsRoute:
         names = {f.name for f in text_string_to_metric_families(response.text)}
         assert {"rotator_client_condition", "rotator_secret_age_seconds",
                 "rotator_rotations", "rotator_idp_requests"} <= names
+
+
+# -- the OpenAPI document ---------------------------------------------------------------------
+
+OPENAPI_FILE = Path(__file__).parent.parent / "docs" / "openapi.json"
+
+
+class TestOpenApiDocument:
+    """docs/openapi.json is what the code serves; regenerate it when the API changes."""
+
+    def test_committed_document_matches_the_code(self) -> None:
+        assert OPENAPI_FILE.read_text(encoding="utf-8") == openapi_text(), (
+            "docs/openapi.json is out of date: python -m rotator.daemon.api > docs/openapi.json")
+
+    def test_served_document_is_the_committed_one(self, api: Api) -> None:
+        assert api.client.get("/openapi.json").json() == json.loads(OPENAPI_FILE.read_text())
+
+    def test_every_error_is_documented_as_a_problem(self) -> None:
+        doc = json.loads(OPENAPI_FILE.read_text())
+        for path, operations in doc["paths"].items():
+            for method, operation in operations.items():
+                for status, answer in operation["responses"].items():
+                    if status[0] in "45":
+                        assert list(answer["content"]) == ["application/problem+json"], (
+                            method, path, status)
+                if path != "/healthz":
+                    assert operation["security"] == [{"bearer": []}], (method, path)
+
+
+# -- schemathesis over the committed document -------------------------------------------------
+
+SCHEMA = schemathesis.openapi.from_dict(json.loads(OPENAPI_FILE.read_text(encoding="utf-8")))
+_FUZZ_TOKENS = {role: secrets.token_urlsafe(24) for role in ("read", "rotate")}
+
+
+def _fuzz_app() -> Any:
+    service = InMemoryRotationService(sample_clients(12, fingerprint=FINGERPRINT))
+    now = datetime.now(UTC)
+    service.add_rotation(RotationView(
+        id=ROTATION_ID, client=ROUTE_NAME, state="completed", family=None, actor="scheduler",
+        started_at=now, updated_at=now, retire_after=None, error=None,
+        steps=[RotationStep("completed", now)]))
+    auth = Authenticator([_token(v, f"fuzz-{r}", r) for r, v in _FUZZ_TOKENS.items()])
+    audit = AuditLog(Secret(secrets.token_hex(16)), stream=io.StringIO())
+    return create_app(service, auth=auth, audit=audit, metrics=Metrics())
+
+
+# Set before parametrize: the checks that send calls of their own (ignored_auth) use it.
+SCHEMA.app = _fuzz_app()
+_FUZZ_SETTINGS = settings(max_examples=30, deadline=None, derandomize=True, database=None,
+                          suppress_health_check=list(HealthCheck))
+
+
+class TestSchemathesis:
+    """Generated calls from docs/openapi.json get no 5xx and only documented answers."""
+
+    @SCHEMA.parametrize()
+    @_FUZZ_SETTINGS
+    def test_with_a_read_token(self, case: Any) -> None:
+        case.call_and_validate(
+                               headers={"Authorization": f"Bearer {_FUZZ_TOKENS['read']}"})
+
+    @SCHEMA.parametrize()
+    @_FUZZ_SETTINGS
+    def test_with_a_rotate_token(self, case: Any) -> None:
+        case.call_and_validate(
+                               headers={"Authorization": f"Bearer {_FUZZ_TOKENS['rotate']}"})

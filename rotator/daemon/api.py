@@ -30,12 +30,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from http import HTTPStatus
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 from urllib.parse import quote
 
 import structlog
 import uvicorn
-from fastapi import FastAPI, Header, Query, Request, Response, Security
+from fastapi import Depends, FastAPI, Header, Query, Request, Response, Security
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -378,6 +378,20 @@ def _caller_with(role: Role) -> Callable[..., Caller]:
     return dependency
 
 
+def _no_unknown_query(request: Request) -> None:
+    """Refuse query parameters the route does not take: a misspelt option is not ignored."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    known = {p.alias for p in dependant.query_params}
+    unknown = sorted({k for k in request.query_params if k not in known})
+    if unknown:
+        raise RequestValidationError([
+            {"loc": ("query", name[:64]), "msg": "unknown query parameter",
+             "type": "extra_forbidden"} for name in unknown])
+
+
 Reader = Annotated[Caller, Security(_caller_with(Role.READ))]
 Rotator = Annotated[Caller, Security(_caller_with(Role.ROTATE))]
 Admin = Annotated[Caller, Security(_caller_with(Role.ADMIN))]
@@ -391,7 +405,9 @@ def create_app(service: RotationService, *, auth: Authenticator, audit: AuditLog
     """
     app = FastAPI(title="rotator admin API", version=__version__,
                   description="Inspect and drive the rotation of OAuth 2.0 client secrets.",
-                  docs_url=None, redoc_url=None, openapi_url="/openapi.json")
+                  docs_url=None, redoc_url=None, openapi_url="/openapi.json",
+                  generate_unique_id_function=lambda route: route.name,
+                  dependencies=[Depends(_no_unknown_query)])
 
     app.state.authenticator = auth
 
@@ -545,6 +561,20 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
     return doc
 
 
+def openapi_text() -> str:
+    """The committed ``docs/openapi.json``: ``python -m rotator.daemon.api > docs/openapi.json``.
+
+    Built from an app over no service (the document does not depend on one).
+    """
+    import json
+
+    from rotator.daemon.metrics import Metrics
+
+    app = create_app(cast(RotationService, object()), auth=Authenticator(), audit=None,
+                     metrics=Metrics())
+    return json.dumps(app.openapi(), indent=2, sort_keys=True) + "\n"
+
+
 # -- serving ----------------------------------------------------------------------------------
 
 
@@ -634,4 +664,9 @@ def serve(app: ASGIApp, listen: str | tuple[str, int], *, cert_file: str | None 
 
 
 __all__ = ["ApiServer", "ApiServerError", "Problem", "create_app", "openapi_document",
-           "problem_response", "serve"]
+           "openapi_text", "problem_response", "serve"]
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.write(openapi_text())
