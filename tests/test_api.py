@@ -458,6 +458,7 @@ class TestAuthMatrix:
         assert event["caller"] == caller
         if response.status_code in (401, 403):
             assert event["reason"]
+            assert api.service.calls == []  # refused before the service is asked
         if credential in api.tokens:
             assert api.tokens[credential] not in api.audit_stream.getvalue()
 
