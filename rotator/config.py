@@ -8,6 +8,8 @@ file (``*_file``). See ``config/rotator.toml`` for the documented example.
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import os
 import re
 import tomllib
@@ -15,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from rotator.errors import ConfigError, ConfigProblem
 from rotator.registry import AdapterImportError, load_adapter_class
@@ -48,6 +51,103 @@ _CLIENT_SETTINGS = (
     Setting("tls_verify", "bool", default=True),
     Setting("ca_file", "path"),
 )
+
+#: The admin API's roles, weakest first: each may do what the ones before it may.
+API_ROLES = ("read", "rotate", "admin")
+DEFAULT_API_LISTEN = "127.0.0.1:8900"
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+#: A bearer token shorter than this is refused: it could be guessed.
+MIN_API_TOKEN_LENGTH = 16
+_API_SETTINGS = (
+    Setting("listen", default=DEFAULT_API_LISTEN, help="host:port the admin API listens on"),
+    Setting("cert_file", "path", help="TLS certificate chain (PEM)"),
+    Setting("key_file", "path", help="TLS private key (PEM)"),
+    Setting("insecure_http", "bool", default=False,
+            help="allow plain HTTP on an address other than loopback"),
+)
+_API_TOKEN_SETTINGS = (
+    Setting("name", required=True, help="who the token belongs to; lands in the audit log"),
+    Setting("role", required=True, choices=API_ROLES),
+    Setting("token", secret=True, help="API bearer token"),
+    Setting("token_sha256", help="hex SHA-256 of the token, instead of the token"),
+)
+_API_JWT_SETTINGS = (
+    Setting("jwks_uri", required=True, help="the issuer's JSON Web Key Set"),
+    Setting("issuer", required=True, help="the tokens' iss claim"),
+    Setting("audience", required=True, help="the tokens' aud claim"),
+    Setting("read_scope", default="rotator:read"),
+    Setting("rotate_scope", default="rotator:rotate"),
+    Setting("admin_scope", default="rotator:admin"),
+    Setting("ca_file", "path", help="trust this CA for the JWKS endpoint"),
+)
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    """One bearer token the admin API accepts; only its SHA-256 digest is kept."""
+
+    name: str
+    role: str
+    sha256: bytes
+
+
+@dataclass(frozen=True)
+class JwtConfig:
+    """OAuth 2.0 JWT access tokens (RFC 9068) the admin API accepts from one issuer."""
+
+    jwks_uri: str
+    issuer: str
+    audience: str
+    #: The scope that grants each role (``read``, ``rotate``, ``admin``).
+    scopes: Mapping[str, str]
+    ca_file: str | None = None
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """The admin API: where it listens, with what TLS, and who may call it."""
+
+    host: str = "127.0.0.1"
+    port: int = 8900
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure_http: bool = False
+    tokens: tuple[ApiToken, ...] = ()
+    jwt: JwtConfig | None = None
+
+    @property
+    def listen(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` to (host, port); raises ValueError with the reason."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected host:port, got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"port must be a number from 0 to 65535, got {port_text!r}")
+    return host, int(port_text)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this machine's loopback interface."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def plain_http_refusal(host: str, tls: bool, insecure_http: bool) -> str | None:
+    """Why listening on ``host`` is refused, or None: plain HTTP only on loopback."""
+    if tls or insecure_http or is_loopback(host):
+        return None
+    return (f"listening on {host} without TLS would send bearer tokens in clear text; "
+            f"set cert_file and key_file, or insecure_http = true to allow it")
 
 
 @dataclass(frozen=True)
@@ -120,6 +220,7 @@ class Config:
     stores: dict[str, AdapterConfig] = field(default_factory=dict)
     idps: dict[str, AdapterConfig] = field(default_factory=dict)
     clients: dict[str, ClientConfig] = field(default_factory=dict)
+    api: ApiConfig = field(default_factory=ApiConfig)
 
 
 class _Problems:
@@ -235,6 +336,85 @@ def _client(
     )
 
 
+def _api(raw: Any, problems: _Problems, base: Path, environ: Mapping[str, str],
+         resolve: bool) -> ApiConfig:
+    table = _table(raw, "api", problems)
+    report = problems.reporter("api")
+    s = check_settings(table, _API_SETTINGS, report, base_dir=base, environ=environ,
+                       ignore=("tokens", "jwt"))
+    host, port = "127.0.0.1", 8900
+    if s.get("listen"):
+        try:
+            host, port = parse_listen(s["listen"])
+        except ValueError as exc:
+            report("listen", str(exc))
+    if bool(s.get("cert_file")) != bool(s.get("key_file")):
+        report("cert_file" if not s.get("cert_file") else "key_file",
+               "TLS needs both cert_file and key_file")
+    refusal = plain_http_refusal(host, bool(s.get("cert_file") and s.get("key_file")),
+                                 bool(s.get("insecure_http")))
+    if refusal:
+        report("listen", refusal)
+
+    tokens: list[ApiToken] = []
+    raw_tokens = table.get("tokens", [])
+    if not isinstance(raw_tokens, list):
+        report("tokens", "must be an array of tables: [[api.tokens]]")
+        raw_tokens = []
+    for i, t in enumerate(raw_tokens):
+        t_report = problems.reporter(f"api.tokens[{i}]")
+        if not isinstance(t, dict):
+            t_report("", "must be a table")
+            continue
+        ts = check_settings(t, _API_TOKEN_SETTINGS, t_report, base_dir=base, environ=environ,
+                            resolve_secrets=resolve)
+        name = ts.get("name")
+        if name and not _NAME.match(name):
+            t_report("name", "name must be letters, digits, '.', '_' or '-'")
+        if name and any(x.name == name for x in tokens):
+            t_report("name", f"another token is already named {name!r}")
+        given = [k for k in ("token_env", "token_file", "token_sha256") if k in t]
+        if len(given) != 1:
+            t_report("token_env", "give exactly one of token_env, token_file or token_sha256")
+            continue
+        digest: bytes | None = None
+        if ts.get("token_sha256") is not None:
+            if not _SHA256_HEX.match(ts["token_sha256"]):
+                t_report("token_sha256", "must be 64 lowercase hex digits (sha256sum output)")
+                continue
+            digest = bytes.fromhex(ts["token_sha256"])
+        elif ts.get("token") is not None:
+            value: str = ts["token"].reveal()
+            if len(value) < MIN_API_TOKEN_LENGTH:
+                t_report(given[0], f"the token must be at least {MIN_API_TOKEN_LENGTH} "
+                                   f"characters long")
+                continue
+            digest = hashlib.sha256(value.encode()).digest()
+        if name and ts.get("role") and digest is not None:
+            tokens.append(ApiToken(name, ts["role"], digest))
+
+    jwt: JwtConfig | None = None
+    if "jwt" in table:
+        j_report = problems.reporter("api.jwt")
+        js = check_settings(_table(table["jwt"], "api.jwt", problems), _API_JWT_SETTINGS,
+                            j_report, base_dir=base, environ=environ)
+        uri = js.get("jwks_uri")
+        if uri:
+            parts = urlsplit(uri)
+            if parts.scheme not in ("https", "http") or not parts.hostname:
+                j_report("jwks_uri", f"must be an https:// URL, got {uri!r}")
+            elif parts.scheme == "http" and not is_loopback(parts.hostname):
+                j_report("jwks_uri", "plain http:// is allowed only to this machine's "
+                                     "loopback address; use https://")
+        if all(setting.key in js for setting in _API_JWT_SETTINGS):
+            jwt = JwtConfig(js["jwks_uri"], js["issuer"], js["audience"],
+                            {role: js[f"{role}_scope"] for role in API_ROLES},
+                            js["ca_file"])
+    return ApiConfig(host=host, port=port, cert_file=s.get("cert_file"),
+                     key_file=s.get("key_file"), insecure_http=bool(s.get("insecure_http")),
+                     tokens=tuple(tokens), jwt=jwt)
+
+
 def _stores_of(raw_clients: Mapping[str, Any], consumer: str,
                problems: _Problems) -> set[str]:
     """Names of the stores client ``consumer`` reads from, for a consumer load."""
@@ -272,8 +452,8 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     base = p.parent.resolve()
 
     for key in raw:
-        if key not in ("rotator", "audit", "stores", "idps", "clients"):
-            report(key, "unknown section; expected rotator, audit, stores, idps, clients")
+        if key not in ("rotator", "audit", "stores", "idps", "clients", "api"):
+            report(key, "unknown section; expected rotator, audit, stores, idps, clients, api")
     rot = check_settings(_table(raw.get("rotator"), "rotator", problems), _ROTATOR_SETTINGS,
                          problems.reporter("rotator"), base_dir=base, environ=env)
     audit: Settings = {"file": None, "stdout": False, "key": None}
@@ -291,6 +471,7 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     raw_clients = _table(raw.get("clients"), "clients", problems)
     if not raw_clients:
         report("clients", "no clients configured")
+    api = _api(raw.get("api"), problems, base, env, resolve=consumer is None)
     consumed = _stores_of(raw_clients, consumer, problems) if consumer else None
     stores = _adapters(raw_stores, "store", "stores", problems, base, env,
                        lambda name: consumed is None or name in consumed)
@@ -315,5 +496,5 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
         path=p, state_dir=state_dir,
         audit=AuditConfig(file=Path(audit["file"]) if audit.get("file") else None,
                           stdout=audit["stdout"], key=audit.get("key")),
-        stores=stores, idps=idps, clients=clients,
+        stores=stores, idps=idps, clients=clients, api=api,
     )

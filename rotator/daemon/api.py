@@ -1,0 +1,672 @@
+"""The daemon's admin API: an ASGI app (FastAPI) over :class:`RotationService`.
+
+Routes (``docs/api.md``; the OpenAPI document is ``docs/openapi.json``)::
+
+    GET  /healthz                              no token     the process answers
+    GET  /readyz                               read         config, journal, scheduler
+    GET  /metrics                              read         Prometheus text format
+    GET  /v1/clients?limit=&after=             read         one page of clients
+    GET  /v1/clients/{name}                    read         one client
+    GET  /v1/rotations/{id}                    read         one rotation and its steps
+    POST /v1/clients/{name}/rotations          rotate       202, joins a running rotation
+    POST /v1/clients/{name}/verifications      rotate       does the stored secret work?
+    POST /v1/clients/{name}/retirements?now=   admin        202, retire the old secret
+
+Every call, refused ones too, is one ``api_request`` audit event (caller, source address,
+route template, status, outcome). Every error is an RFC 9457 problem document
+(``application/problem+json``), never an HTML page or a traceback. Responses carry
+fingerprints, never secrets: every string from the service passes :func:`redact`, and
+:class:`~rotator.secrets.Secret` values render masked.
+
+:func:`serve` runs the app under uvicorn in a thread for ``rotator run``.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from http import HTTPStatus
+from typing import Annotated, Any, cast
+from urllib.parse import quote
+
+import structlog
+import uvicorn
+from fastapi import Depends, FastAPI, Header, Query, Request, Response, Security
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from rotator import __version__
+from rotator.audit import AuditLog
+from rotator.config import is_loopback, plain_http_refusal
+from rotator.daemon.auth import Authenticator, Caller, JwksUnavailable, Role, Unauthenticated
+from rotator.daemon.model import (
+    ClientState,
+    Condition,
+    RotationService,
+    RotationView,
+    ServiceUnavailable,
+    Trigger,
+    UnknownClient,
+    UnknownRotation,
+)
+from rotator.errors import RotatorError
+from rotator.secrets import Secret, redact
+
+log = structlog.get_logger("rotator.api")
+
+PROBLEM_JSON = "application/problem+json"
+_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_ROTATION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+_IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
+#: Seconds a caller is asked to wait after a 503.
+RETRY_AFTER_SECONDS = 5
+MAX_PAGE = 1000
+
+
+# -- response bodies --------------------------------------------------------------------------
+
+
+class FieldProblem(BaseModel):
+    """One invalid input: where it is and what is wrong (never the value sent)."""
+
+    loc: list[str | int]
+    message: str
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str | None = None
+    errors: list[FieldProblem] | None = None
+
+
+class LastRotation(BaseModel):
+    id: str
+    state: str | None
+
+
+class Backoff(BaseModel):
+    """Consecutive failures and when the next attempt is due."""
+
+    failures: int
+    next_attempt: datetime | None
+
+
+class ClientOut(BaseModel):
+    name: str
+    client_id: str
+    idp: str
+    stores: list[str]
+    condition: Condition
+    reason: str | None
+    last_rotation: LastRotation | None
+    last_success_at: datetime | None
+    age_seconds: float | None
+    next_run: datetime | None
+    backoff: Backoff
+    retire_after: datetime | None
+    extra: dict[str, Any]
+
+
+class ClientPage(BaseModel):
+    items: list[ClientOut]
+    #: The next page's URL, or null on the last page.
+    next: str | None
+
+
+class StepOut(BaseModel):
+    state: str
+    at: datetime
+
+
+class RotationOut(BaseModel):
+    id: str
+    client: str
+    state: str
+    family: str | None
+    actor: str
+    started_at: datetime | None
+    updated_at: datetime | None
+    retire_after: datetime | None
+    error: str | None
+    steps: list[StepOut]
+
+
+class TriggerOut(BaseModel):
+    rotation_id: str
+    client: str
+    #: True when this call joined a rotation already queued or running.
+    joined: bool
+    location: str
+
+
+class VerificationOut(BaseModel):
+    client: str
+    #: What the service reports: fingerprints, never secrets.
+    result: dict[str, Any]
+
+
+class HealthOut(BaseModel):
+    status: str = "ok"
+
+
+class ReadinessOut(BaseModel):
+    ready: bool
+    config_loaded: bool
+    journal_writable: bool
+    scheduler_running: bool
+
+
+# -- rendering service values safely ----------------------------------------------------------
+
+
+def _safe(value: Any, depth: int = 0) -> Any:
+    """A JSON value with every secret masked and every string scrubbed of live secrets."""
+    if depth > 8:
+        return None
+    if isinstance(value, Secret):
+        return str(value)
+    if isinstance(value, str):
+        return redact(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {redact(str(k)): _safe(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_safe(v, depth + 1) for v in value]
+    return f"<{type(value).__name__}>"
+
+
+def _text(value: str | None) -> str | None:
+    return None if value is None else redact(value)
+
+
+def _client_out(c: ClientState) -> ClientOut:
+    last = LastRotation(id=redact(c.last_rotation_id), state=_text(c.last_rotation_state)) \
+        if c.last_rotation_id else None
+    return ClientOut(
+        name=c.name, client_id=redact(c.client_id), idp=c.idp, stores=list(c.stores),
+        condition=c.condition, reason=_text(c.reason), last_rotation=last,
+        last_success_at=c.last_success_at, age_seconds=c.age_seconds, next_run=c.next_run,
+        backoff=Backoff(failures=c.failures, next_attempt=c.next_attempt),
+        retire_after=c.retire_after, extra=_safe(dict(c.extra)),
+    )
+
+
+def _rotation_out(r: RotationView) -> RotationOut:
+    return RotationOut(
+        id=r.id, client=r.client, state=r.state, family=_text(r.family), actor=redact(r.actor),
+        started_at=r.started_at, updated_at=r.updated_at, retire_after=r.retire_after,
+        error=_text(r.error), steps=[StepOut(state=s.state, at=s.at) for s in r.steps],
+    )
+
+
+def _rotation_location(rotation_id: str) -> str:
+    return f"/v1/rotations/{quote(rotation_id, safe='')}"
+
+
+def _accepted(trigger: Trigger, response: Response) -> TriggerOut:
+    location = _rotation_location(trigger.rotation_id)
+    response.headers["Location"] = location
+    return TriggerOut(rotation_id=trigger.rotation_id, client=trigger.client,
+                      joined=trigger.joined, location=location)
+
+
+# -- problem details and the per-call record --------------------------------------------------
+
+
+def problem_response(status: int, detail: str | None = None, *,
+                     headers: Mapping[str, str] | None = None,
+                     errors: list[FieldProblem] | None = None,
+                     **extensions: Any) -> JSONResponse:
+    """An ``application/problem+json`` response for ``status``."""
+    body = Problem(title=HTTPStatus(status).phrase, status=status,
+                   detail=_text(detail), errors=errors).model_dump(exclude_none=True)
+    body.update(extensions)
+    return JSONResponse(body, status_code=status, headers=dict(headers or {}),
+                        media_type=PROBLEM_JSON)
+
+
+@dataclass
+class _CallRecord:
+    """What the audit event of one call needs, filled in as the call proceeds."""
+
+    caller: Caller | None = None
+    reason: str | None = None
+
+
+_RECORD = "rotator.call"
+
+
+def _record(request: Request) -> _CallRecord:
+    record = request.scope.get(_RECORD)
+    if not isinstance(record, _CallRecord):
+        record = request.scope[_RECORD] = _CallRecord()
+    return record
+
+
+def _route_template(scope: Scope) -> str:
+    """The path template of the route that answered (``/v1/clients/{name}``), not the path."""
+    route = scope.get("route")
+    if route is None:
+        app = scope.get("app")
+        for candidate in getattr(getattr(app, "router", None), "routes", ()):
+            match, _child = candidate.matches(scope)
+            if match is not Match.NONE:
+                route = candidate
+                break
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else "unmatched"
+
+
+class _AuditMiddleware:
+    """Audits every HTTP call once, and turns an unexpected exception into a 500 problem."""
+
+    def __init__(self, app: ASGIApp, audit: AuditLog | None) -> None:
+        self.app = app
+        self.audit = audit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        record = scope[_RECORD] = _CallRecord()
+        status = 500
+        started = False
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status, started = int(message["status"]), True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        except Exception as exc:
+            log.error("api_unexpected_error", error_type=type(exc).__name__, exc_info=True)
+            record.reason = "internal error"
+            status = 500
+            if not started:
+                await problem_response(500, "the server failed; see its log")(
+                    scope, receive, send)
+        finally:
+            self._audit(scope, record, status)
+
+    def _audit(self, scope: Scope, record: _CallRecord, status: int) -> None:
+        if self.audit is None:
+            return
+        client = scope.get("client")
+        caller = record.caller
+        params = scope.get("path_params") or {}
+        try:
+            self.audit.event(
+                "api_request",
+                caller=caller.name if caller else None,
+                auth=caller.kind if caller else None,
+                role=str(caller.role) if caller else None,
+                actor=caller.actor if caller else None,
+                source_ip=client[0] if client else None,
+                method=scope.get("method"),
+                route=_route_template(scope),
+                client=str(params["name"])[:64] if "name" in params else None,
+                status=status,
+                outcome="success" if status < 400 else "failure",
+                reason=record.reason,
+            )
+        except Exception:  # an audit sink failing must not turn into a second error here
+            log.error("api_audit_failed", exc_info=True)
+
+
+# -- the app ----------------------------------------------------------------------------------
+
+_bearer = HTTPBearer(auto_error=False, scheme_name="bearer",
+                     description="A token from [[api.tokens]] or a JWT access token")
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": Problem, "description": HTTPStatus(status).phrase}
+    for status in (401, 403, 422, 503)
+}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": Problem, "description": "no such client or rotation"}}
+_LOCATION = {"Location": {"description": "the rotation's URL", "schema": {"type": "string"}}}
+
+ClientName = Annotated[str, PathParam(pattern=_NAME_PATTERN, description="a configured client")]
+
+
+def _caller_with(role: Role) -> Callable[..., Caller]:
+    """A dependency: the authenticated caller, refused (401/403/503) unless it has ``role``."""
+    def dependency(request: Request, _credentials: Annotated[
+            HTTPAuthorizationCredentials | None, Security(_bearer)]) -> Caller:
+        auth: Authenticator = request.app.state.authenticator
+        record = _record(request)
+        try:
+            caller = auth.authenticate(request.headers.get("authorization"))
+        except JwksUnavailable as exc:
+            record.reason = exc.reason
+            raise HTTPException(503, "cannot check the token now; try again",
+                                headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
+        except Unauthenticated as exc:
+            record.reason = exc.reason
+            challenge = 'Bearer realm="rotator"'
+            if request.headers.get("authorization"):
+                challenge += ', error="invalid_token"'
+            raise HTTPException(401, exc.reason,
+                                headers={"WWW-Authenticate": challenge}) from None
+        record.caller = caller
+        if caller.role < role:
+            record.reason = f"role {caller.role} may not do what needs {role}"
+            raise HTTPException(
+                403, f"this needs the {role} role; {caller.name} has {caller.role}",
+                headers={"WWW-Authenticate":
+                         'Bearer realm="rotator", error="insufficient_scope"'})
+        return caller
+    return dependency
+
+
+def _no_unknown_query(request: Request) -> None:
+    """Refuse query parameters the route does not take: a misspelt option is not ignored."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    known = {p.alias for p in dependant.query_params}
+    unknown = sorted({k for k in request.query_params if k not in known})
+    if unknown:
+        raise RequestValidationError([
+            {"loc": ("query", name[:64]), "msg": "unknown query parameter",
+             "type": "extra_forbidden"} for name in unknown])
+
+
+Reader = Annotated[Caller, Security(_caller_with(Role.READ))]
+Rotator = Annotated[Caller, Security(_caller_with(Role.ROTATE))]
+Admin = Annotated[Caller, Security(_caller_with(Role.ADMIN))]
+
+
+def create_app(service: RotationService, *, auth: Authenticator, audit: AuditLog | None,
+               metrics: Any = None) -> FastAPI:
+    """The admin API over ``service``; callers checked by ``auth``, calls audited to ``audit``.
+
+    ``metrics`` (a :class:`rotator.daemon.metrics.Metrics`) serves ``/metrics``.
+    """
+    app = FastAPI(title="rotator admin API", version=__version__,
+                  description="Inspect and drive the rotation of OAuth 2.0 client secrets.",
+                  docs_url=None, redoc_url=None, openapi_url="/openapi.json",
+                  generate_unique_id_function=lambda route: route.name,
+                  dependencies=[Depends(_no_unknown_query)])
+
+    app.state.authenticator = auth
+
+    @app.get("/healthz", response_model=HealthOut, tags=["health"],
+             summary="The process is alive (no token needed)")
+    def healthz() -> HealthOut:
+        return HealthOut()
+
+    @app.get("/readyz", response_model=ReadinessOut, tags=["health"],
+             summary="Configuration loaded, journal writable, scheduler running",
+             responses={**_ERRORS})
+    def readyz(_caller: Reader) -> Any:
+        r = service.readiness()
+        out = ReadinessOut(ready=r.ready, config_loaded=r.config_loaded,
+                           journal_writable=r.journal_writable,
+                           scheduler_running=r.scheduler_running)
+        if not r.ready:
+            return problem_response(503, "not ready", checks=out.model_dump())
+        return out
+
+    @app.get("/v1/clients", response_model=ClientPage, tags=["clients"],
+             summary="Every configured client, sorted by name, one page at a time",
+             responses={**_ERRORS})
+    def list_clients(
+        _caller: Reader,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="clients per page")] = 100,
+        after: Annotated[str | None, Query(pattern=_NAME_PATTERN,
+                                           description="start after this client")] = None,
+    ) -> ClientPage:
+        clients = [c for c in service.clients() if after is None or c.name > after]
+        page = clients[:limit]
+        more = len(clients) > limit
+        return ClientPage(items=[_client_out(c) for c in page],
+                          next=f"/v1/clients?limit={limit}&after={quote(page[-1].name)}"
+                          if more else None)
+
+    @app.get("/v1/clients/{name}", response_model=ClientOut, tags=["clients"],
+             summary="One client: condition, stores, IdP, last rotation, age, next run, backoff",
+             responses={**_ERRORS, **_NOT_FOUND})
+    def get_client(name: ClientName, _caller: Reader) -> ClientOut:
+        return _client_out(service.client(name))
+
+    @app.post("/v1/clients/{name}/rotations", response_model=TriggerOut, status_code=202,
+              tags=["rotations"], summary="Rotate now, or join the rotation under way",
+              responses={202: {"headers": _LOCATION}, **_ERRORS, **_NOT_FOUND})
+    def trigger_rotation(
+        name: ClientName, caller: Rotator, response: Response,
+        idempotency_key: Annotated[str | None, Header(
+            alias="Idempotency-Key", pattern=_IDEMPOTENCY_KEY_PATTERN,
+            description="the same key within 24 h returns the first answer")] = None,
+    ) -> TriggerOut:
+        trigger = service.trigger_rotation(name, actor=caller.actor,
+                                           idempotency_key=idempotency_key)
+        return _accepted(trigger, response)
+
+    @app.post("/v1/clients/{name}/retirements", response_model=TriggerOut, status_code=202,
+              tags=["rotations"],
+              summary="Retire the old secret of the last rotation (at once with now=true)",
+              responses={202: {"headers": _LOCATION}, **_ERRORS, **_NOT_FOUND})
+    def trigger_retirement(
+        name: ClientName, caller: Admin, response: Response,
+        now: Annotated[bool, Query(description="retire without waiting out the grace "
+                                               "period")] = False,
+    ) -> TriggerOut:
+        return _accepted(service.trigger_retirement(name, actor=caller.actor, now=now),
+                         response)
+
+    @app.post("/v1/clients/{name}/verifications", response_model=VerificationOut,
+              tags=["rotations"],
+              summary="Check that the stored current credential obtains a token",
+              responses={**_ERRORS, **_NOT_FOUND})
+    def verify(name: ClientName, caller: Rotator) -> VerificationOut:
+        return VerificationOut(client=name,
+                               result=_safe(dict(service.verify(name, actor=caller.actor))))
+
+    @app.get("/v1/rotations/{rotation_id}", response_model=RotationOut, tags=["rotations"],
+             summary="One rotation: its state and its steps with their times",
+             responses={**_ERRORS, **_NOT_FOUND})
+    def get_rotation(
+        rotation_id: Annotated[str, PathParam(pattern=_ROTATION_ID_PATTERN)], _caller: Reader,
+    ) -> RotationOut:
+        return _rotation_out(service.rotation(rotation_id))
+
+    if metrics is not None:
+        metrics.bind(service)
+
+        @app.get("/metrics", tags=["health"], summary="Prometheus metrics (text format)",
+                 response_class=Response,
+                 responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                                  "description": "Prometheus text exposition format"},
+                            **_ERRORS})
+        def metrics_text(_caller: Reader) -> Response:
+            body, content_type = metrics.render()
+            return Response(body, media_type=content_type)
+
+    _install_problem_handlers(app)
+    app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
+    app.add_middleware(_AuditMiddleware, audit=audit)
+    return app
+
+
+def _install_problem_handlers(app: FastAPI) -> None:
+    async def http_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        detail = exc.detail if isinstance(exc.detail, str) and \
+            exc.detail != HTTPStatus(exc.status_code).phrase else None
+        return problem_response(exc.status_code, detail, headers=exc.headers)
+
+    async def invalid_input(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        errors = [FieldProblem(loc=[str(x) if not isinstance(x, int) else x
+                                    for x in e.get("loc", ())],
+                               message=str(e.get("msg", "invalid")))
+                  for e in exc.errors()]
+        _record(request).reason = "invalid input"
+        return problem_response(422, "the request is not valid", errors=errors)
+
+    async def service_error(request: Request, exc: Exception) -> Response:
+        record = _record(request)
+        if isinstance(exc, UnknownClient | UnknownRotation):
+            record.reason = type(exc).__name__
+            return problem_response(404, str(exc))
+        if isinstance(exc, ServiceUnavailable):
+            record.reason = "service unavailable"
+            return problem_response(503, str(exc),
+                                    headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        log.error("api_service_error", error_type=type(exc).__name__, error=redact(str(exc)))
+        record.reason = type(exc).__name__
+        return problem_response(500, "the service failed; see its log")
+
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, invalid_input)
+    app.add_exception_handler(RotatorError, service_error)
+
+
+def openapi_document(app: FastAPI) -> dict[str, Any]:
+    """The app's OpenAPI document, errors documented as ``application/problem+json``."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    doc = get_openapi(title=app.title, version=app.version, description=app.description,
+                      routes=app.routes)
+    for path in doc.get("paths", {}).values():
+        for operation in path.values():
+            for status, answer in operation.get("responses", {}).items():
+                content = answer.get("content", {})
+                if status[0] in "45" and "application/json" in content:
+                    content[PROBLEM_JSON] = content.pop("application/json")
+    doc.get("components", {}).get("schemas", {}).pop("HTTPValidationError", None)
+    doc.get("components", {}).get("schemas", {}).pop("ValidationError", None)
+    app.openapi_schema = doc
+    return doc
+
+
+def openapi_text() -> str:
+    """The committed ``docs/openapi.json``: ``python -m rotator.daemon.api > docs/openapi.json``.
+
+    Built from an app over no service (the document does not depend on one).
+    """
+    import json
+
+    from rotator.daemon.metrics import Metrics
+
+    app = create_app(cast(RotationService, object()), auth=Authenticator(), audit=None,
+                     metrics=Metrics())
+    return json.dumps(app.openapi(), indent=2, sort_keys=True) + "\n"
+
+
+# -- serving ----------------------------------------------------------------------------------
+
+
+class ApiServerError(RotatorError):
+    """The admin API could not start (address in use, refused plain HTTP, bad TLS files)."""
+
+
+class ApiServer:
+    """The admin API running under uvicorn in a background thread."""
+
+    def __init__(self, server: uvicorn.Server, thread: threading.Thread,
+                 sock: socket.socket) -> None:
+        self._server = server
+        self._thread = thread
+        self._socket = sock
+        host, port = sock.getsockname()[:2]
+        self.host: str = host
+        self.port: int = port
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the calls under way (up to ``timeout``) and stop listening."""
+        self._server.should_exit = True
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._server.force_exit = True
+            self._thread.join(timeout)
+        self._socket.close()
+
+
+def serve(app: ASGIApp, listen: str | tuple[str, int], *, cert_file: str | None = None,
+          key_file: str | None = None, insecure_http: bool = False,
+          startup_timeout: float = 10.0) -> ApiServer:
+    """Start ``app`` under uvicorn in a daemon thread, listening on ``listen``.
+
+    ``listen`` is ``"host:port"`` or ``(host, port)``; port 0 picks a free one
+    (``ApiServer.port`` tells which). TLS when ``cert_file`` and ``key_file`` are given;
+    plain HTTP anywhere but loopback is refused unless ``insecure_http``. Returns once the
+    server accepts connections. Raises :class:`ApiServerError`.
+    """
+    from rotator.config import parse_listen
+
+    try:
+        host, port = parse_listen(listen) if isinstance(listen, str) else listen
+    except ValueError as exc:
+        raise ApiServerError(f"api.listen: {exc}") from None
+    tls = bool(cert_file and key_file)
+    refusal = plain_http_refusal(host, tls, insecure_http)
+    if refusal:
+        raise ApiServerError(f"api.listen: {refusal}")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise ApiServerError(f"api.listen: cannot listen on {host}:{port}: "
+                             f"{exc.strerror}") from None
+    config = uvicorn.Config(app, ssl_certfile=cert_file if tls else None,
+                            ssl_keyfile=key_file if tls else None, log_config=None,
+                            access_log=False, lifespan="off", server_header=False,
+                            proxy_headers=False)
+    try:
+        config.load()  # loads TLS files now, so a bad one fails here, not in the thread
+    except (OSError, ValueError) as exc:
+        sock.close()
+        raise ApiServerError(f"api: cannot use cert_file/key_file: {exc}") from None
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
+                              name="rotator-api", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + startup_timeout
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    handle = ApiServer(server, thread, sock)
+    if not server.started:
+        handle.stop(1.0)
+        raise ApiServerError(f"the admin API did not start on {host}:{port}")
+    log.info("api_listening", host=handle.host, port=handle.port, tls=tls,
+             loopback=is_loopback(host))
+    return handle
+
+
+__all__ = ["ApiServer", "ApiServerError", "Problem", "create_app", "openapi_document",
+           "openapi_text", "problem_response", "serve"]
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.write(openapi_text())
