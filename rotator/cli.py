@@ -1,32 +1,43 @@
 """The ``rotator`` command line.
 
-Exit codes: 0 success, 1 a rotation or verification failed, 2 usage or configuration
-error. Output is for people by default and JSON with ``--json``. A failure prints one clear
-line; the traceback goes to the debug log (``-v``).
+Exit codes: 0 success, 1 a rotation or verification failed (for ``status``: a client is in
+an error state), 2 usage or configuration error, including a state directory or audit file
+that cannot be opened. Output is for people by default and JSON with ``--json``; the JSON
+result always parses, because audit lines configured for stdout then go to stderr. A failure
+prints one clear line; ``-v`` adds the debug log with tracebacks, secrets redacted. A closed
+output pipe (``rotator status | head``) ends the command quietly with exit 141, as if
+SIGPIPE had killed it.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
 from typing import Any, TextIO
 
 import structlog
 
+from rotator import __version__
 from rotator.audit import AuditLog, redact_processor
 from rotator.config import Config, load_config
-from rotator.engine import Adapters, Engine, Outcome
-from rotator.errors import ConfigError, RotatorError
+from rotator.engine import STATUS_ERRORS, Adapters, Engine, Outcome
+from rotator.errors import ConfigError, ConfigProblem, RotatorError
 from rotator.interfaces import Stage
 from rotator.journal import Journal
-from rotator.secrets import redact
+from rotator.secrets import generate_secret, redact
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+#: A closed output pipe: the code of a process killed by SIGPIPE.
+EXIT_BROKEN_PIPE = 141
+#: How long ``rotate`` waits, by default, for another process rotating the same client.
+DEFAULT_LOCK_WAIT = 300.0
 
 
 #: Where ``--help`` goes: the ``out`` stream given to :func:`run`.
@@ -45,6 +56,23 @@ class _Parser(argparse.ArgumentParser):
         super().print_help(file or _HELP_OUT.get())
 
 
+class _Version(argparse.Action):
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        _HELP_OUT.get().write(f"rotator {__version__}\n")
+        raise SystemExit(0)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("-c", "--config", default="config/rotator.toml",
@@ -55,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="rotator", description="Rotate OAuth 2.0 client secrets, verified "
                                                  "and audited.")
+    parser.add_argument("--version", action=_Version, nargs=0,
+                        help="print rotator's version and exit")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     config = sub.add_parser("config", help="configuration commands")
@@ -72,11 +102,19 @@ def _parser() -> argparse.ArgumentParser:
     rotate.add_argument("--dry-run", action="store_true", help="say what would happen")
     rotate.add_argument("--abandon-pending", action="store_true",
                         help="discard a pending secret that another rotation left behind")
+    rotate.add_argument("--wait", type=_seconds, default=DEFAULT_LOCK_WAIT, metavar="SECONDS",
+                        help="how long to wait while another process rotates the same client "
+                             "(default: %(default)g)")
+    rotate.add_argument("--force", action="store_true",
+                        help="rotate even if another process rotated the client after this "
+                             "command was given")
     verify = clients_cmd("verify", "check that the stored secret obtains a token")
-    verify.add_argument("--stage", choices=[s.value for s in Stage], default="current")
+    verify.add_argument("--stage", choices=[s.value for s in Stage], default="current",
+                        help="which stored secret to try (default: %(default)s)")
     retire = clients_cmd("retire", "retire old secrets whose grace period has passed")
     retire.add_argument("--now", action="store_true", help="end the grace period now")
-    clients_cmd("status", "show each client's rotation state")
+    status = clients_cmd("status", "show each client's rotation state (default: every client)")
+    status.set_defaults(all_by_default=True)
     return parser
 
 
@@ -99,7 +137,7 @@ def _setup_logging(verbose: bool, stream: TextIO) -> None:
 def _select(config: Config, args: argparse.Namespace) -> list[str]:
     if args.all and args.clients:
         raise _UsageError("give client names or --all, not both")
-    if args.all:
+    if args.all or (not args.clients and getattr(args, "all_by_default", False)):
         return list(config.clients)
     if not args.clients:
         raise _UsageError(f"name at least one client or pass --all; configured: "
@@ -112,34 +150,75 @@ def _select(config: Config, args: argparse.Namespace) -> list[str]:
 
 
 @contextmanager
-def open_engine(config: Config, actor: str = "cli") -> Iterator[Engine]:
-    """An engine over ``config`` whose adapters, journal and audit log close on exit."""
-    audit = AuditLog(config.audit.require_key(config.path), file=config.audit.file,
-                     stdout=config.audit.stdout)
-    journal = Journal(config.state_dir)
-    adapters = Adapters(config)
-    try:
+def open_engine(config: Config, actor: str = "cli", *, audit_stdout: TextIO | None = None,
+                audited: bool = True) -> Iterator[Engine]:
+    """An engine over ``config`` whose adapters, journal and audit log close on exit.
+
+    Audit lines configured for stdout go to ``audit_stdout`` (default: the process's
+    stdout). An engine that is not ``audited`` (for ``status``, which writes no audit event
+    and shows no fingerprint) needs no audit key and opens no audit file. Raises
+    ``ConfigError`` naming the setting when the state directory or the audit file cannot be
+    opened.
+    """
+    with ExitStack() as stack:
+        if audited:
+            audit = _open_audit(config, audit_stdout or sys.stdout)
+        else:
+            audit = AuditLog(generate_secret())  # no sink: nothing is ever written
+        stack.callback(audit.close)
+        journal = _open_journal(config)
+        stack.callback(journal.close)
+        adapters = Adapters(config)
+        stack.callback(adapters.close)
         yield Engine(config, adapters, journal, audit, actor=actor)
-    finally:
-        adapters.close()
-        journal.close()
-        audit.close()
+
+
+def _open_audit(config: Config, stdout: TextIO) -> AuditLog:
+    try:
+        return AuditLog(config.audit.require_key(config.path), file=config.audit.file,
+                        stream=stdout if config.audit.stdout else None)
+    except OSError as exc:
+        raise ConfigError([ConfigProblem(
+            str(config.path), "audit.file",
+            f"cannot open {config.audit.file}: {exc.strerror or exc}")]) from exc
+
+
+def _open_journal(config: Config) -> Journal:
+    try:
+        return Journal(config.state_dir)
+    except (RotatorError, OSError) as exc:
+        # The nearest existing path decides: a file where a directory should be is the
+        # commonest mistake, and the journal's own message would only say [Errno 17].
+        here = next((p for p in (config.state_dir, *config.state_dir.parents) if p.exists()),
+                    None)
+        reason = (f"{here} is not a directory" if here is not None and not here.is_dir()
+                  else f"cannot open the rotation journal in {config.state_dir}: {exc}")
+        raise ConfigError([ConfigProblem(str(config.path), "rotator.state_dir",
+                                         reason)]) from exc
 
 
 def _each(names: list[str], run: Callable[[str], Outcome]) -> list[Outcome]:
     """Run every client in isolation: one failing client never stops the others."""
+    log = structlog.get_logger("rotator.cli")
     outcomes = []
     for name in names:
         try:
-            outcomes.append(run(name))
+            outcome = run(name)
         except RotatorError as exc:
-            outcomes.append(Outcome(name, False, "failed", redact(str(exc))))
+            log.debug("client_failed", client=name, exc_info=True)
+            outcome = Outcome(name, False, "failed", redact(str(exc)))
+        except BrokenPipeError:
+            raise
         except Exception as exc:  # a bug must not stop the other clients either
-            structlog.get_logger("rotator.cli").debug("unexpected_error", client=name,
-                                                      exc_info=True)
-            outcomes.append(Outcome(name, False, "failed",
-                                    f"unexpected error {type(exc).__name__}: "
-                                    f"{redact(str(exc))} (run with -v for the traceback)"))
+            log.debug("unexpected_error", client=name, exc_info=True)
+            outcome = Outcome(name, False, "failed",
+                              f"unexpected error {type(exc).__name__}: "
+                              f"{redact(str(exc))} (run with -v for the traceback)")
+        if not outcome.ok:
+            log.debug("client_outcome", client=name, action=outcome.action,
+                      rotation_id=outcome.rotation_id, message=outcome.message,
+                      details=outcome.details)
+        outcomes.append(outcome)
     return outcomes
 
 
@@ -172,6 +251,9 @@ def _print_status(rows: list[dict[str, Any]], as_json: bool, out: TextIO) -> Non
                                      else f"{_human_age(age)} ago")
         out.write(f"{row['client']} ({row['client_id']} at {row['idp']}): {row['state']}, "
                   f"{age_text}\n")
+        idp = row["idp_status"]
+        out.write(f"  idp {row['idp']}: "
+                  + ("reachable" if idp["reachable"] else f"error: {idp['error']}") + "\n")
         for key, facts in row["stores"].items():
             if "error" in facts:
                 out.write(f"  store {key}: error: {facts['error']}\n")
@@ -207,7 +289,8 @@ def run(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
     _setup_logging(args.verbose, err)
     log = structlog.get_logger("rotator.cli")
     try:
-        config = load_config(args.config)
+        # status reads stores and asks the IdP's token endpoint: no audit key, no admin secret
+        config = load_config(args.config, stores_only=args.command == "status")
         if args.command == "config":
             if args.json:
                 out.write(json.dumps({"ok": True, "clients": list(config.clients)}) + "\n")
@@ -216,14 +299,21 @@ def run(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
                           f"{len(config.stores)} store(s), {len(config.idps)} IdP(s))\n")
             return EXIT_OK
         names = _select(config, args)
-        with open_engine(config) as engine:
+        # Audit lines share stdout only when it is not a JSON document.
+        with open_engine(config, audit_stdout=err if args.json else out,
+                         audited=args.command != "status") as engine:
             if args.command == "status":
                 rows = [engine.status(n) for n in names]
                 _print_status(rows, args.json, out)
-                return EXIT_OK
+                return EXIT_FAILED if any(r["state"] in STATUS_ERRORS for r in rows) else EXIT_OK
             if args.command == "rotate":
+                requested = engine.clock()  # before any lock is awaited: see Engine.rotate
                 outcomes = _each(names, lambda n: engine.rotate(
-                    n, dry_run=args.dry_run, abandon_pending=args.abandon_pending))
+                    n, dry_run=args.dry_run, abandon_pending=args.abandon_pending,
+                    requested_at=requested, wait=args.wait, force=args.force))
+                if args.all:  # a grace period still running is not a failure of --all
+                    outcomes = [dataclasses.replace(o, ok=True) if o.action == "waiting" else o
+                                for o in outcomes]
             elif args.command == "verify":
                 outcomes = _each(names, lambda n: engine.verify(n, Stage(args.stage)))
             else:
@@ -244,6 +334,8 @@ def run(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
         log.debug("command_failed", exc_info=True)
         err.write(f"rotator: {redact(str(exc))}\n")
         return EXIT_FAILED
+    except BrokenPipeError:
+        raise  # main() ends quietly
     except Exception as exc:  # a bug: one line for the user, the traceback in the debug log
         log.debug("unexpected_error", exc_info=True)
         err.write(f"rotator: unexpected error {type(exc).__name__}: {redact(str(exc))} "
@@ -252,4 +344,12 @@ def run(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
 
 
 def main() -> None:
-    sys.exit(run(sys.argv[1:], sys.stdout, sys.stderr))
+    try:
+        code = run(sys.argv[1:], sys.stdout, sys.stderr)
+        sys.stdout.flush()  # here, so a closed pipe is not reported at interpreter exit
+    except BrokenPipeError:
+        # Whoever reads our output has gone (``| head``): stop quietly, as Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = EXIT_BROKEN_PIPE
+    sys.exit(code)

@@ -429,12 +429,13 @@ def _stores_of(raw_clients: Mapping[str, Any], consumer: str,
 
 
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None, *,
-                consumer: str | None = None) -> Config:
+                consumer: str | None = None, stores_only: bool = False) -> Config:
     """Read and check the configuration at ``path``.
 
     ``consumer`` loads it for a service that only reads client ``consumer``'s credentials
     (the client library): every table is still checked, but secrets are read only for that
     client's stores, so the service needs neither the audit key nor an IdP's admin secret.
+    ``stores_only`` reads the secrets of every store and of nothing else (``rotator status``).
     Raises :class:`ConfigError` listing every problem found.
     """
     env = os.environ if environ is None else environ
@@ -456,14 +457,15 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
             report(key, "unknown section; expected rotator, audit, stores, idps, clients, api")
     rot = check_settings(_table(raw.get("rotator"), "rotator", problems), _ROTATOR_SETTINGS,
                          problems.reporter("rotator"), base_dir=base, environ=env)
+    admin = consumer is None and not stores_only  # the audit key and IdP secrets are needed
     audit: Settings = {"file": None, "stdout": False, "key": None}
     if "audit" in raw:
         audit = check_settings(_table(raw["audit"], "audit", problems), _AUDIT_SETTINGS,
                                problems.reporter("audit"), base_dir=base, environ=env,
-                               resolve_secrets=consumer is None)
+                               resolve_secrets=admin)
         if not audit.get("file") and not audit.get("stdout"):
             problems.reporter("audit")("file", "set file, stdout = true, or both")
-    elif consumer is None:
+    elif admin:
         report("audit", "required section: [audit] with key_env or key_file and a file")
 
     raw_stores = _table(raw.get("stores"), "stores", problems)
@@ -476,7 +478,7 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     stores = _adapters(raw_stores, "store", "stores", problems, base, env,
                        lambda name: consumed is None or name in consumed)
     idps = _adapters(raw_idps, "idp", "idps", problems, base, env,
-                     lambda _name: consumer is None)
+                     lambda _name: admin)
     clients: dict[str, ClientConfig] = {}
     for name, table in raw_clients.items():
         client = _client(name, table, stores, raw_stores, raw_idps, problems, base, env)

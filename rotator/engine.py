@@ -69,7 +69,7 @@ from rotator.interfaces import (
     StoredCredentials,
 )
 from rotator.journal import new_rotation_id
-from rotator.secrets import Secret, generate_secret
+from rotator.secrets import Secret, generate_secret, redact
 from rotator.token import Token, TokenRequest, request_token
 
 log = structlog.get_logger("rotator.engine")
@@ -143,6 +143,12 @@ class Adapters:
         self._idps.clear()
 
 
+#: ``status`` states that need a person: a store or the IdP cannot be reached, nothing is
+#: stored, or the last rotation did not leave a verified new secret.
+STATUS_ERRORS = frozenset({"store_error", "idp_error", "no_credential",
+                           "last_rotation_failed", "last_rotation_rolled_back"})
+
+
 class _Abort(Exception):
     """Internal: stop driving a rotation; the journal already says why."""
 
@@ -179,45 +185,88 @@ class Engine:
     # -- public commands -------------------------------------------------------------------
 
     def rotate(self, name: str, *, dry_run: bool = False, abandon_pending: bool = False,
-               actor: str | None = None, rotation_id: RotationId | None = None) -> Outcome:
+               actor: str | None = None, rotation_id: RotationId | None = None,
+               requested_at: datetime | None = None, wait: float = 0.0,
+               force: bool = False) -> Outcome:
         """Rotate ``name`` now, first finishing any rotation a crash left behind.
 
-        A new rotation gets ``rotation_id`` if given (so a caller can name it before it
-        begins); a resumed one keeps its own, which the outcome reports.
+        The request was made at ``requested_at`` (default: now). Waits up to ``wait``
+        seconds while another process rotates ``name`` (then raises ``RotationLocked``). A
+        rotation of ``name`` that began after the request answers it, so
+        back-to-back triggers rotate once; ``force`` rotates again anyway. A new rotation
+        gets ``rotation_id`` if given (so a caller can name it before it begins); a resumed
+        one keeps its own, which the outcome reports.
         """
         client = self.config.clients[name]
+        requested = requested_at or self.clock()
         actor = actor or self.actor
-        with bound(client=name, idp=client.idp, actor=actor), self.journal.lock(name):
-            try:
-                open_rotation = self.journal.open_rotation(name)
-                if open_rotation is not None:
-                    if not open_rotation.awaiting_retirement:
-                        if dry_run:
-                            return Outcome(name, True, "planned",
-                                           f"would resume rotation {open_rotation.id} from "
-                                           f"{open_rotation.state}", open_rotation.id,
-                                           open_rotation.state.value)
-                        return self._drive(client, open_rotation, resumed=True)
-                    if not self._retirement_due(open_rotation):
-                        assert open_rotation.retire_after is not None
-                        return Outcome(
-                            name, False, "waiting",
-                            f"rotation {open_rotation.id} keeps the old secret valid until "
-                            f"{open_rotation.retire_after.isoformat(timespec='seconds')}; "
-                            f"run 'rotator retire {name} --now' to end its grace period first",
-                            open_rotation.id, open_rotation.state.value)
+        with bound(client=name, idp=client.idp, actor=actor):
+            # Tests wait for this line: the request time is fixed before the lock is awaited.
+            log.debug("rotation_requested", requested_at=requested.isoformat(), wait=wait)
+            with self.journal.lock(name, wait=wait):
+                return self._rotate_locked(client, requested, dry_run=dry_run,
+                                           abandon_pending=abandon_pending, force=force,
+                                           actor=actor, rotation_id=rotation_id)
+
+    def _rotate_locked(self, client: ClientConfig, requested: datetime, *, dry_run: bool,
+                       abandon_pending: bool, force: bool, actor: str,
+                       rotation_id: RotationId | None) -> Outcome:
+        name = client.name
+        try:
+            if not force:
+                answer = self._answered_since(name, requested)
+                if answer is not None:
+                    return answer
+            open_rotation = self.journal.open_rotation(name)
+            if open_rotation is not None:
+                if not open_rotation.awaiting_retirement:
                     if dry_run:
                         return Outcome(name, True, "planned",
-                                       f"would retire the old secret of {open_rotation.id}, "
-                                       "then rotate", open_rotation.id,
+                                       f"would resume rotation {open_rotation.id} from "
+                                       f"{open_rotation.state}", open_rotation.id,
                                        open_rotation.state.value)
-                    retired = self._drive(client, open_rotation, resumed=True)
-                    if not retired.ok:
-                        return retired
-                return self._start(client, dry_run=dry_run, abandon_pending=abandon_pending,
-                                   actor=actor, rotation_id=rotation_id)
-            except RotatorError as exc:
-                return Outcome(name, False, "failed", str(exc))
+                    return self._drive(client, open_rotation, resumed=True)
+                if not self._retirement_due(open_rotation):
+                    assert open_rotation.retire_after is not None
+                    return Outcome(
+                        name, False, "waiting",
+                        f"rotation {open_rotation.id} keeps the old secret valid until "
+                        f"{open_rotation.retire_after.isoformat(timespec='seconds')}; "
+                        f"run 'rotator retire {name} --now' to end its grace period first",
+                        open_rotation.id, open_rotation.state.value)
+                if dry_run:
+                    return Outcome(name, True, "planned",
+                                   f"would retire the old secret of {open_rotation.id}, "
+                                   "then rotate", open_rotation.id,
+                                   open_rotation.state.value)
+                retired = self._drive(client, open_rotation, resumed=True)
+                if not retired.ok:
+                    return retired
+            return self._start(client, dry_run=dry_run, abandon_pending=abandon_pending,
+                               actor=actor, rotation_id=rotation_id)
+        except RotatorError as exc:
+            log.debug("rotation_failed", exc_info=True)
+            return Outcome(name, False, "failed", str(exc))
+
+    def _answered_since(self, name: str, requested: datetime) -> Outcome | None:
+        """The outcome of a rotation of ``name`` that began after ``requested``, if any.
+
+        An unfinished one (its process died) is not an answer: the caller resumes it.
+        """
+        latest = self.journal.latest(name)
+        if latest is None or latest.started_at <= requested:
+            return None
+        if not latest.state.terminal and not latest.awaiting_retirement:
+            return None
+        at = latest.updated_at.isoformat(timespec="seconds")
+        if latest.state in (State.PROMOTED, State.COMPLETED):
+            return Outcome(name, True, "rotated_by_other",
+                           f"rotated by another process at {at} after this request; "
+                           "--force rotates again", latest.id, latest.state.value)
+        return Outcome(name, False, "failed",
+                       f"a rotation by another process after this request ended "
+                       f"{latest.state} at {at}: {latest.error or 'no reason recorded'}; "
+                       "--force tries again", latest.id, latest.state.value)
 
     def retire(self, name: str, *, now: bool = False, actor: str | None = None) -> Outcome:
         """Retire the old secret of ``name``'s last rotation once its grace period is over."""
@@ -264,6 +313,7 @@ class Engine:
                                         stored.credentials.client_secret)}
                     outcome = "success"
                 except RotatorError as exc:
+                    log.debug("verification_failed", store=target.store, exc_info=True)
                     ok = False
                     results[key] = {"ok": False, "error": str(exc)}
                     outcome = "failure"
@@ -277,7 +327,12 @@ class Engine:
         return Outcome(name, ok, "verified" if ok else "failed", message, details=results)
 
     def status(self, name: str) -> dict[str, Any]:
-        """What rotator knows about ``name``: stores, IdP, last rotation, age, state."""
+        """What rotator knows about ``name``: stores, IdP, last rotation, age, state.
+
+        Reads the stores and asks the IdP's token endpoint whether it answers; needs no
+        audit key and no IdP admin secret. ``error`` is true for the states in
+        :data:`STATUS_ERRORS`.
+        """
         client = self.config.clients[name]
         now = self.clock()
         stores: dict[str, Any] = {}
@@ -294,7 +349,9 @@ class Engine:
                                             or facts.current_since > current_since):
                     current_since = facts.current_since
             except StoreError as exc:
+                log.debug("store_unreachable", store=target.store, exc_info=True)
                 stores[key] = {"error": str(exc)}
+        idp_status = self._idp_reachability(client)
         latest = self.journal.latest(name)
         success = self.journal.last_success(name)
         last_rotated = success.updated_at if success else current_since
@@ -302,6 +359,8 @@ class Engine:
         open_rotation = self.journal.open_rotation(name)
         if any("error" in s for s in stores.values()):
             state = "store_error"
+        elif not idp_status["reachable"]:
+            state = "idp_error"
         elif open_rotation is not None:
             state = ("awaiting_retirement" if open_rotation.awaiting_retirement
                      else f"interrupted:{open_rotation.state}")
@@ -315,7 +374,8 @@ class Engine:
             state = "ok"
         return {
             "client": name, "client_id": client.client_id, "idp": client.idp,
-            "stores": stores, "state": state,
+            "idp_status": idp_status, "stores": stores, "state": state,
+            "error": state in STATUS_ERRORS,
             "last_rotation": None if latest is None else {
                 "id": latest.id, "state": latest.state.value, "actor": latest.actor,
                 "started_at": latest.started_at.isoformat(timespec="seconds"),
@@ -331,6 +391,31 @@ class Engine:
             "age_seconds": None if age is None else int(age),
             "rotate_every_seconds": client.rotate_every,
         }
+
+    def _idp_reachability(self, client: ClientConfig) -> dict[str, Any]:
+        """Whether ``client``'s token endpoint answers; uses no credential, changes nothing.
+
+        Any HTTP answer below 500 (a token endpoint answers a bare GET with 400 or 405)
+        means the IdP is reachable.
+        """
+        endpoint: str | None = None
+        try:
+            endpoint = (client.token_endpoint
+                        or self.adapters.idp(client.idp).default_token_endpoint())
+            if not endpoint:
+                return {"reachable": False, "error": "no token endpoint is configured or known"}
+            with self.http_factory(client) as http:
+                answer = http.get(endpoint)
+        except (httpx.HTTPError, RotatorError) as exc:
+            log.debug("idp_unreachable", idp=client.idp, exc_info=True)
+            return {"reachable": False,
+                    "error": redact(f"token endpoint {endpoint or '?'} unreachable: "
+                                    f"{exc or type(exc).__name__}")}
+        if answer.status_code >= 500:
+            log.debug("idp_unreachable", idp=client.idp, status=answer.status_code)
+            return {"reachable": False,
+                    "error": f"token endpoint {endpoint} answered HTTP {answer.status_code}"}
+        return {"reachable": True}
 
     # -- starting ------------------------------------------------------------------------
 

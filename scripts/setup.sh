@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up a development environment: system tools the test servers need, and .venv with
-# rotator and every extra. Safe to run again; downloads are cached (~/.cache/pip, ~/.m2).
+# rotator and every extra. Safe to run again; downloads are cached (~/.cache/pip, and
+# ~/.cache/rotator-test/m2 for Keycloak: see tests/servers.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

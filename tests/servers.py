@@ -9,12 +9,13 @@ and is a context manager::
 
 Nothing here imports pytest, so a demo script can use the same launchers as the fixtures.
 
-Keycloak comes from Maven Central (``mvn dependency:get``; the local Maven repository is the
-download cache) and is unpacked once into ``$ROTATOR_TEST_CACHE`` or
-``~/.cache/rotator-test/``. Its first ``start-dev`` re-augments the dist (rewrites
-``lib/quarkus/``); later starts with the same build options do not, and several instances can
-then run from one dist. Start-up therefore holds an exclusive file lock, so two processes never
-augment the same dist at once, and each instance keeps its transaction log in its own directory.
+Keycloak comes from Maven Central (``mvn dependency:get`` into the Maven repository
+``<cache>/m2``, named explicitly so that ``$HOME`` and the account's home may differ) and is
+unpacked once into the cache ``$ROTATOR_TEST_CACHE`` or ``~/.cache/rotator-test/``. Its
+first ``start-dev`` re-augments the dist (rewrites ``lib/quarkus/``); later starts with the
+same build options do not, and several instances can then run from one dist. Start-up
+therefore holds an exclusive file lock, so two processes never augment the same dist at once,
+and each instance keeps its transaction log in its own directory.
 
 Errors:
 
@@ -127,27 +128,39 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _keycloak_zip(version: str) -> Path:
-    """Return the dist zip in the local Maven repository, downloading it if absent."""
-    group_dir = Path.home() / ".m2" / "repository" / "org" / "keycloak" / "keycloak-quarkus-dist"
-    archive = group_dir / version / f"keycloak-quarkus-dist-{version}.zip"
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def _keycloak_zip(version: str, cache_dir: Path) -> Path:
+    """Return the dist zip in the Maven repository ``cache_dir/m2``, downloading it if absent.
+
+    The repository is passed to Maven (``-Dmaven.repo.local``): Maven's default lies under
+    the home directory of the password database, which is not ``$HOME`` in containers, CI
+    or under ``sudo -E``, and then the zip would land where this function does not look.
+    """
+    repo = cache_dir / "m2"
+    archive = (repo / "org" / "keycloak" / "keycloak-quarkus-dist" / version
+               / f"keycloak-quarkus-dist-{version}.zip")
     if archive.is_file():
         return archive
     mvn = shutil.which("mvn")
     if mvn is None:
-        raise ServerError(f"Keycloak {version} is not in ~/.m2 and mvn is not installed")
+        raise ServerError(f"Keycloak {version} is not at {archive} and mvn is not installed")
     artifact = f"org.keycloak:keycloak-quarkus-dist:{version}:zip"
     result = subprocess.run(
-        [mvn, "-q", "dependency:get", f"-Dartifact={artifact}", "-Dtransitive=false"],
+        [mvn, "--batch-mode", "--quiet", "-Dstyle.color=never", f"-Dmaven.repo.local={repo}",
+         "dependency:get", f"-Dartifact={artifact}", "-Dtransitive=false"],
         capture_output=True,
         text=True,
         check=False,
     )
-    if result.returncode != 0 or not archive.is_file():
-        output = (result.stdout + result.stderr)[-2000:]
-        raise ServerError(
-            f"mvn could not download {artifact} (exit {result.returncode}):\n{output}"
-        )
+    output = _ANSI.sub("", result.stdout + result.stderr)[-2000:]
+    if result.returncode != 0:
+        raise ServerError(f"mvn could not download {artifact} into {repo} "
+                          f"(exit {result.returncode}):\n{output}")
+    if not archive.is_file():
+        raise ServerError(f"mvn reported success but {archive} does not exist "
+                          f"(artifact {artifact}, -Dmaven.repo.local={repo}):\n{output}")
     return archive
 
 
@@ -172,7 +185,7 @@ def _unpack(archive: Path, version: str, target: Path) -> None:
 def _ensure_keycloak_dist(version: str, cache_dir: Path) -> Path:
     target = cache_dir / f"keycloak-{version}"
     if not (target / "bin" / "kc.sh").is_file():
-        _unpack(_keycloak_zip(version), version, target)
+        _unpack(_keycloak_zip(version, cache_dir), version, target)
     return target
 
 

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import secrets
+import sqlite3
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -340,7 +345,7 @@ class TestCommands:
         s = Scenario.create(kc_realm, bao_server, tmp_path, overlap=True)
         journal = Journal(load_config(s.config).state_dir)
         with journal.lock("svc"):
-            result = s.subprocess("rotate", "svc")
+            result = s.subprocess("rotate", "svc", "--wait", "0")
         journal.close()
         assert result.code == 1 and "another process" in result.out
 
@@ -355,8 +360,69 @@ class TestCommands:
         assert [s["state"] for s in status["last_rotation"]["steps"]] == [
             "started", "creating", "created", "promoted", "completed"]
         assert status["age_seconds"] is not None and status["age_seconds"] < 120
+        assert status["idp_status"] == {"reachable": True}
         human = s.cli("status", "svc")
         assert "svc" in human.out and human.code == 0
+        assert "idp kc: reachable" in human.out
+
+    def test_status_needs_no_audit_key_or_admin_secret(self, kc_realm: KeycloakRealm,
+                                                       bao_server: OpenBao,
+                                                       tmp_path: Path) -> None:
+        s = Scenario.create(kc_realm, bao_server, tmp_path, overlap=True)
+        (s.root / "audit.key").unlink()
+        (s.root / "admin.secret").unlink()
+        status = s.cli("status")
+        assert status.code == 0, status.out + status.err
+        assert "svc" in status.out and "idp kc: reachable" in status.out
+        assert not (s.root / "audit.jsonl").exists()
+
+
+class TestConcurrentTriggers:
+    """Concurrent `rotator rotate` of one client rotate it once; the others report that
+    rotation instead of invalidating the secret it just stored."""
+
+    PROCESSES = 16
+
+    def test_one_rotation_answers_every_trigger(self, kc_realm: KeycloakRealm,
+                                                bao_server: OpenBao, tmp_path: Path) -> None:
+        s = Scenario.create(kc_realm, bao_server, tmp_path / "s", overlap=False)
+        state_dir = load_config(s.config).state_dir
+        argv = [str(Path(sys.executable).parent / "rotator"), "rotate", "svc", "-v",
+                "-c", str(s.config)]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+        logs = [tmp_path / f"rotate-{i}.err" for i in range(self.PROCESSES)]
+        outs = [tmp_path / f"rotate-{i}.out" for i in range(self.PROCESSES)]
+        journal = Journal(state_dir)
+        with journal.lock("svc"):
+            procs = []
+            for out, err in zip(outs, logs, strict=True):
+                with out.open("w") as out_file, err.open("w") as err_file:
+                    procs.append(subprocess.Popen(argv, stdout=out_file, stderr=err_file,
+                                                  env=env))
+            # Every process has fixed its request time and waits for the lock: only then
+            # may the first rotation begin.
+            pending = set(range(self.PROCESSES))
+            deadline = time.monotonic() + 240
+            while pending and time.monotonic() < deadline:
+                pending = {i for i in pending if procs[i].poll() is None
+                           and "rotation_requested" not in logs[i].read_text()}
+                time.sleep(0.1)
+            assert not pending, "some rotate processes never asked for the lock"
+        journal.close()
+        codes = [p.wait(timeout=300) for p in procs]
+        results = [json.dumps([o.read_text(), e.read_text()]) for o, e in zip(
+            outs, logs, strict=True)]
+        s.outputs += results
+        s.remember()
+        assert codes == [0] * self.PROCESSES, results
+        with sqlite3.connect(state_dir / "journal.sqlite3") as db:
+            rotations = db.execute("SELECT count(*) FROM rotations WHERE client = 'svc'")
+            assert rotations.fetchone()[0] == 1
+        answered = [o.read_text() for o in outs if "rotated by another process at" in
+                    o.read_text()]
+        assert len(answered) == self.PROCESSES - 1
+        assert s.works(s.vault_current()) and s.vault_current() == s.kc_current()
+        assert s.leaks() == []
 
 
 class TestLeastPrivilege:
