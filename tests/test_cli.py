@@ -259,7 +259,7 @@ def _journal_rotation(setup: Setup, *, started_ago: float, state: State,
     journal.begin(rid, "app", "overlap", "other-process", None, started)
     fields = {} if retire_in is None else {
         "retire_after": (utcnow() + timedelta(seconds=retire_in)).isoformat()}
-    journal.advance(rid, state, started, **fields)
+    journal.advance(rid, state, started, expected=State.STARTED, **fields)
     journal.close()
     return rid
 

@@ -87,6 +87,8 @@ class MemoryIdp:
 
     def token_endpoint(self, refuse: bool = False) -> httpx.MockTransport:
         def handle(request: httpx.Request) -> httpx.Response:
+            if request.method != "POST":  # status probes reachability with a bare GET
+                return httpx.Response(405)
             basic = request.headers["Authorization"].removeprefix("Basic ")
             _, _, secret = base64.b64decode(basic).decode().partition(":")
             if refuse or unquote(secret) not in self.active.values():

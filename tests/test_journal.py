@@ -194,7 +194,9 @@ class TestMigration:
     """A journal written before schema versions is migrated on open, once, keeping its rows."""
 
     def make_v0(self, state_dir: Path) -> None:
-        state_dir.mkdir()
+        state_dir.mkdir(mode=0o700)
+        # the journal of that version created its file 0600, as every version since did
+        (state_dir / "journal.sqlite3").touch(mode=0o600)
         db = sqlite3.connect(state_dir / "journal.sqlite3")
         db.executescript(_V0_SCHEMA)
         ts = NOW.isoformat()
@@ -363,3 +365,39 @@ class TestLock:
         with pytest.raises(RotationError, match="cannot open the lock file"), \
                 journal.lock("app"):
             pass
+
+
+class TestUnsafeFiles:
+    """The journal refuses a database file planted as a symlink, open to others or foreign."""
+
+    def test_symlink_refused(self, tmp_path: Path) -> None:
+        state = tmp_path / "state"
+        state.mkdir(mode=0o700)
+        target = tmp_path / "elsewhere.sqlite3"
+        target.touch(mode=0o600)
+        (state / "journal.sqlite3").symlink_to(target)
+        with pytest.raises(RotationError, match="not a regular file"):
+            Journal(state)
+        assert target.stat().st_size == 0
+
+    def test_group_readable_refused(self, tmp_path: Path) -> None:
+        state = tmp_path / "state"
+        Journal(state).close()
+        (state / "journal.sqlite3").chmod(0o640)
+        with pytest.raises(RotationError, match="mode 600"):
+            Journal(state)
+
+    def test_world_writable_state_dir_refused(self, tmp_path: Path) -> None:
+        state = tmp_path / "state"
+        state.mkdir()
+        state.chmod(0o777)
+        with pytest.raises(RotationError, match="writable by other users"):
+            Journal(state)
+
+    def test_second_journal_keeps_the_first_usable(self, tmp_path: Path) -> None:
+        first = Journal(tmp_path / "state")
+        first.begin("r-20260101T000000Z-0000000001", "app", "overlap", "cli", None, NOW)
+        Journal(tmp_path / "state").close()
+        first.begin("r-20260101T000000Z-0000000002", "other", "overlap", "cli", None, NOW)
+        assert first.get("r-20260101T000000Z-0000000002").client == "other"
+        first.close()

@@ -31,6 +31,7 @@ import json
 import os
 import re
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -39,6 +40,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from rotator._files import UnsafeFile, ensure_private_dir
 from rotator.errors import JournalConflict, RotationError, RotationLocked
 from rotator.interfaces import Rotation, RotationId, RotationTarget, State, Step
 from rotator.secrets import redact
@@ -105,6 +107,26 @@ def _row(row: Sequence[Any]) -> Rotation:
     )
 
 
+def _prepare_db_file(path: Path) -> None:
+    """Create the database file 0600 if missing; refuse a symlink or a file open to others.
+
+    An existing file is checked with ``lstat`` and never opened here: closing a descriptor
+    drops every POSIX lock this process holds on the file, SQLite's included, so another
+    journal open in the same process would lose its locks.
+    """
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        # SQLite gives its -wal and -shm files the database file's mode.
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW, 0o600))
+        return
+    if not stat.S_ISREG(info.st_mode):
+        raise UnsafeFile(f"{path} is not a regular file (a symbolic link?)")
+    if info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        raise UnsafeFile(f"{path} must belong to this user with mode 600 "
+                         f"(it is uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o})")
+
+
 class SqliteJournal:
     """The rotation journal in ``journal.sqlite3`` under the state directory."""
 
@@ -113,9 +135,8 @@ class SqliteJournal:
         self.path = state_dir / "journal.sqlite3"
         self._mutex = threading.RLock()
         try:
-            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            # SQLite gives its -wal and -shm files the database file's mode.
-            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+            ensure_private_dir(state_dir)
+            _prepare_db_file(self.path)
             self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None,
                                        check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
