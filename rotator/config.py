@@ -167,6 +167,10 @@ def _adapters(
         schema: tuple[Setting, ...] = cls.SETTINGS
         settings = check_settings(table, schema, report, base_dir=base, environ=environ,
                                   ignore=("type",), resolve_secrets=resolve(name))
+        # An adapter may check its values further, e.g. those that become parts of URLs.
+        validate = getattr(cls, "validate_settings", None)
+        for key, reason in validate(settings) if validate is not None else ():
+            report(key, reason)
         out[name] = AdapterConfig(name, type_name, cls, settings)
     return out
 
