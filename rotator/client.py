@@ -26,6 +26,14 @@ Rotation
     ``InvalidClient`` makes the client re-read CURRENT and retry once with a secret it has
     not tried; if there is none it tries PREVIOUS, which rotator keeps in the store exactly
     while the old secret's grace period lasts. Credentials given directly are never re-read.
+Refused secrets
+    When every secret in reach was refused (the IdP already has a new secret the store does
+    not hold yet), no token request is sent with those secrets again for
+    ``refused_base_delay`` seconds, doubling per refusal up to ``refused_max_delay``, each
+    delay jittered to between half and all of it. Meanwhile each call re-reads CURRENT from
+    the store and fails at once while it holds a refused secret; a secret not refused before
+    is tried at once. So a stale store costs a few token requests per backoff period, not a
+    few per call, and the first call after the store is updated recovers.
 
 No secret and no access token reaches a log event or an exception message; events carry the
 client id, the scopes and the stage of the credential used.
@@ -90,13 +98,19 @@ class CachePolicy:
     base_delay: float = 0.5
     #: ...up to this, which also bounds how long a ``Retry-After`` is waited for.
     max_delay: float = 10.0
+    #: After every secret in reach was refused, they are not sent again for this long; it
+    #: doubles with every refusal...
+    refused_base_delay: float = 1.0
+    #: ...up to this. A secret the store did not hold before is tried at once.
+    refused_max_delay: float = 30.0
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         if not 0.0 <= self.buffer_ratio < 1.0:
             raise ValueError("buffer_ratio must be in [0, 1)")
-        if min(self.max_buffer, self.assumed_lifetime, self.base_delay, self.max_delay) < 0:
+        if min(self.max_buffer, self.assumed_lifetime, self.base_delay, self.max_delay,
+               self.refused_base_delay, self.refused_max_delay) < 0:
             raise ValueError("durations must not be negative")
 
     def buffer(self, lifetime: float) -> float:
@@ -117,6 +131,25 @@ class CachePolicy:
                 return None
             delay = max(delay, retry_after)
         return delay
+
+    def refused_backoff(self, refusals: int, rand: float) -> float:
+        """Seconds before refused secrets are sent again after ``refusals`` refusals in a row.
+
+        Jittered to between half and all of the doubled delay: never near zero, so the
+        requests a stale store costs stay bounded per period whatever the random draw.
+        """
+        ceiling = min(self.refused_max_delay, self.refused_base_delay * 2.0 ** (refusals - 1))
+        return ceiling * (0.5 + rand / 2)
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    """Secrets the token endpoint refused, and when they may be sent again."""
+
+    refused: tuple[Credentials, ...]
+    error: InvalidClient
+    refusals: int
+    retry_at: float
 
 
 @dataclass(frozen=True)
@@ -265,6 +298,7 @@ class _TokenCore:
         self._lock = threading.Lock()
         self._default_key = _scope_key(request.scopes)
         self._requests: dict[ScopeKey, TokenRequest] = {self._default_key: request}
+        self._refusal: _Refusal | None = None
 
     @property
     def client_id(self) -> str | None:
@@ -310,9 +344,19 @@ class _TokenCore:
         """Obtain a token for ``key``: retries, store re-reads and the PREVIOUS fallback."""
         request = self._request_for(key)
         credentials, stage = self._credentials, "given" if self._store is None else "current"
-        if credentials is None:
+        refusal, now = self._refusal, self._clock()
+        tried: list[Credentials] = []  # a list: hashing a Secret costs a SHA-256
+        if refusal is not None and now < refusal.retry_at:
+            if self._store is None:
+                raise self._still_refused(refusal, now)
+            credentials = yield from self._read_current()  # cheap next to a token request
+            if credentials in refusal.refused:
+                raise self._still_refused(refusal, now)
+            tried += refusal.refused  # a new secret: try it, but not the refused ones again
+        elif credentials is None:
             credentials = yield from self._read_current()
-        tried = [credentials]  # a list: hashing a Secret costs a SHA-256
+        first = len(tried)
+        tried.append(credentials)
         failures = 0
         while True:
             sent_at = self._clock()
@@ -330,10 +374,12 @@ class _TokenCore:
                 continue
             except InvalidClient as exc:
                 found = None
-                if self._store is not None and len(tried) < 3:
+                if self._store is not None and len(tried) - first < 3:
                     found = yield from self._other_credentials(tried, exc)
                 if found is None:
-                    raise self._refused(exc, credentials.client_id, len(tried)) from exc
+                    error = self._refused(exc, credentials.client_id, len(tried) - first)
+                    self._record_refusal(tried, error)
+                    raise error from exc
                 credentials, stage = found
                 tried.append(credentials)
                 continue
@@ -346,6 +392,9 @@ class _TokenCore:
                 raise BadTokenResponse(f"client {credentials.client_id}: {exc}",
                                        error=exc.error, status=exc.status) from exc
             entry = _entry(token, sent_at, self._policy)
+            if self._refusal is not None:
+                with self._lock:
+                    self._refusal = None
             self._log.info("token_obtained", client_id=credentials.client_id, scopes=key,
                            expires_in=token.expires_in, credential=stage)
             return entry
@@ -377,6 +426,23 @@ class _TokenCore:
                                stage=stage.value, store=self._store_name())
                 return stored.credentials, stage.value
         return None
+
+    def _record_refusal(self, tried: list[Credentials], error: InvalidClient) -> None:
+        with self._lock:
+            refusals = 1 if self._refusal is None else self._refusal.refusals + 1
+            delay = self._policy.refused_backoff(refusals, self._random())
+            # Keep the last few: a store that keeps changing to bad secrets stays cheap to check.
+            self._refusal = _Refusal(tuple(tried[-8:]), error, refusals, self._clock() + delay)
+        self._log.warning("credentials_refused", client_id=tried[-1].client_id,
+                          refusals=refusals, retry_in=round(delay, 3))
+
+    def _still_refused(self, refusal: _Refusal, now: float) -> InvalidClient:
+        wait = f"{refusal.retry_at - now:.1f} s"
+        why = (f"not asked again for {wait}" if self._store is None else
+               f"the store still holds a refused secret; not asked again for {wait} unless "
+               "it changes")
+        return InvalidClient(f"{refusal.error} ({why})", error=refusal.error.error,
+                             status=refusal.error.status)
 
     def _store_name(self) -> str:
         return getattr(self._store, "name", "?")

@@ -27,6 +27,46 @@ from rotator.settings import Setting, Settings, check_settings
 AUTH_METHODS = ("client_secret_basic", "client_secret_post")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
+#: Adapter settings holding a URL: ``url`` and every ``*_url``. Where a table has one, it also
+#: accepts ``allow_insecure_http``.
+_INSECURE_OK = "allow_insecure_http"
+_ALLOW_INSECURE = Setting(_INSECURE_OK, "bool", default=False,
+                          help="accept http:// to a host other than this machine")
+
+
+def _is_url_key(key: str) -> bool:
+    return key == "url" or key.endswith("_url")
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback  # 127.0.0.0/8, ::1
+    except ValueError:
+        return False
+
+
+def url_problem(url: str, allow_insecure_http: bool = False) -> str | None:
+    """Why ``url`` may not be used, or None.
+
+    Credentials travel to every URL rotator calls, so a URL must be ``https://`` unless
+    its host is this machine (127.0.0.0/8, ::1, localhost) or ``allow_insecure_http`` is set.
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        return f"not a valid URL: {exc}"
+    if parts.scheme not in ("http", "https") or not host:
+        return "must be an https:// URL with a host"
+    if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(host):
+        return (f"http:// to {host} would send credentials in cleartext: use https://, or "
+                f"set {_INSECURE_OK} = true in this table if you mean it")
+    return None
+
+
 _ROTATOR_SETTINGS = (
     Setting("state_dir", "path", default=None,
             help="directory for the rotation journal and locks"),
@@ -50,6 +90,7 @@ _CLIENT_SETTINGS = (
     Setting("verify_timeout", "duration", default=10.0),
     Setting("tls_verify", "bool", default=True),
     Setting("ca_file", "path"),
+    _ALLOW_INSECURE,
 )
 
 #: The admin API's roles, weakest first: each may do what the ones before it may.
@@ -266,8 +307,20 @@ def _adapters(
             report("type", str(exc))
             continue
         schema: tuple[Setting, ...] = cls.SETTINGS
+        if any(_is_url_key(s.key) for s in schema) and _INSECURE_OK not in {
+                s.key for s in schema}:
+            schema = (*schema, _ALLOW_INSECURE)
         settings = check_settings(table, schema, report, base_dir=base, environ=environ,
                                   ignore=("type",), resolve_secrets=resolve(name))
+        for key, value in settings.items():
+            problem = (url_problem(value, bool(settings.get(_INSECURE_OK)))
+                       if _is_url_key(key) and isinstance(value, str) else None)
+            if problem:
+                report(key, problem)
+        # An adapter may check its values further, e.g. those that become parts of URLs.
+        validate = getattr(cls, "validate_settings", None)
+        for key, reason in validate(settings) if validate is not None else ():
+            report(key, reason)
         out[name] = AdapterConfig(name, type_name, cls, settings)
     return out
 
@@ -287,6 +340,10 @@ def _client(
                        ignore=("stores",))
     if s.get("idp") and s["idp"] not in idps:
         report("idp", f"no identity provider named {s['idp']!r} in [idps]")
+    endpoint = s.get("token_endpoint")
+    problem = url_problem(endpoint, bool(s.get(_INSECURE_OK))) if endpoint else None
+    if problem:
+        report("token_endpoint", problem)
     if s.get("verify_attempts") is not None and s["verify_attempts"] < 1:
         report("verify_attempts", "must be at least 1")
     targets: list[StoreTarget] = []

@@ -308,6 +308,7 @@ class Engine:
                         raise RotationError(f"no {stage} credential stored")
                     token = self._request_token(client, stored.credentials)
                     results[key] = {"ok": True, "scopes": sorted(token.scopes),
+                                    "scopes_assumed": token.scopes_assumed,
                                     "expires_in": token.expires_in,
                                     "fingerprint": self.audit.fingerprint(
                                         stored.credentials.client_secret)}
@@ -324,6 +325,9 @@ class Engine:
                                      if outcome == "failure" else {}))
         message = ("the stored credential obtains a token" if ok else
                    "; ".join(f"{k}: {v['error']}" for k, v in results.items() if not v["ok"]))
+        if ok and any(v.get("scopes_assumed") for v in results.values()):
+            message += (" (the IdP did not say which scopes it granted: the required scopes "
+                        "are assumed granted)")
         return Outcome(name, ok, "verified" if ok else "failed", message, details=results)
 
     def status(self, name: str) -> dict[str, Any]:
@@ -638,6 +642,7 @@ class Engine:
             return self._advance(rotation, State.ROLLING_BACK, error=str(exc))
         self.audit.event("secret_verified", step="verify", outcome="success",
                          duration_ms=_ms(started), scopes=sorted(token.scopes),
+                         scopes_assumed=token.scopes_assumed,
                          new_fingerprint=rotation.new_fingerprint)
         if single:
             # The IdP invalidated the old secret when it issued this one: stop offering it.

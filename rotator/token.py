@@ -6,7 +6,11 @@ and :func:`request_token_async` send it with an ``httpx`` client the caller owns
 :func:`parse_token_response` turns the answer into a :class:`Token` or a precise error:
 
 - ``invalid_client`` (or a 401 without a body) → :class:`~rotator.errors.InvalidClient`
-- ``invalid_scope`` or a granted scope narrower than required → ``InvalidScope``
+- ``invalid_scope`` or a granted scope narrower than required → ``InvalidScope``. When the
+  response omits ``scope`` and the access token is a JWT, its ``scope``/``scp`` claim says
+  what was granted (read, not verified: only the resource server checks the signature);
+  otherwise the requested scopes are assumed granted, as RFC 6749 §5.1 allows, and the
+  :class:`Token` says so (``scopes_assumed``)
 - ``unauthorized_client`` → ``UnauthorizedClient`` (with HTTP 401, as Keycloak answers a wrong
   secret, → ``InvalidClient``)
 - 5xx, 429, timeouts, refused connections → ``TokenEndpointUnavailable`` (retryable,
@@ -17,6 +21,7 @@ and :func:`request_token_async` send it with an ``httpx`` client the caller owns
 from __future__ import annotations
 
 import base64
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -65,6 +70,10 @@ class Token:
     #: Monotonic time when the response arrived; expiry is measured from here.
     obtained_at: float
     scopes: frozenset[str] = field(default_factory=frozenset)
+    #: True when nothing said which scopes were granted (no ``scope`` in the response, no
+    #: ``scope``/``scp`` claim in a JWT access token): ``scopes`` are the requested ones,
+    #: assumed granted as RFC 6749 §5.1 allows.
+    scopes_assumed: bool = False
 
     def expires_at(self) -> float | None:
         """Monotonic time of expiry, or None when the server did not say."""
@@ -111,6 +120,31 @@ def _retry_after(response: httpx.Response) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+def jwt_scopes(access_token: str) -> frozenset[str] | None:
+    """The ``scope`` (or ``scp``) claim of a JWT access token, or None if there is none.
+
+    The signature is not checked: the claim only tells what the server says it granted.
+    An opaque token, a JWE or a payload that is not a JSON object gives None.
+    """
+    parts = access_token.split(".")
+    if len(parts) != 3:
+        return None
+    payload = parts[1]
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (ValueError, RecursionError):  # bad base64, UTF-8 or JSON; absurd nesting
+        return None
+    if not isinstance(claims, dict):
+        return None
+    for name in ("scope", "scp"):
+        claim = claims.get(name)
+        if isinstance(claim, str):
+            return frozenset(claim.split())
+        if isinstance(claim, list) and all(isinstance(x, str) for x in claim):
+            return frozenset(claim)
+    return None
 
 
 def parse_token_response(
@@ -190,16 +224,22 @@ def parse_token_response(
             raise BadTokenResponse(f"token endpoint {where} issued an already expired token",
                                    status=status)
     raw_scope = body.get("scope")
-    # RFC 6749 §5.1: an omitted scope means the requested scope was granted.
-    granted = (frozenset(raw_scope.split()) if isinstance(raw_scope, str)
-               else frozenset(req.scopes))
+    assumed = False
+    if isinstance(raw_scope, str):
+        granted = frozenset(raw_scope.split())
+    else:
+        # RFC 6749 §5.1 lets a server omit scope only when it granted the requested one, but
+        # some drop an unknown scope silently and omit it: believe a JWT's claim first.
+        claimed = jwt_scopes(access)
+        assumed = claimed is None and bool(req.scopes)
+        granted = frozenset(req.scopes) if claimed is None else claimed
     missing = sorted(set(req.scopes) - granted)
     if missing:
         raise InvalidScope(
             f"token endpoint {where} issued a token without the required scope(s) "
             f"{' '.join(missing)}", error="invalid_scope", status=status,
         )
-    return Token(Secret(access), "Bearer", expires_in, obtained, granted)
+    return Token(Secret(access), "Bearer", expires_in, obtained, granted, assumed)
 
 
 def _transport_error(req: TokenRequest, exc: httpx.HTTPError) -> TokenEndpointUnavailable:

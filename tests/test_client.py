@@ -759,3 +759,113 @@ class TestFromConfig:
             TokenClient.from_config(config, "billing")
         with pytest.raises(ConfigError, match="does not use a store named 'bao'"):
             TokenClient.from_config(config, "orders", store="bao")
+
+
+def stale(rig: Rig) -> str:
+    """The IdP holds a new secret the store does not have yet; returns that secret."""
+    older, new = new_secret(), new_secret()
+    rig.store.values = {Stage.CURRENT: rig.secret, Stage.PREVIOUS: older}
+    rig.idp.valid = {new}
+    return new
+
+
+class TestStaleStore:
+    """While the store holds only refused secrets, token requests are bounded per backoff period."""
+
+    def test_repeated_calls_send_no_more_requests(self, rig: Rig) -> None:
+        stale(rig)
+        client = rig.client()
+        for _ in range(100):
+            with pytest.raises(InvalidClient):
+                client.token()
+        assert len(rig.idp.requests) == 2  # CURRENT and PREVIOUS, once
+        assert rig.store.reads.count(Stage.CURRENT) == 3 + 99  # then one cheap read per call
+
+    def test_twenty_threads_share_the_backoff(self, rig: Rig) -> None:
+        stale(rig)
+        client = rig.client()
+        errors: list[Exception] = []
+
+        def worker() -> None:
+            for _ in range(10):
+                try:
+                    client.token()
+                except InvalidClient as exc:
+                    errors.append(exc)
+        threads = [threading.Thread(target=worker) for _ in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(errors) == 200 and len(rig.idp.requests) == 2
+
+    def test_the_first_call_after_the_store_is_updated_recovers(self, rig: Rig) -> None:
+        new = stale(rig)
+        client = rig.client()
+        for _ in range(3):
+            with pytest.raises(InvalidClient, match=r"store still holds a refused secret|tried"):
+                client.token()
+        rig.store.values = {Stage.CURRENT: new, Stage.PREVIOUS: rig.secret}
+        token = client.token()  # the clock has not moved: no waiting for the backoff
+        assert token.access_token.reveal() == rig.idp.issued[-1]
+        assert rig.idp.secrets_used[-1] == new and len(rig.idp.requests) == 3
+
+    def test_retried_when_the_backoff_ends(self, rig: Rig) -> None:
+        # The IdP may only have been slow to accept the stored secret (propagation).
+        stale(rig)
+        client = rig.client()
+        with pytest.raises(InvalidClient):
+            client.token()
+        rig.idp.valid.add(rig.secret)
+        rig.clock.now += 0.4  # below the shortest first delay (half of 1 s)
+        with pytest.raises(InvalidClient, match=r"not asked again for 0\.\d s"):
+            client.token()
+        rig.clock.now += 0.6  # past the longest first delay
+        client.token()
+        assert len(rig.idp.requests) == 3
+
+    def test_requests_per_period_stay_bounded(self, rig: Rig) -> None:
+        stale(rig)
+        client = rig.client(policy=CachePolicy(refused_base_delay=1.0, refused_max_delay=30.0))
+        rig.rand = 0.0  # the shortest delays: the most requests
+        for _ in range(600):
+            with pytest.raises(InvalidClient):
+                client.token()
+            rig.clock.now += 1.0
+        # delays 0.5, 1, 2, 4, 8, then 15 s: about 45 rounds of 2 requests in 600 s
+        assert len(rig.idp.requests) <= 2 * (6 + 600 // 15)
+        assert len(rig.idp.requests) >= 2 * (600 // 30)  # never backs off past the ceiling
+
+    @pytest.mark.parametrize("rand", [0.0, 0.5, 0.999])
+    def test_backoff_doubles_within_jitter_bounds(self, rand: float) -> None:
+        policy = CachePolicy(refused_base_delay=1.0, refused_max_delay=30.0)
+        for refusals, ceiling in [(1, 1.0), (2, 2.0), (5, 16.0), (6, 30.0), (50, 30.0)]:
+            assert ceiling / 2 <= policy.refused_backoff(refusals, rand) <= ceiling
+
+    def test_given_credentials_back_off_too(self, rig: Rig) -> None:
+        rig.idp.valid = set()
+        client = rig.client(direct=True)
+        for _ in range(50):
+            with pytest.raises(InvalidClient, match="given directly"):
+                client.token()
+        assert len(rig.idp.requests) == 1
+
+    def test_a_success_resets_the_backoff(self, rig: Rig) -> None:
+        new = stale(rig)
+        client = rig.client()
+        for _ in range(3):  # three refusals in a row: the delay grows to 4 s
+            with pytest.raises(InvalidClient):
+                client.token()
+            rig.clock.now += 5
+        rig.store.values[Stage.CURRENT] = new
+        client.token()
+        rig.store.values[Stage.CURRENT] = new_secret()  # a later rotation, IdP not yet there
+        rig.idp.valid = set()
+        rig.clock.now += 3600
+        with pytest.raises(InvalidClient):
+            client.token()
+        rig.clock.now += 1.0  # the first delay again, not the grown one
+        before = len(rig.idp.requests)
+        with pytest.raises(InvalidClient):
+            client.token()
+        assert len(rig.idp.requests) > before

@@ -256,3 +256,25 @@ class TestAuth:
         assert len(messages) == 2 and logs
         values = rig.idp.everything_secret()
         assert [t for t in [*map(repr, logs), *messages] for v in values if v in t] == []
+
+
+class TestStaleStore:
+    """While the store holds only refused secrets, tasks send a bounded number of token requests."""
+
+    def test_bounded_then_recovers_on_the_first_call_after_the_update(
+            self, rig: AsyncRig) -> None:
+        older, new = new_secret(), new_secret()
+        rig.store.values = {Stage.CURRENT: rig.secret, Stage.PREVIOUS: older}
+        rig.idp.valid = {new}
+
+        async def test(client: AsyncTokenClient) -> None:
+            async def call() -> None:
+                with pytest.raises(InvalidClient):
+                    await client.token()
+            for _ in range(10):
+                await asyncio.gather(*(call() for _ in range(20)))
+            assert len(rig.idp.requests) == 2
+            rig.store.values = {Stage.CURRENT: new, Stage.PREVIOUS: rig.secret}
+            await client.token()
+            assert rig.idp.secrets_used[-1] == new and len(rig.idp.requests) == 3
+        rig.run(test)

@@ -591,3 +591,75 @@ stores = [{store = "bao", path = "apps/app"}]
         (tmp_path / "rotator.toml").write_text('[clients.app]\nidp = "x"\n')
         with pytest.raises(ConfigError, match=r"clients\.nope: no such client"):
             load_config(tmp_path / "rotator.toml", consumer="nope")
+
+
+def _insecure_draft(tmp_path: Path) -> Draft:
+    d = Draft(tmp_path)
+    d.data["stores"]["bao"] = {"type": "vault", "url": "https://bao.test", "token_env": "BT"}
+    d.data["stores"]["aws"] = {"type": "aws_secrets_manager", "region": "eu-west-1"}
+    d.env["BT"] = secrets.token_hex(8)
+    return d
+
+
+class TestInsecureHttp:
+    """http:// to a host other than this machine is refused unless allow_insecure_http says so."""
+
+    @pytest.mark.parametrize("key", ["idps.kc.url", "stores.bao.url", "stores.aws.endpoint_url",
+                                     "clients.app.token_endpoint"])
+    def test_cleartext_to_a_remote_host_is_refused(self, tmp_path: Path, key: str) -> None:
+        d = _insecure_draft(tmp_path)
+        set_(key, "http://remote.example:8080/x")(d)
+        with pytest.raises(ConfigError) as info:
+            d.load()
+        problem = _find(info.value.problems, key, ("cleartext", "allow_insecure_http"))
+        assert "remote.example" in problem.reason and len(info.value.problems) == 1
+
+    @pytest.mark.parametrize("key", ["idps.kc.url", "stores.bao.url", "stores.aws.endpoint_url",
+                                     "clients.app.token_endpoint"])
+    def test_allowed_by_name(self, tmp_path: Path, key: str) -> None:
+        d = _insecure_draft(tmp_path)
+        set_(key, "http://remote.example:8080/x")(d)
+        set_(key.rsplit(".", 1)[0] + ".allow_insecure_http", True)(d)
+        d.load()
+
+    @pytest.mark.parametrize("host", ["127.0.0.1", "127.9.8.7", "[::1]", "localhost",
+                                      "LOCALHOST"])
+    def test_loopback_is_fine(self, tmp_path: Path, host: str) -> None:
+        d = _insecure_draft(tmp_path)
+        for key in ("idps.kc.url", "stores.bao.url", "stores.aws.endpoint_url",
+                    "clients.app.token_endpoint"):
+            set_(key, f"http://{host}:8080")(d)
+        d.load()
+
+    @pytest.mark.parametrize("url", ["sso.example.com", "ftp://sso.example.com", "https://",
+                                     "https://sso.example.com:port"])
+    def test_not_a_url(self, tmp_path: Path, url: str) -> None:
+        d = _insecure_draft(tmp_path)
+        set_("idps.kc.url", url)(d)
+        with pytest.raises(ConfigError) as info:
+            d.load()
+        assert [p.key for p in info.value.problems] == ["idps.kc.url"]
+
+    def test_every_insecure_url_reported_at_once(self, tmp_path: Path) -> None:
+        d = _insecure_draft(tmp_path)
+        for key in ("idps.kc.url", "stores.bao.url", "stores.aws.endpoint_url",
+                    "clients.app.token_endpoint"):
+            set_(key, "http://10.0.0.8")(d)
+        with pytest.raises(ConfigError) as info:
+            d.load()
+        assert {p.key for p in info.value.problems} == {
+            "idps.kc.url", "stores.bao.url", "stores.aws.endpoint_url",
+            "clients.app.token_endpoint"}
+
+    def test_only_tables_with_a_url_take_the_setting(self, tmp_path: Path) -> None:
+        d = _insecure_draft(tmp_path)
+        set_("stores.local.allow_insecure_http", True)(d)
+        with pytest.raises(ConfigError) as info:
+            d.load()
+        _find(info.value.problems, "stores.local.allow_insecure_http", ("unknown key",))
+
+    def test_consumer_load_refuses_too(self, tmp_path: Path) -> None:
+        d = _insecure_draft(tmp_path)
+        set_("clients.app.token_endpoint", "http://idp.example/token")(d)
+        with pytest.raises(ConfigError, match="cleartext"):
+            load_config(d.save(), environ=d.env, consumer="app")

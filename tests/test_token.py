@@ -424,3 +424,58 @@ class TestSecretNeverInMessages:
         with pytest.raises(TokenEndpointUnavailable) as info:
             send(_raiser(exc_type, f"failed sending client_secret={secret}"), creds=creds)
         assert secret not in str(info.value)
+
+
+def _jwt(claims: dict[str, Any]) -> str:
+    """An unsigned-looking JWT: header, payload, signature; only the payload matters."""
+    def part(obj: Any) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
+    return f"{part({'alg': 'RS256', 'typ': 'at+jwt'})}.{part(claims)}.{secrets.token_urlsafe(32)}"
+
+
+def _token_body(access: str, **extra: Any) -> Handler:
+    body = {"access_token": access, "token_type": "Bearer", "expires_in": 300, **extra}
+    return lambda request: httpx.Response(200, json=body)
+
+
+@pytest.mark.parametrize("send", SENDERS)
+class TestOmittedScope:
+    """Without scope in the response a JWT's scope/scp claim decides, else scopes are assumed."""
+
+    def test_jwt_without_the_scope_fails(self, send: Callable[..., Token]) -> None:
+        # oidc-provider drops an unknown scope and omits scope from the response.
+        access = _jwt({"sub": "svc", "scope": "read"})
+        with pytest.raises(InvalidScope, match="write"):
+            send(_token_body(access), TokenRequest(ENDPOINT, scopes=("read", "write")))
+
+    def test_jwt_with_the_scope_passes(self, send: Callable[..., Token]) -> None:
+        token = send(_token_body(_jwt({"scope": "read write"})),
+                     TokenRequest(ENDPOINT, scopes=("read",)))
+        assert token.scopes == frozenset({"read", "write"}) and not token.scopes_assumed
+
+    @pytest.mark.parametrize("scp", [["read", "write"], "read write"])
+    def test_scp_claim_as_list_or_string(self, send: Callable[..., Token], scp: Any) -> None:
+        token = send(_token_body(_jwt({"scp": scp})), TokenRequest(ENDPOINT, scopes=("write",)))
+        assert token.scopes == frozenset({"read", "write"}) and not token.scopes_assumed
+
+    def test_jwt_without_scope_claim_is_assumed(self, send: Callable[..., Token]) -> None:
+        token = send(_token_body(_jwt({"sub": "svc"})), TokenRequest(ENDPOINT, scopes=("a",)))
+        assert token.scopes == frozenset({"a"}) and token.scopes_assumed
+
+    @pytest.mark.parametrize("access", ["opaque-token", "a.b.c", "a.!!!.c", "x.W10.y",
+                                        "a.b.c.d.e"])
+    def test_opaque_token_is_assumed(self, send: Callable[..., Token], access: str) -> None:
+        token = send(_token_body(access), TokenRequest(ENDPOINT, scopes=("a", "b")))
+        assert token.scopes == frozenset({"a", "b"}) and token.scopes_assumed
+
+    def test_scope_in_the_response_is_not_assumed(self, send: Callable[..., Token]) -> None:
+        token = send(_ok(scope="a"), TokenRequest(ENDPOINT, scopes=("a",)))
+        assert not token.scopes_assumed
+
+    def test_nothing_requested_nothing_assumed(self, send: Callable[..., Token]) -> None:
+        assert not send(_ok(), TokenRequest(ENDPOINT)).scopes_assumed
+
+    def test_response_scope_wins_over_the_claim(self, send: Callable[..., Token]) -> None:
+        token = send(_token_body(_jwt({"scope": "read"}), scope="read write"),
+                     TokenRequest(ENDPOINT, scopes=("write",)))
+        assert token.scopes == frozenset({"read", "write"})

@@ -37,6 +37,19 @@ from rotator.settings import Setting
 _EXPIRY_ATTRIBUTE = "client.secret.expiration.time"
 
 
+def _part(value: str) -> str:
+    """``value`` as one URL path segment or query value: '/', '?', '#', '%' all escaped."""
+    if value in (".", ".."):  # clients normalise a bare dot segment away
+        return value.replace(".", "%2E")
+    return quote(value, safe="")
+
+
+def _realm_problem(realm: str) -> str | None:
+    if realm in (".", "..") or "/" in realm or "\\" in realm or not realm.isprintable():
+        return "must be a realm name: no '/', '\\', control characters, and not '.' or '..'"
+    return None
+
+
 class KeycloakIdp:
     """A Keycloak realm's clients, managed through the admin REST API."""
 
@@ -54,6 +67,18 @@ class KeycloakIdp:
         Setting("ca_file", "path"),
         Setting("timeout", "duration", default=10.0),
     )
+
+    @staticmethod
+    def validate_settings(settings: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """(key, reason) for each checked setting this adapter cannot use; the config check
+        reports them with the rest."""
+        problems = []
+        for key in ("realm", "admin_realm"):
+            value = settings.get(key)
+            problem = _realm_problem(value) if isinstance(value, str) else None
+            if problem:
+                problems.append((key, problem))
+        return problems
 
     def __init__(self, name: str, settings: Mapping[str, Any],
                  transport: httpx.BaseTransport | None = None) -> None:
@@ -87,7 +112,7 @@ class KeycloakIdp:
             self._http = None
 
     def default_token_endpoint(self) -> str:
-        return f"{self._url}/realms/{quote(self._realm)}/protocol/openid-connect/token"
+        return f"{self._url}/realms/{_part(self._realm)}/protocol/openid-connect/token"
 
     # -- transport -------------------------------------------------------------------------
 
@@ -97,7 +122,7 @@ class KeycloakIdp:
         http = self._client()
         if self._admin_secret is None:
             raise IdpAccessDenied(f"Keycloak {self.name!r}: admin_client_secret is not loaded")
-        url = f"/realms/{quote(self._admin_realm)}/protocol/openid-connect/token"
+        url = f"/realms/{_part(self._admin_realm)}/protocol/openid-connect/token"
         try:
             response = http.post(url, data={
                 "grant_type": "client_credentials", "client_id": self._admin_id,
@@ -131,7 +156,7 @@ class KeycloakIdp:
 
     def _call(self, method: str, path: str, *, role: str, json: Any = None,
               ok: tuple[int, ...] = (200, 204), missing_ok: bool = False) -> httpx.Response:
-        url = f"/admin/realms/{quote(self._realm)}{path}"
+        url = f"/admin/realms/{_part(self._realm)}{path}"
         for attempt in (1, 2):
             headers = {"Authorization": f"Bearer {self._admin_token()}"}
             try:
@@ -161,14 +186,15 @@ class KeycloakIdp:
                                     f"{status}: {_error_text(response)}")
 
     def _client_rep(self, client_id: ClientId) -> dict[str, Any]:
-        response = self._call("GET", f"/clients?clientId={quote(client_id)}",
+        response = self._call("GET", f"/clients?clientId={_part(client_id)}",
                               role="view-clients")
         matches = [c for c in response.json() if c.get("clientId") == client_id]
         if not matches:
             raise IdpNotFound(f"Keycloak {self.name!r}: no client {client_id!r} in realm "
                               f"{self._realm!r}")
         rep: dict[str, Any] = matches[0]
-        self._uuids[client_id] = str(rep["id"])
+        # The id comes from the server and goes into paths: one segment, whatever it holds.
+        self._uuids[client_id] = _part(str(rep["id"]))
         return rep
 
     def _uuid(self, client_id: ClientId) -> str:
@@ -212,7 +238,7 @@ class KeycloakIdp:
     def discard_secret(self, client_id: ClientId, issued: IssuedSecret,
                        previous: Secret) -> None:
         rep = self._client_rep(client_id)
-        uuid = str(rep["id"])
+        uuid = self._uuids[client_id]
         if self.current_secret(client_id) == previous:
             return  # already rolled back
         # Keycloak cannot promote the rotated secret back, but an admin update may set the

@@ -138,6 +138,19 @@ class VaultStore:
         Setting("timeout", "duration", default=10.0),
     )
 
+    @staticmethod
+    def validate_location(location: Location) -> str | None:
+        """Why ``location`` is not a plain KV path under the mount, or None when it is."""
+        if any(c in location for c in "?#%\\") or not location.isprintable():
+            return "must not contain '?', '#', '%', '\\' or control characters"
+        segments = location.split("/")
+        if any(seg in ("", ".", "..") for seg in segments):
+            return ("must be a KV path such as apps/payments: no empty, '.' or '..' segments, "
+                    "no leading or trailing '/'")
+        if location.endswith(".pending"):
+            return "must not end in '.pending': that is where a pending credential is staged"
+        return None
+
     def __init__(self, name: str, settings: dict[str, Any]) -> None:
         self.name = name
         self._settings = settings
@@ -197,10 +210,12 @@ class VaultStore:
         if self._client is None:
             raise StoreUnavailable(f"vault store {self.name!r} is not started")
         url, _, query = path.partition("?")
+        # Every segment quoted: a value that slipped past validation stays one path segment.
+        quoted = "/".join(quote(segment, safe="") for segment in url.split("/"))
         with self._errors(url, capability):
             try:
                 answer = self._client.adapter.request(
-                    method, f"/v1/{quote(url)}" + (f"?{query}" if query else ""), json=body
+                    method, f"/v1/{quoted}" + (f"?{query}" if query else ""), json=body
                 )
             except hv.InvalidPath:
                 return None
@@ -250,8 +265,10 @@ class VaultStore:
     # -- KV v2 ----------------------------------------------------------------------------
 
     def _paths(self, location: Location) -> tuple[str, str]:
-        path = location.strip("/")
-        return path, path + ".pending"
+        problem = self.validate_location(location)
+        if problem:
+            raise StoreError(f"vault store {self.name!r}: location {location!r} {problem}")
+        return location, location + ".pending"
 
     def _meta(self, path: str) -> tuple[int, dict[str, str]]:
         meta = (self._call("GET", f"{self._mount}/metadata/{path}", "read") or {}).get("data")
