@@ -72,11 +72,14 @@ def _parser() -> argparse.ArgumentParser:
     rotate.add_argument("--dry-run", action="store_true", help="say what would happen")
     rotate.add_argument("--abandon-pending", action="store_true",
                         help="discard a pending secret that another rotation left behind")
+    rotate.add_argument("--due", action="store_true",
+                        help="only the clients that are due, by the daemon's rule")
     verify = clients_cmd("verify", "check that the stored secret obtains a token")
     verify.add_argument("--stage", choices=[s.value for s in Stage], default="current")
     retire = clients_cmd("retire", "retire old secrets whose grace period has passed")
     retire.add_argument("--now", action="store_true", help="end the grace period now")
     clients_cmd("status", "show each client's rotation state")
+    sub.add_parser("run", parents=[common], help="run the daemon: rotate and retire on schedule")
     return parser
 
 
@@ -215,8 +218,16 @@ def run(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
                 out.write(f"{args.config}: ok ({len(config.clients)} client(s), "
                           f"{len(config.stores)} store(s), {len(config.idps)} IdP(s))\n")
             return EXIT_OK
+        if args.command == "run":
+            from rotator.daemon.process import main as run_daemon
+
+            return run_daemon(config, out, err, verbose=args.verbose)
         names = _select(config, args)
         with open_engine(config) as engine:
+            if args.command == "rotate" and args.due:
+                from rotator.daemon.service import due_clients
+
+                names = due_clients(config, engine.journal, names, engine.clock())
             if args.command == "status":
                 rows = [engine.status(n) for n in names]
                 _print_status(rows, args.json, out)
