@@ -132,9 +132,12 @@ def main(config: Config, out: TextIO, err: TextIO, *, verbose: bool = False) -> 
             audit = AuditLog(config.audit.require_key(config.path), file=config.audit.file,
                              stdout=config.audit.stdout)
             try:
-                daemon = Daemon(config, Service(config, audit=audit))
+                service = Service(config, audit=audit)
+                daemon = Daemon(config, service)
                 daemon.install_signals()
-                return daemon.run()
+                code = daemon.run()
+                service.close()
+                return code
             finally:
                 audit.close()
     except DaemonRunning as exc:

@@ -20,9 +20,11 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, Protocol, cast
 
 import structlog
@@ -194,6 +196,31 @@ class _StoppableJournal:
         return rotation
 
 
+class SerialJournal:
+    """One journal connection for the whole daemon, used from one thread.
+
+    A SQLite connection stays in the thread that made it, and opening a second ``Journal``
+    in this process would drop the first one's POSIX locks (``Journal.__init__`` opens and
+    closes the file; POSIX locks go with any close), which lets a closing connection delete
+    the WAL under the others. So the daemon opens exactly one and runs every call on its
+    thread; ``lock`` (an ``flock`` on another file) runs in the caller's thread.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rotator-journal")
+        self._journal: Journal = self._executor.submit(Journal, state_dir).result()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._journal, name)
+        if name == "lock" or not callable(attr):
+            return attr
+        return lambda *args, **kwargs: self._executor.submit(attr, *args, **kwargs).result()
+
+    def close(self) -> None:
+        self._executor.submit(self._journal.close).result()
+        self._executor.shutdown()
+
+
 class _WatchedIdp:
     """Reports every admin call to the observer; a 429 / Retry-After pauses the IdP."""
 
@@ -294,7 +321,7 @@ class Service:
         self._jobs: OrderedDict[str, _Job] = OrderedDict()
         self._idempotency: dict[str, tuple[datetime, Trigger]] = {}
         self._threads: set[threading.Thread] = set()
-        self._local = threading.local()
+        self._shared_journal: SerialJournal | None = None
         self._stopping = threading.Event()
         self._wakeup = threading.Event()
         self._scheduler: threading.Thread | None = None
@@ -452,12 +479,8 @@ class Service:
             self._taking()
             self._record(name)
             config = self._engine_config
-        journal = Journal(config.state_dir)
-        try:
-            with self._workers(config, actor, journal, self._wrap) as worker:
-                outcome = worker.verify(name)
-        finally:
-            journal.close()
+        with self._workers(config, actor, self._journal(), self._wrap) as worker:
+            outcome = worker.verify(name)
         return {"client": name, "ok": outcome.ok, "message": outcome.message,
                 "stores": outcome.details}
 
@@ -552,9 +575,8 @@ class Service:
         started = time.monotonic()
         throttled: list[float] = []
         outcome: Outcome
-        journal: Journal | None = None
+        journal = self._journal()
         try:
-            journal = Journal(config.state_dir)
             stoppable = cast(Journal, _StoppableJournal(journal, self._stopping))
             wrap = self._wrapper(lambda seconds: throttled.append(seconds))
             with self._workers(config, job.actor, stoppable, wrap) as worker:
@@ -571,19 +593,19 @@ class Service:
             log.error("job_crashed", client=job.client, exc_info=True)
             outcome = Outcome(job.client, False, "failed",
                               f"unexpected error {type(exc).__name__}")
-        try:
-            self._finished(job, outcome, throttled, journal)
-        finally:
-            if journal is not None:
-                journal.close()
+        self._finished(job, outcome, throttled, journal)
         with contextlib.suppress(Exception):
             self._observer.rotation_finished(job.client, outcome.action,
                                              time.monotonic() - started)
 
     def _finished(self, job: _Job, outcome: Outcome, throttled: list[float],
-                  journal: Journal | None) -> None:
+                  journal: Journal) -> None:
         now = self._clock()
-        fresh = self._facts_of(journal, job.client) if journal is not None else None
+        try:
+            fresh = self._facts_of(journal, job.client)
+        except Exception:  # keep the job's bookkeeping even if the journal went away
+            log.error("journal_unreadable", client=job.client, exc_info=True)
+            fresh = None
         with self._lock:
             job.state, job.outcome = "done", outcome
             job.real_id = outcome.rotation_id or job.real_id or (
@@ -701,12 +723,18 @@ class Service:
                        open=journal.open_rotation(client.name))
 
     def _journal(self) -> Journal:
-        """This thread's journal connection (SQLite connections stay in their thread)."""
-        journal: Journal | None = getattr(self._local, "journal", None)
-        if journal is None:
-            journal = Journal(self._config.state_dir)
-            self._local.journal = journal
-        return journal
+        """The daemon's one journal connection (see :class:`SerialJournal`)."""
+        with self._lock:
+            if self._shared_journal is None:
+                self._shared_journal = SerialJournal(self._config.state_dir)
+            return cast(Journal, self._shared_journal)
+
+    def close(self) -> None:
+        """Close the journal (after :meth:`stop`)."""
+        with self._lock:
+            journal, self._shared_journal = self._shared_journal, None
+        if journal is not None:
+            journal.close()
 
     def _record(self, name: str) -> _Record:
         rec = self._records.get(name)
