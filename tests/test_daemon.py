@@ -604,3 +604,65 @@ class TestSystemdUnit:
         result = subprocess.run([analyze, "verify", str(local)], capture_output=True,
                                 text=True, check=False, timeout=60)
         assert result.returncode == 0, result.stderr
+
+
+class TestProcessSignals:
+    """rotator run as a process: SIGHUP with a broken file keeps running, SIGTERM exits 0."""
+
+    def test_sighup_broken_then_sigterm(self, tmp_path: Path) -> None:
+        path = write_config(tmp_path, {"a": ""})
+        env = {**os.environ, "UNUSED_ADMIN_SECRET": "x"}
+        code = "import sys; from rotator.cli import main; sys.argv[0] = 'rotator'; main()"
+        log_file = tmp_path / "daemon.log"
+        with log_file.open("w") as log_out:
+            proc = subprocess.Popen([sys.executable, "-c", code, "run", "-c", str(path)],
+                                    stdout=log_out, stderr=log_out, env=env,
+                                    cwd=TESTS.parent)
+        try:
+            assert _wait(lambda: "daemon_started" in log_file.read_text())
+            path.write_text(path.read_text().replace('client_id = "a"',
+                                                     'client_id = "a"\nwindow = "never"'))
+            proc.send_signal(signal.SIGHUP)
+            assert _wait(lambda: "reload_rejected" in log_file.read_text())
+            assert proc.poll() is None  # still running, on the old configuration
+            text = log_file.read_text()
+            assert "clients.a.window" in text
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+        assert proc.returncode == 0
+        assert "daemon_stopped" in log_file.read_text()
+
+
+class TestRotateDue:
+    """rotate --due picks the clients the daemon's rule says are due, from the journal."""
+
+    def test_due_clients(self, tmp_path: Path) -> None:
+        from rotator.daemon.service import due_clients
+
+        h = make(tmp_path, {"fresh": 'rotate_every = "1h"', "stale": 'rotate_every = "1h"',
+                            "manual": "", "open": 'rotate_every = "30d"'})
+        journal = h.journal()
+        for name in ("fresh", "stale"):
+            rid = journal.begin(new_rotation_id(), name, "overlap", "cli", "fp",
+                                T0 - timedelta(hours=2)).id
+            at = T0 - (timedelta(minutes=10) if name == "fresh" else timedelta(hours=2))
+            journal.advance(rid, State.PROMOTED, at)
+            journal.advance(rid, State.COMPLETED, T0)
+        journal.begin(new_rotation_id(), "open", "overlap", "cli", "fp", T0)
+        names = ["fresh", "stale", "manual", "open"]
+        assert due_clients(h.config, journal, names, T0,
+                           facts=lambda _c, _cl: T0) == ["stale", "open"]
+
+    def test_cli_flag_rotates_nothing_when_nothing_is_due(self, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+        import io
+
+        from rotator.cli import run
+
+        path = write_config(tmp_path, {"manual": ""})
+        monkeypatch.setenv("UNUSED_ADMIN_SECRET", "x")
+        out, err = io.StringIO(), io.StringIO()
+        assert run(["rotate", "--due", "--all", "-c", str(path)], out, err) == 0
+        assert out.getvalue() == "" and err.getvalue() == ""
