@@ -431,6 +431,19 @@ class TestTriggers:
         later = h.service.trigger_rotation("a", actor="api:t", idempotency_key="k1")
         assert later.rotation_id != first.rotation_id
 
+    def test_a_rotation_trigger_during_retirement_is_refused_not_lost(
+            self, tmp_path: Path) -> None:
+        h = make(tmp_path, {"a": ""})
+        h.service.prepare()
+        h.service.trigger_rotation("a", actor="cli")
+        h.service.tick()
+        h.service.trigger_retirement("a", actor="cli", now=True)
+        with pytest.raises(ServiceUnavailable, match="being retired"):
+            h.service.trigger_rotation("a", actor="cli")
+        h.service.tick()
+        assert h.kinds() == ["rotate:a", "retire:a"]
+        assert h.service.trigger_rotation("a", actor="cli").joined is False
+
     def test_unknown_client_and_shutdown(self, tmp_path: Path) -> None:
         h = make(tmp_path, {"a": ""})
         h.service.prepare()

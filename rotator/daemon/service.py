@@ -448,7 +448,10 @@ class Service:
             rec = self._record(name)
             if rec.removed:
                 raise UnknownClient(f"client {name!r} was removed from the configuration")
-            if rec.job is not None and rec.job.kind in ("rotate", "resume"):
+            if rec.job is not None and rec.job.kind == "retire":
+                raise ServiceUnavailable(f"the old secret of {name!r} is being retired; "
+                                         "trigger the rotation again when that is done")
+            if rec.job is not None:
                 trigger = Trigger(rec.job.id, name, joined=True)
             elif rec.open is not None and not rec.open.awaiting_retirement:
                 job = rec.job or self._queue(rec, "resume", actor, rec.open.id)
