@@ -108,6 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     rotate.add_argument("--force", action="store_true",
                         help="rotate even if another process rotated the client after this "
                              "command was given")
+    rotate.add_argument("--due", action="store_true",
+                        help="only the clients that are due, by the daemon's rule")
     verify = clients_cmd("verify", "check that the stored secret obtains a token")
     verify.add_argument("--stage", choices=[s.value for s in Stage], default="current",
                         help="which stored secret to try (default: %(default)s)")
@@ -115,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     retire.add_argument("--now", action="store_true", help="end the grace period now")
     status = clients_cmd("status", "show each client's rotation state (default: every client)")
     status.set_defaults(all_by_default=True)
+    sub.add_parser("run", parents=[common], help="run the daemon: rotate and retire on schedule")
     return parser
 
 
@@ -298,10 +301,18 @@ def run(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
                 out.write(f"{args.config}: ok ({len(config.clients)} client(s), "
                           f"{len(config.stores)} store(s), {len(config.idps)} IdP(s))\n")
             return EXIT_OK
+        if args.command == "run":
+            from rotator.daemon.process import main as run_daemon
+
+            return run_daemon(config, out, err, verbose=args.verbose)
         names = _select(config, args)
         # Audit lines share stdout only when it is not a JSON document.
         with open_engine(config, audit_stdout=err if args.json else out,
                          audited=args.command != "status") as engine:
+            if args.command == "rotate" and args.due:
+                from rotator.daemon.service import due_clients
+
+                names = due_clients(config, engine.journal, names, engine.clock())
             if args.command == "status":
                 rows = [engine.status(n) for n in names]
                 _print_status(rows, args.json, out)

@@ -91,6 +91,23 @@ _CLIENT_SETTINGS = (
     Setting("tls_verify", "bool", default=True),
     Setting("ca_file", "path"),
     _ALLOW_INSECURE,
+    # Scheduling by the daemon (rotator run) and rotate --due; see rotator.daemon.schedule.
+    Setting("schedule", help="cron expression, optionally followed by a time zone"),
+    Setting("window", help="when rotations may start, e.g. 'Mon-Fri 09:00-17:00 Europe/Berlin'"),
+    Setting("jitter", "duration", default=0.0),
+    Setting("backoff", "duration", default=3600.0),
+    Setting("backoff_max", "duration", default=32 * 3600.0),
+)
+#: Client keys a [defaults] table may set for every client that does not set them itself.
+_DEFAULTABLE = ("grace_period", "rotate_every", "schedule", "window", "jitter", "backoff",
+                "backoff_max")
+_DEFAULTS_SETTINGS = tuple(s for s in _CLIENT_SETTINGS if s.key in _DEFAULTABLE)
+_DAEMON_SETTINGS = (
+    Setting("workers", "int", default=4, help="rotations run at once, across all IdPs"),
+    Setting("idp_concurrency", "int", default=2, help="rotations run at once per IdP"),
+    Setting("catch_up", "duration", default=900.0,
+            help="spread clients that fell due while the daemon was down over this long"),
+    Setting("shutdown_timeout", "duration", default=30.0),
 )
 
 #: The admin API's roles, weakest first: each may do what the ones before it may.
@@ -231,6 +248,11 @@ class ClientConfig:
     verify_attempts: int
     verify_timeout: float
     tls_verify: bool | str
+    schedule: str | None = None
+    window: str | None = None
+    jitter: float = 0.0
+    backoff: float = 3600.0
+    backoff_max: float = 32 * 3600.0
 
     @property
     def primary(self) -> StoreTarget:
@@ -254,6 +276,16 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class DaemonConfig:
+    """The ``[daemon]`` table: how ``rotator run`` schedules and stops."""
+
+    workers: int = 4
+    idp_concurrency: int = 2
+    catch_up: float = 900.0
+    shutdown_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     state_dir: Path
@@ -262,6 +294,7 @@ class Config:
     idps: dict[str, AdapterConfig] = field(default_factory=dict)
     clients: dict[str, ClientConfig] = field(default_factory=dict)
     api: ApiConfig = field(default_factory=ApiConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
 
 
 class _Problems:
@@ -325,9 +358,26 @@ def _adapters(
     return out
 
 
+def _check_timing(s: Settings, report: Callable[[str, str], None]) -> None:
+    """Report a schedule or window that does not parse, or a zero interval."""
+    from rotator.daemon.schedule import parse_cron, parse_window
+
+    for key, parse in (("schedule", parse_cron), ("window", parse_window)):
+        if s.get(key):
+            try:
+                parse(s[key])
+            except ValueError as exc:
+                report(key, str(exc))
+    if s.get("rotate_every") == 0:
+        report("rotate_every", "must be longer than zero")
+    if s.get("backoff") == 0:
+        report("backoff", "must be longer than zero")
+
+
 def _client(
     name: str, table: Any, cfg_stores: dict[str, AdapterConfig], raw_stores: Mapping[str, Any],
     idps: Mapping[str, Any], problems: _Problems, base: Path, environ: Mapping[str, str],
+    defaults: Settings | None = None,
 ) -> ClientConfig | None:
     prefix = f"clients.{name}"
     report = problems.reporter(prefix)
@@ -338,6 +388,10 @@ def _client(
         return None
     s = check_settings(table, _CLIENT_SETTINGS, report, base_dir=base, environ=environ,
                        ignore=("stores",))
+    for key, value in (defaults or {}).items():
+        if key not in table:
+            s[key] = value
+    _check_timing({k: v for k, v in s.items() if k in table}, report)
     if s.get("idp") and s["idp"] not in idps:
         report("idp", f"no identity provider named {s['idp']!r} in [idps]")
     endpoint = s.get("token_endpoint")
@@ -389,7 +443,8 @@ def _client(
         scopes=tuple(s["scopes"]), audience=s["audience"], resource=s["resource"],
         grace_period=s["grace_period"], rotate_every=s["rotate_every"],
         verify_attempts=s["verify_attempts"], verify_timeout=s["verify_timeout"],
-        tls_verify=tls,
+        tls_verify=tls, schedule=s["schedule"], window=s["window"], jitter=s["jitter"],
+        backoff=s["backoff"], backoff_max=s["backoff_max"],
     )
 
 
@@ -510,8 +565,10 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     base = p.parent.resolve()
 
     for key in raw:
-        if key not in ("rotator", "audit", "stores", "idps", "clients", "api"):
-            report(key, "unknown section; expected rotator, audit, stores, idps, clients, api")
+        if key not in ("rotator", "audit", "stores", "idps", "clients", "defaults", "daemon",
+                       "api"):
+            report(key, "unknown section; expected rotator, audit, stores, idps, clients, "
+                        "defaults, daemon, api")
     rot = check_settings(_table(raw.get("rotator"), "rotator", problems), _ROTATOR_SETTINGS,
                          problems.reporter("rotator"), base_dir=base, environ=env)
     admin = consumer is None and not stores_only  # the audit key and IdP secrets are needed
@@ -525,6 +582,16 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     elif admin:
         report("audit", "required section: [audit] with key_env or key_file and a file")
 
+    raw_defaults = _table(raw.get("defaults"), "defaults", problems)
+    defaults = check_settings(raw_defaults, _DEFAULTS_SETTINGS, problems.reporter("defaults"),
+                              base_dir=base, environ=env)
+    defaults = {k: v for k, v in defaults.items() if k in raw_defaults}
+    _check_timing(defaults, problems.reporter("defaults"))
+    daemon = check_settings(_table(raw.get("daemon"), "daemon", problems), _DAEMON_SETTINGS,
+                            problems.reporter("daemon"), base_dir=base, environ=env)
+    for key in ("workers", "idp_concurrency"):
+        if daemon.get(key) is not None and daemon[key] < 1:
+            problems.reporter("daemon")(key, "must be at least 1")
     raw_stores = _table(raw.get("stores"), "stores", problems)
     raw_idps = _table(raw.get("idps"), "idps", problems)
     raw_clients = _table(raw.get("clients"), "clients", problems)
@@ -538,7 +605,8 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
                      lambda _name: admin)
     clients: dict[str, ClientConfig] = {}
     for name, table in raw_clients.items():
-        client = _client(name, table, stores, raw_stores, raw_idps, problems, base, env)
+        client = _client(name, table, stores, raw_stores, raw_idps, problems, base, env,
+                         defaults)
         if client is not None:
             clients[name] = client
     by_id: dict[tuple[str, str], str] = {}
@@ -556,4 +624,5 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
         audit=AuditConfig(file=Path(audit["file"]) if audit.get("file") else None,
                           stdout=audit["stdout"], key=audit.get("key")),
         stores=stores, idps=idps, clients=clients, api=api,
+        daemon=DaemonConfig(**{s.key: daemon[s.key] for s in _DAEMON_SETTINGS}),
     )

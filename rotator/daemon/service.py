@@ -1,0 +1,764 @@
+"""The daemon's scheduler and workers: :class:`Service` implements ``RotationService``.
+
+One scheduler thread wakes when the next client falls due (or a trigger or a finished job
+wakes it), asks :func:`rotator.daemon.schedule.decide` about every client, and starts jobs
+on worker threads, at most ``[daemon] workers`` at once and ``idp_concurrency`` per IdP.
+A job drives the engine's public methods (``rotate``, ``retire``) with its own journal
+connection and adapters, then refreshes what the daemon knows of that client from the
+journal, so ``clients()`` answers from memory without a store round trip.
+
+Tests call :meth:`Service.tick` with a controllable clock and an inline ``spawn`` instead of
+starting the thread; the scheduling rule itself is pure and lives in ``schedule``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol, cast
+
+import structlog
+
+from rotator.audit import AuditLog
+from rotator.config import ClientConfig, Config
+from rotator.daemon.model import (
+    ClientState,
+    Observer,
+    Readiness,
+    RotationStep,
+    RotationView,
+    ServiceUnavailable,
+    Trigger,
+    UnknownClient,
+    UnknownRotation,
+)
+from rotator.daemon.schedule import (
+    History,
+    Policy,
+    catch_up_slots,
+    condition,
+    decide,
+    parse_cron,
+    parse_window,
+)
+from rotator.engine import Adapters, Engine, Outcome, utcnow
+from rotator.errors import RotationError, RotationLocked, RotatorError
+from rotator.interfaces import IdentityProvider, Journal, Rotation, Stage, State
+from rotator.journal import SqliteJournal, new_rotation_id
+from rotator.secrets import redact
+
+log = structlog.get_logger("rotator.daemon")
+
+Clock = Callable[[], datetime]
+Spawn = Callable[[Callable[[], None]], None]
+#: How long an idempotency key is remembered, and how many queued ids are mapped to the
+#: engine's rotation ids (until ``Engine.rotate`` takes the id it should use).
+IDEMPOTENCY_TTL = timedelta(hours=24)
+MAX_JOBS_KEPT = 1000
+#: Engine messages no retry fixes: a person must act (see the engine's ``_start``).
+_BLOCKING = ("holds a pending secret", "holds client id", "no current credential")
+SHUTTING_DOWN = "the daemon is shutting down; its next start resumes this rotation"
+
+
+class Worker(Protocol):
+    """The engine's public methods the service drives."""
+
+    def rotate(self, name: str, *, dry_run: bool = False,
+               abandon_pending: bool = False) -> Outcome: ...
+
+    def retire(self, name: str, *, now: bool = False) -> Outcome: ...
+
+    def verify(self, name: str, stage: Stage = Stage.CURRENT) -> Outcome: ...
+
+
+#: Builds a worker for one job: (configuration, actor, journal, IdP wrapper) -> worker.
+WorkerFactory = Callable[[Config, str, Journal, Callable[[IdentityProvider], IdentityProvider]],
+                         AbstractContextManager[Worker]]
+#: When the current secret of a client became current, from its primary store (start-up).
+FactsReader = Callable[[Config, ClientConfig], datetime | None]
+
+
+def policy_of(client: ClientConfig) -> Policy:
+    """The scheduling policy of a (checked) client configuration."""
+    return Policy(
+        rotate_every=client.rotate_every,
+        schedule=parse_cron(client.schedule) if client.schedule else None,
+        window=parse_window(client.window) if client.window else None,
+        jitter=client.jitter, backoff=client.backoff, backoff_max=client.backoff_max)
+
+
+def success_time(journal: Journal, rotation: Rotation) -> datetime:
+    """When ``rotation``'s new secret became current (its PROMOTED step)."""
+    for at, state, _detail in journal.steps(rotation.id):
+        if state is State.PROMOTED:
+            return at
+    return rotation.updated_at
+
+
+def history_from_journal(journal: Journal, name: str,
+                         fallback: datetime | None = None) -> History:
+    """A client's history as the journal tells it (for ``rotate --due`` and start-up).
+
+    Failures are the terminal failed or rolled-back rotations since the last success.
+    """
+    success = journal.last_success(name)
+    last = success_time(journal, success) if success else fallback
+    latest = journal.latest(name)
+    failures = 0
+    last_failure = None
+    if latest is not None and latest.state in (State.FAILED, State.ROLLED_BACK) and (
+            success is None or latest.started_at > success.started_at):
+        failures, last_failure = 1, latest.updated_at
+    return History(last, failures, last_failure)
+
+
+@dataclass
+class _Job:
+    id: str  # allocated at trigger time; the engine's own id lands in ``real_id``
+    client: str
+    idp: str
+    kind: str  # rotate | retire | resume
+    actor: str
+    retire_now: bool = False
+    state: str = "queued"  # queued | running | done
+    started_at: datetime | None = None
+    real_id: str | None = None
+    outcome: Outcome | None = None
+
+
+@dataclass
+class _Record:
+    """What the daemon keeps current about one client."""
+
+    config: ClientConfig
+    policy: Policy
+    last_success_at: datetime | None = None
+    failures: int = 0
+    last_failure_at: datetime | None = None
+    not_before: datetime | None = None
+    latest: Rotation | None = None
+    open: Rotation | None = None
+    blocked: str | None = None
+    reason: str | None = None
+    job: _Job | None = None
+    #: Removed from the configuration while a rotation was open: finished, not rescheduled.
+    removed: bool = False
+
+    def history(self) -> History:
+        return History(self.last_success_at, self.failures, self.last_failure_at,
+                       self.not_before)
+
+
+@dataclass
+class _IdpGate:
+    running: int = 0
+    throttled_until: datetime | None = None
+
+
+class _NullObserver:
+    def rotation_finished(self, client: str, outcome: str, seconds: float) -> None:
+        pass
+
+    def idp_request(self, idp: str, outcome: str) -> None:
+        pass
+
+
+class _StoppableJournal:
+    """The job's journal: once the daemon stops, the next recorded step ends the job.
+
+    The step is recorded first, so the rotation stays resumable exactly where it stopped.
+    """
+
+    def __init__(self, inner: Journal, stopping: threading.Event) -> None:
+        self._inner = inner
+        self._stopping = stopping
+        self._stopped: set[str] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def advance(self, rotation_id: str, state: State, now: datetime, *, expected: State,
+                **fields: str | None) -> Rotation:
+        rotation = self._inner.advance(rotation_id, state, now, expected=expected, **fields)
+        if self._stopping.is_set() and rotation_id not in self._stopped:
+            self._stopped.add(rotation_id)
+            raise RotationError(SHUTTING_DOWN)
+        return rotation
+
+
+class _WatchedIdp:
+    """Reports every admin call to the observer; a 429 / Retry-After pauses the IdP."""
+
+    def __init__(self, inner: IdentityProvider, observer: Observer,
+                 throttled: Callable[[str, float], None]) -> None:
+        self._inner = inner
+        self._observer = observer
+        self._throttled = throttled
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if name in ("start", "close", "SETTINGS", "name") or not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                result = attr(*args, **kwargs)
+            except RotatorError as exc:
+                retry_after = getattr(exc, "retry_after", None)
+                if retry_after is not None or getattr(exc, "status", None) == 429:
+                    self._observer.idp_request(self._inner.name, "throttled")
+                    self._throttled(self._inner.name, float(retry_after or 60.0))
+                else:
+                    self._observer.idp_request(self._inner.name, "failure")
+                raise
+            self._observer.idp_request(self._inner.name, "success")
+            return result
+
+        return call
+
+
+@contextlib.contextmanager
+def _engine_worker(audit: AuditLog, clock: Clock, config: Config, actor: str,
+                   journal: Journal,
+                   wrap: Callable[[IdentityProvider], IdentityProvider]) -> Iterator[Worker]:
+    idps = {name: wrap(cfg.build()) for name, cfg in config.idps.items()}
+    adapters = Adapters(config, idps=idps)
+    try:
+        yield Engine(config, adapters, journal, audit, actor=actor, clock=clock)
+    finally:
+        adapters.close()
+
+
+def store_current_since(config: Config, client: ClientConfig) -> datetime | None:
+    """When the primary store's current secret became current; None if it cannot tell."""
+    adapters = Adapters(config)
+    try:
+        target = client.primary
+        return adapters.store(target.store).facts(target.location).current_since
+    except RotatorError as exc:
+        log.warning("store_facts_unavailable", client=client.name, error=redact(str(exc)))
+        return None
+    finally:
+        adapters.close()
+
+
+def due_clients(config: Config, journal: Journal, names: Sequence[str], now: datetime, *,
+                facts: FactsReader = store_current_since) -> list[str]:
+    """The clients among ``names`` that the daemon would start now (``rotate --due``).
+
+    A client with an open rotation counts as due: ``rotate`` resumes it.
+    """
+    due = []
+    for name in names:
+        client = config.clients[name]
+        if journal.open_rotation(name) is not None:
+            due.append(name)
+            continue
+        history = history_from_journal(journal, name)
+        if history.last_success_at is None:
+            history = dataclasses.replace(history, last_success_at=facts(config, client))
+        if decide(name, policy_of(client), history, now).runnable:
+            due.append(name)
+    return due
+
+
+class Service:
+    """Schedules, runs and reports rotations for every configured client."""
+
+    def __init__(self, config: Config, *, audit: AuditLog | None = None,
+                 worker_factory: WorkerFactory | None = None,
+                 facts: FactsReader = store_current_since, clock: Clock = utcnow,
+                 observer: Observer | None = None, spawn: Spawn | None = None) -> None:
+        if worker_factory is None:
+            if audit is None:
+                raise ValueError("give an audit log or a worker factory")
+            worker_factory = cast(WorkerFactory, lambda *a: _engine_worker(audit, clock, *a))
+        self._config = config
+        self._engine_config = config
+        self._workers = worker_factory
+        self._facts = facts
+        self._clock = clock
+        self._observer: Observer = observer or _NullObserver()
+        self._spawn = spawn or self._thread
+        self._lock = threading.RLock()
+        self._records: dict[str, _Record] = {}
+        self._gates: dict[str, _IdpGate] = {}
+        self._jobs: OrderedDict[str, _Job] = OrderedDict()
+        self._idempotency: dict[str, tuple[datetime, Trigger]] = {}
+        self._threads: set[threading.Thread] = set()
+        self._shared_journal: Journal | None = None
+        self._stopping = threading.Event()
+        self._wakeup = threading.Event()
+        self._scheduler: threading.Thread | None = None
+        self._prepared = False
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Load every client's facts, queue open rotations, spread overdue clients."""
+        now = self._clock()
+        with self._lock:
+            for name, client in self._config.clients.items():
+                self._records[name] = self._load(client)
+            overdue = []
+            for name, rec in self._records.items():
+                decision = decide(name, rec.policy, rec.history(), now)
+                if rec.open is None and decision.due and decision.due_at is not None:
+                    overdue.append((name, decision.due_at))
+            for name, slot in catch_up_slots(overdue, now,
+                                             self._config.daemon.catch_up).items():
+                self._records[name].not_before = slot
+            self._prepared = True
+        log.info("daemon_prepared", clients=len(self._records), overdue=len(overdue),
+                 open=sum(1 for r in self._records.values() if r.open is not None))
+
+    def start(self) -> None:
+        """Prepare and start the scheduler thread."""
+        if not self._prepared:
+            self.prepare()
+        self._scheduler = threading.Thread(target=self._loop, name="rotator-scheduler",
+                                           daemon=True)
+        self._scheduler.start()
+
+    def stop(self, timeout: float) -> bool:
+        """Take no more triggers; let running jobs reach their next journal step.
+
+        Returns whether every job ended within ``timeout`` seconds.
+        """
+        self._stopping.set()
+        self._wakeup.set()
+        deadline = time.monotonic() + timeout
+        if self._scheduler is not None:
+            self._scheduler.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in threads)
+
+    def reload(self, config: Config) -> None:
+        """Use ``config`` from now on; clients removed with an open rotation are finished."""
+        with self._lock:
+            kept: dict[str, ClientConfig] = {}
+            for name in list(self._records):
+                rec = self._records[name]
+                if name in config.clients:
+                    continue
+                if rec.open is not None or rec.job is not None:
+                    rec.removed = True
+                    kept[name] = rec.config
+                else:
+                    del self._records[name]
+            for name, client in config.clients.items():
+                rec_old = self._records.get(name)
+                if rec_old is None:
+                    self._records[name] = self._load(client)
+                else:
+                    rec_old.config, rec_old.policy = client, policy_of(client)
+                    rec_old.removed = False
+                    rec_old.blocked = None  # a changed configuration may have fixed it
+            old = self._engine_config
+            self._config = config
+            self._engine_config = dataclasses.replace(
+                config, clients={**kept, **config.clients},
+                stores={**old.stores, **config.stores} if kept else config.stores,
+                idps={**old.idps, **config.idps} if kept else config.idps)
+        log.info("configuration_reloaded", clients=len(config.clients),
+                 finishing_removed=sorted(kept))
+        self._wakeup.set()
+
+    # -- RotationService -------------------------------------------------------------------
+
+    def clients(self) -> Sequence[ClientState]:
+        with self._lock:
+            return [self._state(name) for name in sorted(self._records)]
+
+    def client(self, name: str) -> ClientState:
+        with self._lock:
+            self._record(name)
+            return self._state(name)
+
+    def rotation(self, rotation_id: str) -> RotationView:
+        with self._lock:
+            job = self._jobs.get(rotation_id)
+            job = dataclasses.replace(job) if job is not None else None
+        journal = self._journal()
+        if job is not None and job.real_id is None and job.outcome is not None:
+            # It ended before the journal heard of it (refused at the start).
+            return RotationView(job.id, job.client, job.outcome.action, None, job.actor,
+                                job.started_at, job.started_at, None, job.outcome.message)
+        if job is not None and job.real_id is None:
+            latest = journal.latest(job.client)
+            if (job.state == "queued" or job.started_at is None or latest is None
+                    or latest.started_at < job.started_at):
+                return RotationView(job.id, job.client, "queued", None, job.actor, None, None,
+                                    None, None)
+            return self._view(journal, latest)
+        real_id = job.real_id if job is not None and job.real_id else rotation_id
+        try:
+            return self._view(journal, journal.get(real_id))
+        except RotationError:
+            raise UnknownRotation(f"no rotation {rotation_id!r}") from None
+
+    def trigger_rotation(self, name: str, *, actor: str,
+                         idempotency_key: str | None = None) -> Trigger:
+        with self._lock:
+            self._taking()
+            now = self._clock()
+            if idempotency_key is not None:
+                self._idempotency = {k: v for k, v in self._idempotency.items()
+                                     if now - v[0] < IDEMPOTENCY_TTL}
+                if idempotency_key in self._idempotency:
+                    return self._idempotency[idempotency_key][1]
+            rec = self._record(name)
+            if rec.removed:
+                raise UnknownClient(f"client {name!r} was removed from the configuration")
+            if rec.job is not None and rec.job.kind == "retire":
+                raise ServiceUnavailable(f"the old secret of {name!r} is being retired; "
+                                         "trigger the rotation again when that is done")
+            if rec.job is not None:
+                trigger = Trigger(rec.job.id, name, joined=True)
+            elif rec.open is not None and not rec.open.awaiting_retirement:
+                job = rec.job or self._queue(rec, "resume", actor, rec.open.id)
+                trigger = Trigger(job.id, name, joined=True)
+            else:
+                job = self._queue(rec, "rotate", actor, new_rotation_id())
+                trigger = Trigger(job.id, name, joined=False)
+            if idempotency_key is not None:
+                self._idempotency[idempotency_key] = (now, trigger)
+        self._wakeup.set()
+        return trigger
+
+    def trigger_retirement(self, name: str, *, actor: str, now: bool = False) -> Trigger:
+        with self._lock:
+            self._taking()
+            rec = self._record(name)
+            if rec.job is not None:
+                return Trigger(rec.job.id, name, joined=True)
+            if rec.open is None:
+                raise UnknownRotation(f"no rotation of {name!r} awaits retirement")
+            kind = "retire" if rec.open.awaiting_retirement else "resume"
+            job = self._queue(rec, kind, actor, rec.open.id, retire_now=now)
+        self._wakeup.set()
+        return Trigger(job.id, name, joined=False)
+
+    def verify(self, name: str, *, actor: str) -> Mapping[str, Any]:
+        with self._lock:
+            self._taking()
+            self._record(name)
+            config = self._engine_config
+        with self._workers(config, actor, self._journal(), self._wrap) as worker:
+            outcome = worker.verify(name)
+        return {"client": name, "ok": outcome.ok, "message": outcome.message,
+                "stores": outcome.details}
+
+    def readiness(self) -> Readiness:
+        try:
+            self._journal().latest("-")
+            journal_ok = os.access(self._config.state_dir, os.W_OK)
+        except Exception:  # RotatorError, or sqlite3's own from a damaged file
+            journal_ok = False
+        scheduler = (self._scheduler is not None and self._scheduler.is_alive()
+                     and not self._stopping.is_set())
+        return Readiness(config_loaded=self._prepared, journal_writable=journal_ok,
+                         scheduler_running=scheduler)
+
+    # -- scheduling --------------------------------------------------------------------------
+
+    def tick(self) -> datetime | None:
+        """Start every job that may start now; return when to look again."""
+        now = self._clock()
+        start: list[_Job] = []
+        wake: list[datetime] = []
+        with self._lock:
+            for name in sorted(self._records):
+                rec = self._records[name]
+                if rec.job is None and not self._stopping.is_set():
+                    wake += self._schedule(rec, now)
+            running = sum(1 for j in self._jobs.values() if j.state == "running")
+            daemon = self._config.daemon
+            queued = sorted((j for j in self._jobs.values() if j.state == "queued"),
+                            key=lambda j: j.id)
+            for job in queued:
+                if self._stopping.is_set() or running >= daemon.workers:
+                    break
+                gate = self._gates.setdefault(job.idp, _IdpGate())
+                if gate.throttled_until is not None and gate.throttled_until > now:
+                    wake.append(gate.throttled_until)
+                    continue
+                if gate.running >= daemon.idp_concurrency:
+                    continue
+                gate.running += 1
+                running += 1
+                job.state, job.started_at = "running", now
+                start.append(job)
+        for job in start:
+            self._spawn(lambda job=job: self._run(job))  # type: ignore[misc]
+        return min(wake) if wake else None
+
+    def _schedule(self, rec: _Record, now: datetime) -> list[datetime]:
+        """Queue the job ``rec`` needs now, if any; return when it next needs one."""
+        name = rec.config.name
+        if rec.open is not None:
+            if rec.open.awaiting_retirement:
+                at = rec.open.retire_after or now
+                if at <= now:
+                    self._queue(rec, "retire", "scheduler", rec.open.id)
+                    return []
+                return [at]
+            history = rec.history()
+            attempt = decide(name, Policy(rotate_every=0.0, backoff=rec.policy.backoff,
+                                          backoff_max=rec.policy.backoff_max),
+                             dataclasses.replace(history, last_success_at=now), now)
+            if attempt.next_attempt is None or attempt.next_attempt <= now:
+                self._queue(rec, "resume", "scheduler", rec.open.id)
+                return []
+            return [attempt.next_attempt]
+        if rec.removed or rec.blocked is not None:
+            return []
+        decision = decide(name, rec.policy, rec.history(), now)
+        if decision.runnable:
+            self._queue(rec, "rotate", "scheduler", new_rotation_id())
+            return []
+        return [decision.next_run] if decision.next_run is not None else []
+
+    def _queue(self, rec: _Record, kind: str, actor: str, job_id: str, *,
+               retire_now: bool = False) -> _Job:
+        job = _Job(job_id, rec.config.name, rec.config.idp, kind, actor, retire_now)
+        rec.job = job
+        self._jobs[job.id] = job
+        while len(self._jobs) > MAX_JOBS_KEPT:
+            oldest = next(iter(self._jobs))
+            if self._jobs[oldest].state != "done":
+                break
+            del self._jobs[oldest]
+        return job
+
+    # -- running -------------------------------------------------------------------------
+
+    def _run(self, job: _Job) -> None:
+        """Run one job on this thread; never raises."""
+        with self._lock:
+            config = self._engine_config
+        started = time.monotonic()
+        throttled: list[float] = []
+        outcome: Outcome
+        journal = self._journal()
+        try:
+            stoppable = cast(Journal, _StoppableJournal(journal, self._stopping))
+            wrap = self._wrapper(lambda seconds: throttled.append(seconds))
+            with self._workers(config, job.actor, stoppable, wrap) as worker:
+                if job.kind == "rotate":
+                    outcome = worker.rotate(job.client)
+                else:
+                    # retire() also drives an open rotation, and never starts a new one.
+                    outcome = worker.retire(job.client, now=job.retire_now)
+        except RotationLocked as exc:
+            outcome = Outcome(job.client, False, "locked", str(exc))
+        except RotatorError as exc:
+            outcome = Outcome(job.client, False, "failed", redact(str(exc)))
+        except Exception as exc:  # a bug must not kill the daemon
+            log.error("job_crashed", client=job.client, exc_info=True)
+            outcome = Outcome(job.client, False, "failed",
+                              f"unexpected error {type(exc).__name__}")
+        self._finished(job, outcome, throttled, journal)
+        with contextlib.suppress(Exception):
+            self._observer.rotation_finished(job.client, outcome.action,
+                                             time.monotonic() - started)
+
+    def _finished(self, job: _Job, outcome: Outcome, throttled: list[float],
+                  journal: Journal) -> None:
+        now = self._clock()
+        try:
+            fresh = self._facts_of(journal, job.client)
+        except Exception:  # keep the job's bookkeeping even if the journal went away
+            log.error("journal_unreadable", client=job.client, exc_info=True)
+            fresh = None
+        with self._lock:
+            job.state, job.outcome = "done", outcome
+            job.real_id = outcome.rotation_id or job.real_id or (
+                fresh[1].id if fresh and fresh[1] else None)
+            rec = self._records.get(job.client)
+            gate = self._gates.setdefault(job.idp, _IdpGate())
+            gate.running = max(0, gate.running - 1)
+            if rec is None:
+                return
+            rec.job = None
+            if fresh is not None:
+                rec.last_success_at, rec.latest, rec.open = fresh[0] or rec.last_success_at, \
+                    fresh[1], fresh[2]
+            message = outcome.message
+            if outcome.ok or outcome.action in ("waiting", "nothing"):
+                if outcome.action in ("rotated", "retired", "resumed"):
+                    rec.failures, rec.last_failure_at, rec.reason = 0, None, None
+                    rec.blocked, rec.not_before = None, None
+            elif throttled:
+                rec.not_before = gate.throttled_until
+            elif self._stopping.is_set() and SHUTTING_DOWN in message:
+                pass  # not a failure: resumed at the next start
+            elif outcome.action == "locked":
+                rec.not_before = now + timedelta(seconds=30)
+            elif any(marker in message for marker in _BLOCKING):
+                rec.blocked = rec.reason = message
+            else:
+                rec.failures += 1
+                rec.last_failure_at, rec.reason = now, message
+            if rec.removed and rec.open is None:
+                del self._records[job.client]
+        log.info("job_finished", client=job.client, kind=job.kind, action=outcome.action,
+                 ok=outcome.ok, rotation_id=job.real_id)
+        self._wakeup.set()
+
+    def _throttle(self, idp: str, seconds: float) -> None:
+        with self._lock:
+            gate = self._gates.setdefault(idp, _IdpGate())
+            until = self._clock() + timedelta(seconds=seconds)
+            if gate.throttled_until is None or until > gate.throttled_until:
+                gate.throttled_until = until
+        log.warning("idp_throttled", idp=idp, retry_after=seconds)
+
+    def _wrapper(self, seen: Callable[[float], None]
+                 ) -> Callable[[IdentityProvider], IdentityProvider]:
+        def throttled(idp: str, seconds: float) -> None:
+            seen(seconds)
+            self._throttle(idp, seconds)
+
+        return lambda idp: cast(IdentityProvider, _WatchedIdp(idp, self._observer, throttled))
+
+    def _wrap(self, idp: IdentityProvider) -> IdentityProvider:
+        return self._wrapper(lambda _s: None)(idp)
+
+    def _thread(self, fn: Callable[[], None]) -> None:
+        def body() -> None:
+            try:
+                fn()
+            finally:
+                with self._lock:
+                    self._threads.discard(threading.current_thread())
+
+        thread = threading.Thread(target=body, name="rotator-worker", daemon=True)
+        with self._lock:
+            self._threads.add(thread)
+        thread.start()
+
+    def _loop(self) -> None:
+        refreshed = time.monotonic()
+        while not self._stopping.is_set():
+            self._wakeup.clear()
+            try:
+                wake = self.tick()
+                if time.monotonic() - refreshed > 60:
+                    self.refresh()
+                    refreshed = time.monotonic()
+            except Exception:  # keep scheduling; the error is logged
+                log.error("scheduler_error", exc_info=True)
+                wake = None
+            delay = 30.0 if wake is None else (wake - self._clock()).total_seconds()
+            self._wakeup.wait(min(max(delay, 0.05), 30.0))
+
+    # -- facts -----------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Re-read every idle client's journal facts (rotations run by the CLI, ...)."""
+        journal = self._journal()
+        with self._lock:
+            names = [n for n, r in self._records.items() if r.job is None]
+        for name in names:
+            success, latest, open_rotation = self._facts_of(journal, name)
+            with self._lock:
+                rec = self._records.get(name)
+                if rec is None or rec.job is not None:
+                    continue
+                if success is not None and success != rec.last_success_at:
+                    rec.failures, rec.blocked, rec.reason = 0, None, None
+                rec.last_success_at = success or rec.last_success_at
+                rec.latest, rec.open = latest, open_rotation
+
+    def _facts_of(self, journal: Journal, name: str
+                  ) -> tuple[datetime | None, Rotation | None, Rotation | None]:
+        success = journal.last_success(name)
+        return (success_time(journal, success) if success else None, journal.latest(name),
+                journal.open_rotation(name))
+
+    def _load(self, client: ClientConfig) -> _Record:
+        journal = self._journal()
+        history = history_from_journal(journal, client.name)
+        last = history.last_success_at
+        if last is None:
+            last = self._facts(self._config, client)
+        return _Record(client, policy_of(client), last, history.failures,
+                       history.last_failure_at, latest=journal.latest(client.name),
+                       open=journal.open_rotation(client.name))
+
+    def _journal(self) -> Journal:
+        """The daemon's one journal, shared by the scheduler and every worker thread."""
+        with self._lock:
+            if self._shared_journal is None:
+                self._shared_journal = SqliteJournal(self._config.state_dir)
+            return self._shared_journal
+
+    def close(self) -> None:
+        """Close the journal (after :meth:`stop`)."""
+        with self._lock:
+            journal, self._shared_journal = self._shared_journal, None
+        if journal is not None:
+            journal.close()
+
+    def _record(self, name: str) -> _Record:
+        rec = self._records.get(name)
+        if rec is None:
+            raise UnknownClient(f"no client named {name!r} is configured")
+        return rec
+
+    def _taking(self) -> None:
+        if self._stopping.is_set():
+            raise ServiceUnavailable("the daemon is shutting down")
+
+    def _state(self, name: str) -> ClientState:
+        rec = self._records[name]
+        now = self._clock()
+        decision = decide(name, rec.policy, rec.history(), now)
+        running = rec.job is not None and rec.job.state == "running"
+        open_rotation = rec.open
+        rotating = running or (open_rotation is not None
+                               and not open_rotation.awaiting_retirement
+                               and rec.failures == 0)
+        awaiting = open_rotation is not None and open_rotation.awaiting_retirement
+        queued = rec.job is not None and rec.job.state == "queued"
+        cond = condition(due=decision.due or queued, rotating=rotating,
+                         awaiting_retirement=awaiting, failures=rec.failures,
+                         blocked=rec.blocked is not None)
+        latest = rec.latest
+        return ClientState(
+            name=name, client_id=rec.config.client_id, idp=rec.config.idp,
+            stores=[t.store for t in rec.config.targets], condition=cond,
+            reason=rec.blocked or rec.reason,
+            last_rotation_id=latest.id if latest else None,
+            last_rotation_state=latest.state.value if latest else None,
+            last_success_at=rec.last_success_at,
+            age_seconds=(now - rec.last_success_at).total_seconds()
+            if rec.last_success_at else None,
+            next_run=decision.next_run, failures=rec.failures,
+            next_attempt=decision.next_attempt,
+            retire_after=open_rotation.retire_after if awaiting and open_rotation else None,
+            extra={"removed": True} if rec.removed else {},
+        )
+
+    @staticmethod
+    def _view(journal: Journal, rotation: Rotation) -> RotationView:
+        return RotationView(
+            rotation.id, rotation.client, rotation.state.value, rotation.family,
+            rotation.actor, rotation.started_at, rotation.updated_at, rotation.retire_after,
+            rotation.error,
+            [RotationStep(s.value, at) for at, s, _d in journal.steps(rotation.id)])
+
+
+__all__ = ["Service", "history_from_journal", "policy_of", "success_time"]
