@@ -115,7 +115,8 @@ class RecordingWorker:
         if rotation.awaiting_retirement:
             if rotation.retire_after and rotation.retire_after > self.world.clock() and not now:
                 return Outcome(name, True, "waiting", "grace period", rotation.id)
-            self.journal.advance(rotation.id, State.COMPLETED, self.world.clock())
+            self.journal.advance(rotation.id, State.COMPLETED, self.world.clock(),
+                                 expected=rotation.state)
             return Outcome(name, True, "retired", "old secret retired", rotation.id)
         return self._drive(name, rotation.id)
 
@@ -127,17 +128,21 @@ class RecordingWorker:
         try:
             state = self.journal.get(rotation_id).state
             if state is State.STARTED:
-                state = self.journal.advance(rotation_id, State.CREATED, clock()).state
+                state = self.journal.advance(rotation_id, State.CREATED, clock(),
+                                             expected=state).state
                 if self.world.hold is not None:
                     self.world.reached.set()
                     self.world.hold.wait(30)
             if state is State.CREATED:
-                state = self.journal.advance(rotation_id, State.VERIFIED, clock()).state
+                state = self.journal.advance(rotation_id, State.VERIFIED, clock(),
+                                             expected=state).state
             if state is State.VERIFIED:
                 retire = (clock() + timedelta(seconds=self.world.grace)).isoformat()
-                self.journal.advance(rotation_id, State.PROMOTED, clock(), retire_after=retire)
+                self.journal.advance(rotation_id, State.PROMOTED, clock(), expected=state,
+                                     retire_after=retire)
         except RotatorError as exc:  # as the engine does: record, report interrupted
-            self.journal.advance(rotation_id, self.journal.get(rotation_id).state, clock(),
+            current = self.journal.get(rotation_id).state
+            self.journal.advance(rotation_id, current, clock(), expected=current,
                                  error=str(exc))
             return Outcome(name, False, "interrupted", str(exc), rotation_id)
         return Outcome(name, True, "rotated", "rotated", rotation_id)
@@ -660,8 +665,8 @@ class TestRotateDue:
             rid = journal.begin(new_rotation_id(), name, "overlap", "cli", "fp",
                                 T0 - timedelta(hours=2)).id
             at = T0 - (timedelta(minutes=10) if name == "fresh" else timedelta(hours=2))
-            journal.advance(rid, State.PROMOTED, at)
-            journal.advance(rid, State.COMPLETED, T0)
+            journal.advance(rid, State.PROMOTED, at, expected=State.STARTED)
+            journal.advance(rid, State.COMPLETED, T0, expected=State.PROMOTED)
         journal.begin(new_rotation_id(), "open", "overlap", "cli", "fp", T0)
         names = ["fresh", "stale", "manual", "open"]
         assert due_clients(h.config, journal, names, T0,
