@@ -22,6 +22,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from rotator._files import UnsafeFile, ensure_private_dir, open_private
+from rotator.errors import ConfigError, ConfigProblem
 from rotator.secrets import Secret, fingerprint, redact
 
 _ECS_TYPE = {
@@ -85,6 +87,20 @@ class _Sinks:
     info = warning = error = msg
 
 
+def _open_log(file: Path) -> int:
+    """Open the audit log for appending: in a directory only this user may write, never
+    through a symlink, and only a file of this user's that no one else may open.
+
+    Raises ``ConfigError`` naming the file and the ``audit.file`` setting.
+    """
+    try:
+        ensure_private_dir(file.parent)
+        return open_private(file, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    except OSError as exc:
+        reason = str(exc) if isinstance(exc, UnsafeFile) else f"cannot open: {exc.strerror}"
+        raise ConfigError([ConfigProblem(str(file), "audit.file", reason)]) from None
+
+
 class AuditLog:
     """Writes audit events; the one place that knows the audit key."""
 
@@ -94,9 +110,7 @@ class AuditLog:
         self._files: list[TextIO] = []
         sinks: list[TextIO] = []
         if file is not None:
-            file.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            handle = os.fdopen(fd, "a", encoding="utf-8")
+            handle = os.fdopen(_open_log(file), "a", encoding="utf-8")
             self._files.append(handle)
             sinks.append(handle)
         if stdout:

@@ -12,6 +12,7 @@ import hashlib
 import ipaddress
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from rotator._files import UnsafeFile, check_private_dir
 from rotator.errors import ConfigError, ConfigProblem
 from rotator.registry import AdapterImportError, load_adapter_class
 from rotator.secrets import Secret
@@ -527,6 +529,43 @@ def _api(raw: Any, problems: _Problems, base: Path, environ: Mapping[str, str],
                      tokens=tuple(tokens), jwt=jwt)
 
 
+#: The shortest audit key accepted, in bytes: an HMAC-SHA256 key as long as its output.
+MIN_AUDIT_KEY_BYTES = 32
+
+
+def _check_private_dir(path: Path, key: str, report: Any) -> None:
+    """Report ``path`` under ``key`` if it exists and other users own or may write it."""
+    if not os.path.lexists(path):
+        return  # created private (0700) when first used
+    try:
+        check_private_dir(path)
+    except UnsafeFile as exc:
+        report(key, str(exc))
+    except OSError as exc:
+        report(key, f"cannot check {path}: {exc.strerror}")
+
+
+def _check_audit_file(path: Path, report: Any) -> None:
+    """Report an existing audit log that is a symlink, another user's, or open to others."""
+    _check_private_dir(path.parent, "file", report)
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        report("file", f"cannot check {path}: {exc.strerror}")
+        return
+    if stat.S_ISLNK(info.st_mode):
+        report("file", f"{path} is a symbolic link; point the setting at the real file")
+    elif not stat.S_ISREG(info.st_mode):
+        report("file", f"{path} is not a regular file")
+    elif info.st_uid != os.geteuid():
+        report("file", f"{path} belongs to another user (uid {info.st_uid})")
+    elif info.st_mode & 0o077:
+        report("file", f"{path} is open to other users (mode "
+                       f"{stat.S_IMODE(info.st_mode):o}); chmod 600 it")
+
+
 def _stores_of(raw_clients: Mapping[str, Any], consumer: str,
                problems: _Problems) -> set[str]:
     """Names of the stores client ``consumer`` reads from, for a consumer load."""
@@ -577,8 +616,16 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
         audit = check_settings(_table(raw["audit"], "audit", problems), _AUDIT_SETTINGS,
                                problems.reporter("audit"), base_dir=base, environ=env,
                                resolve_secrets=admin)
+        audit_report = problems.reporter("audit")
         if not audit.get("file") and not audit.get("stdout"):
-            problems.reporter("audit")("file", "set file, stdout = true, or both")
+            audit_report("file", "set file, stdout = true, or both")
+        audit_key = audit.get("key")
+        if audit_key is not None and len(audit_key.reveal().encode()) < MIN_AUDIT_KEY_BYTES:
+            given = "key_file" if "key_file" in raw["audit"] else "key_env"
+            audit_report(given, f"the audit key must be at least {MIN_AUDIT_KEY_BYTES} bytes; "
+                                "generate one with: openssl rand -hex 32")
+        if admin and audit.get("file"):
+            _check_audit_file(Path(audit["file"]), audit_report)
     elif admin:
         report("audit", "required section: [audit] with key_env or key_file and a file")
 
@@ -616,9 +663,11 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
             problems.reporter(f"clients.{c.name}")(
                 "client_id", f"client {c.client_id!r} at {c.idp!r} is already configured as "
                              f"{other!r}")
+    state_dir = Path(rot["state_dir"]) if rot.get("state_dir") else base / "state"
+    if consumer is None:  # a consumer keeps no state; the directory may be rotator's own
+        _check_private_dir(state_dir, "state_dir", problems.reporter("rotator"))
     if problems.items:
         raise ConfigError(problems.items)
-    state_dir = Path(rot["state_dir"]) if rot.get("state_dir") else base / "state"
     return Config(
         path=p, state_dir=state_dir,
         audit=AuditConfig(file=Path(audit["file"]) if audit.get("file") else None,

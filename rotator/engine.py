@@ -69,7 +69,7 @@ from rotator.interfaces import (
     StoredCredentials,
 )
 from rotator.journal import new_rotation_id
-from rotator.secrets import Secret, generate_secret, redact
+from rotator.secrets import Secret, check_secret_value, generate_secret, redact
 from rotator.token import Token, TokenRequest, request_token
 
 log = structlog.get_logger("rotator.engine")
@@ -425,6 +425,10 @@ class Engine:
 
     def _start(self, client: ClientConfig, *, dry_run: bool, abandon_pending: bool,
                actor: str, rotation_id: RotationId | None) -> Outcome:
+        problem = check_secret_value(client.client_id)
+        if problem:
+            raise RotationError(f"client {client.name}: its client id {problem}, so it cannot "
+                                "be stored safely")
         idp = self.adapters.idp(client.idp)
         caps = idp.capabilities(client.client_id)
         current = self._read(client, Stage.CURRENT)
@@ -531,8 +535,8 @@ class Engine:
                        f"{rotation.retire_after.isoformat(timespec='seconds')}")
         elif state is State.ROLLED_BACK:
             ok, action = False, "rolled_back"
-            message = (f"new secret failed verification and was discarded; the old secret is "
-                       f"still current: {rotation.error}")
+            message = (f"the new secret was discarded; the old secret is still current: "
+                       f"{rotation.error}")
         else:
             ok, action, message = False, "failed", rotation.error or "rotation failed"
         with bound(rotation_id=rotation.id):
@@ -606,21 +610,39 @@ class Engine:
                 client.client_id, rotation.id, None), rotation, abort_if_denied=True,
                 client=client)
         fingerprint = self.audit.fingerprint(issued.value)
+        problem = check_secret_value(issued.value.reveal())
+        if problem:  # a hostile value must reach no store
+            reason = (f"the IdP issued a secret for client {client.name} that {problem}, so it "
+                      "cannot be stored safely")
+            self.audit.event("secret_refused", step="stage", outcome="failure", error=reason,
+                             new_fingerprint=fingerprint)
+            if rotation.family == "overlap":
+                self._take_back(client, idp, rotation, issued, fingerprint,
+                                f"{reason}; it was discarded at the IdP")
+            else:
+                self._fail(rotation, f"{reason}; the IdP no longer accepts the old secret, so "
+                                     "reset the client's secret at the IdP and store it")
+            raise _Abort
         try:
             self._stage_all(client, rotation, issued.value, abandon_pending)
         except StoreError:
             if rotation.family == "overlap":
                 # The old secret still works: take the new one back rather than risk it.
-                rotation = self._advance(rotation, State.CREATING, new_fingerprint=fingerprint,
-                                         secret_ref=issued.secret_ref)
-                self._discard_at_idp(client, idp, rotation, issued)
-                self._advance(rotation, State.ROLLED_BACK,
-                              error="a store refused the new secret, so it was discarded at "
-                                    "the IdP and the old secret kept")
+                self._take_back(client, idp, rotation, issued, fingerprint,
+                                "a store refused the new secret, so it was discarded at the IdP "
+                                "and the old secret kept")
                 raise _Abort from None
             raise
         return self._advance(rotation, State.CREATED, new_fingerprint=fingerprint,
                              secret_ref=issued.secret_ref)
+
+    def _take_back(self, client: ClientConfig, idp: IdentityProvider, rotation: Rotation,
+                   issued: IssuedSecret, fingerprint: str, reason: str) -> None:
+        """Discard a just-issued secret at an overlap IdP and end the rotation rolled back."""
+        rotation = self._advance(rotation, State.CREATING, new_fingerprint=fingerprint,
+                                 secret_ref=issued.secret_ref)
+        self._discard_at_idp(client, idp, rotation, issued)
+        self._advance(rotation, State.ROLLED_BACK, error=reason)
 
     def _verify_step(self, client: ClientConfig, rotation: Rotation, *, next_state: State,
                      single: bool = False) -> Rotation:
@@ -639,7 +661,8 @@ class Engine:
                 return self._fail(
                     rotation, f"the new secret is current (the IdP invalidated the old one) "
                               f"but did not obtain a token: {exc}")
-            return self._advance(rotation, State.ROLLING_BACK, error=str(exc))
+            return self._advance(rotation, State.ROLLING_BACK,
+                                 error=f"the new secret failed verification: {exc}")
         self.audit.event("secret_verified", step="verify", outcome="success",
                          duration_ms=_ms(started), scopes=sorted(token.scopes),
                          scopes_assumed=token.scopes_assumed,

@@ -101,3 +101,18 @@ def fingerprint(key: bytes, secret: Secret) -> str:
     """
     digest = hmac.new(key, secret.reveal().encode(), hashlib.sha256).hexdigest()
     return f"hmac-sha256:{digest[:32]}"
+
+
+def check_secret_value(value: str) -> str | None:
+    """Why ``value`` cannot be stored as a client id or secret, or None when it can.
+
+    Only printable ASCII without spaces (``!`` to ``~``) is accepted: a value from an IdP is
+    hostile until checked, and anything else (a newline, a Unicode line separator, a
+    control character) can end a line in a file that a service reads. The reason never
+    quotes the value.
+    """
+    if not value:
+        return "is empty"
+    if not all("!" <= ch <= "~" for ch in value):
+        return "contains characters other than printable ASCII without spaces"
+    return None

@@ -11,12 +11,12 @@ from __future__ import annotations
 import math
 import os
 import re
-import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rotator._files import UnsafeFile, read_private_file
 from rotator.secrets import Secret
 
 #: Checked settings handed to an adapter: plain values, and ``Secret`` for secret settings.
@@ -65,22 +65,22 @@ class Setting:
 
 
 def read_secret_file(path: Path) -> Secret:
-    """Read a secret from ``path``; refuse a file that other users may read.
+    """Read a secret from ``path``: a file of this user's, not a symlink, that neither the
+    group nor others may open (checked on the opened file, as ssh does for keys).
 
     Raises ValueError with a reason fit for a configuration problem.
     """
     try:
-        info = path.stat()
+        data = read_private_file(path)
     except FileNotFoundError:
         raise ValueError(f"file {path} does not exist") from None
+    except UnsafeFile as exc:
+        raise ValueError(str(exc)) from None
     except OSError as exc:
         raise ValueError(f"cannot read {path}: {exc.strerror}") from None
-    if info.st_mode & (stat.S_IROTH | stat.S_IWOTH):
-        mode = stat.S_IMODE(info.st_mode)
-        raise ValueError(f"{path} is readable by other users (mode {mode:o}); chmod 600 it")
     try:
-        text = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
         raise ValueError(f"cannot read {path}: {exc}") from None
     if not text:
         raise ValueError(f"{path} is empty")

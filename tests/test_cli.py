@@ -199,7 +199,7 @@ class TestUnopenableFiles:
         setup.write(audit='file = "audit-dir"')
         code, _, err = setup.cli("verify", "app")
         assert code == 2
-        assert f"audit.file: cannot open {setup.dir / 'audit-dir'}: Is a directory" in err
+        assert f"audit.file: {setup.dir / 'audit-dir'} is not a regular file" in err
         assert "unexpected" not in err
 
 

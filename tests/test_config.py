@@ -160,7 +160,7 @@ BROKEN = [
     _case("audit-key-file-world-readable",
           [del_("audit.key_env"), set_("audit.key_file", "audit.key"),
            key_file("audit.key", 0o644)],
-          "audit.key_file", "readable by other users", "644", "chmod 600"),
+          "audit.key_file", "open to other users", "644", "chmod 600"),
     _case("audit-key-file-world-writable",
           [del_("audit.key_env"), set_("audit.key_file", "audit.key"),
            key_file("audit.key", 0o602)],
@@ -663,3 +663,165 @@ class TestInsecureHttp:
         set_("clients.app.token_endpoint", "http://idp.example/token")(d)
         with pytest.raises(ConfigError, match="cleartext"):
             load_config(d.save(), environ=d.env, consumer="app")
+
+
+# -- security review: secret files, the audit key, state and audit directories ----------------
+
+
+NOBODY = 65534
+
+
+def _with_key_file(d: Draft, mode: int = 0o600, text: str | None = None) -> Path:
+    del d.data["audit"]["key_env"]
+    d.data["audit"]["key_file"] = "audit.key"
+    path = d.dir / "audit.key"
+    path.write_text(text if text is not None else secrets.token_urlsafe(32) + "\n")
+    path.chmod(mode)
+    return path
+
+
+def _problems(d: Draft) -> list[ConfigProblem]:
+    with pytest.raises(ConfigError) as info:
+        d.load()
+    return info.value.problems
+
+
+class TestSecretFilePermissions:
+    """A secret file is refused unless it is this user's own regular file that neither the
+    group nor others may open, checked on the opened file."""
+
+    @pytest.mark.parametrize("mode", [0o640, 0o620, 0o610, 0o604, 0o644, 0o660, 0o400 | 0o040],
+                             ids=oct)
+    def test_group_or_other_access_refused(self, tmp_path: Path, mode: int) -> None:
+        d = Draft(tmp_path)
+        _with_key_file(d, mode)
+        _find(_problems(d), "audit.key_file", ("open to other users", f"{mode:o}", "chmod 600"))
+
+    @pytest.mark.parametrize("mode", [0o600, 0o400], ids=oct)
+    def test_private_file_accepted(self, tmp_path: Path, mode: int) -> None:
+        d = Draft(tmp_path)
+        path = _with_key_file(d, mode)
+        assert d.load().audit.key.reveal() == path.read_text().strip()
+
+    def test_file_of_another_user_refused(self, tmp_path: Path) -> None:
+        d = Draft(tmp_path)
+        os.chown(_with_key_file(d), NOBODY, NOBODY)
+        _find(_problems(d), "audit.key_file", ("belongs to another user",))
+
+    def test_symlink_refused(self, tmp_path: Path) -> None:
+        d = Draft(tmp_path)
+        real = _with_key_file(d)
+        real.rename(tmp_path / "real.key")
+        real.symlink_to(tmp_path / "real.key")
+        _find(_problems(d), "audit.key_file", ("symbolic link",))
+
+    def test_idp_secret_file_too(self, tmp_path: Path) -> None:
+        d = Draft(tmp_path)
+        del d.data["idps"]["kc"]["admin_client_secret_env"]
+        d.data["idps"]["kc"]["admin_client_secret_file"] = "kc.secret"
+        (tmp_path / "kc.secret").write_text(secrets.token_urlsafe(32))
+        (tmp_path / "kc.secret").chmod(0o640)
+        _find(_problems(d), "idps.kc.admin_client_secret_file", ("open to other users", "640"))
+
+
+class TestAuditKeyLength:
+    """An audit key shorter than 32 bytes is a configuration problem, whichever way it is given."""
+
+    @pytest.mark.parametrize("length", [1, 16, 31])
+    def test_short_key_from_env(self, tmp_path: Path, length: int) -> None:
+        d = Draft(tmp_path)
+        d.env[AUDIT_VAR] = "Q" * length  # a letter the reason never holds
+        problem = _find(_problems(d), "audit.key_env", ("at least 32 bytes",))
+        assert d.env[AUDIT_VAR] not in problem.reason
+
+    def test_short_key_from_file(self, tmp_path: Path) -> None:
+        d = Draft(tmp_path)
+        _with_key_file(d, text="k\n")
+        _find(_problems(d), "audit.key_file", ("at least 32 bytes",))
+
+    def test_32_bytes_accepted(self, tmp_path: Path) -> None:
+        d = Draft(tmp_path)
+        d.env[AUDIT_VAR] = secrets.token_hex(16)
+        assert d.load().audit.key == Secret(d.env[AUDIT_VAR])
+
+
+class TestPrivateDirectories:
+    """An existing state or audit directory that another user owns or others may write, and
+    an existing audit log open to others, are configuration problems; a consumer load, which
+    keeps no state, checks neither."""
+
+    def _state(self, d: Draft) -> Path:
+        d.data["rotator"] = {"state_dir": "state"}
+        path = d.dir / "state"
+        path.mkdir(mode=0o700)
+        return path
+
+    @pytest.mark.parametrize("mode", [0o777, 0o770, 0o1777, 0o720], ids=oct)
+    def test_state_dir_writable_by_others(self, tmp_path: Path, mode: int) -> None:
+        d = Draft(tmp_path)
+        self._state(d).chmod(mode)
+        _find(_problems(d), "rotator.state_dir", ("writable by other users", "chmod 700"))
+
+    def test_default_state_dir_checked_too(self, tmp_path: Path) -> None:
+        d = Draft(tmp_path)
+        (tmp_path / "state").mkdir()
+        (tmp_path / "state").chmod(0o777)
+        _find(_problems(d), "rotator.state_dir", ("writable by other users",))
+
+    def test_state_dir_of_another_user(self, tmp_path: Path) -> None:
+        d = Draft(tmp_path)
+        os.chown(self._state(d), NOBODY, NOBODY)
+        _find(_problems(d), "rotator.state_dir", ("belongs to another user",))
+
+    def test_state_dir_symlink(self, tmp_path: Path) -> None:
+        d = Draft(tmp_path)
+        (tmp_path / "real").mkdir(mode=0o700)
+        d.data["rotator"] = {"state_dir": "state"}
+        (tmp_path / "state").symlink_to(tmp_path / "real")
+        _find(_problems(d), "rotator.state_dir", ("symbolic link",))
+
+    def test_missing_dirs_are_fine(self, tmp_path: Path) -> None:
+        d = Draft(tmp_path)
+        d.data["rotator"] = {"state_dir": "not/yet"}
+        d.data["audit"]["file"] = "logs/audit.jsonl"
+        d.load()
+
+    def test_audit_dir_writable_by_others(self, tmp_path: Path) -> None:
+        d = Draft(tmp_path)
+        d.data["audit"]["file"] = "logs/audit.jsonl"
+        (tmp_path / "logs").mkdir()
+        (tmp_path / "logs").chmod(0o777)
+        _find(_problems(d), "audit.file", ("writable by other users",))
+
+    @pytest.mark.parametrize("mode", [0o640, 0o644, 0o606], ids=oct)
+    def test_audit_log_open_to_others(self, tmp_path: Path, mode: int) -> None:
+        d = Draft(tmp_path)
+        (tmp_path / "audit.jsonl").touch()
+        (tmp_path / "audit.jsonl").chmod(mode)
+        _find(_problems(d), "audit.file", ("open to other users", f"{mode:o}"))
+
+    def test_audit_log_symlink_or_foreign(self, tmp_path: Path) -> None:
+        d = Draft(tmp_path)
+        (tmp_path / "audit.jsonl").symlink_to(tmp_path / "elsewhere")
+        _find(_problems(d), "audit.file", ("symbolic link",))
+        (tmp_path / "audit.jsonl").unlink()
+        (tmp_path / "audit.jsonl").touch(mode=0o600)
+        os.chown(tmp_path / "audit.jsonl", NOBODY, NOBODY)
+        _find(_problems(d), "audit.file", ("belongs to another user",))
+
+    def test_every_problem_at_once(self, tmp_path: Path) -> None:
+        d = Draft(tmp_path)
+        self._state(d).chmod(0o777)
+        d.env[AUDIT_VAR] = "short"
+        (tmp_path / "audit.jsonl").touch(mode=0o644)
+        (tmp_path / "audit.jsonl").chmod(0o644)
+        keys = {p.key for p in _problems(d)}
+        assert {"rotator.state_dir", "audit.key_env", "audit.file"} <= keys
+
+    def test_consumer_load_checks_neither(self, tmp_path: Path) -> None:
+        d = Draft(tmp_path)
+        os.chown(self._state(d), NOBODY, NOBODY)
+        (tmp_path / "audit.jsonl").touch(mode=0o644)
+        (tmp_path / "audit.jsonl").chmod(0o644)
+        config = load_config(d.save(), environ=d.env, consumer="app")
+        assert config.state_dir == tmp_path.resolve() / "state"

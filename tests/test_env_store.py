@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import secrets
+import signal
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from providers.stores.env import EnvStore, parse_env, render_env
+from providers.stores.env import EnvStore, UnsafeValue, parse_env, render_env
 from rotator.errors import StoreAccessDenied, StoreError, StoreUnavailable
 from rotator.interfaces import Credentials, Stage
 from rotator.secrets import Secret
@@ -33,11 +37,17 @@ TRICKY_VALUES = [
     pytest.param("  padded  ", id="surrounding-spaces"),
     pytest.param("", id="empty"),
     pytest.param("export X=1", id="looks-like-a-line"),
+    pytest.param("it's 'quoted' '\\''", id="single-quotes-and-shell-escape"),
+    pytest.param("a\x85LD_PRELOAD=/tmp/evil.so", id="next-line-character"),
+    pytest.param("a\u2028B=1\u2029C=2", id="unicode-line-separators"),
+    pytest.param("a\x0bB=1\x0cC=2\x1cD=3\x1eE", id="vertical-tab-form-feed-separators"),
 ]
 
 
 def _random_tricky() -> str:
-    return f"{secrets.token_urlsafe(16)}\"'#$=\\\n ü{secrets.token_urlsafe(8)}"
+    """A secret the store accepts (printable ASCII) holding every character a shell treats
+    specially."""
+    return f"{secrets.token_urlsafe(16)}\"'#$=\\`id`$(id)${{HOME}}!;&|<>{secrets.token_urlsafe(8)}"
 
 
 @pytest.fixture
@@ -149,12 +159,12 @@ class TestRewriteKeepsEverythingElse:
         changed = [i for i, (a, b) in enumerate(zip(old_lines, new_lines, strict=False))
                    if a != b]
         assert changed == [old_lines.index('export APP_CLIENT_SECRET="old"')]
-        assert new_lines[len(old_lines):] == ['APP_ROTATION_ID="r-1"']
+        assert new_lines[len(old_lines):] == ["APP_ROTATION_ID='r-1'"]
         assert out.endswith("\n")
 
     def test_export_prefix_is_kept_on_an_updated_line(self) -> None:
         out = render_env(ORIGINAL, {"APP_CLIENT_SECRET": "new"})
-        assert 'export APP_CLIENT_SECRET="new"' in out.splitlines()
+        assert "export APP_CLIENT_SECRET='new'" in out.splitlines()
         assert parse_env(out)["APP_CLIENT_SECRET"] == "new"
 
     def test_delete_removes_only_that_line(self) -> None:
@@ -166,7 +176,7 @@ class TestRewriteKeepsEverythingElse:
         text = "K=first\nOTHER=1\nK=second\n"
         out = render_env(text, {"K": "new"})
         assert parse_env(out) == {"K": "new", "OTHER": "1"}
-        assert out == 'K="new"\nOTHER=1\n'
+        assert out == "K='new'\nOTHER=1\n"
         assert render_env(text, {"K": None}) == "OTHER=1\n"
 
     def test_no_updates_keeps_the_text(self) -> None:
@@ -304,3 +314,272 @@ class TestPrefix:
         store = _store(tmp_path / "creds.env")
         store.stage_pending(prefix, _creds(), "r-1")
         assert store.read(prefix, Stage.PENDING) is not None
+
+
+# -- security review: shell sourcing, line splitting, unsafe values --------------------------
+
+
+def _source(path: Path, *names: str) -> tuple[dict[str, str], str]:
+    """Source ``path`` with /bin/sh as a service would (``set -a; . file``); return the
+    values of ``names`` and the whole exported environment as text."""
+    script = 'set -a; . "$1"; ' + "".join(f'printf "%s\\0" "${n}"; ' for n in names) + "env"
+    done = subprocess.run(["/bin/sh", "-c", script, "sh", str(path)], capture_output=True,
+                          env={"PATH": os.environ["PATH"]}, cwd=path.parent, check=True)
+    fields = done.stdout.split(b"\0")
+    values = {n: fields[i].decode("utf-8") for i, n in enumerate(names)}
+    return values, fields[-1].decode("utf-8", "replace")
+
+
+class TestSourcedByAShell:
+    """A file the store writes, sourced by a shell, runs no command and sets each variable
+    to exactly the value written."""
+
+    @pytest.mark.parametrize("template", [
+        pytest.param("a`touch {m}`b", id="backticks"),
+        pytest.param("a$(touch {m})b", id="command-substitution"),
+        pytest.param("a${{X:=$(touch {m})}}b", id="parameter-expansion"),
+        pytest.param("it's'`touch {m}`'", id="single-quotes"),
+        pytest.param('"; touch {m}; "\\', id="double-quote-and-backslash"),
+        pytest.param("a'\\''`touch {m}`", id="quote-escape-sequence"),
+    ])
+    def test_no_expansion(self, tmp_path: Path, template: str) -> None:
+        marker = tmp_path / "ran"
+        value = template.format(m=marker)
+        path = tmp_path / "creds.env"
+        store = _store(path)
+        store._write("", {"APP_CLIENT_SECRET": value})  # the low-level writer: no value check
+        got, _ = _source(path, "APP_CLIENT_SECRET")
+        assert not marker.exists()
+        assert got["APP_CLIENT_SECRET"] == value
+        assert parse_env(path.read_text(encoding="utf-8"))["APP_CLIENT_SECRET"] == value
+
+    def test_through_stage_and_promote(self, tmp_path: Path) -> None:
+        marker = tmp_path / "ran"
+        secret = f"{secrets.token_urlsafe(8)}`touch {marker}`$(touch {marker})'\"\\"
+        secret = secret.replace(" ", "")  # the store takes no spaces
+        path = tmp_path / "creds.env"
+        store = _store(path)
+        store.stage_pending("APP", _creds(secret), "r-1")
+        store.promote("APP", "r-1")
+        got, _ = _source(path, "APP_CLIENT_SECRET", "APP_CLIENT_ID")
+        assert not marker.exists()
+        assert got == {"APP_CLIENT_SECRET": secret, "APP_CLIENT_ID": "svc-app"}
+
+    def test_unicode_line_break_plants_no_variable(self, tmp_path: Path) -> None:
+        path = tmp_path / "creds.env"
+        value = "x\x85LD_PRELOAD=/tmp/evil.so\u2028EVIL=1"
+        store = _store(path)
+        store._write("", {"APP_CLIENT_SECRET": value})
+        store._write(path.read_text(encoding="utf-8"), {"APP_ROTATION_ID": "r-1"})
+        assert set(parse_env(path.read_text(encoding="utf-8"))) == {
+            "APP_CLIENT_SECRET", "APP_ROTATION_ID"}
+        got, environment = _source(path, "APP_CLIENT_SECRET")
+        assert got["APP_CLIENT_SECRET"] == value
+        assert "\nLD_PRELOAD=" not in "\n" + environment
+        assert "\nEVIL=" not in "\n" + environment
+
+    def test_value_with_newline_still_expands_nothing(self, tmp_path: Path) -> None:
+        marker = tmp_path / "ran"
+        value = f"line1\n`touch {marker}`$(touch {marker})\r\n"
+        path = tmp_path / "creds.env"
+        _store(path)._write("", {"OLD_SECRET": value})
+        _source(path, "OLD_SECRET")
+        assert not marker.exists()
+        assert parse_env(path.read_text(encoding="utf-8")) == {"OLD_SECRET": value}
+
+
+class TestLinesSplitOnNewlineOnly:
+    """Only "\\n" ends a line; other characters Python counts as line breaks stay in the value."""
+
+    @pytest.mark.parametrize("sep", ["\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85",
+                                     "\u2028", "\u2029"], ids=lambda c: f"U+{ord(c):04X}")
+    def test_parse(self, sep: str) -> None:
+        assert parse_env(f"K='a{sep}LD_PRELOAD=/x'\n") == {"K": f"a{sep}LD_PRELOAD=/x"}
+        assert "LD_PRELOAD" not in parse_env(f"K=a{sep}LD_PRELOAD=/x\n")
+
+    @pytest.mark.parametrize("sep", ["\x85", "\u2028"], ids=lambda c: f"U+{ord(c):04X}")
+    def test_rewrite_keeps_one_line(self, sep: str) -> None:
+        text = f"K='a{sep}LD_PRELOAD=/x'\nOTHER=1\n"
+        out = render_env(text, {"OTHER": "2"})
+        assert out.count("\n") == 2
+        assert parse_env(out) == {"K": f"a{sep}LD_PRELOAD=/x", "OTHER": "2"}
+
+
+class TestReadsFilesWrittenBefore:
+    """Files written by earlier versions (double-quoted, escaped) still read the same."""
+
+    def test_double_quoted(self) -> None:
+        old = 'export APP_CLIENT_SECRET="a\\"b\\\\c\\$d`e\\nf"\nAPP_ROTATION_ID="r-1"\n'
+        assert parse_env(old) == {"APP_CLIENT_SECRET": 'a"b\\c$d`e\nf',
+                                  "APP_ROTATION_ID": "r-1"}
+
+    def test_rewritten_in_the_new_form(self) -> None:
+        old = 'APP_CLIENT_SECRET="a\\$b"\nAPP_ROTATION_ID="r-1"\n'
+        out = render_env(old, {"APP_ROTATION_ID": "r-2"})
+        assert out == "APP_CLIENT_SECRET=\"a\\$b\"\nAPP_ROTATION_ID='r-2'\n"
+        assert parse_env(out) == {"APP_CLIENT_SECRET": "a$b", "APP_ROTATION_ID": "r-2"}
+
+
+class TestRefusesUnsafeValues:
+    """The store refuses a client id or secret that is not printable ASCII without spaces,
+    naming the location and never the value, and writes nothing."""
+
+    @pytest.mark.parametrize("bad", [
+        " ", "\n", "\r", "\t", "\x00", "\x0b", "\x85", "\u2028", "é", "\x7f",
+    ], ids=repr)
+    @pytest.mark.parametrize("field", ["secret", "client_id"])
+    def test_refused(self, tmp_path: Path, bad: str, field: str) -> None:
+        path = tmp_path / "creds.env"
+        path.write_text("APP_CLIENT_ID=svc-app\n", encoding="utf-8")
+        before = path.read_bytes()
+        value = f"{secrets.token_urlsafe(12)}{bad}LD_PRELOAD=/tmp/evil.so"
+        creds = (Credentials("svc-app", Secret(value)) if field == "secret"
+                 else Credentials(value, Secret(secrets.token_urlsafe(32))))
+        with pytest.raises(UnsafeValue) as info:
+            _store(path).stage_pending("APP", creds, "r-1")
+        assert isinstance(info.value, StoreError)
+        message = str(info.value)
+        assert "APP" in message and "printable ASCII" in message
+        assert value not in message and "LD_PRELOAD" not in message
+        assert path.read_bytes() == before
+
+    def test_empty_secret_refused(self, tmp_path: Path) -> None:
+        with pytest.raises(UnsafeValue, match="empty"):
+            _store(tmp_path / "creds.env").stage_pending(
+                "APP", Credentials("svc-app", Secret("")), "r-1")
+
+
+# -- files in shared directories: symlinks, foreign owners, a lock held forever ---------------
+
+
+NOBODY = 65534
+
+
+class TestNoSymlinkNoForeignFile:
+    """The store follows no planted symlink and refuses a lock file another user owns."""
+
+    def test_env_file_symlink_is_not_followed(self, tmp_path: Path) -> None:
+        target = tmp_path / "elsewhere.env"
+        target.write_text(f"APP_CLIENT_ID=svc-app\nAPP_CLIENT_SECRET={secrets.token_hex(8)}\n")
+        before = target.read_bytes()
+        path = tmp_path / "creds.env"
+        path.symlink_to(target)
+        store = _store(path)
+        with pytest.raises(StoreUnavailable, match="symbolic link"):
+            store.read("APP")
+        with pytest.raises(StoreUnavailable, match="symbolic link"):
+            store.stage_pending("APP", _creds(), "r-1")
+        assert target.read_bytes() == before and path.is_symlink()
+
+    def test_lock_file_symlink_is_not_followed(self, tmp_path: Path) -> None:
+        target = tmp_path / "victim"
+        (tmp_path / "creds.env.lock").symlink_to(target)
+        with pytest.raises(StoreAccessDenied, match="symbolic link"):
+            _store(tmp_path / "creds.env").stage_pending("APP", _creds(), "r-1")
+        assert not target.exists()
+        assert not (tmp_path / "creds.env").exists()
+
+    def test_lock_file_of_another_user_is_refused(self, tmp_path: Path) -> None:
+        lock = tmp_path / "creds.env.lock"
+        lock.touch(mode=0o600)
+        os.chown(lock, NOBODY, NOBODY)
+        with pytest.raises(StoreAccessDenied, match="another user"):
+            _store(tmp_path / "creds.env").stage_pending("APP", _creds(), "r-1")
+        assert not (tmp_path / "creds.env").exists()
+
+    def test_planted_temp_symlink_is_replaced_not_followed(self, tmp_path: Path) -> None:
+        target = tmp_path / "victim"
+        target.write_text("untouched\n")
+        (tmp_path / ".creds.env.rotator-tmp").symlink_to(target)
+        store = _store(tmp_path / "creds.env")
+        store.stage_pending("APP", _creds(), "r-1")
+        assert target.read_text() == "untouched\n"
+        assert store.read("APP", Stage.PENDING) is not None
+        assert sorted(p.name for p in tmp_path.iterdir()) == [
+            "creds.env", "creds.env.lock", "victim"]
+
+
+class TestLockTimeout:
+    """A write waits a bounded time for a lock another holder keeps, then fails naming it."""
+
+    def test_held_lock_times_out(self, tmp_path: Path) -> None:
+        path = tmp_path / "creds.env"
+        lock_path = tmp_path / "creds.env.lock"
+        holder = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(holder, fcntl.LOCK_EX)
+            with pytest.raises(StoreUnavailable, match=str(lock_path)) as info:
+                _store(path, lock_timeout=0.2).stage_pending("APP", _creds(), "r-1")
+            assert info.value.retryable
+        finally:
+            os.close(holder)
+        assert not path.exists()
+        _store(path, lock_timeout=0.2).stage_pending("APP", _creds(), "r-1")
+        assert path.exists()
+
+    def test_setting_is_checked(self) -> None:
+        names = {s.key: s for s in EnvStore.SETTINGS}
+        assert names["lock_timeout"].kind == "duration"
+        assert names["lock_timeout"].default == 30.0
+
+
+# -- a writer killed mid-write -----------------------------------------------------------------
+
+
+_KILLED_WRITER = """
+import os, signal, sys
+from providers.stores.env import EnvStore
+from rotator.interfaces import Credentials
+from rotator.secrets import Secret
+
+def die(*args: object) -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+os.replace = die  # the temporary file is written and synced; die before the rename
+store = EnvStore("env", {"file": sys.argv[1], "read_environ": False})
+store.stage_pending("APP", Credentials("svc-app", Secret(os.environ["NEW_SECRET"])), "r-1")
+"""
+
+
+class TestKilledWrite:
+    """A write killed between its temporary file and the rename leaves no copy of the
+    secrets once the store is used again."""
+
+    def _kill_a_write(self, path: Path) -> str:
+        old = secrets.token_urlsafe(32)
+        path.write_text(f"APP_CLIENT_ID=svc-app\nAPP_CLIENT_SECRET={old}\n")
+        path.chmod(0o600)
+        new = secrets.token_urlsafe(32)
+        root = Path(__file__).resolve().parent.parent
+        done = subprocess.run(
+            [sys.executable, "-c", _KILLED_WRITER, str(path)], cwd=root, capture_output=True,
+            env={**os.environ, "NEW_SECRET": new, "PYTHONPATH": str(root)})
+        assert done.returncode == -signal.SIGKILL, done.stderr.decode()
+        left = [p for p in path.parent.iterdir() if p.name not in (path.name, f"{path.name}.lock")]
+        assert len(left) == 1 and new in left[0].read_text()  # the window is real
+        assert path.read_text() == f"APP_CLIENT_ID=svc-app\nAPP_CLIENT_SECRET={old}\n"
+        return new
+
+    def _left(self, path: Path) -> list[str]:
+        return sorted(p.name for p in path.parent.iterdir())
+
+    def test_next_write_removes_it(self, tmp_path: Path) -> None:
+        path = tmp_path / "creds.env"
+        self._kill_a_write(path)
+        _store(path).stage_pending("APP", _creds(), "r-2", replace_foreign=True)
+        assert self._left(path) == ["creds.env", "creds.env.lock"]
+
+    def test_store_start_removes_it(self, tmp_path: Path) -> None:
+        path = tmp_path / "creds.env"
+        self._kill_a_write(path)
+        _store(path).start()
+        assert self._left(path) == ["creds.env", "creds.env.lock"]
+
+    def test_leftover_of_an_earlier_version_is_removed(self, tmp_path: Path) -> None:
+        path = tmp_path / "creds.env"
+        legacy = tmp_path / ".creds.env.k3j_9x2a.tmp"  # tempfile.mkstemp's name
+        legacy.write_text(f"APP_CLIENT_SECRET={secrets.token_urlsafe(32)}\n")
+        unrelated = tmp_path / ".other.env.k3j_9x2a.tmp"
+        unrelated.write_text("not ours\n")
+        _store(path).start()
+        assert self._left(path) == [".other.env.k3j_9x2a.tmp", "creds.env.lock"]

@@ -18,20 +18,28 @@ other stages and the rotation facts sit beside it in the same file:
 With ``file`` set, the store reads and writes that file: every write replaces it atomically
 (temporary file, fsync, rename) with mode 0600 under an exclusive lock, keeping every other
 line as it was. Without ``file`` the store reads the process environment and refuses writes.
+
+A file may be sourced by a shell (``set -a; . file``), so values are written in single
+quotes, where the shell expands nothing, and lines are split on ``\n`` only. The store
+refuses to write a client id or secret that is not printable ASCII without spaces.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import os
 import re
+import stat
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from rotator._files import write_private_file
+from rotator._files import UnsafeFile, open_private
 from rotator.errors import StoreAccessDenied, StoreConflict, StoreError, StoreUnavailable
 from rotator.interfaces import (
     Credentials,
@@ -41,12 +49,53 @@ from rotator.interfaces import (
     StoredCredentials,
     StoreFacts,
 )
-from rotator.secrets import Secret
+from rotator.secrets import Secret, check_secret_value
 from rotator.settings import Setting
 
 _LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
 _PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\", "$": "$"}
+_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\", "$": "$", "`": "`"}
+#: How often a writer waiting for another's lock tries again, in seconds.
+_LOCK_POLL = 0.05
+
+
+class UnsafeValue(StoreError):
+    """A client id or secret cannot be written to an env file safely; nothing was written."""
+
+
+def _lines(text: str) -> list[str]:
+    """The lines of ``text``, split on "\\n" only.
+
+    ``str.splitlines`` also splits on \\x0b, \\x0c, \\x1c-\\x1e, \\x85, \\u2028 and \\u2029;
+    a value holding one of those must stay one value, not become a second variable.
+    """
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def _single_quoted(raw: str) -> str | None:
+    """The value of shell single-quoted text such as ``'it'\\''s'``, or None if ``raw`` is
+    not only that (a trailing comment aside)."""
+    parts: list[str] = []
+    i = 0
+    while i < len(raw):
+        if raw[i] == "'":
+            end = raw.find("'", i + 1)
+            if end < 0:
+                return None
+            parts.append(raw[i + 1:end])
+            i = end + 1
+        elif raw.startswith("\\'", i):
+            parts.append("'")
+            i += 2
+        else:
+            break
+    rest = raw[i:].strip()
+    if rest and not rest.startswith("#"):
+        return None
+    return "".join(parts)
 
 
 def _closing_quote(raw: str) -> int:
@@ -63,12 +112,14 @@ def _closing_quote(raw: str) -> int:
 
 
 def _unquote(raw: str) -> str:
-    end = _closing_quote(raw) if raw[:1] in ("'", '"') else -1
+    if raw[:1] == "'":
+        single = _single_quoted(raw)
+        if single is not None:
+            return single
+    end = _closing_quote(raw) if raw[:1] == '"' else -1
     rest = raw[end + 1:].strip() if end > 0 else ""
     if end > 0 and (not rest or rest.startswith("#")):  # a trailing comment is allowed
         body = raw[1:end]
-        if raw[0] == "'":
-            return body
         out: list[str] = []
         chars = iter(body)
         for ch in chars:
@@ -82,15 +133,21 @@ def _unquote(raw: str) -> str:
 
 
 def _quote(value: str) -> str:
-    body = (value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
-            .replace("\n", "\\n").replace("\r", "\\r"))
-    return f'"{body}"'
+    """``value`` quoted so that a shell sourcing the file expands nothing in it."""
+    if "\n" in value or "\r" in value:
+        # A line cannot hold these: escape them in double quotes, with every character the
+        # shell would expand there (\\ " $ `) escaped too. The store never writes such a
+        # value itself; this keeps one a person put in the file when it moves to PREVIOUS.
+        body = (value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
+                .replace("`", "\\`").replace("\n", "\\n").replace("\r", "\\r"))
+        return f'"{body}"'
+    return "'" + value.replace("'", "'\\''") + "'"
 
 
 def parse_env(text: str) -> dict[str, str]:
     """Parse dotenv text into a mapping; comments and blank lines are skipped."""
     values: dict[str, str] = {}
-    for line in text.splitlines():
+    for line in _lines(text):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         match = _LINE.match(line)
@@ -106,7 +163,7 @@ def render_env(text: str, updates: Mapping[str, str | None]) -> str:
     """
     pending = dict(updates)
     lines: list[str] = []
-    for line in text.splitlines():
+    for line in _lines(text):
         match = _LINE.match(line) if line.strip() and not line.lstrip().startswith("#") else None
         if match and match.group(1) in pending:
             value = pending.pop(match.group(1))
@@ -121,6 +178,63 @@ def render_env(text: str, updates: Mapping[str, str | None]) -> str:
     return "\n".join(lines) + "\n" if lines else ""
 
 
+def _temp_path(path: Path) -> Path:
+    """The one temporary file a write of ``path`` uses: a fixed name, so the next writer
+    finds and removes what a killed one left."""
+    return path.with_name(f".{path.name}.rotator-tmp")
+
+
+def _leftovers(path: Path) -> list[Path]:
+    """Temporary copies of ``path`` that killed writers left: this writer's, and the
+    ``.<name>.<random>.tmp`` files earlier versions of rotator wrote."""
+    legacy = re.compile(rf"^\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp$")
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return []
+    return [path.parent / name for name in names
+            if name == _temp_path(path).name or legacy.match(name)]
+
+
+def _sweep(path: Path) -> None:
+    """Remove leftovers of ``path`` that are this user's regular files (under the lock)."""
+    for leftover in _leftovers(path):
+        with contextlib.suppress(FileNotFoundError):
+            info = os.lstat(leftover)
+            if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid():
+                os.unlink(leftover)
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically, mode 0600; call under the store lock.
+
+    The temporary file is created exclusively and without following a symlink; a crash
+    leaves either the old or the new file, whole, and at most the temporary file, which
+    the next write (or the store's start) removes.
+    """
+    tmp = _temp_path(path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o600)
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 class EnvStore:
     """Credentials in environment variables, written to a dotenv file."""
 
@@ -130,34 +244,57 @@ class EnvStore:
                                     "process environment only"),
         Setting("read_environ", "bool", default=True,
                 help="read the process environment for variables the file lacks"),
+        Setting("lock_timeout", "duration", default=30.0,
+                help="how long a write waits for another process holding the file's lock"),
     )
 
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
         self.name = name
         self._file = Path(settings["file"]) if settings.get("file") else None
         self._read_environ = bool(settings.get("read_environ", True))
+        timeout = settings.get("lock_timeout")
+        self._lock_timeout = 30.0 if timeout is None else float(timeout)
 
     def start(self) -> None:
         if self._file is not None and not self._file.parent.is_dir():
             raise StoreUnavailable(
                 f"store {self.name!r}: directory {self._file.parent} does not exist"
             )
+        if self._file is not None and _leftovers(self._file):
+            # A writer killed mid-write left a copy of the file; remove it now rather than
+            # at the next write. Best effort: a reader may not hold the directory's rights.
+            with contextlib.suppress(StoreError), self._locked():
+                pass
 
     def close(self) -> None:
         return None
 
     # -- reading ---------------------------------------------------------------------------
 
+    def _read_file(self, path: Path) -> str:
+        """The file's text ("" if missing), opened without following a symlink."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return ""
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise StoreUnavailable(f"store {self.name!r}: {path} is a symbolic link; "
+                                       "refusing to follow it: point 'file' at the real "
+                                       "file") from None
+            raise StoreUnavailable(f"store {self.name!r}: cannot read {path}: "
+                                   f"{exc.strerror}") from exc
+        try:
+            with os.fdopen(fd, "rb") as handle:
+                return handle.read().decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StoreUnavailable(f"store {self.name!r}: cannot read {path}: "
+                                   f"{exc}") from exc
+
     def _values(self) -> dict[str, str]:
         values: dict[str, str] = dict(os.environ) if self._read_environ else {}
         if self._file is not None:
-            try:
-                values.update(parse_env(self._file.read_text(encoding="utf-8")))
-            except FileNotFoundError:
-                pass
-            except (OSError, UnicodeDecodeError) as exc:
-                raise StoreUnavailable(f"store {self.name!r}: cannot read {self._file}: "
-                                       f"{exc}") from exc
+            values.update(parse_env(self._read_file(self._file)))
         return values
 
     @staticmethod
@@ -230,28 +367,41 @@ class EnvStore:
     @contextmanager
     def _locked(self) -> Iterator[tuple[str, dict[str, str]]]:
         path = self._require_file()
+        lock_path = path.with_name(f"{path.name}.lock")
         try:
-            lock = os.open(f"{path}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+            lock = open_private(lock_path, os.O_CREAT | os.O_RDWR)
+        except UnsafeFile as exc:
+            raise StoreAccessDenied(f"store {self.name!r}: cannot lock {path}: {exc}") from None
         except OSError as exc:
             raise StoreUnavailable(f"store {self.name!r}: cannot lock {path}: "
                                    f"{exc.strerror}") from exc
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                text = path.read_text(encoding="utf-8")
-            except FileNotFoundError:
-                text = ""
-            except (OSError, UnicodeDecodeError) as exc:
-                raise StoreUnavailable(f"store {self.name!r}: cannot read {path}: "
-                                       f"{exc}") from exc
+            self._acquire(lock, lock_path)
+            _sweep(path)
+            text = self._read_file(path)
             yield text, parse_env(text)
         finally:
             os.close(lock)
 
+    def _acquire(self, lock: int, lock_path: Path) -> None:
+        """Take the lock, waiting at most ``lock_timeout`` for another process to let go."""
+        deadline = time.monotonic() + self._lock_timeout
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StoreUnavailable(
+                        f"store {self.name!r}: another process has held {lock_path} for "
+                        f"more than {self._lock_timeout:g}s; try again later"
+                    ) from None
+                time.sleep(_LOCK_POLL)
+
     def _write(self, text: str, updates: Mapping[str, str | None]) -> None:
         path = self._require_file()
         try:
-            write_private_file(path, render_env(text, updates).encode("utf-8"))
+            _replace(path, render_env(text, updates).encode("utf-8"))
         except PermissionError as exc:
             raise StoreAccessDenied(f"store {self.name!r}: cannot write {path}: "
                                     f"{exc.strerror}") from exc
@@ -277,6 +427,12 @@ class EnvStore:
         replace_foreign: bool = False,
     ) -> None:
         n = self._names(location)
+        for what, value in (("client id", credentials.client_id),
+                            ("client secret", credentials.client_secret.reveal())):
+            problem = check_secret_value(value)
+            if problem:
+                raise UnsafeValue(f"store {self.name!r}: the {what} for {location} {problem}; "
+                                  "refusing to write it to an env file")
         with self._locked() as (text, v):
             foreign = v.get(n["pending_rid"])
             if v.get(n["pending"]) and foreign != rotation_id and not replace_foreign:
