@@ -28,6 +28,8 @@ is neither ``AWSPENDING`` nor ``AWSCURRENT``. The version id of the new secret i
 Retiring old secrets: Secrets Manager has no step after ``finishSecret``, so the old secret
 stays valid (as ``AWSPREVIOUS``) until the next rotation's ``createSecret`` retires it, i.e.
 for one rotation interval; with ``grace_period = 0`` ``finishSecret`` retires it at once.
+With a single-secret IdP the old secret died in ``createSecret``: ``finishSecret`` removes
+``AWSPREVIOUS`` from it, whatever the grace period.
 
 Configuration: ``ROTATOR_CONFIG`` names rotator's TOML file; the client rotated is the one
 whose first store is an ``aws_secrets_manager`` store holding this secret (``ROTATOR_CLIENT``
@@ -167,14 +169,19 @@ def _current(r: _Rotation) -> tuple[dict[str, Any], Credentials]:
     return base, current
 
 
+def _drop_previous(r: _Rotation) -> None:
+    previous = r.label_of(PREVIOUS)
+    if previous and previous != r.label_of(CURRENT):
+        r.move(PREVIOUS, away_from=previous)
+        r.refresh()
+
+
 def _retire(r: _Rotation, keep: Secret) -> None:
     """Revoke the old secrets the IdP still accepts, and stop offering AWSPREVIOUS."""
     if not r.caps.can_revoke_old:
         return
     count = r.idp.retire_old_secrets(r.config.client_id, IssuedSecret(keep))
-    previous = r.label_of(PREVIOUS)
-    if previous and previous != r.label_of(CURRENT):
-        r.move(PREVIOUS, away_from=previous)
+    _drop_previous(r)
     r.audit.event("old_secret_retired", step="retire", outcome="success", count=count)
 
 
@@ -245,7 +252,9 @@ def finish_secret(r: _Rotation, rotation_token: str | None) -> None:
         raise RotationError(f"version {r.token} of {r.secret_id} is neither AWSPENDING nor "
                             "AWSCURRENT")
     _promote(r)
-    if r.config.grace_period == 0:
+    if not r.caps.overlap:
+        _drop_previous(r)  # the IdP invalidated it when it issued the new secret
+    elif r.config.grace_period == 0:
         _retire(r, _current(r)[1].client_secret)
 
 

@@ -303,6 +303,19 @@ class TestSingleSecret:
         assert rig.labels()[token] == ["AWSCURRENT"]
 
 
+class TestSingleSecretPrevious:
+    """With a single-secret IdP finishSecret stops offering the dead old secret as AWSPREVIOUS."""
+
+    @pytest.mark.parametrize("grace", ["0s", "1h"])
+    def test_previous_dropped(self, rig_for: Any, grace: str) -> None:
+        rig = rig_for(overlap=False, grace=grace)
+        token = rig.rotate()
+        assert not rig.works(rig.old)
+        assert rig.value("AWSPREVIOUS") is None
+        assert rig.labels()[token] == ["AWSCURRENT"]
+        assert rig.works(rig.value("AWSCURRENT"))
+
+
 class _Crash(BaseException):
     """The function being killed: nothing in the handler catches it."""
 
