@@ -92,7 +92,7 @@ class _Rotation:
     def value(self, **where: str) -> tuple[dict[str, Any], Credentials | None]:
         with self.store.errors(self.secret_id):
             text = self.store.client.get_secret_value(SecretId=self.secret_id, **where)
-        return self.store.decode(text.get("SecretString"))
+        return self.store.parse(self.secret_id, text)
 
     def refresh(self) -> None:
         with self.store.errors(self.secret_id):

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -221,18 +221,30 @@ class AwsSecretsManagerStore:
         return json.dumps({**base, self.id_key: credentials.client_id,
                            self.secret_key: credentials.client_secret.reveal()})
 
-    def decode(self, text: str | None) -> tuple[dict[str, Any], Credentials | None]:
+    def decode(self, text: str | None, location: Location = "?",
+               version: str = "?") -> tuple[dict[str, Any], Credentials | None]:
         """The JSON object a version holds, and the credential in it if there is one."""
         try:
             value = json.loads(text or "{}")
         except ValueError:
             value = None
         if not isinstance(value, dict):
-            raise StoreError(f"aws store {self.name!r}: a secret value is not a JSON object")
+            raise StoreError(f"aws store {self.name!r}: {location} version {version}: the "
+                             "value is not a JSON object")
         cid, secret = value.get(self.id_key), value.get(self.secret_key)
         if isinstance(cid, str) and isinstance(secret, str):
             return value, Credentials(cid, Secret(secret))
         return value, None
+
+    def parse(self, location: Location, answer: Mapping[str, Any]
+              ) -> tuple[dict[str, Any], Credentials | None]:
+        """``decode`` for a ``GetSecretValue`` answer; a binary value is refused, not empty."""
+        version = str(answer.get("VersionId") or "?")
+        if answer.get("SecretString") is None and answer.get("SecretBinary") is not None:
+            raise StoreError(f"aws store {self.name!r}: {location} version {version} holds a "
+                             "binary value (SecretBinary), not a JSON object in SecretString; "
+                             "rotator neither reads nor replaces it")
+        return self.decode(answer.get("SecretString"), location, version)
 
     # -- AWS calls -------------------------------------------------------------------------
 
@@ -249,11 +261,9 @@ class AwsSecretsManagerStore:
         return _Meta({k: list(v) for k, v in answer.get("VersionIdsToStages", {}).items()},
                      {t["Key"]: t["Value"] for t in answer.get("Tags", [])})
 
-    def _value(self, location: Location, label: str) -> tuple[str, list[str], str, datetime]:
+    def _value(self, location: Location, label: str) -> Mapping[str, Any]:
         with self.errors(location):
-            got = self.client.get_secret_value(SecretId=location, VersionStage=label)
-        return got["VersionId"], list(got["VersionStages"]), got.get("SecretString", ""), \
-            got["CreatedDate"]
+            return self.client.get_secret_value(SecretId=location, VersionStage=label)
 
     def _label(self, location: Location, label: str, *, to: str | None = None,
                away_from: str | None = None) -> None:
@@ -281,12 +291,13 @@ class AwsSecretsManagerStore:
 
     def read(self, location: Location, stage: Stage = Stage.CURRENT) -> StoredCredentials | None:
         try:
-            version, labels, text, created = self._value(location, _LABEL[stage])
+            got = self._value(location, _LABEL[stage])
         except StoreNotFound:
             return None
-        if _placeholder(version) or (stage is Stage.PENDING and CURRENT in labels):
+        version, created = str(got["VersionId"]), got["CreatedDate"]
+        if _placeholder(version) or (stage is Stage.PENDING and CURRENT in got["VersionStages"]):
             return None
-        creds = self.decode(text)[1]
+        creds = self.parse(location, got)[1]
         if creds is None:
             return None
         rid, at = rotation_of(version)[0], created
@@ -327,12 +338,12 @@ class AwsSecretsManagerStore:
                 f"(rotation {owner or 'not started by rotator'}); rotation {rotation_id} will "
                 "not replace it")
         current = meta.holder(CURRENT)
-        base = self.decode(self._value(location, CURRENT)[2])[0] if current else {}
+        base = self.parse(location, self._value(location, CURRENT))[0] if current else {}
         text = self.encode(base, credentials)
         if pending and owner == rotation_id:
             with self.errors(location):
                 staged = self.client.get_secret_value(SecretId=location, VersionId=pending)
-            if self.decode(staged.get("SecretString"))[0] == json.loads(text):
+            if self.parse(location, staged)[0] == json.loads(text):
                 return  # this very value is staged already
         token = version_token(rotation_id, max(self._our_generations(location, rotation_id),
                                                default=-1) + 1)
