@@ -3,16 +3,17 @@ promotion never undoes a write made after staging; on a real moto server."""
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Iterator
 
 import pytest
 from servers import MotoServer
-from test_aws_store import labels, raw
+from test_aws_store import CLIENT_ID, current_json, hand_made, labels, raw
 from test_store_contract import aws_store, new_creds, new_rid
 
 from providers.stores.aws_secrets_manager import AwsSecretsManagerStore
-from rotator.errors import StoreError
+from rotator.errors import StoreConflict, StoreError
 from rotator.interfaces import Stage
 
 pytestmark = pytest.mark.server
@@ -65,3 +66,43 @@ class TestNotAnObject:
             store.read(name, Stage.CURRENT)
         assert name in str(caught.value)
         assert version in str(caught.value)
+
+
+def console_edit(server: MotoServer, name: str, **changes: str) -> None:
+    """What a console edit does: a new AWSCURRENT version with some keys changed."""
+    value = {**current_json(server, name), **changes}
+    raw(server).put_secret_value(SecretId=name, SecretString=json.dumps(value))
+
+
+class TestEditBetweenStageAndPromote:
+    """Promotion keeps keys someone changed after staging, or refuses another client's id."""
+
+    def test_edited_key_survives_promote(self, moto_server: MotoServer,
+                                         store: AwsSecretsManagerStore) -> None:
+        name = hand_made(moto_server, {"client_id": CLIENT_ID, "client_secret": "old-1234",
+                                       "host": "db-1.internal"})
+        creds, rid = new_creds(), new_rid()
+        store.stage_pending(name, creds, rid)
+        console_edit(moto_server, name, host="db-2.internal")
+        store.promote(name, rid)
+        assert current_json(moto_server, name) == {
+            "client_id": CLIENT_ID, "client_secret": creds.client_secret.reveal(),
+            "host": "db-2.internal"}
+        assert store.read(name, Stage.PENDING) is None
+        assert "AWSPENDING" not in str(labels(moto_server, name))
+        previous = raw(moto_server).get_secret_value(SecretId=name, VersionStage="AWSPREVIOUS")
+        assert json.loads(previous["SecretString"])["host"] == "db-2.internal"
+        store.promote(name, rid)  # repeated: nothing changes
+        assert current_json(moto_server, name)["host"] == "db-2.internal"
+
+    def test_changed_client_id_refused(self, moto_server: MotoServer,
+                                       store: AwsSecretsManagerStore) -> None:
+        name = hand_made(moto_server, {"client_id": CLIENT_ID, "client_secret": "old-1234"})
+        rid = new_rid()
+        store.stage_pending(name, new_creds(), rid)
+        console_edit(moto_server, name, client_id="svc-other")
+        before = labels(moto_server, name)
+        with pytest.raises(StoreConflict, match="client_id"):
+            store.promote(name, rid)
+        assert labels(moto_server, name) == before
+        assert current_json(moto_server, name)["client_id"] == "svc-other"

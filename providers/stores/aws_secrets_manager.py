@@ -6,7 +6,9 @@ into each new version. CURRENT, PENDING and PREVIOUS are the versions labelled
 ``AWSCURRENT``, ``AWSPENDING`` (unless also ``AWSCURRENT``) and ``AWSPREVIOUS``; every read
 names its label. ``promote`` moves ``AWSCURRENT`` (AWS moves ``AWSPREVIOUS`` itself), tags
 the secret (``rotator:rotation-id``, ``rotator:promoted-at``), then removes ``AWSPENDING``;
-repeated after a crash between any two, it finishes the job.
+repeated after a crash between any two, it finishes the job. It never undoes a write made
+after staging: when ``AWSCURRENT``'s other keys changed meanwhile, it first restages them
+with the staged credential (next generation) and promotes that.
 
 A version's id is its ``ClientRequestToken``, which AWS wants 32-64 characters long; rotation
 ids have 29, so versions are written as ``rotator.NN.<rotation id>`` (``NN`` a generation,
@@ -265,6 +267,10 @@ class AwsSecretsManagerStore:
         with self.errors(location):
             return self.client.get_secret_value(SecretId=location, VersionStage=label)
 
+    def _version(self, location: Location, version: str) -> Mapping[str, Any]:
+        with self.errors(location):
+            return self.client.get_secret_value(SecretId=location, VersionId=version)
+
     def _label(self, location: Location, label: str, *, to: str | None = None,
                away_from: str | None = None) -> None:
         kwargs: dict[str, str] = {"MoveToVersionId": to} if to else {}
@@ -372,8 +378,10 @@ class AwsSecretsManagerStore:
                     f"aws store {self.name!r}: {location} has no pending credential of "
                     f"rotation {rotation_id}, and its current one belongs to "
                     f"{rotation_of(current)[0] or 'no known rotation'}")
+            pending = self._rebase(location, rotation_id, pending, current)
             self._label(location, CURRENT, to=pending, away_from=current)
-            meta, current, previous = _Meta(meta.labels), pending, current
+            meta = _Meta((self.meta(location) or _Meta()).labels)  # tags: write them again
+            current, previous = pending, current
         if meta.tags.get(_TAG_RID) != rotation_id:
             with self.errors(location):
                 self.client.tag_resource(SecretId=location, Tags=[
@@ -383,6 +391,34 @@ class AwsSecretsManagerStore:
             self._label(location, PENDING, away_from=current)
         if _placeholder(previous):  # the secret had no credential before: nothing to keep
             self._label(location, PREVIOUS, away_from=previous)
+
+    def _rebase(self, location: Location, rotation_id: RotationId, pending: str,
+                current: str | None) -> str:
+        """The version to promote: ``pending``, or, when someone changed the other keys of
+        ``AWSCURRENT`` after staging (e.g. in the console), the next generation holding
+        those keys and the staged credential, so that promoting undoes no one's write."""
+        if not current or _placeholder(current):
+            return pending
+        base = self.parse(location, self._version(location, current))[0]
+        staged, creds = self.parse(location, self._version(location, pending))
+        if creds is None:
+            raise StoreConflict(f"aws store {self.name!r}: {location} version {pending} holds "
+                                "no credential to promote")
+        if {k: v for k, v in base.items() if k != self.secret_key} == {
+                k: v for k, v in staged.items() if k != self.secret_key}:
+            return pending
+        if base.get(self.id_key) not in (None, creds.client_id):
+            raise StoreConflict(
+                f"aws store {self.name!r}: {location}: {self.id_key!r} of AWSCURRENT (version "
+                f"{current}) was changed after rotation {rotation_id} staged version {pending}; "
+                "not promoting a credential of another client")
+        token = version_token(rotation_id, max(self._our_generations(location, rotation_id),
+                                               default=-1) + 1)
+        with self.errors(location):
+            self.client.put_secret_value(SecretId=location, ClientRequestToken=token,
+                                         SecretString=self.encode(base, creds),
+                                         VersionStages=[PENDING])
+        return token
 
     def discard_pending(self, location: Location, rotation_id: RotationId) -> None:
         pending = (self.meta(location) or _Meta()).pending()
