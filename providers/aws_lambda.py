@@ -19,7 +19,10 @@ is neither ``AWSPENDING`` nor ``AWSCURRENT``. The version id of the new secret i
     Gives the IdP the new value when rotator chooses values; otherwise nothing to do.
 ``testSecret``
     The new credential must obtain a token (client-credentials grant), with the client's
-    ``verify_attempts`` to ride out propagation delay.
+    ``verify_attempts`` to ride out propagation delay. If it does not and the IdP keeps two
+    secrets, the rotation is rolled back as the CLI engine does: the old secret becomes the
+    IdP's current one again, the new one is discarded, and ``AWSPENDING`` is removed from
+    the token's version; the step still fails.
 ``finishSecret``
     Verifies again if ``token`` is still ``AWSPENDING`` (a hand-made or out-of-order call
     must not make an unproven secret current), moves ``AWSCURRENT`` to ``token`` (AWS puts
@@ -59,6 +62,7 @@ from rotator.engine import Adapters, verify_credentials
 from rotator.errors import (
     RotationError,
     StoreNotFound,
+    VerificationError,
 )
 from rotator.interfaces import Credentials, IdentityProvider, IdpCapabilities, IssuedSecret
 from rotator.secrets import Secret, generate_secret
@@ -238,9 +242,25 @@ def set_secret(r: _Rotation, rotation_token: str | None) -> None:
 
 def test_secret(r: _Rotation, rotation_token: str | None) -> None:
     creds = _token_credentials(r)
-    verify_credentials(r.config, creds, r.idp, attempts=r.config.verify_attempts)
+    try:
+        verify_credentials(r.config, creds, r.idp, attempts=r.config.verify_attempts)
+    except VerificationError:
+        if r.caps.overlap and r.state() == "pending":
+            _roll_back(r, creds.client_secret)
+        raise
     r.audit.event("secret_verified", step="test", outcome="success",
                   new_fingerprint=r.audit.fingerprint(creds.client_secret))
+
+
+def _roll_back(r: _Rotation, new: Secret) -> None:
+    """Make the old secret the IdP's current again, discard ``new``, and unlabel its version,
+    so that AWSCURRENT keeps working with no deadline and the next rotation may start."""
+    old = _current(r)[1].client_secret
+    r.idp.discard_secret(r.config.client_id, IssuedSecret(new), old)
+    r.move(PENDING, away_from=r.token)
+    r.refresh()
+    r.audit.event("new_secret_discarded", step="test", outcome="success",
+                  new_fingerprint=r.audit.fingerprint(new))
 
 
 def finish_secret(r: _Rotation, rotation_token: str | None) -> None:
