@@ -6,8 +6,12 @@ Secrets Manager drives the rotation and calls :func:`handler` once per step with
 every step first re-reads them, does nothing if its work is done, and refuses a token that
 is neither ``AWSPENDING`` nor ``AWSCURRENT``. The version id of the new secret is ``token``.
 
+Every step first refuses a ``token`` Secrets Manager did not register (a version labelled
+``AWSPENDING`` or ``AWSCURRENT``), as AWS's templates do.
+
 ``createSecret``
-    Does nothing if ``token`` already holds a value. Otherwise gets the new secret and
+    Does nothing if ``token`` already holds a value. Refuses while the last promotion's
+    ``grace_period`` (tag ``rotator:promoted-at``) has not passed. Otherwise gets the new secret and
     stores it under ``AWSPENDING``, the other JSON keys copied from ``AWSCURRENT``. When the
     IdP generates values (Keycloak), the new value exists only once the IdP made it, so this
     step asks the IdP for it; a retry after a crash adopts the secret the IdP already holds
@@ -47,7 +51,7 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from providers.stores.aws_secrets_manager import (
@@ -157,8 +161,13 @@ def _rotation(config: Config, adapters: Adapters, audit: AuditLog, secret_id: st
             continue
         if not meta.get("RotationEnabled"):
             raise RotationError(f"secret {meta['Name']} is not enabled for rotation")
-        idp = adapters.idp(client.idp)
         labels = {k: list(v) for k, v in meta.get("VersionIdsToStages", {}).items()}
+        if not {CURRENT, PENDING} & set(labels.get(token, [])):
+            # As in AWS's templates: only a token Secrets Manager registered (RotateSecret
+            # labels its version AWSPENDING) may rotate; an invocation cannot force one.
+            raise RotationError(f"version {token} of {meta['Name']} is neither AWSPENDING nor "
+                                "AWSCURRENT: Secrets Manager did not register this token")
+        idp = adapters.idp(client.idp)
         return _Rotation(client, store, idp, idp.capabilities(client.client_id), meta["ARN"],
                          token, labels, audit)
     raise RotationError(f"no configured client has {secret_id} as its first store"
@@ -189,6 +198,25 @@ def _retire(r: _Rotation, keep: Secret) -> None:
     r.audit.event("old_secret_retired", step="retire", outcome="success", count=count)
 
 
+def _check_grace(r: _Rotation) -> None:
+    """Refuse to end the previous secret's validity before its grace period is over."""
+    if not r.caps.can_revoke_old or not r.label_of(PREVIOUS):
+        return
+    with r.store.errors(r.secret_id):
+        tags = r.store.client.describe_secret(SecretId=r.secret_id).get("Tags", [])
+    promoted = next((t["Value"] for t in tags if t["Key"] == "rotator:promoted-at"), None)
+    try:
+        ends = datetime.fromisoformat(promoted or "") + timedelta(seconds=r.config.grace_period)
+    except ValueError:
+        return  # never promoted by rotator: no grace period of ours to keep
+    if datetime.now(UTC) < ends:
+        if r.state() == "pending":  # the registered version is still empty: not in progress
+            r.move(PENDING, away_from=r.token)
+        raise RotationError(
+            f"{r.secret_id}: the previous secret's grace period lasts until "
+            f"{ends.isoformat(timespec='seconds')}; rotating now would end it early")
+
+
 def create_secret(r: _Rotation, rotation_token: str | None) -> None:
     state = r.state()
     if state == "current":
@@ -216,6 +244,7 @@ def create_secret(r: _Rotation, rotation_token: str | None) -> None:
             r.audit.event("secret_recovered", step="create", outcome="success",
                           new_fingerprint=r.audit.fingerprint(held))
     if value is None:
+        _check_grace(r)
         _retire(r, current.client_secret)
         if r.caps.caller_sets_value:
             value = generate_secret()

@@ -42,8 +42,30 @@ class Rig:
                             aws_access_key_id=self.moto.access_key_id,
                             aws_secret_access_key=self.moto.secret_access_key)
 
-    def step(self, step: str, token: str, **extra: str) -> None:
-        """Invoke the handler with the event Secrets Manager sends for ``step``."""
+    def register(self, token: str) -> bool:
+        """What RotateSecret does before calling createSecret: label a version of ``token``
+        AWSPENDING, unless another rotation's AWSPENDING is there (then RotateSecret fails).
+
+        moto registers no empty version without invoking a Lambda, so the version holds
+        ``{}``: no credential yet, which createSecret treats as an empty version."""
+        labels = self.labels()
+        if token in labels or any("AWSPENDING" in s and "AWSCURRENT" not in s
+                                  for s in labels.values()):
+            return False
+        self.aws().put_secret_value(SecretId=self.name, ClientRequestToken=token,
+                                    SecretString="{}", VersionStages=["AWSPENDING"])
+        return True
+
+    def age_promotion(self) -> None:
+        """Let the grace period of the last promotion pass (its tag, two days earlier)."""
+        self.aws().tag_resource(SecretId=self.name, Tags=[
+            {"Key": "rotator:promoted-at", "Value": "2000-01-01T00:00:00+00:00"}])
+
+    def step(self, step: str, token: str, *, register: bool = True, **extra: str) -> None:
+        """Invoke the handler with the event Secrets Manager sends for ``step``; before
+        createSecret, register ``token`` as RotateSecret would."""
+        if step == "createSecret" and register:
+            self.register(token)
         event = {"SecretId": self.arn, "ClientRequestToken": token, "Step": step, **extra}
         try:
             aws_lambda.handler(event, None)
@@ -62,7 +84,8 @@ class Rig:
             got = aws.get_secret_value(SecretId=self.name, VersionStage=stage)
         except aws.exceptions.ResourceNotFoundException:
             return None
-        return str(json.loads(got["SecretString"])["client_secret"])
+        secret = json.loads(got["SecretString"]).get("client_secret")
+        return None if secret is None else str(secret)
 
     def labels(self) -> dict[str, list[str]]:
         stages = self.aws().describe_secret(SecretId=self.name)["VersionIdsToStages"]
@@ -237,8 +260,10 @@ class TestOutOfOrder:
         rig = rig_for()
         first = str(uuid.uuid4())
         rig.step("createSecret", first)
-        with pytest.raises(RotationError, match="another rotation is in progress"):
-            rig.step("createSecret", str(uuid.uuid4()))
+        second = str(uuid.uuid4())
+        assert not rig.register(second), "RotateSecret refuses while one is pending"
+        with pytest.raises(RotationError, match="did not register"):
+            rig.step("createSecret", second)
         for step in STEPS[1:]:
             rig.step(step, first)
         assert rig.value("AWSCURRENT") == rig.kc_current()
@@ -246,6 +271,7 @@ class TestOutOfOrder:
     def test_stale_token_after_next_rotation(self, rig_for: Any) -> None:
         rig = rig_for()
         first = rig.rotate()
+        rig.age_promotion()
         rig.rotate()
         current = rig.value("AWSCURRENT")
         for step in STEPS:  # its version is AWSPREVIOUS now
@@ -270,6 +296,7 @@ class TestRetirement:
         rig.rotate()
         first = rig.value("AWSCURRENT")
         assert rig.works(rig.old)
+        rig.age_promotion()
         token = str(uuid.uuid4())
         rig.step("createSecret", token)
         assert not rig.works(rig.old)
@@ -331,6 +358,38 @@ class TestFailedTest:
         rig.rotate()  # the next rotation is not refused
         assert rig.works(rig.value("AWSCURRENT"))
         assert rig.works(rig.old)
+
+
+class TestUnregisteredToken:
+    """A token Secrets Manager did not register is refused by every step, changing nothing."""
+
+    @pytest.mark.parametrize("step", STEPS)
+    def test_refused(self, rig_for: Any, step: str) -> None:
+        rig = rig_for()
+        before = rig.labels()
+        with pytest.raises(RotationError, match="did not register"):
+            rig.step(step, str(uuid.uuid4()), register=False)
+        assert rig.labels() == before
+        assert rig.kc_current() == rig.old
+
+
+class TestGracePeriod:
+    """createSecret refuses while the last promotion's grace period lasts; afterwards it rotates."""
+
+    def test_refused_within_grace(self, rig_for: Any) -> None:
+        rig = rig_for()
+        rig.rotate()
+        first = rig.value("AWSCURRENT")
+        token = str(uuid.uuid4())
+        with pytest.raises(RotationError, match="grace period"):
+            rig.step("createSecret", token)
+        assert rig.works(rig.old), "the previous secret keeps its grace period"
+        assert rig.kc_current() == first
+        assert token not in rig.labels(), "no rotation is left in progress"
+        rig.age_promotion()
+        rig.rotate()
+        assert not rig.works(rig.old)
+        assert rig.works(first)
 
 
 class TestSingleSecretPrevious:
