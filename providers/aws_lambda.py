@@ -38,11 +38,13 @@ for one rotation interval; with ``grace_period = 0`` ``finishSecret`` retires it
 With a single-secret IdP the old secret died in ``createSecret``: ``finishSecret`` removes
 ``AWSPREVIOUS`` from it, whatever the grace period.
 
-Configuration: ``ROTATOR_CONFIG`` names rotator's TOML file; the client rotated is the one
-whose first store is an ``aws_secrets_manager`` store holding this secret (``ROTATOR_CLIENT``
-names it explicitly). Audit events go to stdout (CloudWatch Logs). Nothing here logs a
-secret value; failures raise :class:`~rotator.errors.RotatorError` and Secrets Manager
-marks the rotation failed and retries it.
+Configuration: ``ROTATOR_SECRETS_ID`` may name a Secrets Manager secret holding a JSON
+object of environment variables (e.g. the audit key and the IdP admin secret named by
+``*_env`` settings), read once per cold start. ``ROTATOR_CONFIG`` names rotator's TOML
+file; the client rotated is the one whose first store is an ``aws_secrets_manager`` store
+holding this secret (``ROTATOR_CLIENT`` names it explicitly). Audit events go to stdout
+(CloudWatch Logs). Nothing here logs a secret value; failures raise
+:class:`~rotator.errors.RotatorError` and Secrets Manager marks the rotation failed.
 """
 
 from __future__ import annotations
@@ -122,6 +124,7 @@ def handler(event: Mapping[str, Any], context: object = None,
     step, token = str(event.get("Step", "")), str(event.get("ClientRequestToken", ""))
     if step not in STEPS or not token:
         raise RotationError(f"not a Secrets Manager rotation event (Step {step!r})")
+    env = _with_config_secrets(env)
     config = load_config(env.get("ROTATOR_CONFIG") or "rotator.toml", env)
     audit = AuditLog(config.audit.require_key(config.path), stdout=True)
     adapters = Adapters(config)
@@ -141,6 +144,30 @@ def handler(event: Mapping[str, Any], context: object = None,
     finally:
         adapters.close()
         audit.close()
+
+
+_CONFIG_SECRETS: dict[str, dict[str, str]] = {}  # per secret id, for this execution env
+
+
+def _with_config_secrets(env: Mapping[str, str]) -> Mapping[str, str]:
+    """``env`` with the variables held in the secret ``ROTATOR_SECRETS_ID`` names, read
+    once per cold start, so the audit key and the IdP admin secret need not sit in the
+    function's environment (readable with ``lambda:GetFunctionConfiguration``)."""
+    secret_id = env.get("ROTATOR_SECRETS_ID")
+    if not secret_id:
+        return env
+    if secret_id not in _CONFIG_SECRETS:
+        with AwsSecretsManagerStore("ROTATOR_SECRETS_ID", {}) as store:
+            with store.errors(secret_id):
+                answer = store.client.get_secret_value(SecretId=secret_id,
+                                                       VersionStage=CURRENT)
+            value = store.parse(secret_id, answer)[0]
+        wrong = sorted(k for k, v in value.items() if not isinstance(v, str))
+        if wrong:
+            raise RotationError(f"ROTATOR_SECRETS_ID {secret_id}: values of {wrong} are not "
+                                "strings")
+        _CONFIG_SECRETS[secret_id] = value
+    return {**env, **_CONFIG_SECRETS[secret_id]}
 
 
 def _rotation(config: Config, adapters: Adapters, audit: AuditLog, secret_id: str, token: str,

@@ -392,6 +392,47 @@ class TestGracePeriod:
         assert rig.works(first)
 
 
+class TestConfigSecrets:
+    """ROTATOR_SECRETS_ID loads the audit key and IdP admin secret from Secrets Manager once."""
+
+    def test_loaded_from_secrets_manager(self, rig_for: Any,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+        rig = rig_for()
+        config = Path(aws_lambda.os.environ["ROTATOR_CONFIG"])
+        audit_key = secrets.token_urlsafe(32)
+        rig.seen.add(audit_key)
+        text = config.read_text().replace('key_file = "audit.key"', 'key_env = "AUDIT_KEY"')
+        config.write_text(text.replace('admin_client_secret_file = "admin.secret"',
+                                       'admin_client_secret_env = "KC_ADMIN"'))
+        for name in ("audit.key", "admin.secret"):
+            (config.parent / name).unlink()
+        held = {"AUDIT_KEY": audit_key, "KC_ADMIN": rig.kc.admin_secret}
+        name = f"rotator/config-{secrets.token_hex(4)}"
+        rig.aws().create_secret(Name=name, SecretString=json.dumps(held))
+        monkeypatch.setattr(aws_lambda, "_CONFIG_SECRETS", {})
+        monkeypatch.setenv("ROTATOR_SECRETS_ID", name)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", rig.moto.url)
+        monkeypatch.delenv("AUDIT_KEY", raising=False)
+        monkeypatch.delenv("KC_ADMIN", raising=False)
+        token = str(uuid.uuid4())
+        rig.step("createSecret", token)
+        rig.aws().put_secret_value(SecretId=name, SecretString="{}")  # read once: kept
+        for step in STEPS[1:]:
+            rig.step(step, token)
+        assert rig.value("AWSCURRENT") == rig.kc_current() != rig.old
+
+    def test_not_strings_refused(self, rig_for: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        rig = rig_for()
+        name = f"rotator/config-{secrets.token_hex(4)}"
+        rig.aws().create_secret(Name=name, SecretString=json.dumps({"AUDIT_KEY": 1}))
+        monkeypatch.setattr(aws_lambda, "_CONFIG_SECRETS", {})
+        monkeypatch.setenv("ROTATOR_SECRETS_ID", name)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", rig.moto.url)
+        with pytest.raises(RotationError, match="AUDIT_KEY"):
+            rig.step("createSecret", str(uuid.uuid4()))
+        assert rig.kc_current() == rig.old
+
+
 class TestSingleSecretPrevious:
     """With a single-secret IdP finishSecret stops offering the dead old secret as AWSPREVIOUS."""
 
