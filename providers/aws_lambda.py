@@ -15,7 +15,9 @@ Every step first refuses a ``token`` Secrets Manager did not register (a version
     stores it under ``AWSPENDING``, the other JSON keys copied from ``AWSCURRENT``. When the
     IdP generates values (Keycloak), the new value exists only once the IdP made it, so this
     step asks the IdP for it; a retry after a crash adopts the secret the IdP already holds
-    (when it differs from ``AWSCURRENT``) instead of making a second one. When rotator may
+    (when it differs from ``AWSCURRENT``) instead of making a second one. Concurrent
+    invocations for one token first claim it in Secrets Manager (:func:`_claim`), so only
+    one asks the IdP. When rotator may
     choose the value, this step only generates it. Before making a new secret it retires the
     old secrets the last rotation kept valid (see below). With a single-secret IdP the old
     secret is dead at this point, so the new version is made ``AWSCURRENT`` at once.
@@ -49,7 +51,10 @@ holding this secret (``ROTATOR_CLIENT`` names it explicitly). Audit events go to
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -67,6 +72,7 @@ from rotator.config import ClientConfig, Config, load_config
 from rotator.engine import Adapters, verify_credentials
 from rotator.errors import (
     RotationError,
+    StoreConflict,
     StoreNotFound,
     VerificationError,
 )
@@ -74,6 +80,9 @@ from rotator.interfaces import Credentials, IdentityProvider, IdpCapabilities, I
 from rotator.secrets import Secret, generate_secret
 
 STEPS = ("createSecret", "setSecret", "testSecret", "finishSecret")
+CLAIM_LABEL = "ROTATOR_CLAIM"
+_LAMBDA_MAX_MS = 15 * 60 * 1000  # Lambda's longest timeout
+_NEVER = datetime.max.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -88,6 +97,7 @@ class _Rotation:
     token: str
     labels: dict[str, list[str]]
     audit: AuditLog
+    deadline: datetime = _NEVER  # when this invocation is killed
 
     def label_of(self, label: str) -> str | None:
         return next((v for v, stages in self.labels.items() if label in stages), None)
@@ -131,6 +141,9 @@ def handler(event: Mapping[str, Any], context: object = None,
     try:
         rotation = _rotation(config, adapters, audit, str(event["SecretId"]), token,
                              env.get("ROTATOR_CLIENT"))
+        remaining = getattr(context, "get_remaining_time_in_millis", None)
+        rotation.deadline = datetime.now(UTC) + timedelta(
+            milliseconds=remaining() if callable(remaining) else _LAMBDA_MAX_MS)
         with bound(client=rotation.config.name, rotation_id=token, actor="aws-lambda"):
             started = time.monotonic()
             try:
@@ -244,6 +257,46 @@ def _check_grace(r: _Rotation) -> None:
             f"{ends.isoformat(timespec='seconds')}; rotating now would end it early")
 
 
+def _staged(r: _Rotation) -> bool:
+    """Whether the token's version holds a credential already."""
+    try:
+        return r.value(VersionId=r.token, VersionStage=PENDING)[1] is not None
+    except StoreNotFound:
+        return False  # Secrets Manager registered the version; it has no value yet
+
+
+def _claim(r: _Rotation) -> None:
+    """Make this invocation the only one creating the IdP secret of ``token``.
+
+    The claim is a version of the secret whose id derives from the token; Secrets Manager
+    refuses a second ``PutSecretValue`` with that id and another value, so of concurrent
+    invocations (separate processes) exactly one succeeds. A claim lasts until its holder's
+    Lambda timeout; an expired one is superseded by the next generation.
+    """
+    digest = hashlib.sha256(r.token.encode()).hexdigest()[:40]
+    text = json.dumps({"rotator_claim": r.token, "by": secrets.token_hex(8),
+                       "until": r.deadline.isoformat()})
+    for generation in range(100):
+        claim = f"rotator-claim.{generation:02d}.{digest}"
+        try:
+            with r.store.errors(r.secret_id):
+                r.store.client.put_secret_value(SecretId=r.secret_id, ClientRequestToken=claim,
+                                                SecretString=text, VersionStages=[CLAIM_LABEL])
+            return
+        except StoreConflict:
+            held = r.value(VersionId=claim)[0]
+            try:
+                until = datetime.fromisoformat(str(held.get("until")))
+            except ValueError:
+                until = _NEVER
+            if datetime.now(UTC) < until:
+                raise RotationError(
+                    f"{r.secret_id}: another invocation is creating the secret of version "
+                    f"{r.token} (claim {claim}, until {until.isoformat(timespec='seconds')})"
+                ) from None
+    raise RotationError(f"{r.secret_id}: too many expired claims for version {r.token}")
+
+
 def create_secret(r: _Rotation, rotation_token: str | None) -> None:
     state = r.state()
     if state == "current":
@@ -254,14 +307,16 @@ def create_secret(r: _Rotation, rotation_token: str | None) -> None:
     if pending not in (None, r.token, r.label_of(CURRENT)):
         raise RotationError(f"{r.secret_id}: version {pending} is AWSPENDING: another "
                             "rotation is in progress")
-    if state == "pending":
-        try:
-            if r.value(VersionId=r.token, VersionStage=PENDING)[1] is not None:
-                if not r.caps.overlap:  # an earlier attempt died before promoting it
-                    _promote(r)
-                return
-        except StoreNotFound:
-            pass  # Secrets Manager registered the version; it has no value yet
+    if state == "pending" and _staged(r):
+        if not r.caps.overlap:  # an earlier attempt died before promoting it
+            _promote(r)
+        return
+    if not r.caps.caller_sets_value:
+        _claim(r)  # only one invocation per token may ask the IdP for a secret
+        if _staged(r):  # a holder of an expired claim finished after all
+            if not r.caps.overlap:
+                _promote(r)
+            return
     base, current = _current(r)
     value: Secret | None = None
     if not r.caps.caller_sets_value and r.caps.can_read_current:

@@ -3,8 +3,10 @@ real moto server and a real Keycloak: repeated, out-of-order and interrupted ste
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ from rotation_env import KeycloakRealm
 from servers import ROTATION_ATTRIBUTES, MotoServer
 
 from providers import aws_lambda
+from providers.idps.keycloak import KeycloakIdp
 from rotator.errors import InvalidClient, RotationError
 
 pytestmark = pytest.mark.server
@@ -431,6 +434,69 @@ class TestConfigSecrets:
         with pytest.raises(RotationError, match="AUDIT_KEY"):
             rig.step("createSecret", str(uuid.uuid4()))
         assert rig.kc_current() == rig.old
+
+
+class TestConcurrentCreate:
+    """Concurrent createSecret invocations for one token make at most one IdP secret."""
+
+    def test_one_idp_secret(self, rig_for: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        rig = rig_for()
+        token = str(uuid.uuid4())
+        assert rig.register(token)
+        creates: list[str] = []
+        met = threading.Barrier(2)  # both invocations have read the labels
+        asking = threading.Barrier(2)  # both are about to ask the IdP
+        create, current, find = (KeycloakIdp.create_secret, KeycloakIdp.current_secret,
+                                 aws_lambda._rotation)
+
+        def wait(barrier: threading.Barrier) -> None:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                barrier.wait(timeout=60)
+
+        def found(*args: Any) -> Any:
+            rotation = find(*args)
+            wait(met)
+            return rotation
+
+        def read_current(self: KeycloakIdp, client_id: str) -> Any:
+            wait(asking)
+            return current(self, client_id)
+
+        def counted(self: KeycloakIdp, *args: Any) -> Any:
+            creates.append(threading.current_thread().name)
+            return create(self, *args)
+
+        errors: list[BaseException] = []
+
+        def invoke() -> None:
+            try:
+                aws_lambda.handler({"SecretId": rig.arn, "ClientRequestToken": token,
+                                    "Step": "createSecret"})
+            except Exception as exc:
+                errors.append(exc)
+            finally:
+                asking.abort()  # the other one need not wait for this one any more
+
+        with monkeypatch.context() as m:
+            m.setattr(aws_lambda, "_rotation", found)
+            m.setattr(KeycloakIdp, "current_secret", read_current)
+            m.setattr(KeycloakIdp, "create_secret", counted)
+            threads = [threading.Thread(target=invoke, name=f"invocation-{i}")
+                       for i in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        rig.remember()
+        assert len(creates) == 1, f"{len(creates)} IdP secrets for one token"
+        assert all(isinstance(e, RotationError) and "another invocation" in str(e)
+                   for e in errors)
+        assert rig.works(rig.value("AWSCURRENT")), "AWSCURRENT keeps working"
+        assert rig.value("AWSPENDING") == rig.kc_current()
+        for step in STEPS[1:]:
+            rig.step(step, token)
+        assert rig.value("AWSCURRENT") == rig.kc_current()
+        assert rig.works(rig.old)
 
 
 class TestSingleSecretPrevious:
