@@ -6,12 +6,18 @@ Secrets Manager drives the rotation and calls :func:`handler` once per step with
 every step first re-reads them, does nothing if its work is done, and refuses a token that
 is neither ``AWSPENDING`` nor ``AWSCURRENT``. The version id of the new secret is ``token``.
 
+Every step first refuses a ``token`` Secrets Manager did not register (a version labelled
+``AWSPENDING`` or ``AWSCURRENT``), as AWS's templates do.
+
 ``createSecret``
-    Does nothing if ``token`` already holds a value. Otherwise gets the new secret and
+    Does nothing if ``token`` already holds a value. Refuses while the last promotion's
+    ``grace_period`` (tag ``rotator:promoted-at``) has not passed. Otherwise gets the new secret and
     stores it under ``AWSPENDING``, the other JSON keys copied from ``AWSCURRENT``. When the
     IdP generates values (Keycloak), the new value exists only once the IdP made it, so this
     step asks the IdP for it; a retry after a crash adopts the secret the IdP already holds
-    (when it differs from ``AWSCURRENT``) instead of making a second one. When rotator may
+    (when it differs from ``AWSCURRENT``) instead of making a second one. Concurrent
+    invocations for one token first claim it in Secrets Manager (:func:`_claim`), so only
+    one asks the IdP. When rotator may
     choose the value, this step only generates it. Before making a new secret it retires the
     old secrets the last rotation kept valid (see below). With a single-secret IdP the old
     secret is dead at this point, so the new version is made ``AWSCURRENT`` at once.
@@ -19,7 +25,10 @@ is neither ``AWSPENDING`` nor ``AWSCURRENT``. The version id of the new secret i
     Gives the IdP the new value when rotator chooses values; otherwise nothing to do.
 ``testSecret``
     The new credential must obtain a token (client-credentials grant), with the client's
-    ``verify_attempts`` to ride out propagation delay.
+    ``verify_attempts`` to ride out propagation delay. If it does not and the IdP keeps two
+    secrets, the rotation is rolled back as the CLI engine does: the old secret becomes the
+    IdP's current one again, the new one is discarded, and ``AWSPENDING`` is removed from
+    the token's version; the step still fails.
 ``finishSecret``
     Verifies again if ``token`` is still ``AWSPENDING`` (a hand-made or out-of-order call
     must not make an unproven secret current), moves ``AWSCURRENT`` to ``token`` (AWS puts
@@ -28,21 +37,28 @@ is neither ``AWSPENDING`` nor ``AWSCURRENT``. The version id of the new secret i
 Retiring old secrets: Secrets Manager has no step after ``finishSecret``, so the old secret
 stays valid (as ``AWSPREVIOUS``) until the next rotation's ``createSecret`` retires it, i.e.
 for one rotation interval; with ``grace_period = 0`` ``finishSecret`` retires it at once.
+With a single-secret IdP the old secret died in ``createSecret``: ``finishSecret`` removes
+``AWSPREVIOUS`` from it, whatever the grace period.
 
-Configuration: ``ROTATOR_CONFIG`` names rotator's TOML file; the client rotated is the one
-whose first store is an ``aws_secrets_manager`` store holding this secret (``ROTATOR_CLIENT``
-names it explicitly). Audit events go to stdout (CloudWatch Logs). Nothing here logs a
-secret value; failures raise :class:`~rotator.errors.RotatorError` and Secrets Manager
-marks the rotation failed and retries it.
+Configuration: ``ROTATOR_SECRETS_ID`` may name a Secrets Manager secret holding a JSON
+object of environment variables (e.g. the audit key and the IdP admin secret named by
+``*_env`` settings), read once per cold start. ``ROTATOR_CONFIG`` names rotator's TOML
+file; the client rotated is the one whose first store is an ``aws_secrets_manager`` store
+holding this secret (``ROTATOR_CLIENT`` names it explicitly). Audit events go to stdout
+(CloudWatch Logs). Nothing here logs a secret value; failures raise
+:class:`~rotator.errors.RotatorError` and Secrets Manager marks the rotation failed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from providers.stores.aws_secrets_manager import (
@@ -56,12 +72,17 @@ from rotator.config import ClientConfig, Config, load_config
 from rotator.engine import Adapters, verify_credentials
 from rotator.errors import (
     RotationError,
+    StoreConflict,
     StoreNotFound,
+    VerificationError,
 )
 from rotator.interfaces import Credentials, IdentityProvider, IdpCapabilities, IssuedSecret
 from rotator.secrets import Secret, generate_secret
 
 STEPS = ("createSecret", "setSecret", "testSecret", "finishSecret")
+CLAIM_LABEL = "ROTATOR_CLAIM"
+_LAMBDA_MAX_MS = 15 * 60 * 1000  # Lambda's longest timeout
+_NEVER = datetime.max.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -76,6 +97,7 @@ class _Rotation:
     token: str
     labels: dict[str, list[str]]
     audit: AuditLog
+    deadline: datetime = _NEVER  # when this invocation is killed
 
     def label_of(self, label: str) -> str | None:
         return next((v for v, stages in self.labels.items() if label in stages), None)
@@ -90,7 +112,7 @@ class _Rotation:
     def value(self, **where: str) -> tuple[dict[str, Any], Credentials | None]:
         with self.store.errors(self.secret_id):
             text = self.store.client.get_secret_value(SecretId=self.secret_id, **where)
-        return self.store.decode(text.get("SecretString"))
+        return self.store.parse(self.secret_id, text)
 
     def refresh(self) -> None:
         with self.store.errors(self.secret_id):
@@ -112,12 +134,16 @@ def handler(event: Mapping[str, Any], context: object = None,
     step, token = str(event.get("Step", "")), str(event.get("ClientRequestToken", ""))
     if step not in STEPS or not token:
         raise RotationError(f"not a Secrets Manager rotation event (Step {step!r})")
+    env = _with_config_secrets(env)
     config = load_config(env.get("ROTATOR_CONFIG") or "rotator.toml", env)
     audit = AuditLog(config.audit.require_key(config.path), stdout=True)
     adapters = Adapters(config)
     try:
         rotation = _rotation(config, adapters, audit, str(event["SecretId"]), token,
                              env.get("ROTATOR_CLIENT"))
+        remaining = getattr(context, "get_remaining_time_in_millis", None)
+        rotation.deadline = datetime.now(UTC) + timedelta(
+            milliseconds=remaining() if callable(remaining) else _LAMBDA_MAX_MS)
         with bound(client=rotation.config.name, rotation_id=token, actor="aws-lambda"):
             started = time.monotonic()
             try:
@@ -131,6 +157,30 @@ def handler(event: Mapping[str, Any], context: object = None,
     finally:
         adapters.close()
         audit.close()
+
+
+_CONFIG_SECRETS: dict[str, dict[str, str]] = {}  # per secret id, for this execution env
+
+
+def _with_config_secrets(env: Mapping[str, str]) -> Mapping[str, str]:
+    """``env`` with the variables held in the secret ``ROTATOR_SECRETS_ID`` names, read
+    once per cold start, so the audit key and the IdP admin secret need not sit in the
+    function's environment (readable with ``lambda:GetFunctionConfiguration``)."""
+    secret_id = env.get("ROTATOR_SECRETS_ID")
+    if not secret_id:
+        return env
+    if secret_id not in _CONFIG_SECRETS:
+        with AwsSecretsManagerStore("ROTATOR_SECRETS_ID", {}) as store:
+            with store.errors(secret_id):
+                answer = store.client.get_secret_value(SecretId=secret_id,
+                                                       VersionStage=CURRENT)
+            value = store.parse(secret_id, answer)[0]
+        wrong = sorted(k for k, v in value.items() if not isinstance(v, str))
+        if wrong:
+            raise RotationError(f"ROTATOR_SECRETS_ID {secret_id}: values of {wrong} are not "
+                                "strings")
+        _CONFIG_SECRETS[secret_id] = value
+    return {**env, **_CONFIG_SECRETS[secret_id]}
 
 
 def _rotation(config: Config, adapters: Adapters, audit: AuditLog, secret_id: str, token: str,
@@ -151,8 +201,13 @@ def _rotation(config: Config, adapters: Adapters, audit: AuditLog, secret_id: st
             continue
         if not meta.get("RotationEnabled"):
             raise RotationError(f"secret {meta['Name']} is not enabled for rotation")
-        idp = adapters.idp(client.idp)
         labels = {k: list(v) for k, v in meta.get("VersionIdsToStages", {}).items()}
+        if not {CURRENT, PENDING} & set(labels.get(token, [])):
+            # As in AWS's templates: only a token Secrets Manager registered (RotateSecret
+            # labels its version AWSPENDING) may rotate; an invocation cannot force one.
+            raise RotationError(f"version {token} of {meta['Name']} is neither AWSPENDING nor "
+                                "AWSCURRENT: Secrets Manager did not register this token")
+        idp = adapters.idp(client.idp)
         return _Rotation(client, store, idp, idp.capabilities(client.client_id), meta["ARN"],
                          token, labels, audit)
     raise RotationError(f"no configured client has {secret_id} as its first store"
@@ -167,15 +222,79 @@ def _current(r: _Rotation) -> tuple[dict[str, Any], Credentials]:
     return base, current
 
 
+def _drop_previous(r: _Rotation) -> None:
+    previous = r.label_of(PREVIOUS)
+    if previous and previous != r.label_of(CURRENT):
+        r.move(PREVIOUS, away_from=previous)
+        r.refresh()
+
+
 def _retire(r: _Rotation, keep: Secret) -> None:
     """Revoke the old secrets the IdP still accepts, and stop offering AWSPREVIOUS."""
     if not r.caps.can_revoke_old:
         return
     count = r.idp.retire_old_secrets(r.config.client_id, IssuedSecret(keep))
-    previous = r.label_of(PREVIOUS)
-    if previous and previous != r.label_of(CURRENT):
-        r.move(PREVIOUS, away_from=previous)
+    _drop_previous(r)
     r.audit.event("old_secret_retired", step="retire", outcome="success", count=count)
+
+
+def _check_grace(r: _Rotation) -> None:
+    """Refuse to end the previous secret's validity before its grace period is over."""
+    if not r.caps.can_revoke_old or not r.label_of(PREVIOUS):
+        return
+    with r.store.errors(r.secret_id):
+        tags = r.store.client.describe_secret(SecretId=r.secret_id).get("Tags", [])
+    promoted = next((t["Value"] for t in tags if t["Key"] == "rotator:promoted-at"), None)
+    try:
+        ends = datetime.fromisoformat(promoted or "") + timedelta(seconds=r.config.grace_period)
+    except ValueError:
+        return  # never promoted by rotator: no grace period of ours to keep
+    if datetime.now(UTC) < ends:
+        if r.state() == "pending":  # the registered version is still empty: not in progress
+            r.move(PENDING, away_from=r.token)
+        raise RotationError(
+            f"{r.secret_id}: the previous secret's grace period lasts until "
+            f"{ends.isoformat(timespec='seconds')}; rotating now would end it early")
+
+
+def _staged(r: _Rotation) -> bool:
+    """Whether the token's version holds a credential already."""
+    try:
+        return r.value(VersionId=r.token, VersionStage=PENDING)[1] is not None
+    except StoreNotFound:
+        return False  # Secrets Manager registered the version; it has no value yet
+
+
+def _claim(r: _Rotation) -> None:
+    """Make this invocation the only one creating the IdP secret of ``token``.
+
+    The claim is a version of the secret whose id derives from the token; Secrets Manager
+    refuses a second ``PutSecretValue`` with that id and another value, so of concurrent
+    invocations (separate processes) exactly one succeeds. A claim lasts until its holder's
+    Lambda timeout; an expired one is superseded by the next generation.
+    """
+    digest = hashlib.sha256(r.token.encode()).hexdigest()[:40]
+    text = json.dumps({"rotator_claim": r.token, "by": secrets.token_hex(8),
+                       "until": r.deadline.isoformat()})
+    for generation in range(100):
+        claim = f"rotator-claim.{generation:02d}.{digest}"
+        try:
+            with r.store.errors(r.secret_id):
+                r.store.client.put_secret_value(SecretId=r.secret_id, ClientRequestToken=claim,
+                                                SecretString=text, VersionStages=[CLAIM_LABEL])
+            return
+        except StoreConflict:
+            held = r.value(VersionId=claim)[0]
+            try:
+                until = datetime.fromisoformat(str(held.get("until")))
+            except ValueError:
+                until = _NEVER
+            if datetime.now(UTC) < until:
+                raise RotationError(
+                    f"{r.secret_id}: another invocation is creating the secret of version "
+                    f"{r.token} (claim {claim}, until {until.isoformat(timespec='seconds')})"
+                ) from None
+    raise RotationError(f"{r.secret_id}: too many expired claims for version {r.token}")
 
 
 def create_secret(r: _Rotation, rotation_token: str | None) -> None:
@@ -188,14 +307,16 @@ def create_secret(r: _Rotation, rotation_token: str | None) -> None:
     if pending not in (None, r.token, r.label_of(CURRENT)):
         raise RotationError(f"{r.secret_id}: version {pending} is AWSPENDING: another "
                             "rotation is in progress")
-    if state == "pending":
-        try:
-            if r.value(VersionId=r.token, VersionStage=PENDING)[1] is not None:
-                if not r.caps.overlap:  # an earlier attempt died before promoting it
-                    _promote(r)
-                return
-        except StoreNotFound:
-            pass  # Secrets Manager registered the version; it has no value yet
+    if state == "pending" and _staged(r):
+        if not r.caps.overlap:  # an earlier attempt died before promoting it
+            _promote(r)
+        return
+    if not r.caps.caller_sets_value:
+        _claim(r)  # only one invocation per token may ask the IdP for a secret
+        if _staged(r):  # a holder of an expired claim finished after all
+            if not r.caps.overlap:
+                _promote(r)
+            return
     base, current = _current(r)
     value: Secret | None = None
     if not r.caps.caller_sets_value and r.caps.can_read_current:
@@ -205,6 +326,7 @@ def create_secret(r: _Rotation, rotation_token: str | None) -> None:
             r.audit.event("secret_recovered", step="create", outcome="success",
                           new_fingerprint=r.audit.fingerprint(held))
     if value is None:
+        _check_grace(r)
         _retire(r, current.client_secret)
         if r.caps.caller_sets_value:
             value = generate_secret()
@@ -231,9 +353,25 @@ def set_secret(r: _Rotation, rotation_token: str | None) -> None:
 
 def test_secret(r: _Rotation, rotation_token: str | None) -> None:
     creds = _token_credentials(r)
-    verify_credentials(r.config, creds, r.idp, attempts=r.config.verify_attempts)
+    try:
+        verify_credentials(r.config, creds, r.idp, attempts=r.config.verify_attempts)
+    except VerificationError:
+        if r.caps.overlap and r.state() == "pending":
+            _roll_back(r, creds.client_secret)
+        raise
     r.audit.event("secret_verified", step="test", outcome="success",
                   new_fingerprint=r.audit.fingerprint(creds.client_secret))
+
+
+def _roll_back(r: _Rotation, new: Secret) -> None:
+    """Make the old secret the IdP's current again, discard ``new``, and unlabel its version,
+    so that AWSCURRENT keeps working with no deadline and the next rotation may start."""
+    old = _current(r)[1].client_secret
+    r.idp.discard_secret(r.config.client_id, IssuedSecret(new), old)
+    r.move(PENDING, away_from=r.token)
+    r.refresh()
+    r.audit.event("new_secret_discarded", step="test", outcome="success",
+                  new_fingerprint=r.audit.fingerprint(new))
 
 
 def finish_secret(r: _Rotation, rotation_token: str | None) -> None:
@@ -245,7 +383,9 @@ def finish_secret(r: _Rotation, rotation_token: str | None) -> None:
         raise RotationError(f"version {r.token} of {r.secret_id} is neither AWSPENDING nor "
                             "AWSCURRENT")
     _promote(r)
-    if r.config.grace_period == 0:
+    if not r.caps.overlap:
+        _drop_previous(r)  # the IdP invalidated it when it issued the new secret
+    elif r.config.grace_period == 0:
         _retire(r, _current(r)[1].client_secret)
 
 

@@ -3,8 +3,10 @@ real moto server and a real Keycloak: repeated, out-of-order and interrupted ste
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ from rotation_env import KeycloakRealm
 from servers import ROTATION_ATTRIBUTES, MotoServer
 
 from providers import aws_lambda
+from providers.idps.keycloak import KeycloakIdp
 from rotator.errors import InvalidClient, RotationError
 
 pytestmark = pytest.mark.server
@@ -42,8 +45,30 @@ class Rig:
                             aws_access_key_id=self.moto.access_key_id,
                             aws_secret_access_key=self.moto.secret_access_key)
 
-    def step(self, step: str, token: str, **extra: str) -> None:
-        """Invoke the handler with the event Secrets Manager sends for ``step``."""
+    def register(self, token: str) -> bool:
+        """What RotateSecret does before calling createSecret: label a version of ``token``
+        AWSPENDING, unless another rotation's AWSPENDING is there (then RotateSecret fails).
+
+        moto registers no empty version without invoking a Lambda, so the version holds
+        ``{}``: no credential yet, which createSecret treats as an empty version."""
+        labels = self.labels()
+        if token in labels or any("AWSPENDING" in s and "AWSCURRENT" not in s
+                                  for s in labels.values()):
+            return False
+        self.aws().put_secret_value(SecretId=self.name, ClientRequestToken=token,
+                                    SecretString="{}", VersionStages=["AWSPENDING"])
+        return True
+
+    def age_promotion(self) -> None:
+        """Let the grace period of the last promotion pass (its tag, two days earlier)."""
+        self.aws().tag_resource(SecretId=self.name, Tags=[
+            {"Key": "rotator:promoted-at", "Value": "2000-01-01T00:00:00+00:00"}])
+
+    def step(self, step: str, token: str, *, register: bool = True, **extra: str) -> None:
+        """Invoke the handler with the event Secrets Manager sends for ``step``; before
+        createSecret, register ``token`` as RotateSecret would."""
+        if step == "createSecret" and register:
+            self.register(token)
         event = {"SecretId": self.arn, "ClientRequestToken": token, "Step": step, **extra}
         try:
             aws_lambda.handler(event, None)
@@ -62,7 +87,8 @@ class Rig:
             got = aws.get_secret_value(SecretId=self.name, VersionStage=stage)
         except aws.exceptions.ResourceNotFoundException:
             return None
-        return str(json.loads(got["SecretString"])["client_secret"])
+        secret = json.loads(got["SecretString"]).get("client_secret")
+        return None if secret is None else str(secret)
 
     def labels(self) -> dict[str, list[str]]:
         stages = self.aws().describe_secret(SecretId=self.name)["VersionIdsToStages"]
@@ -237,8 +263,10 @@ class TestOutOfOrder:
         rig = rig_for()
         first = str(uuid.uuid4())
         rig.step("createSecret", first)
-        with pytest.raises(RotationError, match="another rotation is in progress"):
-            rig.step("createSecret", str(uuid.uuid4()))
+        second = str(uuid.uuid4())
+        assert not rig.register(second), "RotateSecret refuses while one is pending"
+        with pytest.raises(RotationError, match="did not register"):
+            rig.step("createSecret", second)
         for step in STEPS[1:]:
             rig.step(step, first)
         assert rig.value("AWSCURRENT") == rig.kc_current()
@@ -246,6 +274,7 @@ class TestOutOfOrder:
     def test_stale_token_after_next_rotation(self, rig_for: Any) -> None:
         rig = rig_for()
         first = rig.rotate()
+        rig.age_promotion()
         rig.rotate()
         current = rig.value("AWSCURRENT")
         for step in STEPS:  # its version is AWSPREVIOUS now
@@ -270,6 +299,7 @@ class TestRetirement:
         rig.rotate()
         first = rig.value("AWSCURRENT")
         assert rig.works(rig.old)
+        rig.age_promotion()
         token = str(uuid.uuid4())
         rig.step("createSecret", token)
         assert not rig.works(rig.old)
@@ -301,6 +331,185 @@ class TestSingleSecret:
             rig.step(step, token)
         assert rig.works(rig.value("AWSCURRENT"))
         assert rig.labels()[token] == ["AWSCURRENT"]
+
+
+class TestFailedTest:
+    """A failed testSecret with an overlap IdP restores the old secret and discards the new."""
+
+    def test_rolled_back(self, rig_for: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        rig = rig_for()
+        token = str(uuid.uuid4())
+        rig.step("createSecret", token)
+        rig.step("setSecret", token)
+        new = rig.value("AWSPENDING")
+
+        def refused(*args: object, **kwargs: object) -> None:
+            raise InvalidClient("the token endpoint refused the new secret")
+
+        with monkeypatch.context() as m:
+            m.setattr(aws_lambda, "verify_credentials", refused)
+            with pytest.raises(InvalidClient):
+                rig.step("testSecret", token)
+        assert rig.kc_current() == rig.old
+        assert rig.kc_rotated() in (None, rig.old)
+        assert rig.works(rig.old)
+        assert not rig.works(new)
+        assert rig.value("AWSCURRENT") == rig.old
+        assert token not in rig.labels()
+        with pytest.raises(RotationError, match="neither AWSPENDING nor AWSCURRENT"):
+            rig.step("testSecret", token)  # Secrets Manager retrying the failed step
+        rig.rotate()  # the next rotation is not refused
+        assert rig.works(rig.value("AWSCURRENT"))
+        assert rig.works(rig.old)
+
+
+class TestUnregisteredToken:
+    """A token Secrets Manager did not register is refused by every step, changing nothing."""
+
+    @pytest.mark.parametrize("step", STEPS)
+    def test_refused(self, rig_for: Any, step: str) -> None:
+        rig = rig_for()
+        before = rig.labels()
+        with pytest.raises(RotationError, match="did not register"):
+            rig.step(step, str(uuid.uuid4()), register=False)
+        assert rig.labels() == before
+        assert rig.kc_current() == rig.old
+
+
+class TestGracePeriod:
+    """createSecret refuses while the last promotion's grace period lasts; afterwards it rotates."""
+
+    def test_refused_within_grace(self, rig_for: Any) -> None:
+        rig = rig_for()
+        rig.rotate()
+        first = rig.value("AWSCURRENT")
+        token = str(uuid.uuid4())
+        with pytest.raises(RotationError, match="grace period"):
+            rig.step("createSecret", token)
+        assert rig.works(rig.old), "the previous secret keeps its grace period"
+        assert rig.kc_current() == first
+        assert token not in rig.labels(), "no rotation is left in progress"
+        rig.age_promotion()
+        rig.rotate()
+        assert not rig.works(rig.old)
+        assert rig.works(first)
+
+
+class TestConfigSecrets:
+    """ROTATOR_SECRETS_ID loads the audit key and IdP admin secret from Secrets Manager once."""
+
+    def test_loaded_from_secrets_manager(self, rig_for: Any,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+        rig = rig_for()
+        config = Path(aws_lambda.os.environ["ROTATOR_CONFIG"])
+        audit_key = secrets.token_urlsafe(32)
+        rig.seen.add(audit_key)
+        text = config.read_text().replace('key_file = "audit.key"', 'key_env = "AUDIT_KEY"')
+        config.write_text(text.replace('admin_client_secret_file = "admin.secret"',
+                                       'admin_client_secret_env = "KC_ADMIN"'))
+        for name in ("audit.key", "admin.secret"):
+            (config.parent / name).unlink()
+        held = {"AUDIT_KEY": audit_key, "KC_ADMIN": rig.kc.admin_secret}
+        name = f"rotator/config-{secrets.token_hex(4)}"
+        rig.aws().create_secret(Name=name, SecretString=json.dumps(held))
+        monkeypatch.setattr(aws_lambda, "_CONFIG_SECRETS", {})
+        monkeypatch.setenv("ROTATOR_SECRETS_ID", name)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", rig.moto.url)
+        monkeypatch.delenv("AUDIT_KEY", raising=False)
+        monkeypatch.delenv("KC_ADMIN", raising=False)
+        token = str(uuid.uuid4())
+        rig.step("createSecret", token)
+        rig.aws().put_secret_value(SecretId=name, SecretString="{}")  # read once: kept
+        for step in STEPS[1:]:
+            rig.step(step, token)
+        assert rig.value("AWSCURRENT") == rig.kc_current() != rig.old
+
+    def test_not_strings_refused(self, rig_for: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        rig = rig_for()
+        name = f"rotator/config-{secrets.token_hex(4)}"
+        rig.aws().create_secret(Name=name, SecretString=json.dumps({"AUDIT_KEY": 1}))
+        monkeypatch.setattr(aws_lambda, "_CONFIG_SECRETS", {})
+        monkeypatch.setenv("ROTATOR_SECRETS_ID", name)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", rig.moto.url)
+        with pytest.raises(RotationError, match="AUDIT_KEY"):
+            rig.step("createSecret", str(uuid.uuid4()))
+        assert rig.kc_current() == rig.old
+
+
+class TestConcurrentCreate:
+    """Concurrent createSecret invocations for one token make at most one IdP secret."""
+
+    def test_one_idp_secret(self, rig_for: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        rig = rig_for()
+        token = str(uuid.uuid4())
+        assert rig.register(token)
+        creates: list[str] = []
+        met = threading.Barrier(2)  # both invocations have read the labels
+        asking = threading.Barrier(2)  # both are about to ask the IdP
+        create, current, find = (KeycloakIdp.create_secret, KeycloakIdp.current_secret,
+                                 aws_lambda._rotation)
+
+        def wait(barrier: threading.Barrier) -> None:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                barrier.wait(timeout=60)
+
+        def found(*args: Any) -> Any:
+            rotation = find(*args)
+            wait(met)
+            return rotation
+
+        def read_current(self: KeycloakIdp, client_id: str) -> Any:
+            wait(asking)
+            return current(self, client_id)
+
+        def counted(self: KeycloakIdp, *args: Any) -> Any:
+            creates.append(threading.current_thread().name)
+            return create(self, *args)
+
+        errors: list[BaseException] = []
+
+        def invoke() -> None:
+            try:
+                aws_lambda.handler({"SecretId": rig.arn, "ClientRequestToken": token,
+                                    "Step": "createSecret"})
+            except Exception as exc:
+                errors.append(exc)
+            finally:
+                asking.abort()  # the other one need not wait for this one any more
+
+        with monkeypatch.context() as m:
+            m.setattr(aws_lambda, "_rotation", found)
+            m.setattr(KeycloakIdp, "current_secret", read_current)
+            m.setattr(KeycloakIdp, "create_secret", counted)
+            threads = [threading.Thread(target=invoke, name=f"invocation-{i}")
+                       for i in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        rig.remember()
+        assert len(creates) == 1, f"{len(creates)} IdP secrets for one token"
+        assert all(isinstance(e, RotationError) and "another invocation" in str(e)
+                   for e in errors)
+        assert rig.works(rig.value("AWSCURRENT")), "AWSCURRENT keeps working"
+        assert rig.value("AWSPENDING") == rig.kc_current()
+        for step in STEPS[1:]:
+            rig.step(step, token)
+        assert rig.value("AWSCURRENT") == rig.kc_current()
+        assert rig.works(rig.old)
+
+
+class TestSingleSecretPrevious:
+    """With a single-secret IdP finishSecret stops offering the dead old secret as AWSPREVIOUS."""
+
+    @pytest.mark.parametrize("grace", ["0s", "1h"])
+    def test_previous_dropped(self, rig_for: Any, grace: str) -> None:
+        rig = rig_for(overlap=False, grace=grace)
+        token = rig.rotate()
+        assert not rig.works(rig.old)
+        assert rig.value("AWSPREVIOUS") is None
+        assert rig.labels()[token] == ["AWSCURRENT"]
+        assert rig.works(rig.value("AWSCURRENT"))
 
 
 class _Crash(BaseException):
@@ -360,7 +569,8 @@ class TestRefusals:
         with pytest.raises(InvalidClient):
             rig.step("finishSecret", token)
         assert rig.value("AWSCURRENT") == rig.old
-        assert rig.labels()[token] == ["AWSPENDING"]
+        assert token not in rig.labels(), "the failed version keeps no label"
+        assert rig.kc_current() == rig.old
 
     def test_wrong_pending_value_fails_test(self, rig_for: Any) -> None:
         rig = rig_for()

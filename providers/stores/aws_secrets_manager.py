@@ -6,7 +6,9 @@ into each new version. CURRENT, PENDING and PREVIOUS are the versions labelled
 ``AWSCURRENT``, ``AWSPENDING`` (unless also ``AWSCURRENT``) and ``AWSPREVIOUS``; every read
 names its label. ``promote`` moves ``AWSCURRENT`` (AWS moves ``AWSPREVIOUS`` itself), tags
 the secret (``rotator:rotation-id``, ``rotator:promoted-at``), then removes ``AWSPENDING``;
-repeated after a crash between any two, it finishes the job.
+repeated after a crash between any two, it finishes the job. It never undoes a write made
+after staging: when ``AWSCURRENT``'s other keys changed meanwhile, it first restages them
+with the staged credential (next generation) and promotes that.
 
 A version's id is its ``ClientRequestToken``, which AWS wants 32-64 characters long; rotation
 ids have 29, so versions are written as ``rotator.NN.<rotation id>`` (``NN`` a generation,
@@ -27,7 +29,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -221,18 +223,30 @@ class AwsSecretsManagerStore:
         return json.dumps({**base, self.id_key: credentials.client_id,
                            self.secret_key: credentials.client_secret.reveal()})
 
-    def decode(self, text: str | None) -> tuple[dict[str, Any], Credentials | None]:
+    def decode(self, text: str | None, location: Location = "?",
+               version: str = "?") -> tuple[dict[str, Any], Credentials | None]:
         """The JSON object a version holds, and the credential in it if there is one."""
         try:
             value = json.loads(text or "{}")
         except ValueError:
             value = None
         if not isinstance(value, dict):
-            raise StoreError(f"aws store {self.name!r}: a secret value is not a JSON object")
+            raise StoreError(f"aws store {self.name!r}: {location} version {version}: the "
+                             "value is not a JSON object")
         cid, secret = value.get(self.id_key), value.get(self.secret_key)
         if isinstance(cid, str) and isinstance(secret, str):
             return value, Credentials(cid, Secret(secret))
         return value, None
+
+    def parse(self, location: Location, answer: Mapping[str, Any]
+              ) -> tuple[dict[str, Any], Credentials | None]:
+        """``decode`` for a ``GetSecretValue`` answer; a binary value is refused, not empty."""
+        version = str(answer.get("VersionId") or "?")
+        if answer.get("SecretString") is None and answer.get("SecretBinary") is not None:
+            raise StoreError(f"aws store {self.name!r}: {location} version {version} holds a "
+                             "binary value (SecretBinary), not a JSON object in SecretString; "
+                             "rotator neither reads nor replaces it")
+        return self.decode(answer.get("SecretString"), location, version)
 
     # -- AWS calls -------------------------------------------------------------------------
 
@@ -249,11 +263,13 @@ class AwsSecretsManagerStore:
         return _Meta({k: list(v) for k, v in answer.get("VersionIdsToStages", {}).items()},
                      {t["Key"]: t["Value"] for t in answer.get("Tags", [])})
 
-    def _value(self, location: Location, label: str) -> tuple[str, list[str], str, datetime]:
+    def _value(self, location: Location, label: str) -> Mapping[str, Any]:
         with self.errors(location):
-            got = self.client.get_secret_value(SecretId=location, VersionStage=label)
-        return got["VersionId"], list(got["VersionStages"]), got.get("SecretString", ""), \
-            got["CreatedDate"]
+            return self.client.get_secret_value(SecretId=location, VersionStage=label)
+
+    def _version(self, location: Location, version: str) -> Mapping[str, Any]:
+        with self.errors(location):
+            return self.client.get_secret_value(SecretId=location, VersionId=version)
 
     def _label(self, location: Location, label: str, *, to: str | None = None,
                away_from: str | None = None) -> None:
@@ -281,12 +297,13 @@ class AwsSecretsManagerStore:
 
     def read(self, location: Location, stage: Stage = Stage.CURRENT) -> StoredCredentials | None:
         try:
-            version, labels, text, created = self._value(location, _LABEL[stage])
+            got = self._value(location, _LABEL[stage])
         except StoreNotFound:
             return None
-        if _placeholder(version) or (stage is Stage.PENDING and CURRENT in labels):
+        version, created = str(got["VersionId"]), got["CreatedDate"]
+        if _placeholder(version) or (stage is Stage.PENDING and CURRENT in got["VersionStages"]):
             return None
-        creds = self.decode(text)[1]
+        creds = self.parse(location, got)[1]
         if creds is None:
             return None
         rid, at = rotation_of(version)[0], created
@@ -327,12 +344,12 @@ class AwsSecretsManagerStore:
                 f"(rotation {owner or 'not started by rotator'}); rotation {rotation_id} will "
                 "not replace it")
         current = meta.holder(CURRENT)
-        base = self.decode(self._value(location, CURRENT)[2])[0] if current else {}
+        base = self.parse(location, self._value(location, CURRENT))[0] if current else {}
         text = self.encode(base, credentials)
         if pending and owner == rotation_id:
             with self.errors(location):
                 staged = self.client.get_secret_value(SecretId=location, VersionId=pending)
-            if self.decode(staged.get("SecretString"))[0] == json.loads(text):
+            if self.parse(location, staged)[0] == json.loads(text):
                 return  # this very value is staged already
         token = version_token(rotation_id, max(self._our_generations(location, rotation_id),
                                                default=-1) + 1)
@@ -361,8 +378,10 @@ class AwsSecretsManagerStore:
                     f"aws store {self.name!r}: {location} has no pending credential of "
                     f"rotation {rotation_id}, and its current one belongs to "
                     f"{rotation_of(current)[0] or 'no known rotation'}")
+            pending = self._rebase(location, rotation_id, pending, current)
             self._label(location, CURRENT, to=pending, away_from=current)
-            meta, current, previous = _Meta(meta.labels), pending, current
+            meta = _Meta((self.meta(location) or _Meta()).labels)  # tags: write them again
+            current, previous = pending, current
         if meta.tags.get(_TAG_RID) != rotation_id:
             with self.errors(location):
                 self.client.tag_resource(SecretId=location, Tags=[
@@ -372,6 +391,34 @@ class AwsSecretsManagerStore:
             self._label(location, PENDING, away_from=current)
         if _placeholder(previous):  # the secret had no credential before: nothing to keep
             self._label(location, PREVIOUS, away_from=previous)
+
+    def _rebase(self, location: Location, rotation_id: RotationId, pending: str,
+                current: str | None) -> str:
+        """The version to promote: ``pending``, or, when someone changed the other keys of
+        ``AWSCURRENT`` after staging (e.g. in the console), the next generation holding
+        those keys and the staged credential, so that promoting undoes no one's write."""
+        if not current or _placeholder(current):
+            return pending
+        base = self.parse(location, self._version(location, current))[0]
+        staged, creds = self.parse(location, self._version(location, pending))
+        if creds is None:
+            raise StoreConflict(f"aws store {self.name!r}: {location} version {pending} holds "
+                                "no credential to promote")
+        if {k: v for k, v in base.items() if k != self.secret_key} == {
+                k: v for k, v in staged.items() if k != self.secret_key}:
+            return pending
+        if base.get(self.id_key) not in (None, creds.client_id):
+            raise StoreConflict(
+                f"aws store {self.name!r}: {location}: {self.id_key!r} of AWSCURRENT (version "
+                f"{current}) was changed after rotation {rotation_id} staged version {pending}; "
+                "not promoting a credential of another client")
+        token = version_token(rotation_id, max(self._our_generations(location, rotation_id),
+                                               default=-1) + 1)
+        with self.errors(location):
+            self.client.put_secret_value(SecretId=location, ClientRequestToken=token,
+                                         SecretString=self.encode(base, creds),
+                                         VersionStages=[PENDING])
+        return token
 
     def discard_pending(self, location: Location, rotation_id: RotationId) -> None:
         pending = (self.meta(location) or _Meta()).pending()
