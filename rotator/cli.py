@@ -24,6 +24,7 @@ from rotator.engine import Adapters, Engine, Outcome
 from rotator.errors import ConfigError, RotatorError
 from rotator.interfaces import Stage
 from rotator.journal import Journal
+from rotator.logsafety import install_log_safety
 from rotator.secrets import redact
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -81,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(verbose: bool, stream: TextIO) -> None:
+    install_log_safety()
     level = logging.DEBUG if verbose else logging.WARNING
     structlog.configure(
         processors=[

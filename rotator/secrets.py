@@ -8,8 +8,8 @@ defence for text that came from elsewhere (a remote error body echoing a form fi
 
 The redactor remembers every value for the life of the process, also after its
 ``Secret`` is gone, together with the encodings a secret travels in: percent-encoding
-(``+`` for a space too), JSON string escaping (once and twice), Python ``repr`` escaping
-and base64; :func:`register_credentials` adds the base64 of ``client_id:secret`` that an
+(``+`` for a space too), JSON string and Python ``repr`` escaping (nested up to three
+deep) and base64; :func:`register_credentials` adds the base64 of ``client_id:secret`` that an
 HTTP Basic header carries. It keeps no value, only a keyed digest (BLAKE2b, a random key
 per process) of each form, and a 64-bit hash of each form's first 8 characters to find
 candidates. Redacting costs the same however many values are registered: one hash per
@@ -32,6 +32,7 @@ import secrets as _stdlib_secrets
 import threading
 import weakref
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from urllib.parse import quote, quote_plus
 
 _MASK = "**********"
@@ -44,15 +45,27 @@ _PERCENT_HEX = re.compile(r"%[0-9A-F]{2}")
 _WORD_START = re.compile(r"(?<![^\W_])(?=\S)")
 
 
+_ESCAPES: tuple[Callable[[str], str], ...] = (
+    lambda s: json.dumps(s)[1:-1],
+    lambda s: json.dumps(s, ensure_ascii=False)[1:-1],
+    lambda s: repr(s)[1:-1],
+    lambda s: repr(s.encode("utf-8", "surrogatepass"))[2:-1],
+)
+#: How many escapings deep a value is looked for: a JSON document in a JSON field in a
+#: logged bytes repr (botocore's request dump) is three.
+_ESCAPE_DEPTH = 3
+
+
 def _encodings(value: str) -> set[str]:
-    """The forms ``value`` takes in URLs, form bodies, JSON, reprs and base64."""
-    forms = {value, repr(value)[1:-1]}
+    """The forms ``value`` takes in URLs, form bodies, (nested) JSON, reprs and base64."""
+    forms, frontier = {value}, {value}
+    for _ in range(_ESCAPE_DEPTH):
+        frontier = {escape(form) for form in frontier for escape in _ESCAPES} - forms
+        forms |= frontier
     for quoted in (quote(value, safe=""), quote(value), quote_plus(value, safe=""),
                    quote_plus(value)):
         forms.add(quoted)
         forms.add(_PERCENT_HEX.sub(lambda m: m.group().lower(), quoted))
-    once = json.dumps(value)[1:-1]
-    forms.update((once, json.dumps(once)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]))
     forms.update(_base64_forms(value))
     return forms
 

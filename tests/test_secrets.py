@@ -207,6 +207,8 @@ class TestEncodedForms:
         pytest.param(lambda v: json.dumps(json.dumps(v))[1:-1], id="json-in-json"),
         pytest.param(lambda v: json.dumps(v, ensure_ascii=False)[1:-1], id="json-unicode"),
         pytest.param(lambda v: repr(v)[1:-1], id="repr"),
+        pytest.param(lambda v: repr(json.dumps(json.dumps(v)).encode())[2:-1],
+                     id="bytes-repr-of-json-in-json"),
         pytest.param(lambda v: base64.b64encode(v.encode()).decode(), id="base64"),
         pytest.param(lambda v: base64.urlsafe_b64encode(v.encode()).decode().rstrip("="),
                      id="base64url-unpadded"),
