@@ -77,7 +77,11 @@ from rotator.errors import (
     VerificationError,
 )
 from rotator.interfaces import Credentials, IdentityProvider, IdpCapabilities, IssuedSecret
+from rotator.logsafety import install_log_safety
 from rotator.secrets import Secret, generate_secret
+
+# Lambda's DEBUG log level would otherwise let botocore log PutSecretValue's SecretString.
+install_log_safety()
 
 STEPS = ("createSecret", "setSecret", "testSecret", "finishSecret")
 CLAIM_LABEL = "ROTATOR_CLAIM"

@@ -31,6 +31,7 @@ from rotator.engine import STATUS_ERRORS, Adapters, Engine, Outcome
 from rotator.errors import ConfigError, ConfigProblem, RotatorError
 from rotator.interfaces import Stage
 from rotator.journal import Journal
+from rotator.logsafety import install_log_safety
 from rotator.secrets import generate_secret, redact
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -122,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(verbose: bool, stream: TextIO) -> None:
+    install_log_safety()
     level = logging.DEBUG if verbose else logging.WARNING
     structlog.configure(
         processors=[

@@ -70,6 +70,7 @@ from rotator.errors import (
     UnauthorizedClient,
 )
 from rotator.interfaces import Credentials, Location, SecretStore, Stage, StoredCredentials
+from rotator.logsafety import install_log_safety
 from rotator.token import Token, TokenRequest, request_token
 
 __all__ = ["CachePolicy", "ClientCredentialsAuth", "TokenClient"]
@@ -285,6 +286,7 @@ class _TokenCore:
             raise ValueError("give either credentials or a store and a location")
         if store is not None and not location:
             raise ValueError("a store needs the location of the credentials in it")
+        install_log_safety()
         self._request = request
         self._credentials = credentials
         self._store = store

@@ -40,7 +40,7 @@ from rotator.errors import (
     VerificationError,
 )
 from rotator.interfaces import Credentials
-from rotator.secrets import Secret, redact
+from rotator.secrets import Secret, redact, register_credentials
 
 _ERROR_CLASSES: dict[str, type[VerificationError]] = {
     "invalid_client": InvalidClient,
@@ -102,6 +102,8 @@ def build_request(
         data["client_id"] = creds.client_id
         data["client_secret"] = secret
     else:
+        # Redact the Basic value too, should the endpoint echo the header back.
+        register_credentials(creds.client_id, creds.client_secret)
         pair = f"{_form_encode(creds.client_id)}:{_form_encode(secret)}"
         headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
     return headers, data

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import gc
+import json
 import pickle
 import re
 import secrets
+from collections.abc import Callable
+from urllib.parse import quote, quote_plus
 
 import pytest
 
 from rotator.interfaces import Credentials
-from rotator.secrets import Secret, fingerprint, generate_secret, redact
+from rotator.secrets import (
+    Secret,
+    _Redactor,
+    fingerprint,
+    generate_secret,
+    redact,
+    register_credentials,
+)
 
 MASK = "**********"
 
@@ -95,7 +106,7 @@ class TestSecretCannotBeSerialised:
 
 
 class TestRedact:
-    """redact() replaces every live secret value of 8 or more characters with a mask."""
+    """redact() replaces every secret value of 8 or more characters with a mask, wherever it is."""
 
     def test_scrubs_a_live_value(self) -> None:
         value = _value()
@@ -121,30 +132,145 @@ class TestRedact:
         assert "suffix" not in out
         assert keep
 
-    def test_values_shorter_than_eight_characters_are_left_alone(self) -> None:
-        short = secrets.token_hex(16)[:7]
-        keep = Secret(short)
-        text = f"id {short} is fine"
-        assert redact(text) == text
-        assert keep
-
     def test_eight_characters_is_enough_to_be_scrubbed(self) -> None:
         value = secrets.token_hex(16)[:8]
         keep = Secret(value)
         assert redact(f"x{value}x") == f"x{MASK}x"
         assert keep
 
+    def test_a_value_glued_to_other_text_is_scrubbed(self) -> None:
+        value = _value()
+        keep = Secret(value)
+        assert value[:12] not in redact("x" * 190 + value + "y" * 10)
+        assert keep
+
     def test_text_without_secrets_is_unchanged(self) -> None:
         text = "nothing to see here " + secrets.token_hex(8)
         assert redact(text) == text
 
-    def test_a_value_no_longer_wrapped_is_forgotten(self) -> None:
+
+class TestRedactRemembersValues:
+    """A value stays redactable after its Secret is garbage-collected."""
+
+    def test_a_value_no_longer_wrapped_is_still_scrubbed(self) -> None:
         value = _value()
         s = Secret(value)
         assert value not in redact(value)
         del s
         gc.collect()
-        assert redact(value) == value
+        assert redact(f"late echo: {value}") == f"late echo: {MASK}"
+
+    def test_dead_values_are_forgotten_oldest_first_past_the_cap(self) -> None:
+        redactor = _Redactor(max_forms=4)
+        live = Secret(_value())
+        redactor.add(live, {live.reveal()})
+        dead = [_value() for _ in range(6)]
+        for value in dead:
+            owner = Secret(value)
+            redactor.add(owner, {value})
+            del owner
+            gc.collect()
+        assert redactor.redact(live.reveal()) == MASK
+        assert redactor.redact(dead[0]) == dead[0]  # the oldest dead value went first
+        assert redactor.redact(dead[-1]) == MASK
+
+
+class TestShortValues:
+    """A value shorter than 8 characters is masked only as a whole word, never inside one."""
+
+    def test_a_short_value_standing_alone_is_masked(self) -> None:
+        short = secrets.token_hex(16)[:7]
+        keep = Secret(short)
+        assert redact(f"id {short} is fine") == f"id {MASK} is fine"
+        assert redact(f"secret={short}&x=1") == f"secret={MASK}&x=1"
+        assert redact(short) == MASK
+        assert keep
+
+    def test_a_short_value_inside_a_word_is_left_alone(self) -> None:
+        short = secrets.token_hex(16)[:5]
+        keep = Secret(short)
+        text = f"x{short} {short}y a{short}b"
+        assert redact(text) == text
+        assert keep
+
+
+class TestEncodedForms:
+    """A secret is masked in the encodings it travels in: URL, form, JSON, repr and base64."""
+
+    VALUE_TAIL = ' +/%:"\\é&='
+
+    @pytest.mark.parametrize("encode", [
+        pytest.param(lambda v: quote(v, safe=""), id="percent"),
+        pytest.param(lambda v: quote(v, safe="").lower(), id="percent-lowercase"),
+        pytest.param(lambda v: quote_plus(v), id="form-plus-for-space"),
+        pytest.param(lambda v: json.dumps(v)[1:-1], id="json"),
+        pytest.param(lambda v: json.dumps(json.dumps(v))[1:-1], id="json-in-json"),
+        pytest.param(lambda v: json.dumps(v, ensure_ascii=False)[1:-1], id="json-unicode"),
+        pytest.param(lambda v: repr(v)[1:-1], id="repr"),
+        pytest.param(lambda v: repr(json.dumps(json.dumps(v)).encode())[2:-1],
+                     id="bytes-repr-of-json-in-json"),
+        pytest.param(lambda v: base64.b64encode(v.encode()).decode(), id="base64"),
+        pytest.param(lambda v: base64.urlsafe_b64encode(v.encode()).decode().rstrip("="),
+                     id="base64url-unpadded"),
+    ])
+    def test_encoded_value_is_masked(self, encode: Callable[[str], str]) -> None:
+        value = secrets.token_hex(12) + self.VALUE_TAIL
+        keep = Secret(value)
+        encoded = encode(value)
+        out = redact(f"echo: {encoded} (end)")
+        assert encoded not in out
+        assert MASK in out
+        assert keep
+
+    @pytest.mark.parametrize("client_id", ["svc-billing", "svc billing:é"])
+    @pytest.mark.parametrize("pair", [
+        pytest.param(lambda i, v: f"{i}:{v}", id="raw"),
+        pytest.param(lambda i, v: f"{quote(i, safe='')}:{quote(v, safe='')}", id="form-encoded"),
+    ])
+    def test_basic_header_of_a_registered_pair_is_masked(
+        self, client_id: str, pair: Callable[[str, str], str]
+    ) -> None:
+        value = secrets.token_urlsafe(24) + self.VALUE_TAIL
+        secret = Secret(value)
+        register_credentials(client_id, secret)
+        header = base64.b64encode(pair(client_id, value).encode()).decode()
+        out = redact(f"Authorization: Basic {header}")
+        assert header[:12] not in out
+        assert out == f"Authorization: Basic {MASK}"
+
+
+class TestRedactionCost:
+    """Redaction computes no more digests with 10,000 registered secrets than with 10."""
+
+    @staticmethod
+    def _digests_counted(count: int, text_with: Callable[[str], str]) -> int:
+        redactor = _Redactor()
+        values = [_value() for _ in range(count)]
+        keep = [Secret(v) for v in values]
+        for s in keep:
+            redactor.add(s, {s.reveal()})
+        calls = 0
+        digest = redactor._digest
+
+        def counting(form: str) -> bytes:
+            nonlocal calls
+            calls += 1
+            return digest(form)
+
+        redactor._digest = counting  # type: ignore[method-assign]
+        out = redactor.redact(text_with(values[count // 2]))
+        assert values[count // 2] not in out
+        return calls
+
+    @pytest.mark.parametrize("text_with", [
+        pytest.param(lambda v: "plain words only " * 30, id="no-secret"),
+        pytest.param(lambda v: ("padding " * 30) + v + (" tail" * 20), id="one-secret"),
+    ])
+    def test_digest_count_does_not_grow_with_secrets(
+        self, text_with: Callable[[str], str]
+    ) -> None:
+        assert self._digests_counted(10_000, text_with) == self._digests_counted(10, text_with)
+        assert self._digests_counted(10, text_with) <= 1
 
 
 class TestFingerprint:

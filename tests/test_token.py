@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import http.server
 import json
 import secrets
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
-from urllib.parse import parse_qs, unquote_plus
+from urllib.parse import parse_qs, quote, quote_plus, unquote_plus
 
 import httpx
 import pytest
@@ -479,3 +481,61 @@ class TestOmittedScope:
         token = send(_token_body(_jwt({"scope": "read"}), scope="read write"),
                      TokenRequest(ENDPOINT, scopes=("write",)))
         assert token.scopes == frozenset({"read", "write"})
+
+
+class _EchoHandler(http.server.BaseHTTPRequestHandler):
+    """Answers every POST with the request's headers and body inside the response."""
+
+    status = 400
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+        # The secret-bearing parts first: a 200's token_type is shown cut to 40 characters.
+        fields = sorted(body.split("&"), key=lambda f: not f.startswith("client_secret="))
+        auth = self.headers.get("Authorization") or ""
+        echo = f"{auth.removeprefix('Basic ')} {'&'.join(fields)} {dict(self.headers.items())}"
+        if self.status == 200:
+            answer = {"access_token": "abc", "token_type": echo}
+        else:
+            answer = {"error": "invalid_request", "error_description": echo}
+        data = json.dumps(answer).encode()
+        self.send_response(self.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(params=[400, 200], ids=["error-echo", "200-echo"])
+def echo_endpoint(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A real HTTP token endpoint on 127.0.0.1 that echoes each request into its answer."""
+    handler = type("Echo", (_EchoHandler,), {"status": request.param})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/token"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+class TestEchoingEndpoint:
+    """An endpoint echoing the request gets neither Basic value nor form secret into an error."""
+
+    @pytest.mark.parametrize("auth_method", ["client_secret_basic", "client_secret_post"])
+    def test_encoded_secret_is_redacted(self, echo_endpoint: str, auth_method: str) -> None:
+        creds = _creds(f"{secrets.token_urlsafe(24)} +/%:&=é")
+        secret = creds.client_secret.reveal()
+        pair = f"{quote(creds.client_id, safe='')}:{quote(secret, safe='')}"
+        basic = base64.b64encode(pair.encode()).decode()
+        with httpx.Client() as client, pytest.raises(BadTokenResponse) as info:
+            request_token(client, TokenRequest(echo_endpoint, auth_method=auth_method), creds)
+        text = str(info.value)
+        assert "**********" in text
+        for form in (secret, basic, quote_plus(secret), quote(secret, safe="")):
+            assert form[:12] not in text, form

@@ -95,7 +95,7 @@ class KeycloakIdp:
         self._timeout = float(settings.get("timeout") or 10.0)
         self._transport = transport
         self._http: httpx.Client | None = None
-        self._token: str | None = None
+        self._token: Secret | None = None
         self._token_expiry = 0.0
         self._uuids: dict[str, str] = {}
 
@@ -116,7 +116,7 @@ class KeycloakIdp:
 
     # -- transport -------------------------------------------------------------------------
 
-    def _admin_token(self) -> str:
+    def _admin_token(self) -> Secret:
         if self._token and time.monotonic() < self._token_expiry:
             return self._token
         http = self._client()
@@ -140,7 +140,7 @@ class KeycloakIdp:
                 "service accounts enabled"
             )
         body = response.json()
-        self._token = str(body["access_token"])
+        self._token = Secret(str(body["access_token"]))
         self._token_expiry = time.monotonic() + max(float(body.get("expires_in", 60)) - 15, 5)
         return self._token
 
@@ -158,7 +158,7 @@ class KeycloakIdp:
               ok: tuple[int, ...] = (200, 204), missing_ok: bool = False) -> httpx.Response:
         url = f"/admin/realms/{_part(self._realm)}{path}"
         for attempt in (1, 2):
-            headers = {"Authorization": f"Bearer {self._admin_token()}"}
+            headers = {"Authorization": f"Bearer {self._admin_token().reveal()}"}
             try:
                 response = self._client().request(method, url, json=json, headers=headers)
             except httpx.HTTPError as exc:
@@ -269,7 +269,8 @@ def _error_text(response: httpx.Response) -> str:
     try:
         body = response.json()
     except ValueError:
-        return redact(response.text[:200]) or "no body"
+        # Redact before cutting: a secret straddling the cut would leak its start.
+        return redact(response.text)[:200] or "no body"
     if isinstance(body, dict):
         parts = [str(body[k]) for k in ("error", "errorMessage", "error_description")
                  if body.get(k)]

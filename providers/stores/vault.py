@@ -38,7 +38,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urljoin, urlsplit
 
 import hvac
 import hvac.exceptions as hv
@@ -93,6 +93,32 @@ def _remote(exc: hv.VaultError) -> str:
     errors = exc.errors or [str(exc.args[0] if exc.args else "")]
     text = errors if isinstance(errors, str) else "; ".join(map(str, errors))
     return redact(text.strip() or type(exc).__name__)
+
+
+class _RedirectRefused(requests.RequestException):
+    """Vault answered with a redirect that rotator will not follow."""
+
+
+class _SameOriginSession(requests.Session):
+    """Follows a redirect only to the same host and port over https.
+
+    requests re-sends ``X-Vault-Token`` and a 307's body (an AppRole ``secret_id``) to
+    wherever a redirect points; anything else is refused before a byte goes there.
+    """
+
+    def get_redirect_target(self, resp: requests.Response) -> str | None:
+        target = super().get_redirect_target(resp)
+        if target is None:
+            return None
+        old, new = urlsplit(resp.url), urlsplit(urljoin(resp.url, target))
+        if new.scheme != "https" or (new.hostname, new.port) != (old.hostname, old.port):
+            resp.close()
+            raise _RedirectRefused(
+                f"{old.scheme}://{old.netloc} redirected to {new.scheme}://{new.hostname}"
+                f"{f':{new.port}' if new.port else ''}; rotator follows redirects only to the "
+                "same host over https (point url at the active node)"
+            )
+        return target
 
 
 @dataclass(frozen=True)
@@ -158,6 +184,8 @@ class VaultStore:
         self._mount = str(settings.get("mount") or "secret").strip("/")
         self._timeout = float(settings.get("timeout") or 10.0)
         self._client: hvac.Client | None = None
+        #: The token in use (given, or from the AppRole login), held for redaction.
+        self._token: Secret | None = None
 
     def __enter__(self) -> VaultStore:
         self.start()
@@ -194,6 +222,8 @@ class VaultStore:
             raise StoreNotFound(f"{where}: {path} not found (no KV v2 mount?)") from exc
         except hv.VaultError as exc:
             raise StoreUnavailable(f"{where}: {path}: {_remote(exc)}") from exc
+        except _RedirectRefused as exc:
+            raise StoreUnavailable(f"{where}: {path}: {redact(str(exc))}") from exc
         except requests.Timeout as exc:
             raise StoreUnavailable(
                 f"{where}: {self._url} is unreachable (no answer within {self._timeout:g}s)"
@@ -225,6 +255,7 @@ class VaultStore:
         self.close()
         s, where = self._settings, f"vault store {self.name!r}"
         token, approle = s.get("token"), s.get("auth") == "approle"
+        self._token = token if isinstance(token, Secret) and not approle else None
         if not approle and not isinstance(token, Secret):
             raise StoreAccessDenied(
                 f"{where}: auth is 'token' but no token is set; give token_env or token_file"
@@ -239,14 +270,23 @@ class VaultStore:
             verify=s.get("ca_file") or bool(s.get("tls_verify", True)),
             timeout=self._timeout,  # type: ignore[arg-type]  # requests takes a float
             namespace=s.get("namespace") or None,
+            session=_SameOriginSession(),
         )
         mount = str(s.get("approle_mount") or "approle").strip("/")
         try:
             if approle:
                 with self._errors(f"auth/{mount}/login", "update"):
-                    client.auth.approle.login(
-                        role_id=s["role_id"], secret_id=s["secret_id"].reveal(), mount_point=mount
+                    answer = client.auth.approle.login(
+                        role_id=s["role_id"], secret_id=s["secret_id"].reveal(),
+                        mount_point=mount, use_token=False,
                     )
+                auth = answer.get("auth") if isinstance(answer, dict) else None
+                login_token = auth.get("client_token") if isinstance(auth, dict) else None
+                if not isinstance(login_token, str) or not login_token:
+                    raise StoreAccessDenied(f"{where}: login at auth/{mount}/login gave no token")
+                # hvac needs the plain value; the Secret makes it redactable everywhere.
+                self._token = Secret(login_token)
+                client.token = self._token.reveal()
             with self._errors("auth/token/lookup-self", "read"):
                 if not client.is_authenticated():
                     raise StoreAccessDenied(
