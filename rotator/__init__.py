@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from rotator.client import CachePolicy, ClientCredentialsAuth, TokenClient
-from rotator.client_async import AsyncTokenClient
 from rotator.errors import (
     ConfigError,
     IdentityProviderError,
@@ -23,6 +24,18 @@ from rotator.interfaces import (
     StoreFacts,
 )
 from rotator.secrets import Secret
+
+if TYPE_CHECKING:
+    from rotator.client_async import AsyncTokenClient
+
+
+def __getattr__(name: str) -> Any:
+    """Import the asyncio client on first use, so that the CLI does not load asyncio."""
+    if name == "AsyncTokenClient":
+        from rotator.client_async import AsyncTokenClient
+
+        return AsyncTokenClient
+    raise AttributeError(f"module 'rotator' has no attribute {name!r}")
 
 __all__ = [
     "AsyncTokenClient",

@@ -32,6 +32,8 @@ Every step is idempotent; the engine decides between the two families from
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -67,6 +69,7 @@ from rotator.interfaces import (
     Stage,
     State,
     StoredCredentials,
+    StoreFacts,
 )
 from rotator.journal import new_rotation_id
 from rotator.secrets import Secret, check_secret_value, generate_secret, redact
@@ -85,6 +88,11 @@ def utcnow() -> datetime:
 def default_http(client: ClientConfig) -> httpx.Client:
     """An httpx client for the token endpoint, TLS verification on unless turned off."""
     return httpx.Client(timeout=client.verify_timeout, verify=client.tls_verify)
+
+
+def _http_key(client: ClientConfig) -> tuple[object, ...]:
+    """Clients whose token requests may share one httpx client (and its TLS context)."""
+    return (client.tls_verify, client.verify_timeout)
 
 
 @dataclass
@@ -117,6 +125,8 @@ class Adapters:
         self._given_idps = dict(idps or {})
         self._stores: dict[str, SecretStore] = {}
         self._idps: dict[str, IdentityProvider] = {}
+        self._http: dict[tuple[object, ...], httpx.Client] = {}
+        self._http_lock = threading.Lock()
 
     def store(self, name: str) -> SecretStore:
         if name not in self._stores:
@@ -134,7 +144,22 @@ class Adapters:
             self._idps[name] = idp
         return self._idps[name]
 
+    def http(self, client: ClientConfig, factory: HttpFactory) -> httpx.Client:
+        """One httpx client per TLS setting and timeout, kept open until :meth:`close`.
+
+        Building a client loads the CA bundle into a fresh TLS context, which costs more
+        than a token request; verifications share one instead.
+        """
+        key = (factory, *_http_key(client))
+        with self._http_lock:
+            if key not in self._http:
+                self._http[key] = factory(client)
+            return self._http[key]
+
     def close(self) -> None:
+        for http in self._http.values():
+            http.close()
+        self._http.clear()
         for store in self._stores.values():
             store.close()
         for idp in self._idps.values():
@@ -181,6 +206,9 @@ class Engine:
         self.clock = clock
         self.sleep = sleep
         self.http_factory = http_factory
+        # rotation id -> the value this process staged for it, so that verifying it in the
+        # same run needs no second read; a resumed rotation reads the store instead.
+        self._staged: dict[RotationId, Secret] = {}
 
     # -- public commands -------------------------------------------------------------------
 
@@ -431,7 +459,8 @@ class Engine:
                                 "be stored safely")
         idp = self.adapters.idp(client.idp)
         caps = idp.capabilities(client.client_id)
-        current = self._read(client, Stage.CURRENT)
+        primary = self.adapters.store(client.primary.store)
+        current, primary_facts = _read_with_facts(primary, client.primary.location)
         if current is None:
             raise RotationError(
                 f"no current credential for {client.name} in store "
@@ -447,7 +476,8 @@ class Engine:
         for target in client.targets:
             store = self.adapters.store(target.store)
             store.check_writable(target.location)
-            facts = store.facts(target.location)
+            facts = (primary_facts if target == client.primary
+                     else store.facts(target.location))
             if facts.has_pending and not abandon_pending:
                 raise RotationError(
                     f"store {target.store!r} holds a pending secret at {target.location!r} "
@@ -469,12 +499,14 @@ class Engine:
                          outcome="success", family=family,
                          old_fingerprint=rotation.old_fingerprint,
                          stores=[t.store for t in client.targets])
-        return self._drive(client, rotation, resumed=False, abandon_pending=abandon_pending)
+        return self._drive(client, rotation, resumed=False, abandon_pending=abandon_pending,
+                           caps=caps)
 
     # -- driving -------------------------------------------------------------------------
 
     def _drive(self, client: ClientConfig, rotation: Rotation, *, resumed: bool,
-               abandon_pending: bool = False) -> Outcome:
+               abandon_pending: bool = False, caps: IdpCapabilities | None = None) -> Outcome:
+        """Run ``rotation``'s steps; ``caps`` are the IdP's answer when it began, if asked."""
         started = time.monotonic()
         began_at = rotation.state
         with bound(rotation_id=rotation.id):
@@ -490,7 +522,8 @@ class Engine:
                 self.audit.event("rotation_resumed", step=rotation.state.value,
                                  outcome="success", family=rotation.family)
             idp = self.adapters.idp(client.idp)
-            caps = idp.capabilities(client.client_id)
+            # Asked once per rotation: the family it follows is in the journal already.
+            caps = caps or idp.capabilities(client.client_id)
             try:
                 while not rotation.state.terminal:
                     before = rotation.state
@@ -518,6 +551,8 @@ class Engine:
                     f"rotation {rotation.id} stopped at {rotation.state}: {exc}; the stored "
                     "current secret still works and the next run resumes it",
                     rotation.id, rotation.state.value)
+            finally:
+                self._staged.pop(rotation.id, None)
         return self._finish(client, rotation, started, began_at)
 
     def _finish(self, client: ClientConfig, rotation: Rotation, started: float,
@@ -571,7 +606,7 @@ class Engine:
                                           abandon_pending=abandon_pending)
         if state is State.CREATED:
             if overlap:
-                return self._verify_step(client, rotation, next_state=State.VERIFIED)
+                return self._verify_step(client, caps, rotation, next_state=State.VERIFIED)
             self._promote_all(client, rotation)
             return self._advance(rotation, State.PROMOTED, retire_after=self.clock().isoformat())
         if state is State.VERIFIED:
@@ -582,7 +617,7 @@ class Engine:
             return self._advance(rotation, State.COMPLETED)
         if state is State.PROMOTED:
             if not overlap:
-                return self._verify_step(client, rotation, next_state=State.VERIFIED,
+                return self._verify_step(client, caps, rotation, next_state=State.VERIFIED,
                                          single=True)
             if not self._retirement_due(rotation):
                 return rotation
@@ -644,15 +679,20 @@ class Engine:
         self._discard_at_idp(client, idp, rotation, issued)
         self._advance(rotation, State.ROLLED_BACK, error=reason)
 
-    def _verify_step(self, client: ClientConfig, rotation: Rotation, *, next_state: State,
-                     single: bool = False) -> Rotation:
-        stage = Stage.CURRENT if single else Stage.PENDING
-        stored = self._read(client, stage)
-        if stored is None or (not single and stored.rotation_id not in (None, rotation.id)):
-            raise RotationError(f"no {stage} credential of rotation {rotation.id} to verify")
+    def _verify_step(self, client: ClientConfig, caps: IdpCapabilities, rotation: Rotation, *,
+                     next_state: State, single: bool = False) -> Rotation:
+        staged = self._staged.get(rotation.id)
+        if staged is not None:
+            creds = Credentials(client.client_id, staged)
+        else:
+            stage = Stage.CURRENT if single else Stage.PENDING
+            stored = self._read(client, stage)
+            if stored is None or (not single and stored.rotation_id not in (None, rotation.id)):
+                raise RotationError(f"no {stage} credential of rotation {rotation.id} to verify")
+            creds = stored.credentials
         started = time.monotonic()
         try:
-            token = self._verify_with_retries(client, stored.credentials)
+            token = self._verify_with_retries(client, caps, creds)
         except VerificationError as exc:
             self.audit.event("secret_verification_failed", step="verify", outcome="failure",
                              error=str(exc), duration_ms=_ms(started),
@@ -674,15 +714,17 @@ class Engine:
             return self._advance(rotation, State.COMPLETED)
         return self._advance(rotation, next_state)
 
-    def _verify_with_retries(self, client: ClientConfig, creds: Credentials) -> Token:
-        idp = self.adapters.idp(client.idp)
-        return verify_credentials(client, creds, idp, attempts=client.verify_attempts,
-                                  patience=idp.capabilities(client.client_id).propagation_delay,
-                                  http_factory=self.http_factory, sleep=self.sleep)
+    def _verify_with_retries(self, client: ClientConfig, caps: IdpCapabilities,
+                             creds: Credentials) -> Token:
+        return verify_credentials(client, creds, self.adapters.idp(client.idp),
+                                  attempts=client.verify_attempts,
+                                  patience=caps.propagation_delay, sleep=self.sleep,
+                                  http=self.adapters.http(client, self.http_factory))
 
     def _request_token(self, client: ClientConfig, creds: Credentials) -> Token:
         return verify_credentials(client, creds, self.adapters.idp(client.idp), attempts=1,
-                                  http_factory=self.http_factory, sleep=self.sleep)
+                                  sleep=self.sleep,
+                                  http=self.adapters.http(client, self.http_factory))
 
     def _retire(self, client: ClientConfig, idp: IdentityProvider, caps: IdpCapabilities,
                 rotation: Rotation) -> Rotation:
@@ -731,6 +773,7 @@ class Engine:
             self.audit.event("secret_staged", step="stage", store=target.store,
                              outcome="success", duration_ms=_ms(started),
                              new_fingerprint=self.audit.fingerprint(value))
+        self._staged[rotation.id] = value
 
     def _promote_all(self, client: ClientConfig, rotation: Rotation) -> None:
         for target in client.targets:
@@ -815,7 +858,7 @@ _STEPS = {"secret_created": "create", "old_secret_retired": "retire",
 def verify_credentials(
     client: ClientConfig, creds: Credentials, idp: IdentityProvider, *, attempts: int,
     patience: float = 0.0, http_factory: HttpFactory = default_http,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] = time.sleep, http: httpx.Client | None = None,
 ) -> Token:
     """Obtain a token with ``creds`` as ``client`` must, retrying up to ``attempts`` times.
 
@@ -823,8 +866,9 @@ def verify_credentials(
     doubling, capped at 8 s); they go on past ``attempts`` until ``patience`` seconds were
     waited, so an IdP that declares a propagation delay gets at least that long.
     ``invalid_scope`` and ``unauthorized_client`` are raised at once because waiting does not
-    change what a client may do. Raises :class:`~rotator.errors.VerificationError` or
-    ``RotationError`` (no token endpoint).
+    change what a client may do. ``http``, if given, is used (and left open) instead of a
+    client made by ``http_factory`` for this call. Raises
+    :class:`~rotator.errors.VerificationError` or ``RotationError`` (no token endpoint).
     """
     endpoint = client.token_endpoint or idp.default_token_endpoint()
     if not endpoint:
@@ -833,7 +877,7 @@ def verify_credentials(
     req = TokenRequest(endpoint, client.auth_method, client.scopes, client.audience,
                        client.resource)
     delay, waited, attempt = 0.5, 0.0, 0
-    with http_factory(client) as http:
+    with contextlib.nullcontext(http) if http is not None else http_factory(client) as http:
         while True:
             attempt += 1
             try:
@@ -847,6 +891,16 @@ def verify_credentials(
                 sleep(delay)
                 waited += delay
                 delay = min(delay * 2, 8.0)
+
+
+def _read_with_facts(store: SecretStore,
+                     location: str) -> tuple[StoredCredentials | None, StoreFacts]:
+    """The current credential at ``location`` and its facts, in one look where the store can."""
+    both = getattr(store, "read_with_facts", None)
+    if both is not None:
+        answer: tuple[StoredCredentials | None, StoreFacts] = both(location)
+        return answer
+    return store.read(location, Stage.CURRENT), store.facts(location)
 
 
 def _ms(started: float) -> int:

@@ -33,7 +33,8 @@ import os
 import re
 import stat
 import time
-from collections.abc import Iterator, Mapping
+from collections import ChainMap
+from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -254,6 +255,7 @@ class EnvStore:
         self._read_environ = bool(settings.get("read_environ", True))
         timeout = settings.get("lock_timeout")
         self._lock_timeout = 30.0 if timeout is None else float(timeout)
+        self._parsed: tuple[tuple[int, ...], dict[str, str]] | None = None
 
     def start(self) -> None:
         if self._file is not None and not self._file.parent.is_dir():
@@ -291,11 +293,30 @@ class EnvStore:
             raise StoreUnavailable(f"store {self.name!r}: cannot read {path}: "
                                    f"{exc}") from exc
 
-    def _values(self) -> dict[str, str]:
-        values: dict[str, str] = dict(os.environ) if self._read_environ else {}
-        if self._file is not None:
-            values.update(parse_env(self._read_file(self._file)))
-        return values
+    def _values(self) -> Mapping[str, str]:
+        """The file's variables, then (if read) the environment's; nothing is copied."""
+        environ: MutableMapping[str, str] = os.environ if self._read_environ else {}
+        return ChainMap(self._file_values(), environ)
+
+    def _file_values(self) -> dict[str, str]:
+        """The file parsed, once per version of it: ``status --all`` asks once per client.
+
+        A version is known by inode, size and change times; rotator's own writes replace
+        the file, so they always make a new one.
+        """
+        if self._file is None:
+            return {}
+        try:
+            st = os.lstat(self._file)
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise StoreUnavailable(f"store {self.name!r}: cannot read {self._file}: "
+                                   f"{exc.strerror}") from exc
+        key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if self._parsed is None or self._parsed[0] != key:
+            self._parsed = (key, parse_env(self._read_file(self._file)))
+        return self._parsed[1]
 
     @staticmethod
     def validate_location(prefix: Location) -> str | None:
@@ -320,9 +341,10 @@ class EnvStore:
             "at": f"{prefix}_ROTATED_AT",
         }
 
-    def read(self, location: Location, stage: Stage = Stage.CURRENT) -> StoredCredentials | None:
+    def read(self, location: Location, stage: Stage = Stage.CURRENT, *,
+             values: Mapping[str, str] | None = None) -> StoredCredentials | None:
         n = self._names(location)
-        v = self._values()
+        v = self._values() if values is None else values
         client_id = v.get(n["id"])
         secret = v.get(n[stage.value])
         if not client_id or not secret:
@@ -343,7 +365,7 @@ class EnvStore:
     def facts(self, location: Location) -> StoreFacts:
         n = self._names(location)
         v = self._values()
-        current = self.read(location)
+        current = self.read(location, values=v)
         return StoreFacts(
             has_current=current is not None,
             current_rotation_id=v.get(n["rid"]) or None,

@@ -8,9 +8,10 @@ always sees a working credential:
     the data are kept on every write. A soft-deleted latest version reads as none.
 ``PENDING``
     The latest version of the sibling path ``P.pending``. Its data holds the credential and
-    ``rotator_rotation_id``, which is also in its ``custom_metadata``: only data writes are
-    checked-and-set, so the data alone says atomically whose credential it is. Discarding
-    deletes the sibling's metadata and all its versions.
+    ``rotator_rotation_id``: only data writes are checked-and-set, so the data alone says
+    atomically whose credential it is (older versions of rotator also put the id in its
+    ``custom_metadata``, which is still read). Discarding deletes the sibling's metadata and
+    all its versions.
 ``PREVIOUS``
     An older version of ``P``, named in ``P``'s ``custom_metadata``:
 
@@ -25,14 +26,22 @@ always sees a working credential:
     KV refuses empty metadata values, so a cleared fact is a missing key. Nothing here limits
     or destroys versions.
 
-Every data write passes ``cas`` = the version read just before (0 to create), so two writers
+Every data write passes ``cas`` = the version read before (0 to create), so two writers
 cannot clobber each other; a failed check-and-set raises ``StoreConflict``. ``promote``
 writes ``P``, then ``P``'s metadata, then deletes ``P.pending``; after a crash between any
 two of these a retried ``promote`` finishes the job.
+
+Requests: one read of a path (``GET data/P``) brings its data, version and custom metadata.
+The writes of a rotation (stage, promote, drop) start from the store's last read or write of
+a path if it is at most ``_MEMO_SECONDS`` old instead of reading it again; that is safe
+because every data write is checked-and-set: if the path changed since, the write fails with
+``StoreConflict`` and is forgotten, so the engine's next attempt starts from a fresh read.
+``read`` and ``facts`` always ask Vault.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -68,6 +77,8 @@ _CUR = "rotator_current_version"
 _PREV = "rotator_previous_version"
 _PREV_RID = "rotator_previous_rotation_id"
 _OURS = (_RID, _AT, _CUR, _PREV, _PREV_RID)
+#: How long a path as last read or written may stand in for a fresh read before a write.
+_MEMO_SECONDS = 30.0
 
 
 def _time(value: object) -> datetime | None:
@@ -119,6 +130,29 @@ class _SameOriginSession(requests.Session):
                 "same host over https (point url at the active node)"
             )
         return target
+
+
+def _current(entry: _Entry) -> StoredCredentials | None:
+    rid = entry.current_rid
+    at = _time(entry.custom.get(_AT)) if rid else None
+    return _stored(entry.creds, Stage.CURRENT, entry.version, rid, at or entry.created)
+
+
+def _facts(entry: _Entry, staged: _Entry) -> StoreFacts:
+    rid = entry.current_rid if entry.creds else None
+    extra = {"kv_version": str(entry.version)}
+    for key in (_PREV, _PREV_RID):
+        if key in entry.custom:
+            extra[key.removeprefix("rotator_")] = entry.custom[key]
+    return StoreFacts(
+        has_current=entry.creds is not None,
+        current_rotation_id=rid,
+        current_since=(_time(entry.custom.get(_AT)) if rid else None) or entry.created,
+        pending_rotation_id=staged.owner if staged.data is not None else None,
+        has_pending=staged.data is not None,
+        has_previous=entry.custom.get(_PREV, "").isdigit(),
+        extra=extra,
+    )
 
 
 @dataclass(frozen=True)
@@ -186,6 +220,8 @@ class VaultStore:
         self._client: hvac.Client | None = None
         #: The token in use (given, or from the AppRole login), held for redaction.
         self._token: Secret | None = None
+        # path -> (monotonic time, entry): the last read or write of each path (see above).
+        self._memo: dict[str, tuple[float, _Entry]] = {}
 
     def __enter__(self) -> VaultStore:
         self.start()
@@ -234,9 +270,14 @@ class VaultStore:
             ) from exc
 
     def _call(
-        self, method: str, path: str, capability: str, body: dict[str, Any] | None = None
+        self, method: str, path: str, capability: str, body: dict[str, Any] | None = None,
+        *, body_of_404: bool = False,
     ) -> dict[str, Any] | None:
-        """One API request: its JSON body, ``{}`` for 204, ``None`` for 404."""
+        """One API request: its JSON body, ``{}`` for 204, ``None`` for 404.
+
+        With ``body_of_404`` a 404 returns its JSON body instead (KV v2 answers a deleted
+        latest version with a 404 that still holds its metadata), ``{}`` if it has none.
+        """
         if self._client is None:
             raise StoreUnavailable(f"vault store {self.name!r} is not started")
         url, _, query = path.partition("?")
@@ -247,7 +288,9 @@ class VaultStore:
                 answer = self._client.adapter.request(
                     method, f"/v1/{quoted}" + (f"?{query}" if query else ""), json=body
                 )
-            except hv.InvalidPath:
+            except hv.InvalidPath as exc:
+                if body_of_404:
+                    return exc.json if isinstance(exc.json, dict) else {}
                 return None
         return answer if isinstance(answer, dict) else {}
 
@@ -297,6 +340,7 @@ class VaultStore:
             raise
 
     def close(self) -> None:
+        self._memo.clear()
         if self._client is not None:
             with suppress(Exception):
                 self._client.adapter.close()
@@ -310,31 +354,50 @@ class VaultStore:
             raise StoreError(f"vault store {self.name!r}: location {location!r} {problem}")
         return location, location + ".pending"
 
-    def _meta(self, path: str) -> tuple[int, dict[str, str]]:
-        meta = (self._call("GET", f"{self._mount}/metadata/{path}", "read") or {}).get("data")
-        meta = meta or {}
-        return int(meta.get("current_version") or 0), dict(meta.get("custom_metadata") or {})
-
     def _version(self, path: str, version: int) -> tuple[dict[str, Any] | None, datetime | None]:
         answer = self._call("GET", f"{self._mount}/data/{path}?version={version}", "read")
         body = (answer or {}).get("data") or {}
         return body.get("data"), _time((body.get("metadata") or {}).get("created_time"))
 
-    def _latest(self, path: str) -> _Entry:
-        version, custom = self._meta(path)
-        data, created = self._version(path, version) if version else (None, None)
-        return _Entry(version, data, custom, created)
+    def _latest(self, path: str, *, memo: bool = False) -> _Entry:
+        """``path`` as it is now (one request), or with ``memo`` as last seen, if recently."""
+        seen = self._memo.get(path)
+        if memo and seen is not None and time.monotonic() - seen[0] <= _MEMO_SECONDS:
+            return seen[1]
+        answer = self._call("GET", f"{self._mount}/data/{path}", "read", body_of_404=True)
+        body = (answer or {}).get("data") or {}
+        meta = body.get("metadata") or {}
+        data = body.get("data")
+        return self._remember(path, _Entry(
+            int(meta.get("version") or 0), data if isinstance(data, dict) else None,
+            dict(meta.get("custom_metadata") or {}), _time(meta.get("created_time"))))
+
+    def _remember(self, path: str, entry: _Entry) -> _Entry:
+        self._memo[path] = (time.monotonic(), entry)
+        return entry
 
     def _write(self, path: str, data: dict[str, Any], cas: int) -> int:
         body = {"data": data, "options": {"cas": cas}}
-        answer = self._call("POST", f"{self._mount}/data/{path}", "create/update", body)
-        return int(((answer or {}).get("data") or {}).get("version") or cas + 1)
+        try:
+            answer = self._call("POST", f"{self._mount}/data/{path}", "create/update", body)
+        except StoreError:
+            self._memo.pop(path, None)
+            raise
+        version = int(((answer or {}).get("data") or {}).get("version") or cas + 1)
+        seen = self._memo.get(path)
+        custom = seen[1].custom if seen else {}
+        self._remember(path, _Entry(version, data, custom, datetime.now(UTC)))
+        return version
 
-    def _set_custom(self, path: str, custom: dict[str, str]) -> None:
+    def _set_custom(self, path: str, entry: _Entry, custom: dict[str, str]) -> None:
+        self._memo.pop(path, None)
         self._call("POST", f"{self._mount}/metadata/{path}", "update", {"custom_metadata": custom})
+        self._remember(path, _Entry(entry.version, entry.data, custom, entry.created))
 
     def _delete(self, path: str) -> None:
+        self._memo.pop(path, None)
         self._call("DELETE", f"{self._mount}/metadata/{path}", "delete")
+        self._remember(path, _Entry())
 
     # -- SecretStore ----------------------------------------------------------------------
 
@@ -345,9 +408,7 @@ class VaultStore:
             return _stored(entry.creds, stage, entry.version, entry.owner, None)
         entry = self._latest(main)
         if stage is Stage.CURRENT:
-            rid = entry.current_rid
-            at = _time(entry.custom.get(_AT)) if rid else None
-            return _stored(entry.creds, stage, entry.version, rid, at or entry.created)
+            return _current(entry)
         previous = entry.custom.get(_PREV, "")
         if not previous.isdigit():
             return None
@@ -356,25 +417,17 @@ class VaultStore:
 
     def facts(self, location: Location) -> StoreFacts:
         main, pending = self._paths(location)
-        entry, staged = self._latest(main), self._latest(pending)
-        rid = entry.current_rid if entry.creds else None
-        extra = {"kv_version": str(entry.version)}
-        for key in (_PREV, _PREV_RID):
-            if key in entry.custom:
-                extra[key.removeprefix("rotator_")] = entry.custom[key]
-        return StoreFacts(
-            has_current=entry.creds is not None,
-            current_rotation_id=rid,
-            current_since=(_time(entry.custom.get(_AT)) if rid else None) or entry.created,
-            pending_rotation_id=staged.owner if staged.data is not None else None,
-            has_pending=staged.data is not None,
-            has_previous=entry.custom.get(_PREV, "").isdigit(),
-            extra=extra,
-        )
+        return _facts(self._latest(main), self._latest(pending))
+
+    def read_with_facts(self, location: Location) -> tuple[StoredCredentials | None, StoreFacts]:
+        """The CURRENT credential and the location's facts, from one read of each path."""
+        main, pending = self._paths(location)
+        entry = self._latest(main)
+        return _current(entry), _facts(entry, self._latest(pending))
 
     def check_writable(self, location: Location) -> None:
         main, pending = self._paths(location)
-        exists, m = self._meta(main)[0] > 0, self._mount
+        exists, m = self._latest(main, memo=True).version > 0, self._mount
         needed = {
             f"{m}/data/{main}": ("read", "update" if exists else "create"),
             f"{m}/metadata/{main}": ("read", "update"),
@@ -405,7 +458,7 @@ class VaultStore:
         replace_foreign: bool = False,
     ) -> None:
         _, pending = self._paths(location)
-        entry = self._latest(pending)
+        entry = self._latest(pending, memo=True)
         if entry.data is not None and entry.owner != rotation_id and not replace_foreign:
             raise StoreConflict(
                 f"vault store {self.name!r}: {location!r} holds a pending credential of "
@@ -415,11 +468,10 @@ class VaultStore:
         secret = credentials.client_secret.reveal()
         data = {"client_id": credentials.client_id, "client_secret": secret, _RID: rotation_id}
         self._write(pending, data, cas=entry.version)
-        self._set_custom(pending, {**entry.custom, _RID: rotation_id})
 
     def promote(self, location: Location, rotation_id: RotationId) -> None:
         main, pending = self._paths(location)
-        entry, staged_entry = self._latest(main), self._latest(pending)
+        entry, staged_entry = self._latest(main, memo=True), self._latest(pending, memo=True)
         current = entry.creds
         staged = staged_entry.creds if staged_entry.owner == rotation_id else None
         if current is not None and entry.current_rid == rotation_id:
@@ -433,7 +485,7 @@ class VaultStore:
                 f"{entry.current_rid or 'no known rotation'}"
             )
         if current == staged:  # crashed after writing the data: the latest version is ours
-            new, before = entry.version, entry.version - 1
+            new, before, data = entry.version, entry.version - 1, entry.data or {}
             had_creds = before > 0 and _creds(self._version(main, before)[0]) is not None
         else:
             secret = staged.client_secret.reveal()
@@ -446,7 +498,7 @@ class VaultStore:
             meta[_PREV] = str(before)
         if had_creds and entry.custom.get(_CUR) == str(before) and _RID in entry.custom:
             meta[_PREV_RID] = entry.custom[_RID]
-        self._set_custom(main, meta)
+        self._set_custom(main, _Entry(new, data, entry.custom, entry.created), meta)
         self._delete(pending)
 
     def discard_pending(self, location: Location, rotation_id: RotationId) -> None:
@@ -457,6 +509,6 @@ class VaultStore:
 
     def drop_previous(self, location: Location, rotation_id: RotationId) -> None:
         main, _ = self._paths(location)
-        version, custom = self._meta(main)
-        if _Entry(version, None, custom).current_rid == rotation_id and _PREV in custom:
-            self._set_custom(main, {k: v for k, v in custom.items() if k != _PREV})
+        entry = self._latest(main, memo=True)
+        if entry.current_rid == rotation_id and _PREV in entry.custom:
+            self._set_custom(main, entry, {k: v for k, v in entry.custom.items() if k != _PREV})
