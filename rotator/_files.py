@@ -84,14 +84,23 @@ def read_private_file(path: Path) -> bytes:
         return handle.read()
 
 
-def write_private_file(path: Path, data: bytes) -> None:
+def write_private_file(path: Path, data: bytes, *, tmp: Path | None = None) -> None:
     """Replace ``path`` with ``data`` atomically; the file is created with mode 0600.
 
     Writes a temporary file in the same directory, fsyncs it, renames it over ``path``
     and fsyncs the directory, so a crash leaves either the old or the new file, whole.
+    ``tmp`` names the temporary file (a stale one is replaced; it is created exclusively and
+    without following a symlink), so a writer that holds a lock can sweep what a killed
+    predecessor left; without it a random name is used.
     """
-    directory = path.parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    if tmp is None:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = Path(name)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
     try:
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "wb") as handle:
@@ -103,7 +112,7 @@ def write_private_file(path: Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    dir_fd = os.open(directory, os.O_RDONLY)
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_CLOEXEC)
     try:
         os.fsync(dir_fd)
     finally:

@@ -40,7 +40,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from rotator._files import UnsafeFile, open_private
+from rotator._files import UnsafeFile, open_private, write_private_file
 from rotator.errors import StoreAccessDenied, StoreConflict, StoreError, StoreUnavailable
 from rotator.interfaces import (
     Credentials,
@@ -213,27 +213,7 @@ def _replace(path: Path, data: bytes) -> None:
     leaves either the old or the new file, whole, and at most the temporary file, which
     the next write (or the store's start) removes.
     """
-    tmp = _temp_path(path)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o600)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_private_file(path, data, tmp=_temp_path(path))
 
 
 class EnvStore:
