@@ -279,9 +279,13 @@ class TestVaultFaults:
 
     @staticmethod
     def unseal_key(bao: OpenBao) -> str:
-        match = re.search(r"Unseal Key: (\S+)", bao.log_path.read_text())
-        assert match
-        return match.group(1)
+        # bao may print its banner after /v1/sys/health already answers: wait for the line
+        for _ in range(200):
+            match = re.search(r"Unseal Key: (\S+)", bao.log_path.read_text())
+            if match:
+                return match.group(1)
+            time.sleep(0.05)
+        raise AssertionError(f"no unseal key in {bao.log_path}")
 
     def test_sealed_before_rotation_changes_nothing(self, kc_realm: KeycloakRealm,
                                                     tmp_path: Path) -> None:
