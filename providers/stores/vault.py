@@ -36,7 +36,11 @@ The writes of a rotation (stage, promote, drop) start from the store's last read
 a path if it is at most ``_MEMO_SECONDS`` old instead of reading it again; that is safe
 because every data write is checked-and-set: if the path changed since, the write fails with
 ``StoreConflict`` and is forgotten, so the engine's next attempt starts from a fresh read.
-``read`` and ``facts`` always ask Vault.
+``read`` and ``facts`` always ask Vault. ``stage_pending`` writes ``P.pending`` with
+``cas`` = 0 without reading it first (rotator leaves no versions there), and reads it only
+when that fails, to tell its own earlier attempt from a foreign credential.
+``write_current`` (single-secret rotations) writes ``P`` and its metadata without a pending
+copy or PREVIOUS; ``promote`` of that rotation then does nothing.
 """
 
 from __future__ import annotations
@@ -222,6 +226,8 @@ class VaultStore:
         self._token: Secret | None = None
         # path -> (monotonic time, entry): the last read or write of each path (see above).
         self._memo: dict[str, tuple[float, _Entry]] = {}
+        #: (path, rotation id) pairs this process wrote as CURRENT with ``write_current``.
+        self._direct: set[tuple[str, RotationId]] = set()
 
     def __enter__(self) -> VaultStore:
         self.start()
@@ -458,6 +464,16 @@ class VaultStore:
         replace_foreign: bool = False,
     ) -> None:
         _, pending = self._paths(location)
+        secret = credentials.client_secret.reveal()
+        data = {"client_id": credentials.client_id, "client_secret": secret, _RID: rotation_id}
+        if pending not in self._memo and not replace_foreign:
+            # No read first: a pending path rotator left has no versions (it deletes the
+            # metadata), so a write with cas=0 creates it; anything there makes it fail.
+            try:
+                self._write(pending, data, cas=0)
+                return
+            except StoreConflict:
+                pass  # something is there: look at whose it is
         entry = self._latest(pending, memo=True)
         if entry.data is not None and entry.owner != rotation_id and not replace_foreign:
             raise StoreConflict(
@@ -465,13 +481,40 @@ class VaultStore:
                 f"rotation {entry.owner or '(unknown)'}; rotation {rotation_id} will not "
                 "replace it"
             )
-        secret = credentials.client_secret.reveal()
-        data = {"client_id": credentials.client_id, "client_secret": secret, _RID: rotation_id}
         self._write(pending, data, cas=entry.version)
+
+    def write_current(
+        self, location: Location, credentials: Credentials, rotation_id: RotationId
+    ) -> None:
+        """Write ``credentials`` as CURRENT for ``rotation_id`` at once, keeping no PREVIOUS.
+
+        For single-secret rotations (see ``SecretStore``): one data write and one metadata
+        write, no pending copy. Idempotent; ``StoreConflict`` if ``P`` changed since read.
+        """
+        main, _ = self._paths(location)
+        entry = self._latest(main, memo=True)
+        if entry.current_rid == rotation_id and entry.creds == credentials:
+            self._direct.add((main, rotation_id))
+            return
+        if entry.creds == credentials:  # crashed after writing the data: the version is ours
+            new, data = entry.version, entry.data or {}
+        else:
+            secret = credentials.client_secret.reveal()
+            data = {**(entry.data or {}), "client_id": credentials.client_id,
+                    "client_secret": secret}
+            new = self._write(main, data, cas=entry.version)
+        meta = {k: v for k, v in entry.custom.items() if k not in _OURS}
+        meta.update({_RID: rotation_id, _CUR: str(new), _AT: datetime.now(UTC).isoformat()})
+        self._set_custom(main, _Entry(new, data, entry.custom, entry.created), meta)
+        self._direct.add((main, rotation_id))
 
     def promote(self, location: Location, rotation_id: RotationId) -> None:
         main, pending = self._paths(location)
-        entry, staged_entry = self._latest(main, memo=True), self._latest(pending, memo=True)
+        entry = self._latest(main, memo=True)
+        if (main, rotation_id) in self._direct and entry.current_rid == rotation_id:
+            self._direct.discard((main, rotation_id))
+            return  # written CURRENT directly by this process: no pending copy to remove
+        staged_entry = self._latest(pending, memo=True)
         current = entry.creds
         staged = staged_entry.creds if staged_entry.owner == rotation_id else None
         if current is not None and entry.current_rid == rotation_id:
