@@ -45,17 +45,14 @@ copy or PREVIOUS; ``promote`` of that rotation then does nothing.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urljoin, urlsplit
-
-import hvac
-import hvac.exceptions as hv
-import requests
 
 from rotator.errors import (
     StoreAccessDenied,
@@ -74,6 +71,15 @@ from rotator.interfaces import (
 )
 from rotator.secrets import Secret, redact
 from rotator.settings import Setting
+
+if TYPE_CHECKING:
+    import hvac
+    import hvac.exceptions as hv
+    import requests
+
+#: Packages this adapter needs, imported on first use (so ``config check`` loads none of
+#: them); the registry checks that they are installed.
+REQUIRES = ("hvac", "requests")
 
 _RID = "rotator_rotation_id"
 _AT = "rotator_promoted_at"
@@ -110,30 +116,36 @@ def _remote(exc: hv.VaultError) -> str:
     return redact(text.strip() or type(exc).__name__)
 
 
-class _RedirectRefused(requests.RequestException):
-    """Vault answered with a redirect that rotator will not follow."""
+@functools.cache
+def _http() -> tuple[type[Exception], type[requests.Session]]:
+    """The redirect refusal and the session class, defined when requests is first needed."""
+    import requests
 
+    class _RedirectRefused(requests.RequestException):
+        """Vault answered with a redirect that rotator will not follow."""
 
-class _SameOriginSession(requests.Session):
-    """Follows a redirect only to the same host and port over https.
+    class _SameOriginSession(requests.Session):
+        """Follows a redirect only to the same host and port over https.
 
-    requests re-sends ``X-Vault-Token`` and a 307's body (an AppRole ``secret_id``) to
-    wherever a redirect points; anything else is refused before a byte goes there.
-    """
+        requests re-sends ``X-Vault-Token`` and a 307's body (an AppRole ``secret_id``) to
+        wherever a redirect points; anything else is refused before a byte goes there.
+        """
 
-    def get_redirect_target(self, resp: requests.Response) -> str | None:
-        target = super().get_redirect_target(resp)
-        if target is None:
-            return None
-        old, new = urlsplit(resp.url), urlsplit(urljoin(resp.url, target))
-        if new.scheme != "https" or (new.hostname, new.port) != (old.hostname, old.port):
-            resp.close()
-            raise _RedirectRefused(
-                f"{old.scheme}://{old.netloc} redirected to {new.scheme}://{new.hostname}"
-                f"{f':{new.port}' if new.port else ''}; rotator follows redirects only to the "
-                "same host over https (point url at the active node)"
-            )
-        return target
+        def get_redirect_target(self, resp: requests.Response) -> str | None:
+            target = super().get_redirect_target(resp)
+            if target is None:
+                return None
+            old, new = urlsplit(resp.url), urlsplit(urljoin(resp.url, target))
+            if new.scheme != "https" or (new.hostname, new.port) != (old.hostname, old.port):
+                resp.close()
+                raise _RedirectRefused(
+                    f"{old.scheme}://{old.netloc} redirected to {new.scheme}://{new.hostname}"
+                    f"{f':{new.port}' if new.port else ''}; rotator follows redirects only to the "
+                    "same host over https (point url at the active node)"
+                )
+            return target
+
+    return _RedirectRefused, _SameOriginSession
 
 
 def _current(entry: _Entry) -> StoredCredentials | None:
@@ -239,7 +251,11 @@ class VaultStore:
     @contextmanager
     def _errors(self, path: str, capability: str) -> Iterator[None]:
         """Translate every hvac and requests error raised inside into a ``StoreError``."""
+        import hvac.exceptions as hv
+        import requests
+
         where = f"vault store {self.name!r}"
+        refused, _ = _http()
         try:
             yield
         except hv.VaultDown as exc:
@@ -264,7 +280,7 @@ class VaultStore:
             raise StoreNotFound(f"{where}: {path} not found (no KV v2 mount?)") from exc
         except hv.VaultError as exc:
             raise StoreUnavailable(f"{where}: {path}: {_remote(exc)}") from exc
-        except _RedirectRefused as exc:
+        except refused as exc:
             raise StoreUnavailable(f"{where}: {path}: {redact(str(exc))}") from exc
         except requests.Timeout as exc:
             raise StoreUnavailable(
@@ -289,6 +305,8 @@ class VaultStore:
         url, _, query = path.partition("?")
         # Every segment quoted: a value that slipped past validation stays one path segment.
         quoted = "/".join(quote(segment, safe="") for segment in url.split("/"))
+        import hvac.exceptions as hv
+
         with self._errors(url, capability):
             try:
                 answer = self._client.adapter.request(
@@ -313,13 +331,15 @@ class VaultStore:
             raise StoreAccessDenied(
                 f"{where}: auth is 'approle' but role_id or secret_id_env/secret_id_file is missing"
             )
+        import hvac
+
         self._client = client = hvac.Client(
             url=self._url,
             token=token.reveal() if isinstance(token, Secret) else None,
             verify=s.get("ca_file") or bool(s.get("tls_verify", True)),
             timeout=self._timeout,  # type: ignore[arg-type]  # requests takes a float
             namespace=s.get("namespace") or None,
-            session=_SameOriginSession(),
+            session=_http()[1](),
         )
         mount = str(s.get("approle_mount") or "approle").strip("/")
         try:
