@@ -52,6 +52,7 @@ from rotator.errors import (
     JournalConflict,
     RotationError,
     RotatorError,
+    StoreConflict,
     StoreError,
     UnauthorizedClient,
     VerificationError,
@@ -460,7 +461,20 @@ class Engine:
         idp = self.adapters.idp(client.idp)
         caps = idp.capabilities(client.client_id)
         primary = self.adapters.store(client.primary.store)
-        current, primary_facts = _read_with_facts(primary, client.primary.location)
+        # An overlap IdP that generates the value is asked before any store is written, and
+        # a stage refused afterwards (read-only, a foreign pending credential) takes the new
+        # secret back, so the stores need no look ahead. Otherwise a refused write could not
+        # be undone: find it first. A store that writes a single-secret rotation's value as
+        # CURRENT at once needs no pending check.
+        ahead = dry_run or not caps.overlap or caps.caller_sets_value
+
+        def pending_check(store: SecretStore) -> bool:
+            return ahead and (dry_run or caps.overlap or not _writes_current(store))
+
+        if pending_check(primary):
+            current, primary_facts = _read_with_facts(primary, client.primary.location)
+        else:
+            current = primary.read(client.primary.location, Stage.CURRENT)
         if current is None:
             raise RotationError(
                 f"no current credential for {client.name} in store "
@@ -475,7 +489,11 @@ class Engine:
             )
         for target in client.targets:
             store = self.adapters.store(target.store)
+            if not ahead:
+                continue
             store.check_writable(target.location)
+            if not pending_check(store):
+                continue
             facts = (primary_facts if target == client.primary
                      else store.facts(target.location))
             if facts.has_pending and not abandon_pending:
@@ -659,13 +677,16 @@ class Engine:
                                      "reset the client's secret at the IdP and store it")
             raise _Abort
         try:
-            self._stage_all(client, rotation, issued.value, abandon_pending)
-        except StoreError:
+            self._stage_all(client, rotation, issued.value, abandon_pending, issued=True)
+        except StoreError as exc:
             if rotation.family == "overlap":
                 # The old secret still works: take the new one back rather than risk it.
+                hint = (" (if it holds a pending secret rotator's journal does not know, pass "
+                        "--abandon-pending to discard it)"
+                        if isinstance(exc, StoreConflict) else "")
                 self._take_back(client, idp, rotation, issued, fingerprint,
-                                "a store refused the new secret, so it was discarded at the IdP "
-                                "and the old secret kept")
+                                f"a store refused the new secret: {exc}{hint}; it was "
+                                "discarded at the IdP and the old secret kept")
                 raise _Abort from None
             raise
         return self._advance(rotation, State.CREATED, new_fingerprint=fingerprint,
@@ -677,6 +698,10 @@ class Engine:
         rotation = self._advance(rotation, State.CREATING, new_fingerprint=fingerprint,
                                  secret_ref=issued.secret_ref)
         self._discard_at_idp(client, idp, rotation, issued)
+        for target in client.targets:  # stores that took it before one refused
+            with contextlib.suppress(StoreError):
+                self.adapters.store(target.store).discard_pending(target.location,
+                                                                  rotation.id)
         self._advance(rotation, State.ROLLED_BACK, error=reason)
 
     def _verify_step(self, client: ClientConfig, caps: IdpCapabilities, rotation: Rotation, *,
@@ -764,12 +789,19 @@ class Engine:
     # -- helpers ---------------------------------------------------------------------------
 
     def _stage_all(self, client: ClientConfig, rotation: Rotation, value: Secret,
-                   abandon_pending: bool) -> None:
+                   abandon_pending: bool, *, issued: bool = False) -> None:
+        """Write ``value`` as PENDING everywhere; once the IdP ``issued`` it in a
+        single-secret rotation, as CURRENT where a store can (see ``write_current``)."""
         creds = Credentials(client.client_id, value)
         for target in client.targets:
             started = time.monotonic()
-            self.adapters.store(target.store).stage_pending(
-                target.location, creds, rotation.id, replace_foreign=abandon_pending)
+            store = self.adapters.store(target.store)
+            if issued and rotation.family == "single" and _writes_current(store):
+                store.write_current(  # type: ignore[attr-defined]
+                    target.location, creds, rotation.id)
+            else:
+                store.stage_pending(target.location, creds, rotation.id,
+                                    replace_foreign=abandon_pending)
             self.audit.event("secret_staged", step="stage", store=target.store,
                              outcome="success", duration_ms=_ms(started),
                              new_fingerprint=self.audit.fingerprint(value))
@@ -901,6 +933,11 @@ def _read_with_facts(store: SecretStore,
         answer: tuple[StoredCredentials | None, StoreFacts] = both(location)
         return answer
     return store.read(location, Stage.CURRENT), store.facts(location)
+
+
+def _writes_current(store: SecretStore) -> bool:
+    """Whether ``store`` can write a single-secret rotation's value as CURRENT at once."""
+    return callable(getattr(store, "write_current", None))
 
 
 def _ms(started: float) -> int:

@@ -106,6 +106,16 @@ class SecretStore(Protocol):
     #: The keys the store's ``[stores.NAME]`` table accepts, checked by the config loader.
     #: A store may also define ``validate_location(location) -> str | None`` (a static
     #: method returning why a location is unusable), which the config check calls.
+    #:
+    #: Optional methods, used where a store has them (the engine falls back otherwise):
+    #: ``read_with_facts(location) -> (StoredCredentials | None, StoreFacts)`` returns
+    #: CURRENT and the facts from one look; ``write_current(location, credentials,
+    #: rotation_id)`` writes ``credentials`` as CURRENT of ``rotation_id`` at once, keeping
+    #: no PREVIOUS, and is idempotent like the writes below. The engine calls it instead
+    #: of ``stage_pending`` only in a single-secret rotation, after the IdP issued the new
+    #: secret: the old one no longer works, so neither a pending copy nor PREVIOUS protects
+    #: anyone, and the store needs no pending check before the IdP is asked. ``promote``
+    #: and ``drop_previous`` of that rotation then change nothing.
     SETTINGS: ClassVar[tuple[Setting, ...]]
 
     #: The name this store has in the configuration.
@@ -130,8 +140,10 @@ class SecretStore(Protocol):
     def check_writable(self, location: Location) -> None:
         """Raise ``StoreError`` if a rotation could not write ``location`` right now.
 
-        Called before a rotation asks the identity provider for a new secret, so that a
-        store that is down or read-only is found before anything changes.
+        Called before a rotation asks the identity provider for a new secret where a write
+        refused afterwards could not be undone: single-secret IdPs, and IdPs that take a
+        value rotator chooses. With an overlap IdP that generates the value, the engine
+        skips it: a refused stage takes the new secret back at the IdP.
         """
         ...
 

@@ -8,6 +8,7 @@ names the extra to install.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 #: type name -> (module, class, pip extra that brings its dependencies)
@@ -42,6 +43,12 @@ def load_adapter_class(kind: str, type_name: str) -> Any:
         raise AdapterImportError(
             f"{kind} type {type_name!r} needs a package that is missing ({exc.name}){hint}"
         ) from exc
+    # An adapter that imports its SDK on first use names it in REQUIRES: check it is there.
+    for package in getattr(module, "REQUIRES", ()):
+        if importlib.util.find_spec(package) is None:
+            hint = f"; install it with: pip install 'rotator[{extra}]'" if extra else ""
+            raise AdapterImportError(
+                f"{kind} type {type_name!r} needs a package that is missing ({package}){hint}")
     try:
         return getattr(module, class_name)
     except AttributeError as exc:  # pragma: no cover - a packaging mistake

@@ -36,22 +36,23 @@ The writes of a rotation (stage, promote, drop) start from the store's last read
 a path if it is at most ``_MEMO_SECONDS`` old instead of reading it again; that is safe
 because every data write is checked-and-set: if the path changed since, the write fails with
 ``StoreConflict`` and is forgotten, so the engine's next attempt starts from a fresh read.
-``read`` and ``facts`` always ask Vault.
+``read`` and ``facts`` always ask Vault. ``stage_pending`` writes ``P.pending`` with
+``cas`` = 0 without reading it first (rotator leaves no versions there), and reads it only
+when that fails, to tell its own earlier attempt from a foreign credential.
+``write_current`` (single-secret rotations) writes ``P`` and its metadata without a pending
+copy or PREVIOUS; ``promote`` of that rotation then does nothing.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urljoin, urlsplit
-
-import hvac
-import hvac.exceptions as hv
-import requests
 
 from rotator.errors import (
     StoreAccessDenied,
@@ -70,6 +71,15 @@ from rotator.interfaces import (
 )
 from rotator.secrets import Secret, redact
 from rotator.settings import Setting
+
+if TYPE_CHECKING:
+    import hvac
+    import hvac.exceptions as hv
+    import requests
+
+#: Packages this adapter needs, imported on first use (so ``config check`` loads none of
+#: them); the registry checks that they are installed.
+REQUIRES = ("hvac", "requests")
 
 _RID = "rotator_rotation_id"
 _AT = "rotator_promoted_at"
@@ -106,30 +116,36 @@ def _remote(exc: hv.VaultError) -> str:
     return redact(text.strip() or type(exc).__name__)
 
 
-class _RedirectRefused(requests.RequestException):
-    """Vault answered with a redirect that rotator will not follow."""
+@functools.cache
+def _http() -> tuple[type[Exception], type[requests.Session]]:
+    """The redirect refusal and the session class, defined when requests is first needed."""
+    import requests
 
+    class _RedirectRefused(requests.RequestException):
+        """Vault answered with a redirect that rotator will not follow."""
 
-class _SameOriginSession(requests.Session):
-    """Follows a redirect only to the same host and port over https.
+    class _SameOriginSession(requests.Session):
+        """Follows a redirect only to the same host and port over https.
 
-    requests re-sends ``X-Vault-Token`` and a 307's body (an AppRole ``secret_id``) to
-    wherever a redirect points; anything else is refused before a byte goes there.
-    """
+        requests re-sends ``X-Vault-Token`` and a 307's body (an AppRole ``secret_id``) to
+        wherever a redirect points; anything else is refused before a byte goes there.
+        """
 
-    def get_redirect_target(self, resp: requests.Response) -> str | None:
-        target = super().get_redirect_target(resp)
-        if target is None:
-            return None
-        old, new = urlsplit(resp.url), urlsplit(urljoin(resp.url, target))
-        if new.scheme != "https" or (new.hostname, new.port) != (old.hostname, old.port):
-            resp.close()
-            raise _RedirectRefused(
-                f"{old.scheme}://{old.netloc} redirected to {new.scheme}://{new.hostname}"
-                f"{f':{new.port}' if new.port else ''}; rotator follows redirects only to the "
-                "same host over https (point url at the active node)"
-            )
-        return target
+        def get_redirect_target(self, resp: requests.Response) -> str | None:
+            target = super().get_redirect_target(resp)
+            if target is None:
+                return None
+            old, new = urlsplit(resp.url), urlsplit(urljoin(resp.url, target))
+            if new.scheme != "https" or (new.hostname, new.port) != (old.hostname, old.port):
+                resp.close()
+                raise _RedirectRefused(
+                    f"{old.scheme}://{old.netloc} redirected to {new.scheme}://{new.hostname}"
+                    f"{f':{new.port}' if new.port else ''}; rotator follows redirects only to the "
+                    "same host over https (point url at the active node)"
+                )
+            return target
+
+    return _RedirectRefused, _SameOriginSession
 
 
 def _current(entry: _Entry) -> StoredCredentials | None:
@@ -222,6 +238,8 @@ class VaultStore:
         self._token: Secret | None = None
         # path -> (monotonic time, entry): the last read or write of each path (see above).
         self._memo: dict[str, tuple[float, _Entry]] = {}
+        #: (path, rotation id) pairs this process wrote as CURRENT with ``write_current``.
+        self._direct: set[tuple[str, RotationId]] = set()
 
     def __enter__(self) -> VaultStore:
         self.start()
@@ -233,7 +251,11 @@ class VaultStore:
     @contextmanager
     def _errors(self, path: str, capability: str) -> Iterator[None]:
         """Translate every hvac and requests error raised inside into a ``StoreError``."""
+        import hvac.exceptions as hv
+        import requests
+
         where = f"vault store {self.name!r}"
+        refused, _ = _http()
         try:
             yield
         except hv.VaultDown as exc:
@@ -258,7 +280,7 @@ class VaultStore:
             raise StoreNotFound(f"{where}: {path} not found (no KV v2 mount?)") from exc
         except hv.VaultError as exc:
             raise StoreUnavailable(f"{where}: {path}: {_remote(exc)}") from exc
-        except _RedirectRefused as exc:
+        except refused as exc:
             raise StoreUnavailable(f"{where}: {path}: {redact(str(exc))}") from exc
         except requests.Timeout as exc:
             raise StoreUnavailable(
@@ -283,6 +305,8 @@ class VaultStore:
         url, _, query = path.partition("?")
         # Every segment quoted: a value that slipped past validation stays one path segment.
         quoted = "/".join(quote(segment, safe="") for segment in url.split("/"))
+        import hvac.exceptions as hv
+
         with self._errors(url, capability):
             try:
                 answer = self._client.adapter.request(
@@ -307,13 +331,15 @@ class VaultStore:
             raise StoreAccessDenied(
                 f"{where}: auth is 'approle' but role_id or secret_id_env/secret_id_file is missing"
             )
+        import hvac
+
         self._client = client = hvac.Client(
             url=self._url,
             token=token.reveal() if isinstance(token, Secret) else None,
             verify=s.get("ca_file") or bool(s.get("tls_verify", True)),
             timeout=self._timeout,  # type: ignore[arg-type]  # requests takes a float
             namespace=s.get("namespace") or None,
-            session=_SameOriginSession(),
+            session=_http()[1](),
         )
         mount = str(s.get("approle_mount") or "approle").strip("/")
         try:
@@ -458,6 +484,16 @@ class VaultStore:
         replace_foreign: bool = False,
     ) -> None:
         _, pending = self._paths(location)
+        secret = credentials.client_secret.reveal()
+        data = {"client_id": credentials.client_id, "client_secret": secret, _RID: rotation_id}
+        if pending not in self._memo and not replace_foreign:
+            # No read first: a pending path rotator left has no versions (it deletes the
+            # metadata), so a write with cas=0 creates it; anything there makes it fail.
+            try:
+                self._write(pending, data, cas=0)
+                return
+            except StoreConflict:
+                pass  # something is there: look at whose it is
         entry = self._latest(pending, memo=True)
         if entry.data is not None and entry.owner != rotation_id and not replace_foreign:
             raise StoreConflict(
@@ -465,13 +501,40 @@ class VaultStore:
                 f"rotation {entry.owner or '(unknown)'}; rotation {rotation_id} will not "
                 "replace it"
             )
-        secret = credentials.client_secret.reveal()
-        data = {"client_id": credentials.client_id, "client_secret": secret, _RID: rotation_id}
         self._write(pending, data, cas=entry.version)
+
+    def write_current(
+        self, location: Location, credentials: Credentials, rotation_id: RotationId
+    ) -> None:
+        """Write ``credentials`` as CURRENT for ``rotation_id`` at once, keeping no PREVIOUS.
+
+        For single-secret rotations (see ``SecretStore``): one data write and one metadata
+        write, no pending copy. Idempotent; ``StoreConflict`` if ``P`` changed since read.
+        """
+        main, _ = self._paths(location)
+        entry = self._latest(main, memo=True)
+        if entry.current_rid == rotation_id and entry.creds == credentials:
+            self._direct.add((main, rotation_id))
+            return
+        if entry.creds == credentials:  # crashed after writing the data: the version is ours
+            new, data = entry.version, entry.data or {}
+        else:
+            secret = credentials.client_secret.reveal()
+            data = {**(entry.data or {}), "client_id": credentials.client_id,
+                    "client_secret": secret}
+            new = self._write(main, data, cas=entry.version)
+        meta = {k: v for k, v in entry.custom.items() if k not in _OURS}
+        meta.update({_RID: rotation_id, _CUR: str(new), _AT: datetime.now(UTC).isoformat()})
+        self._set_custom(main, _Entry(new, data, entry.custom, entry.created), meta)
+        self._direct.add((main, rotation_id))
 
     def promote(self, location: Location, rotation_id: RotationId) -> None:
         main, pending = self._paths(location)
-        entry, staged_entry = self._latest(main, memo=True), self._latest(pending, memo=True)
+        entry = self._latest(main, memo=True)
+        if (main, rotation_id) in self._direct and entry.current_rid == rotation_id:
+            self._direct.discard((main, rotation_id))
+            return  # written CURRENT directly by this process: no pending copy to remove
+        staged_entry = self._latest(pending, memo=True)
         current = entry.creds
         staged = staged_entry.creds if staged_entry.owner == rotation_id else None
         if current is not None and entry.current_rid == rotation_id:
