@@ -37,7 +37,7 @@ class IdpCase:
     """One IdP adapter on one real server, and how to ask that server about a client."""
 
     name: str
-    build: Callable[[dict[str, Any]], IdentityProvider]
+    build: Callable[..., IdentityProvider]  # (settings, transport=None)
     settings: dict[str, Any]
     #: Creates a client; returns (client_id, its present secret).
     new_client: Callable[[], tuple[str, str]]
@@ -46,8 +46,9 @@ class IdpCase:
     #: Settings with a credential the server (or the proxy in front of it) refuses.
     denied_settings: dict[str, Any] | None
 
-    def idp(self, **override: Any) -> IdentityProvider:
-        return self.build({**self.settings, **override})
+    def idp(self, transport: httpx.BaseTransport | None = None,
+            **override: Any) -> IdentityProvider:
+        return self.build({**self.settings, **override}, transport)
 
 
 def _keycloak_case(kc: KeycloakRealm, *, policy: bool) -> IdpCase:
@@ -65,7 +66,8 @@ def _keycloak_case(kc: KeycloakRealm, *, policy: bool) -> IdpCase:
                 "tls_verify": True, "ca_file": None, "timeout": 10.0}
     return IdpCase(
         name="keycloak-rotation" if policy else "keycloak",
-        build=lambda s: KeycloakIdp("kc", s), settings=settings, new_client=new_client,
+        build=lambda s, t=None: KeycloakIdp("kc", s, transport=t), settings=settings,
+        new_client=new_client,
         works=lambda cid, secret: keycloak.token(kc.realm, cid, secret).status_code == 200,
         denied_settings={"admin_client_secret": Secret(secrets.token_urlsafe(16))},
     )
@@ -75,9 +77,10 @@ class GuardedAdmin(httpx.BaseTransport):
     """A proxy in front of Hydra's admin API (which has no authentication of its own) that
     lets through only requests carrying ``token`` in ``header``."""
 
-    def __init__(self, header: str, expected: str) -> None:
+    def __init__(self, header: str, expected: str,
+                 inner: httpx.BaseTransport | None = None) -> None:
         self._header, self._expected = header, expected
-        self._inner = httpx.HTTPTransport()
+        self._inner = inner or httpx.HTTPTransport()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if request.headers.get(self._header) != self._expected:
@@ -100,8 +103,8 @@ def _hydra_case(hydra: Hydra) -> IdpCase:
                 "timeout": 10.0}
     return IdpCase(
         name="hydra", settings=settings, new_client=new_client,
-        build=lambda s: HydraIdp("hydra", s, transport=GuardedAdmin("Authorization",
-                                                                    f"Bearer {token}")),
+        build=lambda s, t=None: HydraIdp("hydra", s, transport=GuardedAdmin(
+            "Authorization", f"Bearer {token}", t)),
         works=lambda cid, secret: hydra.token_status(cid, secret) == 200,
         denied_settings={"admin_token": Secret(secrets.token_urlsafe(16))},
     )
@@ -246,3 +249,63 @@ class TestHydraAdminToken:
     def test_header_name_is_checked(self) -> None:
         assert HydraIdp.validate_settings({"admin_token_header": "X-Key: evil"}) == [
             ("admin_token_header", "must be an HTTP header name")]
+
+
+#: Answers a hostile or broken server (or something in between) may give to any call.
+HOSTILE = {
+    "html-200": lambda: httpx.Response(200, text="<html>login</html>"),
+    "json-list-200": lambda: httpx.Response(200, json=["x"]),
+    "json-null-200": lambda: httpx.Response(200, json=None),
+    "empty-object-200": lambda: httpx.Response(200, json={}),
+    "html-502": lambda: httpx.Response(502, text="<html>bad gateway</html>"),
+    "throttled-429": lambda: httpx.Response(429, json={"error": "slow down"}),
+    "teapot-418": lambda: httpx.Response(418, text="no"),
+}
+
+
+class Hostile(httpx.BaseTransport):
+    """Forwards to the real server until the ``nth`` request, which gets ``answer``."""
+
+    def __init__(self, nth: int, answer: Callable[[], httpx.Response]) -> None:
+        self._nth, self._answer, self.count = nth, answer, 0
+        self._inner = httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.count += 1
+        if self.count == self._nth:
+            return self._answer()
+        return self._inner.handle_request(request)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class TestHostileAnswers:
+    """Whatever the server answers, an adapter raises only IdentityProviderError."""
+
+    @pytest.mark.parametrize("answer", sorted(HOSTILE))
+    def test_nothing_else_escapes(self, case: IdpCase, answer: str,
+                                  request: pytest.FixtureRequest) -> None:
+        if case.name.startswith("keycloak") and answer.endswith("-200"):
+            request.applymarker(pytest.mark.xfail(
+                strict=True, raises=(ValueError, KeyError, TypeError, AttributeError),
+                reason="keycloak.py lets vendor-shaped errors out on a malformed 200 (issue "
+                       "#10 review finding; left to keycloak.py's owner)"))
+        client_id, _ = case.new_client()
+        # Every request of a full create, counted on a clean run, gets the answer in turn.
+        clean = Hostile(0, HOSTILE[answer])
+        adapter = case.idp(clean)
+        adapter.start()
+        try:
+            _create(adapter, client_id)
+        finally:
+            adapter.close()
+        for nth in range(1, clean.count + 1):
+            adapter = case.idp(Hostile(nth, HOSTILE[answer]))
+            adapter.start()
+            try:
+                _create(adapter, client_id)
+            except IdentityProviderError:
+                pass
+            finally:
+                adapter.close()

@@ -146,7 +146,7 @@ class HydraIdp:
                 "Network project in front of it grants that token")
         if status == 404:
             raise IdpNotFound(f"Hydra {self.name!r}: {path} not found: {_error_text(response)}")
-        if status >= 500:
+        if status >= 500 or status == 429:
             raise IdpUnavailable(f"Hydra {self.name!r}: {method} {path} answered HTTP {status}: "
                                  f"{_error_text(response)}")
         raise IdentityProviderError(f"Hydra {self.name!r}: {method} {path} answered HTTP "
