@@ -15,13 +15,14 @@ import re
 import stat
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 from rotator._files import UnsafeFile, check_private_dir
 from rotator.errors import ConfigError, ConfigProblem
+from rotator.interfaces import IdentityProvider, SecretStore
 from rotator.registry import AdapterImportError, load_adapter_class
 from rotator.secrets import Secret
 from rotator.settings import Setting, Settings, check_settings
@@ -103,6 +104,9 @@ _CLIENT_SETTINGS = (
 #: Client keys a [defaults] table may set for every client that does not set them itself.
 _DEFAULTABLE = ("grace_period", "rotate_every", "schedule", "window", "jitter", "backoff",
                 "backoff_max")
+#: Keys an IdP's ``CLIENT_SETTINGS`` may not reuse.
+_CORE_CLIENT_KEYS = frozenset({k for s in _CLIENT_SETTINGS for k in s.accepted_keys()}
+                              | {"stores"})
 _DEFAULTS_SETTINGS = tuple(s for s in _CLIENT_SETTINGS if s.key in _DEFAULTABLE)
 _DAEMON_SETTINGS = (
     Setting("workers", "int", default=4, help="rotations run at once, across all IdPs"),
@@ -210,18 +214,31 @@ def plain_http_refusal(host: str, tls: bool, insecure_http: bool) -> str | None:
             f"set cert_file and key_file, or insecure_http = true to allow it")
 
 
+A = TypeVar("A", SecretStore, IdentityProvider)
+
+
 @dataclass(frozen=True)
-class AdapterConfig:
+class AdapterConfig(Generic[A]):
     """A store or identity-provider table: its name, type, class and checked settings."""
 
     name: str
     type: str
     cls: Any
     settings: Settings
+    #: client_id -> the checked per-client settings the adapter declares in
+    #: ``CLIENT_SETTINGS`` (identity providers only; empty when it declares none).
+    clients: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
-    def build(self) -> Any:
-        """Construct the adapter (no I/O happens until its ``start()``)."""
-        return self.cls(self.name, self.settings)
+    def build(self) -> A:
+        """Construct the adapter (no I/O happens until its ``start()``) and hand it each
+        client's settings through ``configure_client`` where it declares any."""
+        adapter: A = self.cls(self.name, self.settings)
+        configure = getattr(adapter, "configure_client", None)
+        for client_id, settings in self.clients.items():
+            if configure is None:  # pragma: no cover - the config check refused this class
+                raise TypeError(f"{self.type} declares CLIENT_SETTINGS but no configure_client")
+            configure(client_id, settings)
+        return adapter
 
 
 @dataclass(frozen=True)
@@ -255,6 +272,8 @@ class ClientConfig:
     jitter: float = 0.0
     backoff: float = 3600.0
     backoff_max: float = 32 * 3600.0
+    #: The settings this client's IdP declares per client (its ``CLIENT_SETTINGS``), checked.
+    idp_settings: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def primary(self) -> StoreTarget:
@@ -292,8 +311,8 @@ class Config:
     path: Path
     state_dir: Path
     audit: AuditConfig
-    stores: dict[str, AdapterConfig] = field(default_factory=dict)
-    idps: dict[str, AdapterConfig] = field(default_factory=dict)
+    stores: dict[str, AdapterConfig[SecretStore]] = field(default_factory=dict)
+    idps: dict[str, AdapterConfig[IdentityProvider]] = field(default_factory=dict)
     clients: dict[str, ClientConfig] = field(default_factory=dict)
     api: ApiConfig = field(default_factory=ApiConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
@@ -323,8 +342,8 @@ def _table(value: Any, key: str, problems: _Problems) -> Mapping[str, Any]:
 def _adapters(
     raw: Mapping[str, Any], kind: str, section: str, problems: _Problems, base: Path,
     environ: Mapping[str, str], resolve: Callable[[str], bool],
-) -> dict[str, AdapterConfig]:
-    out: dict[str, AdapterConfig] = {}
+) -> dict[str, AdapterConfig[Any]]:
+    out: dict[str, AdapterConfig[Any]] = {}
     for name, table in raw.items():
         report = problems.reporter(f"{section}.{name}")
         if not _NAME.match(name):
@@ -341,7 +360,20 @@ def _adapters(
         except AdapterImportError as exc:
             report("type", str(exc))
             continue
-        schema: tuple[Setting, ...] = cls.SETTINGS
+        schema = getattr(cls, "SETTINGS", None)
+        if not isinstance(schema, tuple) or not callable(cls):
+            report("type", f"{kind} type {type_name!r} is not an adapter class with SETTINGS")
+            continue
+        client_schema = getattr(cls, "CLIENT_SETTINGS", ())
+        clashes = {k for s in client_schema for k in s.accepted_keys()} & _CORE_CLIENT_KEYS
+        if client_schema and not callable(getattr(cls, "configure_client", None)):
+            report("type", f"{kind} type {type_name!r} declares CLIENT_SETTINGS but no "
+                           "configure_client method")
+            continue
+        if clashes:  # the adapter's packaging is wrong, not the user's file
+            report("type", f"{kind} type {type_name!r} declares client settings that rotator "
+                           f"itself uses: {', '.join(sorted(clashes))}")
+            continue
         if any(_is_url_key(s.key) for s in schema) and _INSECURE_OK not in {
                 s.key for s in schema}:
             schema = (*schema, _ALLOW_INSECURE)
@@ -377,9 +409,10 @@ def _check_timing(s: Settings, report: Callable[[str, str], None]) -> None:
 
 
 def _client(
-    name: str, table: Any, cfg_stores: dict[str, AdapterConfig], raw_stores: Mapping[str, Any],
-    idps: Mapping[str, Any], problems: _Problems, base: Path, environ: Mapping[str, str],
-    defaults: Settings | None = None,
+    name: str, table: Any, cfg_stores: dict[str, AdapterConfig[Any]],
+    raw_stores: Mapping[str, Any], idps: Mapping[str, Any], problems: _Problems, base: Path,
+    environ: Mapping[str, str], defaults: Settings | None = None,
+    cfg_idps: Mapping[str, AdapterConfig[Any]] | None = None, resolve_idp_secrets: bool = True,
 ) -> ClientConfig | None:
     prefix = f"clients.{name}"
     report = problems.reporter(prefix)
@@ -388,8 +421,20 @@ def _client(
     if not isinstance(table, dict):
         report("", "must be a table")
         return None
-    s = check_settings(table, _CLIENT_SETTINGS, report, base_dir=base, environ=environ,
-                       ignore=("stores",))
+    # The client's IdP adds the per-client settings it declares (CLIENT_SETTINGS). When that
+    # IdP's own table is broken (reported there), its keys cannot be told from typos: skip them.
+    idp_name = table.get("idp")
+    idp_cfg = (cfg_idps or {}).get(idp_name) if isinstance(idp_name, str) else None
+    idp_schema: tuple[Setting, ...] = getattr(idp_cfg.cls, "CLIENT_SETTINGS", ()) \
+        if idp_cfg else ()
+    unchecked = tuple(table) if idp_cfg is None and idp_name in idps else ()
+    s = check_settings(table, _CLIENT_SETTINGS + idp_schema, report, base_dir=base,
+                       environ=environ, ignore=("stores", *unchecked),
+                       resolve_secrets=resolve_idp_secrets)
+    idp_settings = {k.key: s.pop(k.key) for k in idp_schema if k.key in s}
+    validate = getattr(idp_cfg.cls, "validate_client_settings", None) if idp_cfg else None
+    for key, reason in validate(idp_settings) if validate is not None else ():
+        report(key, reason)
     for key, value in (defaults or {}).items():
         if key not in table:
             s[key] = value
@@ -446,7 +491,7 @@ def _client(
         grace_period=s["grace_period"], rotate_every=s["rotate_every"],
         verify_attempts=s["verify_attempts"], verify_timeout=s["verify_timeout"],
         tls_verify=tls, schedule=s["schedule"], window=s["window"], jitter=s["jitter"],
-        backoff=s["backoff"], backoff_max=s["backoff_max"],
+        backoff=s["backoff"], backoff_max=s["backoff_max"], idp_settings=idp_settings,
     )
 
 
@@ -653,7 +698,7 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     clients: dict[str, ClientConfig] = {}
     for name, table in raw_clients.items():
         client = _client(name, table, stores, raw_stores, raw_idps, problems, base, env,
-                         defaults)
+                         defaults, idps, resolve_idp_secrets=admin)
         if client is not None:
             clients[name] = client
     by_id: dict[tuple[str, str], str] = {}
@@ -663,6 +708,10 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
             problems.reporter(f"clients.{c.name}")(
                 "client_id", f"client {c.client_id!r} at {c.idp!r} is already configured as "
                              f"{other!r}")
+    for idp_name, idp in list(idps.items()):
+        if getattr(idp.cls, "CLIENT_SETTINGS", ()) and admin:
+            idps[idp_name] = replace(idp, clients={
+                c.client_id: c.idp_settings for c in clients.values() if c.idp == idp_name})
     state_dir = Path(rot["state_dir"]) if rot.get("state_dir") else base / "state"
     if consumer is None:  # a consumer keeps no state; the directory may be rotator's own
         _check_private_dir(state_dir, "state_dir", problems.reporter("rotator"))

@@ -949,5 +949,8 @@ def _plan(caps: IdpCapabilities) -> str:
         create = ("generate a secret, stage it, set it at the IdP" if caps.caller_sets_value
                   else "ask the IdP for a new secret, stage it")
         return f"{create}, verify it, promote it, retire the old one after the grace period"
+    if caps.caller_sets_value:
+        return ("generate a secret, stage it, set it at the IdP (the old one stops working), "
+                "promote it at once, then verify it with retries")
     return ("ask the IdP for a new secret (the old one stops working), store and promote it "
             "at once, then verify it with retries")

@@ -225,10 +225,20 @@ class IdentityProvider(Protocol):
     Errors: every method raises only :class:`rotator.errors.IdentityProviderError`
     subclasses: ``IdpUnavailable`` (5xx, timeout; retryable), ``IdpAccessDenied`` (names the
     missing role or permission), ``IdpNotFound`` (no such client).
+
+    Discovery: an IdP type is an entry point in the group ``rotator.idps`` (stores:
+    ``rotator.stores``) naming the adapter class; see :mod:`rotator.registry`.
     """
 
     #: The keys the IdP's ``[idps.NAME]`` table accepts, checked by the config loader.
     SETTINGS: ClassVar[tuple[Setting, ...]]
+    #: The keys each ``[clients.NAME]`` table of this IdP accepts besides rotator's own (an
+    #: application id, a registration URI and token, ...), checked by the config loader with
+    #: the rest. They may not reuse a key of rotator's client table. An IdP that declares any
+    #: must define ``configure_client(client_id, settings)``, called once per configured
+    #: client after construction, before ``start()``, with that client's checked settings.
+    #: It may also define ``validate_client_settings(settings) -> list[(key, reason)]``.
+    CLIENT_SETTINGS: ClassVar[tuple[Setting, ...]]
 
     #: The name this identity provider has in the configuration.
     name: str

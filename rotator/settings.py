@@ -12,15 +12,16 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rotator._files import UnsafeFile, read_private_file
 from rotator.secrets import Secret
 
 #: Checked settings handed to an adapter: plain values, and ``Secret`` for secret settings.
 Settings = dict[str, Any]
+T = TypeVar("T")
 #: Reports one problem: (key path relative to the table, reason).
 Report = Callable[[str, str], None]
 
@@ -182,3 +183,15 @@ def check_settings(
         except ValueError as exc:
             report(setting.key, str(exc))
     return out
+
+
+def typed(cls: type[T], settings: Mapping[str, Any]) -> T:
+    """``settings`` (checked, defaults filled in) as an instance of the dataclass ``cls``.
+
+    An adapter declares its keys once, in ``SETTINGS``, with their defaults, and reads them
+    through a frozen dataclass whose fields carry no defaults of their own: a default stated
+    in two places cannot drift. A field whose key is absent (a secret not loaded, e.g. for a
+    consumer) becomes ``None``.
+    """
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    return cls(**{name: settings.get(name) for name in names})

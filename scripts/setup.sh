@@ -20,3 +20,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[dev]'
+
+# Ory Hydra for the IdP tests: built once from the Go module proxy and cached (see
+# tests/servers.py, hydra_binary); needs go and a C compiler. Skipped without go.
+if command -v go >/dev/null 2>&1; then
+    .venv/bin/python tests/servers.py hydra-build >/dev/null
+else
+    echo "setup: go is not installed; the Hydra tests build Hydra on first use and need go"
+fi

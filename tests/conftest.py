@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from rotation_env import KeycloakRealm
-from servers import ADMIN_CLIENT_ROLES, Keycloak, MotoServer, OpenBao
+from servers import ADMIN_CLIENT_ROLES, Hydra, Keycloak, MotoServer, OpenBao
 
 
 @pytest.fixture(scope="session")
@@ -61,3 +61,14 @@ def kc_realm(keycloak: Keycloak) -> KeycloakRealm:
     keycloak.enable_secret_rotation(realm, rotated_expiration=3600, expiration=86400 * 30,
                                     remaining=600, client_ids=[])
     return KeycloakRealm(keycloak, realm, "rotator-admin", admin_secret)
+
+
+@pytest.fixture(scope="session")
+def hydra() -> Iterator[Hydra]:
+    """A real Ory Hydra v2.3.0 (``serve all --dev``, SQLite) on 127.0.0.1 and free ports.
+
+    The first use on a machine builds Hydra from the Go module proxy (several minutes; cached
+    under ``~/.cache/rotator-test/hydra-<version>/``, see ``tests/servers.py``).
+    """
+    with Hydra() as server:
+        yield server

@@ -49,19 +49,26 @@ import httpx
 
 __all__ = [
     "ADMIN_CLIENT_ROLES",
+    "HYDRA_VERSION",
     "KEYCLOAK_VERSION",
     "ROTATION_ATTRIBUTES",
+    "Hydra",
     "Keycloak",
     "MotoServer",
     "OpenBao",
     "ServerError",
     "bao_binary",
     "free_port",
+    "hydra_binary",
     "keycloak_dist",
     "moto_binary",
 ]
 
 KEYCLOAK_VERSION = "26.7.3"
+HYDRA_VERSION = "v2.3.0"
+#: Hydra's go.mod replaces pop with Ory's fork; a module that builds Hydra must say so too.
+_HYDRA_POP_REPLACE = ("github.com/gobuffalo/pop/v6="
+                      "github.com/ory/pop/v6@v6.2.1-0.20241121111754-e5dfc0f3344b")
 
 #: realm-management roles a rotator admin client needs to read and regenerate client secrets.
 ADMIN_CLIENT_ROLES: tuple[str, ...] = ("manage-clients", "view-clients", "query-clients")
@@ -704,9 +711,132 @@ class Keycloak(_LocalServer):
         _raise_for(self.admin.put(path, json={kind: [*kept, item]}), f"write client {kind}")
 
 
+def hydra_binary(version: str = HYDRA_VERSION, cache_dir: Path | None = None) -> Path:
+    """Return Ory Hydra's binary, building it from the Go module proxy if it is not cached.
+
+    ``$ROTATOR_TEST_HYDRA`` names a binary to use instead. The build (``go`` and a C compiler
+    needed; several minutes) happens once per version under ``<cache>/hydra-<version>/``,
+    holding a file lock so that two processes never build at once. ``go install`` refuses
+    Hydra (its go.mod has replace directives), so a throwaway module requires it as a tool
+    and repeats the replace.
+    """
+    configured = os.environ.get("ROTATOR_TEST_HYDRA")
+    if configured:
+        return Path(configured)
+    cache = cache_dir or _cache_dir()
+    target = cache / f"hydra-{version}" / "hydra"
+    if target.exists():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    with _file_lock(cache / f"hydra-{version}.lock"):
+        if target.exists():
+            return target
+        if shutil.which("go") is None:
+            raise ServerError("Hydra is not cached and go is not installed to build it "
+                              "(see scripts/setup.sh)")
+        work = Path(tempfile.mkdtemp(prefix="rotator-hydra-build-"))
+        env = {**os.environ, "CGO_ENABLED": "1"}
+        steps = [
+            ["go", "mod", "init", "hydrabuild"],
+            ["go", "get", "-tool", f"github.com/ory/hydra/v2@{version}"],
+            ["go", "mod", "edit", f"-replace={_HYDRA_POP_REPLACE}"],
+            ["go", "mod", "tidy"],
+            ["go", "build", "-tags", "sqlite,sqlite_omit_load_extension", "-o", "hydra",
+             "github.com/ory/hydra/v2"],
+        ]
+        try:
+            for argv in steps:
+                done = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True,
+                                      check=False)
+                if done.returncode != 0:
+                    raise ServerError(f"building Hydra {version}: {' '.join(argv)} failed:\n"
+                                      f"{done.stderr[-2000:]}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_suffix(".tmp")
+            shutil.copy2(work / "hydra", tmp)
+            tmp.replace(target)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+class Hydra(_LocalServer):
+    """Ory Hydra ``serve all --dev`` on SQLite: admin API on ``admin_url``, public on ``url``.
+
+    The admin API has no authentication; tests reach it on 127.0.0.1 only.
+    """
+
+    name = "hydra"
+
+    def __init__(self, *, port: int | None = None, admin_port: int | None = None,
+                 startup_timeout: float = 60.0) -> None:
+        super().__init__(port=port, startup_timeout=startup_timeout)
+        self.admin_port = admin_port or free_port()
+        self.admin_url = f"http://{_LOCAL}:{self.admin_port}"
+        self._system_secret = secrets.token_urlsafe(32)
+
+    def _secret_values(self) -> Sequence[str]:
+        return (self._system_secret,)
+
+    def _env(self) -> dict[str, str]:
+        env = _clean_env("DSN", "SECRETS_", "URLS_", "SERVE_", "OAUTH2_", "LOG_")
+        env.update({
+            "DSN": f"sqlite://{self._workdir}/db.sqlite?_fk=true",
+            "SECRETS_SYSTEM": self._system_secret,
+            "URLS_SELF_ISSUER": f"{self.url}/",
+            "SERVE_PUBLIC_PORT": str(self.port), "SERVE_PUBLIC_HOST": _LOCAL,
+            "SERVE_ADMIN_PORT": str(self.admin_port), "SERVE_ADMIN_HOST": _LOCAL,
+            "LOG_LEAK_SENSITIVE_VALUES": "false",
+        })
+        return env
+
+    def start(self) -> Self:
+        """Migrate a fresh SQLite database, start Hydra and wait for ``/health/ready``.
+
+        Raises ServerError if Hydra cannot be built, the migration fails, or it is not
+        ready in time.
+        """
+        binary = str(hydra_binary())
+        with self.log_path.open("ab") as log:
+            migrated = subprocess.run([binary, "migrate", "sql", "-e", "--yes"],
+                                      env=self._env(), cwd=self._workdir, stdin=subprocess.DEVNULL,
+                                      stdout=log, stderr=subprocess.STDOUT, check=False)
+        if migrated.returncode != 0:
+            raise self._startup_error(f"migration exited with code {migrated.returncode}")
+        self._spawn([binary, "serve", "all", "--dev"], env=self._env(), cwd=self._workdir)
+        self._wait_until_ok("/health/ready")
+        return self
+
+    @property
+    def token_endpoint(self) -> str:
+        return f"{self.url}/oauth2/token"
+
+    def admin(self) -> httpx.Client:
+        return httpx.Client(base_url=self.admin_url, timeout=30.0, trust_env=False)
+
+    def create_client(self, secret: str, *, client_id: str | None = None) -> str:
+        """Create a confidential client-credentials client with ``secret``; return its id."""
+        body: dict[str, Any] = {"client_secret": secret, "grant_types": ["client_credentials"],
+                                "token_endpoint_auth_method": "client_secret_basic"}
+        if client_id is not None:
+            body["client_id"] = client_id
+        with self.admin() as admin:
+            created = _raise_for(admin.post("/admin/clients", json=body), "create client")
+        return str(created.json()["client_id"])
+
+    def token_status(self, client_id: str, secret: str) -> int:
+        """The HTTP status of a client-credentials token request with ``secret``."""
+        with httpx.Client(timeout=30.0, trust_env=False) as http:
+            return http.post(self.token_endpoint, data={"grant_type": "client_credentials"},
+                             auth=(client_id, secret)).status_code
+
+
 if __name__ == "__main__":  # pragma: no cover - a developer's shared Keycloak
+    if sys.argv[1:] == ["hydra-build"]:
+        print(hydra_binary())
+        sys.exit(0)
     if sys.argv[1:] != ["keycloak"]:
-        sys.exit("usage: python tests/servers.py keycloak")
+        sys.exit("usage: python tests/servers.py keycloak | hydra-build")
     with Keycloak() as shared:
         print(f"export ROTATOR_TEST_KEYCLOAK={shared.port}:{shared.admin_password}", flush=True)
         with contextlib.suppress(KeyboardInterrupt):

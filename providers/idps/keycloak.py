@@ -67,6 +67,8 @@ class KeycloakIdp:
         Setting("ca_file", "path"),
         Setting("timeout", "duration", default=10.0),
     )
+    #: Keycloak finds a client by its client id: no per-client settings.
+    CLIENT_SETTINGS: tuple[Setting, ...] = ()
 
     @staticmethod
     def validate_settings(settings: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -1,0 +1,311 @@
+"""The IdentityProvider contract, run against every IdP adapter on a real server.
+
+Cases: Keycloak without the secret-rotation policy (one secret, Keycloak generates it),
+Keycloak with it (two secrets), Hydra v2.3.0 (one secret, rotator chooses it). Each test
+asks the adapter's declared capabilities what must happen and checks it at the server's
+token endpoint.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from rotation_env import KeycloakRealm
+from servers import ROTATION_ATTRIBUTES, Hydra, free_port
+
+from providers.idps.hydra import HydraIdp
+from providers.idps.keycloak import KeycloakIdp
+from rotator.errors import (
+    IdentityProviderError,
+    IdpAccessDenied,
+    IdpNotFound,
+    IdpUnavailable,
+)
+from rotator.interfaces import IdentityProvider
+from rotator.secrets import Secret, generate_secret
+
+pytestmark = pytest.mark.server
+
+
+@dataclass
+class IdpCase:
+    """One IdP adapter on one real server, and how to ask that server about a client."""
+
+    name: str
+    build: Callable[..., IdentityProvider]  # (settings, transport=None)
+    settings: dict[str, Any]
+    #: Creates a client; returns (client_id, its present secret).
+    new_client: Callable[[], tuple[str, str]]
+    #: Whether (client_id, secret) obtains a token.
+    works: Callable[[str, str], bool]
+    #: Settings with a credential the server (or the proxy in front of it) refuses.
+    denied_settings: dict[str, Any] | None
+
+    def idp(self, transport: httpx.BaseTransport | None = None,
+            **override: Any) -> IdentityProvider:
+        return self.build({**self.settings, **override}, transport)
+
+
+def _keycloak_case(kc: KeycloakRealm, *, policy: bool) -> IdpCase:
+    keycloak = kc.keycloak
+
+    def new_client() -> tuple[str, str]:
+        client_id = f"contract-{secrets.token_hex(4)}"
+        _, secret = keycloak.create_client(
+            kc.realm, client_id, attributes=dict(ROTATION_ATTRIBUTES) if policy else None)
+        return client_id, secret
+
+    settings = {"url": keycloak.url, "realm": kc.realm, "admin_realm": None,
+                "admin_client_id": kc.admin_client_id,
+                "admin_client_secret": Secret(kc.admin_secret), "overlap": "auto",
+                "tls_verify": True, "ca_file": None, "timeout": 10.0}
+    return IdpCase(
+        name="keycloak-rotation" if policy else "keycloak",
+        build=lambda s, t=None: KeycloakIdp("kc", s, transport=t), settings=settings,
+        new_client=new_client,
+        works=lambda cid, secret: keycloak.token(kc.realm, cid, secret).status_code == 200,
+        denied_settings={"admin_client_secret": Secret(secrets.token_urlsafe(16))},
+    )
+
+
+class GuardedAdmin(httpx.BaseTransport):
+    """A proxy in front of Hydra's admin API (which has no authentication of its own) that
+    lets through only requests carrying ``token`` in ``header``."""
+
+    def __init__(self, header: str, expected: str,
+                 inner: httpx.BaseTransport | None = None) -> None:
+        self._header, self._expected = header, expected
+        self._inner = inner or httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.headers.get(self._header) != self._expected:
+            return httpx.Response(401, json={"error": "request_unauthorized"})
+        return self._inner.handle_request(request)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def _hydra_case(hydra: Hydra) -> IdpCase:
+    def new_client() -> tuple[str, str]:
+        secret = secrets.token_urlsafe(24)
+        return hydra.create_client(secret), secret
+
+    token = secrets.token_urlsafe(24)
+    settings = {"admin_url": hydra.admin_url, "public_url": hydra.url,
+                "admin_token": Secret(token), "admin_token_header": "Authorization",
+                "rotate_endpoint": "auto", "tls_verify": True, "ca_file": None,
+                "timeout": 10.0}
+    return IdpCase(
+        name="hydra", settings=settings, new_client=new_client,
+        build=lambda s, t=None: HydraIdp("hydra", s, transport=GuardedAdmin(
+            "Authorization", f"Bearer {token}", t)),
+        works=lambda cid, secret: hydra.token_status(cid, secret) == 200,
+        denied_settings={"admin_token": Secret(secrets.token_urlsafe(16))},
+    )
+
+
+@pytest.fixture(params=["keycloak", "keycloak-rotation", "hydra"])
+def case(request: pytest.FixtureRequest) -> IdpCase:
+    if request.param == "hydra":
+        return _hydra_case(request.getfixturevalue("hydra"))
+    return _keycloak_case(request.getfixturevalue("kc_realm"),
+                          policy=request.param == "keycloak-rotation")
+
+
+@pytest.fixture
+def idp(case: IdpCase) -> Iterator[IdentityProvider]:
+    adapter = case.idp()
+    adapter.start()
+    yield adapter
+    adapter.close()
+
+
+def _create(idp: IdentityProvider, client_id: str) -> tuple[Any, Secret]:
+    caps = idp.capabilities(client_id)
+    value = generate_secret() if caps.caller_sets_value else None
+    issued = idp.create_secret(client_id, "r-contract", value)
+    if value is not None:
+        assert issued.value == value
+    return caps, issued
+
+
+class TestCreate:
+    """A created secret obtains a token, and the old one lives exactly when the IdP declares
+    overlap."""
+
+    def test_new_secret_works_old_as_declared(self, case: IdpCase,
+                                              idp: IdentityProvider) -> None:
+        client_id, old = case.new_client()
+        caps, issued = _create(idp, client_id)
+        assert case.works(client_id, issued.value.reveal())
+        assert case.works(client_id, old) is caps.overlap
+
+    def test_current_secret_where_declared(self, case: IdpCase, idp: IdentityProvider) -> None:
+        client_id, _ = case.new_client()
+        caps, issued = _create(idp, client_id)
+        current = idp.current_secret(client_id)
+        if caps.can_read_current:
+            assert current == issued.value
+        else:
+            assert current is None
+
+    def test_implements_the_protocol(self, idp: IdentityProvider) -> None:
+        assert isinstance(idp, IdentityProvider)
+        assert isinstance(type(idp).CLIENT_SETTINGS, tuple)
+
+
+class TestDiscardAndRetire:
+    """Discard brings the old secret back at overlap IdPs; retire revokes it once."""
+
+    def test_discard_restores_previous(self, case: IdpCase, idp: IdentityProvider) -> None:
+        client_id, old = case.new_client()
+        caps, issued = _create(idp, client_id)
+        if not caps.overlap:
+            # The engine never asks; an adapter either refuses or really restores the old one.
+            try:
+                idp.discard_secret(client_id, issued, Secret(old))
+            except IdentityProviderError:
+                assert case.works(client_id, issued.value.reveal())
+                assert not case.works(client_id, old)
+                return
+        idp.discard_secret(client_id, issued, Secret(old))
+        idp.discard_secret(client_id, issued, Secret(old))  # idempotent
+        assert case.works(client_id, old)
+        assert not case.works(client_id, issued.value.reveal())
+
+    def test_retire_revokes_old_once(self, case: IdpCase, idp: IdentityProvider) -> None:
+        client_id, old = case.new_client()
+        caps, issued = _create(idp, client_id)
+        first = idp.retire_old_secrets(client_id, issued)
+        assert first == (1 if caps.can_revoke_old else 0)
+        assert idp.retire_old_secrets(client_id, issued) == 0
+        assert not case.works(client_id, old)
+        assert case.works(client_id, issued.value.reveal())
+
+
+class TestErrors:
+    """Failures map to the IdP error tree and nothing else escapes."""
+
+    def test_unknown_client_is_not_found(self, case: IdpCase, idp: IdentityProvider) -> None:
+        caps = idp.capabilities(case.new_client()[0])
+        missing = f"missing-{secrets.token_hex(4)}"
+        with pytest.raises(IdpNotFound):
+            idp.capabilities(missing)
+        with pytest.raises(IdpNotFound):
+            idp.create_secret(missing, "r-contract",
+                              generate_secret() if caps.caller_sets_value else None)
+
+    def test_hostile_client_id_stays_one_path_segment(self, idp: IdentityProvider) -> None:
+        for client_id in ("../..", "a/b?c#d", "%2e%2e", ".."):
+            with pytest.raises(IdpNotFound):
+                idp.capabilities(client_id)
+
+    def test_unreachable_is_unavailable(self, case: IdpCase) -> None:
+        url = f"http://127.0.0.1:{free_port()}"
+        adapter = case.idp(**({"url": url} if "url" in case.settings else {"admin_url": url}))
+        adapter.start()
+        try:
+            client_id, _ = "anyone", None
+            with pytest.raises(IdpUnavailable, match="unreachable"):
+                adapter.capabilities(client_id)
+        finally:
+            adapter.close()
+
+    def test_refused_credential_names_what_is_missing(self, case: IdpCase) -> None:
+        assert case.denied_settings is not None
+        client_id, _ = case.new_client()
+        adapter = case.idp(**case.denied_settings)
+        adapter.start()
+        try:
+            with pytest.raises(IdpAccessDenied) as info:
+                adapter.capabilities(client_id)
+            assert "admin" in str(info.value)
+        finally:
+            adapter.close()
+
+
+class TestHydraAdminToken:
+    """The admin token goes in the header the deployment's proxy expects."""
+
+    def test_api_key_header(self, hydra: Hydra) -> None:
+        token = secrets.token_urlsafe(24)
+        case = _hydra_case(hydra)
+        idp = HydraIdp("hydra", {**case.settings, "admin_token": Secret(token),
+                                 "admin_token_header": "X-API-Key"},
+                       transport=GuardedAdmin("X-API-Key", token))
+        idp.start()
+        try:
+            client_id, _ = case.new_client()
+            assert idp.capabilities(client_id).caller_sets_value
+        finally:
+            idp.close()
+
+    def test_header_name_is_checked(self) -> None:
+        assert HydraIdp.validate_settings({"admin_token_header": "X-Key: evil"}) == [
+            ("admin_token_header", "must be an HTTP header name")]
+
+
+#: Answers a hostile or broken server (or something in between) may give to any call.
+HOSTILE = {
+    "html-200": lambda: httpx.Response(200, text="<html>login</html>"),
+    "json-list-200": lambda: httpx.Response(200, json=["x"]),
+    "json-null-200": lambda: httpx.Response(200, json=None),
+    "empty-object-200": lambda: httpx.Response(200, json={}),
+    "html-502": lambda: httpx.Response(502, text="<html>bad gateway</html>"),
+    "throttled-429": lambda: httpx.Response(429, json={"error": "slow down"}),
+    "teapot-418": lambda: httpx.Response(418, text="no"),
+}
+
+
+class Hostile(httpx.BaseTransport):
+    """Forwards to the real server until the ``nth`` request, which gets ``answer``."""
+
+    def __init__(self, nth: int, answer: Callable[[], httpx.Response]) -> None:
+        self._nth, self._answer, self.count = nth, answer, 0
+        self._inner = httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.count += 1
+        if self.count == self._nth:
+            return self._answer()
+        return self._inner.handle_request(request)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class TestHostileAnswers:
+    """Whatever the server answers, an adapter raises only IdentityProviderError."""
+
+    @pytest.mark.parametrize("answer", sorted(HOSTILE))
+    def test_nothing_else_escapes(self, case: IdpCase, answer: str,
+                                  request: pytest.FixtureRequest) -> None:
+        if case.name.startswith("keycloak") and answer.endswith("-200"):
+            request.applymarker(pytest.mark.xfail(
+                strict=True, raises=(ValueError, KeyError, TypeError, AttributeError),
+                reason="keycloak.py lets vendor-shaped errors out on a malformed 200 (issue "
+                       "#10 review finding; left to keycloak.py's owner)"))
+        client_id, _ = case.new_client()
+        # Every request of a full create, counted on a clean run, gets the answer in turn.
+        clean = Hostile(0, HOSTILE[answer])
+        adapter = case.idp(clean)
+        adapter.start()
+        try:
+            _create(adapter, client_id)
+        finally:
+            adapter.close()
+        for nth in range(1, clean.count + 1):
+            adapter = case.idp(Hostile(nth, HOSTILE[answer]))
+            adapter.start()
+            try:
+                _create(adapter, client_id)
+            except IdentityProviderError:
+                pass
+            finally:
+                adapter.close()
