@@ -286,11 +286,6 @@ class TestHostileAnswers:
     @pytest.mark.parametrize("answer", sorted(HOSTILE))
     def test_nothing_else_escapes(self, case: IdpCase, answer: str,
                                   request: pytest.FixtureRequest) -> None:
-        if case.name.startswith("keycloak") and answer.endswith("-200"):
-            request.applymarker(pytest.mark.xfail(
-                strict=True, raises=(ValueError, KeyError, TypeError, AttributeError),
-                reason="keycloak.py lets vendor-shaped errors out on a malformed 200 (issue "
-                       "#10 review finding; left to keycloak.py's owner)"))
         client_id, _ = case.new_client()
         # Every request of a full create, counted on a clean run, gets the answer in turn.
         clean = Hostile(0, HOSTILE[answer])

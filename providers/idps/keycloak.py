@@ -141,10 +141,33 @@ class KeycloakIdp:
                 f"{_error_text(response)}); check admin_client_secret and that the client has "
                 "service accounts enabled"
             )
-        body = response.json()
-        self._token = Secret(str(body["access_token"]))
-        self._token_expiry = time.monotonic() + max(float(body.get("expires_in", 60)) - 15, 5)
+        body = self._object(response, "the admin token endpoint")
+        token = self._string(body, "access_token", "the admin token endpoint")
+        lifetime = body.get("expires_in", 60)
+        if isinstance(lifetime, bool) or not isinstance(lifetime, int | float):
+            lifetime = 60
+        self._token = token
+        self._token_expiry = time.monotonic() + max(float(lifetime) - 15, 5)
         return self._token
+
+    def _object(self, response: httpx.Response, what: str) -> dict[str, Any]:
+        """The answer's JSON object; anything else (a login page, a proxy's body) is refused."""
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise IdpUnavailable(f"Keycloak {self.name!r}: {what} did not answer with a JSON "
+                                 f"object (HTTP {response.status_code})")
+        return body
+
+    def _string(self, body: dict[str, Any], key: str, what: str) -> Secret:
+        """``body[key]`` as a secret; it must be a non-empty string."""
+        value = body.get(key)
+        if not isinstance(value, str) or not value:
+            raise IdpUnavailable(f"Keycloak {self.name!r}: {what} answered without a "
+                                 f"usable {key!r}")
+        return Secret(value)
 
     def _client(self) -> httpx.Client:
         if self._http is None:
@@ -190,7 +213,15 @@ class KeycloakIdp:
     def _client_rep(self, client_id: ClientId) -> dict[str, Any]:
         response = self._call("GET", f"/clients?clientId={_part(client_id)}",
                               role="view-clients")
-        matches = [c for c in response.json() if c.get("clientId") == client_id]
+        try:
+            found = response.json()
+        except ValueError:
+            found = None
+        if not isinstance(found, list):
+            raise IdpUnavailable(f"Keycloak {self.name!r}: the client search did not answer "
+                                 f"with a JSON list (HTTP {response.status_code})")
+        matches = [c for c in found if isinstance(c, dict) and c.get("clientId") == client_id
+                   and isinstance(c.get("id"), str) and c["id"]]
         if not matches:
             raise IdpNotFound(f"Keycloak {self.name!r}: no client {client_id!r} in realm "
                               f"{self._realm!r}")
@@ -220,22 +251,26 @@ class KeycloakIdp:
         if value is not None:
             raise IdentityProviderError("Keycloak generates client secrets itself")
         uuid = self._uuid(client_id)
-        body = self._call("POST", f"/clients/{uuid}/client-secret", role="manage-clients").json()
-        return IssuedSecret(Secret(str(body["value"])))
+        what = "the new client secret"
+        body = self._object(self._call("POST", f"/clients/{uuid}/client-secret",
+                                       role="manage-clients"), what)
+        return IssuedSecret(self._string(body, "value", what))
 
     def current_secret(self, client_id: ClientId) -> Secret | None:
         uuid = self._uuid(client_id)
-        body = self._call("GET", f"/clients/{uuid}/client-secret", role="view-clients").json()
-        value = body.get("value")
-        return Secret(str(value)) if value else None
+        what = "the client secret"
+        body = self._object(self._call("GET", f"/clients/{uuid}/client-secret",
+                                       role="view-clients"), what)
+        return self._string(body, "value", what) if body.get("value") else None
 
     def _rotated_secret(self, uuid: str) -> Secret | None:
         response = self._call("GET", f"/clients/{uuid}/client-secret/rotated",
                               role="view-clients", missing_ok=True)
         if response.status_code == 404:
             return None
-        value = response.json().get("value")
-        return Secret(str(value)) if value else None
+        what = "the rotated client secret"
+        body = self._object(response, what)
+        return self._string(body, "value", what) if body.get("value") else None
 
     def discard_secret(self, client_id: ClientId, issued: IssuedSecret,
                        previous: Secret) -> None:
