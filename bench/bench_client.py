@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import logging
 import multiprocessing
 import os
 import platform
@@ -40,7 +39,6 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import httpx
-import structlog
 
 from rotator.client import ClientCredentialsAuth, TokenClient
 from rotator.client_async import AsyncTokenClient
@@ -190,8 +188,8 @@ def ratio(a: list[float], b: list[float]) -> float:
 
 def main() -> None:
     started = time.monotonic()
-    # Events at info level (one per token fetch) would go to stdout; a service filters them.
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    # structlog as a user gets it, unconfigured: rotator's per-fetch event is not filtered
+    # here, it is skipped (debug level, emitted once structlog is configured to pass debug).
     server = Endpoint()
     client_id, secret = "svc-bench", secrets.token_urlsafe(24)
     creds = Credentials(client_id, Secret(secret))
@@ -290,7 +288,53 @@ def main() -> None:
     print(f"    authlib fetch_token()                      {pct(two['authlib'])}"
           f"   x{ratio(two['authlib'], two['bare']):.3f} of bare")
     verdict = "met" if ratio(two["rotator"], two["bare"]) <= 1.1 else "MISSED"
-    print(f"    target rotator <= 1.1 x bare               {verdict}")
+    print(f"    target rotator <= 1.1 x bare               {verdict}"
+          "   (diluted by the endpoint's own time: see 2b)")
+
+    # -- 2b. token fetch with no server: the libraries' own cost ---------------------------
+    def token_answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"access_token": secrets.token_urlsafe(32),
+                                         "token_type": "Bearer", "expires_in": 300})
+
+    mock_url = "http://idp.test/token"
+    mock_bare = httpx.Client(transport=httpx.MockTransport(token_answer))
+    mock_rot = TokenClient(TokenRequest(mock_url), creds,
+                           http=httpx.Client(transport=httpx.MockTransport(token_answer)))
+    mock_auth = OAuth2Client(client_id, secret, token_endpoint=mock_url,
+                             grant_type="client_credentials",
+                             transport=httpx.MockTransport(token_answer))
+    mock_held = [mock_rot.token()]
+
+    def mock_bare_fetch() -> None:
+        response = mock_bare.post(mock_url, data={"grant_type": "client_credentials"},
+                                  headers={"Authorization": basic, "Accept": "application/json"})
+        response.raise_for_status()
+        response.json()["access_token"]
+
+    def mock_rotator_fetch() -> None:
+        mock_rot.invalidate(mock_held[0])
+        mock_held[0] = mock_rot.token()
+
+    def mock_authlib_fetch() -> None:
+        mock_auth.fetch_token(mock_url, grant_type="client_credentials")
+
+    mock = per_fetch_us({"bare": mock_bare_fetch, "rotator": mock_rotator_fetch,
+                         "authlib": mock_authlib_fetch})
+    added = {name: statistics.median(mock[name]) - statistics.median(mock["bare"])
+             for name in ("rotator", "authlib")}
+    print(f"\n(2b) token fetch through httpx.MockTransport (no server), structlog unconfigured, "
+          f"µs (median of {ROUNDS * FETCHES} fetches each, interleaved [10th percentile])")
+    print(f"    bare httpx POST + JSON                     {pct(mock['bare'])}")
+    print(f"    rotator (drop token, token())              {pct(mock['rotator'])}"
+          f"   x{ratio(mock['rotator'], mock['bare']):.3f} of bare, {added['rotator']:+.1f} µs")
+    print(f"    authlib fetch_token()                      {pct(mock['authlib'])}"
+          f"   x{ratio(mock['authlib'], mock['bare']):.3f} of bare, {added['authlib']:+.1f} µs")
+    verdict = ("met" if added["rotator"] <= 10 and added["rotator"] < added["authlib"]
+               else "MISSED")
+    print(f"    target rotator <= +10 µs and below authlib {verdict}")
+    mock_rot.close()
+    mock_auth.close()
+    mock_bare.close()
 
     # -- 3. contention at expiry ------------------------------------------------------------
     server.set_latency(LATENCY)

@@ -17,6 +17,8 @@ import json
 import logging
 import os
 import sys
+import threading
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
@@ -74,6 +76,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("-c", "--config", default="config/rotator.toml",
@@ -111,6 +123,9 @@ def _parser() -> argparse.ArgumentParser:
                              "command was given")
     rotate.add_argument("--due", action="store_true",
                         help="only the clients that are due, by the daemon's rule")
+    rotate.add_argument("--parallel", type=_positive, default=1, metavar="N",
+                        help="rotate up to N clients at once, at most [daemon] "
+                             "idp_concurrency of them against one IdP (default: %(default)s)")
     verify = clients_cmd("verify", "check that the stored secret obtains a token")
     verify.add_argument("--stage", choices=[s.value for s in Stage], default="current",
                         help="which stored secret to try (default: %(default)s)")
@@ -204,27 +219,84 @@ def _open_journal(config: Config) -> Journal:
 
 def _each(names: list[str], run: Callable[[str], Outcome]) -> list[Outcome]:
     """Run every client in isolation: one failing client never stops the others."""
+    return [_one(name, run) for name in names]
+
+
+def _one(name: str, run: Callable[[str], Outcome]) -> Outcome:
+    """``run(name)``, with any error but a closed output pipe turned into a failed outcome."""
     log = structlog.get_logger("rotator.cli")
-    outcomes = []
-    for name in names:
-        try:
-            outcome = run(name)
-        except RotatorError as exc:
-            log.debug("client_failed", client=name, exc_info=True)
-            outcome = Outcome(name, False, "failed", redact(str(exc)))
-        except BrokenPipeError:
-            raise
-        except Exception as exc:  # a bug must not stop the other clients either
-            log.debug("unexpected_error", client=name, exc_info=True)
-            outcome = Outcome(name, False, "failed",
-                              f"unexpected error {type(exc).__name__}: "
-                              f"{redact(str(exc))} (run with -v for the traceback)")
-        if not outcome.ok:
-            log.debug("client_outcome", client=name, action=outcome.action,
-                      rotation_id=outcome.rotation_id, message=outcome.message,
-                      details=outcome.details)
-        outcomes.append(outcome)
-    return outcomes
+    try:
+        outcome = run(name)
+    except RotatorError as exc:
+        log.debug("client_failed", client=name, exc_info=True)
+        outcome = Outcome(name, False, "failed", redact(str(exc)))
+    except BrokenPipeError:
+        raise
+    except Exception as exc:  # a bug must not stop the other clients either
+        log.debug("unexpected_error", client=name, exc_info=True)
+        outcome = Outcome(name, False, "failed",
+                          f"unexpected error {type(exc).__name__}: "
+                          f"{redact(str(exc))} (run with -v for the traceback)")
+    if not outcome.ok:
+        log.debug("client_outcome", client=name, action=outcome.action,
+                  rotation_id=outcome.rotation_id, message=outcome.message,
+                  details=outcome.details)
+    return outcome
+
+
+def _each_parallel(names: list[str], run: Callable[[str], Outcome], *, workers: int,
+                   group: Callable[[str], str], per_group: int) -> list[Outcome]:
+    """:func:`_each` on up to ``workers`` threads, at most ``per_group`` clients of one
+    ``group`` (their IdP) at once; the outcomes come back in the order of ``names``.
+
+    A client waiting for its IdP lets a client of another IdP go first. A closed output
+    pipe or an interrupt stops handing out clients; the running ones finish.
+    """
+    waiting = list(names)
+    running: Counter[str] = Counter()
+    outcomes: dict[str, Outcome] = {}
+    raised: list[BaseException] = []
+    turn = threading.Condition()
+
+    def next_name() -> str | None:
+        with turn:
+            while True:
+                if not waiting:
+                    return None
+                name = next((n for n in waiting if running[group(n)] < per_group), None)
+                if name is not None:
+                    waiting.remove(name)
+                    running[group(name)] += 1
+                    return name
+                turn.wait()
+
+    def work() -> None:
+        while (name := next_name()) is not None:
+            try:
+                outcomes[name] = _one(name, run)
+            except BaseException as exc:  # a closed pipe: stop, and say so in the caller
+                with turn:
+                    raised.append(exc)
+                    waiting.clear()
+            finally:
+                with turn:
+                    running[group(name)] -= 1
+                    turn.notify_all()
+
+    threads = [threading.Thread(target=work, name=f"rotator-worker-{i}")
+               for i in range(min(workers, len(names)))]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            thread.join()
+    except BaseException:  # Ctrl-C: start no other client; the running ones finish
+        with turn:
+            waiting.clear()
+        raise
+    if raised:
+        raise raised[0]
+    return [outcomes[name] for name in names]
 
 
 def _print_outcomes(outcomes: list[Outcome], as_json: bool, out: TextIO) -> int:
@@ -321,9 +393,20 @@ def run(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
                 return EXIT_FAILED if any(r["state"] in STATUS_ERRORS for r in rows) else EXIT_OK
             if args.command == "rotate":
                 requested = engine.clock()  # before any lock is awaited: see Engine.rotate
-                outcomes = _each(names, lambda n: engine.rotate(
-                    n, dry_run=args.dry_run, abandon_pending=args.abandon_pending,
-                    requested_at=requested, wait=args.wait, force=args.force))
+
+                def rotate(n: str) -> Outcome:
+                    return engine.rotate(n, dry_run=args.dry_run,
+                                         abandon_pending=args.abandon_pending,
+                                         requested_at=requested, wait=args.wait,
+                                         force=args.force)
+
+                if args.parallel > 1:
+                    outcomes = _each_parallel(
+                        names, rotate, workers=args.parallel,
+                        group=lambda n: config.clients[n].idp,
+                        per_group=config.daemon.idp_concurrency)
+                else:
+                    outcomes = _each(names, rotate)
                 if args.all:  # a grace period still running is not a failure of --all
                     outcomes = [dataclasses.replace(o, ok=True) if o.action == "waiting" else o
                                 for o in outcomes]

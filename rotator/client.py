@@ -45,6 +45,7 @@ the credentials cannot be read in the first place.
 
 from __future__ import annotations
 
+import logging
 import random as _random
 import threading
 import time
@@ -171,6 +172,7 @@ def _entry(token: Token, sent_at: float, policy: CachePolicy) -> _Entry:
 
 
 _F = TypeVar("_F")
+_DEBUG = logging.DEBUG
 
 
 class _Slot(Generic[_F]):
@@ -297,6 +299,7 @@ class _TokenCore:
         self._clock = clock
         self._random = random
         self._log: FilteringBoundLogger = logger or structlog.get_logger("rotator.client")
+        self._given_logger = logger is not None
         self._lock = threading.Lock()
         self._default_key = _scope_key(request.scopes)
         self._requests: dict[ScopeKey, TokenRequest] = {self._default_key: request}
@@ -397,9 +400,17 @@ class _TokenCore:
             if self._refusal is not None:
                 with self._lock:
                     self._refusal = None
-            self._log.info("token_obtained", client_id=credentials.client_id, scopes=key,
-                           expires_in=token.expires_in, credential=stage)
+            if self._debug_enabled():
+                self._log.debug("token_obtained", client_id=credentials.client_id,
+                                scopes=key, expires_in=token.expires_in, credential=stage)
             return entry
+
+    def _debug_enabled(self) -> bool:
+        """Whether to send the per-fetch debug event: to a logger given (it filters), or
+        when structlog was configured to pass debug events (unconfigured, structlog would
+        print every one to stdout)."""
+        return self._given_logger or (structlog.is_configured()
+                                      and self._log.is_enabled_for(_DEBUG))
 
     def _read_current(self) -> Generator[_Effect, Any, Credentials]:
         stored: StoredCredentials | None = yield _Read(Stage.CURRENT)

@@ -115,7 +115,11 @@ class Outcome:
 
 
 class Adapters:
-    """Builds adapters from the configuration and starts each on first use."""
+    """Builds adapters from the configuration and starts each on first use.
+
+    Worker threads may share one: each adapter is built and started once, by the first
+    thread that asks for it, while the others wait for that start.
+    """
 
     def __init__(self, config: Config, *, stores: Mapping[str, SecretStore] | None = None,
                  idps: Mapping[str, IdentityProvider] | None = None) -> None:
@@ -128,22 +132,38 @@ class Adapters:
         self._idps: dict[str, IdentityProvider] = {}
         self._http: dict[tuple[object, ...], httpx.Client] = {}
         self._http_lock = threading.Lock()
+        # One lock per adapter being started, so that a slow start (a sign-in) of one store
+        # does not hold up threads that need another.
+        self._starting: dict[tuple[str, str], threading.Lock] = {}
+        self._starting_lock = threading.Lock()
+
+    def _start_lock(self, kind: str, name: str) -> threading.Lock:
+        with self._starting_lock:
+            return self._starting.setdefault((kind, name), threading.Lock())
 
     def store(self, name: str) -> SecretStore:
-        if name not in self._stores:
-            store: SecretStore = (self._given_stores.get(name)
-                                  or self._config.stores[name].build())
-            store.start()
-            self._stores[name] = store
-        return self._stores[name]
+        started = self._stores.get(name)
+        if started is not None:
+            return started
+        with self._start_lock("store", name):
+            if name not in self._stores:
+                store: SecretStore = (self._given_stores.get(name)
+                                      or self._config.stores[name].build())
+                store.start()
+                self._stores[name] = store
+            return self._stores[name]
 
     def idp(self, name: str) -> IdentityProvider:
-        if name not in self._idps:
-            idp: IdentityProvider = (self._given_idps.get(name)
-                                     or self._config.idps[name].build())
-            idp.start()
-            self._idps[name] = idp
-        return self._idps[name]
+        started = self._idps.get(name)
+        if started is not None:
+            return started
+        with self._start_lock("idp", name):
+            if name not in self._idps:
+                idp: IdentityProvider = (self._given_idps.get(name)
+                                         or self._config.idps[name].build())
+                idp.start()
+                self._idps[name] = idp
+            return self._idps[name]
 
     def http(self, client: ClientConfig, factory: HttpFactory) -> httpx.Client:
         """One httpx client per TLS setting and timeout, kept open until :meth:`close`.

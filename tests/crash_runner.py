@@ -3,8 +3,9 @@
     python crash_runner.py MODE TARGET ROTATOR-ARGS...
 
 MODE ``event``: die right after the audit event TARGET (``name`` or ``name#N`` for its N-th
-occurrence) is written, i.e. after the step it reports took effect and before the journal
-records it. MODE ``advance``: die just before the journal records state TARGET.
+occurrence, counted across ``--parallel`` workers) is written, i.e. after the step it
+reports took effect and before the journal records it. MODE ``advance``: die just before
+the journal records state TARGET.
 MODE ``none``: run normally.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 from typing import Any
 
 from rotator import audit, journal
@@ -29,14 +31,16 @@ def main(argv: list[str]) -> int:
         name, _, nth = target.partition("#")
         wanted = int(nth or 1)
         seen = {"count": 0}
+        counting = threading.Lock()  # ``rotate --parallel`` writes events from several threads
         original_event = audit.AuditLog.event
 
         def event(self: audit.AuditLog, event_name: str, **fields: Any) -> None:
             original_event(self, event_name, **fields)
             if event_name == name:
-                seen["count"] += 1
-                if seen["count"] == wanted:
-                    _die()
+                with counting:
+                    seen["count"] += 1
+                    if seen["count"] == wanted:
+                        _die()
 
         audit.AuditLog.event = event  # type: ignore[method-assign]
     elif mode == "advance":

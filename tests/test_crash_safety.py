@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fleet_env import Fleet
 from rotation_env import KeycloakRealm, Scenario
 from servers import OpenBao
 
@@ -53,6 +54,18 @@ SINGLE_POINTS = [
     ("advance", "promoted"),
     ("event", "secret_verified"),
     ("advance", "completed"),
+]
+
+
+# Kill points of ``rotate --all --parallel 4`` over PARALLEL_CLIENTS clients: the N-th event
+# of its kind across the workers, so other clients are mid-rotation at various steps.
+PARALLEL_CLIENTS = 6
+PARALLEL_POINTS = [
+    ("event", "secret_created#3"),
+    ("event", "secret_staged#5"),
+    ("event", "secret_verified#4"),
+    ("event", "secret_promoted#6"),
+    ("event", "old_secret_retired#2"),
 ]
 
 
@@ -129,3 +142,27 @@ class TestSingleSecretCrash:
         assert again.code == 0, again.out + again.err
         _assert_whole(s, old)
         assert "SVC_CLIENT_SECRET_PREVIOUS" not in s.env_values()
+
+
+class TestParallelCrash:
+    """A killed rotate --all --parallel leaves every client whole after the next run."""
+
+    @pytest.mark.parametrize(("mode", "target"), PARALLEL_POINTS, ids=_ids(PARALLEL_POINTS))
+    def test_kill_and_resume(self, kc_realm: KeycloakRealm, bao_server: OpenBao,
+                             tmp_path: Path, mode: str, target: str) -> None:
+        fleet = Fleet.create(kc_realm, bao_server, tmp_path, PARALLEL_CLIENTS)
+        clients = range(PARALLEL_CLIENTS)
+        old = [fleet.stored(i) for i in clients]
+        crashed = fleet.subprocess("rotate", "--all", "--parallel", "4",
+                                   crash=(mode, target))
+        assert crashed.code == -9, f"did not die at {target}: {crashed.out}{crashed.err}"
+        # At the moment of the crash, what consumers read still obtains a token.
+        for i in clients:
+            assert fleet.works(i, fleet.stored(i)), f"c{i}"
+            assert fleet.works(i, fleet.env(i)), f"c{i}"
+
+        again = fleet.subprocess("rotate", "--all", "--parallel", "4")
+        assert again.code == 0, again.out + again.err
+        assert [p for i in clients for p in fleet.whole(i)] == []
+        assert all(fleet.stored(i) != old[i] for i in clients)
+        assert fleet.leaks() == []

@@ -17,6 +17,7 @@ the ``client.secret.expiration.time`` attribute the executor stamps on clients i
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -99,6 +100,8 @@ class KeycloakIdp:
         self._http: httpx.Client | None = None
         self._token: Secret | None = None
         self._token_expiry = 0.0
+        # Worker threads share this adapter: one signs in while the others wait for its token.
+        self._token_lock = threading.Lock()
         self._uuids: dict[str, str] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -119,6 +122,10 @@ class KeycloakIdp:
     # -- transport -------------------------------------------------------------------------
 
     def _admin_token(self) -> Secret:
+        with self._token_lock:
+            return self._signed_in()
+
+    def _signed_in(self) -> Secret:
         if self._token and time.monotonic() < self._token_expiry:
             return self._token
         http = self._client()
@@ -183,13 +190,16 @@ class KeycloakIdp:
               ok: tuple[int, ...] = (200, 204), missing_ok: bool = False) -> httpx.Response:
         url = f"/admin/realms/{_part(self._realm)}{path}"
         for attempt in (1, 2):
-            headers = {"Authorization": f"Bearer {self._admin_token().reveal()}"}
+            token = self._admin_token()
+            headers = {"Authorization": f"Bearer {token.reveal()}"}
             try:
                 response = self._client().request(method, url, json=json, headers=headers)
             except httpx.HTTPError as exc:
                 raise self._unreachable(exc) from None
             if response.status_code == 401 and attempt == 1:
-                self._token = None  # expired early or revoked: sign in again once
+                with self._token_lock:  # expired early or revoked: sign in again once
+                    if self._token is token:  # unless another thread already did
+                        self._token = None
                 continue
             break
         status = response.status_code
