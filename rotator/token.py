@@ -24,6 +24,7 @@ import base64
 import json
 import math
 import time
+import weakref
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -41,6 +42,9 @@ from rotator.errors import (
 )
 from rotator.interfaces import Credentials
 from rotator.secrets import Secret, redact, register_credentials
+
+#: Secrets whose Basic-header pair is registered with the redactor, with their client id.
+_BASIC_REGISTERED: weakref.WeakKeyDictionary[Secret, str] = weakref.WeakKeyDictionary()
 
 _ERROR_CLASSES: dict[str, type[VerificationError]] = {
     "invalid_client": InvalidClient,
@@ -102,8 +106,11 @@ def build_request(
         data["client_id"] = creds.client_id
         data["client_secret"] = secret
     else:
-        # Redact the Basic value too, should the endpoint echo the header back.
-        register_credentials(creds.client_id, creds.client_secret)
+        # Redact the Basic value too, should the endpoint echo the header back (once per pair:
+        # the client library builds this header on every fetch).
+        if _BASIC_REGISTERED.get(creds.client_secret) != creds.client_id:
+            register_credentials(creds.client_id, creds.client_secret)
+            _BASIC_REGISTERED[creds.client_secret] = creds.client_id
         pair = f"{_form_encode(creds.client_id)}:{_form_encode(secret)}"
         headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
     return headers, data
