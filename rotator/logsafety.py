@@ -55,15 +55,16 @@ class RedactingFilter(logging.Filter):
 def install_log_safety() -> None:
     """Cap the noisy libraries' loggers at INFO and redact every log record; idempotent.
 
-    A logger set below INFO (or not set, inheriting DEBUG from the root) is raised to INFO;
-    one set higher is left alone. Every record is redacted when it is created, whichever
+    A logger set below INFO (or not set) is pinned at INFO or at the level it inherits now,
+    whichever is higher: under the default WARNING root its INFO lines stay off, so a
+    request costs no log record. One set higher is left alone. Every record is redacted when it is created, whichever
     handler later gets it, and the root logger's handlers get a :class:`RedactingFilter`.
     """
     with _LOCK:
         for name in CAPPED_LOGGERS:
             logger = logging.getLogger(name)
             if logger.level < logging.INFO:
-                logger.setLevel(logging.INFO)
+                logger.setLevel(max(logging.INFO, logger.getEffectiveLevel()))
         factory = logging.getLogRecordFactory()
         if not getattr(factory, _DONE, False):
             def redacting_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:

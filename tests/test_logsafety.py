@@ -7,8 +7,10 @@ import json
 import logging
 import secrets
 from collections.abc import Iterator
+from typing import Any
 
 import boto3
+import httpx
 import pytest
 from servers import MotoServer
 
@@ -105,3 +107,34 @@ class TestEveryRecordIsRedacted:
                                    None)
         assert RedactingFilter().filter(record)
         assert record.getMessage() == "got **********"
+
+
+class TestQuietByDefault:
+    """Under the default WARNING root, the capped libraries create no INFO records at all."""
+
+    def test_no_record_for_an_httpx_request(self) -> None:
+        root = logging.getLogger()
+        saved = (root.level, {name: logging.getLogger(name).level for name in CAPPED_LOGGERS})
+        made: list[logging.LogRecord] = []
+        factory = logging.getLogRecordFactory()
+
+        def counting(*args: Any, **kwargs: Any) -> logging.LogRecord:
+            record = factory(*args, **kwargs)
+            made.append(record)
+            return record
+
+        try:
+            root.setLevel(logging.WARNING)
+            for name in CAPPED_LOGGERS:
+                logging.getLogger(name).setLevel(logging.NOTSET)
+            install_log_safety()
+            logging.setLogRecordFactory(counting)
+            with httpx.Client(transport=httpx.MockTransport(
+                    lambda request: httpx.Response(200))) as client:
+                client.get("http://idp.test/")
+            assert [r for r in made if r.name.startswith(("httpx", "httpcore"))] == []
+        finally:
+            logging.setLogRecordFactory(factory)
+            root.setLevel(saved[0])
+            for name, level in saved[1].items():
+                logging.getLogger(name).setLevel(level)
