@@ -57,8 +57,9 @@ def install_log_safety() -> None:
 
     A logger set below INFO (or not set) is pinned at INFO or at the level it inherits now,
     whichever is higher: under the default WARNING root its INFO lines stay off, so a
-    request costs no log record. One set higher is left alone. Every record is redacted when it is created, whichever
-    handler later gets it, and the root logger's handlers get a :class:`RedactingFilter`.
+    request costs no log record. One set higher is left alone. Every record is redacted when
+    it is created, whichever handler later gets it, and the root logger's handlers get a
+    :class:`RedactingFilter`.
     """
     with _LOCK:
         for name in CAPPED_LOGGERS:
