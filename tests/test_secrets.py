@@ -315,3 +315,42 @@ class TestGenerateSecret:
 
     def test_returns_a_secret(self) -> None:
         assert isinstance(generate_secret(), Secret)
+
+
+class TestRedactProbes:
+    """A form of any length from 8 bytes up is found wherever it starts, in any text."""
+
+    @pytest.mark.parametrize("length", [8, 9, 12, 14, 15, 16, 23, 43])
+    def test_a_value_at_every_offset_is_masked(self, length: int) -> None:
+        redactor = _Redactor()
+        value = secrets.token_hex(32)[:length]
+        keep = Secret(value)
+        redactor.add(keep, {value})
+        for offset in range(17):
+            text = "é" * (offset % 3) + "x" * offset + value + "y" * 9
+            assert redactor.redact(text) == "é" * (offset % 3) + "x" * offset + MASK + "y" * 9
+
+    def test_a_short_form_narrows_the_probes_and_a_long_one_is_still_found(self) -> None:
+        redactor = _Redactor()
+        short, long = secrets.token_hex(4), secrets.token_hex(20)
+        keep = [Secret(short), Secret(long)]
+        for s in keep:
+            redactor.add(s, {s.reveal()})
+        text = f"a {long}-{short}b and {short}"
+        assert redactor.redact(text) == f"a {MASK}-{MASK}b and {MASK}"
+
+    def test_non_ascii_text_around_a_value_survives(self) -> None:
+        value = _value()
+        keep = Secret(value)
+        assert redact(f"żółw {value} 🐢 {value}") == f"żółw {MASK} 🐢 {MASK}"
+        assert keep
+
+    def test_forgotten_forms_release_their_probes(self) -> None:
+        redactor = _Redactor(max_forms=4)
+        for _ in range(50):
+            owner = Secret(_value())
+            redactor.add(owner, {owner.reveal()})
+            del owner
+            gc.collect()
+        assert len(redactor._forms) == 4
+        assert len(redactor._grams) <= 4 * 8
