@@ -1,0 +1,180 @@
+"""Tamper evidence: every record is sealed with a sequence number and an HMAC chain, and
+``rotator audit verify`` names the first bad record and what is wrong with it."""
+
+from __future__ import annotations
+
+import io
+import json
+import multiprocessing
+import os
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from test_cli import AUDIT_VAR, Setup, setup  # noqa: F401 - the fixture
+
+from rotator.audit import AuditLog
+from rotator.audit.chain import Checkpoint, chain_key, checkpoint_path, verify
+from rotator.secrets import Secret
+
+KEY = "k" * 32
+
+
+def _write(file: Path, count: int, key: str = KEY, start: int = 0) -> None:
+    log = AuditLog(Secret(key), file=file)
+    for i in range(start, start + count):
+        log.event("rotation_step", step=f"s{i}", outcome="success")
+    log.close()
+
+
+def _verify(*files: Path, checkpoint: bool = True) -> tuple[str | None, int]:
+    cp = Checkpoint.load(checkpoint_path(files[-1])) if checkpoint else None
+    problem, count = verify(chain_key(KEY.encode()), files, cp)
+    return (problem.what if problem else None), count
+
+
+def _lines(file: Path) -> list[str]:
+    return file.read_text().splitlines(keepends=True)
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> Path:
+    file = tmp_path / "audit.jsonl"
+    _write(file, 10)
+    return file
+
+
+class TestTamperingIsDetected:
+    """An edited, deleted, inserted or reordered record, or a truncated tail, is reported
+    at the first bad record; an untouched log verifies."""
+
+    def test_untouched_log_verifies(self, log: Path) -> None:
+        assert _verify(log) == (None, 10)
+
+    def test_edited_record(self, log: Path) -> None:
+        lines = _lines(log)
+        lines[4] = lines[4].replace('"step":"s4"', '"step":"s9"')
+        log.write_text("".join(lines))
+        what, count = _verify(log)
+        assert what is not None and "edited" in what and "seq 5" in what and count == 4
+
+    def test_deleted_record(self, log: Path) -> None:
+        lines = _lines(log)
+        del lines[3]
+        log.write_text("".join(lines))
+        what, _ = _verify(log)
+        assert what is not None and "deleted" in what and "seq 4 missing" in what
+
+    def test_inserted_record(self, log: Path, tmp_path: Path) -> None:
+        other = tmp_path / "other.jsonl"
+        _write(other, 6, key="x" * 32)  # sealed, but with another key
+        lines = _lines(log)
+        lines.insert(5, _lines(other)[5])
+        log.write_text("".join(lines))
+        what, count = _verify(log)
+        assert what is not None and "inserted" in what and count == 5
+
+    def test_unsealed_line_inserted(self, log: Path) -> None:
+        lines = _lines(log)
+        lines.insert(2, json.dumps({"event": {"action": "rotation_started"}}) + "\n")
+        log.write_text("".join(lines))
+        what, _ = _verify(log)
+        assert what is not None and "not a sealed audit record" in what
+
+    def test_reordered_records(self, log: Path) -> None:
+        lines = _lines(log)
+        lines[6], lines[7] = lines[7], lines[6]
+        log.write_text("".join(lines))
+        what, count = _verify(log)
+        assert what is not None and "reordered" in what and count == 6
+
+    def test_truncated_tail(self, log: Path) -> None:
+        log.write_text("".join(_lines(log)[:7]))
+        what, _ = _verify(log)
+        assert what is not None and "tail truncated" in what and "seq 10" in what
+        assert _verify(log, checkpoint=False) == (None, 7)  # the chain alone cannot tell
+
+
+class TestOneChain:
+    """Rotated files, a restarted writer and concurrent writers keep one chain."""
+
+    def test_rotation_across_files(self, tmp_path: Path) -> None:
+        file = tmp_path / "audit.jsonl"
+        log = AuditLog(Secret(KEY), file=file)
+        for i in range(3):
+            log.event("rotation_step", step=f"a{i}", outcome="success")
+        file.rename(tmp_path / "audit.jsonl.1")  # logrotate moves the file away
+        for i in range(3):
+            log.event("rotation_step", step=f"b{i}", outcome="success")
+        log.close()
+        _write(file, 2)  # a new process after rotation continues the chain
+        assert _verify(tmp_path / "audit.jsonl.1", file) == (None, 8)
+        what, _ = _verify(file)  # the live file alone starts at seq 4: anchored, verifies
+        assert what is None
+        (tmp_path / "audit.jsonl.1").write_text("".join(_lines(tmp_path / "audit.jsonl.1")[:2]))
+        what, _ = _verify(tmp_path / "audit.jsonl.1", file)
+        assert what is not None and "deleted" in what
+
+    def test_threads_and_processes_writing_at_once(self, tmp_path: Path) -> None:
+        file = tmp_path / "audit.jsonl"
+        ctx = multiprocessing.get_context("spawn")
+        procs = [ctx.Process(target=_write, args=(file, 50)) for _ in range(2)]
+        for p in procs:
+            p.start()
+        log = AuditLog(Secret(KEY), file=file)
+        threads = [threading.Thread(target=lambda: [log.event("rotation_step", step="t")
+                                                    for _ in range(25)]) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        log.close()
+        for p in procs:
+            p.join()
+            assert p.exitcode == 0
+        assert _verify(file) == (None, 200)
+
+    def test_concurrent_events_share_an_fsync(self, tmp_path: Path) -> None:
+        log = AuditLog(Secret(KEY), file=tmp_path / "audit.jsonl")
+        barrier = threading.Barrier(8)
+
+        def writer() -> None:
+            barrier.wait()
+            for _ in range(50):
+                log.event("rotation_step", step="t")
+
+        threads = [threading.Thread(target=writer) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        batches = log._sinks[0].batches  # type: ignore[union-attr]
+        log.close()
+        assert batches < 400
+        assert _verify(tmp_path / "audit.jsonl") == (None, 400)
+
+
+class TestVerifyCommand:
+    """rotator audit verify exits 0 on an intact log and 1 naming the first bad record."""
+
+    def test_intact_then_edited(self, setup: Setup) -> None:  # noqa: F811
+        setup.write()
+        file = setup.dir / "audit.jsonl"
+        log = AuditLog(Secret(os.environ[AUDIT_VAR]), file=file)
+        for i in range(3):
+            log.event("rotation_step", step=f"s{i}", outcome="success")
+        log.close()
+        code, out, _ = setup.cli("audit", "verify", str(file))
+        assert code == 0 and out.startswith("ok: 3 record(s)")
+        file.write_text(file.read_text().replace('"s1"', '"s7"'))
+        code, out, _ = setup.cli("audit", "verify", str(file))
+        assert code == 1 and f"{file}:2: record edited" in out
+
+    def test_fingerprint_reads_stdin(self, setup: Setup,  # noqa: F811
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+        setup.write()
+        monkeypatch.setattr(sys, "stdin", io.StringIO(setup.secret + "\n"))
+        code, out, _ = setup.cli("audit", "fingerprint")
+        expected = AuditLog(Secret(os.environ[AUDIT_VAR])).fingerprint(Secret(setup.secret))
+        assert code == 0 and out.strip() == expected
