@@ -69,6 +69,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def _redacted_line(doc: dict[str, Any]) -> str:
     """The record as one line, redacted once as a whole; per field only if masking a value
     broke the JSON (a secret form that spans a quote)."""
@@ -101,7 +104,7 @@ def _ecs(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> An
     """structlog processor: the catalogued event as an ECS document, for :class:`_Writer`."""
     name = event_dict.pop("message")  # EventRenamer moved the event name here
     spec = CATALOGUE.get(name)
-    fields = {k: _plain(v) for k, v in event_dict.items()}
+    fields = {k: v if type(v) in _PLAIN else _plain(v) for k, v in event_dict.items()}
     if spec is None:
         _log.warning("audit_event_not_in_catalogue", audit_event=name)
         spec = _UNCATALOGUED

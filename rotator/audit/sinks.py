@@ -22,6 +22,8 @@ from rotator.audit.chain import GENESIS, Checkpoint, seal, unseal
 from rotator.errors import ConfigError, ConfigProblem, RotatorError
 
 _TAIL_READ = 65536
+#: {"seq": 20 digits, "chain": 64 hex} fits; padded with spaces to this width
+_CHECKPOINT_WIDTH = 120
 
 
 class AuditWriteError(RotatorError):
@@ -108,7 +110,7 @@ class FileSink:
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
             self._reopen_if_moved()
-            self._catch_up()
+            size = self._catch_up()
             chain = self._chain
             sealed = []
             for line in batch:
@@ -120,10 +122,10 @@ class FileSink:
             if written != len(data):
                 raise OSError(f"short write ({written} of {len(data)} bytes)")
             os.fsync(self._fd)
-            self._known_end = os.fstat(self._fd).st_size
-            record = Checkpoint(chain.seq, chain.value).dumps().encode()
-            os.ftruncate(self._cp_fd, 0)
-            os.pwrite(self._cp_fd, record, 0)
+            self._known_end = size + written  # appended under the lock: nothing between
+            # Fixed width, written in place: a reader never sees a half-shortened record.
+            record = Checkpoint(chain.seq, chain.value).dumps().ljust(_CHECKPOINT_WIDTH)
+            os.pwrite(self._cp_fd, record.encode(), 0)
             self.batches += 1
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
@@ -141,20 +143,21 @@ class FileSink:
             self._fd = fd
             self._known_end = -1
 
-    def _catch_up(self) -> None:
+    def _catch_up(self) -> int:
         """Continue from the log's last record (another process may have written), or from
         the checkpoint when the log is empty (rotated away or truncated by logrotate)."""
         size = os.fstat(self._fd).st_size
         if size == self._known_end:
-            return
+            return size
         last = _last_line(self._fd, size)
         sealed = unseal(last) if last else None
         if sealed is not None:
             self._chain.seq, self._chain.value = sealed[0], sealed[1]
-            return
+            return size
         checkpoint = _read_checkpoint(self._cp_fd)
         if checkpoint is not None and checkpoint.seq >= self._chain.seq:
             self._chain.seq, self._chain.value = checkpoint.seq, checkpoint.chain
+        return size
 
     def close(self) -> None:
         with self._cond:
