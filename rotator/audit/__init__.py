@@ -7,7 +7,8 @@ fingerprint (:func:`rotator.secrets.fingerprint`, HMAC-SHA256 with the audit key
 secret. Each record is redacted once, as a whole line, as a last defence against a live secret
 value in free text.
 
-The ``json`` format (:mod:`rotator.audit.formats`) is an ECS document; every line is sealed
+The ``json`` format (:mod:`rotator.audit.formats`) is an ECS document, ``ocsf`` an OCSF event,
+``cef`` a CEF line; every line is sealed
 with a sequence number and an HMAC chain (:mod:`rotator.audit.chain`) that ``rotator audit
 verify`` checks. The file sink (:mod:`rotator.audit.sinks`) is durable before
 :meth:`AuditLog.event` returns, with one ``fsync`` per batch of concurrent events; when the
@@ -27,7 +28,14 @@ import structlog
 
 from rotator.audit.catalogue import CATALOGUE, EventSpec
 from rotator.audit.chain import chain_key, checkpoint_path
-from rotator.audit.formats import ecs_document, flatten, render_json
+from rotator.audit.formats import (
+    FORMATS,
+    cef_line,
+    ecs_document,
+    flatten,
+    ocsf_document,
+    render_json,
+)
 from rotator.audit.sinks import AuditWriteError, FileSink, StreamSink, open_log
 from rotator.secrets import Secret, fingerprint, redact
 
@@ -72,10 +80,14 @@ def _plain(value: Any) -> Any:
 _PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
-def _redacted_line(doc: dict[str, Any]) -> str:
-    """The record as one line, redacted once as a whole; per field only if masking a value
-    broke the JSON (a secret form that spans a quote)."""
-    line = render_json(doc)
+def _redacted_line(format_: str, spec: EventSpec, fields: dict[str, Any]) -> str:
+    """The record as one line in ``format_``, redacted once as a whole; per field only if
+    masking a value broke the JSON (a secret form that spans a quote)."""
+    if format_ == "cef":
+        # CEF escaping makes forms the redactor does not know: redact each value first.
+        return cef_line(spec, _scrub(fields))
+    render = ocsf_document if format_ == "ocsf" else ecs_document
+    line = render_json(render(spec, dict(fields)))
     masked = redact(line)
     if masked is line or masked == line:
         return line
@@ -83,25 +95,27 @@ def _redacted_line(doc: dict[str, Any]) -> str:
         json.loads(masked)
         return masked
     except ValueError:
-        return render_json(_scrub(doc))
+        return render_json(render(spec, _scrub(fields)))
 
 
 class _Writer:
-    """The end of the structlog pipeline: each ECS document goes, redacted, to every sink."""
+    """The end of the structlog pipeline: each event goes, formatted and redacted, to every
+    sink."""
 
-    def __init__(self, sinks: list[FileSink | StreamSink]) -> None:
+    def __init__(self, sinks: list[FileSink | StreamSink], format_: str) -> None:
         self.sinks = sinks
+        self.format = format_
 
-    def msg(self, doc: dict[str, Any]) -> None:
-        line = _redacted_line(doc)
+    def msg(self, spec: EventSpec, fields: dict[str, Any]) -> None:
+        line = _redacted_line(self.format, spec, fields)
         for sink in self.sinks:
             sink.write(line)
 
     info = msg
 
 
-def _ecs(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Any:
-    """structlog processor: the catalogued event as an ECS document, for :class:`_Writer`."""
+def _catalogued(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Any:
+    """structlog processor: the event's catalogue entry and fields, for :class:`_Writer`."""
     name = event_dict.pop("message")  # EventRenamer moved the event name here
     spec = CATALOGUE.get(name)
     fields = {k: v if type(v) in _PLAIN else _plain(v) for k, v in event_dict.items()}
@@ -109,14 +123,16 @@ def _ecs(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> An
         _log.warning("audit_event_not_in_catalogue", audit_event=name)
         spec = _UNCATALOGUED
         fields["uncatalogued_event"] = name
-    return (ecs_document(spec, fields),), {}
+    return (spec, fields), {}
 
 
 class AuditLog:
     """Writes audit events; the one place that knows the audit key."""
 
     def __init__(self, key: Secret, *, file: Path | None = None, stdout: bool = False,
-                 stream: TextIO | None = None) -> None:
+                 stream: TextIO | None = None, format: str = "json") -> None:
+        if format not in FORMATS:
+            raise ValueError(f"audit format {format!r}: expected one of {', '.join(FORMATS)}")
         self._key = key.reveal().encode()
         chain = chain_key(self._key)
         self._sinks: list[FileSink | StreamSink] = []
@@ -127,14 +143,14 @@ class AuditLog:
         if stream is not None:
             self._sinks.append(StreamSink(stream, chain))
         self._log = structlog.wrap_logger(
-            _Writer(self._sinks),
+            _Writer(self._sinks, format),
             # Independent of the diagnostic log's level: audit events are never filtered.
             wrapper_class=structlog.BoundLogger,
             processors=[
                 structlog.contextvars.merge_contextvars,
                 structlog.processors.TimeStamper(fmt="iso", utc=True, key="@timestamp"),
                 structlog.processors.EventRenamer("message"),
-                _ecs,
+                _catalogued,
             ],
         )
 

@@ -41,7 +41,7 @@ def link(key: bytes, previous: str, body: str) -> str:
 
 def seal(line: str, seq: int, key: bytes, previous: str) -> tuple[str, str]:
     """``line`` with ``seq`` and its chain value appended; and that chain value."""
-    if line.endswith("}}"):  # JSON: the last object is rotator's (possibly empty)
+    if not line.startswith("CEF:"):  # JSON: the last object is rotator's (possibly empty)
         comma = "" if line.endswith("{}}") else ","
         body = f'{line[:-2]}{comma}"seq":{seq}}}}}'
         value = link(key, previous, body)
@@ -53,12 +53,14 @@ def seal(line: str, seq: int, key: bytes, previous: str) -> tuple[str, str]:
 
 def unseal(line: str) -> tuple[int, str, str] | None:
     """``(seq, chain, body)`` of a sealed line, or None when it carries no seal."""
+    if line.startswith("CEF:"):
+        match = _CEF_TAIL.search(line)
+        if match:
+            return int(match[1]), match[2], line[:match.start() + len(f" rotatorSeq={match[1]}")]
+        return None
     match = _JSON_TAIL.search(line)
     if match:
         return int(match[1]), match[2], line[:match.start() + len(f',"seq":{match[1]}')] + "}}"
-    match = _CEF_TAIL.search(line)
-    if match:
-        return int(match[1]), match[2], line[:match.start() + len(f" rotatorSeq={match[1]}")]
     return None
 
 
