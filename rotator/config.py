@@ -76,6 +76,8 @@ _ROTATOR_SETTINGS = (
 _AUDIT_SETTINGS = (
     Setting("file", "path", help="JSON-lines audit log"),
     Setting("stdout", "bool", default=False),
+    Setting("format", default="json", choices=("json", "ocsf", "cef"),
+            help="json (ECS), ocsf or cef"),
     Setting("key", secret=True, required=True, help="audit HMAC key"),
 )
 _CLIENT_SETTINGS = (
@@ -268,6 +270,8 @@ class AuditConfig:
     stdout: bool
     #: None only in a configuration loaded for a consumer (``load_config(consumer=...)``).
     key: Secret | None
+    #: json (ECS), ocsf or cef: see rotator.audit.formats
+    format: str = "json"
 
     def require_key(self, config_path: Path) -> Secret:
         """The audit key; ``ConfigError`` if this configuration was loaded without it."""
@@ -671,7 +675,8 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     return Config(
         path=p, state_dir=state_dir,
         audit=AuditConfig(file=Path(audit["file"]) if audit.get("file") else None,
-                          stdout=audit["stdout"], key=audit.get("key")),
+                          stdout=audit["stdout"], key=audit.get("key"),
+                          format=audit.get("format") or "json"),
         stores=stores, idps=idps, clients=clients, api=api,
         daemon=DaemonConfig(**{s.key: daemon[s.key] for s in _DAEMON_SETTINGS}),
     )

@@ -178,3 +178,21 @@ class TestVerifyCommand:
         code, out, _ = setup.cli("audit", "fingerprint")
         expected = AuditLog(Secret(os.environ[AUDIT_VAR])).fingerprint(Secret(setup.secret))
         assert code == 0 and out.strip() == expected
+
+
+class TestFormatSetting:
+    """[audit] format picks json, ocsf or cef; anything else is a config error naming it."""
+
+    def test_unknown_format_is_refused(self, setup: Setup) -> None:  # noqa: F811
+        setup.write(audit='file = "audit.jsonl"\nformat = "xml"')
+        code, _, err = setup.cli("config", "check")
+        assert code == 2 and "audit.format" in err and "json, ocsf, cef" in err
+
+    def test_cef_is_written_and_verifies(self, setup: Setup) -> None:  # noqa: F811
+        setup.write(audit='file = "audit.jsonl"\nformat = "cef"')
+        code, _, _ = setup.cli("verify", "app")
+        assert code == 1  # the IdP is unreachable; the attempt is audited all the same
+        text = (setup.dir / "audit.jsonl").read_text()
+        assert text.startswith("CEF:0|rotator|rotator|")
+        code, out, _ = setup.cli("audit", "verify", str(setup.dir / "audit.jsonl"))
+        assert code == 0 and out.startswith("ok: 1 record(s)")
