@@ -17,7 +17,7 @@ import pytest
 from test_engine import CAPS, make_rig
 
 from rotator.audit import CATALOGUE, AuditLog, flatten
-from rotator.audit.catalogue import CONTEXT_FIELDS, SEVERITIES
+from rotator.audit.catalogue import CONTEXT_FIELDS, SEVERITIES, markdown_table
 from rotator.interfaces import State
 from rotator.secrets import Secret
 
@@ -169,3 +169,10 @@ class TestEveryCataloguedEvent:
         assert record["log"]["level"] in ("warning", "error")  # a failure is never info
         flat = flatten(record)
         assert {k: flat[k] for k in fields} == fields
+
+
+class TestDocsTable:
+    """docs/audit.md ends with the event table generated from the catalogue."""
+
+    def test_table_is_current(self) -> None:
+        assert (ROOT / "docs" / "audit.md").read_text().endswith(markdown_table())

@@ -101,3 +101,18 @@ def spec_for(name: str) -> EventSpec | None:
 #: OCSF API Activity (6003) activity by HTTP method.
 API_ACTIVITY_BY_METHOD = {"POST": CREATE, "GET": READ, "HEAD": READ, "PUT": UPDATE,
                           "PATCH": UPDATE, "DELETE": DELETE}
+
+
+def markdown_table() -> str:
+    """The event table of ``docs/audit.md``: ``python -m rotator.audit.catalogue``."""
+    rows = ["| event | meaning | ECS category / type | OCSF class / activity | severity "
+            "| fields |", "|---|---|---|---|---|---|"]
+    for spec in _EVENTS:
+        fields = ", ".join(f"`{f}`" for f in sorted(spec.fields))
+        rows.append(f"| `{spec.name}` | {spec.meaning} | {spec.category} / {spec.type} | "
+                    f"{spec.ocsf_class} / {spec.ocsf_activity} | {spec.severity} | {fields} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")
