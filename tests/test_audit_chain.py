@@ -116,6 +116,18 @@ class TestOneChain:
         what, _ = _verify(tmp_path / "audit.jsonl.1", file)
         assert what is not None and "deleted" in what
 
+    def test_reopen_after_a_move(self, tmp_path: Path) -> None:
+        file = tmp_path / "audit.jsonl"
+        log = AuditLog(Secret(KEY), file=file)
+        log.event("rotation_step", step="a")
+        file.rename(tmp_path / "audit.jsonl.1")
+        file.touch(mode=0o600)  # logrotate's create: an empty file in its place
+        log.reopen()  # SIGHUP
+        log.event("rotation_step", step="b")
+        log.close()
+        assert len(_lines(file)) == 1
+        assert _verify(tmp_path / "audit.jsonl.1", file) == (None, 2)
+
     def test_threads_and_processes_writing_at_once(self, tmp_path: Path) -> None:
         file = tmp_path / "audit.jsonl"
         ctx = multiprocessing.get_context("spawn")
@@ -196,3 +208,25 @@ class TestFormatSetting:
         assert text.startswith("CEF:0|rotator|rotator|")
         code, out, _ = setup.cli("audit", "verify", str(setup.dir / "audit.jsonl"))
         assert code == 0 and out.startswith("ok: 1 record(s)")
+
+
+class TestNoRotationWithoutItsRecord:
+    """When the audit record cannot be made durable, the event raises and the rotation goes
+    no further: the IdP issues nothing and the stores are unchanged."""
+
+    def test_disk_full(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        from test_engine import CAPS, make_rig
+
+        from rotator.audit import sinks
+
+        def full(fd: int, data: bytes) -> int:
+            raise OSError(28, "No space left on device")
+
+        with make_rig(tmp_path, CAPS["generated-many"]) as rig:
+            before, active = rig.env(), dict(rig.idp.active)
+            monkeypatch.setattr(sinks.os, "write", full)
+            outcome = rig.engine.rotate("app")  # the engine turns the error into a failure
+            assert not outcome.ok and "No space left" in outcome.message
+            assert rig.env() == before and rig.idp.active == active
+            monkeypatch.undo()
+            assert rig.engine.rotate("app").ok  # the next run, with a disk, goes on

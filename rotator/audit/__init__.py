@@ -162,6 +162,12 @@ class AuditLog:
         """Write one audit event (a name from the catalogue); durable when it returns."""
         self._log.info(event, **fields)
 
+    def reopen(self) -> None:
+        """Reopen the log file by its path before the next event: call on SIGHUP (a moved
+        file is also noticed without it)."""
+        for sink in self._sinks:
+            sink.reopen()
+
     def close(self) -> None:
         for sink in self._sinks:
             sink.close()

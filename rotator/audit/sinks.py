@@ -69,7 +69,12 @@ class FileSink:
         #: (first, last ticket, error) of the latest batches that failed
         self._failures: list[tuple[int, int, Exception]] = []
         self._leading = False
+        self._reopen = False
         self.batches = 0
+
+    def reopen(self) -> None:
+        """Open the log file by its path again before the next batch (on SIGHUP)."""
+        self._reopen = True
 
     def write(self, line: str) -> None:
         """Append ``line`` (unsealed); return once it is on disk, or raise
@@ -135,7 +140,8 @@ class FileSink:
             moved = os.stat(self.file).st_ino != os.fstat(self._fd).st_ino
         except FileNotFoundError:
             moved = True
-        if moved:
+        if moved or self._reopen:
+            self._reopen = False
             fd = open_log(self.file)
             fcntl.flock(fd, fcntl.LOCK_EX)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
@@ -199,6 +205,9 @@ class StreamSink:
         self._stream = stream
         self._chain = _Chain(key)
         self._lock = threading.Lock()
+
+    def reopen(self) -> None:
+        pass
 
     def write(self, line: str) -> None:
         with self._lock:
