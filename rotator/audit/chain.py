@@ -70,7 +70,7 @@ class Checkpoint:
     chain: str
 
     def dumps(self) -> str:
-        return json.dumps({"seq": self.seq, "chain": self.chain})
+        return f'{{"seq": {self.seq}, "chain": "{self.chain}"}}'
 
     @staticmethod
     def load(path: Path) -> Checkpoint | None:
