@@ -237,7 +237,8 @@ def _open_audit(config: Config, stdout: TextIO) -> AuditLog:
     try:
         return AuditLog(config.audit.require_key(config.path), file=config.audit.file,
                         stream=stdout if config.audit.stdout else None,
-                        format=config.audit.format)
+                        format=config.audit.format,
+                        files=[(sink.path, sink.format) for sink in config.audit.sinks])
     except OSError as exc:
         raise ConfigError([ConfigProblem(
             str(config.path), "audit.file",

@@ -230,3 +230,31 @@ class TestNoRotationWithoutItsRecord:
             assert rig.env() == before and rig.idp.active == active
             monkeypatch.undo()
             assert rig.engine.rotate("app").ok  # the next run, with a disk, goes on
+
+
+class TestSeveralSinks:
+    """[[audit.sinks]] adds files, each in its format with its own chain; a bad entry is a
+    config error naming audit.sinks[i] and its key."""
+
+    def test_json_file_and_cef_sink(self, setup: Setup) -> None:  # noqa: F811
+        setup.write(audit='file = "audit.jsonl"\n'
+                          '[[audit.sinks]]\ntype = "file"\npath = "siem/audit.cef"\n'
+                          'format = "cef"\n')
+        assert setup.cli("verify", "app")[0] == 1
+        assert setup.cli("verify", "other")[0] == 1
+        cef = setup.dir / "siem" / "audit.cef"
+        assert all(line.startswith("CEF:0|") for line in cef.read_text().splitlines())
+        assert (setup.dir / "audit.jsonl").read_text().startswith("{")
+        for file in (setup.dir / "audit.jsonl", cef):
+            code, out, _ = setup.cli("audit", "verify", str(file))
+            assert code == 0 and out.startswith("ok: 2 record(s)")
+
+    def test_bad_entries_are_reported_together(self, setup: Setup) -> None:  # noqa: F811
+        setup.write(audit='file = "audit.jsonl"\n'
+                          '[[audit.sinks]]\ntype = "syslog"\npath = "a.log"\n'
+                          '[[audit.sinks]]\ntype = "file"\n'
+                          '[[audit.sinks]]\ntype = "file"\npath = "b.log"\nformat = "xml"\n')
+        code, _, err = setup.cli("config", "check")
+        assert code == 2
+        for key in ("audit.sinks[0].type", "audit.sinks[1].path", "audit.sinks[2].format"):
+            assert key in err

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
@@ -99,17 +99,18 @@ def _redacted_line(format_: str, spec: EventSpec, fields: dict[str, Any]) -> str
 
 
 class _Writer:
-    """The end of the structlog pipeline: each event goes, formatted and redacted, to every
-    sink."""
+    """The end of the structlog pipeline: each event goes, formatted (once per format) and
+    redacted, to every sink."""
 
-    def __init__(self, sinks: list[FileSink | StreamSink], format_: str) -> None:
+    def __init__(self, sinks: list[tuple[str, FileSink | StreamSink]]) -> None:
         self.sinks = sinks
-        self.format = format_
 
     def msg(self, spec: EventSpec, fields: dict[str, Any]) -> None:
-        line = _redacted_line(self.format, spec, fields)
-        for sink in self.sinks:
-            sink.write(line)
+        lines: dict[str, str] = {}
+        for format_, sink in self.sinks:
+            if format_ not in lines:
+                lines[format_] = _redacted_line(format_, spec, fields)
+            sink.write(lines[format_])
 
     info = msg
 
@@ -130,20 +131,33 @@ class AuditLog:
     """Writes audit events; the one place that knows the audit key."""
 
     def __init__(self, key: Secret, *, file: Path | None = None, stdout: bool = False,
-                 stream: TextIO | None = None, format: str = "json") -> None:
-        if format not in FORMATS:
-            raise ValueError(f"audit format {format!r}: expected one of {', '.join(FORMATS)}")
+                 stream: TextIO | None = None, format: str = "json",
+                 files: Sequence[tuple[Path, str]] = ()) -> None:
+        """Events go to ``file``, stdout, ``stream`` (in ``format``) and to each of ``files``
+        (path, format: the ``[[audit.sinks]]`` entries); each file keeps its own chain."""
+        for _, format_ in [(None, format), *files]:
+            if format_ not in FORMATS:
+                raise ValueError(f"audit format {format_!r}: expected one of "
+                                 f"{', '.join(FORMATS)}")
         self._key = key.reveal().encode()
         chain = chain_key(self._key)
-        self._sinks: list[FileSink | StreamSink] = []
-        if file is not None:
-            self._sinks.append(FileSink(file, chain, checkpoint_path(file)))
+        targets: list[tuple[str, FileSink | StreamSink]] = []
+        opened: list[FileSink | StreamSink] = []
+        try:
+            for path, format_ in [*([(file, format)] if file is not None else []), *files]:
+                opened.append(FileSink(path, chain, checkpoint_path(path)))
+                targets.append((format_, opened[-1]))
+        except BaseException:
+            for sink in opened:
+                sink.close()
+            raise
         if stdout:
-            self._sinks.append(StreamSink(sys.stdout, chain))
+            targets.append((format, StreamSink(sys.stdout, chain)))
         if stream is not None:
-            self._sinks.append(StreamSink(stream, chain))
+            targets.append((format, StreamSink(stream, chain)))
+        self._sinks = [sink for _, sink in targets]
         self._log = structlog.wrap_logger(
-            _Writer(self._sinks, format),
+            _Writer(targets),
             # Independent of the diagnostic log's level: audit events are never filtered.
             wrapper_class=structlog.BoundLogger,
             processors=[
