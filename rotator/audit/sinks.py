@@ -12,6 +12,7 @@ checkpoint.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import threading
 from pathlib import Path
@@ -30,15 +31,15 @@ class AuditWriteError(RotatorError):
     """The audit record could not be made durable; what logged it must not go on."""
 
 
-def open_log(file: Path) -> int:
-    """Open the audit log for appending: in a directory only this user may write, never
+def open_log(file: Path, flags: int = os.O_RDWR | os.O_APPEND | os.O_CREAT) -> int:
+    """Open the audit log (or its checkpoint) in a directory only this user may write, never
     through a symlink, and only a file of this user's that no one else may open.
 
     Raises ``ConfigError`` naming the file and the ``audit.file`` setting.
     """
     try:
         ensure_private_dir(file.parent)
-        return open_private(file, os.O_RDWR | os.O_APPEND | os.O_CREAT)
+        return open_private(file, flags)
     except OSError as exc:
         reason = str(exc) if isinstance(exc, UnsafeFile) else f"cannot open: {exc.strerror}"
         raise ConfigError([ConfigProblem(str(file), "audit.file", reason)]) from None
@@ -60,7 +61,11 @@ class FileSink:
         self._checkpoint = checkpoint
         self._chain = _Chain(key)
         self._fd = open_log(file)
-        self._cp_fd = open_private(checkpoint, os.O_RDWR | os.O_CREAT)
+        try:
+            self._cp_fd = open_log(checkpoint, os.O_RDWR | os.O_CREAT)
+        except ConfigError:
+            os.close(self._fd)
+            raise
         self._known_end = -1  # size of the log after this process's last batch
         self._cond = threading.Condition()
         self._queue: list[str] = []
@@ -186,8 +191,6 @@ def _last_line(fd: int, size: int) -> str:
 
 
 def _read_checkpoint(fd: int) -> Checkpoint | None:
-    import json
-
     data = os.pread(fd, 4096, 0)
     if not data:
         return None
