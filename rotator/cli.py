@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import getpass
 import json
 import logging
 import os
@@ -22,19 +23,22 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
+from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
 
 from rotator import __version__
 from rotator.audit import AuditLog, redact_processor
+from rotator.audit.chain import Checkpoint, chain_key, checkpoint_path
+from rotator.audit.chain import verify as verify_chain
 from rotator.config import Config, load_config
 from rotator.engine import STATUS_ERRORS, Adapters, Engine, Outcome
 from rotator.errors import ConfigError, ConfigProblem, RotatorError
 from rotator.interfaces import Stage
 from rotator.journal import Journal
 from rotator.logsafety import install_log_safety
-from rotator.secrets import generate_secret, redact
+from rotator.secrets import Secret, generate_secret, redact
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 #: A closed output pipe: the code of a process killed by SIGPIPE.
@@ -134,7 +138,58 @@ def _parser() -> argparse.ArgumentParser:
     status = clients_cmd("status", "show each client's rotation state (default: every client)")
     status.set_defaults(all_by_default=True)
     sub.add_parser("run", parents=[common], help="run the daemon: rotate and retire on schedule")
+
+    audit = sub.add_parser("audit", help="audit log commands")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True, parser_class=_Parser)
+    check = audit_sub.add_parser(
+        "verify", parents=[common],
+        help="check the audit log's sequence and HMAC chain; exit 1 at the first bad record")
+    check.add_argument("files", nargs="+", metavar="FILE",
+                       help="the log's files, oldest first (rotated ones, then the live one)")
+    check.add_argument("--checkpoint", metavar="FILE",
+                       help="checkpoint to detect a truncated tail (default: the configured "
+                            "audit file's, when that file is given)")
+    audit_sub.add_parser(
+        "fingerprint", parents=[common],
+        help="read a secret from stdin (no echo) and print the fingerprint the audit log "
+             "would show for it")
     return parser
+
+
+def _audit_command(args: argparse.Namespace, config: Config, out: TextIO, err: TextIO) -> int:
+    key = config.audit.require_key(config.path)
+    if args.audit_command == "fingerprint":
+        if sys.stdin.isatty():
+            value = getpass.getpass("secret (not echoed): ", stream=err)
+        else:
+            value = sys.stdin.readline().rstrip("\r\n")
+        if not value:
+            raise _UsageError("no secret on stdin")
+        log = AuditLog(key)
+        print_ = json.dumps({"fingerprint": log.fingerprint(Secret(value))}) if args.json \
+            else log.fingerprint(Secret(value))
+        out.write(print_ + "\n")
+        return EXIT_OK
+    files = [Path(f) for f in args.files]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise _UsageError(f"not a file: {', '.join(missing)}")
+    checkpoint_file = Path(args.checkpoint) if args.checkpoint else None
+    if checkpoint_file is None and config.audit.file is not None \
+            and config.audit.file.resolve() in [f.resolve() for f in files]:
+        checkpoint_file = checkpoint_path(config.audit.file)
+    checkpoint = Checkpoint.load(checkpoint_file) if checkpoint_file else None
+    problem, count = verify_chain(chain_key(key.reveal().encode()), files, checkpoint)
+    if args.json:
+        out.write(json.dumps({"ok": problem is None, "records": count, "problem": None
+                              if problem is None else dataclasses.asdict(problem)}) + "\n")
+    elif problem is None:
+        out.write(f"ok: {count} record(s) verified"
+                  + (f", up to the checkpoint's seq {checkpoint.seq}" if checkpoint else "")
+                  + "\n")
+    else:
+        out.write(f"TAMPERED {problem} ({count} record(s) verified before it)\n")
+    return EXIT_OK if problem is None else EXIT_FAILED
 
 
 def _setup_logging(verbose: bool, stream: TextIO) -> None:
@@ -196,7 +251,9 @@ def open_engine(config: Config, actor: str = "cli", *, audit_stdout: TextIO | No
 def _open_audit(config: Config, stdout: TextIO) -> AuditLog:
     try:
         return AuditLog(config.audit.require_key(config.path), file=config.audit.file,
-                        stream=stdout if config.audit.stdout else None)
+                        stream=stdout if config.audit.stdout else None,
+                        format=config.audit.format,
+                        files=[(sink.path, sink.format) for sink in config.audit.sinks])
     except OSError as exc:
         raise ConfigError([ConfigProblem(
             str(config.path), "audit.file",
@@ -379,6 +436,8 @@ def run(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
             from rotator.daemon.process import main as run_daemon
 
             return run_daemon(config, out, err, verbose=args.verbose)
+        if args.command == "audit":
+            return _audit_command(args, config, out, err)
         names = _select(config, args)
         # Audit lines share stdout only when it is not a JSON document.
         with open_engine(config, audit_stdout=err if args.json else out,

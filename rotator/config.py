@@ -77,7 +77,15 @@ _ROTATOR_SETTINGS = (
 _AUDIT_SETTINGS = (
     Setting("file", "path", help="JSON-lines audit log"),
     Setting("stdout", "bool", default=False),
+    Setting("format", default="json", choices=("json", "ocsf", "cef"),
+            help="json (ECS), ocsf or cef"),
     Setting("key", secret=True, required=True, help="audit HMAC key"),
+)
+_AUDIT_SINK_SETTINGS = (
+    Setting("type", required=True, choices=("file",), help="file (syslog and http: later)"),
+    Setting("path", "path", required=True, help="the sink's log file"),
+    Setting("format", default=None, choices=("json", "ocsf", "cef"),
+            help="defaults to [audit] format"),
 )
 _CLIENT_SETTINGS = (
     Setting("idp", required=True, help="name of an [idps.*] table"),
@@ -282,11 +290,23 @@ class ClientConfig:
 
 
 @dataclass(frozen=True)
+class AuditSink:
+    """One ``[[audit.sinks]]`` entry: another file, in its own format, with its own chain."""
+
+    type: str
+    path: Path
+    format: str
+
+
+@dataclass(frozen=True)
 class AuditConfig:
     file: Path | None
     stdout: bool
     #: None only in a configuration loaded for a consumer (``load_config(consumer=...)``).
     key: Secret | None
+    #: json (ECS), ocsf or cef: see rotator.audit.formats
+    format: str = "json"
+    sinks: tuple[AuditSink, ...] = ()
 
     def require_key(self, config_path: Path) -> Secret:
         """The audit key; ``ConfigError`` if this configuration was loaded without it."""
@@ -590,6 +610,32 @@ def _check_private_dir(path: Path, key: str, report: Any) -> None:
         report(key, f"cannot check {path}: {exc.strerror}")
 
 
+def _audit_sinks(raw: Any, default_format: str, problems: _Problems, base: Path,
+                 env: Mapping[str, str] | None, *, check_files: bool) -> list[AuditSink]:
+    """The ``[[audit.sinks]]`` entries; every problem reported under ``audit.sinks[i]``."""
+    if not isinstance(raw, list):
+        problems.reporter("audit")("sinks", "must be an array of tables: [[audit.sinks]]")
+        return []
+    sinks: list[AuditSink] = []
+    for i, entry in enumerate(raw):
+        report = problems.reporter(f"audit.sinks[{i}]")
+        if not isinstance(entry, dict):
+            report("", "must be a table")
+            continue
+        settings = check_settings(entry, _AUDIT_SINK_SETTINGS, report, base_dir=base,
+                                  environ=env)
+        if not settings.get("path") or not settings.get("type"):
+            continue
+        path = Path(settings["path"])
+        if any(s.path == path for s in sinks):
+            report("path", f"another sink already writes {path}")
+            continue
+        if check_files:
+            _check_audit_file(path, lambda _key, reason, report=report: report("path", reason))
+        sinks.append(AuditSink(settings["type"], path, settings.get("format") or default_format))
+    return sinks
+
+
 def _check_audit_file(path: Path, report: Any) -> None:
     """Report an existing audit log that is a symlink, another user's, or open to others."""
     _check_private_dir(path.parent, "file", report)
@@ -657,12 +703,16 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
                          problems.reporter("rotator"), base_dir=base, environ=env)
     admin = consumer is None and not stores_only  # the audit key and IdP secrets are needed
     audit: Settings = {"file": None, "stdout": False, "key": None}
+    audit_sinks: list[AuditSink] = []
     if "audit" in raw:
-        audit = check_settings(_table(raw["audit"], "audit", problems), _AUDIT_SETTINGS,
-                               problems.reporter("audit"), base_dir=base, environ=env,
-                               resolve_secrets=admin)
+        audit_table = _table(raw["audit"], "audit", problems)
+        audit = check_settings(audit_table, _AUDIT_SETTINGS, problems.reporter("audit"),
+                               base_dir=base, environ=env, resolve_secrets=admin,
+                               ignore=("sinks",))
         audit_report = problems.reporter("audit")
-        if not audit.get("file") and not audit.get("stdout"):
+        audit_sinks = _audit_sinks(audit_table.get("sinks", []), audit.get("format") or "json",
+                                   problems, base, env, check_files=admin)
+        if not audit.get("file") and not audit.get("stdout") and not audit_sinks:
             audit_report("file", "set file, stdout = true, or both")
         audit_key = audit.get("key")
         if audit_key is not None and len(audit_key.reveal().encode()) < MIN_AUDIT_KEY_BYTES:
@@ -720,7 +770,8 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     return Config(
         path=p, state_dir=state_dir,
         audit=AuditConfig(file=Path(audit["file"]) if audit.get("file") else None,
-                          stdout=audit["stdout"], key=audit.get("key")),
+                          stdout=audit["stdout"], key=audit.get("key"),
+                          format=audit.get("format") or "json", sinks=tuple(audit_sinks)),
         stores=stores, idps=idps, clients=clients, api=api,
         daemon=DaemonConfig(**{s.key: daemon[s.key] for s in _DAEMON_SETTINGS}),
     )

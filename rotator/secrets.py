@@ -11,9 +11,13 @@ The redactor remembers every value for the life of the process, also after its
 (``+`` for a space too), JSON string and Python ``repr`` escaping (nested up to three
 deep) and base64; :func:`register_credentials` adds the base64 of ``client_id:secret`` that an
 HTTP Basic header carries. It keeps no value, only a keyed digest (BLAKE2b, a random key
-per process) of each form, and a 64-bit hash of each form's first 8 characters to find
-candidates. Redacting costs the same however many values are registered: one hash per
-position of the text, and a digest only where a known prefix starts. Forms of 8 or more
+per process) of each form's UTF-8, and the process-keyed hashes of the 8-byte grams that
+start at its first 8 offsets. Redacting costs the same however many values are registered:
+the text is probed every 8 bytes (one C call cuts and hashes the grams, one set operation
+checks them all), and only where a probe's gram is known are the nearby starts digested.
+Every occurrence of a form of 15 bytes or more covers a probe whose gram starts within the
+form's first 8 bytes; a registered form of 8 to 14 bytes narrows the probe spacing to what
+it needs (an 8-byte form: every position). Forms of 8 or more
 characters are found anywhere; shorter ones only as a whole word (no letter or digit on
 either side), so a short value does not mangle ordinary text. Forms of values no longer
 wrapped in a live ``Secret`` are forgotten oldest first once more than
@@ -29,17 +33,23 @@ import json
 import os
 import re
 import secrets as _stdlib_secrets
+import struct
 import threading
 import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Callable
+from typing import NamedTuple
 from urllib.parse import quote, quote_plus
 
 _MASK = "**********"
+_MASK_BYTES = _MASK.encode()
 #: Shorter forms are redacted only as whole words: as substrings they would mangle text.
 _MIN_REDACT_LEN = 8
 #: Forms of values no longer held in a live Secret are forgotten past this many (~20 MB).
 MAX_REMEMBERED_FORMS = 100_000
+#: Long forms are found by the keyed hashes of 8-byte grams of their UTF-8.
+_GRAM = 8
+_GRAMS = struct.Struct(f"{_GRAM}s")
 _PERCENT_HEX = re.compile(r"%[0-9A-F]{2}")
 #: Where a whole word may start: a position not preceded by a letter or digit.
 _WORD_START = re.compile(r"(?<![^\W_])(?=\S)")
@@ -76,6 +86,26 @@ def _base64_forms(value: str) -> set[str]:
     return encoded | {e.rstrip("=") for e in encoded}
 
 
+def _stride(length: int) -> int:
+    """How far apart the text positions probed for a long form of ``length`` bytes may be:
+    every occurrence then covers a probed position whose gram starts at an offset below it."""
+    return min(_GRAM, length - _GRAM + 1)
+
+
+def _gram_tag(data: bytes, offset: int) -> int:
+    # Tagged as the 1-tuple struct.iter_unpack yields; bytes hashing is keyed per process.
+    return hash((data[offset:offset + _GRAM],))
+
+
+class _Form(NamedTuple):
+    owner: weakref.ref[Secret]
+    long: bool
+    #: a long form's gram tags (one per offset below its stride), or a short form's word tag
+    tags: tuple[int, ...]
+    #: in bytes for a long form, in characters for a short one
+    length: int
+
+
 class _Redactor:
     """Remembers keyed digests of secret values and their encodings; masks them in text."""
 
@@ -83,16 +113,19 @@ class _Redactor:
         self._lock = threading.Lock()
         self._key = os.urandom(16)
         self._max_forms = max_forms
-        #: digest -> (candidate hash, length, the Secret that keeps it from being forgotten)
-        self._forms: OrderedDict[bytes, tuple[int, int, weakref.ref[Secret]]] = OrderedDict()
-        #: hash of the first 8 characters of a long form -> lengths of forms starting so
-        self._long: dict[int, Counter[int]] = {}
+        #: digest of a form's UTF-8 -> what finding and forgetting it needs
+        self._forms: OrderedDict[bytes, _Form] = OrderedDict()
+        #: tag of an 8-byte gram at an offset below a long form's stride -> how many forms
+        self._grams: dict[int, int] = {}
+        #: strides and byte lengths of the long forms; text is probed at the smallest stride
+        self._strides: Counter[int] = Counter()
+        self._lengths: Counter[int] = Counter()
+        self._probe = _GRAM
         #: hash of a whole short form -> how many forms have it; and their lengths
         self._short: Counter[int] = Counter()
         self._short_lengths: Counter[int] = Counter()
 
-    def _digest(self, form: str) -> bytes:
-        data = form.encode("utf-8", "surrogatepass")
+    def _digest(self, data: bytes) -> bytes:
         return hashlib.blake2b(data, key=self._key, digest_size=16).digest()
 
     def add(self, owner: Secret, forms: set[str]) -> None:
@@ -101,83 +134,120 @@ class _Redactor:
             for form in forms:
                 if not form:
                     continue
-                digest = self._digest(form)
-                if digest in self._forms:
-                    self._forms[digest] = (*self._forms[digest][:2], ref)
+                data = form.encode("utf-8", "surrogatepass")
+                digest = self._digest(data)
+                known = self._forms.get(digest)
+                if known is not None:
+                    self._forms[digest] = known._replace(owner=ref)
                     self._forms.move_to_end(digest)
                     continue
-                long = len(form) >= _MIN_REDACT_LEN
-                tag = hash(form[:_MIN_REDACT_LEN] if long else form)
-                self._forms[digest] = (tag, len(form), ref)
-                if long:
-                    self._long.setdefault(tag, Counter())[len(form)] += 1
+                if len(form) >= _MIN_REDACT_LEN:
+                    stride = _stride(len(data))
+                    tags = tuple(_gram_tag(data, k) for k in range(stride))
+                    for tag in tags:
+                        self._grams[tag] = self._grams.get(tag, 0) + 1
+                    self._strides[stride] += 1
+                    self._lengths[len(data)] += 1
+                    self._forms[digest] = _Form(ref, True, tags, len(data))
                 else:
+                    tag = hash(form)
                     self._short[tag] += 1
                     self._short_lengths[len(form)] += 1
+                    self._forms[digest] = _Form(ref, False, (tag,), len(form))
             self._forget_dead()
+            self._probe = min(self._strides, default=_GRAM)
 
     def _forget_dead(self) -> None:
         # Oldest first; a form whose Secret is alive goes to the back instead.
         for _ in range(len(self._forms)):
             if len(self._forms) <= self._max_forms:
                 return
-            digest, (tag, length, ref) = self._forms.popitem(last=False)
-            if ref() is not None:
-                self._forms[digest] = (tag, length, ref)
+            digest, form = self._forms.popitem(last=False)
+            if form.owner() is not None:
+                self._forms[digest] = form
                 continue
-            if length >= _MIN_REDACT_LEN:
-                lengths = self._long[tag]
-                lengths[length] -= 1
-                if lengths[length] <= 0:
-                    del lengths[length]
-                if not lengths:
-                    del self._long[tag]
+            if form.long:
+                for tag in form.tags:
+                    _decrement(self._grams, tag)
+                _decrement(self._strides, len(form.tags))
+                _decrement(self._lengths, form.length)
             else:
-                for counter, key in ((self._short, tag), (self._short_lengths, length)):
-                    counter[key] -= 1
-                    if counter[key] <= 0:
-                        del counter[key]
+                _decrement(self._short, form.tags[0])
+                _decrement(self._short_lengths, form.length)
 
     def redact(self, text: str) -> str:
-        n = len(text)
+        data = text.encode("utf-8", "surrogatepass")
         spans: list[tuple[int, int]] = []
         with self._lock:
-            if self._long and n >= _MIN_REDACT_LEN:
-                tags = list(map(hash, [text[i:i + _MIN_REDACT_LEN]
-                                       for i in range(n - _MIN_REDACT_LEN + 1)]))
-                for tag in self._long.keys() & tags:
-                    lengths = sorted(self._long[tag], reverse=True)
-                    i = tags.index(tag)
-                    while True:
-                        for length in lengths:
-                            if i + length <= n and self._digest(text[i:i + length]) in self._forms:
-                                spans.append((i, i + length))
-                                break
-                        try:
-                            i = tags.index(tag, i + 1)
-                        except ValueError:
-                            break
+            if self._grams and len(data) >= _GRAM:
+                probe = self._probe
+                if probe == _GRAM:  # the common case: one C call cuts and tags every probe
+                    end = len(data) - len(data) % _GRAM
+                    tags = list(map(hash, _GRAMS.iter_unpack(data[:end])))
+                else:
+                    tags = [_gram_tag(data, p) for p in range(0, len(data) - _GRAM + 1, probe)]
+                if not self._grams.keys().isdisjoint(tags):
+                    spans += self._long_spans(data, tags, probe)
             if self._short:
-                for match in _WORD_START.finditer(text):
-                    i = match.start()
-                    for length in self._short_lengths:
-                        end = i + length
-                        if (end <= n and not (end < n and text[end].isalnum())
-                                and hash(text[i:end]) in self._short
-                                and self._digest(text[i:end]) in self._forms):
-                            spans.append((i, end))
+                spans += self._short_spans(text)
         if not spans:
             return text
         spans.sort(key=lambda span: (span[0], -span[1]))
         out, done = [], 0
         for start, end in spans:
             if start >= done:
-                out.append(text[done:start] + _MASK)
+                out.append(data[done:start] + _MASK_BYTES)
                 done = end
             elif end > done:  # overlaps the previous mask: extend it
                 done = end
-        out.append(text[done:])
-        return "".join(out)
+        out.append(data[done:])
+        return b"".join(out).decode("utf-8", "surrogatepass")
+
+    def _long_spans(self, data: bytes, tags: list[int], probe: int) -> list[tuple[int, int]]:
+        """Byte spans of long forms around the probed positions whose gram is known."""
+        spans: list[tuple[int, int]] = []
+        lengths = sorted(self._lengths, reverse=True)
+        tried: set[int] = set()
+        for index, tag in enumerate(tags):
+            if tag not in self._grams:
+                continue
+            position = index * probe
+            for start in range(max(0, position - probe + 1), position + 1):
+                # Every long form's first gram is known: a start without one is no form's.
+                if start in tried or _gram_tag(data, start) not in self._grams:
+                    continue
+                tried.add(start)
+                for length in lengths:
+                    if (start + length <= len(data)
+                            and self._digest(data[start:start + length]) in self._forms):
+                        spans.append((start, start + length))
+                        break
+        return spans
+
+    def _short_spans(self, text: str) -> list[tuple[int, int]]:
+        """Byte spans of short forms standing as whole words in ``text``."""
+        spans: list[tuple[int, int]] = []
+        n = len(text)
+        for match in _WORD_START.finditer(text):
+            i = match.start()
+            for length in self._short_lengths:
+                end = i + length
+                if (end <= n and not (end < n and text[end].isalnum())
+                        and hash(text[i:end]) in self._short
+                        and self._digest(text[i:end].encode("utf-8", "surrogatepass"))
+                        in self._forms):
+                    spans.append((i, end))
+        if spans and not text.isascii():
+            def offset(i: int) -> int:
+                return len(text[:i].encode("utf-8", "surrogatepass"))
+            spans = [(offset(start), offset(end)) for start, end in spans]
+        return spans
+
+
+def _decrement(counter: dict[int, int], key: int) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]
 
 
 _REDACTOR = _Redactor()

@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service_double import InMemoryRotationService, sample_clients
 from starlette.routing import Route
 
-from rotator.audit import AuditLog
+from rotator.audit import AuditLog, flatten
 from rotator.config import ApiToken, JwtConfig, load_config
 from rotator.daemon.api import ApiServerError, create_app, openapi_text, serve
 from rotator.daemon.auth import (
@@ -343,7 +343,8 @@ class Api:
 
     def events(self) -> list[dict[str, Any]]:
         lines = self.audit_stream.getvalue().splitlines()
-        return [e for e in map(json.loads, lines) if e["event"] == "api_request"]
+        events = [flatten(json.loads(line)) for line in lines]
+        return [e for e in events if e["event"] == "api_request"]
 
 
 @pytest.fixture

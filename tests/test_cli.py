@@ -212,13 +212,13 @@ class TestJsonWithAuditOnStdout:
         code, out, err = setup.cli("verify", "app", "--json")
         assert code == 1
         assert json.loads(out)["results"][0]["client"] == "app"
-        assert '"event": "credential_verified"' in err
+        assert '"action":"credential_verified"' in err
 
     def test_without_json_audit_lines_are_on_stdout(self, setup: Setup) -> None:
         setup.write(audit="stdout = true")
         code, out, _ = setup.cli("verify", "app")
         assert code == 1
-        assert '"event": "credential_verified"' in out
+        assert '"action":"credential_verified"' in out
 
 
 class TestVerboseFailures:

@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from providers.stores.env import EnvStore, parse_env
-from rotator.audit import AuditLog
+from rotator.audit import AuditLog, flatten
 from rotator.config import ClientConfig, load_config
 from rotator.engine import Adapters, Engine
 from rotator.errors import IdpAccessDenied, IdpUnavailable
@@ -395,13 +395,14 @@ class TestActorPerCall:
         assert rig.engine.journal.latest("app").actor == "api:deploy-bot"  # type: ignore[union-attr]
         rig.engine.verify("app", actor="scheduler")
         assert rig.engine.config.audit.file is not None
-        events = [json.loads(line)
+        events = [flatten(json.loads(line))
                   for line in rig.engine.config.audit.file.read_text().splitlines()]
         actors = {e["event"]: e["actor"] for e in events}
         assert actors["rotation_started"] == "api:deploy-bot"
         assert actors["credential_verified"] == "scheduler"
         rig.engine.verify("app")
-        last = json.loads(rig.engine.config.audit.file.read_text().splitlines()[-1])
+        last = flatten(json.loads(
+            rig.engine.config.audit.file.read_text().splitlines()[-1]))
         assert last["actor"] == "cli"  # the engine's default when a call names none
 
 

@@ -28,7 +28,7 @@ from servers import OpenBao
 
 from providers.idps.keycloak import KeycloakIdp
 from rotator import cli as cli_module
-from rotator.audit import AuditLog
+from rotator.audit import AuditLog, flatten
 from rotator.config import ClientConfig, load_config
 from rotator.engine import Adapters, Engine, Outcome, default_http
 from rotator.journal import Journal
@@ -89,7 +89,8 @@ def run_engine(s: Scenario, action: Callable[[Engine], Outcome], **transports: A
 
 
 def audit_events(s: Scenario) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (s.root / "audit.jsonl").read_text().splitlines()]
+    return [flatten(json.loads(line))
+            for line in (s.root / "audit.jsonl").read_text().splitlines()]
 
 
 class TestOverlapRotation:

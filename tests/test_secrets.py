@@ -178,21 +178,28 @@ class TestRedactRemembersValues:
 class TestShortValues:
     """A value shorter than 8 characters is masked only as a whole word, never inside one."""
 
+    # A redactor of their own: other tests register short values (a config's "x").
     def test_a_short_value_standing_alone_is_masked(self) -> None:
         short = secrets.token_hex(16)[:7]
         keep = Secret(short)
-        # the redactor is process-wide: words no other test can have registered as secrets
-        word = f"w{secrets.token_hex(4)}"
-        assert redact(f"id {short} is {word}") == f"id {MASK} is {word}"
-        assert redact(f"secret={short}&{word}=1") == f"secret={MASK}&{word}=1"
-        assert redact(short) == MASK
-        assert keep
+        redactor = _Redactor()
+        redactor.add(keep, {short})
+        assert redactor.redact(f"id {short} is fine") == f"id {MASK} is fine"
+        assert redactor.redact(f"secret={short}&x=1") == f"secret={MASK}&x=1"
+        assert redactor.redact(short) == MASK
 
     def test_a_short_value_inside_a_word_is_left_alone(self) -> None:
         short = secrets.token_hex(16)[:5]
         keep = Secret(short)
+        redactor = _Redactor()
+        redactor.add(keep, {short})
         text = f"x{short} {short}y a{short}b"
-        assert redact(text) == text
+        assert redactor.redact(text) == text
+
+    def test_the_process_redactor_masks_a_short_value(self) -> None:
+        short = secrets.token_hex(16)[:7]
+        keep = Secret(short)
+        assert redact(f"id {short} is fine") == f"id {MASK} is fine"
         assert keep
 
 
@@ -317,3 +324,42 @@ class TestGenerateSecret:
 
     def test_returns_a_secret(self) -> None:
         assert isinstance(generate_secret(), Secret)
+
+
+class TestRedactProbes:
+    """A form of any length from 8 bytes up is found wherever it starts, in any text."""
+
+    @pytest.mark.parametrize("length", [8, 9, 12, 14, 15, 16, 23, 43])
+    def test_a_value_at_every_offset_is_masked(self, length: int) -> None:
+        redactor = _Redactor()
+        value = secrets.token_hex(32)[:length]
+        keep = Secret(value)
+        redactor.add(keep, {value})
+        for offset in range(17):
+            text = "é" * (offset % 3) + "x" * offset + value + "y" * 9
+            assert redactor.redact(text) == "é" * (offset % 3) + "x" * offset + MASK + "y" * 9
+
+    def test_a_short_form_narrows_the_probes_and_a_long_one_is_still_found(self) -> None:
+        redactor = _Redactor()
+        short, long = secrets.token_hex(4), secrets.token_hex(20)
+        keep = [Secret(short), Secret(long)]
+        for s in keep:
+            redactor.add(s, {s.reveal()})
+        text = f"a {long}-{short}b and {short}"
+        assert redactor.redact(text) == f"a {MASK}-{MASK}b and {MASK}"
+
+    def test_non_ascii_text_around_a_value_survives(self) -> None:
+        value = _value()
+        keep = Secret(value)
+        assert redact(f"żółw {value} 🐢 {value}") == f"żółw {MASK} 🐢 {MASK}"
+        assert keep
+
+    def test_forgotten_forms_release_their_probes(self) -> None:
+        redactor = _Redactor(max_forms=4)
+        for _ in range(50):
+            owner = Secret(_value())
+            redactor.add(owner, {owner.reveal()})
+            del owner
+            gc.collect()
+        assert len(redactor._forms) == 4
+        assert len(redactor._grams) <= 4 * 8

@@ -1,0 +1,195 @@
+"""The audit log: one sealed record per line, for people and SIEMs.
+
+Every rotation step and every outcome is one event from :mod:`rotator.audit.catalogue`. Each
+event carries ``rotation_id``, ``client``, ``idp``, ``actor`` (bound as context), ``step``,
+``outcome`` and ``duration_ms``; where an event must identify a secret it carries a keyed
+fingerprint (:func:`rotator.secrets.fingerprint`, HMAC-SHA256 with the audit key), never the
+secret. Each record is redacted once, as a whole line, as a last defence against a live secret
+value in free text.
+
+The ``json`` format (:mod:`rotator.audit.formats`) is an ECS document, ``ocsf`` an OCSF event,
+``cef`` a CEF line; every line is sealed
+with a sequence number and an HMAC chain (:mod:`rotator.audit.chain`) that ``rotator audit
+verify`` checks. The file sink (:mod:`rotator.audit.sinks`) is durable before
+:meth:`AuditLog.event` returns, with one ``fsync`` per batch of concurrent events; when the
+record cannot be written, ``event`` raises ``AuditWriteError`` and what logged it stops.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator, MutableMapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TextIO
+
+import structlog
+
+from rotator.audit.catalogue import CATALOGUE, EventSpec
+from rotator.audit.chain import chain_key, checkpoint_path
+from rotator.audit.formats import (
+    FORMATS,
+    cef_line,
+    ecs_document,
+    flatten,
+    ocsf_document,
+    render_json,
+)
+from rotator.audit.sinks import AuditWriteError, FileSink, StreamSink, open_log
+from rotator.secrets import Secret, fingerprint, redact
+
+__all__ = ["CATALOGUE", "AuditLog", "AuditWriteError", "bound", "flatten", "open_log",
+           "redact_processor"]
+
+_log = structlog.get_logger("rotator.audit")
+_UNCATALOGUED = EventSpec("uncatalogued", "an event missing from rotator's catalogue", "iam",
+                          "info", 3004, 99, "warning", frozenset())
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(v) for v in value]
+    if isinstance(value, Secret):
+        return str(value)
+    return value
+
+
+def redact_processor(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: scrub every live secret value from the event (diagnostic log)."""
+    return {k: _scrub(v) for k, v in event_dict.items()}
+
+
+def _plain(value: Any) -> Any:
+    """A value JSON can carry; a Secret that slipped in shows as its mask."""
+    if isinstance(value, Secret):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_plain(v) for v in value]
+    return value
+
+
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
+def _redacted_line(format_: str, spec: EventSpec, fields: dict[str, Any]) -> str:
+    """The record as one line in ``format_``, redacted once as a whole; per field only if
+    masking a value broke the JSON (a secret form that spans a quote)."""
+    if format_ == "cef":
+        # CEF escaping makes forms the redactor does not know: redact each value first.
+        return cef_line(spec, _scrub(fields))
+    render = ocsf_document if format_ == "ocsf" else ecs_document
+    line = render_json(render(spec, dict(fields)))
+    masked = redact(line)
+    if masked is line or masked == line:
+        return line
+    try:
+        json.loads(masked)
+        return masked
+    except ValueError:
+        return render_json(render(spec, _scrub(fields)))
+
+
+class _Writer:
+    """The end of the structlog pipeline: each event goes, formatted (once per format) and
+    redacted, to every sink."""
+
+    def __init__(self, sinks: list[tuple[str, FileSink | StreamSink]]) -> None:
+        self.sinks = sinks
+
+    def msg(self, spec: EventSpec, fields: dict[str, Any]) -> None:
+        lines: dict[str, str] = {}
+        for format_, sink in self.sinks:
+            if format_ not in lines:
+                lines[format_] = _redacted_line(format_, spec, fields)
+            sink.write(lines[format_])
+
+    info = msg
+
+
+def _catalogued(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Any:
+    """structlog processor: the event's catalogue entry and fields, for :class:`_Writer`."""
+    name = event_dict.pop("message")  # EventRenamer moved the event name here
+    spec = CATALOGUE.get(name)
+    fields = {k: v if type(v) in _PLAIN else _plain(v) for k, v in event_dict.items()}
+    if spec is None:
+        _log.warning("audit_event_not_in_catalogue", audit_event=name)
+        spec = _UNCATALOGUED
+        fields["uncatalogued_event"] = name
+    return (spec, fields), {}
+
+
+class AuditLog:
+    """Writes audit events; the one place that knows the audit key."""
+
+    def __init__(self, key: Secret, *, file: Path | None = None, stdout: bool = False,
+                 stream: TextIO | None = None, format: str = "json",
+                 files: Sequence[tuple[Path, str]] = ()) -> None:
+        """Events go to ``file``, stdout, ``stream`` (in ``format``) and to each of ``files``
+        (path, format: the ``[[audit.sinks]]`` entries); each file keeps its own chain."""
+        for _, format_ in [(None, format), *files]:
+            if format_ not in FORMATS:
+                raise ValueError(f"audit format {format_!r}: expected one of "
+                                 f"{', '.join(FORMATS)}")
+        self._key = key.reveal().encode()
+        chain = chain_key(self._key)
+        targets: list[tuple[str, FileSink | StreamSink]] = []
+        opened: list[FileSink | StreamSink] = []
+        try:
+            for path, format_ in [*([(file, format)] if file is not None else []), *files]:
+                opened.append(FileSink(path, chain, checkpoint_path(path)))
+                targets.append((format_, opened[-1]))
+        except BaseException:
+            for sink in opened:
+                sink.close()
+            raise
+        if stdout:
+            targets.append((format, StreamSink(sys.stdout, chain)))
+        if stream is not None:
+            targets.append((format, StreamSink(stream, chain)))
+        self._sinks = [sink for _, sink in targets]
+        self._log = structlog.wrap_logger(
+            _Writer(targets),
+            # Independent of the diagnostic log's level: audit events are never filtered.
+            wrapper_class=structlog.BoundLogger,
+            processors=[
+                structlog.contextvars.merge_contextvars,
+                structlog.processors.TimeStamper(fmt="iso", utc=True, key="@timestamp"),
+                structlog.processors.EventRenamer("message"),
+                _catalogued,
+            ],
+        )
+
+    def fingerprint(self, secret: Secret) -> str:
+        """The keyed fingerprint of ``secret`` for this audit log."""
+        return fingerprint(self._key, secret)
+
+    def event(self, event: str, **fields: Any) -> None:
+        """Write one audit event (a name from the catalogue); durable when it returns."""
+        self._log.info(event, **fields)
+
+    def reopen(self) -> None:
+        """Reopen the log file by its path before the next event: call on SIGHUP (a moved
+        file is also noticed without it)."""
+        for sink in self._sinks:
+            sink.reopen()
+
+    def close(self) -> None:
+        for sink in self._sinks:
+            sink.close()
+        self._sinks.clear()
+
+
+@contextmanager
+def bound(**fields: Any) -> Iterator[None]:
+    """Bind ``fields`` to every audit and log event inside the block."""
+    with structlog.contextvars.bound_contextvars(**fields):
+        yield
