@@ -55,6 +55,7 @@ import hashlib
 import json
 import os
 import secrets
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -140,7 +141,8 @@ def handler(event: Mapping[str, Any], context: object = None,
         raise RotationError(f"not a Secrets Manager rotation event (Step {step!r})")
     env = _with_config_secrets(env)
     config = load_config(env.get("ROTATOR_CONFIG") or "rotator.toml", env)
-    audit = AuditLog(config.audit.require_key(config.path), stdout=True)
+    # CloudWatch keeps the function's stdout; its disk is not kept, so no file sink.
+    audit = AuditLog.from_config(config, stream=sys.stdout, local_files=False)
     adapters = Adapters(config)
     try:
         rotation = _rotation(config, adapters, audit, str(event["SecretId"]), token,

@@ -250,10 +250,7 @@ def open_engine(config: Config, actor: str = "cli", *, audit_stdout: TextIO | No
 
 def _open_audit(config: Config, stdout: TextIO) -> AuditLog:
     try:
-        return AuditLog(config.audit.require_key(config.path), file=config.audit.file,
-                        stream=stdout if config.audit.stdout else None,
-                        format=config.audit.format,
-                        files=[(sink.path, sink.format) for sink in config.audit.sinks])
+        return AuditLog.from_config(config, stream=stdout if config.audit.stdout else None)
     except OSError as exc:
         raise ConfigError([ConfigProblem(
             str(config.path), "audit.file",

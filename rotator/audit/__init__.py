@@ -22,7 +22,7 @@ import sys
 from collections.abc import Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 
@@ -38,6 +38,9 @@ from rotator.audit.formats import (
 )
 from rotator.audit.sinks import AuditWriteError, FileSink, StreamSink, open_log
 from rotator.secrets import Secret, fingerprint, redact
+
+if TYPE_CHECKING:
+    from rotator.config import Config
 
 __all__ = ["CATALOGUE", "AuditLog", "AuditWriteError", "bound", "flatten", "open_log",
            "redact_processor"]
@@ -129,6 +132,21 @@ def _catalogued(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 
 class AuditLog:
     """Writes audit events; the one place that knows the audit key."""
+
+    @classmethod
+    def from_config(cls, config: Config, *, stream: TextIO | None = None,
+                    local_files: bool = True) -> AuditLog:
+        """The audit log ``config`` describes: ``[audit] file`` and each ``[[audit.sinks]]``
+        in their formats, and ``stream`` (where ``[audit] stdout = true`` goes) if given.
+
+        ``local_files=False`` writes to ``stream`` only (the Lambda, whose disk is not kept).
+        Raises ``ConfigError`` without an audit key, ``OSError`` if a file cannot be opened.
+        """
+        audit = config.audit
+        return cls(audit.require_key(config.path),
+                   file=audit.file if local_files else None,
+                   stream=stream, format=audit.format,
+                   files=[(s.path, s.format) for s in audit.sinks] if local_files else ())
 
     def __init__(self, key: Secret, *, file: Path | None = None, stdout: bool = False,
                  stream: TextIO | None = None, format: str = "json",
