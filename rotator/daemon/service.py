@@ -40,15 +40,17 @@ from rotator.daemon.model import (
     UnknownClient,
     UnknownRotation,
 )
-from rotator.daemon.schedule import (
-    History,
-    Policy,
-    catch_up_slots,
-    condition,
-    decide,
-    parse_cron,
-    parse_window,
+from rotator.daemon.records import (
+    ClientRecord,
+    FactsReader,
+    Job,
+    history_from_journal,
+    load_record,
+    policy_of,
+    store_current_since,
+    success_time,
 )
+from rotator.daemon.schedule import Policy, catch_up_slots, decide
 from rotator.engine import Adapters, Engine, Outcome, utcnow
 from rotator.errors import RotationError, RotationLocked, RotatorError
 from rotator.interfaces import IdentityProvider, Journal, Rotation, Stage, State
@@ -82,79 +84,6 @@ class Worker(Protocol):
 #: Builds a worker for one job: (configuration, actor, journal, IdP wrapper) -> worker.
 WorkerFactory = Callable[[Config, str, Journal, Callable[[IdentityProvider], IdentityProvider]],
                          AbstractContextManager[Worker]]
-#: When the current secret of a client became current, from its primary store (start-up).
-FactsReader = Callable[[Config, ClientConfig], datetime | None]
-
-
-def policy_of(client: ClientConfig) -> Policy:
-    """The scheduling policy of a (checked) client configuration."""
-    return Policy(
-        rotate_every=client.rotate_every,
-        schedule=parse_cron(client.schedule) if client.schedule else None,
-        window=parse_window(client.window) if client.window else None,
-        jitter=client.jitter, backoff=client.backoff, backoff_max=client.backoff_max)
-
-
-def success_time(journal: Journal, rotation: Rotation) -> datetime:
-    """When ``rotation``'s new secret became current (its PROMOTED step)."""
-    for at, state, _detail in journal.steps(rotation.id):
-        if state is State.PROMOTED:
-            return at
-    return rotation.updated_at
-
-
-def history_from_journal(journal: Journal, name: str,
-                         fallback: datetime | None = None) -> History:
-    """A client's history as the journal tells it (for ``rotate --due`` and start-up).
-
-    Failures are the terminal failed or rolled-back rotations since the last success.
-    """
-    success = journal.last_success(name)
-    last = success_time(journal, success) if success else fallback
-    latest = journal.latest(name)
-    failures = 0
-    last_failure = None
-    if latest is not None and latest.state in (State.FAILED, State.ROLLED_BACK) and (
-            success is None or latest.started_at > success.started_at):
-        failures, last_failure = 1, latest.updated_at
-    return History(last, failures, last_failure)
-
-
-@dataclass
-class _Job:
-    id: str  # allocated at trigger time; the engine's own id lands in ``real_id``
-    client: str
-    idp: str
-    kind: str  # rotate | retire | resume
-    actor: str
-    retire_now: bool = False
-    state: str = "queued"  # queued | running | done
-    started_at: datetime | None = None
-    real_id: str | None = None
-    outcome: Outcome | None = None
-
-
-@dataclass
-class _Record:
-    """What the daemon keeps current about one client."""
-
-    config: ClientConfig
-    policy: Policy
-    last_success_at: datetime | None = None
-    failures: int = 0
-    last_failure_at: datetime | None = None
-    not_before: datetime | None = None
-    latest: Rotation | None = None
-    open: Rotation | None = None
-    blocked: str | None = None
-    reason: str | None = None
-    job: _Job | None = None
-    #: Removed from the configuration while a rotation was open: finished, not rescheduled.
-    removed: bool = False
-
-    def history(self) -> History:
-        return History(self.last_success_at, self.failures, self.last_failure_at,
-                       self.not_before)
 
 
 @dataclass
@@ -237,19 +166,6 @@ def _engine_worker(audit: AuditLog, clock: Clock, config: Config, actor: str,
         adapters.close()
 
 
-def store_current_since(config: Config, client: ClientConfig) -> datetime | None:
-    """When the primary store's current secret became current; None if it cannot tell."""
-    adapters = Adapters(config)
-    try:
-        target = client.primary
-        return adapters.store(target.store).facts(target.location).current_since
-    except RotatorError as exc:
-        log.warning("store_facts_unavailable", client=client.name, error=redact(str(exc)))
-        return None
-    finally:
-        adapters.close()
-
-
 def due_clients(config: Config, journal: Journal, names: Sequence[str], now: datetime, *,
                 facts: FactsReader = store_current_since) -> list[str]:
     """The clients among ``names`` that the daemon would start now (``rotate --due``).
@@ -289,9 +205,9 @@ class Service:
         self._observer: Observer = observer or _NullObserver()
         self._spawn = spawn or self._thread
         self._lock = threading.RLock()
-        self._records: dict[str, _Record] = {}
+        self._records: dict[str, ClientRecord] = {}
         self._gates: dict[str, _IdpGate] = {}
-        self._jobs: OrderedDict[str, _Job] = OrderedDict()
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._idempotency: dict[str, tuple[datetime, Trigger]] = {}
         self._threads: set[threading.Thread] = set()
         self._shared_journal: Journal | None = None
@@ -379,12 +295,12 @@ class Service:
 
     def clients(self) -> Sequence[ClientState]:
         with self._lock:
-            return [self._state(name) for name in sorted(self._records)]
+            return [self._records[name].state(self._clock()) for name in sorted(self._records)]
 
     def client(self, name: str) -> ClientState:
         with self._lock:
             self._record(name)
-            return self._state(name)
+            return self._records[name].state(self._clock())
 
     def rotation(self, rotation_id: str) -> RotationView:
         with self._lock:
@@ -476,7 +392,7 @@ class Service:
     def tick(self) -> datetime | None:
         """Start every job that may start now; return when to look again."""
         now = self._clock()
-        start: list[_Job] = []
+        start: list[Job] = []
         wake: list[datetime] = []
         with self._lock:
             for name in sorted(self._records):
@@ -504,7 +420,7 @@ class Service:
             self._spawn(lambda job=job: self._run(job))  # type: ignore[misc]
         return min(wake) if wake else None
 
-    def _schedule(self, rec: _Record, now: datetime) -> list[datetime]:
+    def _schedule(self, rec: ClientRecord, now: datetime) -> list[datetime]:
         """Queue the job ``rec`` needs now, if any; return when it next needs one."""
         name = rec.config.name
         if rec.open is not None:
@@ -530,9 +446,9 @@ class Service:
             return []
         return [decision.next_run] if decision.next_run is not None else []
 
-    def _queue(self, rec: _Record, kind: str, actor: str, job_id: str, *,
-               retire_now: bool = False) -> _Job:
-        job = _Job(job_id, rec.config.name, rec.config.idp, kind, actor, retire_now)
+    def _queue(self, rec: ClientRecord, kind: str, actor: str, job_id: str, *,
+               retire_now: bool = False) -> Job:
+        job = Job(job_id, rec.config.name, rec.config.idp, kind, actor, retire_now)
         rec.job = job
         self._jobs[job.id] = job
         while len(self._jobs) > MAX_JOBS_KEPT:
@@ -544,7 +460,7 @@ class Service:
 
     # -- running -------------------------------------------------------------------------
 
-    def _run(self, job: _Job) -> None:
+    def _run(self, job: Job) -> None:
         """Run one job on this thread; never raises."""
         with self._lock:
             config = self._engine_config
@@ -574,7 +490,7 @@ class Service:
             self._observer.rotation_finished(job.client, outcome.action,
                                              time.monotonic() - started)
 
-    def _finished(self, job: _Job, outcome: Outcome, throttled: list[float],
+    def _finished(self, job: Job, outcome: Outcome, throttled: list[float],
                   journal: Journal) -> None:
         now = self._clock()
         try:
@@ -688,15 +604,8 @@ class Service:
         return (success_time(journal, success) if success else None, journal.latest(name),
                 journal.open_rotation(name))
 
-    def _load(self, client: ClientConfig) -> _Record:
-        journal = self._journal()
-        history = history_from_journal(journal, client.name)
-        last = history.last_success_at
-        if last is None:
-            last = self._facts(self._config, client)
-        return _Record(client, policy_of(client), last, history.failures,
-                       history.last_failure_at, latest=journal.latest(client.name),
-                       open=journal.open_rotation(client.name))
+    def _load(self, client: ClientConfig) -> ClientRecord:
+        return load_record(self._journal(), self._config, client, self._facts)
 
     def _journal(self) -> Journal:
         """The daemon's one journal, shared by the scheduler and every worker thread."""
@@ -712,7 +621,7 @@ class Service:
         if journal is not None:
             journal.close()
 
-    def _record(self, name: str) -> _Record:
+    def _record(self, name: str) -> ClientRecord:
         rec = self._records.get(name)
         if rec is None:
             raise UnknownClient(f"no client named {name!r} is configured")
@@ -721,36 +630,6 @@ class Service:
     def _taking(self) -> None:
         if self._stopping.is_set():
             raise ServiceUnavailable("the daemon is shutting down")
-
-    def _state(self, name: str) -> ClientState:
-        rec = self._records[name]
-        now = self._clock()
-        decision = decide(name, rec.policy, rec.history(), now)
-        running = rec.job is not None and rec.job.state == "running"
-        open_rotation = rec.open
-        rotating = running or (open_rotation is not None
-                               and not open_rotation.awaiting_retirement
-                               and rec.failures == 0)
-        awaiting = open_rotation is not None and open_rotation.awaiting_retirement
-        queued = rec.job is not None and rec.job.state == "queued"
-        cond = condition(due=decision.due or queued, rotating=rotating,
-                         awaiting_retirement=awaiting, failures=rec.failures,
-                         blocked=rec.blocked is not None)
-        latest = rec.latest
-        return ClientState(
-            name=name, client_id=rec.config.client_id, idp=rec.config.idp,
-            stores=[t.store for t in rec.config.targets], condition=cond,
-            reason=rec.blocked or rec.reason,
-            last_rotation_id=latest.id if latest else None,
-            last_rotation_state=latest.state.value if latest else None,
-            last_success_at=rec.last_success_at,
-            age_seconds=(now - rec.last_success_at).total_seconds()
-            if rec.last_success_at else None,
-            next_run=decision.next_run, failures=rec.failures,
-            next_attempt=decision.next_attempt,
-            retire_after=open_rotation.retire_after if awaiting and open_rotation else None,
-            extra={"removed": True} if rec.removed else {},
-        )
 
     @staticmethod
     def _view(journal: Journal, rotation: Rotation) -> RotationView:

@@ -1,0 +1,158 @@
+"""What the daemon knows of each client, read from the journal and kept current in memory.
+
+:func:`load_record` reads one client's history from the journal (and, only for a client
+the journal never saw succeed, when its primary store's current secret became current);
+:meth:`ClientRecord.state` turns that into the :class:`ClientState` the API, metrics and
+``rotator status`` report, through the one rule in :mod:`rotator.daemon.schedule`. The
+daemon keeps a record per client and updates it as its jobs finish; ``rotator status``
+loads a fresh one per call, so both report the same condition and next run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import structlog
+
+from rotator.config import ClientConfig, Config
+from rotator.daemon.model import ClientState
+from rotator.daemon.schedule import History, Policy, condition, decide, parse_cron, parse_window
+from rotator.engine import Adapters, Outcome
+from rotator.errors import RotatorError
+from rotator.interfaces import Journal, Rotation, State
+from rotator.secrets import redact
+
+log = structlog.get_logger("rotator.daemon")
+
+#: When the current secret of a client became current, from its primary store.
+FactsReader = Callable[[Config, ClientConfig], datetime | None]
+
+
+def policy_of(client: ClientConfig) -> Policy:
+    """The scheduling policy of a (checked) client configuration."""
+    return Policy(
+        rotate_every=client.rotate_every,
+        schedule=parse_cron(client.schedule) if client.schedule else None,
+        window=parse_window(client.window) if client.window else None,
+        jitter=client.jitter, backoff=client.backoff, backoff_max=client.backoff_max)
+
+
+def success_time(journal: Journal, rotation: Rotation) -> datetime:
+    """When ``rotation``'s new secret became current (its PROMOTED step)."""
+    for at, state, _detail in journal.steps(rotation.id):
+        if state is State.PROMOTED:
+            return at
+    return rotation.updated_at
+
+
+def history_from_journal(journal: Journal, name: str,
+                         fallback: datetime | None = None) -> History:
+    """A client's history as the journal tells it (for ``rotate --due`` and start-up).
+
+    Failures are the terminal failed or rolled-back rotations since the last success.
+    """
+    success = journal.last_success(name)
+    last = success_time(journal, success) if success else fallback
+    latest = journal.latest(name)
+    failures = 0
+    last_failure = None
+    if latest is not None and latest.state in (State.FAILED, State.ROLLED_BACK) and (
+            success is None or latest.started_at > success.started_at):
+        failures, last_failure = 1, latest.updated_at
+    return History(last, failures, last_failure)
+
+
+def store_current_since(config: Config, client: ClientConfig) -> datetime | None:
+    """When the primary store's current secret became current; None if it cannot tell."""
+    adapters = Adapters(config)
+    try:
+        target = client.primary
+        return adapters.store(target.store).facts(target.location).current_since
+    except RotatorError as exc:
+        log.warning("store_facts_unavailable", client=client.name, error=redact(str(exc)))
+        return None
+    finally:
+        adapters.close()
+
+
+@dataclass
+class Job:
+    """One queued or running piece of work for a client: rotate, retire or resume."""
+
+    id: str  # allocated at trigger time; the engine's own id lands in ``real_id``
+    client: str
+    idp: str
+    kind: str  # rotate | retire | resume
+    actor: str
+    retire_now: bool = False
+    state: str = "queued"  # queued | running | done
+    started_at: datetime | None = None
+    real_id: str | None = None
+    outcome: Outcome | None = None
+
+
+@dataclass
+class ClientRecord:
+    """What the daemon keeps current about one client."""
+
+    config: ClientConfig
+    policy: Policy
+    last_success_at: datetime | None = None
+    failures: int = 0
+    last_failure_at: datetime | None = None
+    not_before: datetime | None = None
+    latest: Rotation | None = None
+    open: Rotation | None = None
+    blocked: str | None = None
+    reason: str | None = None
+    job: Job | None = None
+    #: Removed from the configuration while a rotation was open: finished, not rescheduled.
+    removed: bool = False
+
+    def history(self) -> History:
+        return History(self.last_success_at, self.failures, self.last_failure_at,
+                       self.not_before)
+
+    def state(self, now: datetime) -> ClientState:
+        """The client's condition, next run and last rotation at ``now``."""
+        name = self.config.name
+        decision = decide(name, self.policy, self.history(), now)
+        running = self.job is not None and self.job.state == "running"
+        open_rotation = self.open
+        rotating = running or (open_rotation is not None
+                               and not open_rotation.awaiting_retirement
+                               and self.failures == 0)
+        awaiting = open_rotation is not None and open_rotation.awaiting_retirement
+        queued = self.job is not None and self.job.state == "queued"
+        cond = condition(due=decision.due or queued, rotating=rotating,
+                         awaiting_retirement=awaiting, failures=self.failures,
+                         blocked=self.blocked is not None)
+        latest = self.latest
+        return ClientState(
+            name=name, client_id=self.config.client_id, idp=self.config.idp,
+            stores=[t.store for t in self.config.targets], condition=cond,
+            reason=self.blocked or self.reason,
+            last_rotation_id=latest.id if latest else None,
+            last_rotation_state=latest.state.value if latest else None,
+            last_success_at=self.last_success_at,
+            age_seconds=(now - self.last_success_at).total_seconds()
+            if self.last_success_at else None,
+            next_run=decision.next_run, failures=self.failures,
+            next_attempt=decision.next_attempt,
+            retire_after=open_rotation.retire_after if awaiting and open_rotation else None,
+            extra={"removed": True} if self.removed else {},
+        )
+
+
+def load_record(journal: Journal, config: Config, client: ClientConfig,
+                facts: FactsReader = store_current_since) -> ClientRecord:
+    """A client's record from the journal; ``facts`` is asked only if it never succeeded."""
+    history = history_from_journal(journal, client.name)
+    last = history.last_success_at
+    if last is None:
+        last = facts(config, client)
+    return ClientRecord(client, policy_of(client), last, history.failures,
+                        history.last_failure_at, latest=journal.latest(client.name),
+                        open=journal.open_rotation(client.name))
