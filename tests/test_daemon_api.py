@@ -270,3 +270,51 @@ class TestRunServesTheApi:
         s.outputs += [*daemon.seen, *log.splitlines()]
         assert len(s.seen_secrets) >= 6  # admin, bao, audit key, tokens, four client secrets
         assert s.leaks() == []
+
+
+def _run_briefly(tmp_path: Path, api: str) -> tuple[int, str]:
+    """Start ``rotator run`` on a one-client env-file configuration plus ``api``; stop it."""
+    from test_daemon import write_config
+
+    path = write_config(tmp_path, {"a": ""})
+    path.write_text(path.read_text() + api)
+    env = {**os.environ, "UNUSED_ADMIN_SECRET": "x"}
+    code = "import sys; from rotator.cli import main; sys.argv[0] = 'rotator'; main()"
+    log = tmp_path / "daemon.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-c", code, "run", "-c", str(path)],
+                                stdout=out, stderr=out, env=env, cwd=TESTS.parent)
+    try:
+        _wait(lambda: "daemon_started" in log.read_text() or proc.poll() is not None)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    return proc.returncode, log.read_text()
+
+
+class TestApiNeedsACaller:
+    """Without [[api.tokens]] or [api.jwt] the daemon schedules without serving the API, and
+    an API that cannot listen stops the daemon with one line naming [api] (exit 2)."""
+
+    def test_no_caller_no_api(self, tmp_path: Path) -> None:
+        code, log = _run_briefly(tmp_path, "")
+        assert code == 0
+        assert "api_disabled" in log and "api_listening" not in log
+        assert "daemon_started" in log
+
+    def test_address_in_use(self, tmp_path: Path) -> None:
+        import socket
+
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen(1)
+            port = busy.getsockname()[1]
+            (tmp_path / "api.token").write_text(secrets.token_urlsafe(32))
+            (tmp_path / "api.token").chmod(0o600)
+            code, log = _run_briefly(tmp_path, f'\n[api]\nlisten = "127.0.0.1:{port}"\n'
+                                               '[[api.tokens]]\nname = "ops"\nrole = "read"\n'
+                                               'token_file = "api.token"\n')
+        assert code == 2
+        assert f"rotator: api.listen: cannot listen on 127.0.0.1:{port}" in log
+        assert "Traceback" not in log
