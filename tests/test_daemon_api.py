@@ -8,6 +8,7 @@ test has seen in OpenBao, the env file and Keycloak.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -19,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +128,8 @@ class RunningDaemon:
 def daemon(kc_realm: KeycloakRealm, bao_server: OpenBao,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
     root = tmp_path_factory.mktemp("daemon-api")
-    s = Scenario.create(kc_realm, bao_server, root, overlap=True, grace="0s")
+    s = Scenario.create(kc_realm, bao_server, root, overlap=True, grace="0s",
+                        extra_client='rotate_every = "30d"')
     token = secrets.token_urlsafe(32)
     token_file = root / "api.token"
     token_file.write_text(token + "\n")
@@ -166,7 +169,8 @@ class TestRunServesTheApi:
             assert page.status_code == 200
             [item] = [c for c in page.json()["items"] if c["name"] == CLIENT]
             assert item["client_id"] == daemon.scenario.client_id
-            assert item["condition"] == "ready"  # no schedule: rotates when asked
+            assert item["condition"] == "ready"  # stored just now, due in 30 days
+            assert item["next_run"] is not None
             assert item["stores"] == ["bao", "envfile"]
             assert api.get(f"/v1/clients/{CLIENT}").json()["condition"] == "ready"
             assert stranger.get("/v1/clients").status_code == 401
@@ -256,6 +260,20 @@ class TestRunServesTheApi:
         with daemon.client(token=old) as before, daemon.client(token=new) as after:
             assert before.get("/v1/clients").status_code == 401
             assert after.get("/v1/clients").status_code == 200
+
+    def test_status_reports_what_the_daemon_reports(self, daemon: RunningDaemon) -> None:
+        with daemon.client() as api:
+            assert daemon.idle(api)
+            served = api.get(f"/v1/clients/{CLIENT}").json()
+        status = daemon.scenario.cli("status", "--json")
+        assert status.code == 0, status.err
+        [row] = json.loads(status.out)["clients"]
+        assert row["condition"] == served["condition"] == "ready"
+        assert datetime.fromisoformat(row["next_run"]) == datetime.fromisoformat(
+            served["next_run"])
+        assert row["state"] == "ok" and row["stores"]  # the fields it always had
+        human = daemon.scenario.cli("status")
+        assert f"  daemon: ready, next run {row['next_run']}" in human.out
 
     def test_sigterm_stops_the_api_first_and_nothing_leaked(
             self, daemon: RunningDaemon) -> None:
