@@ -66,15 +66,36 @@ def history_from_journal(journal: Journal, name: str,
 
 def store_current_since(config: Config, client: ClientConfig) -> datetime | None:
     """When the primary store's current secret became current; None if it cannot tell."""
-    adapters = Adapters(config)
-    try:
+    with StoreFacts(config) as facts:
+        return facts(config, client)
+
+
+class StoreFacts:
+    """A :data:`FactsReader` that opens the stores once for many clients (start-up).
+
+    Opening them per client would parse a shared env file once per client, and open a
+    Vault or AWS session each time.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self._adapters = Adapters(config)
+
+    def __call__(self, _config: Config, client: ClientConfig) -> datetime | None:
         target = client.primary
-        return adapters.store(target.store).facts(target.location).current_since
-    except RotatorError as exc:
-        log.warning("store_facts_unavailable", client=client.name, error=redact(str(exc)))
-        return None
-    finally:
-        adapters.close()
+        try:
+            return self._adapters.store(target.store).facts(target.location).current_since
+        except RotatorError as exc:
+            log.warning("store_facts_unavailable", client=client.name, error=redact(str(exc)))
+            return None
+
+    def close(self) -> None:
+        self._adapters.close()
+
+    def __enter__(self) -> StoreFacts:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
 
 @dataclass

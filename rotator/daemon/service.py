@@ -44,10 +44,10 @@ from rotator.daemon.records import (
     ClientRecord,
     FactsReader,
     Job,
+    StoreFacts,
     history_from_journal,
     load_record,
     policy_of,
-    store_current_since,
     success_time,
 )
 from rotator.daemon.schedule import Policy, catch_up_slots, decide
@@ -167,11 +167,15 @@ def _engine_worker(audit: AuditLog, clock: Clock, config: Config, actor: str,
 
 
 def due_clients(config: Config, journal: Journal, names: Sequence[str], now: datetime, *,
-                facts: FactsReader = store_current_since) -> list[str]:
+                facts: FactsReader | None = None) -> list[str]:
     """The clients among ``names`` that the daemon would start now (``rotate --due``).
 
-    A client with an open rotation counts as due: ``rotate`` resumes it.
+    A client with an open rotation counts as due: ``rotate`` resumes it. ``facts`` defaults
+    to the stores, opened once for every client.
     """
+    if facts is None:
+        with StoreFacts(config) as shared:
+            return due_clients(config, journal, names, now, facts=shared)
     due = []
     for name in names:
         client = config.clients[name]
@@ -191,7 +195,7 @@ class Service:
 
     def __init__(self, config: Config, *, audit: AuditLog | None = None,
                  worker_factory: WorkerFactory | None = None,
-                 facts: FactsReader = store_current_since, clock: Clock = utcnow,
+                 facts: FactsReader | None = None, clock: Clock = utcnow,
                  observer: Observer | None = None, spawn: Spawn | None = None) -> None:
         if worker_factory is None:
             if audit is None:
@@ -221,9 +225,9 @@ class Service:
     def prepare(self) -> None:
         """Load every client's facts, queue open rotations, spread overdue clients."""
         now = self._clock()
-        with self._lock:
+        with self._lock, self._facts_reader() as facts:
             for name, client in self._config.clients.items():
-                self._records[name] = self._load(client)
+                self._records[name] = self._load(client, facts)
             overdue = []
             for name, rec in self._records.items():
                 decision = decide(name, rec.policy, rec.history(), now)
@@ -273,14 +277,18 @@ class Service:
                     kept[name] = rec.config
                 else:
                     del self._records[name]
+            added = [c for n, c in config.clients.items() if n not in self._records]
+            if added:
+                with self._facts_reader(config) as facts:
+                    for client in added:
+                        self._records[client.name] = self._load(client, facts)
             for name, client in config.clients.items():
                 rec_old = self._records.get(name)
-                if rec_old is None:
-                    self._records[name] = self._load(client)
-                else:
-                    rec_old.config, rec_old.policy = client, policy_of(client)
-                    rec_old.removed = False
-                    rec_old.blocked = None  # a changed configuration may have fixed it
+                if rec_old is None or rec_old.config is client:
+                    continue  # just loaded
+                rec_old.config, rec_old.policy = client, policy_of(client)
+                rec_old.removed = False
+                rec_old.blocked = None  # a changed configuration may have fixed it
             old = self._engine_config
             self._config = config
             self._engine_config = dataclasses.replace(
@@ -604,8 +612,17 @@ class Service:
         return (success_time(journal, success) if success else None, journal.latest(name),
                 journal.open_rotation(name))
 
-    def _load(self, client: ClientConfig) -> ClientRecord:
-        return load_record(self._journal(), self._config, client, self._facts)
+    def _load(self, client: ClientConfig, facts: FactsReader) -> ClientRecord:
+        return load_record(self._journal(), self._config, client, facts)
+
+    @contextlib.contextmanager
+    def _facts_reader(self, config: Config | None = None) -> Iterator[FactsReader]:
+        """The facts reader given, or the stores of ``config`` opened once for many clients."""
+        if self._facts is not None:
+            yield self._facts
+            return
+        with StoreFacts(config or self._config) as shared:
+            yield shared
 
     def _journal(self) -> Journal:
         """The daemon's one journal, shared by the scheduler and every worker thread."""
