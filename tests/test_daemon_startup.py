@@ -1,4 +1,5 @@
-"""The daemon's start-up reads the stores' facts with each store opened once, not per client."""
+"""The daemon starts and answers fast: store facts read with each store opened once, not per
+client; the API socket does not wait for delayed ACKs."""
 
 from __future__ import annotations
 
@@ -44,3 +45,21 @@ class TestStartUpOpensEachStoreOnce:
         assert len(due_clients(config, journal, list(names), utcnow())) == 50
         assert len(parses) == 1
         service.close()
+
+
+class TestApiSocket:
+    """The API's listening socket sets TCP_NODELAY, so answers do not wait for delayed ACKs."""
+
+    def test_nodelay(self) -> None:
+        import socket
+
+        from rotator.daemon.api_server import serve
+
+        async def app(scope: dict[str, object], receive: object, send: object) -> None:
+            pass
+
+        server = serve(app, ("127.0.0.1", 0))
+        try:
+            assert server._socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        finally:
+            server.stop()

@@ -69,6 +69,9 @@ def serve(app: ASGIApp, listen: str | tuple[str, int], *, cert_file: str | None 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Accepted connections inherit it: without, a response written as headers then body
+    # waits out the caller's delayed ACK (about 40 ms a call on Linux).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
         sock.listen(128)
