@@ -10,21 +10,26 @@ loads a fresh one per call, so both report the same condition and next run.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 
 from rotator.config import ClientConfig, Config
-from rotator.daemon.model import ClientState
+from rotator.daemon.model import ClientState, RotationStep, RotationView
 from rotator.daemon.schedule import History, Policy, condition, decide, parse_cron, parse_window
+from rotator.daemon.workers import SHUTTING_DOWN
 from rotator.engine import Adapters, Outcome
 from rotator.errors import RotatorError
 from rotator.interfaces import Journal, Rotation, State
 from rotator.secrets import redact
 
 log = structlog.get_logger("rotator.daemon")
+
+#: Engine messages no retry fixes: a person must act (see the engine's ``_start``).
+_BLOCKING = ("holds a pending secret", "holds client id", "no current credential")
 
 #: When the current secret of a client became current, from its primary store.
 FactsReader = Callable[[Config, ClientConfig], datetime | None]
@@ -136,6 +141,26 @@ class ClientRecord:
         return History(self.last_success_at, self.failures, self.last_failure_at,
                        self.not_before)
 
+    def learn(self, outcome: Outcome, now: datetime, *, throttled_until: datetime | None,
+              stopping: bool) -> None:
+        """Take in what a finished job of this client says: success, hold, block, failure."""
+        message = outcome.message
+        if outcome.ok or outcome.action in ("waiting", "nothing"):
+            if outcome.action in ("rotated", "retired", "resumed"):
+                self.failures, self.last_failure_at, self.reason = 0, None, None
+                self.blocked, self.not_before = None, None
+        elif throttled_until is not None:
+            self.not_before = throttled_until
+        elif stopping and SHUTTING_DOWN in message:
+            pass  # not a failure: resumed at the next start
+        elif outcome.action == "locked":
+            self.not_before = now + timedelta(seconds=30)
+        elif any(marker in message for marker in _BLOCKING):
+            self.blocked = self.reason = message
+        else:
+            self.failures += 1
+            self.last_failure_at, self.reason = now, message
+
     def state(self, now: datetime) -> ClientState:
         """The client's condition, next run and last rotation at ``now``."""
         name = self.config.name
@@ -177,3 +202,44 @@ def load_record(journal: Journal, config: Config, client: ClientConfig,
     return ClientRecord(client, policy_of(client), last, history.failures,
                         history.last_failure_at, latest=journal.latest(client.name),
                         open=journal.open_rotation(client.name))
+
+
+def journal_facts(journal: Journal, name: str
+                  ) -> tuple[datetime | None, Rotation | None, Rotation | None]:
+    """A client's last success time, latest rotation and open rotation, from the journal."""
+    success = journal.last_success(name)
+    return (success_time(journal, success) if success else None, journal.latest(name),
+            journal.open_rotation(name))
+
+
+def rotation_view(journal: Journal, rotation: Rotation) -> RotationView:
+    """One rotation and its steps, as the API shows it."""
+    return RotationView(
+        rotation.id, rotation.client, rotation.state.value, rotation.family,
+        rotation.actor, rotation.started_at, rotation.updated_at, rotation.retire_after,
+        rotation.error,
+        [RotationStep(s.value, at) for at, s, _d in journal.steps(rotation.id)])
+
+
+def due_clients(config: Config, journal: Journal, names: Sequence[str], now: datetime, *,
+                facts: FactsReader | None = None) -> list[str]:
+    """The clients among ``names`` that the daemon would start now (``rotate --due``).
+
+    A client with an open rotation counts as due: ``rotate`` resumes it. ``facts`` defaults
+    to the stores, opened once for every client.
+    """
+    if facts is None:
+        with StoreFacts(config) as shared:
+            return due_clients(config, journal, names, now, facts=shared)
+    due = []
+    for name in names:
+        client = config.clients[name]
+        if journal.open_rotation(name) is not None:
+            due.append(name)
+            continue
+        history = history_from_journal(journal, name)
+        if history.last_success_at is None:
+            history = dataclasses.replace(history, last_success_at=facts(config, client))
+        if decide(name, policy_of(client), history, now).runnable:
+            due.append(name)
+    return due

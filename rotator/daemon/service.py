@@ -7,6 +7,10 @@ A job drives the engine's public methods (``rotate``, ``retire``) with its own j
 connection and adapters, then refreshes what the daemon knows of that client from the
 journal, so ``clients()`` answers from memory without a store round trip.
 
+What the daemon knows of each client, and how a finished job changes it, is in
+:mod:`rotator.daemon.records`; the engine behind a job and the wrappers that watch it are in
+:mod:`rotator.daemon.workers`.
+
 Tests call :meth:`Service.tick` with a controllable clock and an inline ``spawn`` instead of
 starting the thread; the scheduling rule itself is pure and lives in ``schedule``.
 """
@@ -20,10 +24,9 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import structlog
 
@@ -33,7 +36,6 @@ from rotator.daemon.model import (
     ClientState,
     Observer,
     Readiness,
-    RotationStep,
     RotationView,
     ServiceUnavailable,
     Trigger,
@@ -45,149 +47,42 @@ from rotator.daemon.records import (
     FactsReader,
     Job,
     StoreFacts,
+    due_clients,
     history_from_journal,
+    journal_facts,
     load_record,
     policy_of,
+    rotation_view,
     success_time,
 )
 from rotator.daemon.schedule import Policy, catch_up_slots, decide
-from rotator.engine import Adapters, Engine, Outcome, utcnow
+from rotator.daemon.workers import (
+    Clock,
+    NullObserver,
+    StoppableJournal,
+    WatchedIdp,
+    WorkerFactory,
+    engine_worker,
+)
+from rotator.engine import Outcome, utcnow
 from rotator.errors import RotationError, RotationLocked, RotatorError
-from rotator.interfaces import IdentityProvider, Journal, Rotation, Stage, State
+from rotator.interfaces import IdentityProvider, Journal
 from rotator.journal import SqliteJournal, new_rotation_id
 from rotator.secrets import redact
 
 log = structlog.get_logger("rotator.daemon")
 
-Clock = Callable[[], datetime]
 Spawn = Callable[[Callable[[], None]], None]
 #: How long an idempotency key is remembered, and how many queued ids are mapped to the
 #: engine's rotation ids (until ``Engine.rotate`` takes the id it should use).
 IDEMPOTENCY_TTL = timedelta(hours=24)
 MAX_JOBS_KEPT = 1000
-#: Engine messages no retry fixes: a person must act (see the engine's ``_start``).
-_BLOCKING = ("holds a pending secret", "holds client id", "no current credential")
-SHUTTING_DOWN = "the daemon is shutting down; its next start resumes this rotation"
-
-
-class Worker(Protocol):
-    """The engine's public methods the service drives."""
-
-    def rotate(self, name: str, *, dry_run: bool = False,
-               abandon_pending: bool = False) -> Outcome: ...
-
-    def retire(self, name: str, *, now: bool = False) -> Outcome: ...
-
-    def verify(self, name: str, stage: Stage = Stage.CURRENT) -> Outcome: ...
-
-
-#: Builds a worker for one job: (configuration, actor, journal, IdP wrapper) -> worker.
-WorkerFactory = Callable[[Config, str, Journal, Callable[[IdentityProvider], IdentityProvider]],
-                         AbstractContextManager[Worker]]
 
 
 @dataclass
 class _IdpGate:
     running: int = 0
     throttled_until: datetime | None = None
-
-
-class _NullObserver:
-    def rotation_finished(self, client: str, outcome: str, seconds: float) -> None:
-        pass
-
-    def idp_request(self, idp: str, outcome: str) -> None:
-        pass
-
-
-class _StoppableJournal:
-    """The job's journal: once the daemon stops, the next recorded step ends the job.
-
-    The step is recorded first, so the rotation stays resumable exactly where it stopped.
-    """
-
-    def __init__(self, inner: Journal, stopping: threading.Event) -> None:
-        self._inner = inner
-        self._stopping = stopping
-        self._stopped: set[str] = set()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def advance(self, rotation_id: str, state: State, now: datetime, *, expected: State,
-                **fields: str | None) -> Rotation:
-        rotation = self._inner.advance(rotation_id, state, now, expected=expected, **fields)
-        if self._stopping.is_set() and rotation_id not in self._stopped:
-            self._stopped.add(rotation_id)
-            raise RotationError(SHUTTING_DOWN)
-        return rotation
-
-
-class _WatchedIdp:
-    """Reports every admin call to the observer; a 429 / Retry-After pauses the IdP."""
-
-    def __init__(self, inner: IdentityProvider, observer: Observer,
-                 throttled: Callable[[str, float], None]) -> None:
-        self._inner = inner
-        self._observer = observer
-        self._throttled = throttled
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._inner, name)
-        if name in ("start", "close", "SETTINGS", "name") or not callable(attr):
-            return attr
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            try:
-                result = attr(*args, **kwargs)
-            except RotatorError as exc:
-                retry_after = getattr(exc, "retry_after", None)
-                if retry_after is not None or getattr(exc, "status", None) == 429:
-                    self._observer.idp_request(self._inner.name, "throttled")
-                    self._throttled(self._inner.name, float(retry_after or 60.0))
-                else:
-                    self._observer.idp_request(self._inner.name, "failure")
-                raise
-            self._observer.idp_request(self._inner.name, "success")
-            return result
-
-        return call
-
-
-@contextlib.contextmanager
-def _engine_worker(audit: AuditLog, clock: Clock, config: Config, actor: str,
-                   journal: Journal,
-                   wrap: Callable[[IdentityProvider], IdentityProvider]) -> Iterator[Worker]:
-    idps = {name: wrap(cfg.build()) for name, cfg in config.idps.items()}
-    adapters = Adapters(config, idps=idps)
-    try:
-        yield Engine(config, adapters, journal, audit, actor=actor, clock=clock)
-    finally:
-        adapters.close()
-
-
-def due_clients(config: Config, journal: Journal, names: Sequence[str], now: datetime, *,
-                facts: FactsReader | None = None) -> list[str]:
-    """The clients among ``names`` that the daemon would start now (``rotate --due``).
-
-    A client with an open rotation counts as due: ``rotate`` resumes it. ``facts`` defaults
-    to the stores, opened once for every client.
-    """
-    if facts is None:
-        with StoreFacts(config) as shared:
-            return due_clients(config, journal, names, now, facts=shared)
-    due = []
-    for name in names:
-        client = config.clients[name]
-        if journal.open_rotation(name) is not None:
-            due.append(name)
-            continue
-        history = history_from_journal(journal, name)
-        if history.last_success_at is None:
-            history = dataclasses.replace(history, last_success_at=facts(config, client))
-        if decide(name, policy_of(client), history, now).runnable:
-            due.append(name)
-    return due
 
 
 class Service:
@@ -200,13 +95,13 @@ class Service:
         if worker_factory is None:
             if audit is None:
                 raise ValueError("give an audit log or a worker factory")
-            worker_factory = cast(WorkerFactory, lambda *a: _engine_worker(audit, clock, *a))
+            worker_factory = cast(WorkerFactory, lambda *a: engine_worker(audit, clock, *a))
         self._config = config
         self._engine_config = config
         self._workers = worker_factory
         self._facts = facts
         self._clock = clock
-        self._observer: Observer = observer or _NullObserver()
+        self._observer: Observer = observer or NullObserver()
         self._spawn = spawn or self._thread
         self._lock = threading.RLock()
         self._records: dict[str, ClientRecord] = {}
@@ -325,10 +220,10 @@ class Service:
                     or latest.started_at < job.started_at):
                 return RotationView(job.id, job.client, "queued", None, job.actor, None, None,
                                     None, None)
-            return self._view(journal, latest)
+            return rotation_view(journal, latest)
         real_id = job.real_id if job is not None and job.real_id else rotation_id
         try:
-            return self._view(journal, journal.get(real_id))
+            return rotation_view(journal, journal.get(real_id))
         except RotationError:
             raise UnknownRotation(f"no rotation {rotation_id!r}") from None
 
@@ -477,7 +372,7 @@ class Service:
         outcome: Outcome
         journal = self._journal()
         try:
-            stoppable = cast(Journal, _StoppableJournal(journal, self._stopping))
+            stoppable = cast(Journal, StoppableJournal(journal, self._stopping))
             wrap = self._wrapper(lambda seconds: throttled.append(seconds))
             with self._workers(config, job.actor, stoppable, wrap) as worker:
                 if job.kind == "rotate":
@@ -502,7 +397,7 @@ class Service:
                   journal: Journal) -> None:
         now = self._clock()
         try:
-            fresh = self._facts_of(journal, job.client)
+            fresh = journal_facts(journal, job.client)
         except Exception:  # keep the job's bookkeeping even if the journal went away
             log.error("journal_unreadable", client=job.client, exc_info=True)
             fresh = None
@@ -519,22 +414,8 @@ class Service:
             if fresh is not None:
                 rec.last_success_at, rec.latest, rec.open = fresh[0] or rec.last_success_at, \
                     fresh[1], fresh[2]
-            message = outcome.message
-            if outcome.ok or outcome.action in ("waiting", "nothing"):
-                if outcome.action in ("rotated", "retired", "resumed"):
-                    rec.failures, rec.last_failure_at, rec.reason = 0, None, None
-                    rec.blocked, rec.not_before = None, None
-            elif throttled:
-                rec.not_before = gate.throttled_until
-            elif self._stopping.is_set() and SHUTTING_DOWN in message:
-                pass  # not a failure: resumed at the next start
-            elif outcome.action == "locked":
-                rec.not_before = now + timedelta(seconds=30)
-            elif any(marker in message for marker in _BLOCKING):
-                rec.blocked = rec.reason = message
-            else:
-                rec.failures += 1
-                rec.last_failure_at, rec.reason = now, message
+            rec.learn(outcome, now, throttled_until=gate.throttled_until if throttled else None,
+                      stopping=self._stopping.is_set())
             if rec.removed and rec.open is None:
                 del self._records[job.client]
         log.info("job_finished", client=job.client, kind=job.kind, action=outcome.action,
@@ -555,7 +436,7 @@ class Service:
             seen(seconds)
             self._throttle(idp, seconds)
 
-        return lambda idp: cast(IdentityProvider, _WatchedIdp(idp, self._observer, throttled))
+        return lambda idp: cast(IdentityProvider, WatchedIdp(idp, self._observer, throttled))
 
     def _wrap(self, idp: IdentityProvider) -> IdentityProvider:
         return self._wrapper(lambda _s: None)(idp)
@@ -596,7 +477,7 @@ class Service:
         with self._lock:
             names = [n for n, r in self._records.items() if r.job is None]
         for name in names:
-            success, latest, open_rotation = self._facts_of(journal, name)
+            success, latest, open_rotation = journal_facts(journal, name)
             with self._lock:
                 rec = self._records.get(name)
                 if rec is None or rec.job is not None:
@@ -605,12 +486,6 @@ class Service:
                     rec.failures, rec.blocked, rec.reason = 0, None, None
                 rec.last_success_at = success or rec.last_success_at
                 rec.latest, rec.open = latest, open_rotation
-
-    def _facts_of(self, journal: Journal, name: str
-                  ) -> tuple[datetime | None, Rotation | None, Rotation | None]:
-        success = journal.last_success(name)
-        return (success_time(journal, success) if success else None, journal.latest(name),
-                journal.open_rotation(name))
 
     def _load(self, client: ClientConfig, facts: FactsReader) -> ClientRecord:
         return load_record(self._journal(), self._config, client, facts)
@@ -648,13 +523,7 @@ class Service:
         if self._stopping.is_set():
             raise ServiceUnavailable("the daemon is shutting down")
 
-    @staticmethod
-    def _view(journal: Journal, rotation: Rotation) -> RotationView:
-        return RotationView(
-            rotation.id, rotation.client, rotation.state.value, rotation.family,
-            rotation.actor, rotation.started_at, rotation.updated_at, rotation.retire_after,
-            rotation.error,
-            [RotationStep(s.value, at) for at, s, _d in journal.steps(rotation.id)])
 
 
-__all__ = ["Service", "history_from_journal", "policy_of", "success_time"]
+__all__ = ["Service", "due_clients", "history_from_journal", "policy_of",
+           "success_time"]
