@@ -37,6 +37,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -159,7 +160,9 @@ class _AuditMiddleware:
                 await problem_response(500, "the server failed; see its log")(
                     scope, receive, send)
         finally:
-            self._audit(scope, record, status)
+            # The audit log syncs every line to disk: off the event loop, so one call's
+            # fsync does not hold up every other call's answer.
+            await run_in_threadpool(self._audit, scope, record, status)
 
     def _audit(self, scope: Scope, record: _CallRecord, status: int) -> None:
         if self.audit is None:
