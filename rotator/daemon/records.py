@@ -58,9 +58,13 @@ def history_from_journal(journal: Journal, name: str,
 
     Failures are the terminal failed or rolled-back rotations since the last success.
     """
+    return _history(journal, name, journal.latest(name), fallback)
+
+
+def _history(journal: Journal, name: str, latest: Rotation | None,
+             fallback: datetime | None = None) -> History:
     success = journal.last_success(name)
     last = success_time(journal, success) if success else fallback
-    latest = journal.latest(name)
     failures = 0
     last_failure = None
     if latest is not None and latest.state in (State.FAILED, State.ROLLED_BACK) and (
@@ -195,12 +199,13 @@ class ClientRecord:
 def load_record(journal: Journal, config: Config, client: ClientConfig,
                 facts: FactsReader = store_current_since) -> ClientRecord:
     """A client's record from the journal; ``facts`` is asked only if it never succeeded."""
-    history = history_from_journal(journal, client.name)
+    latest = journal.latest(client.name)
+    history = _history(journal, client.name, latest)
     last = history.last_success_at
     if last is None:
         last = facts(config, client)
     return ClientRecord(client, policy_of(client), last, history.failures,
-                        history.last_failure_at, latest=journal.latest(client.name),
+                        history.last_failure_at, latest=latest,
                         open=journal.open_rotation(client.name))
 
 
