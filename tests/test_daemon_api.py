@@ -292,11 +292,11 @@ class TestRunServesTheApi:
 
 def _run_briefly(tmp_path: Path, api: str) -> tuple[int, str]:
     """Start ``rotator run`` on a one-client env-file configuration plus ``api``; stop it."""
-    from test_daemon import write_config
+    from test_daemon import UNUSED_ADMIN_SECRET, write_config
 
     path = write_config(tmp_path, {"a": ""})
     path.write_text(path.read_text() + api)
-    env = {**os.environ, "UNUSED_ADMIN_SECRET": "x"}
+    env = {**os.environ, "UNUSED_ADMIN_SECRET": UNUSED_ADMIN_SECRET}
     code = "import sys; from rotator.cli import main; sys.argv[0] = 'rotator'; main()"
     log = tmp_path / "daemon.log"
     with log.open("w") as out:
