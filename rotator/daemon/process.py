@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 
@@ -35,6 +35,11 @@ from rotator.config import ApiConfig, Config, load_config
 from rotator.daemon.model import Observer, RotationService
 from rotator.daemon.service import Service
 from rotator.errors import ConfigError, RotatorError
+
+if TYPE_CHECKING:  # imported on use: the API needs the ``daemon`` extra
+    from fastapi import FastAPI
+
+    from rotator.daemon.api_server import ApiServer
 
 log = structlog.get_logger("rotator.daemon")
 
@@ -91,13 +96,13 @@ class AdminApi:
         self._service = service
         self._audit = audit
         self._metrics = metrics
-        self._app: Any = None
-        self._server: Any = None
+        self._app: FastAPI | None = None
+        self._server: ApiServer | None = None
         self._api: ApiConfig | None = None
 
     @property
     def port(self) -> int | None:
-        return None if self._server is None else int(self._server.port)
+        return None if self._server is None else self._server.port
 
     def start(self, api: ApiConfig) -> None:
         self._api = api
@@ -123,15 +128,14 @@ class AdminApi:
 
     def reload(self, api: ApiConfig) -> None:
         """Use ``api``'s callers from now on; start the API if it was off for want of one."""
-        if self._server is None:
+        if self._server is None or self._app is None:
             if _has_callers(api):
                 self.start(api)
             return
         from rotator.daemon.auth import Authenticator
 
-        old = self._app.state.authenticator
+        # The old one is not closed: a call under way may still be checking a JWT with it.
         self._app.state.authenticator = Authenticator.from_config(api)
-        old.close()
         log.info("api_callers_reloaded", tokens=len(api.tokens), jwt=api.jwt is not None)
         before = self._api
         if before is not None and (before.host, before.port, before.cert_file,
