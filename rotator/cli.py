@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -32,7 +33,7 @@ from rotator import __version__
 from rotator.audit import AuditLog, redact_processor
 from rotator.audit.chain import Checkpoint, chain_key, checkpoint_path
 from rotator.audit.chain import verify as verify_chain
-from rotator.config import Config, load_config
+from rotator.config import ClientConfig, Config, load_config
 from rotator.engine import STATUS_ERRORS, Adapters, Engine, Outcome
 from rotator.errors import ConfigError, ConfigProblem, RotatorError
 from rotator.interfaces import Stage
@@ -393,11 +394,41 @@ def _print_status(rows: list[dict[str, Any]], as_json: bool, out: TextIO) -> Non
                           f" rotation={facts['current_rotation_id'] or '-'}"
                           f" pending={facts['pending_rotation_id'] or '-'}"
                           f" previous={'yes' if facts['has_previous'] else 'no'}\n")
+        when = f", next run {row['next_run']}" if row["next_run"] else ", no schedule"
+        reason = f" ({row['reason']})" if row["reason"] else ""
+        out.write(f"  daemon: {row['condition']}{reason}{when}\n")
         last = row["last_rotation"]
         if last:
             out.write(f"  last rotation {last['id']}: {last['state']} by {last['actor']} at "
                       f"{last['updated_at']}" + (f" ({last['error']})" if last["error"] else "")
                       + "\n")
+
+
+def _daemon_view(engine: Engine, name: str) -> dict[str, Any]:
+    """``name``'s condition and next run by the daemon's rule, as ``rotator run`` reports it.
+
+    From the journal; the primary store's facts are read only for a client the journal never
+    saw rotate (through the engine's adapters, already open).
+    """
+    from rotator.daemon.records import load_record
+
+    def current_since(_config: Config, client: ClientConfig) -> datetime | None:
+        try:
+            target = client.primary
+            return engine.adapters.store(target.store).facts(target.location).current_since
+        except RotatorError:
+            return None  # status already reports the store's error
+
+    record = load_record(engine.journal, engine.config, engine.config.clients[name],
+                         facts=current_since)
+    state = record.state(engine.clock())
+
+    def at(value: datetime | None) -> str | None:
+        return None if value is None else value.isoformat()
+
+    return {"condition": state.condition.value, "reason": state.reason,
+            "next_run": at(state.next_run), "failures": state.failures,
+            "next_attempt": at(state.next_attempt), "retire_after": at(state.retire_after)}
 
 
 def _human_age(seconds: int) -> str:
@@ -444,7 +475,7 @@ def run(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
 
                 names = due_clients(config, engine.journal, names, engine.clock())
             if args.command == "status":
-                rows = [engine.status(n) for n in names]
+                rows = [{**engine.status(n), **_daemon_view(engine, n)} for n in names]
                 _print_status(rows, args.json, out)
                 return EXIT_FAILED if any(r["state"] in STATUS_ERRORS for r in rows) else EXIT_OK
             if args.command == "rotate":

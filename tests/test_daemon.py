@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import sqlite3
@@ -37,6 +38,9 @@ from rotator.interfaces import IdentityProvider, Stage
 from rotator.journal import Journal, State, new_rotation_id
 
 T0 = datetime(2024, 5, 6, 12, tzinfo=UTC)
+#: The IdP admin secret these configurations name but never use. Long: a one-character
+#: secret would be masked as a word in every later test's redaction ("&x=1").
+UNUSED_ADMIN_SECRET = "unused-" + secrets.token_hex(16)
 
 
 class Clock:
@@ -89,7 +93,7 @@ class RecordingWorker:
         self.world, self.journal, self.actor, self.idp = world, journal, actor, idp
 
     def rotate(self, name: str, *, dry_run: bool = False,
-               abandon_pending: bool = False) -> Outcome:
+               abandon_pending: bool = False, rotation_id: str | None = None) -> Outcome:
         with self.world.lock:
             self.world.calls.append(("rotate", name, self.actor))
         open_rotation = self.journal.open_rotation(name)
@@ -102,8 +106,8 @@ class RecordingWorker:
             self.idp.create_secret(name)  # type: ignore[call-arg]
         except RotatorError as exc:
             return Outcome(name, False, "failed", str(exc))
-        rotation = self.journal.begin(new_rotation_id(), name, "overlap", self.actor, "fp",
-                                      self.world.clock())
+        rotation = self.journal.begin(rotation_id or new_rotation_id(), name, "overlap",
+                                      self.actor, "fp", self.world.clock())
         return self._drive(name, rotation.id)
 
     def retire(self, name: str, *, now: bool = False) -> Outcome:
@@ -190,7 +194,7 @@ def write_config(root: Path, clients: dict[str, str], *, workers: int = 4,
 
 
 def load(path: Path) -> Config:
-    return load_config(path, {"UNUSED_ADMIN_SECRET": "x"})
+    return load_config(path, {"UNUSED_ADMIN_SECRET": UNUSED_ADMIN_SECRET})
 
 
 @dataclass
@@ -629,7 +633,7 @@ class TestProcessSignals:
 
     def test_sighup_broken_then_sigterm(self, tmp_path: Path) -> None:
         path = write_config(tmp_path, {"a": ""})
-        env = {**os.environ, "UNUSED_ADMIN_SECRET": "x"}
+        env = {**os.environ, "UNUSED_ADMIN_SECRET": UNUSED_ADMIN_SECRET}
         code = "import sys; from rotator.cli import main; sys.argv[0] = 'rotator'; main()"
         log_file = tmp_path / "daemon.log"
         with log_file.open("w") as log_out:
@@ -680,7 +684,7 @@ class TestRotateDue:
         from rotator.cli import run
 
         path = write_config(tmp_path, {"manual": ""})
-        monkeypatch.setenv("UNUSED_ADMIN_SECRET", "x")
+        monkeypatch.setenv("UNUSED_ADMIN_SECRET", UNUSED_ADMIN_SECRET)
         out, err = io.StringIO(), io.StringIO()
         assert run(["rotate", "--due", "--all", "-c", str(path)], out, err) == 0
         assert out.getvalue() == "" and err.getvalue() == ""

@@ -18,50 +18,58 @@ route template, status, outcome). Every error is an RFC 9457 problem document
 fingerprints, never secrets: every string from the service passes :func:`redact`, and
 :class:`~rotator.secrets.Secret` values render masked.
 
-:func:`serve` runs the app under uvicorn in a thread for ``rotator run``.
+:func:`serve` (:mod:`rotator.daemon.api_server`) runs the app under uvicorn in a thread
+for ``rotator run``; the response bodies are in :mod:`rotator.daemon.api_models`.
 """
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from http import HTTPStatus
 from typing import Annotated, Any, cast
 from urllib.parse import quote
 
 import structlog
-import uvicorn
 from fastapi import Depends, FastAPI, Header, Query, Request, Response, Security
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rotator import __version__
 from rotator.audit import AuditLog
-from rotator.config import is_loopback, plain_http_refusal
+from rotator.daemon.api_models import (
+    ClientOut,
+    ClientPage,
+    FieldProblem,
+    HealthOut,
+    Problem,
+    ReadinessOut,
+    RotationOut,
+    TriggerOut,
+    VerificationOut,
+    accepted,
+    client_out,
+    rotation_out,
+    safe_json,
+    safe_text,
+)
+from rotator.daemon.api_server import ApiServer, ApiServerError, serve
 from rotator.daemon.auth import Authenticator, Caller, JwksUnavailable, Role, Unauthenticated
 from rotator.daemon.model import (
-    ClientState,
-    Condition,
     RotationService,
-    RotationView,
     ServiceUnavailable,
-    Trigger,
     UnknownClient,
     UnknownRotation,
 )
 from rotator.errors import RotatorError
-from rotator.secrets import Secret, redact
+from rotator.secrets import redact
 
 log = structlog.get_logger("rotator.api")
 
@@ -74,160 +82,6 @@ RETRY_AFTER_SECONDS = 5
 MAX_PAGE = 1000
 
 
-# -- response bodies --------------------------------------------------------------------------
-
-
-class FieldProblem(BaseModel):
-    """One invalid input: where it is and what is wrong (never the value sent)."""
-
-    loc: list[str | int]
-    message: str
-
-
-class Problem(BaseModel):
-    """An RFC 9457 problem document."""
-
-    type: str = "about:blank"
-    title: str
-    status: int
-    detail: str | None = None
-    errors: list[FieldProblem] | None = None
-
-
-class LastRotation(BaseModel):
-    id: str
-    state: str | None
-
-
-class Backoff(BaseModel):
-    """Consecutive failures and when the next attempt is due."""
-
-    failures: int
-    next_attempt: datetime | None
-
-
-class ClientOut(BaseModel):
-    name: str
-    client_id: str
-    idp: str
-    stores: list[str]
-    condition: Condition
-    reason: str | None
-    last_rotation: LastRotation | None
-    last_success_at: datetime | None
-    age_seconds: float | None
-    next_run: datetime | None
-    backoff: Backoff
-    retire_after: datetime | None
-    extra: dict[str, Any]
-
-
-class ClientPage(BaseModel):
-    items: list[ClientOut]
-    #: The next page's URL, or null on the last page.
-    next: str | None
-
-
-class StepOut(BaseModel):
-    state: str
-    at: datetime
-
-
-class RotationOut(BaseModel):
-    id: str
-    client: str
-    state: str
-    family: str | None
-    actor: str
-    started_at: datetime | None
-    updated_at: datetime | None
-    retire_after: datetime | None
-    error: str | None
-    steps: list[StepOut]
-
-
-class TriggerOut(BaseModel):
-    rotation_id: str
-    client: str
-    #: True when this call joined a rotation already queued or running.
-    joined: bool
-    location: str
-
-
-class VerificationOut(BaseModel):
-    client: str
-    #: What the service reports: fingerprints, never secrets.
-    result: dict[str, Any]
-
-
-class HealthOut(BaseModel):
-    status: str = "ok"
-
-
-class ReadinessOut(BaseModel):
-    ready: bool
-    config_loaded: bool
-    journal_writable: bool
-    scheduler_running: bool
-
-
-# -- rendering service values safely ----------------------------------------------------------
-
-
-def _safe(value: Any, depth: int = 0) -> Any:
-    """A JSON value with every secret masked and every string scrubbed of live secrets."""
-    if depth > 8:
-        return None
-    if isinstance(value, Secret):
-        return str(value)
-    if isinstance(value, str):
-        return redact(value)
-    if value is None or isinstance(value, bool | int | float):
-        return value
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, Mapping):
-        return {redact(str(k)): _safe(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_safe(v, depth + 1) for v in value]
-    return f"<{type(value).__name__}>"
-
-
-def _text(value: str | None) -> str | None:
-    return None if value is None else redact(value)
-
-
-def _client_out(c: ClientState) -> ClientOut:
-    last = LastRotation(id=redact(c.last_rotation_id), state=_text(c.last_rotation_state)) \
-        if c.last_rotation_id else None
-    return ClientOut(
-        name=c.name, client_id=redact(c.client_id), idp=c.idp, stores=list(c.stores),
-        condition=c.condition, reason=_text(c.reason), last_rotation=last,
-        last_success_at=c.last_success_at, age_seconds=c.age_seconds, next_run=c.next_run,
-        backoff=Backoff(failures=c.failures, next_attempt=c.next_attempt),
-        retire_after=c.retire_after, extra=_safe(dict(c.extra)),
-    )
-
-
-def _rotation_out(r: RotationView) -> RotationOut:
-    return RotationOut(
-        id=r.id, client=r.client, state=r.state, family=_text(r.family), actor=redact(r.actor),
-        started_at=r.started_at, updated_at=r.updated_at, retire_after=r.retire_after,
-        error=_text(r.error), steps=[StepOut(state=s.state, at=s.at) for s in r.steps],
-    )
-
-
-def _rotation_location(rotation_id: str) -> str:
-    return f"/v1/rotations/{quote(rotation_id, safe='')}"
-
-
-def _accepted(trigger: Trigger, response: Response) -> TriggerOut:
-    location = _rotation_location(trigger.rotation_id)
-    response.headers["Location"] = location
-    return TriggerOut(rotation_id=trigger.rotation_id, client=trigger.client,
-                      joined=trigger.joined, location=location)
-
-
 # -- problem details and the per-call record --------------------------------------------------
 
 
@@ -237,7 +91,7 @@ def problem_response(status: int, detail: str | None = None, *,
                      **extensions: Any) -> JSONResponse:
     """An ``application/problem+json`` response for ``status``."""
     body = Problem(title=HTTPStatus(status).phrase, status=status,
-                   detail=_text(detail), errors=errors).model_dump(exclude_none=True)
+                   detail=safe_text(detail), errors=errors).model_dump(exclude_none=True)
     body.update(extensions)
     return JSONResponse(body, status_code=status, headers=dict(headers or {}),
                         media_type=PROBLEM_JSON)
@@ -306,7 +160,9 @@ class _AuditMiddleware:
                 await problem_response(500, "the server failed; see its log")(
                     scope, receive, send)
         finally:
-            self._audit(scope, record, status)
+            # The audit log syncs every line to disk: off the event loop, so one call's
+            # fsync does not hold up every other call's answer.
+            await run_in_threadpool(self._audit, scope, record, status)
 
     def _audit(self, scope: Scope, record: _CallRecord, status: int) -> None:
         if self.audit is None:
@@ -440,7 +296,7 @@ def create_app(service: RotationService, *, auth: Authenticator, audit: AuditLog
         clients = [c for c in service.clients() if after is None or c.name > after]
         page = clients[:limit]
         more = len(clients) > limit
-        return ClientPage(items=[_client_out(c) for c in page],
+        return ClientPage(items=[client_out(c) for c in page],
                           next=f"/v1/clients?limit={limit}&after={quote(page[-1].name)}"
                           if more else None)
 
@@ -448,7 +304,7 @@ def create_app(service: RotationService, *, auth: Authenticator, audit: AuditLog
              summary="One client: condition, stores, IdP, last rotation, age, next run, backoff",
              responses={**_ERRORS, **_NOT_FOUND})
     def get_client(name: ClientName, _caller: Reader) -> ClientOut:
-        return _client_out(service.client(name))
+        return client_out(service.client(name))
 
     @app.post("/v1/clients/{name}/rotations", response_model=TriggerOut, status_code=202,
               tags=["rotations"], summary="Rotate now, or join the rotation under way",
@@ -461,7 +317,7 @@ def create_app(service: RotationService, *, auth: Authenticator, audit: AuditLog
     ) -> TriggerOut:
         trigger = service.trigger_rotation(name, actor=caller.actor,
                                            idempotency_key=idempotency_key)
-        return _accepted(trigger, response)
+        return accepted(trigger, response)
 
     @app.post("/v1/clients/{name}/retirements", response_model=TriggerOut, status_code=202,
               tags=["rotations"],
@@ -472,7 +328,7 @@ def create_app(service: RotationService, *, auth: Authenticator, audit: AuditLog
         now: Annotated[bool, Query(description="retire without waiting out the grace "
                                                "period")] = False,
     ) -> TriggerOut:
-        return _accepted(service.trigger_retirement(name, actor=caller.actor, now=now),
+        return accepted(service.trigger_retirement(name, actor=caller.actor, now=now),
                          response)
 
     @app.post("/v1/clients/{name}/verifications", response_model=VerificationOut,
@@ -481,7 +337,7 @@ def create_app(service: RotationService, *, auth: Authenticator, audit: AuditLog
               responses={**_ERRORS, **_NOT_FOUND})
     def verify(name: ClientName, caller: Rotator) -> VerificationOut:
         return VerificationOut(client=name,
-                               result=_safe(dict(service.verify(name, actor=caller.actor))))
+                               result=safe_json(dict(service.verify(name, actor=caller.actor))))
 
     @app.get("/v1/rotations/{rotation_id}", response_model=RotationOut, tags=["rotations"],
              summary="One rotation: its state and its steps with their times",
@@ -489,7 +345,7 @@ def create_app(service: RotationService, *, auth: Authenticator, audit: AuditLog
     def get_rotation(
         rotation_id: Annotated[str, PathParam(pattern=_ROTATION_ID_PATTERN)], _caller: Reader,
     ) -> RotationOut:
-        return _rotation_out(service.rotation(rotation_id))
+        return rotation_out(service.rotation(rotation_id))
 
     if metrics is not None:
         metrics.bind(service)
@@ -573,94 +429,6 @@ def openapi_text() -> str:
     app = create_app(cast(RotationService, object()), auth=Authenticator(), audit=None,
                      metrics=Metrics())
     return json.dumps(app.openapi(), indent=2, sort_keys=True) + "\n"
-
-
-# -- serving ----------------------------------------------------------------------------------
-
-
-class ApiServerError(RotatorError):
-    """The admin API could not start (address in use, refused plain HTTP, bad TLS files)."""
-
-
-class ApiServer:
-    """The admin API running under uvicorn in a background thread."""
-
-    def __init__(self, server: uvicorn.Server, thread: threading.Thread,
-                 sock: socket.socket) -> None:
-        self._server = server
-        self._thread = thread
-        self._socket = sock
-        host, port = sock.getsockname()[:2]
-        self.host: str = host
-        self.port: int = port
-
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Finish the calls under way (up to ``timeout``) and stop listening."""
-        self._server.should_exit = True
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            self._server.force_exit = True
-            self._thread.join(timeout)
-        self._socket.close()
-
-
-def serve(app: ASGIApp, listen: str | tuple[str, int], *, cert_file: str | None = None,
-          key_file: str | None = None, insecure_http: bool = False,
-          startup_timeout: float = 10.0) -> ApiServer:
-    """Start ``app`` under uvicorn in a daemon thread, listening on ``listen``.
-
-    ``listen`` is ``"host:port"`` or ``(host, port)``; port 0 picks a free one
-    (``ApiServer.port`` tells which). TLS when ``cert_file`` and ``key_file`` are given;
-    plain HTTP anywhere but loopback is refused unless ``insecure_http``. Returns once the
-    server accepts connections. Raises :class:`ApiServerError`.
-    """
-    from rotator.config import parse_listen
-
-    try:
-        host, port = parse_listen(listen) if isinstance(listen, str) else listen
-    except ValueError as exc:
-        raise ApiServerError(f"api.listen: {exc}") from None
-    tls = bool(cert_file and key_file)
-    refusal = plain_http_refusal(host, tls, insecure_http)
-    if refusal:
-        raise ApiServerError(f"api.listen: {refusal}")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-        sock.listen(128)
-    except OSError as exc:
-        sock.close()
-        raise ApiServerError(f"api.listen: cannot listen on {host}:{port}: "
-                             f"{exc.strerror}") from None
-    config = uvicorn.Config(app, ssl_certfile=cert_file if tls else None,
-                            ssl_keyfile=key_file if tls else None, log_config=None,
-                            access_log=False, lifespan="off", server_header=False,
-                            proxy_headers=False)
-    try:
-        config.load()  # loads TLS files now, so a bad one fails here, not in the thread
-    except (OSError, ValueError) as exc:
-        sock.close()
-        raise ApiServerError(f"api: cannot use cert_file/key_file: {exc}") from None
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
-                              name="rotator-api", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + startup_timeout
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    handle = ApiServer(server, thread, sock)
-    if not server.started:
-        handle.stop(1.0)
-        raise ApiServerError(f"the admin API did not start on {host}:{port}")
-    log.info("api_listening", host=handle.host, port=handle.port, tls=tls,
-             loopback=is_loopback(host))
-    return handle
 
 
 __all__ = ["ApiServer", "ApiServerError", "Problem", "create_app", "openapi_document",

@@ -6,7 +6,14 @@
   step (at most ``[daemon] shutdown_timeout``), exit 0. What is left open is resumed at the
   next start.
 - SIGHUP: reload the configuration. An invalid one is rejected with every problem logged
-  and the running one kept; a client removed while its rotation is open is finished.
+  and the running one kept; a client removed while its rotation is open is finished. The
+  admin API's callers (``[[api.tokens]]``, ``[api.jwt]``) are replaced at once; a changed
+  ``[api]`` listen address or TLS files need a restart.
+- The admin API (:mod:`rotator.daemon.api`) and ``/metrics`` are served on ``[api] listen``
+  once the scheduler runs, and stopped first on SIGTERM, so no trigger arrives at a service
+  that is stopping. Every route but ``/healthz`` needs a caller, so a configuration with
+  neither ``[[api.tokens]]`` nor ``[api.jwt]`` runs the scheduler without the API (logged as
+  ``api_disabled``).
 """
 
 from __future__ import annotations
@@ -15,18 +22,25 @@ import fcntl
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 
 from rotator.audit import AuditLog
-from rotator.config import Config, load_config
+from rotator.config import ApiConfig, Config, load_config
+from rotator.daemon.model import Observer, RotationService
 from rotator.daemon.service import Service
 from rotator.errors import ConfigError, RotatorError
+
+if TYPE_CHECKING:  # imported on use: the API needs the ``daemon`` extra
+    from fastapi import FastAPI
+
+    from rotator.daemon.api_server import ApiServer
 
 log = structlog.get_logger("rotator.daemon")
 
@@ -35,6 +49,10 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 class DaemonRunning(RotatorError):
     """Another daemon holds the state directory."""
+
+
+class ApiUnavailable(RotatorError):
+    """The admin API cannot start: address in use, bad TLS files, the extra not installed."""
 
 
 @contextmanager
@@ -63,20 +81,102 @@ def instance_lock(state_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def _has_callers(api: ApiConfig) -> bool:
+    return bool(api.tokens) or api.jwt is not None
+
+
+class AdminApi:
+    """The admin API of a running daemon: started after the scheduler, stopped before it.
+
+    Needs the ``daemon`` extra (FastAPI, uvicorn, prometheus-client) only when a caller is
+    configured. :meth:`start` raises :class:`ApiUnavailable`.
+    """
+
+    def __init__(self, service: RotationService, audit: AuditLog | None,
+                 metrics: Any = None) -> None:
+        self._service = service
+        self._audit = audit
+        self._metrics = metrics
+        self._app: FastAPI | None = None
+        self._server: ApiServer | None = None
+        self._api: ApiConfig | None = None
+
+    @property
+    def port(self) -> int | None:
+        return None if self._server is None else self._server.port
+
+    def start(self, api: ApiConfig) -> None:
+        self._api = api
+        if not _has_callers(api):
+            log.warning("api_disabled", reason="no [[api.tokens]] and no [api.jwt]: every "
+                        "route but /healthz needs a caller, so the API is not served")
+            return
+        try:
+            from rotator.daemon.api import ApiServerError, create_app, serve
+            from rotator.daemon.auth import Authenticator
+        except ImportError as exc:
+            raise ApiUnavailable(f"the admin API needs FastAPI and uvicorn ({exc.name} is "
+                                 "missing): pip install 'rotator[daemon]'") from None
+        self._app = create_app(self._service, auth=Authenticator.from_config(api),
+                               audit=self._audit, metrics=self._metrics)
+        try:
+            self._server = serve(self._app, (api.host, api.port), cert_file=api.cert_file,
+                                 key_file=api.key_file, insecure_http=api.insecure_http)
+        except ApiServerError as exc:
+            self._app.state.authenticator.close()
+            self._app = None
+            raise ApiUnavailable(str(exc)) from None
+
+    def reload(self, api: ApiConfig) -> None:
+        """Use ``api``'s callers from now on; start the API if it was off for want of one."""
+        if self._server is None or self._app is None:
+            if _has_callers(api):
+                self.start(api)
+            return
+        from rotator.daemon.auth import Authenticator
+
+        # The old one is not closed: a call under way may still be checking a JWT with it.
+        self._app.state.authenticator = Authenticator.from_config(api)
+        log.info("api_callers_reloaded", tokens=len(api.tokens), jwt=api.jwt is not None)
+        before = self._api
+        if before is not None and (before.host, before.port, before.cert_file,
+                                   before.key_file, before.insecure_http) != (
+                api.host, api.port, api.cert_file, api.key_file, api.insecure_http):
+            log.warning("api_restart_needed", listening=before.listen,
+                        reason="[api] listen, TLS files and insecure_http change only at "
+                               "the next start")
+        self._api = api
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._server is not None:
+            self._server.stop(timeout)
+            self._server = None
+            log.info("api_stopped")
+        if self._app is not None:
+            self._app.state.authenticator.close()
+            self._app = None
+
+
 class Daemon:
-    """Runs a service until told to stop; reloads on request."""
+    """Runs a service (and its admin API) until told to stop; reloads on request."""
 
     def __init__(self, config: Config, service: Service, *,
-                 load: Callable[[Path], Config] = load_config) -> None:
+                 load: Callable[[Path], Config] = load_config,
+                 api: AdminApi | None = None, audit: AuditLog | None = None) -> None:
         self.config = config
         self.service = service
+        self.api = api
+        self._audit = audit
         self._load = load
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._wake = threading.Event()
 
     def reload(self) -> bool:
-        """Load the configuration file again; keep the running one if it is invalid."""
+        """Reopen the audit files (logrotate sends SIGHUP too), then load the configuration
+        file again; keep the running one if it is invalid."""
+        if self._audit is not None:
+            self._audit.reopen()
         try:
             config = self._load(self.config.path)
         except ConfigError as exc:
@@ -91,6 +191,11 @@ class Daemon:
                       reason="the state directory cannot change while running; restart")
             return False
         self.service.reload(config)
+        if self.api is not None:
+            try:
+                self.api.reload(config.api)
+            except ApiUnavailable as exc:
+                log.error("api_reload_failed", error=str(exc))
         self.config = config
         return True
 
@@ -108,9 +213,19 @@ class Daemon:
         signal.signal(signal.SIGHUP, self.request_reload)
 
     def run(self) -> int:
-        """Start the service and serve until stopped; returns the exit code (0)."""
+        """Start the service and its API, serve until stopped; returns the exit code.
+
+        Raises :class:`ApiUnavailable` (the service stopped again) if the API cannot start.
+        """
         self.service.start()
-        log.info("daemon_started", pid=os.getpid(), clients=len(self.config.clients))
+        if self.api is not None:
+            try:
+                self.api.start(self.config.api)
+            except ApiUnavailable:
+                self.service.stop(self.config.daemon.shutdown_timeout)
+                raise
+        log.info("daemon_started", pid=os.getpid(), clients=len(self.config.clients),
+                 api=self.api.port if self.api is not None else None)
         while not self._stop.is_set():
             self._wake.wait(1.0)
             self._wake.clear()
@@ -118,6 +233,8 @@ class Daemon:
                 self._reload.clear()
                 self.reload()
         log.info("daemon_stopping", timeout=self.config.daemon.shutdown_timeout)
+        if self.api is not None:  # first: no trigger may reach a stopping service
+            self.api.stop()
         clean = self.service.stop(self.config.daemon.shutdown_timeout)
         log.info("daemon_stopped", clean=clean)
         return EXIT_OK
@@ -129,17 +246,34 @@ def main(config: Config, out: TextIO, err: TextIO, *, verbose: bool = False) -> 
         structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
     try:
         with instance_lock(config.state_dir):
-            audit = AuditLog(config.audit.require_key(config.path), file=config.audit.file,
-                             stdout=config.audit.stdout)
+            audit = AuditLog.from_config(
+                config, stream=sys.stdout if config.audit.stdout else None)
             try:
-                service = Service(config, audit=audit)
-                daemon = Daemon(config, service)
+                metrics = _metrics()
+                service = Service(config, audit=audit, observer=metrics)
+                daemon = Daemon(config, service, api=AdminApi(service, audit, metrics),
+                                audit=audit)
                 daemon.install_signals()
-                code = daemon.run()
-                service.close()
-                return code
+                try:
+                    return daemon.run()
+                finally:
+                    service.close()
             finally:
                 audit.close()
     except DaemonRunning as exc:
         err.write(f"rotator: {exc}\n")
         return EXIT_FAILED
+    except ApiUnavailable as exc:  # names the [api] setting or the missing extra
+        err.write(f"rotator: {exc}\n")
+        return EXIT_USAGE
+
+
+def _metrics() -> Observer | None:
+    """The daemon's metrics, or None without prometheus-client (the ``daemon`` extra)."""
+    try:
+        from rotator.daemon.metrics import Metrics
+    except ImportError:
+        log.warning("metrics_disabled", reason="prometheus-client is not installed; "
+                    "pip install 'rotator[daemon]'")
+        return None
+    return Metrics()

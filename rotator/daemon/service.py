@@ -7,6 +7,10 @@ A job drives the engine's public methods (``rotate``, ``retire``) with its own j
 connection and adapters, then refreshes what the daemon knows of that client from the
 journal, so ``clients()`` answers from memory without a store round trip.
 
+What the daemon knows of each client, and how a finished job changes it, is in
+:mod:`rotator.daemon.records`; the engine behind a job and the wrappers that watch it are in
+:mod:`rotator.daemon.workers`.
+
 Tests call :meth:`Service.tick` with a controllable clock and an inline ``spawn`` instead of
 starting the thread; the scheduling rule itself is pure and lives in ``schedule``.
 """
@@ -20,10 +24,9 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import structlog
 
@@ -33,128 +36,47 @@ from rotator.daemon.model import (
     ClientState,
     Observer,
     Readiness,
-    RotationStep,
     RotationView,
     ServiceUnavailable,
     Trigger,
     UnknownClient,
     UnknownRotation,
 )
-from rotator.daemon.schedule import (
-    History,
-    Policy,
-    catch_up_slots,
-    condition,
-    decide,
-    parse_cron,
-    parse_window,
+from rotator.daemon.records import (
+    ClientRecord,
+    FactsReader,
+    Job,
+    StoreFacts,
+    due_clients,
+    history_from_journal,
+    journal_facts,
+    load_record,
+    policy_of,
+    rotation_view,
+    success_time,
 )
-from rotator.engine import Adapters, Engine, Outcome, utcnow
+from rotator.daemon.schedule import Policy, catch_up_slots, decide
+from rotator.daemon.workers import (
+    Clock,
+    NullObserver,
+    StoppableJournal,
+    WatchedIdp,
+    WorkerFactory,
+    engine_worker,
+)
+from rotator.engine import Outcome, utcnow
 from rotator.errors import RotationError, RotationLocked, RotatorError
-from rotator.interfaces import IdentityProvider, Journal, Rotation, Stage, State
+from rotator.interfaces import IdentityProvider, Journal
 from rotator.journal import SqliteJournal, new_rotation_id
 from rotator.secrets import redact
 
 log = structlog.get_logger("rotator.daemon")
 
-Clock = Callable[[], datetime]
 Spawn = Callable[[Callable[[], None]], None]
 #: How long an idempotency key is remembered, and how many queued ids are mapped to the
 #: engine's rotation ids (until ``Engine.rotate`` takes the id it should use).
 IDEMPOTENCY_TTL = timedelta(hours=24)
 MAX_JOBS_KEPT = 1000
-#: Engine messages no retry fixes: a person must act (see the engine's ``_start``).
-_BLOCKING = ("holds a pending secret", "holds client id", "no current credential")
-SHUTTING_DOWN = "the daemon is shutting down; its next start resumes this rotation"
-
-
-class Worker(Protocol):
-    """The engine's public methods the service drives."""
-
-    def rotate(self, name: str, *, dry_run: bool = False,
-               abandon_pending: bool = False) -> Outcome: ...
-
-    def retire(self, name: str, *, now: bool = False) -> Outcome: ...
-
-    def verify(self, name: str, stage: Stage = Stage.CURRENT) -> Outcome: ...
-
-
-#: Builds a worker for one job: (configuration, actor, journal, IdP wrapper) -> worker.
-WorkerFactory = Callable[[Config, str, Journal, Callable[[IdentityProvider], IdentityProvider]],
-                         AbstractContextManager[Worker]]
-#: When the current secret of a client became current, from its primary store (start-up).
-FactsReader = Callable[[Config, ClientConfig], datetime | None]
-
-
-def policy_of(client: ClientConfig) -> Policy:
-    """The scheduling policy of a (checked) client configuration."""
-    return Policy(
-        rotate_every=client.rotate_every,
-        schedule=parse_cron(client.schedule) if client.schedule else None,
-        window=parse_window(client.window) if client.window else None,
-        jitter=client.jitter, backoff=client.backoff, backoff_max=client.backoff_max)
-
-
-def success_time(journal: Journal, rotation: Rotation) -> datetime:
-    """When ``rotation``'s new secret became current (its PROMOTED step)."""
-    for at, state, _detail in journal.steps(rotation.id):
-        if state is State.PROMOTED:
-            return at
-    return rotation.updated_at
-
-
-def history_from_journal(journal: Journal, name: str,
-                         fallback: datetime | None = None) -> History:
-    """A client's history as the journal tells it (for ``rotate --due`` and start-up).
-
-    Failures are the terminal failed or rolled-back rotations since the last success.
-    """
-    success = journal.last_success(name)
-    last = success_time(journal, success) if success else fallback
-    latest = journal.latest(name)
-    failures = 0
-    last_failure = None
-    if latest is not None and latest.state in (State.FAILED, State.ROLLED_BACK) and (
-            success is None or latest.started_at > success.started_at):
-        failures, last_failure = 1, latest.updated_at
-    return History(last, failures, last_failure)
-
-
-@dataclass
-class _Job:
-    id: str  # allocated at trigger time; the engine's own id lands in ``real_id``
-    client: str
-    idp: str
-    kind: str  # rotate | retire | resume
-    actor: str
-    retire_now: bool = False
-    state: str = "queued"  # queued | running | done
-    started_at: datetime | None = None
-    real_id: str | None = None
-    outcome: Outcome | None = None
-
-
-@dataclass
-class _Record:
-    """What the daemon keeps current about one client."""
-
-    config: ClientConfig
-    policy: Policy
-    last_success_at: datetime | None = None
-    failures: int = 0
-    last_failure_at: datetime | None = None
-    not_before: datetime | None = None
-    latest: Rotation | None = None
-    open: Rotation | None = None
-    blocked: str | None = None
-    reason: str | None = None
-    job: _Job | None = None
-    #: Removed from the configuration while a rotation was open: finished, not rescheduled.
-    removed: bool = False
-
-    def history(self) -> History:
-        return History(self.last_success_at, self.failures, self.last_failure_at,
-                       self.not_before)
 
 
 @dataclass
@@ -163,135 +85,28 @@ class _IdpGate:
     throttled_until: datetime | None = None
 
 
-class _NullObserver:
-    def rotation_finished(self, client: str, outcome: str, seconds: float) -> None:
-        pass
-
-    def idp_request(self, idp: str, outcome: str) -> None:
-        pass
-
-
-class _StoppableJournal:
-    """The job's journal: once the daemon stops, the next recorded step ends the job.
-
-    The step is recorded first, so the rotation stays resumable exactly where it stopped.
-    """
-
-    def __init__(self, inner: Journal, stopping: threading.Event) -> None:
-        self._inner = inner
-        self._stopping = stopping
-        self._stopped: set[str] = set()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def advance(self, rotation_id: str, state: State, now: datetime, *, expected: State,
-                **fields: str | None) -> Rotation:
-        rotation = self._inner.advance(rotation_id, state, now, expected=expected, **fields)
-        if self._stopping.is_set() and rotation_id not in self._stopped:
-            self._stopped.add(rotation_id)
-            raise RotationError(SHUTTING_DOWN)
-        return rotation
-
-
-class _WatchedIdp:
-    """Reports every admin call to the observer; a 429 / Retry-After pauses the IdP."""
-
-    def __init__(self, inner: IdentityProvider, observer: Observer,
-                 throttled: Callable[[str, float], None]) -> None:
-        self._inner = inner
-        self._observer = observer
-        self._throttled = throttled
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._inner, name)
-        if name in ("start", "close", "SETTINGS", "name") or not callable(attr):
-            return attr
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            try:
-                result = attr(*args, **kwargs)
-            except RotatorError as exc:
-                retry_after = getattr(exc, "retry_after", None)
-                if retry_after is not None or getattr(exc, "status", None) == 429:
-                    self._observer.idp_request(self._inner.name, "throttled")
-                    self._throttled(self._inner.name, float(retry_after or 60.0))
-                else:
-                    self._observer.idp_request(self._inner.name, "failure")
-                raise
-            self._observer.idp_request(self._inner.name, "success")
-            return result
-
-        return call
-
-
-@contextlib.contextmanager
-def _engine_worker(audit: AuditLog, clock: Clock, config: Config, actor: str,
-                   journal: Journal,
-                   wrap: Callable[[IdentityProvider], IdentityProvider]) -> Iterator[Worker]:
-    idps = {name: wrap(cfg.build()) for name, cfg in config.idps.items()}
-    adapters = Adapters(config, idps=idps)
-    try:
-        yield Engine(config, adapters, journal, audit, actor=actor, clock=clock)
-    finally:
-        adapters.close()
-
-
-def store_current_since(config: Config, client: ClientConfig) -> datetime | None:
-    """When the primary store's current secret became current; None if it cannot tell."""
-    adapters = Adapters(config)
-    try:
-        target = client.primary
-        return adapters.store(target.store).facts(target.location).current_since
-    except RotatorError as exc:
-        log.warning("store_facts_unavailable", client=client.name, error=redact(str(exc)))
-        return None
-    finally:
-        adapters.close()
-
-
-def due_clients(config: Config, journal: Journal, names: Sequence[str], now: datetime, *,
-                facts: FactsReader = store_current_since) -> list[str]:
-    """The clients among ``names`` that the daemon would start now (``rotate --due``).
-
-    A client with an open rotation counts as due: ``rotate`` resumes it.
-    """
-    due = []
-    for name in names:
-        client = config.clients[name]
-        if journal.open_rotation(name) is not None:
-            due.append(name)
-            continue
-        history = history_from_journal(journal, name)
-        if history.last_success_at is None:
-            history = dataclasses.replace(history, last_success_at=facts(config, client))
-        if decide(name, policy_of(client), history, now).runnable:
-            due.append(name)
-    return due
-
-
 class Service:
     """Schedules, runs and reports rotations for every configured client."""
 
     def __init__(self, config: Config, *, audit: AuditLog | None = None,
                  worker_factory: WorkerFactory | None = None,
-                 facts: FactsReader = store_current_since, clock: Clock = utcnow,
+                 facts: FactsReader | None = None, clock: Clock = utcnow,
                  observer: Observer | None = None, spawn: Spawn | None = None) -> None:
         if worker_factory is None:
             if audit is None:
                 raise ValueError("give an audit log or a worker factory")
-            worker_factory = cast(WorkerFactory, lambda *a: _engine_worker(audit, clock, *a))
+            worker_factory = cast(WorkerFactory, lambda *a: engine_worker(audit, clock, *a))
         self._config = config
         self._engine_config = config
         self._workers = worker_factory
         self._facts = facts
         self._clock = clock
-        self._observer: Observer = observer or _NullObserver()
+        self._observer: Observer = observer or NullObserver()
         self._spawn = spawn or self._thread
         self._lock = threading.RLock()
-        self._records: dict[str, _Record] = {}
+        self._records: dict[str, ClientRecord] = {}
         self._gates: dict[str, _IdpGate] = {}
-        self._jobs: OrderedDict[str, _Job] = OrderedDict()
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._idempotency: dict[str, tuple[datetime, Trigger]] = {}
         self._threads: set[threading.Thread] = set()
         self._shared_journal: Journal | None = None
@@ -305,9 +120,9 @@ class Service:
     def prepare(self) -> None:
         """Load every client's facts, queue open rotations, spread overdue clients."""
         now = self._clock()
-        with self._lock:
+        with self._lock, self._facts_reader() as facts:
             for name, client in self._config.clients.items():
-                self._records[name] = self._load(client)
+                self._records[name] = self._load(client, facts)
             overdue = []
             for name, rec in self._records.items():
                 decision = decide(name, rec.policy, rec.history(), now)
@@ -357,14 +172,18 @@ class Service:
                     kept[name] = rec.config
                 else:
                     del self._records[name]
+            added = [c for n, c in config.clients.items() if n not in self._records]
+            if added:
+                with self._facts_reader(config) as facts:
+                    for client in added:
+                        self._records[client.name] = self._load(client, facts)
             for name, client in config.clients.items():
                 rec_old = self._records.get(name)
-                if rec_old is None:
-                    self._records[name] = self._load(client)
-                else:
-                    rec_old.config, rec_old.policy = client, policy_of(client)
-                    rec_old.removed = False
-                    rec_old.blocked = None  # a changed configuration may have fixed it
+                if rec_old is None or rec_old.config is client:
+                    continue  # just loaded
+                rec_old.config, rec_old.policy = client, policy_of(client)
+                rec_old.removed = False
+                rec_old.blocked = None  # a changed configuration may have fixed it
             old = self._engine_config
             self._config = config
             self._engine_config = dataclasses.replace(
@@ -379,12 +198,12 @@ class Service:
 
     def clients(self) -> Sequence[ClientState]:
         with self._lock:
-            return [self._state(name) for name in sorted(self._records)]
+            return [self._records[name].state(self._clock()) for name in sorted(self._records)]
 
     def client(self, name: str) -> ClientState:
         with self._lock:
             self._record(name)
-            return self._state(name)
+            return self._records[name].state(self._clock())
 
     def rotation(self, rotation_id: str) -> RotationView:
         with self._lock:
@@ -401,10 +220,10 @@ class Service:
                     or latest.started_at < job.started_at):
                 return RotationView(job.id, job.client, "queued", None, job.actor, None, None,
                                     None, None)
-            return self._view(journal, latest)
+            return rotation_view(journal, latest)
         real_id = job.real_id if job is not None and job.real_id else rotation_id
         try:
-            return self._view(journal, journal.get(real_id))
+            return rotation_view(journal, journal.get(real_id))
         except RotationError:
             raise UnknownRotation(f"no rotation {rotation_id!r}") from None
 
@@ -476,7 +295,7 @@ class Service:
     def tick(self) -> datetime | None:
         """Start every job that may start now; return when to look again."""
         now = self._clock()
-        start: list[_Job] = []
+        start: list[Job] = []
         wake: list[datetime] = []
         with self._lock:
             for name in sorted(self._records):
@@ -504,7 +323,7 @@ class Service:
             self._spawn(lambda job=job: self._run(job))  # type: ignore[misc]
         return min(wake) if wake else None
 
-    def _schedule(self, rec: _Record, now: datetime) -> list[datetime]:
+    def _schedule(self, rec: ClientRecord, now: datetime) -> list[datetime]:
         """Queue the job ``rec`` needs now, if any; return when it next needs one."""
         name = rec.config.name
         if rec.open is not None:
@@ -530,9 +349,9 @@ class Service:
             return []
         return [decision.next_run] if decision.next_run is not None else []
 
-    def _queue(self, rec: _Record, kind: str, actor: str, job_id: str, *,
-               retire_now: bool = False) -> _Job:
-        job = _Job(job_id, rec.config.name, rec.config.idp, kind, actor, retire_now)
+    def _queue(self, rec: ClientRecord, kind: str, actor: str, job_id: str, *,
+               retire_now: bool = False) -> Job:
+        job = Job(job_id, rec.config.name, rec.config.idp, kind, actor, retire_now)
         rec.job = job
         self._jobs[job.id] = job
         while len(self._jobs) > MAX_JOBS_KEPT:
@@ -544,7 +363,7 @@ class Service:
 
     # -- running -------------------------------------------------------------------------
 
-    def _run(self, job: _Job) -> None:
+    def _run(self, job: Job) -> None:
         """Run one job on this thread; never raises."""
         with self._lock:
             config = self._engine_config
@@ -553,11 +372,13 @@ class Service:
         outcome: Outcome
         journal = self._journal()
         try:
-            stoppable = cast(Journal, _StoppableJournal(journal, self._stopping))
+            stoppable = cast(Journal, StoppableJournal(journal, self._stopping))
             wrap = self._wrapper(lambda seconds: throttled.append(seconds))
             with self._workers(config, job.actor, stoppable, wrap) as worker:
                 if job.kind == "rotate":
-                    outcome = worker.rotate(job.client)
+                    # A new rotation takes the id the trigger answered with; one a crash
+                    # left open keeps its own (the job maps one to the other).
+                    outcome = worker.rotate(job.client, rotation_id=job.id)
                 else:
                     # retire() also drives an open rotation, and never starts a new one.
                     outcome = worker.retire(job.client, now=job.retire_now)
@@ -574,11 +395,11 @@ class Service:
             self._observer.rotation_finished(job.client, outcome.action,
                                              time.monotonic() - started)
 
-    def _finished(self, job: _Job, outcome: Outcome, throttled: list[float],
+    def _finished(self, job: Job, outcome: Outcome, throttled: list[float],
                   journal: Journal) -> None:
         now = self._clock()
         try:
-            fresh = self._facts_of(journal, job.client)
+            fresh = journal_facts(journal, job.client)
         except Exception:  # keep the job's bookkeeping even if the journal went away
             log.error("journal_unreadable", client=job.client, exc_info=True)
             fresh = None
@@ -595,22 +416,8 @@ class Service:
             if fresh is not None:
                 rec.last_success_at, rec.latest, rec.open = fresh[0] or rec.last_success_at, \
                     fresh[1], fresh[2]
-            message = outcome.message
-            if outcome.ok or outcome.action in ("waiting", "nothing"):
-                if outcome.action in ("rotated", "retired", "resumed"):
-                    rec.failures, rec.last_failure_at, rec.reason = 0, None, None
-                    rec.blocked, rec.not_before = None, None
-            elif throttled:
-                rec.not_before = gate.throttled_until
-            elif self._stopping.is_set() and SHUTTING_DOWN in message:
-                pass  # not a failure: resumed at the next start
-            elif outcome.action == "locked":
-                rec.not_before = now + timedelta(seconds=30)
-            elif any(marker in message for marker in _BLOCKING):
-                rec.blocked = rec.reason = message
-            else:
-                rec.failures += 1
-                rec.last_failure_at, rec.reason = now, message
+            rec.learn(outcome, now, throttled_until=gate.throttled_until if throttled else None,
+                      stopping=self._stopping.is_set())
             if rec.removed and rec.open is None:
                 del self._records[job.client]
         log.info("job_finished", client=job.client, kind=job.kind, action=outcome.action,
@@ -631,7 +438,7 @@ class Service:
             seen(seconds)
             self._throttle(idp, seconds)
 
-        return lambda idp: cast(IdentityProvider, _WatchedIdp(idp, self._observer, throttled))
+        return lambda idp: cast(IdentityProvider, WatchedIdp(idp, self._observer, throttled))
 
     def _wrap(self, idp: IdentityProvider) -> IdentityProvider:
         return self._wrapper(lambda _s: None)(idp)
@@ -672,7 +479,7 @@ class Service:
         with self._lock:
             names = [n for n, r in self._records.items() if r.job is None]
         for name in names:
-            success, latest, open_rotation = self._facts_of(journal, name)
+            success, latest, open_rotation = journal_facts(journal, name)
             with self._lock:
                 rec = self._records.get(name)
                 if rec is None or rec.job is not None:
@@ -682,21 +489,17 @@ class Service:
                 rec.last_success_at = success or rec.last_success_at
                 rec.latest, rec.open = latest, open_rotation
 
-    def _facts_of(self, journal: Journal, name: str
-                  ) -> tuple[datetime | None, Rotation | None, Rotation | None]:
-        success = journal.last_success(name)
-        return (success_time(journal, success) if success else None, journal.latest(name),
-                journal.open_rotation(name))
+    def _load(self, client: ClientConfig, facts: FactsReader) -> ClientRecord:
+        return load_record(self._journal(), self._config, client, facts)
 
-    def _load(self, client: ClientConfig) -> _Record:
-        journal = self._journal()
-        history = history_from_journal(journal, client.name)
-        last = history.last_success_at
-        if last is None:
-            last = self._facts(self._config, client)
-        return _Record(client, policy_of(client), last, history.failures,
-                       history.last_failure_at, latest=journal.latest(client.name),
-                       open=journal.open_rotation(client.name))
+    @contextlib.contextmanager
+    def _facts_reader(self, config: Config | None = None) -> Iterator[FactsReader]:
+        """The facts reader given, or the stores of ``config`` opened once for many clients."""
+        if self._facts is not None:
+            yield self._facts
+            return
+        with StoreFacts(config or self._config) as shared:
+            yield shared
 
     def _journal(self) -> Journal:
         """The daemon's one journal, shared by the scheduler and every worker thread."""
@@ -712,7 +515,7 @@ class Service:
         if journal is not None:
             journal.close()
 
-    def _record(self, name: str) -> _Record:
+    def _record(self, name: str) -> ClientRecord:
         rec = self._records.get(name)
         if rec is None:
             raise UnknownClient(f"no client named {name!r} is configured")
@@ -722,43 +525,7 @@ class Service:
         if self._stopping.is_set():
             raise ServiceUnavailable("the daemon is shutting down")
 
-    def _state(self, name: str) -> ClientState:
-        rec = self._records[name]
-        now = self._clock()
-        decision = decide(name, rec.policy, rec.history(), now)
-        running = rec.job is not None and rec.job.state == "running"
-        open_rotation = rec.open
-        rotating = running or (open_rotation is not None
-                               and not open_rotation.awaiting_retirement
-                               and rec.failures == 0)
-        awaiting = open_rotation is not None and open_rotation.awaiting_retirement
-        queued = rec.job is not None and rec.job.state == "queued"
-        cond = condition(due=decision.due or queued, rotating=rotating,
-                         awaiting_retirement=awaiting, failures=rec.failures,
-                         blocked=rec.blocked is not None)
-        latest = rec.latest
-        return ClientState(
-            name=name, client_id=rec.config.client_id, idp=rec.config.idp,
-            stores=[t.store for t in rec.config.targets], condition=cond,
-            reason=rec.blocked or rec.reason,
-            last_rotation_id=latest.id if latest else None,
-            last_rotation_state=latest.state.value if latest else None,
-            last_success_at=rec.last_success_at,
-            age_seconds=(now - rec.last_success_at).total_seconds()
-            if rec.last_success_at else None,
-            next_run=decision.next_run, failures=rec.failures,
-            next_attempt=decision.next_attempt,
-            retire_after=open_rotation.retire_after if awaiting and open_rotation else None,
-            extra={"removed": True} if rec.removed else {},
-        )
-
-    @staticmethod
-    def _view(journal: Journal, rotation: Rotation) -> RotationView:
-        return RotationView(
-            rotation.id, rotation.client, rotation.state.value, rotation.family,
-            rotation.actor, rotation.started_at, rotation.updated_at, rotation.retire_after,
-            rotation.error,
-            [RotationStep(s.value, at) for at, s, _d in journal.steps(rotation.id)])
 
 
-__all__ = ["Service", "history_from_journal", "policy_of", "success_time"]
+__all__ = ["Service", "due_clients", "history_from_journal", "policy_of",
+           "success_time"]

@@ -1,0 +1,261 @@
+"""Benchmark ``rotator run`` with many configured clients, against the issue's targets.
+
+    python bench/bench_daemon.py [--clients 10000] [--idle 60] [--requests 2000]
+
+Writes a configuration of ``--clients`` clients whose credentials live in one env file (an
+unscheduled client per prefix, so nothing rotates and nothing talks to the IdP), starts the
+real ``rotator run`` as a subprocess with an admin API token, and measures:
+
+- start-up to ready: from ``exec`` until ``GET /readyz`` answers 200 (journal empty, so the
+  daemon reads each client's store facts once at start);
+- RSS of the daemon once ready (``/proc/<pid>/status`` ``VmRSS``);
+- idle CPU: the daemon's user + system CPU time (``/proc/<pid>/stat``) over ``--idle``
+  seconds with nobody calling, as a share of one core;
+- ``GET /v1/clients/{name}`` latency, p50 and p99, with 100 concurrent callers (threads,
+  each on its own keep-alive connection, opened before timing), ``--requests`` calls in all
+  over random clients;
+- ``GET /v1/clients`` paged: every client, 1000 per page, following ``next``; the p99 page.
+
+Each figure is printed beside its target. Not a test: it prints, and never fails. The
+caller shares the machine with the daemon, so latency includes the caller's own work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import random
+import re
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def write_config(root: Path, clients: int, token: str, audit: str = "file") -> Path:
+    root.chmod(0o700)
+    for name, value in (("audit.key", secrets.token_urlsafe(32)), ("api.token", token),
+                        ("admin.secret", secrets.token_urlsafe(24))):
+        (root / name).write_text(value)
+        (root / name).chmod(0o600)
+    env_lines = []
+    client_tables = []
+    for i in range(clients):
+        name = f"c{i:05d}"
+        env_lines += [f"C{i:05d}_CLIENT_ID={name}",
+                      f"C{i:05d}_CLIENT_SECRET={secrets.token_urlsafe(24)}"]
+        client_tables.append(f'[clients.{name}]\nidp = "kc"\nclient_id = "{name}"\n'
+                             f'stores = [{{store = "env", prefix = "C{i:05d}"}}]\n')
+    (root / "creds.env").write_text("\n".join(env_lines) + "\n")
+    (root / "creds.env").chmod(0o600)
+    config = root / "rotator.toml"
+    config.write_text("""
+[rotator]
+state_dir = "state"
+
+[audit]
+AUDIT_SINK
+key_file = "audit.key"
+
+[stores.env]
+type = "env"
+file = "creds.env"
+read_environ = false
+
+[idps.kc]
+type = "keycloak"
+url = "http://127.0.0.1:9"
+realm = "bench"
+admin_client_id = "rotator"
+admin_client_secret_file = "admin.secret"
+
+[api]
+listen = "127.0.0.1:0"
+
+[[api.tokens]]
+name = "bench"
+role = "read"
+token_file = "api.token"
+
+""".replace("AUDIT_SINK", 'file = "audit.jsonl"' if audit == "file" else "stdout = true")
+                      + "\n".join(client_tables))
+    return config
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
+
+
+def one_client_latency(base: str, token: str, names: list[str], requests: int,
+                       callers: int) -> list[float]:
+    """``requests`` calls from ``callers`` threads, each on its own keep-alive connection.
+
+    Plain ``http.client`` keeps the caller's own cost small (an asyncio httpx pool of 100
+    connections spends more CPU per call than the daemon does, on the same cores).
+    """
+    host, port = base.removeprefix("http://").split(":")
+    headers = {"Authorization": f"Bearer {token}"}
+    timings: list[float] = []
+    lock = threading.Lock()
+    per_caller = max(1, requests // callers)
+    barrier = threading.Barrier(callers)
+    failures: list[str] = []
+
+    def caller() -> None:
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        mine = []
+        try:
+            conn.request("GET", "/healthz")  # opens the connection; not timed
+            conn.getresponse().read()
+            barrier.wait()
+            for _ in range(per_caller):
+                name = random.choice(names)  # noqa: S311 - which client, not a secret
+                started = time.perf_counter()
+                conn.request("GET", f"/v1/clients/{name}", headers=headers)
+                answer = conn.getresponse()
+                answer.read()
+                mine.append(time.perf_counter() - started)
+                if answer.status != 200:
+                    failures.append(f"GET /v1/clients/{name}: HTTP {answer.status}")
+        except (OSError, http.client.HTTPException) as exc:
+            failures.append(repr(exc))
+        finally:
+            conn.close()
+            with lock:
+                timings.extend(mine)
+
+    threads = [threading.Thread(target=caller) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise RuntimeError(failures[0])
+    return timings
+
+
+def paged(base: str, token: str) -> tuple[int, list[float]]:
+    seen = 0
+    timings = []
+    with httpx.Client(base_url=base, timeout=60,
+                      headers={"Authorization": f"Bearer {token}"}) as api:
+        url: str | None = "/v1/clients?limit=1000"
+        while url:
+            started = time.perf_counter()
+            page = api.get(url).json()
+            timings.append(time.perf_counter() - started)
+            seen += len(page["items"])
+            url = page["next"]
+    return seen, timings
+
+
+def row(what: str, value: str, target: str, met: bool | None) -> None:
+    verdict = "" if met is None else ("met" if met else "NOT met")
+    print(f"{what:<44} {value:>14}   target {target:<12} {verdict}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=10_000)
+    parser.add_argument("--idle", type=float, default=60.0,
+                        help="seconds to measure idle CPU over (default: %(default)s)")
+    parser.add_argument("--requests", type=int, default=2000,
+                        help="GET /v1/clients/{name} calls (default: %(default)s)")
+    parser.add_argument("--callers", type=int, default=100)
+    parser.add_argument("--audit", choices=("file", "stdout"), default="file",
+                        help="where audit events go: a file synced per line (the default), "
+                             "or the daemon's stdout")
+    args = parser.parse_args()
+    token = secrets.token_urlsafe(32)
+    with tempfile.TemporaryDirectory(prefix="rotator-bench-") as tmp:
+        root = Path(tmp)
+        config = write_config(root, args.clients, token, args.audit)
+        log_path = root / "daemon.log"
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        code = "import sys; from rotator.cli import main; sys.argv[0] = 'rotator'; main()"
+        with log_path.open("w") as log:
+            started = time.perf_counter()
+            proc = subprocess.Popen([sys.executable, "-c", code, "run", "-c", str(config)],
+                                    stdout=log, stderr=log, env=env, cwd=root)
+        try:
+            base = None
+            while proc.poll() is None:
+                if base is None:
+                    found = re.search(r"api_listening.*?port=(\d+)", log_path.read_text())
+                    if found:
+                        base = f"http://127.0.0.1:{found.group(1)}"
+                if base is not None:
+                    try:
+                        ready = httpx.get(f"{base}/readyz", timeout=5,
+                                          headers={"Authorization": f"Bearer {token}"})
+                        if ready.status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        pass
+                time.sleep(0.02)
+            startup = time.perf_counter() - started
+            if proc.poll() is not None or base is None:
+                print("the daemon did not start:\n" + log_path.read_text()[-3000:])
+                return 1
+            print(f"rotator run with {args.clients} clients (env-file store), audit to "
+                  f"{args.audit}, "
+                  f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
+            row("start-up to ready", f"{startup:.2f} s", "< 3 s", startup < 3)
+            rss = rss_mb(proc.pid)
+            row("RSS once ready", f"{rss:.0f} MB", "< 150 MB", rss < 150)
+            before = cpu_seconds(proc.pid)
+            time.sleep(args.idle)
+            idle = (cpu_seconds(proc.pid) - before) / args.idle * 100
+            row(f"idle CPU over {args.idle:g} s", f"{idle:.2f} %", "< 1 %", idle < 1)
+            names = [f"c{i:05d}" for i in range(args.clients)]
+            try:
+                timings = one_client_latency(base, token, names, args.requests,
+                                             args.callers)
+            except (httpx.HTTPError, RuntimeError) as exc:
+                print(f"GET /v1/clients/{{name}} failed: {exc!r}; daemon alive: "
+                      f"{proc.poll() is None}\n" + log_path.read_text()[-3000:])
+                return 1
+            p50, p99 = statistics.median(timings) * 1000, percentile(timings, 0.99) * 1000
+            row(f"GET /v1/clients/{{name}} p50, {args.callers} callers", f"{p50:.1f} ms",
+                "", None)
+            row(f"GET /v1/clients/{{name}} p99, {args.callers} callers", f"{p99:.1f} ms",
+                "< 50 ms", p99 < 50)
+            seen, pages = paged(base, token)
+            row(f"GET /v1/clients, {len(pages)} pages of 1000: clients", str(seen),
+                str(args.clients), seen == args.clients)
+            row("GET /v1/clients page of 1000, p99", f"{percentile(pages, 0.99) * 1000:.0f} ms",
+                "", None)
+            rss = rss_mb(proc.pid)
+            row("RSS after the calls", f"{rss:.0f} MB", "< 150 MB", rss < 150)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=120)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
