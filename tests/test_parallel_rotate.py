@@ -20,6 +20,7 @@ from servers import OpenBao
 from test_request_count import CountingTransport, Requests
 
 from providers.idps.keycloak import KeycloakIdp
+from rotator.audit import flatten
 from rotator.cli import _each_parallel, run
 from rotator.config import load_config
 from rotator.engine import Adapters, Outcome
@@ -165,7 +166,7 @@ class TestParallelRotateAll:
                 continue
             assert fleet.whole(i) == []
             assert fleet.stored(i) != old[i]
-        audit = [json.loads(line) for line in
+        audit = [flatten(json.loads(line)) for line in
                  (tmp_path / "audit.jsonl").read_text().splitlines()]
         assert Counter(e["client"] for e in audit if e["event"] == "secret_promoted") == \
             Counter({f"c{i}": 2 for i in range(10) if i != 3})

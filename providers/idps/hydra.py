@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 import httpx
 
+from rotator._remote import error_text
 from rotator.errors import (
     IdentityProviderError,
     IdpAccessDenied,
@@ -205,13 +206,4 @@ class HydraIdp:
 
 
 def _error_text(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return redact(response.text)[:200] or "no body"
-    if isinstance(body, dict):
-        parts = [str(body[k]) for k in ("error", "error_description", "error_hint")
-                 if body.get(k)]
-        if parts:
-            return redact("; ".join(parts))[:200]
-    return redact(str(body))[:200]
+    return error_text(response, ("error", "error_description", "error_hint"))

@@ -25,6 +25,7 @@ from urllib.parse import quote
 
 import httpx
 
+from rotator._remote import error_text
 from rotator.errors import (
     IdentityProviderError,
     IdpAccessDenied,
@@ -313,14 +314,4 @@ class KeycloakIdp:
 
 
 def _error_text(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        # Redact before cutting: a secret straddling the cut would leak its start.
-        return redact(response.text)[:200] or "no body"
-    if isinstance(body, dict):
-        parts = [str(body[k]) for k in ("error", "errorMessage", "error_description")
-                 if body.get(k)]
-        if parts:
-            return redact("; ".join(parts))[:200]
-    return redact(str(body))[:200]
+    return error_text(response, ("error", "errorMessage", "error_description"))
