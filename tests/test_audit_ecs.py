@@ -118,7 +118,8 @@ class TestEcsRecords:
 def _emitted_names() -> set[str]:
     """Every event name the engine, the Lambda and the API pass to the audit log."""
     names: set[str] = set()
-    for path in [ROOT / "rotator" / "engine.py", ROOT / "providers" / "aws_lambda.py",
+    for path in [*(ROOT / "rotator" / "engine").glob("*.py"),
+                 ROOT / "providers" / "aws_lambda.py",
                  *(ROOT / "rotator" / "daemon").glob("*.py"), ROOT / "rotator" / "cli.py"]:
         for node in ast.walk(ast.parse(path.read_text())):
             if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)

@@ -1,60 +1,32 @@
-"""The rotation state machine.
+"""The rotation driver: the commands, the steps of the state machine, their audit events.
 
-A rotation follows AWS Secrets Manager's four steps, recorded in the journal after each
-one so that a run killed anywhere is finished by the next run:
-
-Overlap-capable identity providers (two secrets valid at once)::
-
-    STARTED ─▶ [STAGED] ─▶ [CREATING] ─▶ CREATED ─▶ VERIFIED ─▶ PROMOTED ─▶ COMPLETED
-                                            │ verification fails       (after the grace period:
-                                            ▼                           old secret retired)
-                                      ROLLING_BACK ─▶ ROLLED_BACK  (new secret deleted at the
-                                                                    IdP; old one still current)
-
-Single-secret identity providers (the old secret dies when the new one exists)::
-
-    STARTED ─▶ [STAGED] ─▶ [CREATING] ─▶ CREATED ─▶ PROMOTED ─▶ COMPLETED (once verified)
-                                                        │ verification fails
-                                                        ▼
-                                                      FAILED  (the new secret stays current:
-                                                               it is the only one the IdP has)
-
-``STAGED`` is used when rotator chooses the value: it is written to every store as PENDING
-before the IdP hears of it, so no issued secret can be lost. ``CREATING`` is used when the
-IdP generates the value: a run killed inside it asks the IdP for its current secret (where
-the IdP can tell) instead of creating another. With a single-secret IdP the new value is
-promoted before verification, because the old one no longer works; verification then
-retries to tolerate propagation delay.
-
-Every step is idempotent; the engine decides between the two families from
-:class:`~rotator.interfaces.IdpCapabilities`, never from an adapter's name.
+The states and the two families are drawn in :mod:`rotator.engine`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import structlog
 
 from rotator.audit import AuditLog, bound
 from rotator.config import ClientConfig, Config, StoreTarget
+from rotator.engine.adapters import Adapters
+from rotator.engine.status import client_status
+from rotator.engine.verification import HttpFactory, default_http, verify_credentials
 from rotator.errors import (
     IdpAccessDenied,
     IdpNotFound,
-    InvalidScope,
     JournalConflict,
     RotationError,
     RotatorError,
     StoreConflict,
     StoreError,
-    UnauthorizedClient,
     VerificationError,
 )
 from rotator.interfaces import (
@@ -73,27 +45,16 @@ from rotator.interfaces import (
     StoreFacts,
 )
 from rotator.journal import new_rotation_id
-from rotator.secrets import Secret, check_secret_value, generate_secret, redact
-from rotator.token import Token, TokenRequest, request_token
+from rotator.secrets import Secret, check_secret_value, generate_secret
+from rotator.token import Token
 
 log = structlog.get_logger("rotator.engine")
 
 Clock = Callable[[], datetime]
-HttpFactory = Callable[[ClientConfig], httpx.Client]
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def default_http(client: ClientConfig) -> httpx.Client:
-    """An httpx client for the token endpoint, TLS verification on unless turned off."""
-    return httpx.Client(timeout=client.verify_timeout, verify=client.tls_verify)
-
-
-def _http_key(client: ClientConfig) -> tuple[object, ...]:
-    """Clients whose token requests may share one httpx client (and its TLS context)."""
-    return (client.tls_verify, client.verify_timeout)
 
 
 @dataclass
@@ -112,87 +73,6 @@ class Outcome:
         return {"client": self.client, "ok": self.ok, "action": self.action,
                 "message": self.message, "rotation_id": self.rotation_id,
                 "state": self.state, **({"details": self.details} if self.details else {})}
-
-
-class Adapters:
-    """Builds adapters from the configuration and starts each on first use.
-
-    Worker threads may share one: each adapter is built and started once, by the first
-    thread that asks for it, while the others wait for that start.
-    """
-
-    def __init__(self, config: Config, *, stores: Mapping[str, SecretStore] | None = None,
-                 idps: Mapping[str, IdentityProvider] | None = None) -> None:
-        self._config = config
-        # Adapters given here (already constructed, e.g. with a test transport) are started
-        # on first use like the others.
-        self._given_stores = dict(stores or {})
-        self._given_idps = dict(idps or {})
-        self._stores: dict[str, SecretStore] = {}
-        self._idps: dict[str, IdentityProvider] = {}
-        self._http: dict[tuple[object, ...], httpx.Client] = {}
-        self._http_lock = threading.Lock()
-        # One lock per adapter being started, so that a slow start (a sign-in) of one store
-        # does not hold up threads that need another.
-        self._starting: dict[tuple[str, str], threading.Lock] = {}
-        self._starting_lock = threading.Lock()
-
-    def _start_lock(self, kind: str, name: str) -> threading.Lock:
-        with self._starting_lock:
-            return self._starting.setdefault((kind, name), threading.Lock())
-
-    def store(self, name: str) -> SecretStore:
-        started = self._stores.get(name)
-        if started is not None:
-            return started
-        with self._start_lock("store", name):
-            if name not in self._stores:
-                store: SecretStore = (self._given_stores.get(name)
-                                      or self._config.stores[name].build())
-                store.start()
-                self._stores[name] = store
-            return self._stores[name]
-
-    def idp(self, name: str) -> IdentityProvider:
-        started = self._idps.get(name)
-        if started is not None:
-            return started
-        with self._start_lock("idp", name):
-            if name not in self._idps:
-                idp: IdentityProvider = (self._given_idps.get(name)
-                                         or self._config.idps[name].build())
-                idp.start()
-                self._idps[name] = idp
-            return self._idps[name]
-
-    def http(self, client: ClientConfig, factory: HttpFactory) -> httpx.Client:
-        """One httpx client per TLS setting and timeout, kept open until :meth:`close`.
-
-        Building a client loads the CA bundle into a fresh TLS context, which costs more
-        than a token request; verifications share one instead.
-        """
-        key = (factory, *_http_key(client))
-        with self._http_lock:
-            if key not in self._http:
-                self._http[key] = factory(client)
-            return self._http[key]
-
-    def close(self) -> None:
-        for http in self._http.values():
-            http.close()
-        self._http.clear()
-        for store in self._stores.values():
-            store.close()
-        for idp in self._idps.values():
-            idp.close()
-        self._stores.clear()
-        self._idps.clear()
-
-
-#: ``status`` states that need a person: a store or the IdP cannot be reached, nothing is
-#: stored, or the last rotation did not leave a verified new secret.
-STATUS_ERRORS = frozenset({"store_error", "idp_error", "no_credential",
-                           "last_rotation_failed", "last_rotation_rolled_back"})
 
 
 class _Abort(Exception):
@@ -386,89 +266,9 @@ class Engine:
         audit key and no IdP admin secret. ``error`` is true for the states in
         :data:`STATUS_ERRORS`.
         """
-        client = self.config.clients[name]
-        now = self.clock()
-        stores: dict[str, Any] = {}
-        current_since: datetime | None = None
-        for target in client.targets:
-            key = f"{target.store}:{target.location}"
-            try:
-                facts = self.adapters.store(target.store).facts(target.location)
-                stores[key] = {"has_current": facts.has_current,
-                               "current_rotation_id": facts.current_rotation_id,
-                               "pending_rotation_id": facts.pending_rotation_id,
-                               "has_previous": facts.has_previous}
-                if facts.current_since and (current_since is None
-                                            or facts.current_since > current_since):
-                    current_since = facts.current_since
-            except StoreError as exc:
-                log.debug("store_unreachable", store=target.store, exc_info=True)
-                stores[key] = {"error": str(exc)}
-        idp_status = self._idp_reachability(client)
-        latest = self.journal.latest(name)
-        success = self.journal.last_success(name)
-        last_rotated = success.updated_at if success else current_since
-        age = (now - last_rotated).total_seconds() if last_rotated else None
-        open_rotation = self.journal.open_rotation(name)
-        if any("error" in s for s in stores.values()):
-            state = "store_error"
-        elif not idp_status["reachable"]:
-            state = "idp_error"
-        elif open_rotation is not None:
-            state = ("awaiting_retirement" if open_rotation.awaiting_retirement
-                     else f"interrupted:{open_rotation.state}")
-        elif latest is not None and latest.state in (State.FAILED, State.ROLLED_BACK):
-            state = f"last_rotation_{latest.state}"
-        elif not any(s.get("has_current") for s in stores.values()):
-            state = "no_credential"
-        elif client.rotate_every is not None and (age is None or age >= client.rotate_every):
-            state = "due"
-        else:
-            state = "ok"
-        return {
-            "client": name, "client_id": client.client_id, "idp": client.idp,
-            "idp_status": idp_status, "stores": stores, "state": state,
-            "error": state in STATUS_ERRORS,
-            "last_rotation": None if latest is None else {
-                "id": latest.id, "state": latest.state.value, "actor": latest.actor,
-                "started_at": latest.started_at.isoformat(timespec="seconds"),
-                "updated_at": latest.updated_at.isoformat(timespec="seconds"),
-                "retire_after": latest.retire_after.isoformat(timespec="seconds")
-                if latest.retire_after else None,
-                "error": latest.error,
-                "steps": [{"state": state.value, "at": at.isoformat(timespec="seconds")}
-                          for at, state, _detail in self.journal.steps(latest.id)],
-            },
-            "last_rotated_at": last_rotated.isoformat(timespec="seconds") if last_rotated
-            else None,
-            "age_seconds": None if age is None else int(age),
-            "rotate_every_seconds": client.rotate_every,
-        }
-
-    def _idp_reachability(self, client: ClientConfig) -> dict[str, Any]:
-        """Whether ``client``'s token endpoint answers; uses no credential, changes nothing.
-
-        Any HTTP answer below 500 (a token endpoint answers a bare GET with 400 or 405)
-        means the IdP is reachable.
-        """
-        endpoint: str | None = None
-        try:
-            endpoint = (client.token_endpoint
-                        or self.adapters.idp(client.idp).default_token_endpoint())
-            if not endpoint:
-                return {"reachable": False, "error": "no token endpoint is configured or known"}
-            with self.http_factory(client) as http:
-                answer = http.get(endpoint)
-        except (httpx.HTTPError, RotatorError) as exc:
-            log.debug("idp_unreachable", idp=client.idp, exc_info=True)
-            return {"reachable": False,
-                    "error": redact(f"token endpoint {endpoint or '?'} unreachable: "
-                                    f"{exc or type(exc).__name__}")}
-        if answer.status_code >= 500:
-            log.debug("idp_unreachable", idp=client.idp, status=answer.status_code)
-            return {"reachable": False,
-                    "error": f"token endpoint {endpoint} answered HTTP {answer.status_code}"}
-        return {"reachable": True}
+        return client_status(self.config.clients[name], now=self.clock(),
+                             adapters=self.adapters, journal=self.journal,
+                             http_factory=self.http_factory)
 
     # -- starting ------------------------------------------------------------------------
 
@@ -905,44 +705,6 @@ class Engine:
 _AUDIT_KEY_ID_INPUT = "rotator-audit-key-id"
 _STEPS = {"secret_created": "create", "old_secret_retired": "retire",
           "new_secret_discarded": "rollback"}
-
-
-def verify_credentials(
-    client: ClientConfig, creds: Credentials, idp: IdentityProvider, *, attempts: int,
-    patience: float = 0.0, http_factory: HttpFactory = default_http,
-    sleep: Callable[[float], None] = time.sleep, http: httpx.Client | None = None,
-) -> Token:
-    """Obtain a token with ``creds`` as ``client`` must, retrying up to ``attempts`` times.
-
-    Retries ride out propagation delay and a busy token endpoint (backoff from 0.5 s,
-    doubling, capped at 8 s); they go on past ``attempts`` until ``patience`` seconds were
-    waited, so an IdP that declares a propagation delay gets at least that long.
-    ``invalid_scope`` and ``unauthorized_client`` are raised at once because waiting does not
-    change what a client may do. ``http``, if given, is used (and left open) instead of a
-    client made by ``http_factory`` for this call. Raises
-    :class:`~rotator.errors.VerificationError` or ``RotationError`` (no token endpoint).
-    """
-    endpoint = client.token_endpoint or idp.default_token_endpoint()
-    if not endpoint:
-        raise RotationError(f"client {client.name} has no token_endpoint and IdP "
-                            f"{client.idp!r} cannot tell it")
-    req = TokenRequest(endpoint, client.auth_method, client.scopes, client.audience,
-                       client.resource)
-    delay, waited, attempt = 0.5, 0.0, 0
-    with contextlib.nullcontext(http) if http is not None else http_factory(client) as http:
-        while True:
-            attempt += 1
-            try:
-                return request_token(http, req, creds)
-            except (InvalidScope, UnauthorizedClient):
-                raise
-            except VerificationError as exc:
-                if attempt >= attempts and waited >= patience:
-                    raise
-                log.debug("verification_retry", attempt=attempt, error=str(exc))
-                sleep(delay)
-                waited += delay
-                delay = min(delay * 2, 8.0)
 
 
 def _read_with_facts(store: SecretStore,
