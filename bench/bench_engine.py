@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import secrets
 import statistics
 import sys
@@ -56,7 +55,13 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from servers import ADMIN_CLIENT_ROLES, ROTATION_ATTRIBUTES, Keycloak, OpenBao
+from servers import (
+    ADMIN_CLIENT_ROLES,
+    ROTATION_ATTRIBUTES,
+    Keycloak,
+    OpenBao,
+    keycloak_for_session,
+)
 
 from rotator.cli import run
 
@@ -93,20 +98,6 @@ class Counter:
         finally:
             httpx.HTTPTransport.handle_request = real_httpx  # type: ignore[method-assign]
             requests.adapters.HTTPAdapter.send = real_requests  # type: ignore[method-assign]
-
-
-@contextmanager
-def keycloak() -> Iterator[Keycloak]:
-    attach = os.environ.get("ROTATOR_TEST_KEYCLOAK")
-    if attach:
-        server = Keycloak.attach(attach)
-        try:
-            yield server
-        finally:
-            server.stop()
-        return
-    with Keycloak() as server:
-        yield server
 
 
 class Bare:
@@ -216,7 +207,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     n = args.clients
-    with OpenBao() as bao, keycloak() as kc, tempfile.TemporaryDirectory() as tmp:
+    with OpenBao() as bao, keycloak_for_session() as kc, tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         realm = f"rotator-bench-{secrets.token_hex(4)}"
         kc.create_realm(realm)

@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from rotation_env import KeycloakRealm
-from servers import ADMIN_CLIENT_ROLES, Hydra, Keycloak, MotoServer, OpenBao
+from servers import ADMIN_CLIENT_ROLES, Hydra, Keycloak, MotoServer, OpenBao, keycloak_for_session
 
 
 @pytest.fixture(scope="session")
@@ -38,15 +38,7 @@ def keycloak() -> Iterator[Keycloak]:
     Keycloak started with ``python tests/servers.py keycloak`` instead of starting one, so
     several test runs on one machine can share it (realms get a random suffix then).
     """
-    attach = os.environ.get("ROTATOR_TEST_KEYCLOAK")
-    if attach:
-        server = Keycloak.attach(attach)
-        try:
-            yield server
-        finally:
-            server.stop()
-        return
-    with Keycloak() as server:
+    with keycloak_for_session() as server:
         yield server
 
 

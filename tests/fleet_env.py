@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import hvac
-from rotation_env import TESTS, CliResult, KeycloakRealm
+from rotation_env import TESTS, CliResult, KeycloakRealm, base_config, keycloak_table
 from servers import ROTATION_ATTRIBUTES, OpenBao
 
 from providers.stores.env import parse_env
@@ -68,36 +68,9 @@ stores = [{{store = "bao", path = "apps/{client_id}"}}, {{store = "envfile", pre
 """)
         (root / "creds.env").write_text("\n".join(env_lines) + "\n")
         (root / "creds.env").chmod(0o600)
-        (root / "rotator.toml").write_text(f"""
-[rotator]
-state_dir = "state"
-
-[audit]
-file = "audit.jsonl"
-key_file = "audit.key"
-
-[daemon]
-idp_concurrency = {idp_concurrency}
-
-[stores.bao]
-type = "vault"
-url = "{bao.url}"
-token_file = "bao.token"
-timeout = "5s"
-
-[stores.envfile]
-type = "env"
-file = "creds.env"
-read_environ = false
-
-[idps.kc]
-type = "keycloak"
-url = "{kc.keycloak.url}"
-realm = "{kc.realm}"
-admin_client_id = "{kc.admin_client_id}"
-admin_client_secret_file = "admin.secret"
-timeout = "10s"
-""" + "".join(client_tables))
+        (root / "rotator.toml").write_text(
+            base_config(bao) + keycloak_table(kc)
+            + f"\n[daemon]\nidp_concurrency = {idp_concurrency}\n" + "".join(client_tables))
         return fleet
 
     @property

@@ -34,6 +34,44 @@ from rotator.cli import run
 TESTS = Path(__file__).parent
 
 
+def base_config(bao: OpenBao) -> str:
+    """The tables every real-server test configuration shares: state directory, audit log
+    (``audit.key`` beside it), OpenBao as ``bao`` (token in ``bao.token``) and the env file
+    ``creds.env`` as ``envfile``."""
+    return f"""
+[rotator]
+state_dir = "state"
+
+[audit]
+file = "audit.jsonl"
+key_file = "audit.key"
+
+[stores.bao]
+type = "vault"
+url = "{bao.url}"
+token_file = "bao.token"
+timeout = "5s"
+
+[stores.envfile]
+type = "env"
+file = "creds.env"
+read_environ = false
+"""
+
+
+def keycloak_table(kc: KeycloakRealm) -> str:
+    """``[idps.kc]``: rotator's admin client of ``kc`` (its secret in ``admin.secret``)."""
+    return f"""
+[idps.kc]
+type = "keycloak"
+url = "{kc.keycloak.url}"
+realm = "{kc.realm}"
+admin_client_id = "{kc.admin_client_id}"
+admin_client_secret_file = "admin.secret"
+timeout = "10s"
+"""
+
+
 @dataclass
 class KeycloakRealm:
     keycloak: Keycloak
@@ -101,34 +139,8 @@ endpoint_url = "{moto.url}"
 timeout = "5s"
 """
         scope_line = f"scopes = {list(scopes)!r}\n" if scopes else ""
-        (root / "rotator.toml").write_text(f"""
-[rotator]
-state_dir = "state"
-
-[audit]
-file = "audit.jsonl"
-key_file = "audit.key"
-
-[stores.bao]
-type = "vault"
-url = "{bao.url}"
-token_file = "bao.token"
-timeout = "5s"
-
-{aws_store}
-[stores.envfile]
-type = "env"
-file = "creds.env"
-read_environ = false
-
-[idps.kc]
-type = "keycloak"
-url = "{kc.keycloak.url}"
-realm = "{kc.realm}"
-admin_client_id = "{kc.admin_client_id}"
-admin_client_secret_file = "admin.secret"
-timeout = "10s"
-{idp_extra}
+        (root / "rotator.toml").write_text(base_config(bao) + aws_store
+                                           + keycloak_table(kc) + f"""{idp_extra}
 
 [clients.svc]
 idp = "kc"

@@ -61,6 +61,7 @@ __all__ = [
     "free_port",
     "hydra_binary",
     "keycloak_dist",
+    "keycloak_for_session",
     "moto_binary",
 ]
 
@@ -829,6 +830,23 @@ class Hydra(_LocalServer):
         with httpx.Client(timeout=30.0, trust_env=False) as http:
             return http.post(self.token_endpoint, data={"grant_type": "client_credentials"},
                              auth=(client_id, secret)).status_code
+
+
+@contextlib.contextmanager
+def keycloak_for_session() -> Iterator[Keycloak]:
+    """A Keycloak for a test session or a benchmark: a new one, or, for development only,
+    the one ``ROTATOR_TEST_KEYCLOAK=<port>:<admin password>`` names (started with
+    ``python tests/servers.py keycloak``; it is left running afterwards)."""
+    attach = os.environ.get("ROTATOR_TEST_KEYCLOAK")
+    if attach:
+        server = Keycloak.attach(attach)
+        try:
+            yield server
+        finally:
+            server.stop()
+        return
+    with Keycloak() as server:
+        yield server
 
 
 if __name__ == "__main__":  # pragma: no cover - a developer's shared Keycloak

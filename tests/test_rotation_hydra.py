@@ -18,6 +18,7 @@ from typing import Any
 
 import hvac
 import pytest
+from rotation_env import base_config
 from servers import Hydra, OpenBao
 
 from providers.stores.env import parse_env
@@ -56,25 +57,7 @@ class HydraScenario:
         s.vault().secrets.kv.v2.create_or_update_secret(
             path=s.vault_path, secret={"client_id": client_id, "client_secret": old},
             mount_point="secret")
-        (root / "rotator.toml").write_text(f"""
-[rotator]
-state_dir = "state"
-
-[audit]
-file = "audit.jsonl"
-key_file = "audit.key"
-
-[stores.bao]
-type = "vault"
-url = "{bao.url}"
-token_file = "bao.token"
-timeout = "5s"
-
-[stores.envfile]
-type = "env"
-file = "creds.env"
-read_environ = false
-
+        (root / "rotator.toml").write_text(base_config(bao) + f"""
 [idps.hydra]
 type = "hydra"
 admin_url = "{hydra.admin_url}"
