@@ -1,7 +1,8 @@
 """The IdentityProvider contract, run against every IdP adapter on a real server.
 
 Cases: Keycloak without the secret-rotation policy (one secret, Keycloak generates it),
-Keycloak with it (two secrets), Hydra v2.3.0 (one secret, rotator chooses it). Each test
+Keycloak with it (two secrets), Hydra v2.3.0 (one secret, rotator chooses it), Glewlwyd 2.7's
+admin API (one secret, rotator chooses it, the admin API reads it back). Each test
 asks the adapter's declared capabilities what must happen and checks it at the server's
 token endpoint.
 """
@@ -16,8 +17,10 @@ from typing import Any
 import httpx
 import pytest
 from rotation_env import KeycloakRealm
+from server_glewlwyd import Glewlwyd
 from servers import ROTATION_ATTRIBUTES, Hydra, free_port
 
+from providers.idps.glewlwyd import GlewlwydIdp
 from providers.idps.hydra import HydraIdp
 from providers.idps.keycloak import KeycloakIdp
 from rotator.errors import (
@@ -110,10 +113,28 @@ def _hydra_case(hydra: Hydra) -> IdpCase:
     )
 
 
-@pytest.fixture(params=["keycloak", "keycloak-rotation", "hydra"])
+def _glewlwyd_case(glewlwyd: Glewlwyd) -> IdpCase:
+    def new_client() -> tuple[str, str]:
+        secret = secrets.token_urlsafe(24)
+        return glewlwyd.create_client(secret), secret
+
+    settings = {"url": glewlwyd.url, "api_key": Secret(glewlwyd.admin_api_key),
+                "api_prefix": "api", "oidc_plugin": "oidc", "tls_verify": True,
+                "ca_file": None, "timeout": 10.0}
+    return IdpCase(
+        name="glewlwyd", settings=settings, new_client=new_client,
+        build=lambda s, t=None: GlewlwydIdp("glewlwyd", s, transport=t),
+        works=lambda cid, secret: glewlwyd.token_status(cid, secret) == 200,
+        denied_settings={"api_key": Secret(secrets.token_urlsafe(16))},
+    )
+
+
+@pytest.fixture(params=["keycloak", "keycloak-rotation", "hydra", "glewlwyd"])
 def case(request: pytest.FixtureRequest) -> IdpCase:
     if request.param == "hydra":
         return _hydra_case(request.getfixturevalue("hydra"))
+    if request.param == "glewlwyd":
+        return _glewlwyd_case(request.getfixturevalue("glewlwyd"))
     return _keycloak_case(request.getfixturevalue("kc_realm"),
                           policy=request.param == "keycloak-rotation")
 

@@ -1,0 +1,204 @@
+"""Glewlwyd's admin API as an identity provider (tested against Debian's Glewlwyd 2.7.5).
+
+Glewlwyd keeps one ``client_secret`` per client, stored as given, and lets the admin API
+set it: rotator reads the client (``GET {url}/api/client/{id}``), puts it back whole with
+the value rotator generated and staged (``PUT {url}/api/client/{id}``; the PUT replaces
+every property, so nothing read may be dropped), and reads it again to check the new value
+took. The old secret stops working at once, so Glewlwyd clients follow the engine's
+single-secret family with a caller-chosen value (``STAGED``). Because the admin API returns
+``client_secret`` as stored, ``current_secret`` can tell which secret Glewlwyd holds.
+
+Authentication: an admin API key (Glewlwyd 2.6 and later), sent as ``Authorization: token
+<key>``; Glewlwyd accepts it only when its configuration has ``admin_session_authentication``
+including ``api_key``. An API key grants the whole admin API except API-key management:
+Glewlwyd has no narrower role for editing clients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+from urllib.parse import quote
+
+import httpx
+
+from rotator._remote import error_text
+from rotator.errors import (
+    IdentityProviderError,
+    IdpAccessDenied,
+    IdpNotFound,
+    IdpUnavailable,
+)
+from rotator.interfaces import ClientId, IdpCapabilities, IssuedSecret, RotationId
+from rotator.secrets import Secret, redact
+from rotator.settings import Setting, typed
+
+_PREFIX_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-/")
+#: Properties of a client Glewlwyd reports but does not take back in a PUT.
+_READ_ONLY = ("source",)
+
+
+@dataclass(frozen=True)
+class GlewlwydSettings:
+    """The checked ``[idps.NAME]`` table of a Glewlwyd; defaults in ``GlewlwydIdp.SETTINGS``."""
+
+    url: str
+    api_key: Secret | None
+    api_prefix: str
+    oidc_plugin: str
+    tls_verify: bool
+    ca_file: str | None
+    timeout: float
+
+
+def _segment(value: str) -> str:
+    """``value`` as one URL path segment: '/', '?', '#', '%' and dot segments escaped."""
+    if value in (".", ".."):
+        return value.replace(".", "%2E")
+    return quote(value, safe="")
+
+
+class GlewlwydIdp:
+    """A Glewlwyd's OAuth 2.0 clients, managed through its admin API with an API key."""
+
+    SETTINGS: ClassVar[tuple[Setting, ...]] = (
+        Setting("url", required=True, help="Glewlwyd's base URL, e.g. https://sso.example.com"),
+        Setting("api_key", required=True, secret=True,
+                help="an admin API key (Glewlwyd's admin page, API keys)"),
+        Setting("api_prefix", default="api", help="Glewlwyd's api_prefix setting"),
+        Setting("oidc_plugin", default="oidc",
+                help="name of the OpenID Connect plugin instance serving the token endpoint"),
+        Setting("tls_verify", "bool", default=True),
+        Setting("ca_file", "path"),
+        Setting("timeout", "duration", default=10.0),
+    )
+    CLIENT_SETTINGS: ClassVar[tuple[Setting, ...]] = ()
+
+    @staticmethod
+    def validate_settings(settings: Mapping[str, Any]) -> list[tuple[str, str]]:
+        problems = []
+        for key in ("api_prefix", "oidc_plugin"):
+            value = settings.get(key)
+            if isinstance(value, str) and (not value.strip("/") or
+                                           not set(value) <= _PREFIX_CHARS or ".." in value):
+                problems.append((key, "must be a URL path of letters, digits, '_', '-' and '/'"))
+        return problems
+
+    def __init__(self, name: str, settings: Mapping[str, Any],
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.name = name
+        self._settings = typed(GlewlwydSettings, settings)
+        self._url = self._settings.url.rstrip("/")
+        self._api = f"{self._url}/{self._settings.api_prefix.strip('/')}"
+        self._transport = transport
+        self._http: httpx.Client | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        s = self._settings
+        self._http = httpx.Client(base_url=self._api, timeout=s.timeout,
+                                  verify=s.ca_file or s.tls_verify, transport=self._transport,
+                                  trust_env=False)
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
+    def default_token_endpoint(self) -> str | None:
+        return f"{self._api}/{self._settings.oidc_plugin.strip('/')}/token"
+
+    # -- transport -------------------------------------------------------------------------
+
+    def _call(self, method: str, path: str, *, json: Any = None,
+              params: Mapping[str, str] | None = None) -> httpx.Response:
+        if self._http is None:
+            raise IdentityProviderError(f"Glewlwyd {self.name!r} is not started")
+        key = self._settings.api_key
+        headers = {"Authorization": f"token {key.reveal()}"} if key is not None else {}
+        try:
+            response = self._http.request(method, path, json=json, params=params,
+                                          headers=headers)
+        except httpx.HTTPError as exc:
+            kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "is unreachable"
+            raise IdpUnavailable(f"Glewlwyd {self.name!r} at {self._url} {kind}: "
+                                 f"{redact(str(exc)) or type(exc).__name__}") from None
+        status = response.status_code
+        if status == 200:
+            return response
+        if status in (401, 403):
+            raise IdpAccessDenied(
+                f"Glewlwyd {self.name!r}: {method} {path} was refused (HTTP {status}); rotator "
+                "needs an admin API key (api_key) that is enabled, and Glewlwyd must accept API "
+                "keys (admin_session_authentication including api_key)")
+        if status == 404:
+            raise IdpNotFound(f"Glewlwyd {self.name!r}: {path} not found: {_error_text(response)}")
+        if status >= 500 or status == 429:
+            raise IdpUnavailable(f"Glewlwyd {self.name!r}: {method} {path} answered HTTP "
+                                 f"{status}: {_error_text(response)}")
+        raise IdentityProviderError(f"Glewlwyd {self.name!r}: {method} {path} answered HTTP "
+                                    f"{status}: {_error_text(response)}")
+
+    def _client_path(self, client_id: ClientId) -> str:
+        return f"/client/{_segment(client_id)}"
+
+    def _read_client(self, client_id: ClientId) -> dict[str, Any]:
+        """The client's properties, checked enough to be put back whole."""
+        response = self._call("GET", self._client_path(client_id))
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if (not isinstance(body, dict) or not isinstance(body.get("client_id"), str)
+                or body["client_id"].upper() != client_id.upper()
+                or not isinstance(body.get("source", ""), str)):
+            raise IdentityProviderError(
+                f"Glewlwyd {self.name!r}: GET client {client_id!r} did not answer that client's "
+                "properties as a JSON object; nothing was changed")
+        return body
+
+    # -- IdentityProvider ------------------------------------------------------------------
+
+    def capabilities(self, client_id: ClientId) -> IdpCapabilities:
+        client = self._read_client(client_id)
+        if client.get("confidential") is not True:
+            raise IdentityProviderError(
+                f"Glewlwyd {self.name!r}: client {client_id!r} is not confidential, so it has "
+                "no secret to rotate")
+        return IdpCapabilities(max_active_secrets=1, caller_sets_value=True,
+                               can_revoke_old=False, can_read_current=True)
+
+    def create_secret(self, client_id: ClientId, rotation_id: RotationId,
+                      value: Secret | None) -> IssuedSecret:
+        if value is None:
+            raise IdentityProviderError(f"Glewlwyd {self.name!r}: rotator chooses Glewlwyd "
+                                        "client secrets; none was given")
+        client = self._read_client(client_id)
+        body = {k: v for k, v in client.items() if k not in _READ_ONLY}
+        body["client_secret"] = value.reveal()
+        source = client.get("source")
+        self._call("PUT", self._client_path(client_id), json=body,
+                   params={"source": source} if source else None)
+        if self.current_secret(client_id) != value:
+            raise IdentityProviderError(
+                f"Glewlwyd {self.name!r}: client {client_id!r} does not hold the new secret "
+                "after the update (a read-only client module?); check the client at Glewlwyd")
+        return IssuedSecret(value)
+
+    def current_secret(self, client_id: ClientId) -> Secret | None:
+        stored = self._read_client(client_id).get("client_secret")
+        return Secret(stored) if isinstance(stored, str) and stored else None
+
+    def discard_secret(self, client_id: ClientId, issued: IssuedSecret,
+                       previous: Secret) -> None:
+        raise IdentityProviderError(f"Glewlwyd {self.name!r} keeps one secret per client: a "
+                                    "new secret cannot be discarded to bring the old one back")
+
+    def retire_old_secrets(self, client_id: ClientId, keep: IssuedSecret) -> int:
+        return 0  # the old secret died when the new one was set
+
+
+def _error_text(response: httpx.Response) -> str:
+    return error_text(response, ("error", "error_description", "message"))
