@@ -153,7 +153,9 @@ class GlewlwydIdp:
             body = None
         if (not isinstance(body, dict) or not isinstance(body.get("client_id"), str)
                 or body["client_id"].upper() != client_id.upper()
-                or not isinstance(body.get("source", ""), str)):
+                or not isinstance(body.get("source", ""), str)
+                or not isinstance(body.get("scope"), list)
+                or not isinstance(body.get("enabled"), bool)):
             raise IdentityProviderError(
                 f"Glewlwyd {self.name!r}: GET client {client_id!r} did not answer that client's "
                 "properties as a JSON object; nothing was changed")
@@ -176,6 +178,9 @@ class GlewlwydIdp:
             raise IdentityProviderError(f"Glewlwyd {self.name!r}: rotator chooses Glewlwyd "
                                         "client secrets; none was given")
         client = self._read_client(client_id)
+        if client.get("confidential") is not True:
+            raise IdentityProviderError(f"Glewlwyd {self.name!r}: client {client_id!r} is not "
+                                        "confidential; nothing was changed")
         body = {k: v for k, v in client.items() if k not in _READ_ONLY}
         body["client_secret"] = value.reveal()
         source = client.get("source")
