@@ -31,3 +31,8 @@ elif command -v go >/dev/null 2>&1; then
 else
     echo "setup: go is not installed; the Hydra tests build Hydra on first use and need go"
 fi
+# rsyslog for the syslog sink's tests: apt-get download + dpkg -x into
+# ~/.cache/rotator-test/rsyslog-<version>/ (tests/server_rsyslog.py), nothing installed.
+if [ "${1:-}" = "--tests" ]; then
+    .venv/bin/python tests/server_rsyslog.py fetch >/dev/null
+fi

@@ -19,6 +19,7 @@ import uvicorn
 from server_rsyslog import Rsyslog, free_port
 
 from rotator.audit import AuditLog, bound
+from rotator.audit import spool as spool_module
 from rotator.audit.chain import chain_key, unseal, verify
 from rotator.audit.http import HttpTransport
 from rotator.audit.remote import describe
@@ -358,6 +359,50 @@ class TestHecOutage:
             [f"r-{n}" for n in range(15)]
 
 
+class TestSpoolCompaction:
+    """The delivered head of the spool is cut while the rest waits, and delivery goes on in
+    order across the new file."""
+
+    def test_rewrite_keeps_order(self, collector: Collector, tmp_path: Path,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(spool_module, "COMPACT_AT", 2000)
+        log = AuditLog(KEY, file=tmp_path / "audit.jsonl")
+        policy = SpoolPolicy(batch_size=3, retry_min=0.02, retry_max=0.1, drain=2.0)
+        sink = SpoolSink("siem", tmp_path / "spool", CHAIN, _hec(collector), policy)
+        log.add_sink("json", sink)
+        try:
+            _events(log, 30)  # the collector is down: all 30 wait
+            collector.start()
+            assert _poll(lambda: sink.delivered >= 30)
+            _events(log, 5, start=30)  # written to the file the spool was rewritten into
+            assert _poll(lambda: sink.delivered >= 35)
+        finally:
+            log.close()
+        assert sink.rewrites >= 1
+        events = _once_each(collector.events)
+        assert [e["fields"]["rotator_seq"] for e in events] == list(range(1, 36))
+        assert (tmp_path / "spool" / "siem.jsonl").stat().st_size < 2000 + 1000
+
+
+class TestWebhook:
+    """The generic webhook gets {"events": [...]} with each record's id, seq and document,
+    and a bearer token when one is set."""
+
+    def test_body(self, tmp_path: Path) -> None:
+        transport = HttpTransport("https://hooks.test/audit", api="webhook", sink="hook",
+                                  token=Secret("t" * 20))
+        log = AuditLog(KEY, file=tmp_path / "audit.jsonl")
+        _events(log, 2)
+        log.close()
+        lines = (tmp_path / "audit.jsonl").read_text().splitlines()
+        records = [Record(_seq_of(x), unseal(x)[1], x) for x in lines]  # type: ignore[index]
+        body = json.loads(transport.body(records))
+        transport.close()
+        assert [e["seq"] for e in body["events"]] == [1, 2]
+        assert [e["id"] for e in body["events"]] == [r.chain for r in records]
+        assert body["events"][0]["event"]["event"]["action"] == "secret_staged"
+
+
 class TestHecToken:
     """The token goes in the Authorization header only; a refused one is retried and logged
     without it."""
@@ -398,6 +443,23 @@ class TestSpoolBound:
         assert names.count("audit_spool_full") == 1
         assert sink.dropped > 0
         assert len((tmp_path / "audit.jsonl").read_text().splitlines()) == 20
+
+    def test_metrics(self, collector: Collector, tmp_path: Path) -> None:
+        from rotator.daemon.metrics import Metrics
+
+        log = AuditLog(KEY, file=tmp_path / "audit.jsonl")
+        policy = SpoolPolicy(max_bytes=4000, retry_min=0.05, retry_max=0.1, drain=0.1)
+        sink = SpoolSink("small", tmp_path / "spool", CHAIN, _hec(collector), policy)
+        log.add_sink("json", sink)
+        try:
+            _events(log, 20)
+            text = Metrics().render()[0].decode()
+        finally:
+            log.close()
+        assert 'rotator_audit_spool_limit_bytes{sink="small"} 4000.0' in text
+        assert f'rotator_audit_spool_dropped_total{{sink="small"}} {sink.dropped}.0' in text
+        pending = re.search(r'rotator_audit_spool_bytes\{sink="small"\} (\S+)', text)
+        assert pending and float(pending[1]) >= 4000 * 0.8
 
 
 # -- configuration ----------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from typing import Protocol
 
 import structlog
 
-from rotator._files import open_private
+from rotator._files import open_private, write_private_file
 from rotator.audit.chain import checkpoint_path, unseal
 from rotator.audit.sinks import FileSink
 from rotator.errors import RotatorError
@@ -44,6 +44,8 @@ _log = structlog.get_logger("rotator.audit")
 _READ_CHUNK = 1 << 20
 #: Past this share of ``spool_max_bytes`` a warning is logged.
 NEARING = 0.8
+#: Past this many delivered bytes at its head the spool is rewritten without them.
+COMPACT_AT = 4 * 1024 * 1024
 
 
 class DeliveryError(RotatorError):
@@ -107,6 +109,7 @@ class SpoolSink:
         self.dropped = 0
         self.failures = 0
         self.batches = 0
+        self.rewrites = 0
         self._thread = threading.Thread(target=self._run, name=f"audit-sink-{name}",
                                         daemon=True)
         self._thread.start()
@@ -205,9 +208,10 @@ class SpoolSink:
                 continue
             try:
                 self._transport.send(records)
-            except DeliveryError as exc:
+            except Exception as exc:  # the sender must outlive any failure
                 self.failures += 1
-                _log.warning("audit_delivery_failed", sink=self.name, error=str(exc),
+                error = str(exc) if isinstance(exc, DeliveryError) else type(exc).__name__
+                _log.warning("audit_delivery_failed", sink=self.name, error=error,
                              pending_from_seq=records[0].seq, retry_in_s=round(delay, 2))
                 self._wait(delay * (0.5 + random.random() / 2))  # noqa: S311 - jitter
                 delay = min(delay * 2, self.policy.retry_max)
@@ -221,6 +225,8 @@ class SpoolSink:
             os.ftruncate(self._cursor_fd, 0)
             os.pwrite(self._cursor_fd, data, 0)
             os.fsync(self._cursor_fd)
+            if self._offset >= COMPACT_AT:
+                self._compact()
 
     def _lead(self) -> bool:
         """Take the delivery lock; load where delivery stands. False if another process
@@ -278,16 +284,27 @@ class SpoolSink:
         return records, pos
 
     def _compact(self) -> None:
-        """Cut the delivered head of the spool when all of it was delivered, under the lock
-        the spool's writers take."""
+        """Cut the delivered head of the spool, under the lock the spool's writers take: by
+        truncating when all of it was delivered, else, past ``COMPACT_AT`` delivered bytes,
+        by replacing the file with its undelivered tail (the writers notice the new file at
+        their next batch, as they notice a log rotated away)."""
         if self._offset == 0:
             return
         fd = open_private(self.file, os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            if os.fstat(fd).st_size == self._offset:
+            size = os.fstat(fd).st_size
+            if size == self._offset:
                 os.ftruncate(fd, 0)
                 os.fsync(fd)
                 self._offset = 0
+            elif self._offset >= COMPACT_AT:
+                tail = os.pread(fd, size - self._offset, self._offset)
+                write_private_file(self.file, tail)
+                self._offset = 0
+                self.rewrites += 1
+                if self._read_fd >= 0:
+                    os.close(self._read_fd)
+                    self._read_fd = -1
         finally:
             os.close(fd)  # releases the lock
