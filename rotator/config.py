@@ -816,6 +816,10 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
                                               else base / "state") / "audit-spool")
         if not audit.get("file") and not audit.get("stdout") and not audit_sinks:
             audit_report("file", "set file, stdout = true, or both")
+        if not audit.get("file") and any(s.type != "file" for s in audit_sinks) and \
+                not any(s.type == "file" for s in audit_sinks):
+            audit_report("file", "syslog and http sinks are fed after the local record is "
+                                 "durable: set file (or add a sink of type file)")
         audit_key = audit.get("key")
         if audit_key is not None and len(audit_key.reveal().encode()) < MIN_AUDIT_KEY_BYTES:
             given = "key_file" if "key_file" in raw["audit"] else "key_env"

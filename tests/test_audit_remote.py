@@ -403,6 +403,26 @@ class TestWebhook:
         assert body["events"][0]["event"]["event"]["action"] == "secret_staged"
 
 
+class TestSpoolStartedAgain:
+    """A spool removed with its checkpoint (its records start again at seq 1) is delivered,
+    not mistaken for records already sent."""
+
+    def test_stale_cursor(self, collector: Collector, tmp_path: Path) -> None:
+        spool_dir = tmp_path / "spool"
+        spool_dir.mkdir(mode=0o700)
+        cursor = spool_dir / "siem.delivered"
+        cursor.write_text("100\n")
+        cursor.chmod(0o600)
+        collector.start()
+        log, sink = _http_log(tmp_path, collector)
+        try:
+            _events(log, 3)
+            assert _poll(lambda: sink.delivered >= 3)
+        finally:
+            log.close()
+        assert collector.seqs() == [1, 2, 3]
+
+
 class TestHecToken:
     """The token goes in the Authorization header only; a refused one is retried and logged
     without it."""
@@ -533,6 +553,18 @@ colour = "blue"
         assert all(f == str(tmp_path / "rotator.toml") for _, f in found)
         reasons = " ".join(p.reason for p in caught.value.problems)
         assert "allow_cleartext = true" in reasons and "allow_insecure_http" in reasons
+
+    def test_a_remote_sink_needs_a_local_record(self, tmp_path: Path) -> None:
+        path = tmp_path / "rotator.toml"
+        path.write_text(_BASE.replace('file = "audit.jsonl"\n', "stdout = true\n", 1) + """
+[[audit.sinks]]
+type = "syslog"
+name = "s1"
+address = "127.0.0.1:6514"
+""")
+        with pytest.raises(ConfigError) as caught:
+            load_config(path, environ={"AUDIT_KEY": KEY.reveal(), "KC": "k" * 20})
+        assert [p.key for p in caught.value.problems] == ["audit.file"]
 
     def test_cleartext_allowed_by_name_and_token_from_env(self, tmp_path: Path) -> None:
         token = secrets.token_urlsafe(24)

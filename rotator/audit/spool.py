@@ -36,7 +36,7 @@ from typing import Protocol
 import structlog
 
 from rotator._files import open_private, write_private_file
-from rotator.audit.chain import checkpoint_path, unseal
+from rotator.audit.chain import Checkpoint, checkpoint_path, unseal
 from rotator.audit.sinks import FileSink
 from rotator.errors import RotatorError
 
@@ -185,7 +185,12 @@ class SpoolSink:
                     self._stopping = True
                 if self._stopping:
                     return
-            if self._cursor_fd < 0 and not self._lead():
+            try:
+                leading = self._cursor_fd >= 0 or self._lead()
+            except OSError as exc:
+                _log.error("audit_spool_unreadable", sink=self.name, error=str(exc))
+                leading = False
+            if not leading:
                 if self._drain_until is not None:
                     with self._cond:
                         self._stopping = True
@@ -243,6 +248,20 @@ class SpoolSink:
         self._cursor_fd = fd
         return True
 
+    def _stale_cursor(self) -> bool:
+        """True (and the cursor reset) when the spool's checkpoint is behind the delivered
+        seq: the spool and its checkpoint were removed, and its records start again at 1."""
+        try:
+            written = Checkpoint.load(checkpoint_path(self.file))
+        except (ValueError, KeyError, TypeError):
+            return False
+        if written is None or written.seq >= self._delivered_seq:
+            return False
+        _log.warning("audit_spool_restarted", sink=self.name,
+                     delivered_seq=self._delivered_seq, spool_seq=written.seq)
+        self._delivered_seq = 0
+        return True
+
     def _open_read(self) -> int:
         """The spool for reading, reopened when compaction replaced it."""
         try:
@@ -275,7 +294,7 @@ class SpoolSink:
             if sealed is None:
                 _log.error("audit_spool_record_skipped", sink=self.name,
                            reason="not a sealed record", offset=pos)
-            elif sealed[0] > self._delivered_seq:
+            elif sealed[0] > self._delivered_seq or self._stale_cursor():
                 records.append(Record(sealed[0], sealed[1], line))
             pos = self._offset + start
         if not records and pos > self._offset:  # only delivered or unreadable lines
