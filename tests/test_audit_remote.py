@@ -403,6 +403,25 @@ class TestWebhook:
         assert body["events"][0]["event"]["event"]["action"] == "secret_staged"
 
 
+class TestBackoff:
+    """During an outage new records do not cut the backoff short (no attempt per record), and
+    closing neither waits out the backoff nor drains into a collector that is failing."""
+
+    def test_one_attempt_per_backoff(self, collector: Collector, tmp_path: Path) -> None:
+        log = AuditLog(KEY, file=tmp_path / "audit.jsonl")
+        policy = SpoolPolicy(retry_min=3600.0, retry_max=3600.0, drain=3600.0)
+        sink = SpoolSink("siem", tmp_path / "spool", CHAIN, _hec(collector), policy)
+        log.add_sink("json", sink)
+        try:
+            _events(log, 1)
+            assert _poll(lambda: sink.failures >= 1)
+            _events(log, 20, start=1)
+        finally:
+            log.close()  # returns: the hour of backoff and of draining is not waited out
+        assert sink.failures == 1 and sink.delivered == 0
+        assert len((tmp_path / "spool" / "siem.jsonl").read_text().splitlines()) == 21
+
+
 class TestSpoolStartedAgain:
     """A spool removed with its checkpoint (its records start again at seq 1) is delivered,
     not mistaken for records already sent."""

@@ -50,7 +50,12 @@ def describe(line: str) -> Described:
         severity = _CEF_SEVERITY.get(parts[6] if len(parts) == 8 else "", "info")
         return Described(when, name, severity, None,
                          _cef_fields(parts[7]) if len(parts) == 8 else {})
-    doc = json.loads(line)
+    try:
+        doc = json.loads(line)
+    except ValueError:  # not rotator's: sent as text rather than blocking the spool
+        return Described(datetime.now(UTC), "unknown", "info", None, {})
+    if not isinstance(doc, dict):
+        return Described(datetime.now(UTC), "unknown", "info", None, {})
     if "class_uid" in doc:  # OCSF
         when = datetime.fromtimestamp(int(doc.get("time", 0)) / 1000, UTC)
         return Described(when, str(doc.get("metadata", {}).get("event_code", "unknown")),

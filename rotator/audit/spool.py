@@ -104,6 +104,7 @@ class SpoolSink:
         self._drain_until: float | None = None
         self._nearing = False
         self._full = False
+        self._failing = False  # the last attempt failed: closing does not wait to drain
         # counters, read by the metrics collector and the tests
         self.delivered = 0
         self.dropped = 0
@@ -151,8 +152,8 @@ class SpoolSink:
             return 0
 
     def close(self) -> None:
-        """Send what is spooled for up to ``drain`` seconds, then stop; the rest waits in the
-        spool for the next start."""
+        """Send what is spooled for up to ``drain`` seconds (not at all while the collector
+        is failing), then stop; the rest waits in the spool for the next start."""
         with self._cond:
             if self._stopping:
                 return
@@ -173,9 +174,21 @@ class SpoolSink:
         return time.monotonic()
 
     def _wait(self, seconds: float) -> None:
+        """Wait for a new record, ``close`` or ``seconds``."""
         with self._cond:
             if not self._stopping:
                 self._cond.wait(seconds)
+
+    def _back_off(self, seconds: float) -> None:
+        """Wait ``seconds`` before the next attempt; only ``close`` cuts it short (new
+        records do not: they would turn the backoff into an attempt per record)."""
+        deadline = self._now() + seconds
+        with self._cond:
+            while not self._stopping and self._drain_until is None:
+                remaining = deadline - self._now()
+                if remaining <= 0:
+                    return
+                self._cond.wait(remaining)
 
     def _run(self) -> None:
         delay = self.policy.retry_min
@@ -201,9 +214,9 @@ class SpoolSink:
                 records, end = self._pending()
             except OSError as exc:
                 _log.error("audit_spool_unreadable", sink=self.name, error=str(exc))
-                self._wait(delay)
+                self._back_off(delay)
                 continue
-            if not records:
+            if not records or (self._drain_until is not None and self._failing):
                 if self._drain_until is not None:
                     with self._cond:
                         self._stopping = True
@@ -215,13 +228,15 @@ class SpoolSink:
                 self._transport.send(records)
             except Exception as exc:  # the sender must outlive any failure
                 self.failures += 1
+                self._failing = True
                 error = str(exc) if isinstance(exc, DeliveryError) else type(exc).__name__
                 _log.warning("audit_delivery_failed", sink=self.name, error=error,
                              pending_from_seq=records[0].seq, retry_in_s=round(delay, 2))
-                self._wait(delay * (0.5 + random.random() / 2))  # noqa: S311 - jitter
+                self._back_off(delay * (0.5 + random.random() / 2))  # noqa: S311 - jitter
                 delay = min(delay * 2, self.policy.retry_max)
                 continue
             delay = self.policy.retry_min
+            self._failing = False
             self._offset = end
             self._delivered_seq = records[-1].seq
             self.delivered += len(records)
