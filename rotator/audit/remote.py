@@ -51,15 +51,19 @@ def describe(line: str) -> Described:
         return Described(when, name, severity, None,
                          _cef_fields(parts[7]) if len(parts) == 8 else {})
     try:
-        doc = json.loads(line)
-    except ValueError:  # not rotator's: sent as text rather than blocking the spool
+        return _described_json(json.loads(line))
+    except (ValueError, TypeError, AttributeError, OverflowError, OSError):
+        # not a record of rotator's: sent as text rather than blocking the spool
         return Described(datetime.now(UTC), "unknown", "info", None, {})
+
+
+def _described_json(doc: dict[str, Any]) -> Described:
     if not isinstance(doc, dict):
-        return Described(datetime.now(UTC), "unknown", "info", None, {})
+        raise TypeError("not a JSON object")
     if "class_uid" in doc:  # OCSF
         when = datetime.fromtimestamp(int(doc.get("time", 0)) / 1000, UTC)
         return Described(when, str(doc.get("metadata", {}).get("event_code", "unknown")),
-                         _OCSF_SEVERITY.get(doc.get("severity_id"), "info"), doc,
+                         _OCSF_SEVERITY.get(int(doc.get("severity_id") or 1), "info"), doc,
                          dict(doc.get("unmapped", {})))
     stamp = str(doc.get("@timestamp", ""))
     try:
