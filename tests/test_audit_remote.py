@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import structlog
 import uvicorn
-from server_rsyslog import Rsyslog, free_port
+from server_rsyslog import Rsyslog, free_port, make_ca
 
 from rotator.audit import AuditLog, bound
 from rotator.audit import spool as spool_module
@@ -172,6 +172,32 @@ class TestSyslogToRsyslog:
         assert _seq_of(parsed["msg"]) == int(parsed["params"]["seq"])
 
 
+class TestSyslogTlsVerifies:
+    """Over TLS the collector's certificate is verified: one from a CA not trusted, or for
+    another name, is refused and nothing is sent."""
+
+    @pytest.mark.parametrize("trust", ["system CAs", "wrong name"])
+    def test_refused(self, trust: str, rsyslog: Rsyslog, tmp_path: Path) -> None:
+        before = len(rsyslog.received())
+        transport = SyslogTransport(
+            "127.0.0.1", rsyslog.ports["tls"], "tls",
+            ca_file=None if trust == "system CAs" else str(rsyslog.ca.ca),
+            server_name="siem.example.com" if trust == "wrong name" else None)
+        log = AuditLog(KEY, file=tmp_path / "audit.jsonl")
+        sink = SpoolSink("verify", tmp_path / "spool", CHAIN, transport, FAST)
+        log.add_sink("json", sink)
+        with structlog.testing.capture_logs() as logs:
+            try:
+                _events(log, 1)
+                assert _poll(lambda: sink.failures >= 2)
+            finally:
+                log.close()
+        assert sink.delivered == 0
+        assert "CERTIFICATE_VERIFY_FAILED" in next(
+            e["error"] for e in logs if e["event"] == "audit_delivery_failed")
+        assert len(rsyslog.received()) == before
+
+
 class TestSyslogMessage:
     """The RFC 5424 message: escaped structured data, a MSGID of at most 32 characters."""
 
@@ -192,8 +218,10 @@ class Collector:
     """An ASGI app that answers like Splunk HEC: it checks the token, keeps every event,
     and can be stopped and started again on the same port."""
 
-    def __init__(self, token: str, port: int | None = None) -> None:
+    def __init__(self, token: str, port: int | None = None,
+                 tls: tuple[Path, Path] | None = None) -> None:
         self.token = token
+        self.tls = tls
         self.port = port or free_port()
         self.bodies: list[bytes] = []
         self.headers: list[dict[str, str]] = []
@@ -239,11 +267,14 @@ class Collector:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/services/collector/event"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.port}/services/collector/event"
 
     def start(self) -> Collector:
         config = uvicorn.Config(self, host="127.0.0.1", port=self.port, log_level="error",
-                                lifespan="off", access_log=False)
+                                lifespan="off", access_log=False,
+                                ssl_certfile=str(self.tls[0]) if self.tls else None,
+                                ssl_keyfile=str(self.tls[1]) if self.tls else None)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
@@ -440,6 +471,28 @@ class TestSpoolStartedAgain:
         finally:
             log.close()
         assert collector.seqs() == [1, 2, 3]
+
+
+class TestHecTls:
+    """HTTPS to the collector verifies its certificate against ca_file; without the CA that
+    signed it nothing is delivered."""
+
+    @pytest.mark.parametrize("trusted", [True, False])
+    def test_https(self, trusted: bool, tmp_path: Path) -> None:
+        ca = make_ca(tmp_path / "pki")
+        server = Collector(secrets.token_urlsafe(24), tls=ca.pair("server")).start()
+        log = AuditLog(KEY, file=tmp_path / "audit.jsonl")
+        transport = HttpTransport(server.url, token=Secret(server.token),
+                                  ca_file=str(ca.ca) if trusted else None)
+        sink = SpoolSink("siem", tmp_path / "spool", CHAIN, transport, FAST)
+        log.add_sink("json", sink)
+        try:
+            _events(log, 2)
+            assert _poll(lambda: sink.delivered >= 2 if trusted else sink.failures >= 2)
+        finally:
+            log.close()
+            server.stop()
+        assert len(server.events) == (2 if trusted else 0)
 
 
 class TestHecToken:
