@@ -82,10 +82,50 @@ _AUDIT_SETTINGS = (
     Setting("key", secret=True, required=True, help="audit HMAC key"),
 )
 _AUDIT_SINK_SETTINGS = (
-    Setting("type", required=True, choices=("file",), help="file (syslog and http: later)"),
+    Setting("type", required=True, choices=("file", "syslog", "http"),
+            help="file, syslog or http"),
     Setting("path", "path", required=True, help="the sink's log file"),
     Setting("format", default=None, choices=("json", "ocsf", "cef"),
             help="defaults to [audit] format"),
+)
+#: Settings every remote sink (syslog, http) has: its name, format and spool.
+_AUDIT_REMOTE_SETTINGS = (
+    Setting("type", required=True, choices=("file", "syslog", "http")),
+    Setting("name", required=True, help="names the sink's spool in state_dir/audit-spool"),
+    Setting("format", default=None, choices=("json", "ocsf", "cef"),
+            help="defaults to [audit] format"),
+    Setting("ca_file", "path", help="trust this CA for the collector (PEM)"),
+    Setting("cert_file", "path", help="client certificate (PEM)"),
+    Setting("key_file", "path", help="client certificate's key (PEM)"),
+    Setting("timeout", "duration", default=10.0),
+    Setting("spool_max_bytes", "int", default=256 * 1024 * 1024),
+    Setting("batch_size", "int", default=100),
+    Setting("retry_max", "duration", default=60.0, help="longest wait between retries"),
+)
+_AUDIT_SYSLOG_SETTINGS = (
+    *_AUDIT_REMOTE_SETTINGS,
+    Setting("address", required=True, help="host:port of the syslog collector"),
+    Setting("transport", default="tls", choices=("tls", "tcp", "udp")),
+    Setting("allow_cleartext", "bool", default=False,
+            help="accept tcp or udp to a host other than this machine"),
+    Setting("server_name", help="the name the collector's certificate must carry"),
+    Setting("facility", default="authpriv",
+            choices=("kern", "user", "daemon", "auth", "syslog", "authpriv",
+                     *(f"local{n}" for n in range(8)))),
+    Setting("app_name", default="rotator"),
+    Setting("hostname"),
+    Setting("sd_id", default="rotator@32473", help="structured data id: name@enterprise"),
+)
+_AUDIT_HTTP_SETTINGS = (
+    *_AUDIT_REMOTE_SETTINGS,
+    Setting("url", required=True, help="HEC endpoint or webhook URL"),
+    Setting("api", default="hec", choices=("hec", "webhook")),
+    Setting("token", secret=True, help="HEC token (Splunk) or webhook bearer token"),
+    _ALLOW_INSECURE,
+    Setting("index"),
+    Setting("source", default="rotator"),
+    Setting("sourcetype"),
+    Setting("host"),
 )
 _CLIENT_SETTINGS = (
     Setting("idp", required=True, help="name of an [idps.*] table"),
@@ -296,6 +336,9 @@ class AuditSink:
     type: str
     path: Path
     format: str
+    #: syslog and http: the sink's name and checked settings; ``path`` is its spool
+    name: str = ""
+    settings: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -611,7 +654,8 @@ def _check_private_dir(path: Path, key: str, report: Any) -> None:
 
 
 def _audit_sinks(raw: Any, default_format: str, problems: _Problems, base: Path,
-                 env: Mapping[str, str] | None, *, check_files: bool) -> list[AuditSink]:
+                 env: Mapping[str, str] | None, *, check_files: bool,
+                 spool_dir: Path = Path("state/audit-spool")) -> list[AuditSink]:
     """The ``[[audit.sinks]]`` entries; every problem reported under ``audit.sinks[i]``."""
     if not isinstance(raw, list):
         problems.reporter("audit")("sinks", "must be an array of tables: [[audit.sinks]]")
@@ -621,6 +665,13 @@ def _audit_sinks(raw: Any, default_format: str, problems: _Problems, base: Path,
         report = problems.reporter(f"audit.sinks[{i}]")
         if not isinstance(entry, dict):
             report("", "must be a table")
+            continue
+        if entry.get("type") in ("syslog", "http"):
+            remote = _remote_sink(entry, default_format, report, base, env,
+                                  [e.get("name") for e in raw[:i] if isinstance(e, dict)],
+                                  spool_dir, resolve=check_files)
+            if remote is not None:
+                sinks.append(remote)
             continue
         settings = check_settings(entry, _AUDIT_SINK_SETTINGS, report, base_dir=base,
                                   environ=env)
@@ -634,6 +685,55 @@ def _audit_sinks(raw: Any, default_format: str, problems: _Problems, base: Path,
             _check_audit_file(path, lambda _key, reason, report=report: report("path", reason))
         sinks.append(AuditSink(settings["type"], path, settings.get("format") or default_format))
     return sinks
+
+
+def _remote_sink(entry: Mapping[str, Any], default_format: str, report: Any, base: Path,
+                 env: Mapping[str, str] | None, earlier_names: list[Any], spool_dir: Path,
+                 *, resolve: bool) -> AuditSink | None:
+    """A syslog or http ``[[audit.sinks]]`` entry, every problem reported; None if any."""
+    kind = entry["type"]
+    schema = _AUDIT_SYSLOG_SETTINGS if kind == "syslog" else _AUDIT_HTTP_SETTINGS
+    problems: list[tuple[str, str]] = []
+
+    def note(key: str, reason: str) -> None:
+        problems.append((key, reason))
+        report(key, reason)
+
+    s = check_settings(entry, schema, note, base_dir=base, environ=env,
+                       resolve_secrets=resolve)
+    name = s.get("name")
+    if name is not None and not _NAME.match(name):
+        note("name", "letters, digits, '.', '_' and '-' only, at most 64")
+    elif name is not None and name in earlier_names:
+        note("name", f"another sink is already named {name!r}")
+    if bool(s.get("cert_file")) != bool(s.get("key_file")):
+        note("cert_file" if not s.get("cert_file") else "key_file",
+             "a client certificate needs both cert_file and key_file")
+    for key in ("ca_file", "cert_file", "key_file"):
+        if s.get(key) and not os.path.isfile(s[key]):
+            note(key, f"{s[key]} does not exist or is not a file")
+    for key in ("spool_max_bytes", "batch_size"):
+        if s.get(key) is not None and s[key] < 1:
+            note(key, "must be at least 1")
+    if kind == "syslog" and s.get("address"):
+        host, _, port = str(s["address"]).rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            note("address", f"expected host:port, got {s['address']!r}")
+        elif s.get("transport") != "tls" and not s.get("allow_cleartext") and \
+                not _is_loopback(host.strip("[]")):
+            note("transport", f"{s['transport']} to {host} would send the audit trail in "
+                              "cleartext: use transport = \"tls\", or set allow_cleartext = "
+                              "true in this table if you mean it")
+    if kind == "http" and s.get("url"):
+        problem = url_problem(s["url"], bool(s.get(_INSECURE_OK)))
+        if problem:
+            note("url", problem)
+        if s.get("api") == "hec" and "token_env" not in entry and "token_file" not in entry:
+            note("token_env", "Splunk HEC needs a token: set token_env or token_file")
+    if problems or name is None:
+        return None
+    return AuditSink(kind, spool_dir / f"{name}.jsonl", s.get("format") or default_format,
+                     name=name, settings=s)
 
 
 def _check_audit_file(path: Path, report: Any) -> None:
@@ -711,9 +811,15 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
                                ignore=("sinks",))
         audit_report = problems.reporter("audit")
         audit_sinks = _audit_sinks(audit_table.get("sinks", []), audit.get("format") or "json",
-                                   problems, base, env, check_files=admin)
+                                   problems, base, env, check_files=admin,
+                                   spool_dir=(Path(rot["state_dir"]) if rot.get("state_dir")
+                                              else base / "state") / "audit-spool")
         if not audit.get("file") and not audit.get("stdout") and not audit_sinks:
             audit_report("file", "set file, stdout = true, or both")
+        if not audit.get("file") and any(s.type != "file" for s in audit_sinks) and \
+                not any(s.type == "file" for s in audit_sinks):
+            audit_report("file", "syslog and http sinks are fed after the local record is "
+                                 "durable: set file (or add a sink of type file)")
         audit_key = audit.get("key")
         if audit_key is not None and len(audit_key.reveal().encode()) < MIN_AUDIT_KEY_BYTES:
             given = "key_file" if "key_file" in raw["audit"] else "key_env"

@@ -37,3 +37,9 @@ fi
 if [ "${1:-}" = "--tests" ]; then
     .venv/bin/python tests/server_glewlwyd.py download >/dev/null
 fi
+
+# rsyslog for the syslog sink's tests: apt-get download + dpkg -x into
+# ~/.cache/rotator-test/rsyslog-<version>/ (tests/server_rsyslog.py), nothing installed.
+if [ "${1:-}" = "--tests" ]; then
+    .venv/bin/python tests/server_rsyslog.py fetch >/dev/null
+fi

@@ -251,7 +251,7 @@ class TestSeveralSinks:
 
     def test_bad_entries_are_reported_together(self, setup: Setup) -> None:  # noqa: F811
         setup.write(audit='file = "audit.jsonl"\n'
-                          '[[audit.sinks]]\ntype = "syslog"\npath = "a.log"\n'
+                          '[[audit.sinks]]\ntype = "kafka"\npath = "a.log"\n'
                           '[[audit.sinks]]\ntype = "file"\n'
                           '[[audit.sinks]]\ntype = "file"\npath = "b.log"\nformat = "xml"\n')
         code, _, err = setup.cli("config", "check")

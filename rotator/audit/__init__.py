@@ -36,7 +36,9 @@ from rotator.audit.formats import (
     ocsf_document,
     render_json,
 )
+from rotator.audit.remote import open_remote
 from rotator.audit.sinks import AuditWriteError, FileSink, StreamSink, open_log
+from rotator.audit.spool import SpoolSink
 from rotator.secrets import Secret, fingerprint, redact
 
 if TYPE_CHECKING:
@@ -105,7 +107,7 @@ class _Writer:
     """The end of the structlog pipeline: each event goes, formatted (once per format) and
     redacted, to every sink."""
 
-    def __init__(self, sinks: list[tuple[str, FileSink | StreamSink]]) -> None:
+    def __init__(self, sinks: list[tuple[str, FileSink | StreamSink | SpoolSink]]) -> None:
         self.sinks = sinks
 
     def msg(self, spec: EventSpec, fields: dict[str, Any]) -> None:
@@ -143,10 +145,20 @@ class AuditLog:
         Raises ``ConfigError`` without an audit key, ``OSError`` if a file cannot be opened.
         """
         audit = config.audit
-        return cls(audit.require_key(config.path),
-                   file=audit.file if local_files else None,
-                   stream=stream, format=audit.format,
-                   files=[(s.path, s.format) for s in audit.sinks] if local_files else ())
+        log = cls(audit.require_key(config.path),
+                  file=audit.file if local_files else None,
+                  stream=stream, format=audit.format,
+                  files=[(s.path, s.format) for s in audit.sinks
+                         if s.type == "file"] if local_files else ())
+        remote = [s for s in audit.sinks if s.type != "file"] if local_files else []
+        try:
+            for sink in remote:  # fed from a durable spool of their own: see audit.spool
+                log.add_sink(sink.format, open_remote(sink, sink.path.parent,
+                                                      chain_key(log._key)))
+        except BaseException:
+            log.close()
+            raise
+        return log
 
     def __init__(self, key: Secret, *, file: Path | None = None, stdout: bool = False,
                  stream: TextIO | None = None, format: str = "json",
@@ -173,9 +185,10 @@ class AuditLog:
             targets.append((format, StreamSink(sys.stdout, chain)))
         if stream is not None:
             targets.append((format, StreamSink(stream, chain)))
-        self._sinks = [sink for _, sink in targets]
+        self._sinks: list[FileSink | StreamSink | SpoolSink] = [sink for _, sink in targets]
+        self._writer = _Writer(list(targets))
         self._log = structlog.wrap_logger(
-            _Writer(targets),
+            self._writer,
             # Independent of the diagnostic log's level: audit events are never filtered.
             wrapper_class=structlog.BoundLogger,
             processors=[
@@ -185,6 +198,13 @@ class AuditLog:
                 _catalogued,
             ],
         )
+
+    def add_sink(self, format_: str, sink: SpoolSink) -> None:
+        """Write every later event to ``sink`` too, in ``format_`` (a remote sink's spool)."""
+        if format_ not in FORMATS:
+            raise ValueError(f"audit format {format_!r}: expected one of {', '.join(FORMATS)}")
+        self._writer.sinks.append((format_, sink))
+        self._sinks.append(sink)
 
     def fingerprint(self, secret: Secret) -> str:
         """The keyed fingerprint of ``secret`` for this audit log."""

@@ -31,6 +31,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from rotator.daemon.audit_metrics import AuditSinkGauges
 from rotator.daemon.model import ClientState, Condition
 from rotator.secrets import redact
 
@@ -121,6 +122,7 @@ class Metrics:
                                      ["idp", "outcome"], registry=self.registry)
         self._gauges = _ClientGauges()
         self.registry.register(self._gauges)
+        self.registry.register(AuditSinkGauges())
 
     def bind(self, service: _ClientSource) -> None:
         """Read the per-client gauges from ``service`` at each scrape."""
