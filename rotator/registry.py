@@ -37,6 +37,8 @@ BUILTIN: dict[str, dict[str, str]] = {
     "rotator.idps": {
         "keycloak": "providers.idps.keycloak:KeycloakIdp",
         "hydra": "providers.idps.hydra:HydraIdp",
+        "entra": "providers.idps.entra:EntraIdp",
+        "cognito": "providers.idps.cognito:CognitoIdp [aws]",
     },
 }
 
