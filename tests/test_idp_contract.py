@@ -1,7 +1,8 @@
 """The IdentityProvider contract, run against every IdP adapter on a real server.
 
 Cases: Keycloak without the secret-rotation policy (one secret, Keycloak generates it),
-Keycloak with it (two secrets), Hydra v2.3.0 (one secret, rotator chooses it). Each test
+Keycloak with it (two secrets), Hydra v2.3.0 (one secret, rotator chooses it); Entra ID and
+Cognito on fakes built from their documentation (tests/fakes/). Each test
 asks the adapter's declared capabilities what must happen and checks it at the server's
 token endpoint.
 """
@@ -15,6 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
+from entra_cognito_cases import cognito_case, cognito_fake, entra_case, entra_fake
+from fakes.cognito import FakeCognito
+from fakes.entra import FakeEntra
 from rotation_env import KeycloakRealm
 from servers import ROTATION_ATTRIBUTES, Hydra, free_port
 
@@ -45,6 +49,8 @@ class IdpCase:
     works: Callable[[str, str], bool]
     #: Settings with a credential the server (or the proxy in front of it) refuses.
     denied_settings: dict[str, Any] | None
+    #: Settings pointing the adapter at ``url`` (nothing listens there); default: url/admin_url.
+    unreachable: Callable[[str], dict[str, Any]] | None = None
 
     def idp(self, transport: httpx.BaseTransport | None = None,
             **override: Any) -> IdentityProvider:
@@ -110,8 +116,24 @@ def _hydra_case(hydra: Hydra) -> IdpCase:
     )
 
 
-@pytest.fixture(params=["keycloak", "keycloak-rotation", "hydra"])
+@pytest.fixture(scope="module")
+def entra() -> Iterator[FakeEntra]:
+    with entra_fake() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def cognito() -> Iterator[FakeCognito]:
+    with cognito_fake() as fake:
+        yield fake
+
+
+@pytest.fixture(params=["keycloak", "keycloak-rotation", "hydra", "entra", "cognito"])
 def case(request: pytest.FixtureRequest) -> IdpCase:
+    if request.param == "entra":
+        return entra_case(IdpCase, request.getfixturevalue("entra"))  # type: ignore[no-any-return]
+    if request.param == "cognito":
+        return cognito_case(IdpCase, request.getfixturevalue("cognito"))  # type: ignore[no-any-return]
     if request.param == "hydra":
         return _hydra_case(request.getfixturevalue("hydra"))
     return _keycloak_case(request.getfixturevalue("kc_realm"),
@@ -208,7 +230,8 @@ class TestErrors:
 
     def test_unreachable_is_unavailable(self, case: IdpCase) -> None:
         url = f"http://127.0.0.1:{free_port()}"
-        adapter = case.idp(**({"url": url} if "url" in case.settings else {"admin_url": url}))
+        adapter = case.idp(**(case.unreachable(url) if case.unreachable else
+                              {"url": url} if "url" in case.settings else {"admin_url": url}))
         adapter.start()
         try:
             client_id, _ = "anyone", None

@@ -117,6 +117,8 @@ class CognitoIdp:
         if self._api is not None:
             self._api.close()
             self._api = None
+        if self._transport is not None:  # as an httpx.Client closes the transport it was given
+            self._transport.close()
 
     def default_token_endpoint(self) -> str | None:
         domain = self._settings.get("domain_url")
@@ -158,7 +160,14 @@ class CognitoIdp:
                                      f"{text}") from None
             raise IdentityProviderError(f"Cognito {self.name!r}: {action} failed ({code}): "
                                         f"{text}") from None
-        except bex.BotoCoreError as exc:
+        except (bex.EndpointConnectionError, bex.ConnectTimeoutError,
+                bex.ReadTimeoutError) as exc:
+            kind = "is unreachable" if isinstance(exc, bex.EndpointConnectionError) else \
+                "timed out"
+            raise IdpUnavailable(f"Cognito {self.name!r}: the endpoint {kind} ({action}): "
+                                 f"{redact(str(exc))}") from None
+        except (bex.BotoCoreError, ValueError, TypeError, AttributeError, KeyError) as exc:
+            # A body botocore cannot parse (a proxy's page, a broken answer) lands here too.
             raise IdpUnavailable(f"Cognito {self.name!r}: {action} failed: "
                                  f"{redact(str(exc)) or type(exc).__name__}") from None
         if not isinstance(answer, dict):
