@@ -298,3 +298,32 @@ propagation_delay = "1s"
         assert len(cognito.pools[pool][client_id].secrets) == 1
         assert {"AddUserPoolClientSecret", "DeleteUserPoolClientSecret"} <= set(cognito.calls)
         s.assert_no_leak()
+
+
+class TestCognitoThrottling:
+    """A burst against a small Cognito budget finishes: botocore's standard retries ride out
+    TooManyRequestsException."""
+
+    def test_burst_finishes_without_a_failed_rotation(self, cognito: FakeCognito) -> None:
+        from entra_cognito_cases import cognito_session, cognito_settings
+
+        from providers.idps.cognito import CognitoIdp
+
+        pool = cognito.create_pool()
+        clients = [cognito.create_client(pool) for _ in range(3)]
+        idp = CognitoIdp("cognito", {**cognito_settings(cognito, pool), "max_attempts": 8},
+                         session=cognito_session())
+        idp.start()
+        cognito.throttle(3, window=1.0)
+        try:
+            issued = []
+            for client_id, _ in clients:
+                idp.capabilities(client_id)
+                issued.append(idp.create_secret(client_id, "r-burst", None))
+                assert idp.retire_old_secrets(client_id, issued[-1]) == 1
+        finally:
+            idp.close()
+        assert cognito.throttled > 0
+        for (client_id, old), new in zip(clients, issued, strict=True):
+            assert cognito.works(client_id, new.value.reveal())
+            assert not cognito.works(client_id, old)

@@ -156,8 +156,11 @@ class CognitoIdp:
                 raise IdpNotFound(f"Cognito {self.name!r}: {text or code}") from None
             if code in _THROTTLED or code.startswith("InternalError") or \
                     exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500:
-                raise IdpUnavailable(f"Cognito {self.name!r}: {action} failed ({code}): "
-                                     f"{text}") from None
+                unavailable = IdpUnavailable(f"Cognito {self.name!r}: {action} failed "
+                                             f"({code}): {text}")
+                if code in _THROTTLED:  # throttled past botocore's retries: the daemon pauses
+                    unavailable.status = 429  # type: ignore[attr-defined]
+                raise unavailable from None
             raise IdentityProviderError(f"Cognito {self.name!r}: {action} failed ({code}): "
                                         f"{text}") from None
         except (bex.EndpointConnectionError, bex.ConnectTimeoutError,

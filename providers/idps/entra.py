@@ -257,8 +257,12 @@ class EntraIdp:
         if status == 404:
             raise IdpNotFound(f"Entra {self.name!r}: {path} not found: {_graph_error(response)}")
         if status >= 500 or status == 429:
-            raise IdpUnavailable(f"Entra {self.name!r}: {method} {path} answered HTTP "
-                                 f"{status}: {_graph_error(response)}")
+            error = IdpUnavailable(f"Entra {self.name!r}: {method} {path} answered HTTP "
+                                   f"{status}: {_graph_error(response)}")
+            if status == 429:  # still throttled after our retries: the daemon pauses the IdP
+                error.status = 429  # type: ignore[attr-defined]
+                error.retry_after = self._retry_after(response)  # type: ignore[attr-defined]
+            raise error
         raise IdentityProviderError(f"Entra {self.name!r}: {method} {path} answered HTTP "
                                     f"{status}: {_graph_error(response)}")
 
