@@ -208,6 +208,74 @@ class TestEntraRotation:
         s.assert_no_leak()
 
 
+class TestEntraPropagation:
+    """A new password that works only after a delay is verified by retrying through it."""
+
+    def test_verified_after_retries(self, bao_server: OpenBao, tmp_path: Path) -> None:
+        with entra_fake(propagation_delay=1.2) as entra:
+            s = _entra_scenario(entra, bao_server, tmp_path / "slow")
+            code, text = s.cli("rotate", "svc")
+            assert code == 0, text
+            new = s.vault_value()
+            assert new != s.old and entra.works(s.client_id, new)
+            assert entra.token_refusals >= 1  # the first tries came too early
+        s.assert_no_leak()
+
+
+class TestEntraBurstThroughTheEngine:
+    """Several clients rotated at once against a small Graph budget all succeed."""
+
+    def test_rotate_all_with_a_small_budget(self, bao_server: OpenBao, tmp_path: Path) -> None:
+        with entra_fake() as entra:
+            admin, admin_password = entra.create_app("rotator-admin", roles={ALL})
+            apps = [entra.create_app(f"svc{i}") for i in range(3)]
+            root = tmp_path / "burst"
+            root.mkdir()
+            for name, value in (("audit.key", secrets.token_urlsafe(32)),
+                                ("bao.token", bao_server.root_token),
+                                ("entra.secret", admin_password.secret)):
+                (root / name).write_text(value)
+                (root / name).chmod(0o600)
+            env, clients = [], []
+            for i, (app, password) in enumerate(apps):
+                env.append(f"C{i}_CLIENT_ID={app.app_id}\nC{i}_CLIENT_SECRET={password.secret}\n")
+                clients.append(f"""
+[clients.c{i}]
+idp = "entra"
+client_id = "{app.app_id}"
+scopes = ["api://{app.app_id}/.default"]
+adopt_key_ids = ["{password.key_id}"]
+grace_period = 0
+stores = [{{store = "envfile", prefix = "C{i}"}}]
+""")
+            (root / "creds.env").write_text("".join(env))
+            (root / "creds.env").chmod(0o600)
+            (root / "rotator.toml").write_text(base_config(bao_server) + f"""
+[idps.entra]
+type = "entra"
+tenant = "{entra.tenant}"
+admin_client_id = "{admin.app_id}"
+admin_client_secret_file = "entra.secret"
+authority_url = "{entra.url}"
+graph_url = "{entra.url}"
+propagation_delay = "0s"
+max_retry_after = "3s"
+""" + "".join(clients))
+            entra.throttle(3, window=1.0)
+            out, err = io.StringIO(), io.StringIO()
+            code = run(["rotate", "--all", "--parallel", "3", "-c", str(root / "rotator.toml")],
+                       out, err)
+            assert code == 0, out.getvalue() + err.getvalue()
+            assert entra.throttled > 0
+            for app, password in apps:
+                assert not entra.works(app.app_id, password.secret)
+                assert len(app.passwords) == 1 and entra.works(
+                    app.app_id, app.passwords[0].secret)
+            for text in (out.getvalue(), err.getvalue(), (root / "audit.jsonl").read_text()):
+                for app, password in apps:
+                    assert password.secret not in text and app.passwords[0].secret not in text
+
+
 class TestEntraThrottling:
     """A burst of rotations against a small Graph budget finishes by honouring Retry-After."""
 

@@ -114,6 +114,7 @@ class FakeEntra:
         self.propagation_delay = propagation_delay
         self.clock, self.now = clock, now
         self.graph_calls = 0
+        self.token_refusals = 0
         self.throttled = 0
         self._budget: int | None = None
         self._window = 1.0
@@ -232,6 +233,7 @@ class FakeEntra:
         with self._lock:
             problem = self._check_secret(fields["client_id"], fields["client_secret"])
             if problem is not None:
+                self.token_refusals += 1
                 status, error, text = problem
                 return self._token_error(status, error, int(text[6:].split(":")[0]), text)
             token = secrets.token_urlsafe(32)
