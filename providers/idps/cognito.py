@@ -45,6 +45,8 @@ if TYPE_CHECKING:  # pragma: no cover
 REQUIRES = ("boto3",)
 _CLIENT_ID = re.compile(r"[\w+]{1,128}")
 _POOL_ID = re.compile(r"[\w-]+_[0-9a-zA-Z]+")
+#: ``<client-id>--<epoch-create-time>`` (ClientSecretDescriptorType), at most 128 characters.
+_SECRET_ID = re.compile(r"[\w+-]{1,128}")
 _THROTTLED = ("TooManyRequestsException", "ThrottlingException")
 _DENIED = ("AccessDeniedException", "NotAuthorizedException", "UnrecognizedClientException",
            "InvalidClientTokenId", "ExpiredTokenException", "MissingAuthenticationTokenException")
@@ -213,7 +215,8 @@ class CognitoIdp:
         descriptor = descriptor if isinstance(descriptor, dict) else {}
         value_text, secret_id = descriptor.get("ClientSecretValue"), \
             descriptor.get("ClientSecretId")
-        if not isinstance(value_text, str) or not value_text or not isinstance(secret_id, str):
+        if not isinstance(value_text, str) or not value_text or not isinstance(secret_id, str) \
+                or not _SECRET_ID.fullmatch(secret_id):
             raise IdpUnavailable(f"Cognito {self.name!r}: AddUserPoolClientSecret answered "
                                  "without a usable ClientSecretValue and ClientSecretId")
         return IssuedSecret(Secret(value_text), secret_id)

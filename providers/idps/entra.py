@@ -28,6 +28,7 @@ Errors: the token endpoint's ``AADSTS7000215`` (wrong admin secret) and ``AADSTS
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -51,6 +52,7 @@ from rotator.settings import Setting, typed
 
 OWNED_BY = "Application.ReadWrite.OwnedBy"
 READ_WRITE_ALL = "Application.ReadWrite.All"
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 #: The display name prefix of the passwords rotator adds.
 MARK = "rotator"
 #: AADSTS codes of the token endpoint a person must act on, and what to tell them.
@@ -319,9 +321,11 @@ class EntraIdp:
                                   json={"passwordCredential": credential}, ok=(200, 201)))
         text = body.get("secretText") if body else None
         key_id = body.get("keyId") if body else None
-        if not isinstance(text, str) or not text or not isinstance(key_id, str) or not key_id:
+        if not isinstance(text, str) or not text or not isinstance(key_id, str) \
+                or not _GUID.fullmatch(key_id):
+            # Left behind if it was added: it carries rotator's name, so retirement removes it.
             raise IdpUnavailable(f"Entra {self.name!r}: addPassword answered without a usable "
-                                 "secretText and keyId")
+                                 "secretText and keyId (a GUID)")
         return IssuedSecret(Secret(text), key_id,
                             _parse_time(body.get("endDateTime") if body else None) or end)
 
