@@ -11,6 +11,8 @@ import io
 import json
 import os
 import secrets
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -366,6 +368,58 @@ propagation_delay = "1s"
         assert len(cognito.pools[pool][client_id].secrets) == 1
         assert {"AddUserPoolClientSecret", "DeleteUserPoolClientSecret"} <= set(cognito.calls)
         s.assert_no_leak()
+
+
+class TestCognitoCrash:
+    """Killed after Cognito added the secret, a resumed rotation deletes that orphan (created
+    after the rotation began) and finishes with the client at one working secret."""
+
+    def test_resume_after_kill_before_created(self, cognito: FakeCognito, bao_server: OpenBao,
+                                              tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+        _aws_env(monkeypatch)
+        pool = cognito.create_pool()
+        client_id, old = cognito.create_client(pool)
+        cognito.pools[pool][client_id].secrets[0].created -= 3600  # made an hour ago
+        s = _cognito_scenario(cognito, bao_server, tmp_path / "crash", pool, client_id, old)
+        argv = [sys.executable, str(Path(__file__).parent / "crash_runner.py"), "advance",
+                "created", "rotate", "svc", "-c", str(s.config)]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+        s.outputs += [proc.stdout, proc.stderr]
+        assert proc.returncode == -9
+        assert len(cognito.pools[pool][client_id].secrets) == 2  # the orphan
+        code, text = s.cli("rotate", "svc")
+        assert code == 0, text
+        assert s.cli("retire", "svc", "--now")[0] == 0
+        new = s.vault_value()
+        secrets_left = cognito.pools[pool][client_id].secrets
+        assert len(secrets_left) == 1 and secrets_left[0].value == new
+        assert not cognito.works(client_id, old)
+        s.assert_no_leak()
+
+
+def _aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secrets.token_urlsafe(30))
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+
+
+def _cognito_scenario(cognito: FakeCognito, bao: OpenBao, root: Path, pool: str,
+                      client_id: str, old: str) -> SaasScenario:
+    table = f"""
+[idps.cognito]
+type = "cognito"
+region = "{cognito.region}"
+user_pool_id = "{pool}"
+domain_url = "{cognito.url}"
+endpoint_url = "{cognito.url}"
+propagation_delay = "1s"
+"""
+    return SaasScenario.create(bao, root, client_id, old, table, 'idp = "cognito"\n',
+                               cognito.works, {})
 
 
 class TestCognitoThrottling:

@@ -6,8 +6,10 @@ secrets per app client, both valid: rotations follow the overlap family. A faile
 verification deletes the new secret (``DeleteUserPoolClientSecret``); retirement deletes
 every other secret of the client (there is at most one), never the last one. Cognito never
 returns a stored value (``ListUserPoolClientSecrets`` lists ids and dates only), so a crash
-after the call cannot recover the value: the next attempt finds two secrets and, knowing
-neither as rotator's, stops with a message rather than guess which to delete.
+after the call cannot recover the value: the resumed rotation finds two secrets, deletes the
+one created after the rotation began when the other is clearly older (the rotation id holds
+its start time), and adds another; anything less clear-cut stops with a message rather than
+guess which one to delete.
 
 Credentials come from boto3's usual chain (environment, ``profile``, instance role); the
 IAM policy needs ``cognito-idp:AddUserPoolClientSecret``, ``ListUserPoolClientSecrets``
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import boto3
@@ -46,6 +49,8 @@ REQUIRES = ("boto3",)
 _CLIENT_ID = re.compile(r"[\w+]{1,128}")
 _POOL_ID = re.compile(r"[\w-]+_[0-9a-zA-Z]+")
 #: ``<client-id>--<epoch-create-time>`` (ClientSecretDescriptorType), at most 128 characters.
+#: A rotation id begins with the UTC time it was made (rotator.journal.new_rotation_id).
+_ROTATION_TIME = re.compile(r"r-(\d{8}T\d{6}Z)-")
 _SECRET_ID = re.compile(r"[\w+-]{1,128}")
 _THROTTLED = ("TooManyRequestsException", "ThrottlingException")
 _DENIED = ("AccessDeniedException", "NotAuthorizedException", "UnrecognizedClientException",
@@ -179,14 +184,34 @@ class CognitoIdp:
             raise IdpUnavailable(f"Cognito {self.name!r}: {action} answered no object")
         return answer
 
-    def _secret_ids(self, client_id: ClientId) -> list[str]:
+    def _secrets(self, client_id: ClientId) -> dict[str, datetime | None]:
+        """The client's secret ids and when each was created (if Cognito said)."""
         answer = self._call("list_user_pool_client_secrets", **self._target(client_id))
         found = answer.get("ClientSecrets")
         if not isinstance(found, list):
             raise IdpUnavailable(f"Cognito {self.name!r}: ListUserPoolClientSecrets answered "
                                  "without ClientSecrets")
-        return [str(s["ClientSecretId"]) for s in found
-                if isinstance(s, dict) and isinstance(s.get("ClientSecretId"), str)]
+        return {str(s["ClientSecretId"]): _when(s.get("ClientSecretCreateDate"))
+                for s in found if isinstance(s, dict) and isinstance(s.get("ClientSecretId"), str)}
+
+    def _secret_ids(self, client_id: ClientId) -> list[str]:
+        return list(self._secrets(client_id))
+
+    def _orphan_of(self, rotation_id: RotationId, found: dict[str, datetime | None]) -> str | None:
+        """The secret an earlier attempt of ``rotation_id`` added before it was killed.
+
+        Exactly one of the two secrets was created after the rotation began (the time in its
+        id) and the other more than a minute before: the newer one reached no store as
+        CURRENT, so it may go. Anything less clear-cut is left for a person.
+        """
+        match = _ROTATION_TIME.match(rotation_id)
+        if match is None or len(found) != 2 or None in found.values():
+            return None
+        began = datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        newer = [i for i, at in found.items() if at is not None and at >= began]
+        older = [i for i, at in found.items()
+                 if at is not None and at < began - timedelta(minutes=1)]
+        return newer[0] if len(newer) == 1 and len(older) == 1 else None
 
     def _delete(self, client_id: ClientId, secret_id: str) -> None:
         self._call("delete_user_pool_client_secret", ClientSecretId=secret_id,
@@ -205,7 +230,12 @@ class CognitoIdp:
                       value: Secret | None) -> IssuedSecret:
         if value is not None:
             raise IdentityProviderError("rotator lets Cognito generate client secrets")
-        if len(self._secret_ids(client_id)) >= 2:
+        found = self._secrets(client_id)
+        orphan = self._orphan_of(rotation_id, found)
+        if orphan is not None:
+            self._delete(client_id, orphan)
+            found.pop(orphan)
+        if len(found) >= 2:
             raise IdentityProviderError(
                 f"Cognito {self.name!r}: app client {client_id!r} already has two secrets "
                 "(Cognito's limit), and rotator cannot tell which one the stores hold; delete "
@@ -243,6 +273,12 @@ class CognitoIdp:
         for secret_id in doomed:
             self._delete(client_id, secret_id)
         return len(doomed)
+
+
+def _when(value: object) -> datetime | None:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return None
 
 
 class _Body:
