@@ -397,6 +397,8 @@ def _print_status(rows: list[dict[str, Any]], as_json: bool, out: TextIO) -> Non
         when = f", next run {row['next_run']}" if row["next_run"] else ", no schedule"
         reason = f" ({row['reason']})" if row["reason"] else ""
         out.write(f"  daemon: {row['condition']}{reason}{when}\n")
+        if row.get("secret_expires_at"):
+            out.write(f"  secret expires {row['secret_expires_at']}\n")
         last = row["last_rotation"]
         if last:
             out.write(f"  last rotation {last['id']}: {last['state']} by {last['actor']} at "
@@ -428,7 +430,8 @@ def _daemon_view(engine: Engine, name: str) -> dict[str, Any]:
 
     return {"condition": state.condition.value, "reason": state.reason,
             "next_run": at(state.next_run), "failures": state.failures,
-            "next_attempt": at(state.next_attempt), "retire_after": at(state.retire_after)}
+            "next_attempt": at(state.next_attempt), "retire_after": at(state.retire_after),
+            "secret_expires_at": at(state.secret_expires_at)}
 
 
 def _human_age(seconds: int) -> str:

@@ -148,10 +148,13 @@ _CLIENT_SETTINGS = (
     Setting("jitter", "duration", default=0.0),
     Setting("backoff", "duration", default=3600.0),
     Setting("backoff_max", "duration", default=32 * 3600.0),
+    Setting("rotate_before_expiry", "duration", default=None,
+            help="rotate this long before the current secret expires (IdPs whose secrets "
+                 "expire, e.g. Entra ID)"),
 )
 #: Client keys a [defaults] table may set for every client that does not set them itself.
 _DEFAULTABLE = ("grace_period", "rotate_every", "schedule", "window", "jitter", "backoff",
-                "backoff_max")
+                "backoff_max", "rotate_before_expiry")
 #: Keys an IdP's ``CLIENT_SETTINGS`` may not reuse.
 _CORE_CLIENT_KEYS = frozenset({k for s in _CLIENT_SETTINGS for k in s.accepted_keys()}
                               | {"stores"})
@@ -322,6 +325,8 @@ class ClientConfig:
     backoff_max: float = 32 * 3600.0
     #: The settings this client's IdP declares per client (its ``CLIENT_SETTINGS``), checked.
     idp_settings: Mapping[str, Any] = field(default_factory=dict)
+    #: Rotate this long before the current secret expires, where the IdP says when it does.
+    rotate_before_expiry: float | None = None
 
     @property
     def primary(self) -> StoreTarget:
@@ -555,6 +560,7 @@ def _client(
         verify_attempts=s["verify_attempts"], verify_timeout=s["verify_timeout"],
         tls_verify=tls, schedule=s["schedule"], window=s["window"], jitter=s["jitter"],
         backoff=s["backoff"], backoff_max=s["backoff_max"], idp_settings=idp_settings,
+        rotate_before_expiry=s["rotate_before_expiry"],
     )
 
 

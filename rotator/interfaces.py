@@ -391,7 +391,8 @@ class Journal(Protocol):
                 expected: State, **fields: str | None) -> Rotation:
         """Move ``rotation_id`` from ``expected`` to ``state`` and return the new record.
 
-        ``fields`` set ``retire_after``, ``new_fingerprint``, ``secret_ref`` or ``error``.
+        ``fields`` set ``retire_after``, ``new_fingerprint``, ``secret_ref`` or ``error``;
+        ``expires_at`` (when the IdP said a new secret expires) is kept in the step's detail.
         Check-and-set: raises ``JournalConflict`` (changing nothing) when the rotation is not
         in ``expected``, i.e. another writer moved it since this one read it.
         """

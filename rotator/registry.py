@@ -38,6 +38,8 @@ BUILTIN: dict[str, dict[str, str]] = {
         "keycloak": "providers.idps.keycloak:KeycloakIdp",
         "hydra": "providers.idps.hydra:HydraIdp",
         "glewlwyd": "providers.idps.glewlwyd:GlewlwydIdp",
+        "entra": "providers.idps.entra:EntraIdp",
+        "cognito": "providers.idps.cognito:CognitoIdp [aws]",
     },
 }
 

@@ -2,7 +2,8 @@
 
 Cases: Keycloak without the secret-rotation policy (one secret, Keycloak generates it),
 Keycloak with it (two secrets), Hydra v2.3.0 (one secret, rotator chooses it), Glewlwyd 2.7's
-admin API (one secret, rotator chooses it, the admin API reads it back). Each test
+admin API (one secret, rotator chooses it, the admin API reads it back); Entra ID and
+Cognito on fakes built from their documentation (tests/fakes/). Each test
 asks the adapter's declared capabilities what must happen and checks it at the server's
 token endpoint.
 """
@@ -16,6 +17,9 @@ from typing import Any
 
 import httpx
 import pytest
+from entra_cognito_cases import cognito_case, cognito_fake, entra_case, entra_fake
+from fakes.cognito import FakeCognito
+from fakes.entra import FakeEntra
 from rotation_env import KeycloakRealm
 from server_glewlwyd import Glewlwyd
 from servers import ROTATION_ATTRIBUTES, Hydra, free_port
@@ -48,6 +52,8 @@ class IdpCase:
     works: Callable[[str, str], bool]
     #: Settings with a credential the server (or the proxy in front of it) refuses.
     denied_settings: dict[str, Any] | None
+    #: Settings pointing the adapter at ``url`` (nothing listens there); default: url/admin_url.
+    unreachable: Callable[[str], dict[str, Any]] | None = None
 
     def idp(self, transport: httpx.BaseTransport | None = None,
             **override: Any) -> IdentityProvider:
@@ -129,8 +135,25 @@ def _glewlwyd_case(glewlwyd: Glewlwyd) -> IdpCase:
     )
 
 
-@pytest.fixture(params=["keycloak", "keycloak-rotation", "hydra", "glewlwyd"])
+@pytest.fixture(scope="module")
+def entra() -> Iterator[FakeEntra]:
+    with entra_fake() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def cognito() -> Iterator[FakeCognito]:
+    with cognito_fake() as fake:
+        yield fake
+
+
+@pytest.fixture(params=["keycloak", "keycloak-rotation", "hydra", "glewlwyd", "entra",
+                        "cognito"])
 def case(request: pytest.FixtureRequest) -> IdpCase:
+    if request.param == "entra":
+        return entra_case(IdpCase, request.getfixturevalue("entra"))  # type: ignore[no-any-return]
+    if request.param == "cognito":
+        return cognito_case(IdpCase, request.getfixturevalue("cognito"))  # type: ignore[no-any-return]
     if request.param == "hydra":
         return _hydra_case(request.getfixturevalue("hydra"))
     if request.param == "glewlwyd":
@@ -229,7 +252,8 @@ class TestErrors:
 
     def test_unreachable_is_unavailable(self, case: IdpCase) -> None:
         url = f"http://127.0.0.1:{free_port()}"
-        adapter = case.idp(**({"url": url} if "url" in case.settings else {"admin_url": url}))
+        adapter = case.idp(**(case.unreachable(url) if case.unreachable else
+                              {"url": url} if "url" in case.settings else {"admin_url": url}))
         adapter.start()
         try:
             client_id, _ = "anyone", None

@@ -62,6 +62,7 @@ class ClientOut(BaseModel):
     backoff: Backoff
     retire_after: datetime | None
     extra: dict[str, Any]
+    secret_expires_at: datetime | None = None
 
 
 class ClientPage(BaseModel):
@@ -148,6 +149,7 @@ def client_out(c: ClientState) -> ClientOut:
         last_success_at=c.last_success_at, age_seconds=c.age_seconds, next_run=c.next_run,
         backoff=Backoff(failures=c.failures, next_attempt=c.next_attempt),
         retire_after=c.retire_after, extra=safe_json(dict(c.extra)),
+        secret_expires_at=c.secret_expires_at,
     )
 
 

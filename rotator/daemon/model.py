@@ -54,6 +54,8 @@ class ClientState:
     next_attempt: datetime | None = None
     retire_after: datetime | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: When the current secret expires at the IdP, if it said (Entra ID passwords).
+    secret_expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)

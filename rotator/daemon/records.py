@@ -41,7 +41,8 @@ def policy_of(client: ClientConfig) -> Policy:
         rotate_every=client.rotate_every,
         schedule=parse_cron(client.schedule) if client.schedule else None,
         window=parse_window(client.window) if client.window else None,
-        jitter=client.jitter, backoff=client.backoff, backoff_max=client.backoff_max)
+        jitter=client.jitter, backoff=client.backoff, backoff_max=client.backoff_max,
+        rotate_before_expiry=client.rotate_before_expiry)
 
 
 def success_time(journal: Journal, rotation: Rotation) -> datetime:
@@ -50,6 +51,24 @@ def success_time(journal: Journal, rotation: Rotation) -> datetime:
         if state is State.PROMOTED:
             return at
     return rotation.updated_at
+
+
+def secret_expiry(journal: Journal, rotation: Rotation | None) -> datetime | None:
+    """When the secret ``rotation`` issued expires, as the IdP said (its CREATED step)."""
+    if rotation is None:
+        return None
+    for _at, state, detail in journal.steps(rotation.id):
+        if state is State.CREATED and detail.get("expires_at"):
+            try:
+                return datetime.fromisoformat(str(detail["expires_at"]))
+            except ValueError:
+                return None
+    return None
+
+
+def client_expiry(journal: Journal, name: str) -> datetime | None:
+    """When the client's current secret (its last successful rotation's) expires, if known."""
+    return secret_expiry(journal, journal.last_success(name))
 
 
 def history_from_journal(journal: Journal, name: str,
@@ -70,7 +89,8 @@ def _history(journal: Journal, name: str, latest: Rotation | None,
     if latest is not None and latest.state in (State.FAILED, State.ROLLED_BACK) and (
             success is None or latest.started_at > success.started_at):
         failures, last_failure = 1, latest.updated_at
-    return History(last, failures, last_failure)
+    return History(last, failures, last_failure,
+                   secret_expires_at=secret_expiry(journal, success) if success else None)
 
 
 def store_current_since(config: Config, client: ClientConfig) -> datetime | None:
@@ -142,10 +162,12 @@ class ClientRecord:
     job: Job | None = None
     #: Removed from the configuration while a rotation was open: finished, not rescheduled.
     removed: bool = False
+    #: When the current secret expires at the IdP, if it said (from the journal).
+    secret_expires_at: datetime | None = None
 
     def history(self) -> History:
         return History(self.last_success_at, self.failures, self.last_failure_at,
-                       self.not_before)
+                       self.not_before, self.secret_expires_at)
 
     def learn(self, outcome: Outcome, now: datetime, *, throttled_until: datetime | None,
               stopping: bool) -> None:
@@ -195,6 +217,7 @@ class ClientRecord:
             next_attempt=decision.next_attempt,
             retire_after=open_rotation.retire_after if awaiting and open_rotation else None,
             extra={"removed": True} if self.removed else {},
+            secret_expires_at=self.secret_expires_at,
         )
 
 
@@ -208,7 +231,8 @@ def load_record(journal: Journal, config: Config, client: ClientConfig,
         last = facts(config, client)
     return ClientRecord(client, policy_of(client), last, history.failures,
                         history.last_failure_at, latest=latest,
-                        open=journal.open_rotation(client.name))
+                        open=journal.open_rotation(client.name),
+                        secret_expires_at=history.secret_expires_at)
 
 
 def journal_facts(journal: Journal, name: str

@@ -6,8 +6,9 @@ store or the journal. :func:`decide` takes a client's :class:`Policy` (from its
 configuration) and its :class:`History` (from the journal, or what the daemon keeps in
 memory) and says whether it is due and when it may next start:
 
-1. *due_at*: the earliest of ``last_success + rotate_every`` and the first ``schedule``
-   (cron) time after the last success, moved later by a per-client ``jitter`` that is
+1. *due_at*: the earliest of ``last_success + rotate_every``, the first ``schedule``
+   (cron) time after the last success and, for a secret that expires (Entra ID passwords),
+   ``secret_expires_at - rotate_before_expiry``, moved later by a per-client ``jitter`` that is
    derived from the client's name and that time, so every caller computes the same instant.
    A client rotator never saw rotate is due at once (no jitter: there is nothing to spread).
 2. it may start no sooner than ``last_failure + backoff x 2^(n-1)`` (capped) after
@@ -176,10 +177,13 @@ class Policy:
     jitter: float = 0.0
     backoff: float = DEFAULT_BACKOFF
     backoff_max: float = DEFAULT_BACKOFF_MAX
+    #: Rotate this many seconds before the current secret expires (when its expiry is known).
+    rotate_before_expiry: float | None = None
 
     @property
     def scheduled(self) -> bool:
-        return self.rotate_every is not None or self.schedule is not None
+        return (self.rotate_every is not None or self.schedule is not None
+                or self.rotate_before_expiry is not None)
 
 
 @dataclass(frozen=True)
@@ -193,6 +197,8 @@ class History:
     last_failure_at: datetime | None = None
     #: Do not start before this (catch-up slot, an IdP's Retry-After).
     not_before: datetime | None = None
+    #: When the current secret stops working at the IdP, if the IdP said (journal).
+    secret_expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -239,6 +245,11 @@ def decide(name: str, policy: Policy, history: History, now: datetime) -> Decisi
             candidates.append(last + timedelta(seconds=policy.rotate_every))
         if policy.schedule is not None:
             candidates.append(policy.schedule.next_after(last))
+        if policy.rotate_before_expiry is not None and history.secret_expires_at is not None:
+            candidates.append(history.secret_expires_at
+                              - timedelta(seconds=policy.rotate_before_expiry))
+        if not candidates:  # only rotate_before_expiry, and the expiry is unknown
+            return Decision(False, False, None, None)
         base = min(candidates)
         due_at = base + timedelta(seconds=jitter_offset(name, base, policy.jitter))
     next_attempt = None

@@ -47,6 +47,7 @@ from rotator.daemon.records import (
     FactsReader,
     Job,
     StoreFacts,
+    client_expiry,
     due_clients,
     history_from_journal,
     journal_facts,
@@ -398,8 +399,10 @@ class Service:
     def _finished(self, job: Job, outcome: Outcome, throttled: list[float],
                   journal: Journal) -> None:
         now = self._clock()
+        expiry = None
         try:
             fresh = journal_facts(journal, job.client)
+            expiry = client_expiry(journal, job.client)
         except Exception:  # keep the job's bookkeeping even if the journal went away
             log.error("journal_unreadable", client=job.client, exc_info=True)
             fresh = None
@@ -416,6 +419,7 @@ class Service:
             if fresh is not None:
                 rec.last_success_at, rec.latest, rec.open = fresh[0] or rec.last_success_at, \
                     fresh[1], fresh[2]
+                rec.secret_expires_at = expiry or rec.secret_expires_at
             rec.learn(outcome, now, throttled_until=gate.throttled_until if throttled else None,
                       stopping=self._stopping.is_set())
             if rec.removed and rec.open is None:
@@ -480,6 +484,7 @@ class Service:
             names = [n for n, r in self._records.items() if r.job is None]
         for name in names:
             success, latest, open_rotation = journal_facts(journal, name)
+            expiry = client_expiry(journal, name)
             with self._lock:
                 rec = self._records.get(name)
                 if rec is None or rec.job is not None:
@@ -487,6 +492,7 @@ class Service:
                 if success is not None and success != rec.last_success_at:
                     rec.failures, rec.blocked, rec.reason = 0, None, None
                 rec.last_success_at = success or rec.last_success_at
+                rec.secret_expires_at = expiry or rec.secret_expires_at
                 rec.latest, rec.open = latest, open_rotation
 
     def _load(self, client: ClientConfig, facts: FactsReader) -> ClientRecord:

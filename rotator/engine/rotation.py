@@ -438,7 +438,8 @@ class Engine:
             issued = self._timed("secret_created", lambda: idp.create_secret(
                 client.client_id, rotation.id, pending), rotation, abort_if_denied=True,
                 client=client)
-            return self._advance(rotation, State.CREATED, secret_ref=issued.secret_ref)
+            return self._advance(rotation, State.CREATED, secret_ref=issued.secret_ref,
+                                 expires_at=_expiry(issued))
         if state is State.CREATING:
             return self._create_generated(client, idp, caps, rotation, resumed=resumed,
                                           abandon_pending=abandon_pending)
@@ -510,7 +511,7 @@ class Engine:
                 raise _Abort from None
             raise
         return self._advance(rotation, State.CREATED, new_fingerprint=fingerprint,
-                             secret_ref=issued.secret_ref)
+                             secret_ref=issued.secret_ref, expires_at=_expiry(issued))
 
     def _take_back(self, client: ClientConfig, idp: IdentityProvider, rotation: Rotation,
                    issued: IssuedSecret, fingerprint: str, reason: str) -> None:
@@ -703,6 +704,11 @@ class Engine:
 
 
 _AUDIT_KEY_ID_INPUT = "rotator-audit-key-id"
+
+
+def _expiry(issued: IssuedSecret) -> str | None:
+    """When the IdP said the new secret expires, for the journal (scheduling reads it)."""
+    return issued.expires_at.isoformat() if issued.expires_at else None
 _STEPS = {"secret_created": "create", "old_secret_retired": "retire",
           "new_secret_discarded": "rollback"}
 

@@ -88,6 +88,8 @@ _COLUMNS = ("id, client, state, family, actor, started_at, updated_at, retire_af
             "old_fingerprint, new_fingerprint, secret_ref, error, targets, audit_key_id")
 _NEWEST = "ORDER BY started_at DESC, rowid DESC LIMIT 1"
 _FIELDS = frozenset({"retire_after", "new_fingerprint", "secret_ref", "error"})
+#: Fields kept only in the step's detail (no column): read back through ``steps``.
+_DETAIL_FIELDS = frozenset({"expires_at"})
 #: Every store tags credentials with the rotation id; this is what all of them accept.
 ROTATION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,52}")
 
@@ -206,11 +208,13 @@ class SqliteJournal:
 
     def advance(self, rotation_id: RotationId, state: State, now: datetime, *,
                 expected: State, **fields: str | None) -> Rotation:
-        unknown = set(fields) - _FIELDS
+        unknown = set(fields) - _FIELDS - _DETAIL_FIELDS
         if unknown:  # pragma: no cover - programming error
             raise ValueError(f"unknown journal fields {unknown}")
         if fields.get("error") is not None:
             fields["error"] = redact(str(fields["error"]))
+        detail = {k: v for k, v in fields.items() if v}
+        fields = {k: v for k, v in fields.items() if k in _FIELDS}
         ts = now.isoformat()
         sets = "".join(f", {k} = ?" for k in fields)
         with self._tx():
@@ -223,7 +227,7 @@ class SqliteJournal:
                 raise JournalConflict(
                     f"rotation {rotation_id} is {actual}, not {expected}: another writer moved "
                     f"it, so it was not moved to {state}")
-            self._step(rotation_id, state, ts, {k: v for k, v in fields.items() if v})
+            self._step(rotation_id, state, ts, dict(detail))
             return self._get(rotation_id)
 
     def _step(self, rotation_id: RotationId, state: State, ts: str,
