@@ -37,6 +37,7 @@ BUILTIN: dict[str, dict[str, str]] = {
     "rotator.idps": {
         "keycloak": "providers.idps.keycloak:KeycloakIdp",
         "hydra": "providers.idps.hydra:HydraIdp",
+        "rfc7592": "providers.idps.rfc7592:Rfc7592Idp",
     },
 }
 

@@ -29,7 +29,10 @@ from rotator.secrets import redact
 log = structlog.get_logger("rotator.daemon")
 
 #: Engine messages no retry fixes: a person must act (see the engine's ``_start``).
-_BLOCKING = ("holds a pending secret", "holds client id", "no current credential")
+_BLOCKING = ("holds a pending secret", "holds client id", "no current credential",
+             # RFC 7592: an operator must act (providers/idps/rfc7592.py)
+             "does not rotate secrets through RFC 7592",
+             "the registration access token was refused")
 
 #: When the current secret of a client became current, from its primary store.
 FactsReader = Callable[[Config, ClientConfig], datetime | None]

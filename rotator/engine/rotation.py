@@ -21,6 +21,7 @@ from rotator.engine.status import client_status
 from rotator.engine.verification import HttpFactory, default_http, verify_credentials
 from rotator.errors import (
     IdpAccessDenied,
+    IdpCannotRotate,
     IdpNotFound,
     JournalConflict,
     RotationError,
@@ -651,7 +652,7 @@ class Engine:
         started = time.monotonic()
         try:
             result = action()
-        except (IdpAccessDenied, IdpNotFound) as exc:
+        except (IdpAccessDenied, IdpNotFound, IdpCannotRotate) as exc:
             self.audit.event(event, step=step, outcome="failure",
                              error=str(exc), duration_ms=_ms(started))
             if abort_if_denied:
