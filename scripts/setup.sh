@@ -32,6 +32,12 @@ else
     echo "setup: go is not installed; the Hydra tests build Hydra on first use and need go"
 fi
 
+# Glewlwyd for the IdP tests: Debian's packages fetched with apt-get download and unpacked
+# into ~/.cache/rotator-test/glewlwyd-<version>/ (no system install; tests/server_glewlwyd.py).
+if [ "${1:-}" = "--tests" ]; then
+    .venv/bin/python tests/server_glewlwyd.py download >/dev/null
+fi
+
 # node oidc-provider for the RFC 7592 tests: npm package cached by version (tests/server_oidc_provider.py).
 if [ "${1:-}" = "--tests" ]; then
     if command -v npm >/dev/null 2>&1; then

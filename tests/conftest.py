@@ -13,6 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from rotation_env import KeycloakRealm
+from server_glewlwyd import Glewlwyd
 from servers import ADMIN_CLIENT_ROLES, Hydra, Keycloak, MotoServer, OpenBao, keycloak_for_session
 
 
@@ -63,4 +64,13 @@ def hydra() -> Iterator[Hydra]:
     under ``~/.cache/rotator-test/hydra-<version>/``, see ``tests/servers.py``).
     """
     with Hydra() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def glewlwyd() -> Iterator[Glewlwyd]:
+    """A real Glewlwyd 2.7 (Debian's package, SQLite, OIDC plugin at ``/api/oidc``) on
+    127.0.0.1 and a free port; its packages are fetched on first use (see
+    ``tests/server_glewlwyd.py``)."""
+    with Glewlwyd() as server:
         yield server
