@@ -99,8 +99,11 @@ class Rfc7592Idp:
         from rotator.config import url_problem
 
         uri = settings.get("registration_client_uri")
-        problem = url_problem(uri) if isinstance(uri, str) else None
-        return [("registration_client_uri", problem)] if problem else []
+        if isinstance(uri, str) and url_problem(uri):
+            return [("registration_client_uri", "must be an https:// URL (http:// only to this "
+                                                "machine): it receives the registration access "
+                                                "token")]
+        return []
 
     def __init__(self, name: str, settings: Mapping[str, Any],
                  transport: httpx.BaseTransport | None = None) -> None:
@@ -227,6 +230,10 @@ class Rfc7592Idp:
         metadata = self._call("GET", client_id)
         old = self._secret_in(metadata)
         update = {k: v for k, v in metadata.items() if k not in _NOT_SENT}
+        method = update.get("token_endpoint_auth_method")
+        if isinstance(method, list) and len(method) == 1:
+            # RFC 7591 makes it one string; Glewlwyd reads it back as a list and refuses that.
+            update["token_endpoint_auth_method"] = method[0]
         answer = self._call("PUT", client_id, json=update)  # a new RAT is saved in there
         new = self._secret_in(answer)
         if new is None or new == old:
