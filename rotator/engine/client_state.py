@@ -59,6 +59,7 @@ class StoreClientState:
             return
         store.stage_pending(self.location, creds, tag, replace_foreign=True)
         store.promote(self.location, tag)
+        store.drop_previous(self.location, tag)  # a replaced value is of no use to anyone
 
 
 def bind_client_states(idp: object, client_ids: list[ClientId],
