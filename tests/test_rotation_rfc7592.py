@@ -220,3 +220,34 @@ stores = [{store = "envfile", prefix = "A"}]
         assert f"{path}: clients.a.registration_token_store: required" in text
         assert f"{path}: clients.a.registration_token_location: required" in text
         assert f"{path}: clients.a.registration_client_uri: must be an https:// URL" in text
+
+    def test_token_store_must_exist(self, tmp_path: Path) -> None:
+        (tmp_path / "audit.key").write_text("k" * 32)
+        (tmp_path / "audit.key").chmod(0o600)
+        path = tmp_path / "rotator.toml"
+        path.write_text("""
+[rotator]
+state_dir = "state"
+[audit]
+file = "audit.jsonl"
+key_file = "audit.key"
+[stores.envfile]
+type = "env"
+file = "creds.env"
+[idps.dcr]
+type = "rfc7592"
+[clients.a]
+idp = "dcr"
+client_id = "a"
+registration_client_uri = "https://idp.example/register/a"
+registration_token_store = "vualt"
+registration_token_location = "RAT_A"
+stores = [{store = "envfile", prefix = "A"}]
+""")
+        with pytest.raises(ConfigError) as info:
+            load_config(path)
+        assert (f"{path}: clients.a.registration_token_store: no store named 'vualt' in "
+                "[stores]") in str(info.value)
+        path.write_text(path.read_text().replace('"vualt"', '"envfile"'))
+        assert load_config(path).clients["a"].idp_settings["registration_token_store"] == \
+            "envfile"

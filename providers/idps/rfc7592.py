@@ -80,7 +80,7 @@ class Rfc7592Idp:
     CLIENT_SETTINGS: ClassVar[tuple[Setting, ...]] = (
         Setting("registration_client_uri", required=True,
                 help="the client configuration endpoint the server returned at registration"),
-        Setting("registration_token_store", required=True,
+        Setting("registration_token_store", "store", required=True,
                 help="the store that keeps this client's registration access token"),
         Setting("registration_token_location", required=True,
                 help="where in that store the registration access token is kept"),
