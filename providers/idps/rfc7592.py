@@ -38,6 +38,7 @@ from rotator.errors import (
     IdpCannotRotate,
     IdpNotFound,
     IdpUnavailable,
+    StoreError,
 )
 from rotator.interfaces import ClientId, ClientState, IdpCapabilities, IssuedSecret, RotationId
 from rotator.secrets import Secret, check_secret_value, redact
@@ -152,7 +153,12 @@ class Rfc7592Idp:
         return client, state
 
     def _rat(self, client_id: ClientId, state: ClientState) -> Secret:
-        rat = state.load()
+        try:
+            rat = state.load()
+        except StoreError as exc:
+            raise IdpUnavailable(f"RFC 7592 IdP {self.name!r}: cannot read client "
+                                 f"{client_id!r}'s registration access token from {state}: "
+                                 f"{exc}") from None
         if rat is None:
             raise IdpAccessDenied(
                 f"RFC 7592 IdP {self.name!r}: no registration access token for client "
@@ -256,8 +262,16 @@ class Rfc7592Idp:
                 f"{client_id!r} with a registration access token that cannot be stored "
                 f"safely; if it refuses the old one now, ask its administrator for a new one "
                 f"and store it in {state}")
-        if token != used.reveal():
+        if token == used.reveal():
+            return
+        try:
             state.save(Secret(token))
+        except StoreError as exc:
+            raise IdentityProviderError(
+                f"RFC 7592 IdP {self.name!r}: the server replaced client {client_id!r}'s "
+                f"registration access token, but it could not be saved in {state} ({exc}); "
+                "the server will refuse the stored one: ask its administrator for a new one "
+                "and store it there") from None
 
     def current_secret(self, client_id: ClientId) -> Secret | None:
         return self._secret_in(self._call("GET", client_id))
