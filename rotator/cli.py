@@ -34,7 +34,7 @@ from rotator.audit import AuditLog, redact_processor
 from rotator.audit.chain import Checkpoint, chain_key, checkpoint_path
 from rotator.audit.chain import verify as verify_chain
 from rotator.config import ClientConfig, Config, load_config
-from rotator.engine import STATUS_ERRORS, Adapters, Engine, Outcome
+from rotator.engine import Adapters, Engine, Outcome
 from rotator.errors import ConfigError, ConfigProblem, RotatorError
 from rotator.interfaces import Stage
 from rotator.journal import Journal
@@ -480,7 +480,7 @@ def run(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
             if args.command == "status":
                 rows = [{**engine.status(n), **_daemon_view(engine, n)} for n in names]
                 _print_status(rows, args.json, out)
-                return EXIT_FAILED if any(r["state"] in STATUS_ERRORS for r in rows) else EXIT_OK
+                return EXIT_FAILED if any(r["error"] for r in rows) else EXIT_OK
             if args.command == "rotate":
                 requested = engine.clock()  # before any lock is awaited: see Engine.rotate
 

@@ -500,6 +500,10 @@ def _client(
                        environ=environ, ignore=("stores", *unchecked),
                        resolve_secrets=resolve_idp_secrets)
     idp_settings = {k.key: s.pop(k.key) for k in idp_schema if k.key in s}
+    for setting in idp_schema:  # a setting naming a store must name one in [stores]
+        value = idp_settings.get(setting.key)
+        if setting.kind == "store" and value is not None and value not in raw_stores:
+            report(setting.key, f"no store named {value!r} in [stores]")
     validate = getattr(idp_cfg.cls, "validate_client_settings", None) if idp_cfg else None
     for key, reason in validate(idp_settings) if validate is not None else ():
         report(key, reason)

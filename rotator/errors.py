@@ -12,7 +12,8 @@
     ├── IdentityProviderError       an identity provider's admin API refused or failed
     │   ├── IdpUnavailable          5xx, timeout, connection refused: worth retrying later
     │   ├── IdpAccessDenied         401/403; names the admin role or permission missing
-    │   └── IdpNotFound             the client does not exist at the IdP
+    │   ├── IdpNotFound             the client does not exist at the IdP
+    │   └── IdpCannotRotate         no new secret issued this way; retrying won't help
     ├── VerificationError           the token endpoint did not issue a usable token
     │   ├── InvalidClient           RFC 6749 §5.2 ``invalid_client``: the secret is wrong
     │   ├── InvalidScope            ``invalid_scope``: credentials work, scope not granted
@@ -101,6 +102,11 @@ class IdpAccessDenied(IdentityProviderError):
 
 class IdpNotFound(IdentityProviderError):
     """The client does not exist at the identity provider."""
+
+
+class IdpCannotRotate(IdentityProviderError):
+    """The IdP answered but issued no new secret (e.g. an RFC 7592 server that keeps the
+    secret on update): the old secret still works, and trying again will not change that."""
 
 
 class VerificationError(RotatorError):

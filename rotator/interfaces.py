@@ -429,3 +429,31 @@ class Journal(Protocol):
     def close(self) -> None:
         """Release connections. Never raises."""
         ...
+
+
+@runtime_checkable
+class ClientState(Protocol):
+    """A durable, secret-safe place for one per-client value an identity provider hands out
+    and changes on use, such as an RFC 7592 registration access token.
+
+    The engine builds one per client for an IdP that names a location for it (see
+    :class:`rotator.engine.client_state.StoreClientState`): the value lives as CURRENT of a
+    location in a configured :class:`SecretStore`, written with that store's own atomic,
+    private write (0600 for files), never in the journal or a log. An adapter calls
+    :meth:`save` with a new value *before* it acts on it or returns anything that depends on
+    it, so that a crash after ``save`` returns cannot lose the value.
+
+    Discovery: an IdP that needs one defines ``client_state_location(client_id) -> (store,
+    location) | None`` and ``bind_client_state(client_id, state)``; the engine calls the
+    second for every configured client the first names a location for, before ``start()``.
+
+    Errors: both methods raise only :class:`rotator.errors.StoreError` subclasses.
+    """
+
+    def load(self) -> Secret | None:
+        """The value last saved (or put there by an operator), or ``None`` if there is none."""
+        ...
+
+    def save(self, value: Secret) -> None:
+        """Replace the value; durable when this returns."""
+        ...

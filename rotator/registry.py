@@ -40,6 +40,7 @@ BUILTIN: dict[str, dict[str, str]] = {
         "glewlwyd": "providers.idps.glewlwyd:GlewlwydIdp",
         "entra": "providers.idps.entra:EntraIdp",
         "cognito": "providers.idps.cognito:CognitoIdp [aws]",
+        "rfc7592": "providers.idps.rfc7592:Rfc7592Idp",
     },
 }
 

@@ -51,7 +51,9 @@ class Setting:
     """One key an adapter accepts."""
 
     key: str
-    kind: str = "str"  # str | int | float | bool | duration | list[str] | path
+    kind: str = "str"  # str | int | float | bool | duration | list[str] | path | store
+    # "store": the name of a table in [stores] (checked by the config loader), e.g. where an
+    # IdP keeps per-client state (rotator.interfaces.ClientState).
     required: bool = False
     default: Any = None
     choices: tuple[str, ...] = ()
@@ -91,7 +93,7 @@ def read_secret_file(path: Path) -> Secret:
 def _check_value(setting: Setting, value: Any, base_dir: Path) -> Any:
     """Return the converted value or raise ValueError with the reason."""
     kind = setting.kind
-    if kind in ("str", "path"):
+    if kind in ("str", "path", "store"):
         if not isinstance(value, str) or not value:
             raise ValueError("must be a non-empty string")
         if setting.choices and value not in setting.choices:

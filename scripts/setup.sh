@@ -43,3 +43,12 @@ fi
 if [ "${1:-}" = "--tests" ]; then
     .venv/bin/python tests/server_rsyslog.py fetch >/dev/null
 fi
+
+# node oidc-provider for the RFC 7592 tests: npm package cached by version (tests/server_oidc_provider.py).
+if [ "${1:-}" = "--tests" ]; then
+    if command -v npm >/dev/null 2>&1; then
+        .venv/bin/python tests/server_oidc_provider.py install >/dev/null
+    else
+        echo "setup: npm is not installed; the RFC 7592 tests on oidc-provider need it"
+    fi
+fi

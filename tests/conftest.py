@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from rotation_env import KeycloakRealm
 from server_glewlwyd import Glewlwyd
+from server_oidc_provider import OidcProvider
 from servers import ADMIN_CLIENT_ROLES, Hydra, Keycloak, MotoServer, OpenBao, keycloak_for_session
 
 
@@ -73,4 +74,21 @@ def glewlwyd() -> Iterator[Glewlwyd]:
     127.0.0.1 and a free port; its packages are fetched on first use (see
     ``tests/server_glewlwyd.py``)."""
     with Glewlwyd() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def oidc_provider() -> Iterator[OidcProvider]:
+    """A real node oidc-provider 9 with RFC 7591/7592 registration, on 127.0.0.1 and a free
+    port (package cached by version; see ``tests/server_oidc_provider.py``)."""
+    with OidcProvider() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def glewlwyd_dcr() -> Iterator[Glewlwyd]:
+    """A Glewlwyd whose OIDC plugin has open RFC 7591 registration and RFC 7592 management."""
+    from rfc7592_env import GLEWLWYD_REGISTRATION
+
+    with Glewlwyd(oidc_parameters=GLEWLWYD_REGISTRATION) as server:
         yield server

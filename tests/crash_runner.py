@@ -6,11 +6,14 @@ MODE ``event``: die right after the audit event TARGET (``name`` or ``name#N`` f
 occurrence, counted across ``--parallel`` workers) is written, i.e. after the step it
 reports took effect and before the journal records it. MODE ``advance``: die just before
 the journal records state TARGET.
+MODE ``call``/``returned``: die when the method TARGET (``module:Class.method``) is called,
+or just after it returned.
 MODE ``none``: run normally.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import sys
@@ -53,6 +56,20 @@ def main(argv: list[str]) -> int:
             return original_advance(self, rotation_id, state, now, **fields)
 
         journal.Journal.advance = advance  # type: ignore[method-assign]
+    elif mode in ("call", "returned"):
+        module_name, _, qualname = target.partition(":")
+        class_name, _, method = qualname.rpartition(".")
+        cls = getattr(importlib.import_module(module_name), class_name)
+        original = getattr(cls, method)
+
+        def dying(*args: Any, **kwargs: Any) -> Any:
+            if mode == "call":
+                _die()
+            result = original(*args, **kwargs)
+            _die()
+            return result
+
+        setattr(cls, method, dying)
     return run(args, sys.stdout, sys.stderr)
 
 

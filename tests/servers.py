@@ -788,6 +788,8 @@ class Hydra(_LocalServer):
             "SERVE_PUBLIC_PORT": str(self.port), "SERVE_PUBLIC_HOST": _LOCAL,
             "SERVE_ADMIN_PORT": str(self.admin_port), "SERVE_ADMIN_HOST": _LOCAL,
             "LOG_LEAK_SENSITIVE_VALUES": "false",
+            # RFC 7591/7592 at /oauth2/register, for the RFC 7592 adapter's tests.
+            "OIDC_DYNAMIC_CLIENT_REGISTRATION_ENABLED": "true",
         })
         return env
 

@@ -2,8 +2,10 @@
 
 Cases: Keycloak without the secret-rotation policy (one secret, Keycloak generates it),
 Keycloak with it (two secrets), Hydra v2.3.0 (one secret, rotator chooses it), Glewlwyd 2.7's
-admin API (one secret, rotator chooses it, the admin API reads it back); Entra ID and
-Cognito on fakes built from their documentation (tests/fakes/). Each test
+admin API (one secret, rotator chooses it, the admin API reads it back), RFC 7592 on
+Glewlwyd (one secret, the server generates it on update); Entra ID and Cognito on fakes
+built from their documentation (tests/fakes/). RFC 7592 on Hydra and on oidc-provider, which
+issue no new secret on update, have a class of their own. Each test
 asks the adapter's declared capabilities what must happen and checks it at the server's
 token endpoint.
 """
@@ -20,6 +22,7 @@ import pytest
 from entra_cognito_cases import cognito_case, cognito_fake, entra_case, entra_fake
 from fakes.cognito import FakeCognito
 from fakes.entra import FakeEntra
+from rfc7592_env import DcrServer, glewlwyd_dcr, hydra_dcr, oidc_provider_dcr
 from rotation_env import KeycloakRealm
 from server_glewlwyd import Glewlwyd
 from servers import ROTATION_ATTRIBUTES, Hydra, free_port
@@ -27,13 +30,15 @@ from servers import ROTATION_ATTRIBUTES, Hydra, free_port
 from providers.idps.glewlwyd import GlewlwydIdp
 from providers.idps.hydra import HydraIdp
 from providers.idps.keycloak import KeycloakIdp
+from providers.idps.rfc7592 import Rfc7592Idp
 from rotator.errors import (
     IdentityProviderError,
     IdpAccessDenied,
+    IdpCannotRotate,
     IdpNotFound,
     IdpUnavailable,
 )
-from rotator.interfaces import IdentityProvider
+from rotator.interfaces import ClientState, IdentityProvider
 from rotator.secrets import Secret, generate_secret
 
 pytestmark = pytest.mark.server
@@ -147,9 +152,76 @@ def cognito() -> Iterator[FakeCognito]:
         yield fake
 
 
+class MemoryState:
+    """A ClientState in memory: the contract is the adapter's; durability is tested with the
+    engine's store-backed state in test_rotation_rfc7592.py."""
+
+    def __init__(self, value: str) -> None:
+        self.value: Secret | None = Secret(value)
+        self.saves = 0
+
+    def load(self) -> Secret | None:
+        return self.value
+
+    def save(self, value: Secret) -> None:
+        self.value, self.saves = value, self.saves + 1
+
+
+def _rfc7592_case(server: DcrServer) -> IdpCase:
+    """An RFC 7592 server: each new client is registered there and configured on every
+    adapter built so far, with its RAT in a MemoryState. Test-only settings: ``admin_url``
+    adds a client ``anyone`` at that base URL; ``bad_rat`` gives every client a wrong RAT."""
+    clients: dict[str, tuple[str, MemoryState]] = {}
+    built: list[Rfc7592Idp] = []
+
+    def configure(idp: Rfc7592Idp, client_id: str, uri: str, state: ClientState) -> None:
+        idp.configure_client(client_id, {"registration_client_uri": uri,
+                                         "registration_token_store": "memory",
+                                         "registration_token_location": client_id})
+        idp.bind_client_state(client_id, state)
+
+    def build(settings: dict[str, Any], transport: Any = None) -> Rfc7592Idp:
+        base, bad = settings.pop("admin_url", None), settings.pop("bad_rat", False)
+        idp = Rfc7592Idp("dcr", settings, transport=transport)
+        for client_id, (uri, state) in clients.items():
+            configure(idp, client_id, uri, MemoryState(secrets.token_urlsafe(16)) if bad
+                      else state)
+        if base:
+            configure(idp, "anyone", f"{base}/register/anyone", MemoryState("x" * 20))
+        built.append(idp)
+        return idp
+
+    def new_client() -> tuple[str, str]:
+        reg = server.register()
+        client_id = str(reg["client_id"])
+        clients[client_id] = (str(reg["registration_client_uri"]),
+                              MemoryState(str(reg["registration_access_token"])))
+        for idp in built:
+            configure(idp, client_id, *clients[client_id])
+        return client_id, str(reg["client_secret"])
+
+    case = IdpCase(
+        name=f"rfc7592-{server.name}", build=build, new_client=new_client,
+        settings={"token_endpoint": server.token_endpoint, "tls_verify": True,
+                  "ca_file": None, "timeout": 10.0},
+        works=server.works, denied_settings={"bad_rat": True})
+    case.rfc7592_clients = clients  # type: ignore[attr-defined]
+    return case
+
+
+def _dcr_server(request: pytest.FixtureRequest, name: str) -> DcrServer:
+    if name == "hydra":
+        return hydra_dcr(request.getfixturevalue("hydra"))
+    if name == "oidc-provider":
+        return oidc_provider_dcr(request.getfixturevalue("oidc_provider"))
+    return glewlwyd_dcr(request.getfixturevalue("glewlwyd_dcr"))
+
+
 @pytest.fixture(params=["keycloak", "keycloak-rotation", "hydra", "glewlwyd", "entra",
-                        "cognito"])
+                        "cognito", "rfc7592-glewlwyd"])
 def case(request: pytest.FixtureRequest) -> IdpCase:
+    if request.param == "rfc7592-glewlwyd":
+        return _rfc7592_case(_dcr_server(request, "glewlwyd"))
     if request.param == "entra":
         return entra_case(IdpCase, request.getfixturevalue("entra"))  # type: ignore[no-any-return]
     if request.param == "cognito":
@@ -348,4 +420,51 @@ class TestHostileAnswers:
             except IdentityProviderError:
                 pass
             finally:
+                adapter.close()
+
+
+@pytest.mark.parametrize("server", ["hydra", "oidc-provider"])
+class TestRfc7592WithoutNewSecret:
+    """An RFC 7592 server that keeps the secret on update makes create_secret raise
+    IdpCannotRotate after the RAT it replaced was saved; the old secret keeps working."""
+
+    def test_create_refuses_and_keeps_the_new_rat(self, request: pytest.FixtureRequest,
+                                                  server: str) -> None:
+        case = _rfc7592_case(_dcr_server(request, server))
+        client_id, old = case.new_client()
+        _, state = case.rfc7592_clients[client_id]  # type: ignore[attr-defined]
+        first = state.value
+        idp = case.idp()
+        idp.start()
+        try:
+            caps = idp.capabilities(client_id)
+            assert not caps.overlap and not caps.caller_sets_value
+            with pytest.raises(IdpCannotRotate, match="does not rotate secrets through RFC"):
+                idp.create_secret(client_id, "r-contract", None)
+            assert state.saves == 1 and state.value != first
+            assert case.works(client_id, old)
+            current = idp.current_secret(client_id)  # with the saved RAT
+            assert (current == Secret(old)) if caps.can_read_current else current is None
+            with pytest.raises(IdentityProviderError):
+                idp.create_secret(client_id, "r-contract", generate_secret())
+        finally:
+            idp.close()
+
+    def test_errors_map_to_the_tree(self, request: pytest.FixtureRequest,
+                                    server: str) -> None:
+        case = _rfc7592_case(_dcr_server(request, server))
+        client_id, _ = case.new_client()
+        idp, denied = case.idp(), case.idp(bad_rat=True)
+        unreachable = case.idp(admin_url=f"http://127.0.0.1:{free_port()}")
+        for adapter in (idp, denied, unreachable):
+            adapter.start()
+        try:
+            with pytest.raises(IdpNotFound):
+                idp.capabilities("missing")
+            with pytest.raises(IdpAccessDenied, match="registration access token was refused"):
+                denied.capabilities(client_id)
+            with pytest.raises(IdpUnavailable, match="unreachable"):
+                unreachable.capabilities("anyone")
+        finally:
+            for adapter in (idp, denied, unreachable):
                 adapter.close()

@@ -29,7 +29,12 @@ from rotator.secrets import redact
 log = structlog.get_logger("rotator.daemon")
 
 #: Engine messages no retry fixes: a person must act (see the engine's ``_start``).
-_BLOCKING = ("holds a pending secret", "holds client id", "no current credential")
+#: Errors a rotation records that only an operator can clear (providers/idps/rfc7592.py): a
+#: client read from the journal whose latest rotation ended or stopped with one is blocked.
+_RECORDED_BLOCKING = ("does not rotate secrets through RFC 7592",
+                      "the registration access token was refused")
+_BLOCKING = ("holds a pending secret", "holds client id", "no current credential",
+             *_RECORDED_BLOCKING)
 
 #: When the current secret of a client became current, from its primary store.
 FactsReader = Callable[[Config, ClientConfig], datetime | None]
@@ -197,7 +202,7 @@ class ClientRecord:
         open_rotation = self.open
         rotating = running or (open_rotation is not None
                                and not open_rotation.awaiting_retirement
-                               and self.failures == 0)
+                               and self.failures == 0 and self.blocked is None)
         awaiting = open_rotation is not None and open_rotation.awaiting_retirement
         queued = self.job is not None and self.job.state == "queued"
         cond = condition(due=decision.due or queued, rotating=rotating,
@@ -229,10 +234,14 @@ def load_record(journal: Journal, config: Config, client: ClientConfig,
     last = history.last_success_at
     if last is None:
         last = facts(config, client)
-    return ClientRecord(client, policy_of(client), last, history.failures,
-                        history.last_failure_at, latest=latest,
-                        open=journal.open_rotation(client.name),
-                        secret_expires_at=history.secret_expires_at)
+    record = ClientRecord(client, policy_of(client), last, history.failures,
+                          history.last_failure_at, latest=latest,
+                          open=journal.open_rotation(client.name),
+                          secret_expires_at=history.secret_expires_at)
+    error = latest.error if latest is not None else None
+    if error and any(marker in error for marker in _RECORDED_BLOCKING):
+        record.blocked = record.reason = error
+    return record
 
 
 def journal_facts(journal: Journal, name: str

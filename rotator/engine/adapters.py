@@ -8,6 +8,7 @@ from collections.abc import Mapping
 import httpx
 
 from rotator.config import ClientConfig, Config
+from rotator.engine.client_state import bind_client_states
 from rotator.engine.verification import HttpFactory
 from rotator.interfaces import IdentityProvider, SecretStore
 
@@ -64,6 +65,10 @@ class Adapters:
             if name not in self._idps:
                 idp: IdentityProvider = (self._given_idps.get(name)
                                          or self._config.idps[name].build())
+                # Per-client state an IdP keeps (an RFC 7592 registration access token)
+                # lives in a configured store; see rotator.engine.client_state.
+                bind_client_states(idp, [c.client_id for c in self._config.clients.values()
+                                         if c.idp == name], self.store)
                 idp.start()
                 self._idps[name] = idp
             return self._idps[name]

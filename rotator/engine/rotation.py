@@ -21,6 +21,7 @@ from rotator.engine.status import client_status
 from rotator.engine.verification import HttpFactory, default_http, verify_credentials
 from rotator.errors import (
     IdpAccessDenied,
+    IdpCannotRotate,
     IdpNotFound,
     JournalConflict,
     RotationError,
@@ -360,9 +361,12 @@ class Engine:
                 self.audit.event("rotation_resumed", step=rotation.state.value,
                                  outcome="success", family=rotation.family)
             idp = self.adapters.idp(client.idp)
-            # Asked once per rotation: the family it follows is in the journal already.
-            caps = caps or idp.capabilities(client.client_id)
             try:
+                # Asked once per rotation: the family it follows is in the journal already.
+                # A refusal here is recorded on the rotation like any step's, so status
+                # shows why a resumed rotation cannot go on (an RFC 7592 token lost in a
+                # crash, say).
+                caps = caps or idp.capabilities(client.client_id)
                 while not rotation.state.terminal:
                     before = rotation.state
                     rotation = self._step(client, idp, caps, rotation, resumed=resumed,
@@ -652,7 +656,7 @@ class Engine:
         started = time.monotonic()
         try:
             result = action()
-        except (IdpAccessDenied, IdpNotFound) as exc:
+        except (IdpAccessDenied, IdpNotFound, IdpCannotRotate) as exc:
             self.audit.event(event, step=step, outcome="failure",
                              error=str(exc), duration_ms=_ms(started))
             if abort_if_denied:

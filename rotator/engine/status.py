@@ -76,7 +76,10 @@ def client_status(client: ClientConfig, *, now: datetime, adapters: Adapters,
     return {
         "client": name, "client_id": client.client_id, "idp": client.idp,
         "idp_status": idp_status, "stores": stores, "state": state,
-        "error": state in STATUS_ERRORS,
+        # An open rotation whose last attempt to go on failed needs a person as well.
+        "error": state in STATUS_ERRORS or bool(open_rotation is not None
+                                                and not open_rotation.awaiting_retirement
+                                                and open_rotation.error),
         "last_rotation": None if latest is None else {
             "id": latest.id, "state": latest.state.value, "actor": latest.actor,
             "started_at": latest.started_at.isoformat(timespec="seconds"),
