@@ -37,6 +37,8 @@ BUILTIN: dict[str, dict[str, str]] = {
     "rotator.idps": {
         "keycloak": "providers.idps.keycloak:KeycloakIdp",
         "hydra": "providers.idps.hydra:HydraIdp",
+        "okta": "providers.idps.okta:OktaIdp",
+        "auth0": "providers.idps.auth0:Auth0Idp",
     },
 }
 

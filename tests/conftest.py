@@ -7,6 +7,7 @@ import secrets
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,4 +64,21 @@ def hydra() -> Iterator[Hydra]:
     under ``~/.cache/rotator-test/hydra-<version>/``, see ``tests/servers.py``).
     """
     with Hydra() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def fake_okta() -> Iterator[Any]:
+    """A fake Okta org (tests/fakes/okta.py) on 127.0.0.1 and a free port, no rate limit."""
+    from fakes.okta import FakeOkta
+    with FakeOkta() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def fake_auth0() -> Iterator[Any]:
+    """A fake Auth0 tenant (tests/fakes/auth0.py) on 127.0.0.1 and a free port, no rate
+    limit, no propagation delay."""
+    from fakes.auth0 import FakeAuth0
+    with FakeAuth0() as server:
         yield server

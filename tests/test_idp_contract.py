@@ -1,7 +1,9 @@
 """The IdentityProvider contract, run against every IdP adapter on a real server.
 
 Cases: Keycloak without the secret-rotation policy (one secret, Keycloak generates it),
-Keycloak with it (two secrets), Hydra v2.3.0 (one secret, rotator chooses it). Each test
+Keycloak with it (two secrets), Hydra v2.3.0 (one secret, rotator chooses it); and, on fakes
+built from the vendors' docs (tests/fakes/), Okta (two secrets with ids, rotator chooses) and
+Auth0 (one secret, rotator chooses). Each test
 asks the adapter's declared capabilities what must happen and checks it at the server's
 token endpoint.
 """
@@ -18,8 +20,10 @@ import pytest
 from rotation_env import KeycloakRealm
 from servers import ROTATION_ATTRIBUTES, Hydra, free_port
 
+from providers.idps.auth0 import Auth0Idp
 from providers.idps.hydra import HydraIdp
 from providers.idps.keycloak import KeycloakIdp
+from providers.idps.okta import OktaIdp
 from rotator.errors import (
     IdentityProviderError,
     IdpAccessDenied,
@@ -110,8 +114,46 @@ def _hydra_case(hydra: Hydra) -> IdpCase:
     )
 
 
-@pytest.fixture(params=["keycloak", "keycloak-rotation", "hydra"])
+def _okta_case(okta: Any) -> IdpCase:
+    settings = {"url": okta.url, "authorization_server": "default",
+                "api_token": Secret(okta.api_token(super_admin=True)), "admin_client_id": None,
+                "admin_private_key": None, "admin_key_id": None, "max_rate_limit_wait": 60.0,
+                "tls_verify": True, "ca_file": None, "timeout": 10.0}
+
+    def works(client_id: str, secret: str) -> bool:
+        response = httpx.post(f"{okta.url}/oauth2/default/v1/token", auth=(client_id, secret),
+                              data={"grant_type": "client_credentials", "scope": "api"})
+        return response.status_code == 200
+
+    return IdpCase(name="okta", settings=settings, new_client=okta.create_app, works=works,
+                   build=lambda s, t=None: OktaIdp("okta", s, transport=t),
+                   denied_settings={"api_token": Secret(secrets.token_urlsafe(16))})
+
+
+def _auth0_case(auth0: Any) -> IdpCase:
+    admin_id, admin_secret = auth0.admin_client()
+    settings = {"url": auth0.url, "audience": None, "admin_client_id": admin_id,
+                "admin_client_secret": Secret(admin_secret), "propagation_delay": 5.0,
+                "max_rate_limit_wait": 60.0, "tls_verify": True, "ca_file": None,
+                "timeout": 10.0}
+
+    def works(client_id: str, secret: str) -> bool:
+        response = httpx.post(f"{auth0.url}/oauth/token", data={
+            "grant_type": "client_credentials", "client_id": client_id,
+            "client_secret": secret, "audience": "https://api.example.com/"})
+        return response.status_code == 200
+
+    return IdpCase(name="auth0", settings=settings, new_client=auth0.create_client, works=works,
+                   build=lambda s, t=None: Auth0Idp("auth0", s, transport=t),
+                   denied_settings={"admin_client_secret": Secret(secrets.token_urlsafe(16))})
+
+
+@pytest.fixture(params=["keycloak", "keycloak-rotation", "hydra", "okta", "auth0"])
 def case(request: pytest.FixtureRequest) -> IdpCase:
+    if request.param == "okta":
+        return _okta_case(request.getfixturevalue("fake_okta"))
+    if request.param == "auth0":
+        return _auth0_case(request.getfixturevalue("fake_auth0"))
     if request.param == "hydra":
         return _hydra_case(request.getfixturevalue("hydra"))
     return _keycloak_case(request.getfixturevalue("kc_realm"),
