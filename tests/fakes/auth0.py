@@ -106,6 +106,8 @@ class FakeAuth0:
     clients: dict[str, Client] = field(default_factory=dict)
     #: Management API token requests answered (tests count them).
     management_tokens: int = 0
+    #: Token requests refused for a wrong or not yet propagated secret.
+    refused_tokens: int = 0
     requests: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -255,6 +257,8 @@ class FakeAuth0:
             client_id, _, secret = pair.partition(":")
             client_id, secret = unquote(client_id), unquote(secret)
         if not self.works(client_id, secret):
+            with self._lock:
+                self.refused_tokens += 1
             return JSONResponse({"error": "access_denied", "error_description": "Unauthorized"},
                                 status_code=401, headers=headers)
         audience = form.get("audience")
