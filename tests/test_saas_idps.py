@@ -19,6 +19,7 @@ from saas_env import SaasScenario
 
 from providers.idps.auth0 import Auth0Idp
 from providers.idps.okta import OktaIdp
+from rotator.daemon.workers import NullObserver, WatchedIdp
 from rotator.errors import IdentityProviderError, IdpAccessDenied, IdpRateLimited
 from rotator.secrets import Secret, generate_secret
 
@@ -262,3 +263,22 @@ def test_hostile_ids_stay_in_one_segment(fake_okta: FakeOkta) -> None:
             idp.capabilities(client_id)
     finally:
         idp.close()
+
+
+class TestDaemonHonoursRateLimits:
+    """The daemon's IdP wrapper pauses an IdP for the retry_after an adapter's
+    IdpRateLimited carries."""
+
+    def test_rate_limited_pauses_the_idp(self) -> None:
+        with FakeAuth0(rate_limit=1, window=120.0) as fake:
+            idp = _auth0(fake, max_rate_limit_wait=1.0)
+            paused: list[tuple[str, float]] = []
+            watched = WatchedIdp(idp, NullObserver(), lambda name, s: paused.append((name, s)))
+            try:
+                client_id, _ = fake.create_client()
+                watched.capabilities(client_id)
+                with pytest.raises(IdpRateLimited):
+                    watched.capabilities(client_id)
+            finally:
+                idp.close()
+            assert len(paused) == 1 and paused[0][0] == "auth0" and paused[0][1] > 1.0
