@@ -255,17 +255,33 @@ class OktaIdp:
         return sorted(found, key=lambda s: s[2])
 
     def _accepted(self, client_id: ClientId, value: Secret) -> bool:
-        """Whether Okta's token endpoint authenticates ``client_id`` with ``value`` (any
-        answer but ``invalid_client``/401 means the secret was accepted)."""
-        response = self._client().request(
-            "POST", self.default_token_endpoint(), data={"grant_type": "client_credentials"},
-            headers={"Accept": "application/json"},
-            auth=(client_id, value.reveal()))
-        if response.status_code >= 500:
-            raise IdpUnavailable(f"Okta {self.name!r}: the token endpoint answered HTTP "
-                                 f"{response.status_code}")
-        body = _json_object(response)
-        return response.status_code != 401 and (body or {}).get("error") != "invalid_client"
+        """Whether Okta's token endpoint authenticates ``client_id`` with ``value``.
+
+        Asked without a scope: a 200, or a 400 OAuth error other than ``invalid_client``
+        (``invalid_scope`` where the server has no default scope), means the secret
+        authenticated. Tried as client_secret_basic, then client_secret_post.
+        """
+        endpoint = self.default_token_endpoint()
+        for basic in (True, False):
+            data = {"grant_type": "client_credentials"}
+            if not basic:
+                data |= {"client_id": client_id, "client_secret": value.reveal()}
+            response = self._client().request(
+                "POST", endpoint, data=data, headers={"Accept": "application/json"},
+                auth=(client_id, value.reveal()) if basic else None)
+            status = response.status_code
+            error = (_json_object(response) or {}).get("error")
+            if status == 200 or (status == 400 and isinstance(error, str)
+                                 and error != "invalid_client"):
+                return True
+            if status >= 500:
+                raise IdpUnavailable(f"Okta {self.name!r}: the token endpoint answered HTTP "
+                                     f"{status}")
+            if status not in (400, 401):
+                raise IdentityProviderError(
+                    f"Okta {self.name!r}: the token endpoint {endpoint} answered HTTP {status} "
+                    "to a client-credentials request; check authorization_server")
+        return False
 
     def _retire(self, client_id: ClientId, secret_id: str, status: str) -> None:
         path = f"{self._secrets_path(client_id)}/{_segment(secret_id)}"
