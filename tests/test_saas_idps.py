@@ -20,7 +20,7 @@ from saas_env import SaasScenario
 from providers.idps.auth0 import Auth0Idp
 from providers.idps.okta import OktaIdp
 from rotator.daemon.workers import NullObserver, WatchedIdp
-from rotator.errors import IdentityProviderError, IdpAccessDenied, IdpRateLimited
+from rotator.errors import IdentityProviderError, IdpAccessDenied, IdpNotFound, IdpRateLimited
 from rotator.secrets import Secret, generate_secret
 
 
@@ -253,17 +253,18 @@ class TestAuth0Propagation:
             assert s.leaks() == []
 
 
-def test_hostile_ids_stay_in_one_segment(fake_okta: FakeOkta) -> None:
-    """An okta_app_id with '/' or '..' is one path segment (never another API path)."""
-    idp = _okta(fake_okta)
-    try:
-        client_id, _ = fake_okta.create_app()
-        idp.configure_client(client_id, {"okta_app_id": f"../{secrets.token_hex(2)}"})
-        with pytest.raises(IdentityProviderError):
-            idp.capabilities(client_id)
-    finally:
-        idp.close()
+class TestHostileIds:
+    """An okta_app_id with '/' or '..' stays one path segment (never another API path)."""
 
+    def test_app_id_is_one_segment(self, fake_okta: FakeOkta) -> None:
+        idp = _okta(fake_okta)
+        try:
+            client_id, _ = fake_okta.create_app()
+            idp.configure_client(client_id, {"okta_app_id": f"../{secrets.token_hex(2)}"})
+            with pytest.raises(IdpNotFound):
+                idp.capabilities(client_id)
+        finally:
+            idp.close()
 
 class TestDaemonHonoursRateLimits:
     """The daemon's IdP wrapper pauses an IdP for the retry_after an adapter's

@@ -33,7 +33,7 @@ import jwt
 from providers.idps._saas import RateLimitedHttp
 from rotator.errors import IdentityProviderError, IdpAccessDenied, IdpNotFound, IdpUnavailable
 from rotator.interfaces import ClientId, IdpCapabilities, IssuedSecret, RotationId
-from rotator.secrets import Secret, redact
+from rotator.secrets import Secret, redact, register_credentials
 from rotator.settings import Setting, typed
 
 #: The Okta API scope rotator's service app needs (it includes reading apps).
@@ -262,6 +262,7 @@ class OktaIdp:
         authenticated. Tried as client_secret_basic, then client_secret_post.
         """
         endpoint = self.default_token_endpoint()
+        register_credentials(client_id, value)  # an echoed Basic header is redacted too
         for basic in (True, False):
             data = {"grant_type": "client_credentials"}
             if not basic:
