@@ -283,3 +283,20 @@ class TestDaemonHonoursRateLimits:
             finally:
                 idp.close()
             assert len(paused) == 1 and paused[0][0] == "auth0" and paused[0][1] > 1.0
+
+
+class TestOktaClientSettings:
+    """okta_app_id in a client's table passes the config check and a rotation through it
+    completes (TestHostileIds shows the adapter addresses that id)."""
+
+    def test_app_id_setting(self, fake_okta: FakeOkta, tmp_path: Path) -> None:
+        app, secret = fake_okta.create_app()
+        s = SaasScenario.create("okta", fake_okta, tmp_path, client_extra=f'okta_app_id = "{app}"',
+                                new_client=lambda: (app, secret))
+        check = s.cli("config", "check")
+        assert check.code == 0, check.out + check.err
+        before = len(fake_okta.requests)
+        result = s.cli("rotate", "c0")
+        assert result.code == 0, result.out + result.err
+        assert all(app in path for _, path in fake_okta.requests[before:])
+        assert s.works(s.stored()) and not s.works(secret)
