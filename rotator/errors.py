@@ -11,6 +11,7 @@
     │   └── StoreNotFound           nothing stored at that location
     ├── IdentityProviderError       an identity provider's admin API refused or failed
     │   ├── IdpUnavailable          5xx, timeout, connection refused: worth retrying later
+    │   │   └── IdpRateLimited      429: carries ``retry_after``, which the daemon honours
     │   ├── IdpAccessDenied         401/403; names the admin role or permission missing
     │   ├── IdpNotFound             the client does not exist at the IdP
     │   └── IdpCannotRotate         no new secret issued this way; retrying won't help
@@ -94,6 +95,15 @@ class IdpUnavailable(IdentityProviderError):
     """The IdP answered 5xx, timed out or could not be reached."""
 
     retryable = True
+
+
+class IdpRateLimited(IdpUnavailable):
+    """The IdP's admin API answered 429 and asked to wait ``retry_after`` seconds."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        #: Seconds until the IdP's rate-limit window resets (its headers said so).
+        self.retry_after = retry_after
 
 
 class IdpAccessDenied(IdentityProviderError):

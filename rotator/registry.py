@@ -41,6 +41,8 @@ BUILTIN: dict[str, dict[str, str]] = {
         "entra": "providers.idps.entra:EntraIdp",
         "cognito": "providers.idps.cognito:CognitoIdp [aws]",
         "rfc7592": "providers.idps.rfc7592:Rfc7592Idp",
+        "okta": "providers.idps.okta:OktaIdp",
+        "auth0": "providers.idps.auth0:Auth0Idp",
     },
 }
 

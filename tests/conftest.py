@@ -7,6 +7,7 @@ import secrets
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,6 +79,14 @@ def glewlwyd() -> Iterator[Glewlwyd]:
 
 
 @pytest.fixture(scope="session")
+def fake_okta() -> Iterator[Any]:
+    """A fake Okta org (tests/fakes/okta.py) on 127.0.0.1 and a free port, no rate limit."""
+    from fakes.okta import FakeOkta
+    with FakeOkta() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def oidc_provider() -> Iterator[OidcProvider]:
     """A real node oidc-provider 9 with RFC 7591/7592 registration, on 127.0.0.1 and a free
     port (package cached by version; see ``tests/server_oidc_provider.py``)."""
@@ -91,4 +100,13 @@ def glewlwyd_dcr() -> Iterator[Glewlwyd]:
     from rfc7592_env import GLEWLWYD_REGISTRATION
 
     with Glewlwyd(oidc_parameters=GLEWLWYD_REGISTRATION) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def fake_auth0() -> Iterator[Any]:
+    """A fake Auth0 tenant (tests/fakes/auth0.py) on 127.0.0.1 and a free port, no rate
+    limit, no propagation delay."""
+    from fakes.auth0 import FakeAuth0
+    with FakeAuth0() as server:
         yield server

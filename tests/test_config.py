@@ -184,7 +184,7 @@ BROKEN = [
     _case("store-bad-bool", [set_("stores.local.read_environ", "no")],
           "stores.local.read_environ", "true or false"),
     _case("idp-unknown-type", [set_("idps.kc.type", "okta-ish")], "idps.kc.type",
-          "unknown idp type 'okta-ish'", "hydra, keycloak"),
+          "unknown idp type 'okta-ish'", "known: ", "hydra, keycloak"),
     _case("idp-secret-env-not-set", [unset_env(KC_VAR)], "idps.kc.admin_client_secret_env",
           f"{KC_VAR} is not set"),
     _case("idp-missing-required", [del_("idps.kc.realm")], "idps.kc.realm", "required"),

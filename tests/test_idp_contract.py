@@ -4,8 +4,9 @@ Cases: Keycloak without the secret-rotation policy (one secret, Keycloak generat
 Keycloak with it (two secrets), Hydra v2.3.0 (one secret, rotator chooses it), Glewlwyd 2.7's
 admin API (one secret, rotator chooses it, the admin API reads it back), RFC 7592 on
 Glewlwyd (one secret, the server generates it on update); Entra ID and Cognito on fakes
-built from their documentation (tests/fakes/). RFC 7592 on Hydra and on oidc-provider, which
-issue no new secret on update, have a class of their own. Each test
+built from their documentation (tests/fakes/), Okta (two secrets with ids, rotator
+chooses) and Auth0 (one secret, rotator chooses) on fakes too. RFC 7592 on Hydra and on
+oidc-provider, which issue no new secret on update, have a class of their own. Each test
 asks the adapter's declared capabilities what must happen and checks it at the server's
 token endpoint.
 """
@@ -27,9 +28,11 @@ from rotation_env import KeycloakRealm
 from server_glewlwyd import Glewlwyd
 from servers import ROTATION_ATTRIBUTES, Hydra, free_port
 
+from providers.idps.auth0 import Auth0Idp
 from providers.idps.glewlwyd import GlewlwydIdp
 from providers.idps.hydra import HydraIdp
 from providers.idps.keycloak import KeycloakIdp
+from providers.idps.okta import OktaIdp
 from providers.idps.rfc7592 import Rfc7592Idp
 from rotator.errors import (
     IdentityProviderError,
@@ -217,8 +220,42 @@ def _dcr_server(request: pytest.FixtureRequest, name: str) -> DcrServer:
     return glewlwyd_dcr(request.getfixturevalue("glewlwyd_dcr"))
 
 
+def _okta_case(okta: Any) -> IdpCase:
+    settings = {"url": okta.url, "authorization_server": "default",
+                "api_token": Secret(okta.api_token(super_admin=True)), "admin_client_id": None,
+                "admin_private_key": None, "admin_key_id": None, "max_rate_limit_wait": 60.0,
+                "tls_verify": True, "ca_file": None, "timeout": 10.0}
+
+    def works(client_id: str, secret: str) -> bool:
+        response = httpx.post(f"{okta.url}/oauth2/default/v1/token", auth=(client_id, secret),
+                              data={"grant_type": "client_credentials", "scope": "api"})
+        return response.status_code == 200
+
+    return IdpCase(name="okta", settings=settings, new_client=okta.create_app, works=works,
+                   build=lambda s, t=None: OktaIdp("okta", s, transport=t),
+                   denied_settings={"api_token": Secret(secrets.token_urlsafe(16))})
+
+
+def _auth0_case(auth0: Any) -> IdpCase:
+    admin_id, admin_secret = auth0.admin_client()
+    settings = {"url": auth0.url, "audience": None, "admin_client_id": admin_id,
+                "admin_client_secret": Secret(admin_secret), "propagation_delay": 5.0,
+                "max_rate_limit_wait": 60.0, "tls_verify": True, "ca_file": None,
+                "timeout": 10.0}
+
+    def works(client_id: str, secret: str) -> bool:
+        response = httpx.post(f"{auth0.url}/oauth/token", data={
+            "grant_type": "client_credentials", "client_id": client_id,
+            "client_secret": secret, "audience": "https://api.example.com/"})
+        return response.status_code == 200
+
+    return IdpCase(name="auth0", settings=settings, new_client=auth0.create_client, works=works,
+                   build=lambda s, t=None: Auth0Idp("auth0", s, transport=t),
+                   denied_settings={"admin_client_secret": Secret(secrets.token_urlsafe(16))})
+
+
 @pytest.fixture(params=["keycloak", "keycloak-rotation", "hydra", "glewlwyd", "entra",
-                        "cognito", "rfc7592-glewlwyd"])
+                        "cognito", "rfc7592-glewlwyd", "okta", "auth0"])
 def case(request: pytest.FixtureRequest) -> IdpCase:
     if request.param == "rfc7592-glewlwyd":
         return _rfc7592_case(_dcr_server(request, "glewlwyd"))
@@ -226,6 +263,10 @@ def case(request: pytest.FixtureRequest) -> IdpCase:
         return entra_case(IdpCase, request.getfixturevalue("entra"))  # type: ignore[no-any-return]
     if request.param == "cognito":
         return cognito_case(IdpCase, request.getfixturevalue("cognito"))  # type: ignore[no-any-return]
+    if request.param == "okta":
+        return _okta_case(request.getfixturevalue("fake_okta"))
+    if request.param == "auth0":
+        return _auth0_case(request.getfixturevalue("fake_auth0"))
     if request.param == "hydra":
         return _hydra_case(request.getfixturevalue("hydra"))
     if request.param == "glewlwyd":

@@ -1,0 +1,115 @@
+"""HTTP for SaaS admin APIs that publish rate-limit headers (Okta, Auth0).
+
+:class:`RateLimitedHttp` sends a request and honours the vendor's budget: when a response
+says none of the window is left (``…-Remaining: 0``) the next request waits for the window's
+reset, and a 429 is retried after ``Retry-After`` or the reset time, as long as that wait is
+at most ``max_wait`` seconds. A longer wait raises :class:`~rotator.errors.IdpRateLimited`
+carrying ``retry_after``, which the daemon honours by pausing the IdP. Transport errors
+become :class:`~rotator.errors.IdpUnavailable`; every other status is the caller's to map.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import httpx
+
+from rotator.errors import IdpRateLimited, IdpUnavailable
+from rotator.secrets import redact
+
+#: How many 429 answers in a row one request rides out before giving up.
+MAX_THROTTLED_ATTEMPTS = 6
+
+
+class RateLimitedHttp:
+    """An ``httpx.Client`` for one vendor's admin API that waits as the vendor's headers ask.
+
+    ``prefix`` is the vendor's header prefix: ``X-Rate-Limit-`` (Okta), ``X-RateLimit-``
+    (Auth0); the headers ``Limit``, ``Remaining`` and ``Reset`` (UTC epoch seconds) follow.
+    """
+
+    def __init__(self, what: str, http: httpx.Client, *, prefix: str, max_wait: float,
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._what = what
+        self._http = http
+        self._prefix = prefix
+        self._max_wait = max_wait
+        self._sleep = sleep
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._not_before = 0.0  # epoch seconds: the window is spent until then
+        #: How often a request waited for the budget (tests count these).
+        self.waits = 0
+
+    def close(self) -> None:
+        self._http.close()
+
+    def request(self, method: str, url: str, *, headers: Mapping[str, str] | None = None,
+                json: Any = None, data: Mapping[str, str] | None = None,
+                params: Mapping[str, str] | None = None,
+                auth: tuple[str, str] | None = None) -> httpx.Response:
+        """Send, waiting for the budget; ``IdpUnavailable`` or ``IdpRateLimited`` on failure."""
+        for _attempt in range(MAX_THROTTLED_ATTEMPTS):
+            self._wait_for_window()
+            try:
+                response = self._http.request(method, url, headers=headers, json=json,
+                                              data=data, params=params,
+                                              auth=httpx.BasicAuth(*auth) if auth else None)
+            except httpx.HTTPError as exc:
+                kind = "timed out" if isinstance(exc, httpx.TimeoutException) else \
+                    "is unreachable"
+                raise IdpUnavailable(f"{self._what} {kind}: "
+                                     f"{redact(str(exc)) or type(exc).__name__}") from None
+            self._learn(response)
+            if response.status_code != 429:
+                return response
+            wait = self._retry_after(response)
+            if wait > self._max_wait:
+                raise IdpRateLimited(
+                    f"{self._what}: rate limit reached (HTTP 429); the window resets in "
+                    f"{wait:.0f} s, longer than max_rate_limit_wait", retry_after=wait)
+            with self._lock:
+                self._not_before = max(self._not_before, self._clock() + wait)
+        raise IdpRateLimited(f"{self._what}: still rate limited (HTTP 429) after "
+                             f"{MAX_THROTTLED_ATTEMPTS} waits", retry_after=self._max_wait)
+
+    def _wait_for_window(self) -> None:
+        with self._lock:
+            wait = self._not_before - self._clock()
+        if wait > 0:
+            self.waits += 1
+            self._sleep(min(wait, self._max_wait))
+
+    def _header(self, response: httpx.Response, name: str) -> float | None:
+        raw = response.headers.get(self._prefix + name)
+        try:
+            return float(raw) if raw is not None else None
+        except ValueError:
+            return None
+
+    def _learn(self, response: httpx.Response) -> None:
+        """A spent window (``Remaining: 0``) holds the next request until its reset."""
+        remaining, reset = self._header(response, "Remaining"), self._header(response, "Reset")
+        if remaining is not None and remaining <= 0 and reset is not None:
+            with self._lock:
+                # A reset beyond max_wait is left to the 429 that follows, which says so.
+                until = min(reset, self._clock() + self._max_wait)
+                self._not_before = max(self._not_before, until)
+
+    def _retry_after(self, response: httpx.Response) -> float:
+        """Seconds to wait after a 429: ``Retry-After``, else the reset time, else 1 s."""
+        raw = response.headers.get("Retry-After")
+        if raw is not None:
+            try:
+                return max(0.0, float(raw))
+            except ValueError:
+                pass
+        reset = self._header(response, "Reset")
+        if reset is not None:
+            # Epoch seconds have a one-second resolution: wait into the next second.
+            return max(0.0, reset - self._clock()) + 0.05
+        return 1.0
