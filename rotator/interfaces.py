@@ -353,6 +353,26 @@ class Step(NamedTuple):
     detail: Mapping[str, Any]
 
 
+@dataclass(frozen=True)
+class HookRun:
+    """What the journal knows of one hook for one rotation and stage (see :mod:`rotator.hooks`).
+
+    ``status`` is ``running`` (an attempt began; a crash may have cut it short), ``succeeded``
+    or ``failed`` (retried from ``next_attempt_at``). ``error`` holds no secret value.
+    """
+
+    rotation_id: RotationId
+    client: str
+    stage: str  # "promoted" or "retired"
+    hook: str  # the hook's name, unique among a client's hooks
+    status: str  # running | succeeded | failed
+    attempts: int
+    required: bool
+    updated_at: datetime
+    next_attempt_at: datetime | None = None
+    error: str | None = None
+
+
 @runtime_checkable
 class Journal(Protocol):
     """The durable record of every rotation and each step it completed, and the per-client lock.
@@ -415,6 +435,22 @@ class Journal(Protocol):
 
     def steps(self, rotation_id: RotationId) -> list[Step]:
         """The states ``rotation_id`` reached, oldest first."""
+        ...
+
+    def record_hook_run(self, run: HookRun) -> None:
+        """Store ``run``, replacing the record of the same (rotation_id, stage, hook).
+
+        Hooks (:mod:`rotator.hooks`) record an attempt as ``running`` before it starts and
+        its result after, so that each runs once per rotation even across a crash.
+        """
+        ...
+
+    def hook_runs(self, rotation_id: RotationId) -> list[HookRun]:
+        """Every hook run recorded for ``rotation_id``, in the order first recorded."""
+        ...
+
+    def unfinished_hook_runs(self) -> list[HookRun]:
+        """Every hook run not ``succeeded``, of any rotation, oldest first: the retry queue."""
         ...
 
     def lock(self, client: str, *, wait: float = 0.0) -> AbstractContextManager[None]:
