@@ -140,12 +140,9 @@ class Engine:
             # Tests wait for this line: the request time is fixed before the lock is awaited.
             log.debug("rotation_requested", requested_at=requested.isoformat(), wait=wait)
             with self.journal.lock(name, wait=wait):
-                outcome = self._rotate_locked(client, requested, dry_run=dry_run,
-                                              abandon_pending=abandon_pending, force=force,
-                                              actor=actor, rotation_id=rotation_id)
-            if self.alerter is not None and not dry_run:
-                self.alerter.check({name: client}, self.journal, judged=WITHOUT_BLOCKED)
-            return outcome
+                return self._rotate_locked(client, requested, dry_run=dry_run,
+                                           abandon_pending=abandon_pending, force=force,
+                                           actor=actor, rotation_id=rotation_id)
 
     def _rotate_locked(self, client: ClientConfig, requested: datetime, *, dry_run: bool,
                        abandon_pending: bool, force: bool, actor: str,
@@ -436,6 +433,8 @@ class Engine:
                              outcome="success" if ok else "failure",
                              duration_ms=_ms(started),
                              **({"error": rotation.error} if rotation.error and not ok else {}))
+        if self.alerter is not None:  # what the daemon cannot see (a CLI run) is sent too
+            self.alerter.check({client.name: client}, self.journal, judged=WITHOUT_BLOCKED)
         return Outcome(client.name, ok, action, message, rotation.id, state.value)
 
     def _step(self, client: ClientConfig, idp: IdentityProvider, caps: IdpCapabilities,
