@@ -22,7 +22,8 @@ from rotator.secrets import Secret
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 KEY = "k" * 40
-CLIENTS = {name: SimpleNamespace(name=name, max_age=86400.0 if name == "c" else None)
+CLIENTS = {name: SimpleNamespace(name=name, max_age=86400.0 if name == "c" else None,
+                                 hooks=[SimpleNamespace(name="reload")] if name == "e" else [])
            for name in "abcde"}
 
 
@@ -155,3 +156,13 @@ class TestScope:
             alerter = Alerter(alert_config(rx.url), env.state, env.audit, clock=env.clock)
             assert alerter.check({"a": CLIENTS["a"]}, env.journal, blocked={}) == []
             assert len(rx.requests) == 5
+
+
+class TestRemovedHook:
+    """A failed run of a hook no longer configured raises no alert."""
+
+    def test_no_alert(self, env: Any) -> None:
+        clients = {"e": SimpleNamespace(name="e", max_age=None, hooks=[])}
+        with receiver() as rx:
+            alerter = Alerter(alert_config(rx.url), env.state, env.audit, clock=env.clock)
+            assert alerter.check(clients, env.journal) == []

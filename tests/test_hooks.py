@@ -98,6 +98,12 @@ on = ["rotated"]
 [[clients.svc.hooks]]
 kind = "ftp"
 
+[[clients.svc.hooks]]
+kind = "systemd"
+unit = "app.service"
+on = ["retired"]
+required = true
+
 [alerts]
 url_env = "NO_SUCH_VARIABLE_SET"
 repeat = "0s"
@@ -113,6 +119,7 @@ repeat = "0s"
             ("clients.svc.hooks[1].on", "must list promoted, retired or both"),
             ("clients.svc.hooks[1].argv", "required"),
             ("clients.svc.hooks[2].kind", "must be one of"),
+            ("clients.svc.hooks[3].required", "needs on = [\"promoted\""),
             ("alerts.url_env", "NO_SUCH_VARIABLE_SET is not set"),
             ("alerts.repeat", "longer than zero"),
         ]:

@@ -119,6 +119,7 @@ class Service:
         self._prepared = False
         self._audit = audit
         self._swept: float | None = None  # monotonic time of the last hooks/alerts sweep
+        self._sweeping = False
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -486,15 +487,27 @@ class Service:
         ``[alerts] check_every`` (60 s without alerts) unless ``force``."""
         alerts = self._config.alerts
         every = alerts.check_every if alerts is not None else HELD_RETRY
-        if self._audit is None or (not force and self._swept is not None
-                                   and time.monotonic() - self._swept < every):
-            return
-        self._swept = time.monotonic()
         with self._lock:
+            if self._audit is None or self._sweeping or (
+                    not force and self._swept is not None
+                    and time.monotonic() - self._swept < every):
+                return
+            self._swept, self._sweeping = time.monotonic(), True
             clients = dict(self._engine_config.clients)
             blocked = {n: r.blocked for n, r in self._records.items() if r.blocked}
-        sweep(clients, self._journal(), self._audit, alerts=alerts,
-              state_dir=self._config.state_dir, clock=self._clock, blocked=blocked)
+        audit, journal = self._audit, self._journal()
+
+        def run() -> None:  # off the scheduler thread: a hook may take its timeout
+            try:
+                sweep(clients, journal, audit, alerts=alerts,
+                      state_dir=self._config.state_dir, clock=self._clock, blocked=blocked)
+            except Exception:  # keep the daemon; the error is logged
+                log.error("sweep_failed", exc_info=True)
+            finally:
+                with self._lock:
+                    self._sweeping = False
+
+        self._spawn(run)
 
     # -- facts -----------------------------------------------------------------------------
 

@@ -223,9 +223,10 @@ class Engine:
                                f"old secret stays valid until "
                                f"{rotation.retire_after.isoformat(timespec='seconds')}",
                                rotation.id, rotation.state.value)
-            # Asked by a person (or the daemon once the grace period is over): a hook that
-            # failed is tried again now rather than at its next retry time.
-            self.hooks.run_due(client, rotation, force=True)
+            # Asked by a person (CLI, API): a hook that failed is tried again now rather than
+            # at its next retry time; the scheduler keeps to the hooks' backoff.
+            self.hooks.run_due(client, rotation,
+                               force=(actor or self.actor) != "scheduler")
             try:
                 return self._drive(client, rotation, resumed=True)
             except RotatorError as exc:

@@ -108,7 +108,8 @@ def current_conditions(clients: Mapping[str, Any], journal: Journal, now: dateti
                     {"age_seconds": int(age), "max_age_seconds": int(max_age),
                      "rotated_at": at.isoformat()}))
     for run in journal.unfinished_hook_runs():
-        if run.status == "failed" and run.client in clients:
+        hooks = {h.name for h in getattr(clients.get(run.client), "hooks", ())}
+        if run.status == "failed" and run.hook in hooks:
             found.append(Condition(
                 f"hook_failed:{run.client}:{run.hook}", "hook_failed", run.client,
                 f"hook {run.hook} of {run.client} failed after {run.attempts} attempt(s)"

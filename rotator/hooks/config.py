@@ -149,6 +149,9 @@ def parse_hooks(raw: Any, prefix: str, reporter: Callable[[str], Report], *, bas
         bad = [stage for stage in on if stage not in STAGES]
         if bad or not on:
             report("on", f"must list promoted, retired or both; got {on!r}")
+        if s.get("required") and "promoted" not in on:
+            report("required", "holds the old secret's retirement, so it needs "
+                               "on = [\"promoted\", ...]")
         if s.get("attempts") is not None and s["attempts"] < 1:
             report("attempts", "must be at least 1")
         if s.get("timeout") == 0:
