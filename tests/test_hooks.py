@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -289,3 +291,37 @@ url_file = "alerts.url"
         assert audit.count('"action":"hook_succeeded"') == 1
         assert audit.count('"action":"alert_sent"') == 2
         _no_leak(s, out.read_text(), *(r.body.decode() for r in rx.requests))
+
+
+@pytest.mark.server
+@pytest.mark.slow
+class TestDaemonHooks:
+    """rotator run runs a client's hooks after promote and after retire, once each."""
+
+    def test_scheduled_rotation(self, kc_realm: KeycloakRealm, bao_server: OpenBao,
+                                tmp_path: Path) -> None:
+        out = tmp_path / "hook.out"
+        s = Scenario.create(kc_realm, bao_server, tmp_path, overlap=True, grace="2s",
+                            extra_client='rotate_every = "5s"')
+        s.config.write_text(s.config.read_text() + _command_hook(out))
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+        code = "import sys; from rotator.cli import main; sys.argv[0] = 'rotator'; main()"
+        argv = [sys.executable, "-c", code, "run", "-c", str(s.config)]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env, cwd=TESTS.parent)
+        try:
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline and len(_envs(out)) < 2:
+                time.sleep(0.2)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            stdout, stderr = proc.communicate(timeout=60)
+        s.outputs += [stdout, stderr]
+        seen = [(e["ROTATOR_ROTATION_ID"], e["ROTATOR_STAGE"]) for e in _envs(out)]
+        first = seen[0][0] if seen else None
+        assert [stage for rid, stage in seen if rid == first] == ["promoted", "retired"], \
+            stderr[-2000:]
+        assert len(seen) == len(set(seen)), "a hook ran twice for one rotation and stage"
+        assert [r[1:4] for r in _runs(s) if r[0] == first] == [
+            ("promoted", "probe", "succeeded"), ("retired", "probe", "succeeded")]
+        _no_leak(s, out.read_text())

@@ -120,8 +120,8 @@ def parse_hooks(raw: Any, prefix: str, reporter: Callable[[str], Report], *, bas
     if raw is None:
         return ()
     if not isinstance(raw, list):
-        reporter("")(prefix.rpartition(".")[2] or prefix,
-                     f"must be an array of tables: [[{prefix}]]")
+        parent, _, key = prefix.rpartition(".")
+        reporter(parent)(key, f"must be an array of tables: [[{prefix}]]")
         return ()
     names = taken if taken is not None else set()
     hooks: list[HookConfig] = []
