@@ -373,6 +373,24 @@ class HookRun:
     error: str | None = None
 
 
+class RetirementGate(Protocol):
+    """Says whether an old secret may be retired yet: retirement waits while any gate holds.
+
+    The engine asks every gate once a rotation's grace period is over (and before the
+    ``retire`` command retires); a gate answers with the reason to wait (one line, no secret
+    value) or None. Required hooks are one gate (:class:`rotator.hooks.runner.HookRunner`);
+    "retire when no consumer uses the old secret" is meant to be another. A gate may raise
+    ``RotationError`` when it cannot tell (the rotation then stops and is resumed later).
+    """
+
+    def holds(self, client: Any, rotation: Rotation) -> str | None:
+        """Why ``rotation``'s old secret must not be retired now, or None.
+
+        ``client`` is the client's ``rotator.config.ClientConfig``.
+        """
+        ...
+
+
 @runtime_checkable
 class Journal(Protocol):
     """The durable record of every rotation and each step it completed, and the per-client lock.

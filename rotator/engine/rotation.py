@@ -30,13 +30,14 @@ from rotator.errors import (
     VerificationError,
 )
 from rotator.hooks.alerts import WITHOUT_BLOCKED, Alerter
-from rotator.hooks.runner import HookRunner, RetirementGate
+from rotator.hooks.runner import HookRunner
 from rotator.interfaces import (
     Credentials,
     IdentityProvider,
     IdpCapabilities,
     IssuedSecret,
     Journal,
+    RetirementGate,
     Rotation,
     RotationId,
     RotationTarget,

@@ -8,8 +8,8 @@ same rotation, even by another process after a crash. A process killed *during* 
 leaves ``running`` behind and the next run tries again: hooks are at least once, and
 receivers deduplicate on ``event_id`` (stable across attempts).
 
-:class:`HookRunner` is also a :class:`RetirementGate`: a hook marked ``required`` holds the
-old secret's retirement until its ``promoted`` run succeeded.
+:class:`HookRunner` is also a :class:`~rotator.interfaces.RetirementGate`: a hook marked
+``required`` holds the old secret's retirement until its ``promoted`` run succeeded.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
@@ -25,7 +25,7 @@ from rotator.audit import AuditLog, bound
 from rotator.errors import RotationLocked, RotatorError
 from rotator.hooks.config import STAGES, HookConfig
 from rotator.hooks.kinds import RUNNERS, Event, HookFailed
-from rotator.interfaces import HookRun, Journal, Rotation, State
+from rotator.interfaces import HookRun, Journal, RetirementGate, Rotation, State
 
 log = structlog.get_logger("rotator.hooks")
 
@@ -34,18 +34,6 @@ MAX_RETRY_DELAY = 3600.0
 #: The first pause between two rounds; it doubles each round.
 FIRST_RETRY_DELAY = 60.0
 Runner = Callable[[HookConfig, Event], None]
-
-
-class RetirementGate(Protocol):
-    """Says whether an old secret may be retired yet; retirement waits while any gate holds.
-
-    The engine asks every gate once a rotation's grace period is over; a gate answers with
-    the reason to wait (one line, no secret value) or None.
-    """
-
-    def holds(self, client: Any, rotation: Rotation) -> str | None:
-        """Why ``rotation``'s old secret must not be retired now, or None."""
-        ...
 
 
 class HookRunner:
@@ -235,3 +223,6 @@ def sweep(clients: Mapping[str, Any], journal: Journal, audit: AuditLog, *,
     HookRunner(clients, journal, audit, clock=clock).retry_due()
     if alerts is not None:
         Alerter(alerts, state_dir, audit, clock=clock).check(clients, journal, blocked=blocked)
+
+
+__all__ = ["FIRST_RETRY_DELAY", "MAX_RETRY_DELAY", "HookRunner", "RetirementGate", "sweep"]
