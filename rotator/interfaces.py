@@ -357,15 +357,16 @@ class Step(NamedTuple):
 class HookRun:
     """What the journal knows of one hook for one rotation and stage (see :mod:`rotator.hooks`).
 
-    ``status`` is ``running`` (an attempt began; a crash may have cut it short), ``succeeded``
-    or ``failed`` (retried from ``next_attempt_at``). ``error`` holds no secret value.
+    ``status`` is ``running`` (an attempt began; a crash may have cut it short), ``succeeded``,
+    ``failed`` (retried from ``next_attempt_at``) or ``superseded`` (a newer rotation of the
+    client became current first: not retried). ``error`` holds no secret value.
     """
 
     rotation_id: RotationId
     client: str
     stage: str  # "promoted" or "retired"
     hook: str  # the hook's name, unique among a client's hooks
-    status: str  # running | succeeded | failed
+    status: str  # running | succeeded | failed | superseded
     attempts: int
     required: bool
     updated_at: datetime
@@ -468,7 +469,8 @@ class Journal(Protocol):
         ...
 
     def unfinished_hook_runs(self) -> list[HookRun]:
-        """Every hook run not ``succeeded``, of any rotation, oldest first: the retry queue."""
+        """Every hook run ``running`` or ``failed``, of any rotation, oldest first: the retry
+        queue."""
         ...
 
     def lock(self, client: str, *, wait: float = 0.0) -> AbstractContextManager[None]:

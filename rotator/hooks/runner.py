@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -121,6 +122,12 @@ class HookRunner:
                     fresh = {(r.stage, r.hook): r for r in self.journal.hook_runs(rotation.id)}
                     current = fresh.get((run.stage, run.hook))
                     if current is None or current.status == "succeeded":
+                        continue
+                    newest = self.journal.last_success(run.client)
+                    if newest is not None and newest.started_at > rotation.started_at:
+                        # A newer secret is current: telling consumers about this one is moot.
+                        self.journal.record_hook_run(replace(current, status="superseded",
+                                                             updated_at=now))
                         continue
                     self._run(client, rotation, run.stage, hook, current)
                     count += 1

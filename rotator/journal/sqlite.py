@@ -100,7 +100,7 @@ CREATE TABLE IF NOT EXISTS hook_runs (
     PRIMARY KEY (rotation_id, stage, hook)
 );
 CREATE INDEX IF NOT EXISTS hook_runs_unfinished ON hook_runs (updated_at)
-    WHERE status != 'succeeded';
+    WHERE status IN ('running', 'failed');
 """
 _HOOK_COLUMNS = ("rotation_id, client, stage, hook, status, attempts, required, updated_at, "
                  "next_attempt_at, error")
@@ -340,8 +340,8 @@ class SqliteJournal:
 
     def unfinished_hook_runs(self) -> list[HookRun]:
         with self._reading():
-            rows = self._db.execute(f"SELECT {_HOOK_COLUMNS} FROM hook_runs "
-                                    "WHERE status != 'succeeded' ORDER BY updated_at").fetchall()
+            rows = self._db.execute(f"SELECT {_HOOK_COLUMNS} FROM hook_runs WHERE status "
+                                    "IN ('running', 'failed') ORDER BY updated_at").fetchall()
             return [_hook_row(r) for r in rows]
 
     # -- the lock --------------------------------------------------------------------------
