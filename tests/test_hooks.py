@@ -199,7 +199,7 @@ class TestHttpHook:
                                 tmp_path: Path) -> None:
         (tmp_path / "hook.key").write_text(KEY)
         (tmp_path / "hook.key").chmod(0o600)
-        with receiver(statuses=[503, 500]) as rx:
+        with receiver(statuses=[503, 500], key=KEY.encode()) as rx:
             s = scenario(f"""
 [[clients.svc.hooks]]
 kind = "http"
@@ -212,10 +212,8 @@ backoff = "10ms"
 """)
             result = s.cli("rotate", "svc")
         assert result.code == 0, result.out + result.err
+        # The receiver answers 401 to a bad signature: every attempt was signed.
         assert [r.status for r in rx.requests] == [503, 500, 200]
-        for request in rx.requests:
-            assert check_signature(KEY.encode(), request.headers[SIGNATURE_HEADER],
-                                   request.body, now=time.time())
         event = rx.requests[-1].json()
         assert event["type"] == "rotator.hook" and event["stage"] == "promoted"
         assert event["client"] == "svc" and event["attempt"] == 3
@@ -325,3 +323,27 @@ class TestDaemonHooks:
         assert [r[1:4] for r in _runs(s) if r[0] == first] == [
             ("promoted", "probe", "succeeded"), ("retired", "probe", "succeeded")]
         _no_leak(s, out.read_text())
+
+
+class TestBadSignature:
+    """A receiver holding another key refuses the event; the hook fails and says so."""
+
+    def test_wrong_key(self, scenario: Callable[..., Scenario], tmp_path: Path) -> None:
+        (tmp_path / "hook.key").write_text(KEY)
+        (tmp_path / "hook.key").chmod(0o600)
+        with receiver(key=b"another-key" * 4) as rx:
+            s = scenario(f"""
+[[clients.svc.hooks]]
+kind = "http"
+url = "{rx.url}"
+key_file = "hook.key"
+attempts = 1
+""")
+            result = s.cli("rotate", "svc")
+        assert result.code == 0, result.out + result.err  # the rotation stands
+        assert [r.status for r in rx.requests] == [401]
+        assert [r[3:] for r in _runs(s)] == [("failed", 1)]
+        audit = (s.root / "audit.jsonl").read_text()
+        assert "answered 401" in audit
+        assert not check_signature(b"another-key" * 4, rx.requests[0].headers[SIGNATURE_HEADER],
+                                   rx.requests[0].body, now=time.time())
