@@ -317,8 +317,12 @@ class TestDaemonHooks:
         s.outputs += [stdout, stderr]
         seen = [(e["ROTATOR_ROTATION_ID"], e["ROTATOR_STAGE"]) for e in _envs(out)]
         first = seen[0][0] if seen else None
+        db = s.root / "state" / "journal.sqlite3"
+        rows = sqlite3.connect(db).execute(
+            "SELECT id, state, started_at, error FROM rotations").fetchall() \
+            if db.exists() else "no journal"
         assert [stage for rid, stage in seen if rid == first] == ["promoted", "retired"], \
-            stderr[-2000:]
+            f"{stderr[-2000:]}\njournal: {rows}"
         assert len(seen) == len(set(seen)), "a hook ran twice for one rotation and stage"
         assert [r[1:4] for r in _runs(s) if r[0] == first] == [
             ("promoted", "probe", "succeeded"), ("retired", "probe", "succeeded")]
