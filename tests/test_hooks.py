@@ -7,6 +7,7 @@ that records its arguments.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -318,9 +319,11 @@ class TestDaemonHooks:
         seen = [(e["ROTATOR_ROTATION_ID"], e["ROTATOR_STAGE"]) for e in _envs(out)]
         first = seen[0][0] if seen else None
         db = s.root / "state" / "journal.sqlite3"
-        rows = sqlite3.connect(db).execute(
-            "SELECT id, state, started_at, error FROM rotations").fetchall() \
-            if db.exists() else "no journal"
+        rows: Any = "no journal"
+        if db.exists():
+            with contextlib.closing(sqlite3.connect(db)) as conn:
+                rows = conn.execute("SELECT id, state, started_at, error FROM rotations"
+                                    ).fetchall()
         assert [stage for rid, stage in seen if rid == first] == ["promoted", "retired"], \
             f"{stderr[-2000:]}\njournal: {rows}"
         assert len(seen) == len(set(seen)), "a hook ran twice for one rotation and stage"
