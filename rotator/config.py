@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from rotator._files import UnsafeFile, check_private_dir
 from rotator.errors import ConfigError, ConfigProblem
+from rotator.hooks.config import AlertConfig, HookConfig, parse_alerts, parse_hooks
 from rotator.interfaces import IdentityProvider, SecretStore
 from rotator.registry import AdapterImportError, load_adapter_class
 from rotator.secrets import Secret
@@ -151,13 +152,15 @@ _CLIENT_SETTINGS = (
     Setting("rotate_before_expiry", "duration", default=None,
             help="rotate this long before the current secret expires (IdPs whose secrets "
                  "expire, e.g. Entra ID)"),
+    Setting("max_age", "duration", default=None,
+            help="alert when the current secret is older than this ([alerts])"),
 )
 #: Client keys a [defaults] table may set for every client that does not set them itself.
 _DEFAULTABLE = ("grace_period", "rotate_every", "schedule", "window", "jitter", "backoff",
-                "backoff_max", "rotate_before_expiry")
+                "backoff_max", "rotate_before_expiry", "max_age")
 #: Keys an IdP's ``CLIENT_SETTINGS`` may not reuse.
 _CORE_CLIENT_KEYS = frozenset({k for s in _CLIENT_SETTINGS for k in s.accepted_keys()}
-                              | {"stores"})
+                              | {"stores", "hooks"})
 _DEFAULTS_SETTINGS = tuple(s for s in _CLIENT_SETTINGS if s.key in _DEFAULTABLE)
 _DAEMON_SETTINGS = (
     Setting("workers", "int", default=4, help="rotations run at once, across all IdPs"),
@@ -327,6 +330,9 @@ class ClientConfig:
     idp_settings: Mapping[str, Any] = field(default_factory=dict)
     #: Rotate this long before the current secret expires, where the IdP says when it does.
     rotate_before_expiry: float | None = None
+    max_age: float | None = None
+    #: ``[[defaults.hooks]]`` then ``[[clients.NAME.hooks]]``: see rotator.hooks.
+    hooks: tuple[HookConfig, ...] = ()
 
     @property
     def primary(self) -> StoreTarget:
@@ -384,6 +390,7 @@ class Config:
     clients: dict[str, ClientConfig] = field(default_factory=dict)
     api: ApiConfig = field(default_factory=ApiConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    alerts: AlertConfig | None = None
 
 
 class _Problems:
@@ -497,7 +504,7 @@ def _client(
         if idp_cfg else ()
     unchecked = tuple(table) if idp_cfg is None and idp_name in idps else ()
     s = check_settings(table, _CLIENT_SETTINGS + idp_schema, report, base_dir=base,
-                       environ=environ, ignore=("stores", *unchecked),
+                       environ=environ, ignore=("stores", "hooks", *unchecked),
                        resolve_secrets=resolve_idp_secrets)
     idp_settings = {k.key: s.pop(k.key) for k in idp_schema if k.key in s}
     for setting in idp_schema:  # a setting naming a store must name one in [stores]
@@ -565,6 +572,7 @@ def _client(
         tls_verify=tls, schedule=s["schedule"], window=s["window"], jitter=s["jitter"],
         backoff=s["backoff"], backoff_max=s["backoff_max"], idp_settings=idp_settings,
         rotate_before_expiry=s["rotate_before_expiry"],
+        max_age=s["max_age"],
     )
 
 
@@ -806,9 +814,9 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
 
     for key in raw:
         if key not in ("rotator", "audit", "stores", "idps", "clients", "defaults", "daemon",
-                       "api"):
+                       "api", "alerts"):
             report(key, "unknown section; expected rotator, audit, stores, idps, clients, "
-                        "defaults, daemon, api")
+                        "defaults, daemon, api, alerts")
     rot = check_settings(_table(raw.get("rotator"), "rotator", problems), _ROTATOR_SETTINGS,
                          problems.reporter("rotator"), base_dir=base, environ=env)
     admin = consumer is None and not stores_only  # the audit key and IdP secrets are needed
@@ -842,7 +850,7 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
 
     raw_defaults = _table(raw.get("defaults"), "defaults", problems)
     defaults = check_settings(raw_defaults, _DEFAULTS_SETTINGS, problems.reporter("defaults"),
-                              base_dir=base, environ=env)
+                              base_dir=base, environ=env, ignore=("hooks",))
     defaults = {k: v for k, v in defaults.items() if k in raw_defaults}
     _check_timing(defaults, problems.reporter("defaults"))
     daemon = check_settings(_table(raw.get("daemon"), "daemon", problems), _DAEMON_SETTINGS,
@@ -862,11 +870,19 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     idps = _adapters(raw_idps, "idp", "idps", problems, base, env,
                      lambda _name: admin)
     clients: dict[str, ClientConfig] = {}
+    hook_args: dict[str, Any] = {"base": base, "environ": env, "resolve": admin,
+                                 "url_problem": url_problem}
+    default_hooks = parse_hooks(raw_defaults.get("hooks"), "defaults.hooks",
+                                problems.reporter, **hook_args)
+    alerts = parse_alerts(raw.get("alerts"), problems.reporter("alerts"), **hook_args)
     for name, table in raw_clients.items():
         client = _client(name, table, stores, raw_stores, raw_idps, problems, base, env,
                          defaults, idps, resolve_idp_secrets=admin)
+        own = parse_hooks(table.get("hooks") if isinstance(table, dict) else None,
+                          f"clients.{name}.hooks", problems.reporter, **hook_args,
+                          taken={h.name for h in default_hooks})
         if client is not None:
-            clients[name] = client
+            clients[name] = replace(client, hooks=default_hooks + own)
     by_id: dict[tuple[str, str], str] = {}
     for c in clients.values():
         other = by_id.setdefault((c.idp, c.client_id), c.name)
@@ -890,4 +906,5 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
                           format=audit.get("format") or "json", sinks=tuple(audit_sinks)),
         stores=stores, idps=idps, clients=clients, api=api,
         daemon=DaemonConfig(**{s.key: daemon[s.key] for s in _DAEMON_SETTINGS}),
+        alerts=alerts,
     )

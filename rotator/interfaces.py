@@ -353,6 +353,45 @@ class Step(NamedTuple):
     detail: Mapping[str, Any]
 
 
+@dataclass(frozen=True)
+class HookRun:
+    """What the journal knows of one hook for one rotation and stage (see :mod:`rotator.hooks`).
+
+    ``status`` is ``running`` (an attempt began; a crash may have cut it short), ``succeeded``,
+    ``failed`` (retried from ``next_attempt_at``) or ``superseded`` (a newer rotation of the
+    client became current first: not retried). ``error`` holds no secret value.
+    """
+
+    rotation_id: RotationId
+    client: str
+    stage: str  # "promoted" or "retired"
+    hook: str  # the hook's name, unique among a client's hooks
+    status: str  # running | succeeded | failed | superseded
+    attempts: int
+    required: bool
+    updated_at: datetime
+    next_attempt_at: datetime | None = None
+    error: str | None = None
+
+
+class RetirementGate(Protocol):
+    """Says whether an old secret may be retired yet: retirement waits while any gate holds.
+
+    The engine asks every gate once a rotation's grace period is over (and before the
+    ``retire`` command retires); a gate answers with the reason to wait (one line, no secret
+    value) or None. Required hooks are one gate (:class:`rotator.hooks.runner.HookRunner`);
+    "retire when no consumer uses the old secret" is meant to be another. A gate may raise
+    ``RotationError`` when it cannot tell (the rotation then stops and is resumed later).
+    """
+
+    def holds(self, client: Any, rotation: Rotation) -> str | None:
+        """Why ``rotation``'s old secret must not be retired now, or None.
+
+        ``client`` is the client's ``rotator.config.ClientConfig``.
+        """
+        ...
+
+
 @runtime_checkable
 class Journal(Protocol):
     """The durable record of every rotation and each step it completed, and the per-client lock.
@@ -416,6 +455,23 @@ class Journal(Protocol):
 
     def steps(self, rotation_id: RotationId) -> list[Step]:
         """The states ``rotation_id`` reached, oldest first."""
+        ...
+
+    def record_hook_run(self, run: HookRun) -> None:
+        """Store ``run``, replacing the record of the same (rotation_id, stage, hook).
+
+        Hooks (:mod:`rotator.hooks`) record an attempt as ``running`` before it starts and
+        its result after, so that each runs once per rotation even across a crash.
+        """
+        ...
+
+    def hook_runs(self, rotation_id: RotationId) -> list[HookRun]:
+        """Every hook run recorded for ``rotation_id``, in the order first recorded."""
+        ...
+
+    def unfinished_hook_runs(self) -> list[HookRun]:
+        """Every hook run ``running`` or ``failed``, of any rotation, oldest first: the retry
+        queue."""
         ...
 
     def lock(self, client: str, *, wait: float = 0.0) -> AbstractContextManager[None]:

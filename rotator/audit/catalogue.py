@@ -87,6 +87,14 @@ _EVENTS = [
           "iam", "info", (ENTITY_MANAGEMENT, READ), "store stage"),
     _spec("rotation_step", "the AWS Lambda ran one Secrets Manager rotation step", "iam",
           "change", (ENTITY_MANAGEMENT, UPDATE), "secret_id"),
+    _spec("hook_succeeded", "a hook ran after a rotation's new secret became current or its "
+          "old one was retired", "iam", "info", (ENTITY_MANAGEMENT, OTHER),
+          "hook kind stage attempts"),
+    _spec("hook_failed", "a hook's round of attempts failed; it is retried later and alerted",
+          "iam", "info", (ENTITY_MANAGEMENT, OTHER),
+          "hook kind stage attempts required next_attempt_at", severity="warning"),
+    _spec("alert_sent", "an alert (firing or resolved) was sent to the alert webhook", "iam",
+          "info", (ENTITY_MANAGEMENT, OTHER), "condition alert_status alert_key"),
     _spec("api_request", "a call to the admin API, allowed or refused", "web", "access",
           (API_ACTIVITY, OTHER), "caller auth role source_ip method route status reason"),
 ]

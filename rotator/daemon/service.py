@@ -67,6 +67,7 @@ from rotator.daemon.workers import (
 )
 from rotator.engine import Outcome, utcnow
 from rotator.errors import RotationError, RotationLocked, RotatorError
+from rotator.hooks.runner import sweep
 from rotator.interfaces import IdentityProvider, Journal
 from rotator.journal import SqliteJournal, new_rotation_id
 from rotator.secrets import redact
@@ -78,6 +79,8 @@ Spawn = Callable[[Callable[[], None]], None]
 #: engine's rotation ids (until ``Engine.rotate`` takes the id it should use).
 IDEMPOTENCY_TTL = timedelta(hours=24)
 MAX_JOBS_KEPT = 1000
+#: Seconds before a retirement a gate held (a required hook) is tried again.
+HELD_RETRY = 60.0
 
 
 @dataclass
@@ -115,6 +118,9 @@ class Service:
         self._wakeup = threading.Event()
         self._scheduler: threading.Thread | None = None
         self._prepared = False
+        self._audit = audit
+        self._swept: float | None = None  # monotonic time of the last hooks/alerts sweep
+        self._sweeping = False
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -330,6 +336,8 @@ class Service:
         if rec.open is not None:
             if rec.open.awaiting_retirement:
                 at = rec.open.retire_after or now
+                if rec.not_before is not None and rec.not_before > at:
+                    at = rec.not_before  # a retirement gate held it: ask again later
                 if at <= now:
                     self._queue(rec, "retire", "scheduler", rec.open.id)
                     return []
@@ -422,6 +430,8 @@ class Service:
                 rec.secret_expires_at = expiry or rec.secret_expires_at
             rec.learn(outcome, now, throttled_until=gate.throttled_until if throttled else None,
                       stopping=self._stopping.is_set())
+            if outcome.action == "held":
+                rec.not_before = now + timedelta(seconds=HELD_RETRY)
             if rec.removed and rec.open is None:
                 del self._records[job.client]
         log.info("job_finished", client=job.client, kind=job.kind, action=outcome.action,
@@ -469,11 +479,39 @@ class Service:
                 if time.monotonic() - refreshed > 60:
                     self.refresh()
                     refreshed = time.monotonic()
+                self.sweep()
             except Exception:  # keep scheduling; the error is logged
                 log.error("scheduler_error", exc_info=True)
                 wake = None
             delay = 30.0 if wake is None else (wake - self._clock()).total_seconds()
             self._wakeup.wait(min(max(delay, 0.05), 30.0))
+
+    def sweep(self, *, force: bool = False) -> None:
+        """Retry failed hooks and send due alerts (:mod:`rotator.hooks`), at most every
+        ``[alerts] check_every`` (60 s without alerts) unless ``force``."""
+        alerts = self._config.alerts
+        every = alerts.check_every if alerts is not None else HELD_RETRY
+        with self._lock:
+            if self._audit is None or self._sweeping or (
+                    not force and self._swept is not None
+                    and time.monotonic() - self._swept < every):
+                return
+            self._swept, self._sweeping = time.monotonic(), True
+            clients = dict(self._engine_config.clients)
+            blocked = {n: r.blocked for n, r in self._records.items() if r.blocked}
+        audit, journal = self._audit, self._journal()
+
+        def run() -> None:  # off the scheduler thread: a hook may take its timeout
+            try:
+                sweep(clients, journal, audit, alerts=alerts,
+                      state_dir=self._config.state_dir, clock=self._clock, blocked=blocked)
+            except Exception:  # keep the daemon; the error is logged
+                log.error("sweep_failed", exc_info=True)
+            finally:
+                with self._lock:
+                    self._sweeping = False
+
+        self._spawn(run)
 
     # -- facts -----------------------------------------------------------------------------
 

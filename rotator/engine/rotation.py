@@ -30,12 +30,15 @@ from rotator.errors import (
     StoreError,
     VerificationError,
 )
+from rotator.hooks.alerts import WITHOUT_BLOCKED, Alerter
+from rotator.hooks.runner import HookRunner
 from rotator.interfaces import (
     Credentials,
     IdentityProvider,
     IdpCapabilities,
     IssuedSecret,
     Journal,
+    RetirementGate,
     Rotation,
     RotationId,
     RotationTarget,
@@ -111,6 +114,11 @@ class Engine:
         # rotation id -> the value this process staged for it, so that verifying it in the
         # same run needs no second read; a resumed rotation reads the store instead.
         self._staged: dict[RotationId, Secret] = {}
+        # Hooks after promote and retire (rotator.hooks); retirement waits while a gate holds.
+        self.hooks = HookRunner(config.clients, journal, audit, clock=clock, sleep=sleep)
+        self.retirement_gates: list[RetirementGate] = [self.hooks]
+        self.alerter = (Alerter(config.alerts, config.state_dir, audit, clock=clock)
+                        if config.alerts is not None else None)
 
     # -- public commands -------------------------------------------------------------------
 
@@ -170,7 +178,7 @@ class Engine:
                                    "then rotate", open_rotation.id,
                                    open_rotation.state.value)
                 retired = self._drive(client, open_rotation, resumed=True)
-                if not retired.ok:
+                if not retired.ok or retired.action == "held":
                     return retired
             return self._start(client, dry_run=dry_run, abandon_pending=abandon_pending,
                                actor=actor, rotation_id=rotation_id)
@@ -217,6 +225,10 @@ class Engine:
                                f"old secret stays valid until "
                                f"{rotation.retire_after.isoformat(timespec='seconds')}",
                                rotation.id, rotation.state.value)
+            # Asked by a person (CLI, API): a hook that failed is tried again now rather than
+            # at its next retry time; the scheduler keeps to the hooks' backoff.
+            self.hooks.run_due(client, rotation,
+                               force=(actor or self.actor) != "scheduler")
             try:
                 return self._drive(client, rotation, resumed=True)
             except RotatorError as exc:
@@ -395,6 +407,7 @@ class Engine:
                     rotation.id, rotation.state.value)
             finally:
                 self._staged.pop(rotation.id, None)
+            self.hooks.run_due(client, rotation)
         return self._finish(client, rotation, started, began_at)
 
     def _finish(self, client: ClientConfig, rotation: Rotation, started: float,
@@ -410,6 +423,11 @@ class Engine:
             ok, action = True, "rotated"
             message = ("new secret verified and current; old secret stays valid until "
                        f"{rotation.retire_after.isoformat(timespec='seconds')}")
+            held = self._retirement_held(client, rotation) \
+                if self._retirement_due(rotation) else None
+            if held is not None:
+                action = "held" if began_at is State.PROMOTED else action
+                message = f"new secret verified and current; {held}"
         elif state is State.ROLLED_BACK:
             ok, action = False, "rolled_back"
             message = (f"the new secret was discarded; the old secret is still current: "
@@ -421,6 +439,8 @@ class Engine:
                              outcome="success" if ok else "failure",
                              duration_ms=_ms(started),
                              **({"error": rotation.error} if rotation.error and not ok else {}))
+        if self.alerter is not None:  # what the daemon cannot see (a CLI run) is sent too
+            self.alerter.check({client.name: client}, self.journal, judged=WITHOUT_BLOCKED)
         return Outcome(client.name, ok, action, message, rotation.id, state.value)
 
     def _step(self, client: ClientConfig, idp: IdentityProvider, caps: IdpCapabilities,
@@ -463,6 +483,9 @@ class Engine:
                 return self._verify_step(client, caps, rotation, next_state=State.VERIFIED,
                                          single=True)
             if not self._retirement_due(rotation):
+                return rotation
+            self.hooks.run_due(client, rotation)  # promoted hooks run before retirement
+            if self._retirement_held(client, rotation) is not None:
                 return rotation
             return self._retire(client, idp, caps, rotation)
         if state is State.ROLLING_BACK:
@@ -702,6 +725,14 @@ class Engine:
         return (f"rotation {rotation.id} began with audit key {rotation.audit_key_id}, but the "
                 f"configured audit key is {current}: its fingerprints would not match; "
                 "configure the audit key it began with to finish it")
+
+    def _retirement_held(self, client: ClientConfig, rotation: Rotation) -> str | None:
+        """Why a gate (a required hook, ...) keeps ``rotation``'s old secret now, or None."""
+        for gate in self.retirement_gates:
+            reason = gate.holds(client, rotation)
+            if reason is not None:
+                return reason
+        return None
 
     def _retirement_due(self, rotation: Rotation) -> bool:
         return rotation.retire_after is None or self.clock() >= rotation.retire_after

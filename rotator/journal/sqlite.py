@@ -17,7 +17,8 @@ Schema versions (``PRAGMA user_version``), migrated on open, idempotently:
 0. rotations and steps, as written by rotator before versions were kept;
 1. ``rotations.targets`` and ``rotations.audit_key_id``; indexes on ``steps(rotation_id)``
    and on each client's open and successful rotations, so that status costs the same
-   however long the history.
+   however long the history;
+2. ``hook_runs``: what each hook did for each rotation (:mod:`rotator.hooks`).
 
 The lock is an ``flock`` on one file per client in the state directory: it is released by
 the kernel when its holder dies, so a killed rotation never leaves a stale lock behind. Two
@@ -42,10 +43,10 @@ from typing import Any
 
 from rotator._files import UnsafeFile, ensure_private_dir
 from rotator.errors import JournalConflict, RotationError, RotationLocked
-from rotator.interfaces import Rotation, RotationId, RotationTarget, State, Step
+from rotator.interfaces import HookRun, Rotation, RotationId, RotationTarget, State, Step
 from rotator.secrets import redact
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS rotations (
@@ -84,6 +85,26 @@ CREATE INDEX IF NOT EXISTS rotations_success ON rotations (client, started_at)
     WHERE {_SUCCESS};
 """
 
+_V2_TABLES = """
+CREATE TABLE IF NOT EXISTS hook_runs (
+    rotation_id TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    hook TEXT NOT NULL,
+    client TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    required INTEGER NOT NULL,
+    updated_at TEXT NOT NULL,
+    next_attempt_at TEXT,
+    error TEXT,
+    PRIMARY KEY (rotation_id, stage, hook)
+);
+CREATE INDEX IF NOT EXISTS hook_runs_unfinished ON hook_runs (updated_at)
+    WHERE status IN ('running', 'failed');
+"""
+_HOOK_COLUMNS = ("rotation_id, client, stage, hook, status, attempts, required, updated_at, "
+                 "next_attempt_at, error")
+
 _COLUMNS = ("id, client, state, family, actor, started_at, updated_at, retire_after, "
             "old_fingerprint, new_fingerprint, secret_ref, error, targets, audit_key_id")
 _NEWEST = "ORDER BY started_at DESC, rowid DESC LIMIT 1"
@@ -107,6 +128,13 @@ def _row(row: Sequence[Any]) -> Rotation:
         retire_after=_ts(row[7]), old_fingerprint=row[8], new_fingerprint=row[9],
         secret_ref=row[10], error=row[11], targets=targets, audit_key_id=row[13],
     )
+
+
+def _hook_row(row: Sequence[Any]) -> HookRun:
+    return HookRun(rotation_id=row[0], client=row[1], stage=row[2], hook=row[3], status=row[4],
+                   attempts=int(row[5]), required=bool(row[6]),
+                   updated_at=datetime.fromisoformat(row[7]), next_attempt_at=_ts(row[8]),
+                   error=row[9])
 
 
 def _prepare_db_file(path: Path) -> None:
@@ -169,7 +197,7 @@ class SqliteJournal:
             for column, kind in _V1_COLUMNS:
                 if column not in have:
                     self._db.execute(f"ALTER TABLE rotations ADD COLUMN {column} {kind}")
-            for statement in _V1_INDEXES.split(";"):
+            for statement in (_V1_INDEXES + _V2_TABLES).split(";"):
                 if statement.strip():
                     self._db.execute(statement)
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -291,6 +319,34 @@ class SqliteJournal:
                 "SELECT at, state, detail FROM steps WHERE rotation_id = ? ORDER BY rowid",
                 (rotation_id,)).fetchall()
             return [Step(datetime.fromisoformat(a), State(s), json.loads(d)) for a, s, d in rows]
+
+    # -- hook runs -------------------------------------------------------------------------
+
+    def record_hook_run(self, run: HookRun) -> None:
+        error = redact(run.error) if run.error is not None else None
+        with self._tx():
+            self._db.execute(
+                f"INSERT INTO hook_runs ({_HOOK_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?) "
+                "ON CONFLICT (rotation_id, stage, hook) DO UPDATE SET status = excluded.status,"
+                " attempts = excluded.attempts, required = excluded.required, "
+                "updated_at = excluded.updated_at, next_attempt_at = excluded.next_attempt_at,"
+                " error = excluded.error",
+                (run.rotation_id, run.client, run.stage, run.hook, run.status, run.attempts,
+                 int(run.required), run.updated_at.isoformat(),
+                 run.next_attempt_at.isoformat() if run.next_attempt_at else None, error))
+
+    def hook_runs(self, rotation_id: RotationId) -> list[HookRun]:
+        with self._reading():
+            rows = self._db.execute(f"SELECT {_HOOK_COLUMNS} FROM hook_runs "
+                                    "WHERE rotation_id = ? ORDER BY rowid",
+                                    (rotation_id,)).fetchall()
+            return [_hook_row(r) for r in rows]
+
+    def unfinished_hook_runs(self) -> list[HookRun]:
+        with self._reading():
+            rows = self._db.execute(f"SELECT {_HOOK_COLUMNS} FROM hook_runs WHERE status "
+                                    "IN ('running', 'failed') ORDER BY updated_at").fetchall()
+            return [_hook_row(r) for r in rows]
 
     # -- the lock --------------------------------------------------------------------------
 
