@@ -217,7 +217,7 @@ class TestMigration:
                 assert old.audit_key_id is None
                 assert journal.open_rotation("app") == old
                 assert journal.last_success("app") == old
-                assert journal._db.execute("PRAGMA user_version").fetchone()[0] == 1
+                assert journal._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
                 indexes = {r[0] for r in journal._db.execute(
                     "SELECT name FROM sqlite_master WHERE type = 'index'")}
                 assert {"steps_rotation", "rotations_open", "rotations_success"} <= indexes

@@ -17,7 +17,13 @@ Schema versions (``PRAGMA user_version``), migrated on open, idempotently:
 0. rotations and steps, as written by rotator before versions were kept;
 1. ``rotations.targets`` and ``rotations.audit_key_id``; indexes on ``steps(rotation_id)``
    and on each client's open and successful rotations, so that status costs the same
-   however long the history.
+   however long the history;
+2. ``audit_checkpoints``: where each audit log's chain stood now and then
+   (:meth:`SqliteJournal.record_audit_checkpoint`).
+
+Every step is idempotent (``IF NOT EXISTS``, columns added only when missing) and all of them
+run whenever the file's version is below :data:`SCHEMA_VERSION`, so versions added on parallel
+branches merge by taking the next number and keeping every step.
 
 The lock is an ``flock`` on one file per client in the state directory: it is released by
 the kernel when its holder dies, so a killed rotation never leaves a stale lock behind. Two
@@ -42,10 +48,10 @@ from typing import Any
 
 from rotator._files import UnsafeFile, ensure_private_dir
 from rotator.errors import JournalConflict, RotationError, RotationLocked
-from rotator.interfaces import Rotation, RotationId, RotationTarget, State, Step
+from rotator.interfaces import AuditCheckpoint, Rotation, RotationId, RotationTarget, State, Step
 from rotator.secrets import redact
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS rotations (
@@ -82,6 +88,17 @@ CREATE INDEX IF NOT EXISTS steps_rotation ON steps (rotation_id);
 CREATE INDEX IF NOT EXISTS rotations_open ON rotations (client, started_at) WHERE {_OPEN};
 CREATE INDEX IF NOT EXISTS rotations_success ON rotations (client, started_at)
     WHERE {_SUCCESS};
+"""
+
+_V2_TABLES = """
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+    log TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    chain TEXT NOT NULL,
+    at TEXT NOT NULL,
+    PRIMARY KEY (log, key_id, seq)
+);
 """
 
 _COLUMNS = ("id, client, state, family, actor, started_at, updated_at, retire_after, "
@@ -167,7 +184,7 @@ class SqliteJournal:
             for column, kind in _V1_COLUMNS:
                 if column not in have:
                     self._db.execute(f"ALTER TABLE rotations ADD COLUMN {column} {kind}")
-            for statement in _V1_INDEXES.split(";"):
+            for statement in (_V1_INDEXES + _V2_TABLES).split(";"):
                 if statement.strip():
                     self._db.execute(statement)
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -287,6 +304,23 @@ class SqliteJournal:
                 "SELECT at, state, detail FROM steps WHERE rotation_id = ? ORDER BY rowid",
                 (rotation_id,)).fetchall()
             return [Step(datetime.fromisoformat(a), State(s), json.loads(d)) for a, s, d in rows]
+
+    # -- audit checkpoints ----------------------------------------------------------------
+
+    def record_audit_checkpoint(self, checkpoint: AuditCheckpoint) -> None:
+        with self._tx():
+            self._db.execute(
+                "INSERT OR IGNORE INTO audit_checkpoints VALUES (?,?,?,?,?)",
+                (checkpoint.log, checkpoint.key_id, checkpoint.seq, checkpoint.chain,
+                 checkpoint.at.isoformat()))
+
+    def audit_checkpoints(self, log: str, key_id: str) -> list[AuditCheckpoint]:
+        with self._reading():
+            rows = self._db.execute(
+                "SELECT seq, chain, at FROM audit_checkpoints WHERE log = ? AND key_id = ? "
+                "ORDER BY seq", (log, key_id)).fetchall()
+            return [AuditCheckpoint(log, key_id, int(seq), str(chain),
+                                    datetime.fromisoformat(at)) for seq, chain, at in rows]
 
     # -- the lock --------------------------------------------------------------------------
 
