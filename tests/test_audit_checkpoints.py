@@ -198,6 +198,25 @@ class TestJournalFailureBlocksNothing:
                                 Checkpoint.load(checkpoint_path(file)))
         assert problem is None and count == 23
 
+    def test_failures_are_a_metric(self, tmp_path: Path) -> None:
+        from rotator.daemon.metrics import Metrics
+
+        file = tmp_path / "audit.jsonl"
+        log = AuditLog(Secret(KEY), file=file)
+        [recorder] = log.record_checkpoints(_FailingJournal(),  # type: ignore[arg-type]
+                                            every_records=5)
+        for i in range(12):
+            log.event("rotation_step", step=f"s{i}", outcome="success")
+        log.stop_checkpoints()  # the counts are final
+        try:
+            text = Metrics().render()[0].decode()
+        finally:
+            log.close()
+        label = f'{{log="{log_id(file)}"}}'
+        assert recorder.failures >= 1
+        assert f"rotator_audit_checkpoint_failures_total{label} {recorder.failures}.0" in text
+        assert f"rotator_audit_checkpoints_total{label} 0.0" in text
+
     def test_a_journal_that_hangs_does_not_hold_up_writing(self, tmp_path: Path) -> None:
         release = threading.Event()
 

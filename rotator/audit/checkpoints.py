@@ -16,13 +16,15 @@ however busy the log.
 A journal that cannot be written never holds up a rotation and never costs an audit record:
 the records are already durable in the local log when the checkpoint is taken, and the write
 happens on a thread of its own. A failure is logged (``audit_checkpoint_failed``) and counted
-(:attr:`CheckpointRecorder.failures`); the next checkpoint is tried at the next period.
+(:attr:`CheckpointRecorder.failures`, ``rotator_audit_checkpoint_failures_total{log}`` on the
+daemon's ``/metrics``); the next checkpoint is tried at the next period.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +40,8 @@ EVERY_SECONDS = 60.0
 _KEY_ID_INPUT = "rotator-audit-key-id"
 
 _log = structlog.get_logger("rotator.audit")
+#: Every recorder not yet garbage, for the daemon's metrics.
+OPEN_RECORDERS: weakref.WeakSet[CheckpointRecorder] = weakref.WeakSet()
 
 
 def key_id(audit_key: bytes) -> str:
@@ -70,6 +74,7 @@ class CheckpointRecorder:
         self._thread = threading.Thread(target=self._run, name="rotator-audit-checkpoints",
                                         daemon=True)
         self._thread.start()
+        OPEN_RECORDERS.add(self)
 
     def committed(self, seq: int, chain: str) -> None:
         """A group commit made records up to ``seq`` durable: the FileSink's ``on_commit``.
