@@ -35,11 +35,11 @@ def journal(tmp_path: Path) -> Iterator[SqliteJournal]:
     journal.close()
 
 
-def _write(file: Path, journal: JournalProtocol, count: int, **every: object) -> AuditLog:
+def _write(file: Path, journal: JournalProtocol, count: int, **every: float) -> AuditLog:
     """``count`` events, one group commit each, with checkpoints recorded in ``journal``;
     the log is returned open (close it to record the last checkpoint)."""
     log = AuditLog(Secret(KEY), file=file)
-    log.record_checkpoints(journal, **every)
+    log.record_checkpoints(journal, **every)  # type: ignore[arg-type]
     for i in range(count):
         log.event("rotation_step", step=f"s{i}", outcome="success")
     return log

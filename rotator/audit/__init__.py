@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator, MutableMapping, Sequence
+import time
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -28,7 +29,12 @@ import structlog
 
 from rotator.audit.catalogue import CATALOGUE, EventSpec
 from rotator.audit.chain import chain_key, checkpoint_path
-from rotator.audit.checkpoints import CheckpointRecorder, log_id
+from rotator.audit.checkpoints import (
+    EVERY_RECORDS,
+    EVERY_SECONDS,
+    CheckpointRecorder,
+    log_id,
+)
 from rotator.audit.checkpoints import key_id as checkpoint_key_id
 from rotator.audit.formats import (
     FORMATS,
@@ -210,15 +216,20 @@ class AuditLog:
         self._writer.sinks.append((format_, sink))
         self._sinks.append(sink)
 
-    def record_checkpoints(self, journal: Journal, **every: Any) -> list[CheckpointRecorder]:
-        """From now on, record each file log's chain in ``journal`` now and then (see
-        :mod:`rotator.audit.checkpoints`; ``every`` passes ``every_records``,
-        ``every_seconds``, ``clock``). Call :meth:`stop_checkpoints` before closing
+    def record_checkpoints(self, journal: Journal, *, every_records: int = EVERY_RECORDS,
+                           every_seconds: float = EVERY_SECONDS,
+                           clock: Callable[[], float] = time.monotonic
+                           ) -> list[CheckpointRecorder]:
+        """From now on, record each file log's chain in ``journal`` after ``every_records``
+        records or ``every_seconds`` seconds, whichever first, and at the end (see
+        :mod:`rotator.audit.checkpoints`). Call :meth:`stop_checkpoints` before closing
         ``journal``."""
         key = checkpoint_key_id(self._key)
         for sink in self._sinks:
             if isinstance(sink, FileSink) and sink.on_commit is None:
-                recorder = CheckpointRecorder(journal, log_id(sink.file), key, **every)
+                recorder = CheckpointRecorder(journal, log_id(sink.file), key,
+                                              every_records=every_records,
+                                              every_seconds=every_seconds, clock=clock)
                 sink.on_commit = recorder.committed
                 self._recorders.append(recorder)
         return list(self._recorders)
