@@ -33,6 +33,8 @@ from rotator import __version__
 from rotator.audit import AuditLog, redact_processor
 from rotator.audit.chain import Checkpoint, chain_key, checkpoint_path
 from rotator.audit.chain import verify as verify_chain
+from rotator.audit.checkpoints import key_id as checkpoint_key_id
+from rotator.audit.checkpoints import log_id
 from rotator.config import ClientConfig, Config, load_config
 from rotator.engine import Adapters, Engine, Outcome
 from rotator.errors import ConfigError, ConfigProblem, RotatorError
@@ -150,6 +152,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--checkpoint", metavar="FILE",
                        help="checkpoint to detect a truncated tail (default: the configured "
                             "audit file's, when that file is given)")
+    check.add_argument("--journal", action="store_true",
+                       help="also check the log against the checkpoints the configured "
+                            "journal keeps of it (see docs/audit.md)")
     audit_sub.add_parser(
         "fingerprint", parents=[common],
         help="read a secret from stdin (no echo) and print the fingerprint the audit log "
@@ -180,17 +185,38 @@ def _audit_command(args: argparse.Namespace, config: Config, out: TextIO, err: T
             and config.audit.file.resolve() in [f.resolve() for f in files]:
         checkpoint_file = checkpoint_path(config.audit.file)
     checkpoint = Checkpoint.load(checkpoint_file) if checkpoint_file else None
-    problem, count = verify_chain(chain_key(key.reveal().encode()), files, checkpoint)
+    kept = _journal_checkpoints(config, key, files) if args.journal else []
+    problem, count = verify_chain(chain_key(key.reveal().encode()), files, checkpoint, kept)
     if args.json:
         out.write(json.dumps({"ok": problem is None, "records": count, "problem": None
-                              if problem is None else dataclasses.asdict(problem)}) + "\n")
+                              if problem is None else dataclasses.asdict(problem),
+                              **({"journal_checkpoints": len(kept)} if args.journal else {})})
+                  + "\n")
     elif problem is None:
         out.write(f"ok: {count} record(s) verified"
                   + (f", up to the checkpoint's seq {checkpoint.seq}" if checkpoint else "")
+                  + (f", and the journal's seq {kept[-1].seq}" if kept else "")
+                  + ("; the journal keeps no checkpoint of this log" if args.journal
+                     and not kept else "")
                   + "\n")
     else:
         out.write(f"TAMPERED {problem} ({count} record(s) verified before it)\n")
     return EXIT_OK if problem is None else EXIT_FAILED
+
+
+def _journal_checkpoints(config: Config, key: Secret, files: list[Path]) -> list[Checkpoint]:
+    """The checkpoints the configured journal keeps of the log ``files`` make up: the
+    configured file log among them (``[audit] file`` or a file sink), else the newest file."""
+    configured = [config.audit.file] if config.audit.file is not None else []
+    configured += [s.path for s in config.audit.sinks if s.type == "file"]
+    given = {f.resolve() for f in files}
+    live = next((p for p in configured if p.resolve() in given), files[-1])
+    journal = _open_journal(config)
+    try:
+        kept = journal.audit_checkpoints(log_id(live), checkpoint_key_id(key.reveal().encode()))
+    finally:
+        journal.close()
+    return [Checkpoint(c.seq, c.chain) for c in kept]
 
 
 def _setup_logging(verbose: bool, stream: TextIO) -> None:
@@ -244,6 +270,9 @@ def open_engine(config: Config, actor: str = "cli", *, audit_stdout: TextIO | No
         stack.callback(audit.close)
         journal = _open_journal(config)
         stack.callback(journal.close)
+        if audited:  # the last checkpoint is recorded before the journal closes
+            audit.record_checkpoints(journal)
+            stack.callback(audit.stop_checkpoints)
         adapters = Adapters(config)
         stack.callback(adapters.close)
         yield Engine(config, adapters, journal, audit, actor=actor)

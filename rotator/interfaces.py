@@ -345,6 +345,19 @@ class Rotation:
         return self.state is State.PROMOTED and self.family == "overlap"
 
 
+@dataclass(frozen=True)
+class AuditCheckpoint:
+    """Where an audit log's chain stood, kept apart from the log (see
+    :mod:`rotator.audit.checkpoints`): ``rotator audit verify --journal`` reports a log that
+    ends before, or differs at, a checkpoint."""
+
+    log: str  # the log file's absolute path, as its writer opened it
+    key_id: str  # the audit key that sealed it: 8 hex digits, as ``Rotation.audit_key_id``
+    seq: int  # the sequence number of the last record written
+    chain: str  # that record's chain value (64 hex digits)
+    at: datetime  # when it was recorded, UTC
+
+
 class Step(NamedTuple):
     """One state a rotation reached, with the fields that changed then (no secret values)."""
 
@@ -480,6 +493,20 @@ class Journal(Protocol):
         Waits up to ``wait`` seconds for another holder, then raises ``RotationLocked``.
         The holder's death releases it (a kernel lock, a lease that expires). Not reentrant.
         """
+        ...
+
+    def record_audit_checkpoint(self, checkpoint: AuditCheckpoint) -> None:
+        """Keep ``checkpoint`` (one row per ``log``, ``key_id``, ``seq``; recording a
+        ``seq`` already kept for that log and key changes nothing: the first one stays).
+
+        Called by the audit log's writer now and then (every so many records or seconds, and
+        when it closes), never with a secret. Raises ``RotationError`` when it cannot be kept;
+        the caller logs and counts that and goes on.
+        """
+        ...
+
+    def audit_checkpoints(self, log: str, key_id: str) -> list[AuditCheckpoint]:
+        """Every checkpoint kept for ``log`` sealed with ``key_id``, by ascending ``seq``."""
         ...
 
     def close(self) -> None:

@@ -600,6 +600,13 @@ class TestRunEndToEnd:
         assert second.returncode == 1 and "another rotator daemon" in second.stderr
         s.outputs += [out, err, second.stdout, second.stderr]
         assert proc.returncode == 0, err[-2000:]
+        # where the audit chain stood when the daemon stopped is in the journal
+        conn = sqlite3.connect(db)
+        try:
+            last = conn.execute("SELECT max(seq) FROM audit_checkpoints").fetchone()[0]
+        finally:
+            conn.close()
+        assert last == len((s.root / "audit.jsonl").read_text().splitlines())
         s.remember()
         current = s.vault_current()
         assert current != old and s.works(current)

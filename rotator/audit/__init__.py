@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator, MutableMapping, Sequence
+import time
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -28,6 +29,13 @@ import structlog
 
 from rotator.audit.catalogue import CATALOGUE, EventSpec
 from rotator.audit.chain import chain_key, checkpoint_path
+from rotator.audit.checkpoints import (
+    EVERY_RECORDS,
+    EVERY_SECONDS,
+    CheckpointRecorder,
+    log_id,
+)
+from rotator.audit.checkpoints import key_id as checkpoint_key_id
 from rotator.audit.formats import (
     FORMATS,
     cef_line,
@@ -43,6 +51,7 @@ from rotator.secrets import Secret, fingerprint, redact
 
 if TYPE_CHECKING:
     from rotator.config import Config
+    from rotator.interfaces import Journal
 
 __all__ = ["CATALOGUE", "AuditLog", "AuditWriteError", "bound", "flatten", "open_log",
            "redact_processor"]
@@ -187,6 +196,7 @@ class AuditLog:
             targets.append((format, StreamSink(stream, chain)))
         self._sinks: list[FileSink | StreamSink | SpoolSink] = [sink for _, sink in targets]
         self._writer = _Writer(list(targets))
+        self._recorders: list[CheckpointRecorder] = []
         self._log = structlog.wrap_logger(
             self._writer,
             # Independent of the diagnostic log's level: audit events are never filtered.
@@ -206,6 +216,33 @@ class AuditLog:
         self._writer.sinks.append((format_, sink))
         self._sinks.append(sink)
 
+    def record_checkpoints(self, journal: Journal, *, every_records: int = EVERY_RECORDS,
+                           every_seconds: float = EVERY_SECONDS,
+                           clock: Callable[[], float] = time.monotonic
+                           ) -> list[CheckpointRecorder]:
+        """From now on, record each file log's chain in ``journal`` after ``every_records``
+        records or ``every_seconds`` seconds, whichever first, and at the end (see
+        :mod:`rotator.audit.checkpoints`). Call :meth:`stop_checkpoints` before closing
+        ``journal``."""
+        key = checkpoint_key_id(self._key)
+        for sink in self._sinks:
+            if isinstance(sink, FileSink) and sink.on_commit is None:
+                recorder = CheckpointRecorder(journal, log_id(sink.file), key,
+                                              every_records=every_records,
+                                              every_seconds=every_seconds, clock=clock)
+                sink.on_commit = recorder.committed
+                self._recorders.append(recorder)
+        return list(self._recorders)
+
+    def stop_checkpoints(self) -> None:
+        """Record each file log's last commit in the journal and stop recording."""
+        for sink in self._sinks:
+            if isinstance(sink, FileSink):
+                sink.on_commit = None
+        recorders, self._recorders = self._recorders, []
+        for recorder in recorders:
+            recorder.close()
+
     def fingerprint(self, secret: Secret) -> str:
         """The keyed fingerprint of ``secret`` for this audit log."""
         return fingerprint(self._key, secret)
@@ -221,6 +258,7 @@ class AuditLog:
             sink.reopen()
 
     def close(self) -> None:
+        self.stop_checkpoints()
         for sink in self._sinks:
             sink.close()
         self._sinks.clear()

@@ -19,7 +19,7 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,11 +104,15 @@ class _Record:
     body: str
 
 
-def verify(key: bytes, files: Iterable[Path], checkpoint: Checkpoint | None = None
-           ) -> tuple[Problem | None, int]:
+def verify(key: bytes, files: Iterable[Path], checkpoint: Checkpoint | None = None,
+           kept: Sequence[Checkpoint] = ()) -> tuple[Problem | None, int]:
     """The first problem in ``files`` (oldest first, one chain across them) and how many
     records verified before it. The first record anchors the chain when the files do not
-    start at seq 1 (older files were removed)."""
+    start at seq 1 (older files were removed).
+
+    ``checkpoint`` is the one beside the log; ``kept`` are those kept apart from it (in the
+    journal, ascending ``seq``): the log must reach each one and match it where it has it.
+    """
     records: list[_Record] = []
     for path in files:
         with path.open(encoding="utf-8", errors="surrogateescape", newline="\n") as handle:
@@ -133,16 +137,33 @@ def verify(key: bytes, files: Iterable[Path], checkpoint: Checkpoint | None = No
         previous, expected = record.chain, record.seq + 1
     last_seq = expected - 1
     if checkpoint is not None:
-        if checkpoint.seq > last_seq:
-            where = records[-1] if records else None
-            return Problem(where.file if where else "-", where.line if where else 0,
-                           f"tail truncated: the log ends at seq {last_seq} but the "
-                           f"checkpoint records seq {checkpoint.seq}"), len(records)
-        at = next((r for r in records if r.seq == checkpoint.seq), None)
-        if at is not None and at.chain != checkpoint.chain:
-            return Problem(at.file, at.line, f"seq {at.seq} does not match the checkpoint's "
-                           "chain value: the log was rewritten"), len(records)
+        found = _against(records, last_seq, [checkpoint], "the checkpoint")
+        if found:
+            return found, len(records)
+    if kept:
+        found = _against(records, last_seq, kept, "the journal's checkpoint")
+        if found:
+            return found, len(records)
     return None, len(records)
+
+
+def _against(records: list[_Record], last_seq: int, checkpoints: Sequence[Checkpoint],
+             source: str) -> Problem | None:
+    """The first checkpoint the records differ from, oldest first; then a truncated tail."""
+    by_seq = {r.seq: r for r in records} if len(checkpoints) > 1 else {}
+    for checkpoint in checkpoints:
+        at = by_seq.get(checkpoint.seq) if by_seq else \
+            next((r for r in records if r.seq == checkpoint.seq), None)
+        if at is not None and at.chain != checkpoint.chain:
+            return Problem(at.file, at.line, f"seq {at.seq} does not match {source}'s "
+                           "chain value: the log was rewritten")
+    highest = max(checkpoints, key=lambda c: c.seq)
+    if highest.seq > last_seq:
+        where = records[-1] if records else None
+        return Problem(where.file if where else "-", where.line if where else 0,
+                       f"tail truncated: the log ends at seq {last_seq} but {source} "
+                       f"records seq {highest.seq}")
+    return None
 
 
 def _check(key: bytes, record: _Record, following: _Record | None, previous: str,

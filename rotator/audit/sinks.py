@@ -15,6 +15,7 @@ import fcntl
 import json
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -76,6 +77,10 @@ class FileSink:
         self._leading = False
         self._reopen = False
         self.batches = 0
+        #: Called with the last (seq, chain) after each batch is durable, outside the log's
+        #: lock, by the thread that wrote it; must return at once and never raise
+        #: (:class:`rotator.audit.checkpoints.CheckpointRecorder.committed`).
+        self.on_commit: Callable[[int, str], None] | None = None
 
     def reopen(self) -> None:
         """Open the log file by its path again before the next batch (on SIGHUP)."""
@@ -108,6 +113,10 @@ class FileSink:
             self._append(batch)
         except (OSError, ValueError) as exc:
             error = exc
+        else:
+            committed = self.on_commit
+            if committed is not None:
+                committed(self._chain.seq, self._chain.value)
         finally:
             self._cond.acquire()
             self._leading = False

@@ -8,6 +8,11 @@
 
 Alert on ``rotator_audit_spool_bytes / rotator_audit_spool_limit_bytes > 0.8`` (the spool
 logs ``audit_spool_nearing_bound`` at that point too) and on any dropped record.
+
+And of the audit chain's checkpoints in the journal (:mod:`rotator.audit.checkpoints`)::
+
+    rotator_audit_checkpoints_total{log}            counter: checkpoints recorded
+    rotator_audit_checkpoint_failures_total{log}    counter: checkpoints the journal refused
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections.abc import Iterable
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from rotator.audit.checkpoints import OPEN_RECORDERS
 from rotator.audit.spool import OPEN_SPOOLS
 
 
@@ -54,4 +60,29 @@ class AuditSinkGauges(Collector):
             CounterMetricFamily("rotator_audit_delivery_failures",
                                 "Batches a remote sink's collector did not take (sent again)",
                                 labels=["sink"]),
+        ]
+
+
+class AuditCheckpointCounters(Collector):
+    """Reads every checkpoint recorder's counts when Prometheus scrapes."""
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()
+
+    def collect(self) -> Iterable[Metric]:
+        written, failures = families = self._families()
+        for recorder in list(OPEN_RECORDERS):
+            written.add_metric([recorder.log], recorder.written)
+            failures.add_metric([recorder.log], recorder.failures)
+        return families
+
+    @staticmethod
+    def _families() -> list[CounterMetricFamily]:
+        return [
+            CounterMetricFamily("rotator_audit_checkpoints",
+                                "Audit chain checkpoints recorded in the journal",
+                                labels=["log"]),
+            CounterMetricFamily("rotator_audit_checkpoint_failures",
+                                "Audit chain checkpoints the journal could not record (the "
+                                "local log keeps every record)", labels=["log"]),
         ]

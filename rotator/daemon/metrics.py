@@ -31,7 +31,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
-from rotator.daemon.audit_metrics import AuditSinkGauges
+from rotator.daemon.audit_metrics import AuditCheckpointCounters, AuditSinkGauges
 from rotator.daemon.model import ClientState, Condition
 from rotator.secrets import redact
 
@@ -123,6 +123,7 @@ class Metrics:
         self._gauges = _ClientGauges()
         self.registry.register(self._gauges)
         self.registry.register(AuditSinkGauges())
+        self.registry.register(AuditCheckpointCounters())
 
     def bind(self, service: _ClientSource) -> None:
         """Read the per-client gauges from ``service`` at each scrape."""

@@ -36,6 +36,7 @@ from rotator.config import ApiConfig, Config, load_config
 from rotator.daemon.model import Observer, RotationService
 from rotator.daemon.service import Service
 from rotator.errors import ConfigError, RotatorError
+from rotator.journal import SqliteJournal
 
 if TYPE_CHECKING:  # imported on use: the API needs the ``daemon`` extra
     from fastapi import FastAPI
@@ -248,7 +249,11 @@ def main(config: Config, out: TextIO, err: TextIO, *, verbose: bool = False) -> 
         with instance_lock(config.state_dir):
             audit = AuditLog.from_config(
                 config, stream=sys.stdout if config.audit.stdout else None)
+            checkpoints: SqliteJournal | None = None
             try:
+                # Checkpoints of the audit chain, on a journal connection of their own.
+                checkpoints = SqliteJournal(config.state_dir)
+                audit.record_checkpoints(checkpoints)
                 metrics = _metrics()
                 service = Service(config, audit=audit, observer=metrics)
                 daemon = Daemon(config, service, api=AdminApi(service, audit, metrics),
@@ -259,6 +264,9 @@ def main(config: Config, out: TextIO, err: TextIO, *, verbose: bool = False) -> 
                 finally:
                     service.close()
             finally:
+                audit.stop_checkpoints()
+                if checkpoints is not None:
+                    checkpoints.close()
                 audit.close()
     except DaemonRunning as exc:
         err.write(f"rotator: {exc}\n")

@@ -19,6 +19,12 @@ Schema versions (``PRAGMA user_version``), migrated on open, idempotently:
    and on each client's open and successful rotations, so that status costs the same
    however long the history;
 2. ``hook_runs``: what each hook did for each rotation (:mod:`rotator.hooks`).
+3. ``audit_checkpoints``: where each audit log's chain stood now and then
+   (:meth:`SqliteJournal.record_audit_checkpoint`).
+
+Every step is idempotent (``IF NOT EXISTS``, columns added only when missing) and all of them
+run whenever the file's version is below :data:`SCHEMA_VERSION`, so versions added on parallel
+branches merge by taking the next number and keeping every step.
 
 The lock is an ``flock`` on one file per client in the state directory: it is released by
 the kernel when its holder dies, so a killed rotation never leaves a stale lock behind. Two
@@ -43,10 +49,18 @@ from typing import Any
 
 from rotator._files import UnsafeFile, ensure_private_dir
 from rotator.errors import JournalConflict, RotationError, RotationLocked
-from rotator.interfaces import HookRun, Rotation, RotationId, RotationTarget, State, Step
+from rotator.interfaces import (
+    AuditCheckpoint,
+    HookRun,
+    Rotation,
+    RotationId,
+    RotationTarget,
+    State,
+    Step,
+)
 from rotator.secrets import redact
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS rotations (
@@ -101,6 +115,15 @@ CREATE TABLE IF NOT EXISTS hook_runs (
 );
 CREATE INDEX IF NOT EXISTS hook_runs_unfinished ON hook_runs (updated_at)
     WHERE status IN ('running', 'failed');
+-- version 3
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+    log TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    chain TEXT NOT NULL,
+    at TEXT NOT NULL,
+    PRIMARY KEY (log, key_id, seq)
+);
 """
 _HOOK_COLUMNS = ("rotation_id, client, stage, hook, status, attempts, required, updated_at, "
                  "next_attempt_at, error")
@@ -347,6 +370,23 @@ class SqliteJournal:
             rows = self._db.execute(f"SELECT {_HOOK_COLUMNS} FROM hook_runs WHERE status "
                                     "IN ('running', 'failed') ORDER BY updated_at").fetchall()
             return [_hook_row(r) for r in rows]
+
+    # -- audit checkpoints ----------------------------------------------------------------
+
+    def record_audit_checkpoint(self, checkpoint: AuditCheckpoint) -> None:
+        with self._tx():
+            self._db.execute(
+                "INSERT OR IGNORE INTO audit_checkpoints VALUES (?,?,?,?,?)",
+                (checkpoint.log, checkpoint.key_id, checkpoint.seq, checkpoint.chain,
+                 checkpoint.at.isoformat()))
+
+    def audit_checkpoints(self, log: str, key_id: str) -> list[AuditCheckpoint]:
+        with self._reading():
+            rows = self._db.execute(
+                "SELECT seq, chain, at FROM audit_checkpoints WHERE log = ? AND key_id = ? "
+                "ORDER BY seq", (log, key_id)).fetchall()
+            return [AuditCheckpoint(log, key_id, int(seq), str(chain),
+                                    datetime.fromisoformat(at)) for seq, chain, at in rows]
 
     # -- the lock --------------------------------------------------------------------------
 
