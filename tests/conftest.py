@@ -7,6 +7,7 @@ import secrets
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,4 +64,16 @@ def hydra() -> Iterator[Hydra]:
     under ``~/.cache/rotator-test/hydra-<version>/``, see ``tests/servers.py``).
     """
     with Hydra() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """A real PostgreSQL 15 (Debian's initdb/pg_ctl, as an unprivileged user) on 127.0.0.1.
+
+    Stopped at session end; see ``tests/server_postgres.py``.
+    """
+    from server_postgres import Postgres
+
+    with Postgres() as server:
         yield server
