@@ -122,8 +122,10 @@ class Postgres:
 
     def start(self) -> None:
         """Start the cluster (again) on the same port."""
+        # fsync=off: a crash of the server process (stop("immediate")) loses nothing, only
+        # a crash of the machine would, and a test cluster does not outlive it.
         options = (f"-h {_LOCAL} -p {self.port} -k {self.socket_dir} -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+                   "-c full_page_writes=off -c max_connections=200")
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options,
                   "-w", "-t", "60", "start")
         self._running = True
@@ -165,6 +167,17 @@ class Postgres:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
+
+
+    def create_schema(self, name: str, database: str = "postgres") -> str:
+        """Create the schema ``name`` in ``database`` and return a URL whose search path is
+        that schema alone: a fresh, empty journal far quicker than a new database."""
+        import psycopg
+
+        with psycopg.connect(self.url(database), autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+            conn.execute(f'CREATE SCHEMA "{name}"')
+        return f"{self.url(database)}?options=-csearch_path%3D{name}"
 
 
 __all__ = ["PG_VERSION", "Postgres", "pg_bin_dir"]
