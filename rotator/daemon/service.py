@@ -67,7 +67,7 @@ from rotator.daemon.workers import (
 from rotator.engine import Outcome, utcnow
 from rotator.errors import RotationError, RotationLocked, RotatorError
 from rotator.interfaces import IdentityProvider, Journal
-from rotator.journal import SqliteJournal, new_rotation_id
+from rotator.journal import new_rotation_id, open_journal
 from rotator.secrets import redact
 
 log = structlog.get_logger("rotator.daemon")
@@ -505,7 +505,7 @@ class Service:
         """The daemon's one journal, shared by the scheduler and every worker thread."""
         with self._lock:
             if self._shared_journal is None:
-                self._shared_journal = SqliteJournal(self._config.state_dir)
+                self._shared_journal = open_journal(self._config)
             return self._shared_journal
 
     def close(self) -> None:
