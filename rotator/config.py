@@ -123,6 +123,9 @@ _DAEMON_SETTINGS = (
     Setting("catch_up", "duration", default=900.0,
             help="spread clients that fell due while the daemon was down over this long"),
     Setting("shutdown_timeout", "duration", default=30.0),
+    Setting("lease", "duration", default=60.0,
+            help="with a shared journal: how long a job's claim on its client outlives a "
+                 "daemon that stopped renewing it"),
 )
 
 _JOURNAL_SETTINGS = (
@@ -332,6 +335,8 @@ class DaemonConfig:
     idp_concurrency: int = 2
     catch_up: float = 900.0
     shutdown_timeout: float = 30.0
+    #: With ``[journal] url_env``: the length of a job's lease on its client (docs/ha.md).
+    lease: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -777,6 +782,8 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     for key in ("workers", "idp_concurrency"):
         if daemon.get(key) is not None and daemon[key] < 1:
             problems.reporter("daemon")(key, "must be at least 1")
+    if daemon.get("lease") is not None and not 1 <= daemon["lease"] <= 3600:
+        problems.reporter("daemon")("lease", "must be between 1 second and 1 hour")
     journal = _journal(raw.get("journal"), problems, base, env, resolve=consumer is None)
     raw_stores = _table(raw.get("stores"), "stores", problems)
     raw_idps = _table(raw.get("idps"), "idps", problems)

@@ -32,6 +32,7 @@ import structlog
 
 from rotator.audit import AuditLog
 from rotator.config import ClientConfig, Config
+from rotator.daemon.leases import holder_name, leased
 from rotator.daemon.model import (
     ClientState,
     Observer,
@@ -66,7 +67,7 @@ from rotator.daemon.workers import (
 )
 from rotator.engine import Outcome, utcnow
 from rotator.errors import RotationError, RotationLocked, RotatorError
-from rotator.interfaces import IdentityProvider, Journal
+from rotator.interfaces import IdentityProvider, Journal, State
 from rotator.journal import new_rotation_id, open_journal
 from rotator.secrets import redact
 
@@ -110,6 +111,7 @@ class Service:
         self._idempotency: dict[str, tuple[datetime, Trigger]] = {}
         self._threads: set[threading.Thread] = set()
         self._shared_journal: Journal | None = None
+        self._holder = holder_name()
         self._stopping = threading.Event()
         self._wakeup = threading.Event()
         self._scheduler: threading.Thread | None = None
@@ -372,16 +374,11 @@ class Service:
         outcome: Outcome
         journal = self._journal()
         try:
-            stoppable = cast(Journal, StoppableJournal(journal, self._stopping))
-            wrap = self._wrapper(lambda seconds: throttled.append(seconds))
-            with self._workers(config, job.actor, stoppable, wrap) as worker:
-                if job.kind == "rotate":
-                    # A new rotation takes the id the trigger answered with; one a crash
-                    # left open keeps its own (the job maps one to the other).
-                    outcome = worker.rotate(job.client, rotation_id=job.id)
-                else:
-                    # retire() also drives an open rotation, and never starts a new one.
-                    outcome = worker.retire(job.client, now=job.retire_now)
+            with self._claimed(job, journal) as job_journal:
+                stoppable = cast(Journal, StoppableJournal(job_journal, self._stopping))
+                wrap = self._wrapper(lambda seconds: throttled.append(seconds))
+                outcome = self._rotated_elsewhere(job, job_journal) or \
+                    self._work(job, config, stoppable, wrap)
         except RotationLocked as exc:
             outcome = Outcome(job.client, False, "locked", str(exc))
         except RotatorError as exc:
@@ -394,6 +391,43 @@ class Service:
         with contextlib.suppress(Exception):
             self._observer.rotation_finished(job.client, outcome.action,
                                              time.monotonic() - started)
+
+    def _work(self, job: Job, config: Config, journal: Journal,
+              wrap: Callable[[IdentityProvider], IdentityProvider]) -> Outcome:
+        with self._workers(config, job.actor, journal, wrap) as worker:
+            if job.kind == "rotate":
+                # A new rotation takes the id the trigger answered with; one a crash
+                # left open keeps its own (the job maps one to the other).
+                return worker.rotate(job.client, rotation_id=job.id)
+            # retire() also drives an open rotation, and never starts a new one.
+            return worker.retire(job.client, now=job.retire_now)
+
+    @contextlib.contextmanager
+    def _claimed(self, job: Job, journal: Journal) -> Iterator[Journal]:
+        """The journal ``job`` writes through: with a journal several daemons share, fenced
+        by the client's lease, held while the job runs (see rotator.daemon.leases)."""
+        if self._config.journal.url is None:
+            yield journal
+            return
+        with leased(journal, job.client, self._holder, self._config.daemon.lease) as fenced:
+            yield fenced
+
+    def _rotated_elsewhere(self, job: Job, journal: Journal) -> Outcome | None:
+        """A scheduled rotation's client that another daemon rotated since this one looked."""
+        if job.kind != "rotate" or job.actor != "scheduler" or \
+                self._config.journal.url is None:
+            return None
+        with self._lock:
+            rec = self._records.get(job.client)
+            known = rec.latest.id if rec is not None and rec.latest is not None else None
+        latest = journal.latest(job.client)
+        if latest is None or latest.id == known or latest.id == job.id:
+            return None
+        if latest.state in (State.PROMOTED, State.COMPLETED):
+            return Outcome(job.client, True, "rotated_by_other",
+                           f"rotated by another daemon ({latest.id}) since this one looked",
+                           latest.id, latest.state.value)
+        return None
 
     def _finished(self, job: Job, outcome: Outcome, throttled: list[float],
                   journal: Journal) -> None:
