@@ -186,3 +186,70 @@ class TestStalledDaemon:
         finally:
             a.world.hold.set()
             a.service.close()
+
+
+class TestDatabaseAway:
+    """While the shared journal's database is away a trigger is refused (503, naming the
+    server, never its password); a rotation cut off mid-way is resumed once it is back."""
+
+    def test_trigger_refused_then_taken(self, tmp_path: Path, url: str,
+                                        postgres_server: Any) -> None:
+        from rotator.daemon.model import ServiceUnavailable
+
+        clock = Clock()
+        a = daemon(tmp_path / "a", url, {"app": 'rotate_every = "30d"'}, clock)
+        try:
+            a.service.prepare()
+            postgres_server.stop("immediate")
+            try:
+                with pytest.raises(ServiceUnavailable,
+                                   match=r"rotation journal postgresql://127\.0\.0\.1") as caught:
+                    a.service.trigger_rotation("app", actor="api:test")
+                assert postgres_server.password not in str(caught.value)
+                assert a.world.calls == []
+            finally:
+                postgres_server.start()
+            a.service.trigger_rotation("app", actor="api:test")
+            a.service.tick()
+            assert [kind for kind, _c, _a in a.world.calls] == ["rotate"]
+        finally:
+            a.service.close()
+
+    def test_rotation_resumes(self, tmp_path: Path, url: str, postgres_server: Any) -> None:
+        clock = Clock()
+        a = daemon(tmp_path / "a", url, {"app": 'rotate_every = "1h"'}, clock, threads=True,
+                   lease="1s")
+        a.world.hold = threading.Event()
+        journal = a.service._journal()
+        try:
+            a.service.prepare()
+            clock.advance(hours=1)
+            a.service.tick()
+            assert a.world.reached.wait(30)  # after CREATED
+            postgres_server.stop("immediate")
+            try:
+                a.world.hold.set()
+                while not idle(a):
+                    time.sleep(0.01)
+                job = next(iter(a.service._jobs.values()))
+                assert job.outcome is not None and not job.outcome.ok
+            finally:
+                postgres_server.start()
+            a.world.hold = None
+            for _ in range(300):  # the lost job's lease (1 s) expires; backoff passes
+                clock.advance(hours=2)
+                a.service.tick()
+                while not idle(a):
+                    time.sleep(0.01)
+                latest = journal.latest("app")
+                if latest is not None and latest.state is State.PROMOTED:
+                    break
+                time.sleep(0.05)
+            latest = journal.latest("app")
+            assert latest is not None and latest.state is State.PROMOTED
+            assert [s.state for s in journal.steps(latest.id)] == [
+                State.STARTED, State.CREATED, State.VERIFIED, State.PROMOTED]
+        finally:
+            if a.world.hold is not None:
+                a.world.hold.set()
+            a.service.close()

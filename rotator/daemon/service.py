@@ -231,6 +231,7 @@ class Service:
 
     def trigger_rotation(self, name: str, *, actor: str,
                          idempotency_key: str | None = None) -> Trigger:
+        self._journal_reachable()
         with self._lock:
             self._taking()
             now = self._clock()
@@ -259,6 +260,7 @@ class Service:
         return trigger
 
     def trigger_retirement(self, name: str, *, actor: str, now: bool = False) -> Trigger:
+        self._journal_reachable()
         with self._lock:
             self._taking()
             rec = self._record(name)
@@ -270,6 +272,18 @@ class Service:
             job = self._queue(rec, kind, actor, rec.open.id, retire_now=now)
         self._wakeup.set()
         return Trigger(job.id, name, joined=False)
+
+    def _journal_reachable(self) -> None:
+        """With a journal several daemons share: ``ServiceUnavailable`` while it is away, so a
+        trigger is refused (503) rather than queued where no daemon could record it."""
+        if self._config.journal.url is None:
+            return
+        try:
+            self._journal().latest("-")
+        except RotatorError as exc:
+            raise ServiceUnavailable(
+                f"{redact(str(exc))}; the trigger was not taken: try again once the journal "
+                "database is back") from exc
 
     def verify(self, name: str, *, actor: str) -> Mapping[str, Any]:
         with self._lock:
