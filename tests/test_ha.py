@@ -9,6 +9,7 @@ PostgreSQL; the engine's own behaviour on a fenced journal is the journal contra
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 import threading
 import time
@@ -253,3 +254,40 @@ class TestDatabaseAway:
             if a.world.hold is not None:
                 a.world.hold.set()
             a.service.close()
+
+
+class TestEngineOnPostgres:
+    """The CLI rotates and retires against real Keycloak and OpenBao with its journal in
+    PostgreSQL, and no output shows a secret or the journal's password."""
+
+    def test_rotate_status_retire(self, kc_realm: Any, bao_server: Any, tmp_path: Path,
+                                  url: str, postgres_server: Any) -> None:
+        from rotation_env import Scenario
+
+        s = Scenario.create(kc_realm, bao_server, tmp_path, overlap=True, grace="1h")
+        s.seen_secrets.add(postgres_server.password)
+        (tmp_path / "journal.url").write_text(url)
+        (tmp_path / "journal.url").chmod(0o600)
+        with s.config.open("a") as f:
+            f.write('\n[journal]\nurl_file = "journal.url"\n')
+        old = s.vault_current()
+        result = s.cli("rotate", "svc")
+        assert result.code == 0, result.out + result.err
+        new = s.vault_current()
+        assert new != old and s.works(new)
+        status = json.loads(s.cli("status", "svc", "--json").out)["clients"][0]
+        assert status["state"] == "awaiting_retirement"
+        retired = s.cli("retire", "svc", "--now")
+        assert retired.code == 0, retired.out + retired.err
+        assert not s.works(old) and s.works(new)
+        from rotator.journal.postgres import PostgresJournal
+
+        journal = PostgresJournal(url)
+        try:
+            latest = journal.latest("svc")
+            assert latest is not None and latest.state is State.COMPLETED
+            assert latest.retire_after is not None
+        finally:
+            journal.close()
+        assert not (tmp_path / "state" / "journal.sqlite3").exists()
+        assert s.leaks() == []
