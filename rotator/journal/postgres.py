@@ -211,8 +211,12 @@ class PostgresJournal:
         return RotationError(f"rotation journal {self.where}: {redact(text)}")
 
     @contextmanager
-    def _tx(self) -> Iterator[psycopg.Connection[Any]]:
-        """One transaction on the shared connection; database errors become RotationError."""
+    def _tx(self, *, one_statement: bool = False) -> Iterator[psycopg.Connection[Any]]:
+        """One transaction on the shared connection; database errors become RotationError.
+
+        ``one_statement``: the block runs one statement, atomic on its own in autocommit, so
+        no BEGIN and COMMIT round trips go around it.
+        """
         import psycopg
 
         with self._mutex:
@@ -222,7 +226,10 @@ class PostgresJournal:
                 if self._db is None or self._db.closed or self._db.broken:
                     self._db = None
                     self._db = self._connect()
-                with self._db.transaction():
+                if not one_statement:
+                    with self._db.transaction():
+                        yield self._db
+                else:
                     yield self._db
             except psycopg.Error as exc:
                 if self._db is not None and (self._db.broken or self._db.closed
@@ -246,7 +253,7 @@ class PostgresJournal:
             db.execute("INSERT INTO rotator_schema (version) VALUES (%s)", (target,))
 
     def schema_version(self) -> int:
-        with self._tx() as db:
+        with self._tx(one_statement=True) as db:
             row = db.execute("SELECT max(version) FROM rotator_schema").fetchone()
             return int(row[0]) if row and row[0] is not None else 0
 
@@ -379,23 +386,23 @@ class PostgresJournal:
         return rotation
 
     def get(self, rotation_id: RotationId) -> Rotation:
-        with self._tx() as db:
+        with self._tx(one_statement=True) as db:
             return self._get(db, rotation_id)
 
     def open_rotation(self, client: str) -> Rotation | None:
-        with self._tx() as db:
+        with self._tx(one_statement=True) as db:
             return self._one(db, f"WHERE client = %s AND {_OPEN} {_NEWEST}", client)
 
     def latest(self, client: str) -> Rotation | None:
-        with self._tx() as db:
+        with self._tx(one_statement=True) as db:
             return self._one(db, f"WHERE client = %s {_NEWEST}", client)
 
     def last_success(self, client: str) -> Rotation | None:
-        with self._tx() as db:
+        with self._tx(one_statement=True) as db:
             return self._one(db, f"WHERE client = %s AND {_SUCCESS} {_NEWEST}", client)
 
     def steps(self, rotation_id: RotationId) -> list[Step]:
-        with self._tx() as db:
+        with self._tx(one_statement=True) as db:
             rows = db.execute("SELECT at, state, detail FROM steps WHERE rotation_id = %s "
                               "ORDER BY seq", (rotation_id,)).fetchall()
             return [Step(a, State(s), json.loads(d)) for a, s, d in rows]
@@ -404,7 +411,7 @@ class PostgresJournal:
 
     def acquire_lease(self, client: str, holder: str, ttl: float) -> Lease | None:
         check_lease_args(holder, ttl)
-        with self._tx() as db:
+        with self._tx(one_statement=True) as db:
             row = db.execute(
                 "INSERT INTO leases AS l (client, holder, token, expires_at) "
                 "VALUES (%s, %s, 1, clock_timestamp() + make_interval(secs => %s)) "
@@ -416,7 +423,7 @@ class PostgresJournal:
 
     def renew_lease(self, lease: Lease, ttl: float) -> Lease:
         check_lease_args(lease.holder, ttl)
-        with self._tx() as db:
+        with self._tx(one_statement=True) as db:
             row = db.execute(
                 "UPDATE leases SET expires_at = clock_timestamp() + make_interval(secs => %s) "
                 "WHERE client = %s AND token = %s "
@@ -428,7 +435,7 @@ class PostgresJournal:
             return _lease(row)
 
     def release_lease(self, lease: Lease) -> None:
-        with self._tx() as db:
+        with self._tx(one_statement=True) as db:
             db.execute("UPDATE leases SET expires_at = '-infinity' "
                        "WHERE client = %s AND token = %s", (lease.client, lease.token))
 
