@@ -29,7 +29,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from rotator import __version__
+from rotator import __version__, interfaces
 from rotator.audit import AuditLog, redact_processor
 from rotator.audit.chain import Checkpoint, chain_key, checkpoint_path
 from rotator.audit.chain import verify as verify_chain
@@ -39,7 +39,7 @@ from rotator.config import ClientConfig, Config, load_config
 from rotator.engine import Adapters, Engine, Outcome
 from rotator.errors import ConfigError, ConfigProblem, RotatorError
 from rotator.interfaces import Stage
-from rotator.journal import Journal
+from rotator.journal import Journal, SqliteJournal, open_journal
 from rotator.logsafety import install_log_safety
 from rotator.secrets import Secret, generate_secret, redact
 
@@ -159,7 +159,51 @@ def _parser() -> argparse.ArgumentParser:
         "fingerprint", parents=[common],
         help="read a secret from stdin (no echo) and print the fingerprint the audit log "
              "would show for it")
+    journal = sub.add_parser("journal", help="rotation journal commands")
+    journal_sub = journal.add_subparsers(dest="journal_command", required=True,
+                                         parser_class=_Parser)
+    migrate = journal_sub.add_parser(
+        "migrate", parents=[common],
+        help="copy the SQLite journal's history into an empty PostgreSQL journal")
+    target = migrate.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to-env", metavar="VAR",
+                        help="environment variable holding the PostgreSQL URL (keeps its "
+                             "password off the command line)")
+    target.add_argument("--to", metavar="URL", help="the PostgreSQL URL")
     return parser
+
+
+def _journal_command(args: argparse.Namespace, config: Config, out: TextIO) -> int:
+    """``journal migrate``: the SQLite journal of ``config`` into the database named."""
+    from rotator.daemon.process import instance_lock
+    from rotator.journal.migrate import copy_history
+    from rotator.journal.postgres import PostgresJournal, url_problem
+
+    url = args.to if args.to is not None else os.environ.get(args.to_env, "")
+    if not url:
+        raise _UsageError(f"environment variable {args.to_env} is not set")
+    problem = url_problem(url, config.journal.allow_weak_tls)
+    if problem is not None:
+        raise _UsageError(f"the target URL: {problem}")
+    with instance_lock(config.state_dir):  # no daemon writes the source meanwhile
+        source = SqliteJournal(config.state_dir)
+        try:
+            target = PostgresJournal(Secret(url))
+            try:
+                copied = copy_history(source, target)
+                where = target.where
+            finally:
+                target.close()
+        finally:
+            source.close()
+    if args.json:
+        out.write(json.dumps({"ok": True, "rotations": copied.rotations, "steps": copied.steps,
+                              "open_rotations": copied.open_rotations, "to": where}) + "\n")
+    else:
+        out.write(f"copied {copied.rotations} rotation(s) ({copied.steps} step(s), "
+                  f"{copied.open_rotations} unfinished) from {source.path} to {where}; point "
+                  "[journal] url_env at it before starting rotator again\n")
+    return EXIT_OK
 
 
 def _audit_command(args: argparse.Namespace, config: Config, out: TextIO, err: TextIO) -> int:
@@ -287,7 +331,9 @@ def _open_audit(config: Config, stdout: TextIO) -> AuditLog:
             f"cannot open {config.audit.file}: {exc.strerror or exc}")]) from exc
 
 
-def _open_journal(config: Config) -> Journal:
+def _open_journal(config: Config) -> interfaces.Journal:
+    if config.journal.url is not None:  # a database; its errors name it, not the state dir
+        return open_journal(config)
     try:
         return Journal(config.state_dir)
     except (RotatorError, OSError) as exc:
@@ -498,6 +544,8 @@ def run(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
             return run_daemon(config, out, err, verbose=args.verbose)
         if args.command == "audit":
             return _audit_command(args, config, out, err)
+        if args.command == "journal":
+            return _journal_command(args, config, out)
         names = _select(config, args)
         # Audit lines share stdout only when it is not a JSON document.
         with open_engine(config, audit_stdout=err if args.json else out,

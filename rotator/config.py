@@ -9,6 +9,7 @@ file (``*_file``). See ``config/rotator.toml`` for the documented example.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import ipaddress
 import os
 import re
@@ -168,6 +169,16 @@ _DAEMON_SETTINGS = (
     Setting("catch_up", "duration", default=900.0,
             help="spread clients that fell due while the daemon was down over this long"),
     Setting("shutdown_timeout", "duration", default=30.0),
+    Setting("lease", "duration", default=60.0,
+            help="with a shared journal: how long a job's claim on its client outlives a "
+                 "daemon that stopped renewing it"),
+)
+
+_JOURNAL_SETTINGS = (
+    Setting("url", secret=True,
+            help="PostgreSQL URL of a journal shared by several daemons (postgresql://...)"),
+    Setting("allow_weak_tls", "bool", default=False,
+            help="accept an sslmode that does not check the server's certificate"),
 )
 
 #: The admin API's roles, weakest first: each may do what the ones before it may.
@@ -378,6 +389,20 @@ class DaemonConfig:
     idp_concurrency: int = 2
     catch_up: float = 900.0
     shutdown_timeout: float = 30.0
+    #: With ``[journal] url_env``: the length of a job's lease on its client (docs/ha.md).
+    lease: float = 60.0
+
+
+@dataclass(frozen=True)
+class JournalConfig:
+    """The ``[journal]`` table: where the rotation journal lives.
+
+    ``url`` unset: SQLite in the state directory (one host). Set: that PostgreSQL database,
+    shared by every daemon given the same URL (see docs/ha.md). The URL is a secret.
+    """
+
+    url: Secret | None = None
+    allow_weak_tls: bool = False
 
 
 @dataclass(frozen=True)
@@ -391,6 +416,7 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     alerts: AlertConfig | None = None
+    journal: JournalConfig = field(default_factory=JournalConfig)
 
 
 class _Problems:
@@ -788,6 +814,28 @@ def _stores_of(raw_clients: Mapping[str, Any], consumer: str,
         if isinstance(targets, list) else set()
 
 
+def _journal(raw: Any, problems: _Problems, base: Path, environ: Mapping[str, str], *,
+             resolve: bool) -> JournalConfig:
+    """Check ``[journal]``: the URL's form and TLS, never quoting it (it holds a password)."""
+    report = problems.reporter("journal")
+    table = _table(raw, "journal", problems)
+    checked = check_settings(table, _JOURNAL_SETTINGS, report, base_dir=base,
+                             environ=environ, resolve_secrets=resolve)
+    url: Secret | None = checked.get("url")
+    weak = bool(checked.get("allow_weak_tls"))
+    if url is not None:
+        from rotator.journal.postgres import url_problem as journal_url_problem
+
+        key = "url_file" if "url_file" in table else "url_env"
+        problem = journal_url_problem(url.reveal(), weak)
+        if problem is not None:
+            report(key, problem)
+        elif importlib.util.find_spec("psycopg") is None:
+            report(key, "a PostgreSQL journal needs the postgres extra: "
+                        "pip install 'rotator[postgres]'")
+    return JournalConfig(url=url, allow_weak_tls=weak)
+
+
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None, *,
                 consumer: str | None = None, stores_only: bool = False) -> Config:
     """Read and check the configuration at ``path``.
@@ -814,9 +862,9 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
 
     for key in raw:
         if key not in ("rotator", "audit", "stores", "idps", "clients", "defaults", "daemon",
-                       "api", "alerts"):
+                       "api", "alerts", "journal"):
             report(key, "unknown section; expected rotator, audit, stores, idps, clients, "
-                        "defaults, daemon, api, alerts")
+                        "defaults, daemon, api, alerts, journal")
     rot = check_settings(_table(raw.get("rotator"), "rotator", problems), _ROTATOR_SETTINGS,
                          problems.reporter("rotator"), base_dir=base, environ=env)
     admin = consumer is None and not stores_only  # the audit key and IdP secrets are needed
@@ -858,6 +906,9 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     for key in ("workers", "idp_concurrency"):
         if daemon.get(key) is not None and daemon[key] < 1:
             problems.reporter("daemon")(key, "must be at least 1")
+    if daemon.get("lease") is not None and not 1 <= daemon["lease"] <= 3600:
+        problems.reporter("daemon")("lease", "must be between 1 second and 1 hour")
+    journal = _journal(raw.get("journal"), problems, base, env, resolve=consumer is None)
     raw_stores = _table(raw.get("stores"), "stores", problems)
     raw_idps = _table(raw.get("idps"), "idps", problems)
     raw_clients = _table(raw.get("clients"), "clients", problems)
@@ -907,4 +958,5 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
         stores=stores, idps=idps, clients=clients, api=api,
         daemon=DaemonConfig(**{s.key: daemon[s.key] for s in _DAEMON_SETTINGS}),
         alerts=alerts,
+        journal=journal,
     )

@@ -24,6 +24,7 @@
     └── RotationError               the engine could not finish a rotation
         ├── RotationLocked          another process is rotating the same client
         └── JournalConflict         the journal moved on: a stale writer, a second open rotation
+            └── LeaseLost           a newer holder took the client's lease (fencing token)
 
 Vendor exceptions (``hvac.exceptions.*``, ``botocore.exceptions.ClientError``,
 ``httpx.HTTPError``) are translated at the adapter boundary with ``raise ... from exc`` and
@@ -176,3 +177,7 @@ class RotationLocked(RotationError):
 
 class JournalConflict(RotationError):
     """The journal refused a write made on stale knowledge (check-and-set lost)."""
+
+
+class LeaseLost(JournalConflict):
+    """A write carried a fencing token older than the client's lease: another holder took over."""

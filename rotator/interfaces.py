@@ -358,6 +358,22 @@ class AuditCheckpoint:
     at: datetime  # when it was recorded, UTC
 
 
+@dataclass(frozen=True)
+class Lease:
+    """A time-limited claim on one client by one holder (a daemon), with its fencing token.
+
+    ``token`` grows by one with every new holder of the client's lease and never goes back,
+    so a write carrying it can be refused once a newer holder exists: a holder that paused
+    past ``expires_at`` (GC pause, SIGSTOP, a partition) cannot act on what it knew before.
+    ``expires_at`` is on the journal's clock (the database server's, for a shared journal).
+    """
+
+    client: str
+    holder: str
+    token: int
+    expires_at: datetime
+
+
 class Step(NamedTuple):
     """One state a rotation reached, with the fields that changed then (no secret values)."""
 
@@ -507,6 +523,37 @@ class Journal(Protocol):
 
     def audit_checkpoints(self, log: str, key_id: str) -> list[AuditCheckpoint]:
         """Every checkpoint kept for ``log`` sealed with ``key_id``, by ascending ``seq``."""
+        ...
+
+    def acquire_lease(self, client: str, holder: str, ttl: float) -> Lease | None:
+        """Take ``client``'s lease for ``ttl`` seconds, or ``None`` while another holds it.
+
+        Succeeds when nobody holds the lease or its holder let it expire (then the new
+        lease has the next fencing token). Not reentrant: a holder that asks again while
+        its lease runs gets ``None``; it extends with :meth:`renew_lease`.
+        """
+        ...
+
+    def renew_lease(self, lease: Lease, ttl: float) -> Lease:
+        """Extend ``lease`` to ``ttl`` seconds from now, keeping its token.
+
+        Raises ``LeaseLost`` when a newer holder took the lease (an expired lease that
+        nobody took is renewed).
+        """
+        ...
+
+    def release_lease(self, lease: Lease) -> None:
+        """Give ``lease`` up at once; nothing happens if a newer holder took it already."""
+        ...
+
+    def fenced(self, lease: Lease) -> Journal:
+        """This journal, with every write for ``lease.client`` carrying ``lease``'s token.
+
+        :meth:`begin` and :meth:`advance` through it check, in the same transaction as the
+        write, that ``lease`` is still the client's newest lease, and raise ``LeaseLost``
+        (changing nothing) when a newer holder took it over; a write for another client is
+        refused the same way. Reads and the rest pass through. Closing it closes nothing.
+        """
         ...
 
     def close(self) -> None:

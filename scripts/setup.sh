@@ -24,6 +24,20 @@ fi
 # Ory Hydra for the IdP tests (scripts/test.sh passes --tests; the demo does not need it):
 # built once from the Go module proxy and cached (see tests/servers.py, hydra_binary), so
 # the build (minutes on a fresh machine) is not counted inside a test's timeout.
+# PostgreSQL 15 for the journal tests (tests/server_postgres.py runs initdb and pg_ctl from
+# the Debian package as an unprivileged user). apt may be busy with another run: retry.
+if [ "${1:-}" = "--tests" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    echo "setup: installing postgresql (for the journal tests)"
+    for attempt in 1 2 3 4 5 6; do
+        if apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+                -o DPkg::Lock::Timeout=120 postgresql; then
+            break
+        fi
+        [ "$attempt" = 6 ] && { echo "setup: cannot install postgresql" >&2; exit 1; }
+        sleep 10
+    done
+fi
+
 if [ "${1:-}" != "--tests" ]; then
     :
 elif command -v go >/dev/null 2>&1; then

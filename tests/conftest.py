@@ -110,3 +110,15 @@ def fake_auth0() -> Iterator[Any]:
     from fakes.auth0 import FakeAuth0
     with FakeAuth0() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """A real PostgreSQL 15 (Debian's initdb/pg_ctl, as an unprivileged user) on 127.0.0.1.
+
+    Stopped at session end; see ``tests/server_postgres.py``.
+    """
+    from server_postgres import Postgres
+
+    with Postgres() as server:
+        yield server

@@ -56,6 +56,18 @@ def main(argv: list[str]) -> int:
             return original_advance(self, rotation_id, state, now, **fields)
 
         journal.Journal.advance = advance  # type: ignore[method-assign]
+        # the same kill point with the journal in PostgreSQL ([journal] url_env / url_file)
+        from rotator.journal import postgres
+
+        original_pg_advance = postgres.PostgresJournal.advance
+
+        def pg_advance(self: postgres.PostgresJournal, rotation_id: str,
+                       state: journal.State, now: Any, **fields: Any) -> journal.Rotation:
+            if state.value == target:
+                _die()
+            return original_pg_advance(self, rotation_id, state, now, **fields)
+
+        postgres.PostgresJournal.advance = pg_advance  # type: ignore[method-assign]
     elif mode in ("call", "returned"):
         module_name, _, qualname = target.partition(":")
         class_name, _, method = qualname.rpartition(".")

@@ -1,14 +1,21 @@
-"""The SQLite rotation journal and its per-client lock, on their own."""
+"""The rotation journals and their per-client locks and leases, on their own.
+
+The contract classes run on every implementation (``journal`` is parametrized over SQLite
+and a real PostgreSQL, see ``Backend``); the SQLite file, its migrations and the PostgreSQL
+URL handling are tested apart, at the end.
+"""
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import sqlite3
 import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,7 +23,7 @@ from typing import Any
 import pytest
 
 from rotator import interfaces
-from rotator.errors import JournalConflict, RotationError, RotationLocked
+from rotator.errors import JournalConflict, LeaseLost, RotationError, RotationLocked
 from rotator.journal import Journal, RotationTarget, SqliteJournal, State, new_rotation_id
 from rotator.journal.sqlite import SCHEMA_VERSION
 from rotator.secrets import generate_secret
@@ -26,8 +33,47 @@ NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 PATH = [State.CREATING, State.CREATED, State.VERIFIED, State.PROMOTED, State.COMPLETED]
 
 
+@dataclass
+class Backend:
+    """Where a contract test's journal lives: an SQLite state directory or a PostgreSQL URL."""
+
+    kind: str
+    place: str
+
+    def open(self) -> Any:
+        if self.kind == "sqlite":
+            return Journal(Path(self.place))
+        from rotator.journal.postgres import PostgresJournal
+
+        return PostgresJournal(self.place)
+
+    #: Python run in a subprocess that opens the same journal (``ROTATOR_TEST_PLACE``).
+    @property
+    def open_code(self) -> str:
+        if self.kind == "sqlite":
+            return ("from pathlib import Path\nfrom rotator.journal import Journal\n"
+                    "journal = Journal(Path(os.environ['ROTATOR_TEST_PLACE']))\n")
+        return ("from rotator.journal.postgres import PostgresJournal\n"
+                "journal = PostgresJournal(os.environ['ROTATOR_TEST_PLACE'])\n")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param == "sqlite":
+        return Backend("sqlite", str(tmp_path / "state"))
+    server = request.getfixturevalue("postgres_server")
+    return Backend("postgres", server.create_schema(f"j_{secrets.token_hex(6)}"))
+
+
 @pytest.fixture
-def journal(tmp_path: Path) -> Iterator[SqliteJournal]:
+def journal(backend: Backend) -> Iterator[Any]:
+    made = backend.open()
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def sqlite_journal(tmp_path: Path) -> Iterator[SqliteJournal]:
     made = Journal(tmp_path / "state")
     yield made
     made.close()
@@ -45,17 +91,64 @@ def finish(journal: SqliteJournal, rotation: interfaces.Rotation) -> interfaces.
 
 
 class TestProtocol:
-    """The SQLite journal is a rotator.interfaces.Journal and the embedded default."""
+    """Every journal is a rotator.interfaces.Journal; the SQLite one is the embedded default."""
 
-    def test_is_a_journal(self, journal: SqliteJournal) -> None:
+    def test_is_a_journal(self, journal: Any) -> None:
         assert isinstance(journal, interfaces.Journal)
         assert Journal is SqliteJournal
+
+
+class TestHookRuns:
+    """Every journal keeps one hook run per (rotation, stage, hook), upserted, in first-recorded
+    order, with failed and running ones as the retry queue and errors redacted."""
+
+    def test_upsert_order_queue_redaction(self, journal: Any) -> None:
+        secret = generate_secret().reveal()  # registered with the redactor when made
+        at = NOW
+        for hook, status in (("x", "running"), ("y", "failed"), ("x", "succeeded")):
+            journal.record_hook_run(interfaces.HookRun(
+                "r-1", "app", "promoted", hook, status, 1, hook == "y", at,
+                next_attempt_at=at + timedelta(minutes=1) if status == "failed" else None,
+                error=f"refused {secret}" if status == "failed" else None))
+        runs = journal.hook_runs("r-1")
+        assert [(r.hook, r.status) for r in runs] == [("x", "succeeded"), ("y", "failed")]
+        assert runs[1].required and runs[1].next_attempt_at == at + timedelta(minutes=1)
+        assert secret not in (runs[1].error or "")
+        assert [r.hook for r in journal.unfinished_hook_runs()] == ["y"]
+        assert journal.hook_runs("r-other") == []
+
+
+class TestAuditCheckpoints:
+    """Every journal keeps audit checkpoints per (log, key), the first one per seq, by seq."""
+
+    def test_first_kept_and_ordered(self, journal: Any) -> None:
+        for seq, chain in ((20, "b" * 64), (10, "a" * 64), (20, "c" * 64)):
+            journal.record_audit_checkpoint(
+                interfaces.AuditCheckpoint("/var/log/a.log", "0123abcd", seq, chain, NOW))
+        kept = journal.audit_checkpoints("/var/log/a.log", "0123abcd")
+        assert [(c.seq, c.chain) for c in kept] == [(10, "a" * 64), (20, "b" * 64)]
+        assert kept[0].at == NOW
+        assert journal.audit_checkpoints("/var/log/a.log", "ffffffff") == []
+
+
+class TestDetailFields:
+    """A field kept only in a step's detail (a secret's expiry) is read back through steps."""
+
+    def test_expires_at_in_step_detail(self, journal: Any) -> None:
+        rotation = begin(journal)
+        expiry = (NOW + timedelta(days=180)).isoformat()
+        journal.advance(rotation.id, State.CREATING, NOW, expected=State.STARTED)
+        journal.advance(rotation.id, State.CREATED, NOW, expected=State.CREATING,
+                        secret_ref="k-1", expires_at=expiry)
+        created = [s for s in journal.steps(rotation.id) if s.state is State.CREATED]
+        assert created[0].detail["expires_at"] == expiry
+        assert journal.get(rotation.id).secret_ref == "k-1"
 
 
 class TestCheckAndSet:
     """advance moves a rotation only from the state its writer expected; else nothing changes."""
 
-    def test_stale_writer_is_refused(self, journal: SqliteJournal) -> None:
+    def test_stale_writer_is_refused(self, journal: Any) -> None:
         rotation = begin(journal)
         journal.advance(rotation.id, State.CREATING, NOW, expected=State.STARTED)
         with pytest.raises(JournalConflict, match="is creating, not started"):
@@ -65,12 +158,12 @@ class TestCheckAndSet:
         assert after.state is State.CREATING and after.error is None
         assert [s.state for s in journal.steps(rotation.id)] == [State.STARTED, State.CREATING]
 
-    def test_terminal_rotation_cannot_move(self, journal: SqliteJournal) -> None:
+    def test_terminal_rotation_cannot_move(self, journal: Any) -> None:
         rotation = finish(journal, begin(journal))
         with pytest.raises(JournalConflict):
             journal.advance(rotation.id, State.ROLLING_BACK, NOW, expected=State.PROMOTED)
 
-    def test_unknown_rotation_is_not_a_conflict(self, journal: SqliteJournal) -> None:
+    def test_unknown_rotation_is_not_a_conflict(self, journal: Any) -> None:
         with pytest.raises(RotationError, match="no rotation r-nope") as caught:
             journal.advance("r-nope", State.CREATING, NOW, expected=State.STARTED)
         assert not isinstance(caught.value, JournalConflict)
@@ -79,7 +172,7 @@ class TestCheckAndSet:
 class TestBegin:
     """begin refuses a second open rotation of a client, a reused id and an unusable id."""
 
-    def test_one_open_rotation_per_client(self, journal: SqliteJournal) -> None:
+    def test_one_open_rotation_per_client(self, journal: Any) -> None:
         first = begin(journal)
         with pytest.raises(JournalConflict, match=f"unfinished rotation {first.id}"):
             begin(journal)
@@ -87,25 +180,24 @@ class TestBegin:
         finish(journal, first)
         assert begin(journal).state is State.STARTED
 
-    def test_reused_id(self, journal: SqliteJournal) -> None:
+    def test_reused_id(self, journal: Any) -> None:
         rotation = finish(journal, begin(journal, rotation_id="r-given-1"))
         with pytest.raises(JournalConflict, match="exists already"):
             begin(journal, rotation_id=rotation.id)
 
     @pytest.mark.parametrize("bad", ["", "-r", "r 1", "r\nAPP_CLIENT_SECRET=x", "../x",
                                      "r" * 54])
-    def test_unusable_id(self, journal: SqliteJournal, bad: str) -> None:
+    def test_unusable_id(self, journal: Any, bad: str) -> None:
         with pytest.raises(RotationError, match="not a usable rotation id"):
             begin(journal, rotation_id=bad)
         assert journal.latest("app") is None
 
-    def test_targets_and_audit_key_id_are_kept(self, journal: SqliteJournal,
-                                               tmp_path: Path) -> None:
+    def test_targets_and_audit_key_id_are_kept(self, journal: Any, backend: Backend) -> None:
         targets = [RotationTarget("vault", "kv/app"), RotationTarget("env", "APP")]
         rotation = begin(journal, targets=targets, audit_key_id="0123abcd")
         assert rotation.targets == tuple(targets) and rotation.audit_key_id == "0123abcd"
         journal.close()
-        reopened = Journal(tmp_path / "state")
+        reopened = backend.open()
         try:
             again = reopened.get(rotation.id)
             assert again.targets == tuple(targets) and again.audit_key_id == "0123abcd"
@@ -116,17 +208,23 @@ class TestBegin:
 class TestRedaction:
     """An error text carrying a live secret value is stored with the value masked."""
 
-    def test_error_is_redacted(self, journal: SqliteJournal) -> None:
+    def test_error_is_redacted(self, journal: Any) -> None:
         secret = generate_secret()
         rotation = begin(journal)
         journal.advance(rotation.id, State.FAILED, NOW, expected=State.STARTED,
                         error=f"IdP said: bad secret {secret.reveal()}")
         stored = journal.get(rotation.id)
         assert stored.error is not None and "bad secret **********" in stored.error
-        raw = (journal.path.read_bytes()
-               + Path(f"{journal.path}-wal").read_bytes())
-        assert secret.reveal().encode() not in raw
         assert secret.reveal() not in str(journal.steps(rotation.id))
+
+    def test_sqlite_file_holds_no_secret(self, sqlite_journal: SqliteJournal) -> None:
+        secret = generate_secret()
+        rotation = begin(sqlite_journal)
+        sqlite_journal.advance(rotation.id, State.FAILED, NOW, expected=State.STARTED,
+                               error=f"IdP said: bad secret {secret.reveal()}")
+        raw = (sqlite_journal.path.read_bytes()
+               + Path(f"{sqlite_journal.path}-wal").read_bytes())
+        assert secret.reveal().encode() not in raw
 
 
 class TestThreads:
@@ -150,17 +248,19 @@ class TestThreads:
             t.join()
         return errors
 
-    def test_concurrent_rotations(self, journal: SqliteJournal) -> None:
+    def test_concurrent_rotations(self, journal: Any) -> None:
         def work(i: int) -> None:
             for _ in range(10):
                 finish(journal, begin(journal, client=f"c{i}"))
                 assert journal.open_rotation(f"c{i}") is None
 
         assert self.run_all(12, work) == []
-        count = journal._db.execute("SELECT count(*) FROM rotations WHERE state = 'completed'")
-        assert count.fetchone()[0] == 120
+        for i in range(12):
+            latest = journal.latest(f"c{i}")
+            assert latest is not None and latest.state is State.COMPLETED
+            assert journal.last_success(f"c{i}") == latest
 
-    def test_racing_writers(self, journal: SqliteJournal) -> None:
+    def test_racing_writers(self, journal: Any) -> None:
         rotation = begin(journal)
         won: list[int] = []
 
@@ -173,7 +273,7 @@ class TestThreads:
         assert all(isinstance(e, JournalConflict) for e in errors)
         assert len(journal.steps(rotation.id)) == 2
 
-    def test_racing_begins(self, journal: SqliteJournal) -> None:
+    def test_racing_begins(self, journal: Any) -> None:
         errors = self.run_all(8, lambda _i: begin(journal))
         assert len(errors) == 7 and all(isinstance(e, JournalConflict) for e in errors)
 
@@ -263,7 +363,8 @@ def read_like_status(journal: SqliteJournal, client: str) -> None:
 class TestFlatStatus:
     """What status reads from the journal searches indexes, so its cost ignores history length."""
 
-    def test_every_read_uses_an_index(self, journal: SqliteJournal) -> None:
+    def test_every_read_uses_an_index(self, sqlite_journal: SqliteJournal) -> None:
+        journal = sqlite_journal
         synthesize(journal, clients=10, per_client=1000)  # 10,000 rotations, 60,000 steps
         statements: list[str] = []
         journal._db.set_trace_callback(statements.append)
@@ -301,7 +402,7 @@ class TestFlatStatus:
 class TestLock:
     """A client's lock admits one holder (thread or process) and dies with its holder."""
 
-    def test_second_holder_refused(self, journal: SqliteJournal) -> None:
+    def test_second_holder_refused(self, journal: Any) -> None:
         held, release = threading.Event(), threading.Event()
 
         def hold() -> None:
@@ -323,7 +424,7 @@ class TestLock:
         with journal.lock("app"):
             pass
 
-    def test_waiter_gets_it_after_release(self, journal: SqliteJournal) -> None:
+    def test_waiter_gets_it_after_release(self, journal: Any) -> None:
         order: list[str] = []
         held = threading.Event()
 
@@ -340,12 +441,11 @@ class TestLock:
         waiter.join()
         assert order == ["holder done", "waiter"]
 
-    def test_released_when_holder_is_killed(self, journal: SqliteJournal) -> None:
-        code = ("import sys, time\nfrom pathlib import Path\nfrom rotator.journal import Journal\n"
-                "with Journal(Path(sys.argv[1])).lock('app'):\n"
+    def test_released_when_holder_is_killed(self, journal: Any, backend: Backend) -> None:
+        code = ("import os, time\n" + backend.open_code + "with journal.lock('app'):\n"
                 "    print('held', flush=True)\n    time.sleep(600)\n")
-        proc = subprocess.Popen([sys.executable, "-c", code, str(journal.state_dir)],
-                                stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                                env={**os.environ, "ROTATOR_TEST_PLACE": backend.place})
         try:
             assert proc.stdout is not None and proc.stdout.readline() == "held\n"
             with pytest.raises(RotationLocked), journal.lock("app"):
@@ -355,10 +455,14 @@ class TestLock:
             proc.wait()
             assert proc.stdout is not None
             proc.stdout.close()
-        with journal.lock("app"):
+        # PostgreSQL frees an advisory lock once its backend sees the connection end, a moment
+        # after the kill; the flock goes with the process at once.
+        with journal.lock("app", wait=60):
             pass
 
-    def test_symlinked_lock_file_refused(self, journal: SqliteJournal, tmp_path: Path) -> None:
+    def test_symlinked_lock_file_refused(self, sqlite_journal: SqliteJournal,
+                                         tmp_path: Path) -> None:
+        journal = sqlite_journal
         target = tmp_path / "elsewhere"
         target.write_text("")
         (journal.state_dir / "app.lock").symlink_to(target)
@@ -401,3 +505,192 @@ class TestUnsafeFiles:
         first.begin("r-20260101T000000Z-0000000002", "other", "overlap", "cli", None, NOW)
         assert first.get("r-20260101T000000Z-0000000002").client == "other"
         first.close()
+
+
+class TestLeases:
+    """A client's lease has one holder until it expires or is released; each new holder gets a
+    larger fencing token."""
+
+    def test_one_holder_at_a_time(self, journal: Any) -> None:
+        first = journal.acquire_lease("app", "daemon-a", 60)
+        assert first is not None and first.token >= 1 and first.holder == "daemon-a"
+        assert journal.acquire_lease("app", "daemon-b", 60) is None
+        assert journal.acquire_lease("app", "daemon-a", 60) is None  # not reentrant
+        other = journal.acquire_lease("other", "daemon-b", 60)  # other clients are apart
+        assert other is not None
+
+    def test_release_hands_over_with_a_larger_token(self, journal: Any) -> None:
+        first = journal.acquire_lease("app", "daemon-a", 60)
+        journal.release_lease(first)
+        second = journal.acquire_lease("app", "daemon-b", 60)
+        assert second is not None and second.token == first.token + 1
+        journal.release_lease(first)  # a stale release changes nothing
+        assert journal.acquire_lease("app", "daemon-c", 60) is None
+
+    def test_expired_lease_is_taken_over(self, journal: Any) -> None:
+        first = journal.acquire_lease("app", "daemon-a", 0)  # expires at once
+        second = journal.acquire_lease("app", "daemon-b", 60)
+        assert second is not None and second.token == first.token + 1
+        with pytest.raises(LeaseLost, match="taken over"):
+            journal.renew_lease(first, 60)
+
+    def test_renew_keeps_the_token(self, journal: Any) -> None:
+        lease = journal.acquire_lease("app", "daemon-a", 0)
+        renewed = journal.renew_lease(lease, 60)  # expired, but nobody took it: still ours
+        assert renewed.token == lease.token and renewed.expires_at > lease.expires_at
+        assert journal.acquire_lease("app", "daemon-b", 60) is None
+
+    def test_bad_arguments(self, journal: Any) -> None:
+        for holder, ttl in (("", 60), ("x" * 201, 60), ("a\nb", 60), ("daemon", -1)):
+            with pytest.raises(RotationError, match="lease"):
+                journal.acquire_lease("app", holder, ttl)
+
+    def test_racing_acquires(self, journal: Any) -> None:
+        won: list[Any] = []
+        errors = TestThreads().run_all(
+            8, lambda i: won.append(journal.acquire_lease("app", f"d{i}", 60)))
+        assert errors == [] and len([w for w in won if w is not None]) == 1
+
+
+class TestFencing:
+    """A holder whose lease expired and was taken over cannot begin or advance a rotation of
+    that client; the new holder can."""
+
+    def test_taken_over_holder_cannot_advance(self, journal: Any) -> None:
+        old = journal.acquire_lease("app", "daemon-a", 0)  # will expire at once
+        rotation = begin(journal.fenced(old))
+        journal.fenced(old).advance(rotation.id, State.CREATING, NOW, expected=State.STARTED)
+        new = journal.acquire_lease("app", "daemon-b", 60)  # takes over
+        with pytest.raises(LeaseLost, match=f"fencing token {old.token}"):
+            journal.fenced(old).advance(rotation.id, State.CREATED, NOW,
+                                        expected=State.CREATING, secret_ref="stale")
+        after = journal.get(rotation.id)
+        assert after.state is State.CREATING and after.secret_ref is None
+        assert [s.state for s in journal.steps(rotation.id)] == [State.STARTED, State.CREATING]
+        journal.fenced(new).advance(rotation.id, State.ROLLING_BACK, NOW,
+                                    expected=State.CREATING)
+        assert journal.get(rotation.id).state is State.ROLLING_BACK
+
+    def test_taken_over_holder_cannot_begin(self, journal: Any) -> None:
+        old = journal.acquire_lease("app", "daemon-a", 0)
+        journal.acquire_lease("app", "daemon-b", 60)
+        with pytest.raises(LeaseLost):
+            begin(journal.fenced(old))
+        assert journal.latest("app") is None
+
+    def test_lease_of_another_client_is_refused(self, journal: Any) -> None:
+        lease = journal.acquire_lease("other", "daemon-a", 60)
+        with pytest.raises(LeaseLost, match="for client 'other'"):
+            begin(journal.fenced(lease))
+        rotation = begin(journal)
+        with pytest.raises(LeaseLost):
+            journal.fenced(lease).advance(rotation.id, State.CREATING, NOW,
+                                          expected=State.STARTED)
+        assert journal.get(rotation.id).state is State.STARTED
+
+    def test_lease_lost_is_a_conflict(self, journal: Any) -> None:
+        """The engine already stops on JournalConflict without touching anything more."""
+        old = journal.acquire_lease("app", "daemon-a", 0)
+        journal.acquire_lease("app", "daemon-b", 60)
+        with pytest.raises(JournalConflict):
+            begin(journal.fenced(old))
+
+    def test_fenced_view_reads_and_closes_nothing(self, journal: Any) -> None:
+        lease = journal.acquire_lease("app", "daemon-a", 60)
+        fenced = journal.fenced(lease)
+        assert isinstance(fenced, interfaces.Journal)
+        rotation = finish(fenced, begin(fenced))
+        fenced.close()
+        assert journal.last_success("app") == rotation == fenced.get(rotation.id)
+        assert len(fenced.steps(rotation.id)) == 6
+
+
+class TestPostgres:
+    """The PostgreSQL journal migrates once when daemons start together, never shows its URL's
+    password, refuses weak TLS to a remote host, and reconnects once the database is back."""
+
+    def test_concurrent_start_migrates_once(self, postgres_server: Any) -> None:
+        from rotator.journal.postgres import SCHEMA_VERSION as PG_SCHEMA
+        from rotator.journal.postgres import PostgresJournal
+
+        url = postgres_server.create_schema(f"m_{secrets.token_hex(6)}")
+        opened: list[Any] = []
+        errors = TestThreads().run_all(6, lambda _i: opened.append(PostgresJournal(url)))
+        try:
+            assert errors == [] and len(opened) == 6
+            import psycopg
+
+            with psycopg.connect(url) as conn:
+                versions = [r[0] for r in conn.execute(
+                    "SELECT version FROM rotator_schema ORDER BY version")]
+            assert versions == list(range(1, PG_SCHEMA + 1))
+            finish(opened[0], begin(opened[1]))
+        finally:
+            for j in opened:
+                j.close()
+
+    def test_newer_schema_is_refused(self, postgres_server: Any) -> None:
+        import psycopg
+
+        from rotator.journal.postgres import PostgresJournal
+
+        url = postgres_server.create_schema(f"m_{secrets.token_hex(6)}")
+        PostgresJournal(url).close()
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("INSERT INTO rotator_schema VALUES (99)")
+        with pytest.raises(RotationError, match="newer than this rotator knows"):
+            PostgresJournal(url)
+
+    def test_password_never_shown(self, postgres_server: Any) -> None:
+        from rotator.journal.postgres import PostgresJournal
+
+        wrong = postgres_server.url("postgres").replace(postgres_server.password,
+                                                        "not-the-password-123")
+        with pytest.raises(RotationError) as caught:
+            PostgresJournal(wrong)
+        assert "not-the-password-123" not in str(caught.value)
+        assert f"127.0.0.1:{postgres_server.port}/postgres" in str(caught.value)
+        journal = PostgresJournal(postgres_server.url("postgres"))
+        try:
+            assert postgres_server.password not in journal.where
+        finally:
+            journal.close()
+
+    @pytest.mark.parametrize(("url", "problem"), [
+        ("postgresql://u:p@db.internal/rotator", None),  # verify-full is added
+        ("postgresql://u:p@db.internal/rotator?sslmode=verify-ca", None),
+        ("postgresql://u:p@127.0.0.1/rotator?sslmode=disable", None),
+        ("postgresql:///rotator?host=/run/postgresql", None),
+        ("postgresql://u:p@db.internal/rotator?sslmode=require", "sslmode=require to db.internal"),
+        ("postgresql://u:p@127.0.0.1,db2:5433/r?sslmode=prefer", "sslmode=prefer to db2"),
+        ("mysql://u:p@db/rotator", "must be a postgresql:// URL"),
+    ])
+    def test_url_problems(self, url: str, problem: str | None) -> None:
+        from rotator.journal.postgres import url_problem
+
+        found = url_problem(url)
+        assert (found is None) if problem is None else (found is not None and problem in found)
+        if found:
+            assert ":p@" not in found
+        if problem is not None and "sslmode" in problem:
+            assert url_problem(url, allow_weak_tls=True) is None
+
+    def test_reconnects_after_a_restart(self, postgres_server: Any) -> None:
+        from rotator.journal.postgres import PostgresJournal
+
+        journal = PostgresJournal(postgres_server.create_schema(f"r_{secrets.token_hex(6)}"))
+        try:
+            rotation = begin(journal)
+            postgres_server.stop("immediate")
+            try:
+                with pytest.raises(RotationError, match="rotation journal postgresql://"):
+                    journal.advance(rotation.id, State.CREATING, NOW, expected=State.STARTED)
+                with pytest.raises(RotationError), journal.lock("app"):
+                    pass
+            finally:
+                postgres_server.start()
+            finish(journal, journal.get(rotation.id))
+            with journal.lock("app"):
+                pass
+        finally:
+            journal.close()

@@ -36,7 +36,8 @@ from rotator.config import ApiConfig, Config, load_config
 from rotator.daemon.model import Observer, RotationService
 from rotator.daemon.service import Service
 from rotator.errors import ConfigError, RotatorError
-from rotator.journal import SqliteJournal
+from rotator.interfaces import Journal
+from rotator.journal import open_journal
 
 if TYPE_CHECKING:  # imported on use: the API needs the ``daemon`` extra
     from fastapi import FastAPI
@@ -249,10 +250,10 @@ def main(config: Config, out: TextIO, err: TextIO, *, verbose: bool = False) -> 
         with instance_lock(config.state_dir):
             audit = AuditLog.from_config(
                 config, stream=sys.stdout if config.audit.stdout else None)
-            checkpoints: SqliteJournal | None = None
+            checkpoints: Journal | None = None
             try:
                 # Checkpoints of the audit chain, on a journal connection of their own.
-                checkpoints = SqliteJournal(config.state_dir)
+                checkpoints = open_journal(config)
                 audit.record_checkpoints(checkpoints)
                 metrics = _metrics()
                 service = Service(config, audit=audit, observer=metrics)

@@ -32,6 +32,7 @@ import structlog
 
 from rotator.audit import AuditLog
 from rotator.config import ClientConfig, Config
+from rotator.daemon.leases import holder_name, leased
 from rotator.daemon.model import (
     ClientState,
     Observer,
@@ -68,8 +69,8 @@ from rotator.daemon.workers import (
 from rotator.engine import Outcome, utcnow
 from rotator.errors import RotationError, RotationLocked, RotatorError
 from rotator.hooks.runner import sweep
-from rotator.interfaces import IdentityProvider, Journal
-from rotator.journal import SqliteJournal, new_rotation_id
+from rotator.interfaces import IdentityProvider, Journal, State
+from rotator.journal import new_rotation_id, open_journal
 from rotator.secrets import redact
 
 log = structlog.get_logger("rotator.daemon")
@@ -114,6 +115,7 @@ class Service:
         self._idempotency: dict[str, tuple[datetime, Trigger]] = {}
         self._threads: set[threading.Thread] = set()
         self._shared_journal: Journal | None = None
+        self._holder = holder_name()
         self._stopping = threading.Event()
         self._wakeup = threading.Event()
         self._scheduler: threading.Thread | None = None
@@ -236,6 +238,7 @@ class Service:
 
     def trigger_rotation(self, name: str, *, actor: str,
                          idempotency_key: str | None = None) -> Trigger:
+        self._journal_reachable()
         with self._lock:
             self._taking()
             now = self._clock()
@@ -264,6 +267,7 @@ class Service:
         return trigger
 
     def trigger_retirement(self, name: str, *, actor: str, now: bool = False) -> Trigger:
+        self._journal_reachable()
         with self._lock:
             self._taking()
             rec = self._record(name)
@@ -275,6 +279,18 @@ class Service:
             job = self._queue(rec, kind, actor, rec.open.id, retire_now=now)
         self._wakeup.set()
         return Trigger(job.id, name, joined=False)
+
+    def _journal_reachable(self) -> None:
+        """With a journal several daemons share: ``ServiceUnavailable`` while it is away, so a
+        trigger is refused (503) rather than queued where no daemon could record it."""
+        if self._config.journal.url is None:
+            return
+        try:
+            self._journal().latest("-")
+        except RotatorError as exc:
+            raise ServiceUnavailable(
+                f"{redact(str(exc))}; the trigger was not taken: try again once the journal "
+                "database is back") from exc
 
     def verify(self, name: str, *, actor: str) -> Mapping[str, Any]:
         with self._lock:
@@ -381,16 +397,11 @@ class Service:
         outcome: Outcome
         journal = self._journal()
         try:
-            stoppable = cast(Journal, StoppableJournal(journal, self._stopping))
-            wrap = self._wrapper(lambda seconds: throttled.append(seconds))
-            with self._workers(config, job.actor, stoppable, wrap) as worker:
-                if job.kind == "rotate":
-                    # A new rotation takes the id the trigger answered with; one a crash
-                    # left open keeps its own (the job maps one to the other).
-                    outcome = worker.rotate(job.client, rotation_id=job.id)
-                else:
-                    # retire() also drives an open rotation, and never starts a new one.
-                    outcome = worker.retire(job.client, now=job.retire_now)
+            with self._claimed(job, journal) as job_journal:
+                stoppable = cast(Journal, StoppableJournal(job_journal, self._stopping))
+                wrap = self._wrapper(lambda seconds: throttled.append(seconds))
+                outcome = self._rotated_elsewhere(job, job_journal) or \
+                    self._work(job, config, stoppable, wrap)
         except RotationLocked as exc:
             outcome = Outcome(job.client, False, "locked", str(exc))
         except RotatorError as exc:
@@ -403,6 +414,43 @@ class Service:
         with contextlib.suppress(Exception):
             self._observer.rotation_finished(job.client, outcome.action,
                                              time.monotonic() - started)
+
+    def _work(self, job: Job, config: Config, journal: Journal,
+              wrap: Callable[[IdentityProvider], IdentityProvider]) -> Outcome:
+        with self._workers(config, job.actor, journal, wrap) as worker:
+            if job.kind == "rotate":
+                # A new rotation takes the id the trigger answered with; one a crash
+                # left open keeps its own (the job maps one to the other).
+                return worker.rotate(job.client, rotation_id=job.id)
+            # retire() also drives an open rotation, and never starts a new one.
+            return worker.retire(job.client, now=job.retire_now)
+
+    @contextlib.contextmanager
+    def _claimed(self, job: Job, journal: Journal) -> Iterator[Journal]:
+        """The journal ``job`` writes through: with a journal several daemons share, fenced
+        by the client's lease, held while the job runs (see rotator.daemon.leases)."""
+        if self._config.journal.url is None:
+            yield journal
+            return
+        with leased(journal, job.client, self._holder, self._config.daemon.lease) as fenced:
+            yield fenced
+
+    def _rotated_elsewhere(self, job: Job, journal: Journal) -> Outcome | None:
+        """A scheduled rotation's client that another daemon rotated since this one looked."""
+        if job.kind != "rotate" or job.actor != "scheduler" or \
+                self._config.journal.url is None:
+            return None
+        with self._lock:
+            rec = self._records.get(job.client)
+            known = rec.latest.id if rec is not None and rec.latest is not None else None
+        latest = journal.latest(job.client)
+        if latest is None or latest.id == known or latest.id == job.id:
+            return None
+        if latest.state in (State.PROMOTED, State.COMPLETED):
+            return Outcome(job.client, True, "rotated_by_other",
+                           f"rotated by another daemon ({latest.id}) since this one looked",
+                           latest.id, latest.state.value)
+        return None
 
     def _finished(self, job: Job, outcome: Outcome, throttled: list[float],
                   journal: Journal) -> None:
@@ -549,7 +597,7 @@ class Service:
         """The daemon's one journal, shared by the scheduler and every worker thread."""
         with self._lock:
             if self._shared_journal is None:
-                self._shared_journal = SqliteJournal(self._config.state_dir)
+                self._shared_journal = open_journal(self._config)
             return self._shared_journal
 
     def close(self) -> None:

@@ -22,6 +22,8 @@ Schema versions (``PRAGMA user_version``), migrated on open, idempotently:
 3. ``audit_checkpoints``: where each audit log's chain stood now and then
    (:meth:`SqliteJournal.record_audit_checkpoint`).
 
+4. ``leases`` (client, holder, fencing token, expiry on this host's clock).
+
 Every step is idempotent (``IF NOT EXISTS``, columns added only when missing) and all of them
 run whenever the file's version is below :data:`SCHEMA_VERSION`, so versions added on parallel
 branches merge by taking the next number and keeping every step.
@@ -43,24 +45,26 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from rotator._files import UnsafeFile, ensure_private_dir
-from rotator.errors import JournalConflict, RotationError, RotationLocked
+from rotator.errors import JournalConflict, LeaseLost, RotationError, RotationLocked
 from rotator.interfaces import (
     AuditCheckpoint,
     HookRun,
+    Lease,
     Rotation,
     RotationId,
     RotationTarget,
     State,
     Step,
 )
+from rotator.journal.fencing import FencedJournal
 from rotator.secrets import redact
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS rotations (
@@ -124,7 +128,16 @@ CREATE TABLE IF NOT EXISTS audit_checkpoints (
     at TEXT NOT NULL,
     PRIMARY KEY (log, key_id, seq)
 );
+-- version 4
+CREATE TABLE IF NOT EXISTS leases (
+    client TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    token INTEGER NOT NULL,
+    expires_at TEXT NOT NULL
+);
 """
+#: What a released lease expires at: before any clock reading.
+_RELEASED = "0001-01-01T00:00:00+00:00"
 _HOOK_COLUMNS = ("rotation_id, client, stage, hook, status, attempts, required, updated_at, "
                  "next_attempt_at, error")
 
@@ -158,6 +171,14 @@ def _hook_row(row: Sequence[Any]) -> HookRun:
                    attempts=int(row[5]), required=bool(row[6]),
                    updated_at=datetime.fromisoformat(row[7]), next_attempt_at=_ts(row[8]),
                    error=row[9])
+
+
+def check_lease_args(holder: str, ttl: float) -> None:
+    """Refuse a holder name or lease length no journal should store."""
+    if not holder or len(holder) > 200 or not holder.isprintable():
+        raise RotationError("a lease holder must be a printable name of 1 to 200 characters")
+    if not 0 <= ttl <= 86400 * 7:
+        raise RotationError(f"a lease lasts 0 to 604800 seconds, not {ttl}")
 
 
 def _prepare_db_file(path: Path) -> None:
@@ -235,12 +256,19 @@ class SqliteJournal:
               old_fingerprint: str | None, now: datetime, *,
               targets: Sequence[RotationTarget] = (),
               audit_key_id: str | None = None) -> Rotation:
+        return self._begin(rotation_id, client, family, actor, old_fingerprint, now,
+                           targets, audit_key_id, None)
+
+    def _begin(self, rotation_id: RotationId, client: str, family: str, actor: str,
+               old_fingerprint: str | None, now: datetime, targets: Sequence[RotationTarget],
+               audit_key_id: str | None, fence: Lease | None) -> Rotation:
         if not ROTATION_ID.fullmatch(rotation_id):
             raise RotationError(f"{rotation_id!r} is not a usable rotation id: it must match "
                                 f"{ROTATION_ID.pattern}")
         ts = now.isoformat()
         recorded = json.dumps([{"store": t.store, "location": t.location} for t in targets])
         with self._tx():
+            self._check_fence(client, fence, f"rotation {rotation_id} was not begun")
             if self._db.execute("SELECT 1 FROM rotations WHERE id = ?",
                                 (rotation_id,)).fetchone():
                 raise JournalConflict(f"rotation {rotation_id} exists already")
@@ -259,6 +287,11 @@ class SqliteJournal:
 
     def advance(self, rotation_id: RotationId, state: State, now: datetime, *,
                 expected: State, **fields: str | None) -> Rotation:
+        return self._advance(rotation_id, state, now, expected, None, fields)
+
+    def _advance(self, rotation_id: RotationId, state: State, now: datetime,
+                 expected: State, fence: Lease | None, fields: dict[str, str | None]
+                 ) -> Rotation:
         unknown = set(fields) - _FIELDS - _DETAIL_FIELDS
         if unknown:  # pragma: no cover - programming error
             raise ValueError(f"unknown journal fields {unknown}")
@@ -269,6 +302,9 @@ class SqliteJournal:
         ts = now.isoformat()
         sets = "".join(f", {k} = ?" for k in fields)
         with self._tx():
+            if fence is not None:
+                self._check_fence(self._get(rotation_id).client, fence,
+                                  f"rotation {rotation_id} was not moved to {state}")
             updated = self._db.execute(
                 f"UPDATE rotations SET state = ?, updated_at = ?{sets} WHERE id = ? AND state = ?",
                 (state.value, ts, *fields.values(), rotation_id, expected.value),
@@ -280,6 +316,21 @@ class SqliteJournal:
                     f"it, so it was not moved to {state}")
             self._step(rotation_id, state, ts, dict(detail))
             return self._get(rotation_id)
+
+    def _check_fence(self, client: str, fence: Lease | None, what: str) -> None:
+        """Inside a write: ``LeaseLost`` unless ``fence`` is the client's newest lease."""
+        if fence is None:
+            return
+        if fence.client != client:
+            raise LeaseLost(f"the lease given is for client {fence.client!r}, not {client!r}; "
+                            f"{what}")
+        row = self._db.execute("SELECT token, holder FROM leases WHERE client = ?",
+                               (client,)).fetchone()
+        if row is None or int(row[0]) != fence.token:
+            newer = "nobody" if row is None else f"{row[1]} (fencing token {row[0]})"
+            raise LeaseLost(
+                f"client {client!r} is leased to {newer}, not to this writer (fencing token "
+                f"{fence.token}): its lease expired and was taken over, so {what}")
 
     def _step(self, rotation_id: RotationId, state: State, ts: str,
               detail: dict[str, str | None]) -> None:
@@ -387,6 +438,48 @@ class SqliteJournal:
                 "ORDER BY seq", (log, key_id)).fetchall()
             return [AuditCheckpoint(log, key_id, int(seq), str(chain),
                                     datetime.fromisoformat(at)) for seq, chain, at in rows]
+
+    # -- leases ----------------------------------------------------------------------------
+
+    def acquire_lease(self, client: str, holder: str, ttl: float) -> Lease | None:
+        check_lease_args(holder, ttl)
+        now = datetime.now(UTC)
+        expires = (now + timedelta(seconds=ttl)).isoformat()
+        with self._tx():
+            row = self._db.execute("SELECT token, expires_at FROM leases WHERE client = ?",
+                                   (client,)).fetchone()
+            if row is None:
+                token = 1
+                self._db.execute("INSERT INTO leases VALUES (?,?,?,?)",
+                                 (client, holder, token, expires))
+            elif datetime.fromisoformat(row[1]) <= now:
+                token = int(row[0]) + 1
+                self._db.execute("UPDATE leases SET holder = ?, token = ?, expires_at = ? "
+                                 "WHERE client = ?", (holder, token, expires, client))
+            else:
+                return None
+            return Lease(client, holder, token, datetime.fromisoformat(expires))
+
+    def renew_lease(self, lease: Lease, ttl: float) -> Lease:
+        check_lease_args(lease.holder, ttl)
+        expires = (datetime.now(UTC) + timedelta(seconds=ttl)).isoformat()
+        with self._tx():
+            updated = self._db.execute(
+                "UPDATE leases SET expires_at = ? WHERE client = ? AND token = ?",
+                (expires, lease.client, lease.token)).rowcount
+            if not updated:
+                raise LeaseLost(f"the lease on client {lease.client!r} (fencing token "
+                                f"{lease.token}) was taken over by another holder")
+            return Lease(lease.client, lease.holder, lease.token,
+                         datetime.fromisoformat(expires))
+
+    def release_lease(self, lease: Lease) -> None:
+        with self._tx():
+            self._db.execute("UPDATE leases SET expires_at = ? WHERE client = ? AND token = ?",
+                             (_RELEASED, lease.client, lease.token))
+
+    def fenced(self, lease: Lease) -> FencedJournal:
+        return FencedJournal(self, lease)
 
     # -- the lock --------------------------------------------------------------------------
 

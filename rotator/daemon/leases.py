@@ -1,0 +1,85 @@
+"""Leases for daemons sharing one journal: a job holds its client's lease while it runs.
+
+With ``[journal] url_env`` several daemons schedule the same clients. A job first takes the
+client's lease (:meth:`rotator.interfaces.Journal.acquire_lease`); a daemon that finds it held
+reports the client as locked and tries later. While the job runs, a :class:`LeaseKeeper`
+renews the lease every third of its length, and the engine writes through
+``journal.fenced(lease)``, so a daemon that stalled past its lease (a pause, SIGSTOP, a
+partition) and was taken over has every later journal write refused with ``LeaseLost``.
+
+Under the lease the job re-reads the journal: a scheduled rotation whose client another
+daemon rotated since this daemon last looked is skipped (``rotated_by_other``), so two
+daemons that both found a client due rotate it once.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+
+import structlog
+
+from rotator.errors import LeaseLost, RotationLocked, RotatorError
+from rotator.interfaces import Journal, Lease
+
+log = structlog.get_logger("rotator.daemon")
+
+
+def holder_name() -> str:
+    """This daemon's name in lease rows: host, pid and a random tag (pids are reused)."""
+    return f"{socket.gethostname()[:100]}/{os.getpid()}/{secrets.token_hex(4)}"
+
+
+class LeaseKeeper:
+    """Renews a fenced journal's lease every ``ttl / 3`` seconds until stopped."""
+
+    def __init__(self, journal: Journal, ttl: float) -> None:
+        self.journal = journal  # a fenced journal: renewing it moves its lease on
+        self.ttl = ttl
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rotator-lease", daemon=True)
+        self.lost = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        lease: Lease = self.journal.lease  # type: ignore[attr-defined]
+        while not self._stop.wait(self.ttl / 3):
+            try:
+                lease = self.journal.renew_lease(lease, self.ttl)
+            except LeaseLost:
+                self.lost = True
+                log.warning("lease_lost", client=lease.client, token=lease.token)
+                return
+            except RotatorError as exc:  # the database is away: the writes will fail too
+                log.warning("lease_renewal_failed", client=lease.client, error=str(exc))
+
+
+@contextmanager
+def leased(journal: Journal, client: str, holder: str, ttl: float) -> Iterator[Journal]:
+    """Hold ``client``'s lease for the block; yield the journal fenced by it.
+
+    Raises ``RotationLocked`` when another daemon holds the lease.
+    """
+    lease = journal.acquire_lease(client, holder, ttl)
+    if lease is None:
+        raise RotationLocked(f"client {client!r} is being rotated by another daemon")
+    fenced = journal.fenced(lease)
+    keeper = LeaseKeeper(fenced, ttl)
+    keeper.start()
+    try:
+        yield fenced
+    finally:
+        keeper.stop()
+        with suppress(RotatorError):
+            journal.release_lease(fenced.lease)  # type: ignore[attr-defined]

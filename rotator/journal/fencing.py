@@ -1,0 +1,119 @@
+"""A journal whose writes carry a lease's fencing token (:meth:`Journal.fenced`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import Protocol
+
+from rotator.interfaces import (
+    AuditCheckpoint,
+    HookRun,
+    Lease,
+    Rotation,
+    RotationId,
+    RotationTarget,
+    State,
+    Step,
+)
+
+
+class _FenceableJournal(Protocol):
+    """What a journal implementation offers :class:`FencedJournal`: writes taking a fence."""
+
+    def _begin(self, rotation_id: RotationId, client: str, family: str, actor: str,
+               old_fingerprint: str | None, now: datetime, targets: Sequence[RotationTarget],
+               audit_key_id: str | None, fence: Lease | None) -> Rotation: ...
+
+    def _advance(self, rotation_id: RotationId, state: State, now: datetime,
+                 expected: State, fence: Lease | None, fields: dict[str, str | None]
+                 ) -> Rotation: ...
+
+    def get(self, rotation_id: RotationId) -> Rotation: ...
+    def open_rotation(self, client: str) -> Rotation | None: ...
+    def latest(self, client: str) -> Rotation | None: ...
+    def last_success(self, client: str) -> Rotation | None: ...
+    def steps(self, rotation_id: RotationId) -> list[Step]: ...
+    def lock(self, client: str, *, wait: float = 0.0) -> AbstractContextManager[None]: ...
+    def acquire_lease(self, client: str, holder: str, ttl: float) -> Lease | None: ...
+    def renew_lease(self, lease: Lease, ttl: float) -> Lease: ...
+    def release_lease(self, lease: Lease) -> None: ...
+    def record_hook_run(self, run: HookRun) -> None: ...
+    def hook_runs(self, rotation_id: RotationId) -> list[HookRun]: ...
+    def unfinished_hook_runs(self) -> list[HookRun]: ...
+    def record_audit_checkpoint(self, checkpoint: AuditCheckpoint) -> None: ...
+    def audit_checkpoints(self, log: str, key_id: str) -> list[AuditCheckpoint]: ...
+
+
+class FencedJournal:
+    """``inner`` with every write carrying ``lease`` (a Journal itself)."""
+
+    def __init__(self, inner: _FenceableJournal, lease: Lease) -> None:
+        self._inner = inner
+        self.lease = lease
+
+    def begin(self, rotation_id: RotationId, client: str, family: str, actor: str,
+              old_fingerprint: str | None, now: datetime, *,
+              targets: Sequence[RotationTarget] = (),
+              audit_key_id: str | None = None) -> Rotation:
+        return self._inner._begin(rotation_id, client, family, actor, old_fingerprint, now,
+                                  targets, audit_key_id, self.lease)
+
+    def advance(self, rotation_id: RotationId, state: State, now: datetime, *,
+                expected: State, **fields: str | None) -> Rotation:
+        return self._inner._advance(rotation_id, state, now, expected, self.lease, fields)
+
+    def get(self, rotation_id: RotationId) -> Rotation:
+        return self._inner.get(rotation_id)
+
+    def open_rotation(self, client: str) -> Rotation | None:
+        return self._inner.open_rotation(client)
+
+    def latest(self, client: str) -> Rotation | None:
+        return self._inner.latest(client)
+
+    def last_success(self, client: str) -> Rotation | None:
+        return self._inner.last_success(client)
+
+    def steps(self, rotation_id: RotationId) -> list[Step]:
+        return self._inner.steps(rotation_id)
+
+    def lock(self, client: str, *, wait: float = 0.0) -> AbstractContextManager[None]:
+        return self._inner.lock(client, wait=wait)
+
+    # Hook runs and audit checkpoints are not fenced: a hook run records what a hook did
+    # (once per rotation and stage, an upsert), and a checkpoint what a log holds; neither
+    # moves a rotation, so a stale holder writing one cannot undo a newer holder's work.
+    def record_hook_run(self, run: HookRun) -> None:
+        self._inner.record_hook_run(run)
+
+    def hook_runs(self, rotation_id: RotationId) -> list[HookRun]:
+        return self._inner.hook_runs(rotation_id)
+
+    def unfinished_hook_runs(self) -> list[HookRun]:
+        return self._inner.unfinished_hook_runs()
+
+    def record_audit_checkpoint(self, checkpoint: AuditCheckpoint) -> None:
+        self._inner.record_audit_checkpoint(checkpoint)
+
+    def audit_checkpoints(self, log: str, key_id: str) -> list[AuditCheckpoint]:
+        return self._inner.audit_checkpoints(log, key_id)
+
+    def acquire_lease(self, client: str, holder: str, ttl: float) -> Lease | None:
+        return self._inner.acquire_lease(client, holder, ttl)
+
+    def renew_lease(self, lease: Lease, ttl: float) -> Lease:
+        renewed = self._inner.renew_lease(lease, ttl)
+        if lease.token == self.lease.token and lease.client == self.lease.client:
+            self.lease = renewed
+        return renewed
+
+    def release_lease(self, lease: Lease) -> None:
+        self._inner.release_lease(lease)
+
+    def fenced(self, lease: Lease) -> FencedJournal:
+        return FencedJournal(self._inner, lease)
+
+    def close(self) -> None:
+        """Closes nothing: the inner journal belongs to whoever opened it."""

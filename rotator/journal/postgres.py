@@ -1,0 +1,601 @@
+"""The rotation journal on PostgreSQL, shared by several rotator daemons (psycopg 3).
+
+Same contract and semantics as the SQLite journal (:class:`rotator.interfaces.Journal`):
+check-and-set :meth:`~PostgresJournal.advance`, one open rotation per client (here a
+partial unique index, so two daemons racing to begin cannot both win), per-client locks,
+and leases with fencing tokens. ``psycopg`` is the ``postgres`` extra and is imported only
+when a PostgreSQL journal is opened.
+
+Connections: one connection, guarded by a mutex, serves every journal call (a call is one
+short transaction); each held :meth:`~PostgresJournal.lock` keeps a connection of its own
+(a session advisory lock lives as long as its connection), reused from a small idle list.
+A connection that fails is dropped and the next call opens a new one, so the journal
+recovers by itself once the database is back; meanwhile every call raises
+``RotationError`` naming the server (never the URL: it carries the password).
+
+Clocks: lease expiry is judged on the database server's clock (``clock_timestamp()``), the
+one clock every daemon shares. Rotation timestamps are the caller's, as with SQLite.
+
+Schema versions (table ``rotator_schema``), migrated on open under a transaction-scoped
+advisory lock, so that daemons starting together migrate once:
+
+1. rotations and steps, with the indexes status reads use;
+2. leases (client, holder, fencing token, expiry).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+from rotator.errors import JournalConflict, LeaseLost, RotationError, RotationLocked
+from rotator.interfaces import (
+    AuditCheckpoint,
+    HookRun,
+    Lease,
+    Rotation,
+    RotationId,
+    RotationTarget,
+    State,
+    Step,
+)
+from rotator.journal.fencing import FencedJournal
+from rotator.journal.sqlite import ROTATION_ID, check_lease_args
+from rotator.secrets import Secret, redact
+
+if TYPE_CHECKING:
+    import psycopg
+
+SCHEMA_VERSION = 3
+#: The key of the transaction-scoped advisory lock migrations run under ('rotator' in ASCII).
+_MIGRATION_LOCK = 0x726F7461746F72
+
+_OPEN = "state NOT IN ('completed', 'rolled_back', 'failed')"
+_SUCCESS = "state IN ('promoted', 'completed')"
+
+_MIGRATIONS: dict[int, str] = {
+    1: f"""
+CREATE TABLE rotations (
+    seq BIGSERIAL UNIQUE,
+    id TEXT PRIMARY KEY,
+    client TEXT NOT NULL,
+    state TEXT NOT NULL,
+    family TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    started_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL,
+    retire_after TIMESTAMPTZ,
+    old_fingerprint TEXT,
+    new_fingerprint TEXT,
+    secret_ref TEXT,
+    error TEXT,
+    targets TEXT NOT NULL DEFAULT '[]',
+    audit_key_id TEXT
+);
+CREATE INDEX rotations_client ON rotations (client, started_at DESC, seq DESC);
+CREATE UNIQUE INDEX rotations_one_open ON rotations (client) WHERE {_OPEN};
+CREATE INDEX rotations_success ON rotations (client, started_at DESC, seq DESC)
+    WHERE {_SUCCESS};
+CREATE TABLE steps (
+    seq BIGSERIAL PRIMARY KEY,
+    rotation_id TEXT NOT NULL REFERENCES rotations (id),
+    at TIMESTAMPTZ NOT NULL,
+    state TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX steps_rotation ON steps (rotation_id, seq);
+""",
+    2: """
+CREATE TABLE leases (
+    client TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    token BIGINT NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL
+);
+""",
+    3: """
+CREATE TABLE hook_runs (
+    seq BIGSERIAL UNIQUE,
+    rotation_id TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    hook TEXT NOT NULL,
+    client TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    required BOOLEAN NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL,
+    next_attempt_at TIMESTAMPTZ,
+    error TEXT,
+    PRIMARY KEY (rotation_id, stage, hook)
+);
+CREATE INDEX hook_runs_unfinished ON hook_runs (updated_at)
+    WHERE status IN ('running', 'failed');
+CREATE TABLE audit_checkpoints (
+    log TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    chain TEXT NOT NULL,
+    at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (log, key_id, seq)
+);
+""",
+}
+_HOOK_COLUMNS = ("rotation_id, client, stage, hook, status, attempts, required, updated_at, "
+                 "next_attempt_at, error")
+
+_COLUMNS = ("id, client, state, family, actor, started_at, updated_at, retire_after, "
+            "old_fingerprint, new_fingerprint, secret_ref, error, targets, audit_key_id")
+_NEWEST = "ORDER BY started_at DESC, seq DESC LIMIT 1"
+_FIELDS = frozenset({"retire_after", "new_fingerprint", "secret_ref", "error"})
+#: Fields kept only in the step's detail (no column): read back through ``steps``.
+_DETAIL_FIELDS = frozenset({"expires_at"})
+_LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
+#: sslmode values that check the server's certificate; the others let anyone in between
+#: read the password.
+VERIFYING_SSLMODES = ("verify-ca", "verify-full")
+
+
+def _hosts(parts: Any) -> list[str]:
+    """The hosts a postgresql:// URL names: in the authority (comma separated) and ``host=``."""
+    netloc = parts.netloc.rpartition("@")[2]
+    hosts = []
+    for item in netloc.split(","):
+        host = item.rsplit(":", 1)[0] if not item.startswith("[") else item.split("]")[0] + "]"
+        hosts.append(host)
+    for value in parse_qs(parts.query).get("host", []):
+        hosts += value.split(",")
+    return [h for h in hosts if h]
+
+
+def url_problem(url: str, allow_weak_tls: bool = False) -> str | None:
+    """Why ``url`` may not be used as a journal URL, or None. Never quotes the URL."""
+    try:
+        parts = urlsplit(url)
+        query = parse_qs(parts.query)
+    except ValueError as exc:
+        return f"not a valid URL: {type(exc).__name__}"
+    if parts.scheme not in ("postgresql", "postgres"):
+        return "must be a postgresql:// URL"
+    remote = [h for h in _hosts(parts) if not h.startswith("/") and h not in _LOCAL_HOSTS]
+    sslmode = query["sslmode"][-1] if query.get("sslmode") else None
+    if remote and sslmode is not None and sslmode not in VERIFYING_SSLMODES \
+            and not allow_weak_tls:
+        return (f"sslmode={sslmode} to {remote[0]} does not check the server's certificate, "
+                "so whoever answers gets the password: use sslmode=verify-full (the default "
+                "when none is given), or set allow_weak_tls = true in [journal] if you mean it")
+    return None
+
+
+def describe(url: str) -> str:
+    """``postgresql://host:port/database`` without user or password, for messages and logs."""
+    try:
+        parts = urlsplit(url)
+        hosts = ",".join(_hosts(parts)) or "local socket"
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "postgresql://(unparsable URL)"
+    return f"postgresql://{hosts}{port}{parts.path or '/'}"
+
+
+def _row(row: Sequence[Any]) -> Rotation:
+    targets = tuple(RotationTarget(t["store"], t["location"]) for t in json.loads(row[12]))
+    return Rotation(
+        id=row[0], client=row[1], state=State(row[2]), family=row[3], actor=row[4],
+        started_at=row[5], updated_at=row[6], retire_after=row[7], old_fingerprint=row[8],
+        new_fingerprint=row[9], secret_ref=row[10], error=row[11], targets=targets,
+        audit_key_id=row[13],
+    )
+
+
+def _hook_row(row: Sequence[Any]) -> HookRun:
+    return HookRun(rotation_id=row[0], client=row[1], stage=row[2], hook=row[3], status=row[4],
+                   attempts=int(row[5]), required=bool(row[6]), updated_at=row[7],
+                   next_attempt_at=row[8], error=row[9])
+
+
+def _lease(row: Sequence[Any]) -> Lease:
+    return Lease(client=row[0], holder=row[1], token=int(row[2]), expires_at=row[3])
+
+
+class PostgresJournal:
+    """The rotation journal in a PostgreSQL database given by URL (a secret: it may carry a
+    password)."""
+
+    def __init__(self, url: Secret | str) -> None:
+        self._url = url.reveal() if isinstance(url, Secret) else url
+        self.where = describe(self._url)
+        self._password = urlsplit(self._url).password or ""
+        self._mutex = threading.RLock()
+        self._idle: list[psycopg.Connection[Any]] = []
+        self._idle_mutex = threading.Lock()
+        self._closed = False
+        self._db: psycopg.Connection[Any] | None = None
+        try:
+            import psycopg  # noqa: F401 - the postgres extra
+        except ImportError as exc:
+            raise RotationError("a PostgreSQL journal needs the postgres extra: "
+                                "pip install 'rotator[postgres]'") from exc
+        try:
+            with self._tx() as db:
+                self._migrate(db)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- connections -----------------------------------------------------------------------
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        import psycopg
+
+        options: dict[str, Any] = {"autocommit": True, "connect_timeout": 10,
+                                   "application_name": "rotator",
+                                   "keepalives": 1, "keepalives_idle": 30,
+                                   "keepalives_interval": 10, "keepalives_count": 3}
+        parts = urlsplit(self._url)
+        remote = [h for h in _hosts(parts) if not h.startswith("/") and h not in _LOCAL_HOSTS]
+        if remote and "sslmode" not in parse_qs(parts.query):
+            options["sslmode"] = "verify-full"
+        conn = psycopg.connect(self._url, **options)
+        try:  # timestamps come back in UTC, whatever the server's or the URL's time zone
+            conn.execute("SET TIME ZONE 'UTC'")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _error(self, exc: BaseException) -> RotationError:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if self._password:
+            text = text.replace(self._password, "***")
+        return RotationError(f"rotation journal {self.where}: {redact(text)}")
+
+    @contextmanager
+    def _tx(self, *, one_statement: bool = False) -> Iterator[psycopg.Connection[Any]]:
+        """One transaction on the shared connection; database errors become RotationError.
+
+        ``one_statement``: the block runs one statement, atomic on its own in autocommit, so
+        no BEGIN and COMMIT round trips go around it.
+        """
+        import psycopg
+
+        with self._mutex:
+            if self._closed:
+                raise RotationError(f"rotation journal {self.where} is closed")
+            try:
+                if self._db is None or self._db.closed or self._db.broken:
+                    self._db = None
+                    self._db = self._connect()
+                if not one_statement:
+                    with self._db.transaction():
+                        yield self._db
+                else:
+                    yield self._db
+            except psycopg.Error as exc:
+                if self._db is not None and (self._db.broken or self._db.closed
+                                             or isinstance(exc, psycopg.OperationalError)):
+                    with suppress(Exception):
+                        self._db.close()
+                    self._db = None
+                raise self._error(exc) from exc
+
+    def _migrate(self, db: psycopg.Connection[Any]) -> None:
+        db.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        db.execute("CREATE TABLE IF NOT EXISTS rotator_schema (version INTEGER NOT NULL)")
+        row = db.execute("SELECT max(version) FROM rotator_schema").fetchone()
+        version = row[0] if row and row[0] is not None else 0
+        if version > SCHEMA_VERSION:
+            raise RotationError(
+                f"the rotation journal at {self.where} has schema version {version}, newer "
+                f"than this rotator knows ({SCHEMA_VERSION}); upgrade rotator")
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            db.execute(_MIGRATIONS[target].encode())
+            db.execute("INSERT INTO rotator_schema (version) VALUES (%s)", (target,))
+
+    def schema_version(self) -> int:
+        with self._tx(one_statement=True) as db:
+            row = db.execute("SELECT max(version) FROM rotator_schema").fetchone()
+            return int(row[0]) if row and row[0] is not None else 0
+
+    def close(self) -> None:
+        with self._mutex:
+            self._closed = True
+            db, self._db = self._db, None
+        with self._idle_mutex:
+            idle, self._idle = self._idle, []
+        for conn in [db, *idle]:
+            if conn is not None:
+                with suppress(Exception):
+                    conn.close()
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def _check_fence(self, db: psycopg.Connection[Any], client: str, fence: Lease | None,
+                     what: str) -> None:
+        if fence is None:
+            return
+        if fence.client != client:
+            raise LeaseLost(f"the lease given is for client {fence.client!r}, not {client!r}; "
+                            f"{what}")
+        row = db.execute("SELECT token, holder FROM leases WHERE client = %s FOR SHARE",
+                         (client,)).fetchone()
+        if row is None or int(row[0]) != fence.token:
+            newer = "nobody" if row is None else f"{row[1]} (fencing token {row[0]})"
+            raise LeaseLost(
+                f"client {client!r} is leased to {newer}, not to this writer (fencing token "
+                f"{fence.token}): its lease expired and was taken over, so {what}")
+
+    def begin(self, rotation_id: RotationId, client: str, family: str, actor: str,
+              old_fingerprint: str | None, now: datetime, *,
+              targets: Sequence[RotationTarget] = (),
+              audit_key_id: str | None = None) -> Rotation:
+        return self._begin(rotation_id, client, family, actor, old_fingerprint, now,
+                           targets, audit_key_id, None)
+
+    def _begin(self, rotation_id: RotationId, client: str, family: str, actor: str,
+               old_fingerprint: str | None, now: datetime, targets: Sequence[RotationTarget],
+               audit_key_id: str | None, fence: Lease | None) -> Rotation:
+        import psycopg
+
+        if not ROTATION_ID.fullmatch(rotation_id):
+            raise RotationError(f"{rotation_id!r} is not a usable rotation id: it must match "
+                                f"{ROTATION_ID.pattern}")
+        recorded = json.dumps([{"store": t.store, "location": t.location} for t in targets])
+        try:
+            with self._tx() as db:
+                self._check_fence(db, client, fence, f"rotation {rotation_id} was not begun")
+                if db.execute("SELECT 1 FROM rotations WHERE id = %s",
+                              (rotation_id,)).fetchone():
+                    raise JournalConflict(f"rotation {rotation_id} exists already")
+                self._refuse_open(db, client)
+                with db.transaction():  # a savepoint: a lost race is reported, not raised raw
+                    db.execute(
+                        f"INSERT INTO rotations ({_COLUMNS}) VALUES "
+                        "(%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                        (rotation_id, client, State.STARTED.value, family, actor, now, now,
+                         None, old_fingerprint, None, None, None, recorded, audit_key_id))
+                self._step(db, rotation_id, State.STARTED, now, {})
+                return self._get(db, rotation_id)
+        except RotationError as exc:
+            if not isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
+                raise
+        # Another daemon began a rotation (or used this id) between the check and the insert.
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM rotations WHERE id = %s", (rotation_id,)).fetchone():
+                raise JournalConflict(f"rotation {rotation_id} exists already")
+            self._refuse_open(db, client)
+        raise JournalConflict(f"client {client!r} began another rotation at the same time")
+
+    def _refuse_open(self, db: psycopg.Connection[Any], client: str) -> None:
+        open_rotation = self._one(db, f"WHERE client = %s AND {_OPEN} {_NEWEST}", client)
+        if open_rotation is not None:
+            raise JournalConflict(
+                f"client {client!r} has an unfinished rotation {open_rotation.id} "
+                f"({open_rotation.state}); finish it before beginning another")
+
+    def advance(self, rotation_id: RotationId, state: State, now: datetime, *,
+                expected: State, **fields: str | None) -> Rotation:
+        return self._advance(rotation_id, state, now, expected, None, fields)
+
+    def _advance(self, rotation_id: RotationId, state: State, now: datetime,
+                 expected: State, fence: Lease | None, fields: dict[str, str | None]
+                 ) -> Rotation:
+        unknown = set(fields) - _FIELDS - _DETAIL_FIELDS
+        if unknown:  # pragma: no cover - programming error
+            raise ValueError(f"unknown journal fields {unknown}")
+        if fields.get("error") is not None:
+            fields["error"] = redact(str(fields["error"]))
+        detail: dict[str, str | None] = {k: v for k, v in fields.items() if v}
+        fields = {k: v for k, v in fields.items() if k in _FIELDS}
+        values: list[Any] = [datetime.fromisoformat(v) if k == "retire_after" and v else v
+                             for k, v in fields.items()]
+        sets = "".join(f", {k} = %s" for k in fields)
+        with self._tx() as db:
+            if fence is not None:
+                row = db.execute("SELECT client FROM rotations WHERE id = %s",
+                                 (rotation_id,)).fetchone()
+                if row is None:
+                    raise RotationError(f"no rotation {rotation_id} in the journal")
+                self._check_fence(db, row[0], fence,
+                                  f"rotation {rotation_id} was not moved to {state}")
+            updated = db.execute(
+                f"UPDATE rotations SET state = %s, updated_at = %s{sets} "
+                "WHERE id = %s AND state = %s",
+                (state.value, now, *values, rotation_id, expected.value)).rowcount
+            if not updated:
+                actual = self._get(db, rotation_id).state
+                raise JournalConflict(
+                    f"rotation {rotation_id} is {actual}, not {expected}: another writer moved "
+                    f"it, so it was not moved to {state}")
+            self._step(db, rotation_id, state, now, detail)
+            return self._get(db, rotation_id)
+
+    def _step(self, db: psycopg.Connection[Any], rotation_id: RotationId, state: State,
+              at: datetime, detail: dict[str, str | None]) -> None:
+        db.execute("INSERT INTO steps (rotation_id, at, state, detail) VALUES (%s,%s,%s,%s)",
+                   (rotation_id, at, state.value, json.dumps(detail)))
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _one(self, db: psycopg.Connection[Any], where: str, *params: str) -> Rotation | None:
+        row = db.execute(f"SELECT {_COLUMNS} FROM rotations {where}", params).fetchone()
+        return _row(row) if row else None
+
+    def _get(self, db: psycopg.Connection[Any], rotation_id: RotationId) -> Rotation:
+        rotation = self._one(db, "WHERE id = %s", rotation_id)
+        if rotation is None:
+            raise RotationError(f"no rotation {rotation_id} in the journal")
+        return rotation
+
+    def get(self, rotation_id: RotationId) -> Rotation:
+        with self._tx(one_statement=True) as db:
+            return self._get(db, rotation_id)
+
+    def open_rotation(self, client: str) -> Rotation | None:
+        with self._tx(one_statement=True) as db:
+            return self._one(db, f"WHERE client = %s AND {_OPEN} {_NEWEST}", client)
+
+    def latest(self, client: str) -> Rotation | None:
+        with self._tx(one_statement=True) as db:
+            return self._one(db, f"WHERE client = %s {_NEWEST}", client)
+
+    def last_success(self, client: str) -> Rotation | None:
+        with self._tx(one_statement=True) as db:
+            return self._one(db, f"WHERE client = %s AND {_SUCCESS} {_NEWEST}", client)
+
+    def steps(self, rotation_id: RotationId) -> list[Step]:
+        with self._tx(one_statement=True) as db:
+            rows = db.execute("SELECT at, state, detail FROM steps WHERE rotation_id = %s "
+                              "ORDER BY seq", (rotation_id,)).fetchall()
+            return [Step(a, State(s), json.loads(d)) for a, s, d in rows]
+
+    # -- hook runs and audit checkpoints ---------------------------------------------------
+
+    def record_hook_run(self, run: HookRun) -> None:
+        error = redact(run.error) if run.error is not None else None
+        with self._tx(one_statement=True) as db:
+            db.execute(
+                f"INSERT INTO hook_runs ({_HOOK_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
+                "ON CONFLICT (rotation_id, stage, hook) DO UPDATE SET status = excluded.status,"
+                " attempts = excluded.attempts, required = excluded.required, "
+                "updated_at = excluded.updated_at, next_attempt_at = excluded.next_attempt_at,"
+                " error = excluded.error",
+                (run.rotation_id, run.client, run.stage, run.hook, run.status, run.attempts,
+                 run.required, run.updated_at, run.next_attempt_at, error))
+
+    def hook_runs(self, rotation_id: RotationId) -> list[HookRun]:
+        with self._tx(one_statement=True) as db:
+            rows = db.execute(f"SELECT {_HOOK_COLUMNS} FROM hook_runs WHERE rotation_id = %s "
+                              "ORDER BY seq", (rotation_id,)).fetchall()
+            return [_hook_row(r) for r in rows]
+
+    def unfinished_hook_runs(self) -> list[HookRun]:
+        with self._tx(one_statement=True) as db:
+            rows = db.execute(f"SELECT {_HOOK_COLUMNS} FROM hook_runs WHERE status "
+                              "IN ('running', 'failed') ORDER BY updated_at").fetchall()
+            return [_hook_row(r) for r in rows]
+
+    def record_audit_checkpoint(self, checkpoint: AuditCheckpoint) -> None:
+        with self._tx(one_statement=True) as db:
+            db.execute("INSERT INTO audit_checkpoints (log, key_id, seq, chain, at) "
+                       "VALUES (%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
+                       (checkpoint.log, checkpoint.key_id, checkpoint.seq, checkpoint.chain,
+                        checkpoint.at))
+
+    def audit_checkpoints(self, log: str, key_id: str) -> list[AuditCheckpoint]:
+        with self._tx(one_statement=True) as db:
+            rows = db.execute("SELECT seq, chain, at FROM audit_checkpoints WHERE log = %s "
+                              "AND key_id = %s ORDER BY seq", (log, key_id)).fetchall()
+            return [AuditCheckpoint(log, key_id, int(seq), str(chain), at)
+                    for seq, chain, at in rows]
+
+    # -- leases ----------------------------------------------------------------------------
+
+    def acquire_lease(self, client: str, holder: str, ttl: float) -> Lease | None:
+        check_lease_args(holder, ttl)
+        with self._tx(one_statement=True) as db:
+            row = db.execute(
+                "INSERT INTO leases AS l (client, holder, token, expires_at) "
+                "VALUES (%s, %s, 1, clock_timestamp() + make_interval(secs => %s)) "
+                "ON CONFLICT (client) DO UPDATE SET holder = excluded.holder, "
+                "token = l.token + 1, expires_at = excluded.expires_at "
+                "WHERE l.expires_at <= clock_timestamp() "
+                "RETURNING client, holder, token, expires_at", (client, holder, ttl)).fetchone()
+            return _lease(row) if row else None
+
+    def renew_lease(self, lease: Lease, ttl: float) -> Lease:
+        check_lease_args(lease.holder, ttl)
+        with self._tx(one_statement=True) as db:
+            row = db.execute(
+                "UPDATE leases SET expires_at = clock_timestamp() + make_interval(secs => %s) "
+                "WHERE client = %s AND token = %s "
+                "RETURNING client, holder, token, expires_at",
+                (ttl, lease.client, lease.token)).fetchone()
+            if row is None:
+                raise LeaseLost(f"the lease on client {lease.client!r} (fencing token "
+                                f"{lease.token}) was taken over by another holder")
+            return _lease(row)
+
+    def release_lease(self, lease: Lease) -> None:
+        with self._tx(one_statement=True) as db:
+            db.execute("UPDATE leases SET expires_at = '-infinity' "
+                       "WHERE client = %s AND token = %s", (lease.client, lease.token))
+
+    def fenced(self, lease: Lease) -> FencedJournal:
+        return FencedJournal(self, lease)
+
+    # -- the lock --------------------------------------------------------------------------
+
+    @contextmanager
+    def lock(self, client: str, *, wait: float = 0.0) -> Iterator[None]:
+        """Hold the client's rotation lock (a session advisory lock) for the ``with`` block.
+
+        The lock lives on a connection of its own: the server releases it when that
+        connection ends (the holder died, or the network between them failed; see the
+        leases for a holder that does not know it lost the lock).
+        """
+        import psycopg
+
+        key = f"rotator.client:{client}"
+        conn = self._checkout()
+        locked = False
+        try:
+            deadline = time.monotonic() + wait
+            delay = 0.01
+            while True:
+                row = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))",
+                                   (key,)).fetchone()
+                if row and row[0]:
+                    locked = True
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise RotationLocked(
+                        f"client {client!r} is being rotated by another process")
+                time.sleep(min(delay, remaining))
+                delay = min(delay * 2, 0.25)
+        except psycopg.Error as exc:
+            with suppress(Exception):
+                conn.close()
+            raise self._error(exc) from exc
+        except BaseException:
+            self._checkin(conn)
+            raise
+        try:
+            yield
+        finally:
+            try:
+                if locked:
+                    conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+                self._checkin(conn)
+            except psycopg.Error:
+                with suppress(Exception):
+                    conn.close()  # the server releases the lock with the connection
+
+    def _checkout(self) -> psycopg.Connection[Any]:
+        import psycopg
+
+        with self._idle_mutex:
+            while self._idle:
+                conn = self._idle.pop()
+                if not (conn.closed or conn.broken):
+                    return conn
+        if self._closed:
+            raise RotationError(f"rotation journal {self.where} is closed")
+        try:
+            return self._connect()
+        except psycopg.Error as exc:
+            raise self._error(exc) from exc
+
+    def _checkin(self, conn: psycopg.Connection[Any]) -> None:
+        with self._idle_mutex:
+            if not self._closed and not (conn.closed or conn.broken) and len(self._idle) < 8:
+                self._idle.append(conn)
+                return
+        with suppress(Exception):
+            conn.close()
