@@ -1,9 +1,11 @@
 """Files that hold secrets or state: private directories, safe opens, atomic writes.
 
 Threat model (``docs/security.md``): other local users on a shared host are not trusted. So a
-file rotator writes or reads secrets from is opened without following symlinks, must belong
-to this user and must not be open to the group or others; a directory rotator keeps state in
-must belong to this user and must not be writable by others.
+file rotator writes is opened without following symlinks, must belong to this user and must
+not be open to the group or others; a directory rotator keeps state in must belong to this
+user and must not be writable by others. A secret file rotator only reads may be a symlink
+(a Kubernetes secret volume is a chain of them): it is followed only when nobody else could
+swap a link or a directory on the way (see :func:`read_private_file`).
 
 Every function raises :class:`UnsafeFile` (an ``OSError``) with a message that names the path
 and says what to do, never a secret.
@@ -77,9 +79,107 @@ def open_private(path: Path, flags: int, mode: int = 0o600) -> int:
     return fd
 
 
+#: Symlinks followed at most while resolving one path (Linux's own limit).
+_MAX_LINKS = 40
+_TRUSTED_OWNERS = "this user or root"
+
+
+def _resolve(path: Path) -> tuple[Path, list[Path]]:
+    """The real path of ``path`` and the real directory holding each symlink on the way.
+
+    Walks one component at a time, as the kernel does, so every link is seen, including
+    one in the middle of the path (Kubernetes' ``..data``).
+    """
+    pending = list(Path(os.path.abspath(path)).parts[1:])
+    done = Path("/")
+    link_dirs: list[Path] = []
+    while pending:
+        name = pending.pop(0)
+        if name == "..":
+            done = done.parent
+            continue
+        if name in ("", "."):
+            continue
+        candidate = done / name
+        if not stat.S_ISLNK(os.lstat(candidate).st_mode):
+            done = candidate
+            continue
+        if len(link_dirs) == _MAX_LINKS:
+            raise UnsafeFile(f"{path} goes through more than {_MAX_LINKS} symbolic links")
+        link_dirs.append(done)
+        target = Path(os.readlink(candidate))
+        if target.is_absolute():
+            done = Path("/")
+        pending = [part for part in target.parts if part != "/"] + pending
+    return done, link_dirs
+
+
+def _dirs_between(top: Path, bottom: Path) -> list[Path]:
+    """``bottom`` and its ancestors up to where it meets ``top``'s ancestry, inclusive."""
+    common = Path(os.path.commonpath([top, bottom]))
+    dirs = [bottom]
+    while dirs[-1] != common:
+        dirs.append(dirs[-1].parent)
+    return dirs
+
+
+def _check_link_dir(path: Path, directory: Path) -> None:
+    info = os.stat(directory)
+    if info.st_uid not in (os.geteuid(), 0):
+        raise UnsafeFile(f"{path} is a symbolic link through {directory}, which belongs to "
+                         f"another user (uid {info.st_uid}); every directory on the way must "
+                         f"belong to {_TRUSTED_OWNERS}")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UnsafeFile(f"{path} is a symbolic link through {directory}, which other users "
+                         f"may write (mode {_mode(info)}), so they could swap the link; "
+                         "chmod go-w it or point the setting at the real file")
+
+
+def _open_through_links(path: Path) -> int:
+    """Open a symlinked secret file for reading when nobody else can redirect the links."""
+    real, link_dirs = _resolve(path)
+    own_dir = Path(os.path.realpath(path.parent))
+    checked: set[Path] = set()
+    for end in [*link_dirs, real.parent]:
+        for directory in _dirs_between(own_dir, end):
+            if directory not in checked:
+                checked.add(directory)
+                _check_link_dir(path, directory)
+    if not stat.S_ISREG(os.lstat(real).st_mode):
+        raise UnsafeFile(f"{path} is a symbolic link to {real}, which is not a regular file")
+    # O_NONBLOCK: should a FIFO appear after the check, opening it must not hang.
+    fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnsafeFile(f"{path} is a symbolic link to {real}, which is not a regular file")
+        if info.st_uid not in (os.geteuid(), 0):
+            raise UnsafeFile(f"{path} is a symbolic link to {real}, which belongs to another "
+                             f"user (uid {info.st_uid})")
+        if info.st_mode & 0o077:
+            raise UnsafeFile(f"{path} is a symbolic link to {real}, which is open to other "
+                             f"users (mode {_mode(info)}); chmod 600 it (Kubernetes: "
+                             "defaultMode 0400)")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def read_private_file(path: Path) -> bytes:
-    """Read a whole file through :func:`open_private` (checked on the opened descriptor)."""
-    fd = open_private(path, os.O_RDONLY)
+    """Read a whole file of secrets: through :func:`open_private` (checked on the opened
+    descriptor), or, when ``path`` is a symlink, through :func:`_open_through_links`.
+
+    A symlink is followed only when nobody else could swap it: the final file must be a
+    regular file of this user's or root's that neither the group nor others may open, and
+    every directory on the way (from the link's own directory down to the file, and each
+    directory holding a link followed) must belong to this user or root and be writable by
+    neither the group nor others.
+    """
+    if stat.S_ISLNK(os.lstat(path).st_mode):
+        fd = _open_through_links(path)
+    else:
+        fd = open_private(path, os.O_RDONLY | os.O_NONBLOCK)
     with os.fdopen(fd, "rb") as handle:
         return handle.read()
 

@@ -48,6 +48,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_BROKEN_PIPE = 141
 #: How long ``rotate`` waits, by default, for another process rotating the same client.
 DEFAULT_LOCK_WAIT = 300.0
+#: Renderers for the operational log on stderr (``--log-format``); not the audit log.
+LOG_FORMATS = ("console", "json")
 
 
 #: Where ``--help`` goes: the ``out`` stream given to :func:`run`.
@@ -100,6 +102,10 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="machine-readable output")
     common.add_argument("-v", "--verbose", action="store_true",
                         help="debug log on stderr (tracebacks included)")
+    common.add_argument("--log-format", choices=LOG_FORMATS, default="console",
+                        help="how log lines on stderr look: console (key=value, for people) "
+                             "or json (one object a line, for a log shipper); both start with "
+                             "an ISO 8601 UTC timestamp (default: %(default)s)")
 
     parser = _Parser(prog="rotator", description="Rotate OAuth 2.0 client secrets, verified "
                                                  "and audited.")
@@ -263,16 +269,35 @@ def _journal_checkpoints(config: Config, key: Secret, files: list[Path]) -> list
     return [Checkpoint(c.seq, c.chain) for c in kept]
 
 
-def _setup_logging(verbose: bool, stream: TextIO) -> None:
+
+
+def _json_default(value: object) -> str:
+    """What the JSON log shows for a value JSON cannot carry: its text, redacted."""
+    return redact(str(value))
+
+
+def _setup_logging(verbose: bool, stream: TextIO, log_format: str = "console") -> None:
+    """Operational log lines on ``stream``: timestamped (ISO 8601, UTC), redacted, and in
+    ``log_format`` (``console`` or ``json``)."""
     install_log_safety()
     level = logging.DEBUG if verbose else logging.WARNING
+    renderer: structlog.typing.Processor
+    if log_format == "json":
+        renderer = structlog.processors.JSONRenderer(default=_json_default)
+    else:
+        console = structlog.dev.ConsoleRenderer(colors=False)
+
+        def renderer(logger: Any, method: str, event_dict: structlog.typing.EventDict) -> str:
+            # The console shows objects by repr, which redact_processor does not see.
+            return redact(console(logger, method, event_dict))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             redact_processor,
-            structlog.dev.ConsoleRenderer(colors=False),
+            renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(stream),
@@ -526,7 +551,7 @@ def run(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
         return EXIT_USAGE
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
-    _setup_logging(args.verbose, err)
+    _setup_logging(args.verbose, err, args.log_format)
     log = structlog.get_logger("rotator.cli")
     try:
         # status reads stores and asks the IdP's token endpoint: no audit key, no admin secret

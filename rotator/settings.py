@@ -68,8 +68,9 @@ class Setting:
 
 
 def read_secret_file(path: Path) -> Secret:
-    """Read a secret from ``path``: a file of this user's, not a symlink, that neither the
-    group nor others may open (checked on the opened file, as ssh does for keys).
+    """Read a secret from ``path``: a file of this user's that neither the group nor others
+    may open (checked on the opened file, as ssh does for keys), or a symlink to such a file
+    that no one else can swap (see :func:`rotator._files.read_private_file`).
 
     Raises ValueError with a reason fit for a configuration problem.
     """

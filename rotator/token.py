@@ -5,7 +5,8 @@ library to obtain tokens. :class:`TokenRequest` says what to ask for; :func:`req
 and :func:`request_token_async` send it with an ``httpx`` client the caller owns, and
 :func:`parse_token_response` turns the answer into a :class:`Token` or a precise error:
 
-- ``invalid_client`` (or a 401 without a body) → :class:`~rotator.errors.InvalidClient`
+- ``invalid_client`` (or a 401 without a body, or a 403 with an empty body, as Glewlwyd
+  answers a wrong secret) → :class:`~rotator.errors.InvalidClient`
 - ``invalid_scope`` or a granted scope narrower than required → ``InvalidScope``. When the
   response omits ``scope`` and the access token is a JWT, its ``scope``/``scp`` claim says
   what was granted (read, not verified: only the resource server checks the signature);
@@ -191,9 +192,11 @@ def parse_token_response(
                 f"token endpoint {where} refused the credentials: {error}{detail}",
                 error=error, status=status,
             )
-        if status == 401:
+        if status == 401 or (status == 403 and not response.content.strip()):
+            # A 403 with nothing in it is Glewlwyd's answer to a wrong secret; a 403 that
+            # says why (access_denied, a scope) is a policy refusal and stays as it is.
             raise InvalidClient(
-                f"token endpoint {where} refused the credentials (HTTP 401){detail}",
+                f"token endpoint {where} refused the credentials (HTTP {status}){detail}",
                 error=error, status=status,
             )
         raise BadTokenResponse(

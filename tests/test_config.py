@@ -708,12 +708,20 @@ class TestSecretFilePermissions:
         os.chown(_with_key_file(d), NOBODY, NOBODY)
         _find(_problems(d), "audit.key_file", ("belongs to another user",))
 
-    def test_symlink_refused(self, tmp_path: Path) -> None:
+    def test_symlink_to_a_private_file_in_a_private_directory_is_read(
+            self, tmp_path: Path) -> None:
         d = Draft(tmp_path)
         real = _with_key_file(d)
         real.rename(tmp_path / "real.key")
         real.symlink_to(tmp_path / "real.key")
-        _find(_problems(d), "audit.key_file", ("symbolic link",))
+        assert d.load().audit.key.reveal() == (tmp_path / "real.key").read_text().strip()
+
+    def test_symlink_to_a_group_readable_file_refused(self, tmp_path: Path) -> None:
+        d = Draft(tmp_path)
+        real = _with_key_file(d, 0o640)
+        real.rename(tmp_path / "real.key")
+        real.symlink_to(tmp_path / "real.key")
+        _find(_problems(d), "audit.key_file", ("symbolic link", "open to other users", "640"))
 
     def test_idp_secret_file_too(self, tmp_path: Path) -> None:
         d = Draft(tmp_path)

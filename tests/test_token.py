@@ -229,7 +229,14 @@ class TestErrorResponses:
                          "unauthorized_client", id="keycloak-401-unauthorized_client"),
             pytest.param(400, {"error": "invalid_request"}, BadTokenResponse,
                          "invalid_request", id="other-oauth-error"),
-            pytest.param(403, None, BadTokenResponse, None, id="bare-403"),
+            # Glewlwyd's answer to a wrong secret: 403 with an empty body.
+            pytest.param(403, None, InvalidClient, None, id="empty-403"),
+            pytest.param(403, "  \n", InvalidClient, None, id="blank-403"),
+            pytest.param(403, {"error": "access_denied"}, BadTokenResponse, "access_denied",
+                         id="403-access_denied"),
+            pytest.param(403, {"error_description": "scope not allowed"}, BadTokenResponse,
+                         None, id="403-with-description"),
+            pytest.param(403, "Forbidden", BadTokenResponse, None, id="403-text-body"),
         ],
     )
     def test_oauth_errors(self, send: Callable[..., Token], status: int, body: Any,
@@ -283,6 +290,22 @@ class TestErrorResponses:
         with pytest.raises(TokenEndpointUnavailable) as info:
             send(_error(429, None, headers={"Retry-After": when}))
         assert info.value.retry_after == 0.0
+
+
+@pytest.mark.parametrize("send", SENDERS)
+class TestEmptyForbidden:
+    """A 403 with an empty body (Glewlwyd's wrong secret) reads as refused credentials; a
+    403 that says why does not."""
+
+    def test_empty_403_is_refused_credentials(self, send: Callable[..., Token]) -> None:
+        with pytest.raises(InvalidClient, match=r"refused the credentials \(HTTP 403\)$"):
+            send(_error(403))
+
+    def test_access_denied_403_keeps_its_reason(self, send: Callable[..., Token]) -> None:
+        with pytest.raises(BadTokenResponse, match=r"answered HTTP 403 \(access_denied: "
+                                                   r"scope billing not allowed\)"):
+            send(_error(403, {"error": "access_denied",
+                              "error_description": "scope billing not allowed"}))
 
 
 @pytest.mark.parametrize("send", SENDERS)

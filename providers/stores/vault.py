@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -89,6 +89,21 @@ _PREV_RID = "rotator_previous_rotation_id"
 _OURS = (_RID, _AT, _CUR, _PREV, _PREV_RID)
 #: How long a path as last read or written may stand in for a fresh read before a write.
 _MEMO_SECONDS = 30.0
+
+
+def _mount_problem(mount: str) -> str | None:
+    """Why ``mount`` is not a plain mount path such as ``secret`` or ``team/kv``, or None.
+
+    One trailing '/' is accepted (Vault lists mounts as ``secret/``) and dropped.
+    """
+    if any(c in mount for c in "?#%\\") or not mount.isprintable() or any(
+            c.isspace() for c in mount):
+        return "must not contain '?', '#', '%', '\\', spaces or control characters"
+    path = mount[:-1] if mount.endswith("/") else mount
+    if any(seg in ("", ".", "..") for seg in path.split("/")):
+        return ("must be a mount path such as secret or team/kv: no empty, '.' or '..' "
+                "segments, no leading '/' and at most one trailing '/'")
+    return None
 
 
 def _time(value: object) -> datetime | None:
@@ -226,6 +241,17 @@ class VaultStore:
         if location.endswith(".pending"):
             return "must not end in '.pending': that is where a pending credential is staged"
         return None
+
+    @staticmethod
+    def validate_settings(settings: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """The mounts become parts of request paths: refuse any that would leave theirs."""
+        problems = []
+        for key in ("mount", "approle_mount"):
+            value = settings.get(key)
+            reason = _mount_problem(value) if isinstance(value, str) else None
+            if reason:
+                problems.append((key, reason))
+        return problems
 
     def __init__(self, name: str, settings: dict[str, Any]) -> None:
         self.name = name
