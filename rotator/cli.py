@@ -269,8 +269,6 @@ def _journal_checkpoints(config: Config, key: Secret, files: list[Path]) -> list
     return [Checkpoint(c.seq, c.chain) for c in kept]
 
 
-
-
 def _json_default(value: object) -> str:
     """What the JSON log shows for a value JSON cannot carry: its text, redacted."""
     return redact(str(value))
