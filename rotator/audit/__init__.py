@@ -174,6 +174,7 @@ class AuditLog:
         if stream is not None:
             targets.append((format, StreamSink(stream, chain)))
         self._sinks = [sink for _, sink in targets]
+        # Bound once: the lazy proxy wrap_logger returns would rebuild the logger per event.
         self._log = structlog.wrap_logger(
             _Writer(targets),
             # Independent of the diagnostic log's level: audit events are never filtered.
@@ -184,7 +185,7 @@ class AuditLog:
                 structlog.processors.EventRenamer("message"),
                 _catalogued,
             ],
-        )
+        ).bind()
 
     def fingerprint(self, secret: Secret) -> str:
         """The keyed fingerprint of ``secret`` for this audit log."""
