@@ -234,8 +234,11 @@ def _caller_with(role: Role) -> Callable[..., Caller]:
     return dependency
 
 
-def _no_unknown_query(request: Request) -> None:
-    """Refuse query parameters the route does not take: a misspelt option is not ignored."""
+async def _no_unknown_query(request: Request) -> None:
+    """Refuse query parameters the route does not take: a misspelt option is not ignored.
+
+    ``async``: it only reads the request, so it runs on the event loop, not in a thread.
+    """
     route = request.scope.get("route")
     dependant = getattr(route, "dependant", None)
     if dependant is None:
