@@ -103,3 +103,23 @@ class TestFailedSync:
         assert len(calls) == 2
         assert Checkpoint.load(checkpoint_path(file)) == Checkpoint(
             2, _last_chain(file))
+
+
+class TestReopenInPlace:
+    """A reopen asked for (SIGHUP) while the log was not moved goes on writing the same file:
+    the next event is written, and close() returns."""
+
+    def test_event_after_reopen_of_an_unmoved_log(self, tmp_path: Path) -> None:
+        file = tmp_path / "audit.jsonl"
+        log = AuditLog(Secret(KEY), file=file)
+        log.event("rotation_step", step="before")
+        log.reopen()  # SIGHUP, nothing moved
+        writer = threading.Thread(target=log.event, args=("rotation_step",),
+                                  kwargs={"step": "after"}, daemon=True)
+        writer.start()
+        writer.join(timeout=30)  # a bound for a hang, not a measured time
+        assert not writer.is_alive(), "the event after the reopen never finished"
+        log.close()
+        problem, count = verify(chain_key(KEY.encode()), [file],
+                                Checkpoint.load(checkpoint_path(file)))
+        assert (problem, count) == (None, 2)

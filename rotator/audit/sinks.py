@@ -133,8 +133,8 @@ class FileSink:
         sync_fd, sealed_to = -1, None
         try:
             sync_fd, sealed_to = self._append(batch.lines)
-        except (OSError, ValueError) as exc:
-            batch.error = exc
+        except Exception as exc:  # a reopen's ConfigError too: every writer
+            batch.error = exc  # of the batch hears of it, none waits for it forever
         finally:
             self._cond.acquire()
             self._appending = False
@@ -149,7 +149,7 @@ class FileSink:
             _sync(sync_fd)
             if sealed_to is not None:
                 self._write_checkpoint(sealed_to)
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # reported to every writer of the batch
             batch.error = exc
         finally:
             os.close(sync_fd)
@@ -210,6 +210,11 @@ class FileSink:
         if moved or self._reopen:
             self._reopen = False
             fd = open_log(self.file)
+            if not moved and os.path.samestat(os.fstat(fd), own):
+                # The same file: keep the descriptor that holds the lock. Locking the file
+                # again through a second descriptor would wait for this one forever.
+                os.close(fd)
+                return own.st_size
             fcntl.flock(fd, fcntl.LOCK_EX)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
