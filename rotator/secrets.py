@@ -51,6 +51,8 @@ MAX_REMEMBERED_FORMS = 100_000
 _GRAM = 8
 _GRAMS = struct.Struct(f"{_GRAM}s")
 _PERCENT_HEX = re.compile(r"%[0-9A-F]{2}")
+#: Characters no escaping or percent-encoding changes (RFC 3986 unreserved).
+_UNRESERVED = re.compile(r"[A-Za-z0-9._~-]*")
 #: Where a whole word may start: a position not preceded by a letter or digit.
 _WORD_START = re.compile(r"(?<![^\W_])(?=\S)")
 
@@ -68,6 +70,10 @@ _ESCAPE_DEPTH = 3
 
 def _encodings(value: str) -> set[str]:
     """The forms ``value`` takes in URLs, form bodies, (nested) JSON, reprs and base64."""
+    if _UNRESERVED.fullmatch(value):
+        # Every escaping and percent-encoding leaves these characters as they are (most
+        # generated secrets and access tokens): only the base64 forms differ.
+        return {value} | _base64_forms(value)
     forms, frontier = {value}, {value}
     for _ in range(_ESCAPE_DEPTH):
         frontier = {escape(form) for form in frontier for escape in _ESCAPES} - forms

@@ -331,12 +331,7 @@ class EnvStore:
             return None
         rid_key = {Stage.CURRENT: "rid", Stage.PENDING: "pending_rid",
                    Stage.PREVIOUS: "previous_rid"}[stage]
-        promoted_at = None
-        if stage is Stage.CURRENT and v.get(n["at"]):
-            try:
-                promoted_at = datetime.fromisoformat(v[n["at"]])
-            except ValueError:
-                promoted_at = None
+        promoted_at = _promoted_at(v.get(n["at"])) if stage is Stage.CURRENT else None
         return StoredCredentials(
             Credentials(client_id, Secret(secret)), stage,
             rotation_id=v.get(n[rid_key]) or None, promoted_at=promoted_at,
@@ -345,11 +340,13 @@ class EnvStore:
     def facts(self, location: Location) -> StoreFacts:
         n = self._names(location)
         v = self._values()
-        current = self.read(location, values=v)
+        # From the parsed values, without wrapping the secret: a daemon asks this of every
+        # client at start, and a Secret costs its redactor registration.
+        has_current = bool(v.get(n["id"]) and v.get(n["current"]))
         return StoreFacts(
-            has_current=current is not None,
+            has_current=has_current,
             current_rotation_id=v.get(n["rid"]) or None,
-            current_since=current.promoted_at if current else None,
+            current_since=_promoted_at(v.get(n["at"])) if has_current else None,
             pending_rotation_id=v.get(n["pending_rid"]) if v.get(n["pending"]) else None,
             has_pending=bool(v.get(n["pending"])),
             has_previous=bool(v.get(n["previous"])),
@@ -484,3 +481,13 @@ class EnvStore:
         with self._locked() as (text, v):
             if v.get(n["rid"]) == rotation_id and v.get(n["previous"]):
                 self._write(text, {n["previous"]: None, n["previous_rid"]: None})
+
+
+def _promoted_at(value: str | None) -> datetime | None:
+    """The recorded promotion time, or None when there is none or it does not parse."""
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None

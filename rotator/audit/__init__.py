@@ -197,6 +197,7 @@ class AuditLog:
         self._sinks: list[FileSink | StreamSink | SpoolSink] = [sink for _, sink in targets]
         self._writer = _Writer(list(targets))
         self._recorders: list[CheckpointRecorder] = []
+        # Bound once: the lazy proxy wrap_logger returns would rebuild the logger per event.
         self._log = structlog.wrap_logger(
             self._writer,
             # Independent of the diagnostic log's level: audit events are never filtered.
@@ -207,7 +208,7 @@ class AuditLog:
                 structlog.processors.EventRenamer("message"),
                 _catalogued,
             ],
-        )
+        ).bind()
 
     def add_sink(self, format_: str, sink: SpoolSink) -> None:
         """Write every later event to ``sink`` too, in ``format_`` (a remote sink's spool)."""

@@ -36,7 +36,7 @@ def chain_key(audit_key: bytes) -> bytes:
 def link(key: bytes, previous: str, body: str) -> str:
     """The chain value of ``body`` (the record with its seq, without its chain)."""
     data = previous.encode() + b"\n" + body.encode("utf-8", "surrogatepass")
-    return hmac.new(key, data, hashlib.sha256).hexdigest()
+    return hmac.digest(key, data, "sha256").hex()  # one-shot: no HMAC object per record
 
 
 def seal(line: str, seq: int, key: bytes, previous: str) -> tuple[str, str]:

@@ -85,8 +85,11 @@ def _is_ip(value: object) -> bool:
         return False
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
+
+
 def render_json(doc: dict[str, Any]) -> str:
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), default=str)
+    return _ENCODER.encode(doc)  # one encoder, not one built per call as json.dumps does
 
 
 def flatten(record: dict[str, Any]) -> dict[str, Any]:

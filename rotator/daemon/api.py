@@ -24,7 +24,7 @@ for ``rotator run``; the response bodies are in :mod:`rotator.daemon.api_models`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Annotated, Any, cast
@@ -204,14 +204,18 @@ _LOCATION = {"Location": {"description": "the rotation's URL", "schema": {"type"
 ClientName = Annotated[str, PathParam(pattern=_NAME_PATTERN, description="a configured client")]
 
 
-def _caller_with(role: Role) -> Callable[..., Caller]:
+def _caller_with(role: Role) -> Callable[..., Awaitable[Caller]]:
     """A dependency: the authenticated caller, refused (401/403/503) unless it has ``role``."""
-    def dependency(request: Request, _credentials: Annotated[
+    async def dependency(request: Request, _credentials: Annotated[
             HTTPAuthorizationCredentials | None, Security(_bearer)]) -> Caller:
         auth: Authenticator = request.app.state.authenticator
         record = _record(request)
+        header = request.headers.get("authorization")
         try:
-            caller = auth.authenticate(request.headers.get("authorization"))
+            # A configured token is checked on the event loop; a JWT, whose issuer's keys
+            # may have to be fetched, in a thread.
+            caller = (await run_in_threadpool(auth.authenticate, header)
+                      if auth.may_block(header) else auth.authenticate(header))
         except JwksUnavailable as exc:
             record.reason = exc.reason
             raise HTTPException(503, "cannot check the token now; try again",
@@ -234,8 +238,11 @@ def _caller_with(role: Role) -> Callable[..., Caller]:
     return dependency
 
 
-def _no_unknown_query(request: Request) -> None:
-    """Refuse query parameters the route does not take: a misspelt option is not ignored."""
+async def _no_unknown_query(request: Request) -> None:
+    """Refuse query parameters the route does not take: a misspelt option is not ignored.
+
+    ``async``: it only reads the request, so it runs on the event loop, not in a thread.
+    """
     route = request.scope.get("route")
     dependant = getattr(route, "dependant", None)
     if dependant is None:
@@ -303,8 +310,10 @@ def create_app(service: RotationService, *, auth: Authenticator, audit: AuditLog
     @app.get("/v1/clients/{name}", response_model=ClientOut, tags=["clients"],
              summary="One client: condition, stores, IdP, last rotation, age, next run, backoff",
              responses={**_ERRORS, **_NOT_FOUND})
-    def get_client(name: ClientName, _caller: Reader) -> ClientOut:
-        return client_out(service.client(name))
+    async def get_client(name: ClientName, _caller: Reader) -> ClientOut:
+        # One thread hop for the lookup (the service's lock may be held by a reload that
+        # reads stores); a sync endpoint would take a second one to check the answer.
+        return client_out(await run_in_threadpool(service.client, name))
 
     @app.post("/v1/clients/{name}/rotations", response_model=TriggerOut, status_code=202,
               tags=["rotations"], summary="Rotate now, or join the rotation under way",

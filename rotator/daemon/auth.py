@@ -247,6 +247,14 @@ class Authenticator:
             return self._jwt.verify(token)
         raise Unauthenticated("unknown bearer token")
 
+    def may_block(self, authorization: str | None) -> bool:
+        """Whether checking ``authorization`` may wait on the network (a JWT whose issuer's
+        keys may need fetching); a configured token is checked in memory."""
+        if self._jwt is None or not authorization:
+            return False
+        match = _BEARER.match(authorization)
+        return match is not None and _looks_like_jwt(match.group(1))
+
     def close(self) -> None:
         if self._jwt is not None:
             self._jwt.close()

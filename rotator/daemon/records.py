@@ -227,8 +227,16 @@ class ClientRecord:
 
 
 def load_record(journal: Journal, config: Config, client: ClientConfig,
-                facts: FactsReader = store_current_since) -> ClientRecord:
-    """A client's record from the journal; ``facts`` is asked only if it never succeeded."""
+                facts: FactsReader = store_current_since, *,
+                rotated: bool = True) -> ClientRecord:
+    """A client's record from the journal; ``facts`` is asked only if it never succeeded.
+
+    ``rotated=False`` says the journal holds no rotation of the client (see
+    :func:`rotated_clients`), so it is not asked.
+    """
+    if not rotated:
+        return ClientRecord(client, policy_of(client), facts(config, client), 0, None,
+                            latest=None, open=None)
     latest = journal.latest(client.name)
     history = _history(journal, client.name, latest)
     last = history.last_success_at
@@ -242,6 +250,12 @@ def load_record(journal: Journal, config: Config, client: ClientConfig,
     if error and any(marker in error for marker in _RECORDED_BLOCKING):
         record.blocked = record.reason = error
     return record
+
+
+def rotated_clients(journal: Journal) -> set[str] | None:
+    """The clients the journal holds rotations of, or None when it cannot say at once."""
+    rotated = getattr(journal, "rotated_clients", None)
+    return None if rotated is None else set(rotated())
 
 
 def journal_facts(journal: Journal, name: str

@@ -54,6 +54,7 @@ from rotator.daemon.records import (
     journal_facts,
     load_record,
     policy_of,
+    rotated_clients,
     rotation_view,
     success_time,
 )
@@ -130,8 +131,12 @@ class Service:
         """Load every client's facts, queue open rotations, spread overdue clients."""
         now = self._clock()
         with self._lock, self._facts_reader() as facts:
+            journal = self._journal()
+            rotated = rotated_clients(journal)
             for name, client in self._config.clients.items():
-                self._records[name] = self._load(client, facts)
+                self._records[name] = load_record(
+                    journal, self._config, client, facts,
+                    rotated=rotated is None or name in rotated)
             overdue = []
             for name, rec in self._records.items():
                 decision = decide(name, rec.policy, rec.history(), now)

@@ -1,0 +1,125 @@
+"""Group commit in the audit file sink, proved by counting syncs (no timing)."""
+
+from __future__ import annotations
+
+import errno
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from rotator.audit import AuditLog, AuditWriteError, sinks
+from rotator.audit.chain import Checkpoint, chain_key, checkpoint_path, unseal, verify
+from rotator.secrets import Secret
+
+KEY = "g" * 32
+WRITERS = 8
+
+
+def _until(condition: Callable[[], bool]) -> None:
+    """Wait for ``condition`` (a state other threads reach); fail after a generous bound."""
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, "the writers never reached the expected state"
+        time.sleep(0.001)
+
+
+def _last_chain(file: Path) -> str:
+    sealed = unseal(file.read_text().splitlines()[-1])
+    assert sealed is not None
+    return sealed[1]
+
+
+def _records(file: Path) -> int:
+    return len(file.read_text().splitlines()) if file.exists() else 0
+
+
+class TestConcurrentEventsShareASync:
+    """Events that arrive while the most syncs are in flight wait, go as one batch with one
+    sync, and no writer returns before the sync covering its event has returned."""
+
+    def test_eight_writers_three_syncs(self, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+        gate, syncs = threading.Event(), []
+
+        def held_sync(fd: int) -> None:
+            syncs.append(fd)
+            gate.wait()
+
+        monkeypatch.setattr(sinks, "_sync", held_sync)
+        file = tmp_path / "audit.jsonl"
+        log = AuditLog(Secret(KEY), file=file)
+        sink = log._sinks[0]
+        assert isinstance(sink, sinks.FileSink)
+        returned = []
+
+        def writer(n: int) -> None:
+            log.event("rotation_step", step=f"w{n}")
+            returned.append(n)
+
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(WRITERS)]
+        for t in threads:
+            t.start()
+        # Two batches appended and held in their syncs; every other event queued behind.
+        _until(lambda: len(syncs) == sinks._MAX_SYNCS
+               and _records(file) + len(sink._open.lines) == WRITERS)
+        assert returned == []  # nothing is acknowledged before its sync returns
+        assert checkpoint_path(file).read_text() == ""  # nor checkpointed
+        gate.set()
+        for t in threads:
+            t.join()
+        log.close()
+        assert sorted(returned) == list(range(WRITERS))
+        assert len(syncs) == sinks._MAX_SYNCS + 1  # the queued six went as one batch
+        problem, count = verify(chain_key(KEY.encode()), [file],
+                                Checkpoint.load(checkpoint_path(file)))
+        assert (problem, count) == (None, WRITERS)
+        assert Checkpoint.load(checkpoint_path(file)) == Checkpoint(
+            WRITERS, _last_chain(file))
+
+
+class TestFailedSync:
+    """A sync that fails fails the events of its batch with AuditWriteError, and the log
+    goes on with the next event."""
+
+    def test_failed_sync_raises_then_recovers(self, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+        calls = []
+
+        def failing_once(fd: int) -> None:
+            calls.append(fd)
+            if len(calls) == 1:
+                raise OSError(errno.EIO, "Input/output error")
+
+        monkeypatch.setattr(sinks, "_sync", failing_once)
+        file = tmp_path / "audit.jsonl"
+        log = AuditLog(Secret(KEY), file=file)
+        with pytest.raises(AuditWriteError, match="Input/output error"):
+            log.event("rotation_step", step="lost")
+        log.event("rotation_step", step="kept")
+        log.close()
+        assert len(calls) == 2
+        assert Checkpoint.load(checkpoint_path(file)) == Checkpoint(
+            2, _last_chain(file))
+
+
+class TestReopenInPlace:
+    """A reopen asked for (SIGHUP) while the log was not moved goes on writing the same file:
+    the next event is written, and close() returns."""
+
+    def test_event_after_reopen_of_an_unmoved_log(self, tmp_path: Path) -> None:
+        file = tmp_path / "audit.jsonl"
+        log = AuditLog(Secret(KEY), file=file)
+        log.event("rotation_step", step="before")
+        log.reopen()  # SIGHUP, nothing moved
+        writer = threading.Thread(target=log.event, args=("rotation_step",),
+                                  kwargs={"step": "after"}, daemon=True)
+        writer.start()
+        writer.join(timeout=30)  # a bound for a hang, not a measured time
+        assert not writer.is_alive(), "the event after the reopen never finished"
+        log.close()
+        problem, count = verify(chain_key(KEY.encode()), [file],
+                                Checkpoint.load(checkpoint_path(file)))
+        assert (problem, count) == (None, 2)
