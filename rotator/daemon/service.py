@@ -32,8 +32,10 @@ import structlog
 
 from rotator.audit import AuditLog
 from rotator.config import ClientConfig, Config
+from rotator.consumers import ConsumerRegistry, ConsumerReport
 from rotator.daemon.model import (
     ClientState,
+    ConsumerView,
     Observer,
     Readiness,
     RotationView,
@@ -118,6 +120,7 @@ class Service:
         self._wakeup = threading.Event()
         self._scheduler: threading.Thread | None = None
         self._prepared = False
+        self._consumers = ConsumerRegistry(config.state_dir)
         self._audit = audit
         self._swept: float | None = None  # monotonic time of the last hooks/alerts sweep
         self._sweeping = False
@@ -205,12 +208,16 @@ class Service:
 
     def clients(self) -> Sequence[ClientState]:
         with self._lock:
-            return [self._records[name].state(self._clock()) for name in sorted(self._records)]
+            states = [(self._records[name].state(self._clock()), self._records[name].config)
+                      for name in sorted(self._records)]
+        snapshot = self._consumer_snapshot()
+        return [self._with_consumers(state, config, snapshot) for state, config in states]
 
     def client(self, name: str) -> ClientState:
         with self._lock:
-            self._record(name)
-            return self._records[name].state(self._clock())
+            rec = self._record(name)
+            state = rec.state(self._clock())
+        return self._with_consumers(state, rec.config, self._consumer_snapshot())
 
     def rotation(self, rotation_id: str) -> RotationView:
         with self._lock:
@@ -285,6 +292,47 @@ class Service:
             outcome = worker.verify(name)
         return {"client": name, "ok": outcome.ok, "message": outcome.message,
                 "stores": outcome.details}
+
+    def report_consumer(self, name: str, *, instance: str, fingerprint: str,
+                        hostname: str | None = None, pid: int | None = None) -> None:
+        with self._lock:
+            self._taking()
+            rec = self._record(name)
+            client = rec.config
+        self._consumers.record(name, ConsumerReport(instance, fingerprint, self._clock(),
+                                                    hostname, pid),
+                               keep_for=client.consumers_seen_within)
+        with self._lock:
+            # A retirement held for this client's consumers is asked again at once.
+            if client.retire == "when_unused" and rec.open is not None \
+                    and rec.open.awaiting_retirement and rec.not_before is not None:
+                rec.not_before = None
+                self._wakeup.set()
+
+    def _consumer_snapshot(self) -> Mapping[str, Any]:
+        try:
+            return self._consumers.snapshot()
+        except (OSError, ValueError) as exc:
+            log.error("consumer_reports_unreadable", error=redact(str(exc)))
+            return {}
+
+    def _with_consumers(self, state: ClientState, config: ClientConfig,
+                        snapshot: Mapping[str, Any]) -> ClientState:
+        if not snapshot:
+            return state
+        try:
+            seen = self._consumers.seen(state.name, within=config.consumers_seen_within,
+                                        now=self._clock(), snapshot=snapshot)
+            current = self._consumers.notes(state.name, snapshot).get("current_fingerprint")
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("consumer_reports_unreadable", error=redact(str(exc)))
+            return state
+        if not seen:
+            return state
+        return dataclasses.replace(state, consumers=tuple(
+            ConsumerView(r.instance, r.fingerprint, r.seen_at, r.hostname, r.pid,
+                         None if current is None else r.fingerprint == current)
+            for r in seen))
 
     def readiness(self) -> Readiness:
         try:
