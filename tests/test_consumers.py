@@ -1,0 +1,358 @@
+"""Retire when unused: the consumer registry, the retirement gate (fake clock), the client's
+reports (counted) and the API route (through the service double)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import stat
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import test_api
+from structlog.testing import capture_logs
+from test_api import Api, _assert_problem
+from test_client import Rig
+
+import rotator.consumers as consumers_module
+from rotator.client_report import ConsumerReporter
+from rotator.config import ClientConfig, StoreTarget
+from rotator.consumers import (
+    ConsumerGate,
+    ConsumerRegistry,
+    ConsumerReport,
+    consumer_fingerprint,
+    consumer_key,
+)
+from rotator.errors import ConfigError
+from rotator.interfaces import Rotation, State
+from rotator.journal import SqliteJournal
+from rotator.secrets import Secret
+
+T0 = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
+api = test_api.api  # the fixture
+jwks = test_api.jwks
+signing_key = test_api.signing_key
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+def _client(**changes: Any) -> ClientConfig:
+    base = ClientConfig(name="svc", idp="kc", client_id="svc", targets=(StoreTarget("s", "l"),),
+                        token_endpoint=None, auth_method="client_secret_basic", scopes=(),
+                        audience=None, resource=None, grace_period=3600.0, rotate_every=None,
+                        verify_attempts=1, verify_timeout=1.0, tls_verify=True,
+                        retire="when_unused", min_grace=300.0, consumers_seen_within=600.0)
+    return replace(base, **changes)
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[SqliteJournal]:
+    j = SqliteJournal(tmp_path / "state")
+    yield j
+    j.close()
+
+
+def _promoted(journal: SqliteJournal) -> Rotation:
+    journal.begin("r1", "svc", "overlap", "cli", None, T0)
+    return journal.advance("r1", State.PROMOTED, T0, expected=State.STARTED,
+                           retire_after=(T0 + timedelta(seconds=300)).isoformat())
+
+
+class Gate:
+    """A gate over a registry in ``tmp_path``, the current secret ``new``."""
+
+    def __init__(self, tmp_path: Path, journal: SqliteJournal) -> None:
+        self.clock = Clock()
+        self.state_dir = tmp_path / "state"
+        self.registry = ConsumerRegistry(self.state_dir)
+        self.new, self.old = Secret(secrets.token_urlsafe(32)), Secret(secrets.token_urlsafe(32))
+        self.told: list[list[str]] = []
+        self.gate = ConsumerGate(self.registry, journal, lambda _c: self.new, clock=self.clock,
+                                 retired_in_use=lambda _c, _r, old: self.told.append(
+                                     [r.instance for r in old]))
+
+    def report(self, instance: str, secret: Secret) -> None:
+        fp = consumer_fingerprint(consumer_key(self.state_dir, "svc"), secret)
+        self.registry.record("svc", ConsumerReport(instance, fp, self.clock()), keep_for=600)
+
+
+class TestGate:
+    """The old secret waits for every consumer seen within the window to report the new one,
+    between min_grace and grace_period after promotion; past the upper bound it is retired
+    and the consumers still on it are named once."""
+
+    def test_other_clients_are_not_held(self, tmp_path: Path, journal: SqliteJournal) -> None:
+        g = Gate(tmp_path, journal)
+        g.report("a", g.old)
+        assert g.gate.holds(_client(retire="after_grace"), _promoted(journal)) is None
+
+    def test_min_grace_holds_even_without_consumers(self, tmp_path: Path,
+                                                    journal: SqliteJournal) -> None:
+        g = Gate(tmp_path, journal)
+        rotation = _promoted(journal)
+        assert "min_grace" in (g.gate.holds(_client(), rotation) or "")
+        g.clock.advance(seconds=300)
+        assert g.gate.holds(_client(), rotation) is None
+
+    def test_waits_for_the_slow_consumer(self, tmp_path: Path, journal: SqliteJournal) -> None:
+        g = Gate(tmp_path, journal)
+        rotation = _promoted(journal)
+        for name in ("a", "b", "slow"):
+            g.report(name, g.old)
+        g.clock.advance(seconds=301)
+        g.report("a", g.new)
+        g.report("b", g.new)
+        held = g.gate.holds(_client(), rotation)
+        assert held is not None and "1 consumer(s)" in held and "slow" in held
+        assert g.old.reveal() not in held and g.new.reveal() not in held
+        g.clock.advance(seconds=60)
+        g.report("slow", g.new)
+        assert g.gate.holds(_client(), rotation) is None
+        assert g.told == []
+
+    def test_a_consumer_not_seen_within_the_window_is_not_waited_for(
+            self, tmp_path: Path, journal: SqliteJournal) -> None:
+        g = Gate(tmp_path, journal)
+        rotation = _promoted(journal)
+        g.report("gone", g.old)
+        g.clock.advance(seconds=601)
+        g.report("a", g.new)
+        assert g.gate.holds(_client(), rotation) is None
+
+    def test_the_upper_bound_retires_and_names_who_is_left(
+            self, tmp_path: Path, journal: SqliteJournal) -> None:
+        g = Gate(tmp_path, journal)
+        rotation = _promoted(journal)
+        g.clock.advance(seconds=3599)
+        g.report("a", g.new)
+        g.report("stuck", g.old)
+        assert g.gate.holds(_client(), rotation) is not None
+        g.clock.advance(seconds=1)
+        assert g.gate.holds(_client(), rotation) is None
+        assert g.told == [["stuck"]]
+
+    def test_status_learns_which_fingerprint_is_current(
+            self, tmp_path: Path, journal: SqliteJournal) -> None:
+        g = Gate(tmp_path, journal)
+        rotation = _promoted(journal)
+        g.clock.advance(seconds=300)
+        g.report("a", g.old)
+        g.gate.holds(_client(), rotation)
+        new = consumer_fingerprint(consumer_key(g.state_dir, "svc"), g.new)
+        assert g.registry.notes("svc")["current_fingerprint"] == new
+
+
+class TestRegistry:
+    """Reports survive a new registry (a restart) in a 0600 file, bounded by age and count."""
+
+    def test_durable_private_and_bounded(self, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(consumers_module, "MAX_INSTANCES", 3)
+        registry = ConsumerRegistry(tmp_path / "state")
+        fp = "hmac-sha256:" + "0" * 32
+        for i in range(5):
+            registry.record("svc", ConsumerReport(f"i{i}", fp, T0 + timedelta(seconds=i)),
+                            keep_for=600)
+        path = tmp_path / "state" / "consumers.json"
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(tmp_path / "state" / "consumer-fingerprint.key").st_mode
+                            if (tmp_path / "state" / "consumer-fingerprint.key").exists()
+                            else 0o600) == 0o600
+        again = ConsumerRegistry(tmp_path / "state")
+        seen = again.seen("svc", within=600, now=T0 + timedelta(seconds=5))
+        assert [r.instance for r in seen] == ["i2", "i3", "i4"]
+        registry.record("svc", ConsumerReport("late", fp, T0 + timedelta(seconds=700)),
+                        keep_for=600)
+        assert [r.instance for r in again.seen("svc", within=600,
+                                               now=T0 + timedelta(seconds=700))] == ["late"]
+        assert len(json.loads(path.read_text())["clients"]["svc"]) == 1
+
+    def test_refuses_what_is_not_a_fingerprint(self, tmp_path: Path) -> None:
+        registry = ConsumerRegistry(tmp_path / "state")
+        with pytest.raises(ValueError, match="not a consumer fingerprint"):
+            registry.record("svc", ConsumerReport("a", "the-secret-itself", T0), keep_for=60)
+
+    def test_the_key_differs_per_client_and_stays(self, tmp_path: Path) -> None:
+        a = consumer_key(tmp_path / "state", "a")
+        assert a != consumer_key(tmp_path / "state", "b")
+        assert a == consumer_key(tmp_path / "state", "a")
+        key_file = tmp_path / "state" / "consumer-fingerprint.key"
+        assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+
+
+class _Daemon:
+    """A daemon's report route as an httpx transport: counts reports, can fail."""
+
+    def __init__(self) -> None:
+        self.reports: list[dict[str, Any]] = []
+        self.fail = False
+        self.headers: list[str] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.headers.append(request.headers.get("authorization", ""))
+        if self.fail:
+            return httpx.Response(503)
+        self.reports.append(json.loads(request.content))
+        return httpx.Response(204)
+
+
+class TestClientReports:
+    """rotator.client reports at most once per token refresh, moves to a new CURRENT at its
+    next refresh, and a failing report never fails the token fetch."""
+
+    def _reporter(self, daemon: _Daemon, key: bytes, clock: Any) -> ConsumerReporter:
+        return ConsumerReporter("http://127.0.0.1:1", "svc", Secret(secrets.token_urlsafe(24)),
+                                key, instance="web-1", clock=clock,
+                                http=httpx.Client(transport=httpx.MockTransport(daemon)))
+
+    def test_once_per_refresh_and_the_new_secret_after_rotation(self, rig: Rig) -> None:
+        daemon, key = _Daemon(), secrets.token_bytes(32)
+        client = rig.client(reporter=self._reporter(daemon, key, rig.clock))
+        for _ in range(20):
+            client.token()
+        assert len(daemon.reports) == 1 == len(rig.idp.requests)
+        first = daemon.reports[0]["fingerprint"]
+        assert first == consumer_fingerprint(key, Secret(rig.secret))
+        rig.rotate(keep_old=True)
+        rig.clock.now += 3600  # the token's refresh point passed
+        for _ in range(20):
+            client.token()
+        assert len(daemon.reports) == 2 == len(rig.idp.requests)
+        assert daemon.reports[1]["fingerprint"] == consumer_fingerprint(key, Secret(rig.secret))
+        assert rig.idp.secrets_used[-1] == rig.secret  # moved without being refused
+        text = json.dumps(daemon.reports)
+        assert all(value not in text for value in rig.idp.everything_secret())
+
+    def test_a_failing_daemon_does_not_fail_the_fetch(self, rig: Rig) -> None:
+        daemon = _Daemon()
+        daemon.fail = True
+        reporter = self._reporter(daemon, secrets.token_bytes(32), rig.clock)
+        rig.idp.expires_in = 20  # refreshed every 20 s: faster than the backoff
+        client = rig.client(reporter=reporter)
+        with capture_logs() as logs:
+            for _ in range(5):  # refreshes at 0, 20, 40, 60, 80 s
+                assert client.token()
+                rig.clock.now += 20
+        assert len(rig.idp.requests) == 5
+        # reported at 0 s (then skipped 30 s) and 40 s (then skipped 60 s): backed off
+        assert reporter.failed == 2 and len(daemon.headers) == 2
+        assert [e["event"] for e in logs if e["event"].startswith("consumer_")] == [
+            "consumer_report_failed"]  # logged once
+        daemon.fail = False
+        rig.clock.now += 600
+        client.token()
+        assert reporter.sent == 1 and len(daemon.reports) == 1
+
+    def test_settings_from_the_environment(self, tmp_path: Path) -> None:
+        assert ConsumerReporter.from_env("svc", {}) is None
+        with pytest.raises(ConfigError) as err:
+            ConsumerReporter.from_env("svc", {"ROTATOR_REPORT_URL": "http://daemon.example:8900"})
+        text = str(err.value)
+        assert "ROTATOR_REPORT_URL" in text and "ROTATOR_REPORT_TOKEN" in text \
+            and "ROTATOR_REPORT_KEY" in text
+        token_file = tmp_path / "t"
+        token_file.write_text("x" * 24)
+        token_file.chmod(0o644)
+        with pytest.raises(ConfigError, match="chmod 600"):
+            ConsumerReporter.from_env("svc", {"ROTATOR_REPORT_URL": "https://d:1",
+                                              "ROTATOR_REPORT_TOKEN_FILE": str(token_file),
+                                              "ROTATOR_REPORT_KEY": "00" * 32})
+        token_file.chmod(0o600)
+        reporter = ConsumerReporter.from_env("svc", {"ROTATOR_REPORT_URL": "https://d:1",
+                                                     "ROTATOR_REPORT_TOKEN_FILE": str(token_file),
+                                                     "ROTATOR_REPORT_KEY": "00" * 32})
+        assert reporter is not None and reporter.url == "https://d:1/v1/clients/svc/consumers"
+        reporter.close()
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    r = Rig()
+    yield r
+    for client in r.clients:
+        client.close()
+
+
+class TestReportRoute:
+    """The route keeps a consumer's report, shows it on the client, refuses what is not a
+    fingerprint, and echoes no secret."""
+
+    def test_report_then_shown(self, api: Api) -> None:
+        fp = "hmac-sha256:" + "cd34" * 8
+        response = api.client.post("/v1/clients/client-001/consumers",
+                                   headers=api.headers("consumer"),
+                                   json={"instance": "web-1", "fingerprint": fp,
+                                         "hostname": "host-a", "pid": 42})
+        assert response.status_code == 204, response.text
+        shown = api.client.get("/v1/clients/client-001", headers=api.headers("read")).json()
+        [consumer] = shown["consumers"]
+        assert consumer["instance"] == "web-1" and consumer["fingerprint"] == fp
+        assert consumer["hostname"] == "host-a" and consumer["seen_at"]
+
+    @pytest.mark.parametrize("field", ["instance", "fingerprint", "hostname"])
+    def test_a_secret_sent_is_not_echoed(self, api: Api, field: str) -> None:
+        value = api.secret.reveal()
+        body = {"instance": "web-1", "fingerprint": "hmac-sha256:" + "cd34" * 8, field: value}
+        response = api.client.post("/v1/clients/client-001/consumers",
+                                   headers=api.headers("consumer"), json=body)
+        if field == "fingerprint":  # not the shape of a fingerprint: refused
+            _assert_problem(response, 422)
+            assert api.service.calls == []
+        else:  # a careless consumer may name itself with a secret: never shown
+            assert response.status_code == 204
+        shown = api.client.get("/v1/clients", headers=api.headers("admin"))
+        for text in (response.text, shown.text, api.audit_stream.getvalue()):
+            assert value not in text
+
+    def test_unknown_client_and_extra_fields(self, api: Api) -> None:
+        fp = "hmac-sha256:" + "cd34" * 8
+        h = api.headers("consumer")
+        _assert_problem(api.client.post("/v1/clients/nope/consumers", headers=h,
+                                        json={"instance": "a", "fingerprint": fp}), 404)
+        _assert_problem(api.client.post("/v1/clients/client-001/consumers", headers=h,
+                                        json={"instance": "a", "fingerprint": fp,
+                                              "secret": "x"}), 422)
+
+
+class TestConfig:
+    """retire, min_grace and consumers_seen_within are checked, each problem with file, key
+    and reason, all at once."""
+
+    def test_checked(self, tmp_path: Path) -> None:
+        from test_daemon import load, write_config
+        path = write_config(tmp_path, {
+            "a": 'retire = "when_unused"\nmin_grace = "2h"\ngrace_period = "1h"\n'
+                 'consumers_seen_within = "0s"',
+            "b": 'retire = "whenever"'})
+        with pytest.raises(ConfigError) as err:
+            load(path)
+        text = str(err.value)
+        assert "clients.a.min_grace" in text and "grace_period" in text
+        assert "clients.a.consumers_seen_within" in text
+        assert "clients.b.retire" in text and "when_unused" in text
+        assert str(path) in text
+
+    def test_defaults(self, tmp_path: Path) -> None:
+        from test_daemon import load, write_config
+        config = load(write_config(tmp_path, {"a": 'retire = "when_unused"\nmin_grace = "5m"',
+                                              "b": ""}))
+        a, b = config.clients["a"], config.clients["b"]
+        assert (a.retire, a.min_grace, a.consumers_seen_within) == ("when_unused", 300.0,
+                                                                    3600.0)
+        assert b.retire == "after_grace"
