@@ -266,6 +266,23 @@ class ConsumerGate:
         return [r for r in seen if r.fingerprint != new]
 
 
+def consumer_rows(state_dir: Path, client: Any, now: datetime) -> list[dict[str, Any]]:
+    """What ``status`` shows of ``client``'s consumers: each one seen within the window, its
+    fingerprint, when last seen, and whether it uses the current secret (None: not known
+    until the daemon compared, at a retirement of a ``when_unused`` client)."""
+    registry = ConsumerRegistry(state_dir)
+    try:
+        snapshot = registry.snapshot()
+        seen = registry.seen(client.name, within=client.consumers_seen_within, now=now,
+                             snapshot=snapshot)
+        current = registry.notes(client.name, snapshot).get("current_fingerprint")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.error("consumer_reports_unreadable", error=str(exc))
+        return []
+    return [{**r.as_dict(), "current": None if current is None else r.fingerprint == current}
+            for r in seen]
+
+
 def _main(argv: Sequence[str] | None = None) -> int:
     import argparse
     import sys
@@ -280,8 +297,16 @@ def _main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["ConsumerGate", "ConsumerRegistry", "ConsumerReport", "SecretsInUse",
-           "consumer_fingerprint", "consumer_key", "promoted_at"]
+__all__ = [
+    "ConsumerGate",
+    "ConsumerRegistry",
+    "ConsumerReport",
+    "SecretsInUse",
+    "consumer_fingerprint",
+    "consumer_key",
+    "consumer_rows",
+    "promoted_at",
+]
 
 if __name__ == "__main__":
     raise SystemExit(_main())

@@ -28,6 +28,7 @@ from test_daemon_api import CLIENT, RunningDaemon, _wait
 from rotator.consumers import consumer_key
 
 PROBE = Path(__file__).parent / "consumer_probe.py"
+CLI = "import sys; from rotator.cli import main; sys.argv[0] = 'rotator'; main()"
 
 
 class Consumer:
@@ -83,10 +84,9 @@ def daemon(kc_realm: KeycloakRealm, bao_server: OpenBao,
                      'role = "admin"\ntoken_file = "api.token"\n\n[[api.tokens]]\n'
                      'name = "consumers"\nrole = "consumer"\ntoken_file = "consumer.token"\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
-    code = "import sys; from rotator.cli import main; sys.argv[0] = 'rotator'; main()"
     log = tmp_path / "daemon.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-c", code, "run", "-c", str(s.config)],
+        proc = subprocess.Popen([sys.executable, "-c", CLI, "run", "-c", str(s.config)],
                                 stdout=out, stderr=out, text=True, env=env, cwd=TESTS.parent)
     running = RunningDaemon(s, proc, log, tmp_path / "api.token")
     try:
@@ -166,13 +166,20 @@ class TestRetireWhenUnused:
                 for c in fleet:
                     assert c.ask("refresh")["ok"] and c.ask("call")["ok"]
                 running.remember()
+                status = subprocess.run(
+                    [sys.executable, "-c", CLI, "status", "--json", "-c", str(s.config), CLIENT],
+                    capture_output=True, text=True, env=env, cwd=TESTS.parent)
+                assert status.returncode == 0, status.stderr
+                shown = json.loads(status.stdout)["clients"][0]["consumers"]
+                assert {c["instance"]: c["current"] for c in shown} == {
+                    "fast-1": True, "fast-2": True, "slow": True}
         finally:
             for c in fleet:
                 c.stop()
         assert all(a["ok"] for c in fleet for a in c.answers)  # no consumer call failed
         # Reports: at most one per refresh (3 refreshes each, the last one included).
         assert [c.answers[-1]["sent"] for c in fleet] == [3, 3, 3]
-        texts = [running.log.read_text(), *running.seen,
+        texts = [running.log.read_text(), *running.seen, status.stdout, status.stderr,
                  *(line for c in fleet for line in c.output)]
         audit = s.root / "audit.jsonl"
         if audit.exists():
