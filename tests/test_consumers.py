@@ -356,3 +356,50 @@ class TestConfig:
         assert (a.retire, a.min_grace, a.consumers_seen_within) == ("when_unused", 300.0,
                                                                     3600.0)
         assert b.retire == "after_grace"
+
+
+class TestRetiredInUseAlert:
+    """When the upper bound retires a secret still in use, one audit event and one alert name
+    the consumers still on it (never a secret), once per rotation."""
+
+    def test_alert_once(self, tmp_path: Path, journal: SqliteJournal) -> None:
+        from types import SimpleNamespace
+
+        from hook_receiver import receiver
+        from test_alerts import alert_config
+
+        from rotator.audit import AuditLog
+        from rotator.engine.consumer_gate import consumer_gate
+        from rotator.hooks.alerts import Alerter
+        from rotator.interfaces import Credentials, Stage, StoredCredentials
+
+        g = Gate(tmp_path, journal)
+        audit_file = tmp_path / "audit.jsonl"
+        audit = AuditLog(Secret("a" * 40), file=audit_file)
+        with receiver() as rx:
+            engine = SimpleNamespace(
+                config=SimpleNamespace(state_dir=g.state_dir), journal=journal, clock=g.clock,
+                audit=audit, alerter=Alerter(alert_config(rx.url), g.state_dir, audit,
+                                             clock=g.clock),
+                _read=lambda _c, stage: StoredCredentials(Credentials("svc", g.new), stage)
+                if stage is Stage.CURRENT else None)
+            gate = consumer_gate(engine)  # type: ignore[arg-type]
+            rotation = _promoted(journal)
+            g.clock.advance(seconds=3599)
+            g.report("stuck", g.old)
+            g.report("fine", g.new)
+            assert gate.holds(_client(), rotation) is not None
+            assert rx.requests == []
+            g.clock.advance(seconds=1)
+            assert gate.holds(_client(), rotation) is None
+            assert gate.holds(_client(), rotation) is None  # asked again: not sent again
+            [alert] = rx.requests
+        audit.close()
+        body = alert.json()
+        assert body["condition"] == "retired_while_in_use" and body["status"] == "firing"
+        assert body["detail"]["consumers"] == ["stuck"]
+        lines = [line for line in audit_file.read_text().splitlines()
+                 if "retired_while_in_use" in line and "alert_sent" not in line]
+        assert len(lines) == 1 and "stuck" in lines[0]
+        text = audit_file.read_text() + alert.body.decode()
+        assert g.old.reveal() not in text and g.new.reveal() not in text
