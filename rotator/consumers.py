@@ -29,8 +29,8 @@ instances not seen within ``consumers_seen_within`` are dropped at the next writ
 IdP-side knowledge. Where an IdP can tell which secret signed in (Entra service principal
 sign-in logs carry the credential key id), its adapter may define
 ``secrets_in_use(client_id, since) -> Sequence[str] | None`` (:class:`SecretsInUse`): the
-IdP's secret refs used since ``since``. The gate then also holds while the rotation's old
-secret ref is among them. No shipped adapter declares it yet.
+IdP's secret refs used since ``since``. It is declared only: no shipped adapter has it, and
+the gate does not consult it yet (it would hold while the old secret's ref is among them).
 """
 
 from __future__ import annotations
