@@ -403,3 +403,41 @@ class TestRetiredInUseAlert:
         assert len(lines) == 1 and "stuck" in lines[0]
         text = audit_file.read_text() + alert.body.decode()
         assert g.old.reveal() not in text and g.new.reveal() not in text
+
+
+class TestDaemonAsksAgainOnReport:
+    """A consumer's report has a retirement held for the consumers asked again at once (not
+    after HELD_RETRY), and only for a when_unused client."""
+
+    @pytest.mark.parametrize(("retire", "asked"), [("when_unused", 3), ("after_grace", 2)])
+    def test_report_wakes_the_held_retirement(self, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              retire: str, asked: int) -> None:
+        import test_daemon
+        from test_daemon import RecordingWorker, make
+
+        from rotator.engine import Outcome
+
+        def held(self: RecordingWorker, name: str, *, now: bool = False) -> Outcome:
+            with self.world.lock:
+                self.world.calls.append(("retire", name, self.actor))
+            rotation = self.journal.open_rotation(name)
+            return Outcome(name, True, "held", "1 consumer(s) still use the old secret",
+                           rotation.id if rotation else None)
+
+        monkeypatch.setattr(test_daemon.RecordingWorker, "retire", held)
+        h = make(tmp_path, {"a": f'rotate_every = "1h"\ngrace_period = "10m"\n'
+                                 f'retire = "{retire}"'})
+        h.service.prepare()
+        h.clock.advance(hours=1)
+        h.service.tick()
+        h.clock.advance(minutes=10)
+        h.service.tick()
+        h.service.tick()
+        assert h.kinds() == ["rotate:a", "retire:a"]
+        h.service.report_consumer("a", instance="web-1", fingerprint="hmac-sha256:" + "0" * 32)
+        h.service.tick()
+        h.service.report_consumer("a", instance="web-1", fingerprint="hmac-sha256:" + "1" * 32)
+        assert len(h.kinds()) == asked
+        [shown] = h.service.client("a").consumers
+        assert shown.instance == "web-1" and shown.fingerprint.endswith("1" * 32)
