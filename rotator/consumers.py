@@ -233,11 +233,10 @@ class ConsumerGate:
     def holds(self, client: Any, rotation: Rotation) -> str | None:
         if getattr(client, "retire", "after_grace") != "when_unused":
             return None
+        # min_grace is the rotation's retire_after (set at promotion): the engine asks the
+        # gates only once it passed, or once ``retire --now`` ended it.
         now = self.clock()
         since = promoted_at(self.journal, rotation)
-        if now < since + timedelta(seconds=client.min_grace):
-            return f"min_grace keeps the old secret until " \
-                   f"{(since + timedelta(seconds=client.min_grace)).isoformat(timespec='seconds')}"
         old = self.still_on_old(client, now=now)
         if not old:
             return None

@@ -102,14 +102,6 @@ class TestGate:
         g.report("a", g.old)
         assert g.gate.holds(_client(retire="after_grace"), _promoted(journal)) is None
 
-    def test_min_grace_holds_even_without_consumers(self, tmp_path: Path,
-                                                    journal: SqliteJournal) -> None:
-        g = Gate(tmp_path, journal)
-        rotation = _promoted(journal)
-        assert "min_grace" in (g.gate.holds(_client(), rotation) or "")
-        g.clock.advance(seconds=300)
-        assert g.gate.holds(_client(), rotation) is None
-
     def test_waits_for_the_slow_consumer(self, tmp_path: Path, journal: SqliteJournal) -> None:
         g = Gate(tmp_path, journal)
         rotation = _promoted(journal)
@@ -441,3 +433,70 @@ class TestDaemonAsksAgainOnReport:
         assert len(h.kinds()) == asked
         [shown] = h.service.client("a").consumers
         assert shown.instance == "web-1" and shown.fingerprint.endswith("1" * 32)
+
+
+class TestEngine:
+    """The engine keeps a when_unused client's old secret min_grace after promotion, then
+    while a consumer reports it, and retires it once the consumer reported the new one;
+    ``retire --now`` ends min_grace but not the wait for consumers."""
+
+    TOML = """
+[audit]
+file = "audit.jsonl"
+key_file = "audit.key"
+[stores.env]
+type = "env"
+file = "creds.env"
+read_environ = false
+[idps.kc]
+type = "keycloak"
+url = "https://idp.test"
+realm = "r"
+admin_client_id = "rotator"
+admin_client_secret_env = "UNUSED_ADMIN_SECRET"
+[clients.app]
+idp = "kc"
+client_id = "app"
+grace_period = "1h"
+retire = "when_unused"
+min_grace = "5m"
+consumers_seen_within = "30m"
+verify_attempts = 2
+stores = [{store = "env", prefix = "APP"}]
+"""
+
+    def test_min_grace_then_consumers(self, tmp_path: Path) -> None:
+        from test_engine import CAPS, engine_with, make_rig
+
+        with make_rig(tmp_path, CAPS["generated-many"]) as rig, \
+                engine_with(rig, self.TOML) as engine:
+            state_dir = engine.config.state_dir
+            key = consumer_key(state_dir, "app")
+            registry = ConsumerRegistry(state_dir)
+
+            def report(instance: str) -> None:
+                value = Secret(rig.env()["APP_CLIENT_SECRET"])
+                registry.record("app", ConsumerReport(instance, consumer_fingerprint(
+                    key, value), rig.clock()), keep_for=1800)
+
+            report("web-1")  # on the old secret
+            promoted = engine.rotate("app")
+            assert promoted.ok and promoted.state == "promoted"
+            rotation = engine.journal.open_rotation("app")
+            assert rotation is not None and rotation.retire_after == rig.clock() + timedelta(
+                minutes=5)
+            assert engine.retire("app").action == "waiting"
+            rig.clock.now += timedelta(minutes=5)
+            held = engine.retire("app")
+            assert held.action == "held" and "web-1" in held.message
+            assert len(rig.idp.active) == 2
+            report("web-1")  # moved to the new secret
+            retired = engine.retire("app")
+            assert retired.action == "retired", retired.message
+            assert len(rig.idp.active) == 1
+
+            rig.clock.now += timedelta(hours=2)
+            report("web-2")
+            assert engine.rotate("app").state == "promoted"
+            stuck = engine.retire("app", now=True)  # ends min_grace, not the wait
+            assert stuck.action == "held" and "web-2" in stuck.message
