@@ -500,3 +500,41 @@ stores = [{store = "env", prefix = "APP"}]
             assert engine.rotate("app").state == "promoted"
             stuck = engine.retire("app", now=True)  # ends min_grace, not the wait
             assert stuck.action == "held" and "web-2" in stuck.message
+
+
+class TestReportWhileTheGateIsAsked:
+    """A report that arrives while a job asks the gate has the retirement asked again when
+    the job ends, not HELD_RETRY later."""
+
+    def test_report_during_the_job(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                   ) -> None:
+        import test_daemon
+        from test_daemon import RecordingWorker, make
+
+        from rotator.engine import Outcome
+
+        calls = {"n": 0}
+
+        def held(self: RecordingWorker, name: str, *, now: bool = False) -> Outcome:
+            with self.world.lock:
+                self.world.calls.append(("retire", name, self.actor))
+            calls["n"] += 1
+            if calls["n"] == 1:  # the report arrives while this job runs
+                h.service.report_consumer("a", instance="web-1",
+                                          fingerprint="hmac-sha256:" + "0" * 32)
+            rotation = self.journal.open_rotation(name)
+            return Outcome(name, True, "held", "1 consumer(s) still use the old secret",
+                           rotation.id if rotation else None)
+
+        monkeypatch.setattr(test_daemon.RecordingWorker, "retire", held)
+        h = make(tmp_path, {"a": 'rotate_every = "1h"\ngrace_period = "10m"\n'
+                                 'retire = "when_unused"'})
+        h.service.prepare()
+        h.clock.advance(hours=1)
+        h.service.tick()
+        h.clock.advance(minutes=10)
+        h.service.tick()
+        h.service.tick()
+        assert h.kinds() == ["rotate:a", "retire:a", "retire:a"]
+        h.service.tick()
+        assert h.kinds() == ["rotate:a", "retire:a", "retire:a"]  # then HELD_RETRY again

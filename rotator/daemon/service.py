@@ -121,6 +121,8 @@ class Service:
         self._scheduler: threading.Thread | None = None
         self._prepared = False
         self._consumers = ConsumerRegistry(config.state_dir)
+        #: Clients a consumer reported for while a job of theirs ran (see report_consumer).
+        self._reported_meanwhile: set[str] = set()
         self._audit = audit
         self._swept: float | None = None  # monotonic time of the last hooks/alerts sweep
         self._sweeping = False
@@ -303,11 +305,15 @@ class Service:
                                                     hostname, pid),
                                keep_for=client.consumers_seen_within)
         with self._lock:
-            # A retirement held for this client's consumers is asked again at once.
+            # A retirement held for this client's consumers is asked again at once (or, while
+            # a job asks the gate now, again when it ends).
             if client.retire == "when_unused" and rec.open is not None \
-                    and rec.open.awaiting_retirement and rec.not_before is not None:
-                rec.not_before = None
-                self._wakeup.set()
+                    and rec.open.awaiting_retirement:
+                if rec.job is not None:
+                    self._reported_meanwhile.add(name)
+                elif rec.not_before is not None:
+                    rec.not_before = None
+                    self._wakeup.set()
 
     def _consumer_snapshot(self) -> Mapping[str, Any]:
         try:
@@ -480,6 +486,9 @@ class Service:
                       stopping=self._stopping.is_set())
             if outcome.action == "held":
                 rec.not_before = now + timedelta(seconds=HELD_RETRY)
+                if job.client in self._reported_meanwhile:  # a consumer report came in
+                    rec.not_before = None  # while the gate was asked: ask again at once
+            self._reported_meanwhile.discard(job.client)
             if rec.removed and rec.open is None:
                 del self._records[job.client]
         log.info("job_finished", client=job.client, kind=job.kind, action=outcome.action,
