@@ -538,3 +538,23 @@ class TestReportWhileTheGateIsAsked:
         assert h.kinds() == ["rotate:a", "retire:a", "retire:a"]
         h.service.tick()
         assert h.kinds() == ["rotate:a", "retire:a", "retire:a"]  # then HELD_RETRY again
+
+
+class TestDamagedReportFile:
+    """A report the daemon cannot keep is refused as unavailable (503), never a 500, and
+    the client's answer still comes without its consumers."""
+
+    def test_unavailable(self, tmp_path: Path) -> None:
+        from test_daemon import make
+
+        from rotator.daemon.model import ServiceUnavailable
+
+        h = make(tmp_path, {"a": 'retire = "when_unused"'})
+        h.service.prepare()
+        path = h.config.state_dir / "consumers.json"
+        path.write_text("{not json")
+        path.chmod(0o600)
+        with pytest.raises(ServiceUnavailable, match="cannot keep the report"):
+            h.service.report_consumer("a", instance="web-1",
+                                      fingerprint="hmac-sha256:" + "0" * 32)
+        assert h.service.client("a").consumers == ()

@@ -301,9 +301,13 @@ class Service:
             self._taking()
             rec = self._record(name)
             client = rec.config
-        self._consumers.record(name, ConsumerReport(instance, fingerprint, self._clock(),
-                                                    hostname, pid),
-                               keep_for=client.consumers_seen_within)
+        try:
+            self._consumers.record(name, ConsumerReport(instance, fingerprint, self._clock(),
+                                                        hostname, pid),
+                                   keep_for=client.consumers_seen_within)
+        except (OSError, ValueError) as exc:  # a full disk, a damaged file: try again later
+            log.error("consumer_report_not_kept", client=name, error=redact(str(exc)))
+            raise ServiceUnavailable("cannot keep the report now") from None
         with self._lock:
             # A retirement held for this client's consumers is asked again at once (or, while
             # a job asks the gate now, again when it ends).
