@@ -497,6 +497,10 @@ def _print_status(rows: list[dict[str, Any]], as_json: bool, out: TextIO) -> Non
         out.write(f"  daemon: {row['condition']}{reason}{when}\n")
         if row.get("secret_expires_at"):
             out.write(f"  secret expires {row['secret_expires_at']}\n")
+        for consumer in row.get("consumers", ()):
+            uses = {True: "current secret", False: "another secret", None: "not compared yet"}
+            out.write(f"  consumer {consumer['instance']}: {consumer['fingerprint']} "
+                      f"({uses[consumer['current']]}), seen {consumer['seen_at']}\n")
         last = row["last_rotation"]
         if last:
             out.write(f"  last rotation {last['id']}: {last['state']} by {last['actor']} at "
@@ -526,10 +530,14 @@ def _daemon_view(engine: Engine, name: str) -> dict[str, Any]:
     def at(value: datetime | None) -> str | None:
         return None if value is None else value.isoformat()
 
+    from rotator.consumers import consumer_rows
+
     return {"condition": state.condition.value, "reason": state.reason,
             "next_run": at(state.next_run), "failures": state.failures,
             "next_attempt": at(state.next_attempt), "retire_after": at(state.retire_after),
-            "secret_expires_at": at(state.secret_expires_at)}
+            "secret_expires_at": at(state.secret_expires_at),
+            "consumers": consumer_rows(engine.config.state_dir, engine.config.clients[name],
+                                       engine.clock())}
 
 
 def _human_age(seconds: int) -> str:

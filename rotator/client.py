@@ -58,6 +58,7 @@ import httpx
 import structlog
 from structlog.typing import FilteringBoundLogger
 
+from rotator.client_report import ConsumerReporter
 from rotator.config import ClientConfig, load_config
 from rotator.errors import (
     BadTokenResponse,
@@ -304,6 +305,8 @@ class _TokenCore:
         self._default_key = _scope_key(request.scopes)
         self._requests: dict[ScopeKey, TokenRequest] = {self._default_key: request}
         self._refusal: _Refusal | None = None
+        self._reread = False  # read CURRENT at every refresh, not only after a refusal
+        self._used: Credentials | None = None  # the credentials of the last token obtained
 
     @property
     def client_id(self) -> str | None:
@@ -358,7 +361,7 @@ class _TokenCore:
             if credentials in refusal.refused:
                 raise self._still_refused(refusal, now)
             tried += refusal.refused  # a new secret: try it, but not the refused ones again
-        elif credentials is None:
+        elif credentials is None or self._reread:
             credentials = yield from self._read_current()
         first = len(tried)
         tried.append(credentials)
@@ -397,6 +400,7 @@ class _TokenCore:
                 raise BadTokenResponse(f"client {credentials.client_id}: {exc}",
                                        error=exc.error, status=exc.status) from exc
             entry = _entry(token, sent_at, self._policy)
+            self._used = credentials
             if self._refusal is not None:
                 with self._lock:
                     self._refusal = None
@@ -526,9 +530,13 @@ class TokenClient(_TokenCore):
         sleep: Callable[[float], None] = time.sleep,
         random: Random = _random.random,
         logger: FilteringBoundLogger | None = None,
+        reporter: ConsumerReporter | None = None,
     ) -> None:
         super().__init__(request, credentials, store, location, policy or CachePolicy(), clock,
                          random, logger)
+        # retire = "when_unused": re-read CURRENT at every refresh, report what was used.
+        self._reporter = reporter
+        self._reread = reporter is not None and store is not None
         self._http = http if http is not None else httpx.Client(timeout=10.0)
         self._owns_http = http is None
         self._sleep = sleep
@@ -549,7 +557,11 @@ class TokenClient(_TokenCore):
 
         Reads credentials from the client's first store (or the one named ``store``), which
         is started here and closed by :meth:`close`. Raises ``ConfigError`` or ``StoreError``.
+        With ``ROTATOR_REPORT_URL`` set (in ``environ``, default the process environment), it
+        reports which secret it uses to the daemon (:mod:`rotator.client_report`).
         """
+        if "reporter" not in kwargs:
+            kwargs["reporter"] = ConsumerReporter.from_env(client_name, environ)
         return _from_config(cls, path, client_name, store, environ, kwargs,
                             lambda c: httpx.Client(timeout=c.verify_timeout,
                                                    verify=c.tls_verify))
@@ -601,6 +613,9 @@ class TokenClient(_TokenCore):
         with self._lock:
             slot.entry, slot.flight = new, None
         flight.finish(new.token)
+        used = self._credentials if self._used is None else self._used
+        if self._reporter is not None and used is not None:
+            self._reporter.report(used.client_secret)  # never raises; at most once a refresh
         return new.token
 
     def _run(self, flow: _Flow) -> _Entry:
@@ -628,6 +643,8 @@ class TokenClient(_TokenCore):
         """Close the token-endpoint client and store this object created. Never raises."""
         if self._owns_http:
             self._http.close()
+        if self._reporter is not None:
+            self._reporter.close()
         if self._owns_store and self._store is not None:
             self._store.close()
 

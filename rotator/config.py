@@ -129,6 +129,8 @@ _AUDIT_HTTP_SETTINGS = (
     Setting("sourcetype"),
     Setting("host"),
 )
+#: When a client's old secret is retired: after its grace period, or once no consumer uses it.
+RETIRE_MODES = ("after_grace", "when_unused")
 _CLIENT_SETTINGS = (
     Setting("idp", required=True, help="name of an [idps.*] table"),
     Setting("client_id", required=True),
@@ -155,6 +157,13 @@ _CLIENT_SETTINGS = (
                  "expire, e.g. Entra ID)"),
     Setting("max_age", "duration", default=None,
             help="alert when the current secret is older than this ([alerts])"),
+    # Retire when unused (rotator.consumers): grace_period is then the upper bound.
+    Setting("retire", default="after_grace", choices=RETIRE_MODES,
+            help="after_grace, or when_unused: once every consumer reports the new secret"),
+    Setting("min_grace", "duration", default=0.0,
+            help="with retire = when_unused: never retire sooner than this"),
+    Setting("consumers_seen_within", "duration", default=3600.0,
+            help="with retire = when_unused: consumers that reported within this long count"),
 )
 #: Client keys a [defaults] table may set for every client that does not set them itself.
 _DEFAULTABLE = ("grace_period", "rotate_every", "schedule", "window", "jitter", "backoff",
@@ -183,6 +192,8 @@ _JOURNAL_SETTINGS = (
 
 #: The admin API's roles, weakest first: each may do what the ones before it may.
 API_ROLES = ("read", "rotate", "admin")
+#: A role outside that order: it may only report which secret a consumer uses.
+CONSUMER_ROLE = "consumer"
 DEFAULT_API_LISTEN = "127.0.0.1:8900"
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 #: A bearer token shorter than this is refused: it could be guessed.
@@ -196,7 +207,7 @@ _API_SETTINGS = (
 )
 _API_TOKEN_SETTINGS = (
     Setting("name", required=True, help="who the token belongs to; lands in the audit log"),
-    Setting("role", required=True, choices=API_ROLES),
+    Setting("role", required=True, choices=(*API_ROLES, CONSUMER_ROLE)),
     Setting("token", secret=True, help="API bearer token"),
     Setting("token_sha256", help="hex SHA-256 of the token, instead of the token"),
 )
@@ -344,6 +355,11 @@ class ClientConfig:
     max_age: float | None = None
     #: ``[[defaults.hooks]]`` then ``[[clients.NAME.hooks]]``: see rotator.hooks.
     hooks: tuple[HookConfig, ...] = ()
+    #: ``after_grace`` or ``when_unused`` (see rotator.consumers): with ``when_unused`` the
+    #: old secret is retired between ``min_grace`` and ``grace_period`` after promotion.
+    retire: str = "after_grace"
+    min_grace: float = 0.0
+    consumers_seen_within: float = 3600.0
 
     @property
     def primary(self) -> StoreTarget:
@@ -552,6 +568,11 @@ def _client(
         report("token_endpoint", problem)
     if s.get("verify_attempts") is not None and s["verify_attempts"] < 1:
         report("verify_attempts", "must be at least 1")
+    if s.get("retire") == "when_unused" and s.get("min_grace") is not None \
+            and s.get("grace_period") is not None and s["min_grace"] > s["grace_period"]:
+        report("min_grace", "must not be longer than grace_period (the upper bound)")
+    if s.get("consumers_seen_within") is not None and s["consumers_seen_within"] <= 0:
+        report("consumers_seen_within", "must be longer than zero")
     targets: list[StoreTarget] = []
     raw_targets = table.get("stores")
     if not isinstance(raw_targets, list) or not raw_targets:
@@ -598,7 +619,8 @@ def _client(
         tls_verify=tls, schedule=s["schedule"], window=s["window"], jitter=s["jitter"],
         backoff=s["backoff"], backoff_max=s["backoff_max"], idp_settings=idp_settings,
         rotate_before_expiry=s["rotate_before_expiry"],
-        max_age=s["max_age"],
+        max_age=s["max_age"], retire=s["retire"], min_grace=s["min_grace"],
+        consumers_seen_within=s["consumers_seen_within"],
     )
 
 

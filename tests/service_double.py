@@ -19,6 +19,7 @@ from typing import Any
 from rotator.daemon.model import (
     ClientState,
     Condition,
+    ConsumerView,
     Readiness,
     RotationStep,
     RotationView,
@@ -139,6 +140,18 @@ class InMemoryRotationService:
     def readiness(self) -> Readiness:
         self._check()
         return self.ready
+
+    def report_consumer(self, name: str, *, instance: str, fingerprint: str,
+                        hostname: str | None = None, pid: int | None = None) -> None:
+        client = self._check(name)
+        assert client is not None
+        self.calls.append(Call("report_consumer", name, "consumer",
+                               {"instance": instance, "fingerprint": fingerprint}))
+        if self.unavailable:
+            raise ServiceUnavailable("the service is shutting down")
+        view = ConsumerView(instance, fingerprint, self._clock(), hostname, pid)
+        kept = [c for c in client.consumers if c.instance != instance]
+        self._clients[name] = replace(client, consumers=(*kept, view))
 
 
 def sample_clients(count: int, *, fingerprint: str, secret: Secret | None = None,

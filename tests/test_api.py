@@ -319,6 +319,11 @@ ROUTE_ROLES: dict[tuple[str, str], str | None] = {
     ("POST", "/v1/clients/{name}/rotations"): "rotate",
     ("POST", "/v1/clients/{name}/verifications"): "rotate",
     ("POST", "/v1/clients/{name}/retirements"): "admin",
+    ("POST", "/v1/clients/{name}/consumers"): "consumer",
+}
+#: A body for the routes that need one (the others get none).
+ROUTE_BODIES: dict[tuple[str, str], dict[str, Any]] = {
+    ("POST", "/v1/clients/{name}/consumers"): {"instance": "web-1", "fingerprint": FINGERPRINT},
 }
 
 
@@ -349,7 +354,8 @@ class Api:
 
 @pytest.fixture
 def api(tmp_path: Path, jwks: JwksServer, signing_key: SigningKey) -> Iterator[Api]:
-    tokens = {role: secrets.token_urlsafe(24) for role in ("read", "rotate", "admin")}
+    tokens = {role: secrets.token_urlsafe(24)
+              for role in ("read", "rotate", "admin", "consumer")}
     hashed = secrets.token_urlsafe(24)
     config = _load(tmp_path, f"""
 [[api.tokens]]
@@ -365,6 +371,10 @@ name = "ops"
 role = "admin"
 token_env = "T_ADMIN"
 [[api.tokens]]
+name = "web"
+role = "consumer"
+token_env = "T_CONSUMER"
+[[api.tokens]]
 name = "grafana"
 role = "read"
 token_sha256 = "{hashlib.sha256(hashed.encode()).hexdigest()}"
@@ -372,7 +382,8 @@ token_sha256 = "{hashlib.sha256(hashed.encode()).hexdigest()}"
 jwks_uri = "{jwks.uri}"
 issuer = "{ISSUER}"
 audience = "{AUDIENCE}"
-""", T_READ=tokens["read"], T_ROTATE=tokens["rotate"], T_ADMIN=tokens["admin"])
+""", T_READ=tokens["read"], T_ROTATE=tokens["rotate"], T_ADMIN=tokens["admin"],
+                   T_CONSUMER=tokens["consumer"])
     secret = Secret(secrets.token_urlsafe(32))
     service = InMemoryRotationService(sample_clients(12, fingerprint=FINGERPRINT,
                                                      secret=secret))
@@ -420,8 +431,16 @@ CREDENTIALS: dict[str, tuple[str | None, str | None]] = {
     "read": ("read", "viewer"), "hashed": ("read", "grafana"), "rotate": ("rotate", "ci"),
     "admin": ("admin", "ops"), "jwt-read": ("read", "ops-bot"),
     "jwt-rotate": ("rotate", "ops-bot"), "jwt-admin": ("admin", "ops-bot"),
+    "consumer": ("consumer", "web"),
 }
-_RANK = {"read": 1, "rotate": 2, "admin": 3}
+_RANK = {"consumer": 0, "read": 1, "rotate": 2, "admin": 3}
+
+
+def _may(granted: str, needed: str) -> bool:
+    """``consumer`` may only report, and only ``consumer`` may report."""
+    if "consumer" in (granted, needed):
+        return granted == needed
+    return _RANK[granted] >= _RANK[needed]
 
 
 class TestAuthMatrix:
@@ -438,18 +457,19 @@ class TestAuthMatrix:
     def test_route(self, api: Api, method: str, template: str, credential: str) -> None:
         needed = ROUTE_ROLES[(method, template)]
         granted, caller = CREDENTIALS[credential]
-        response = api.client.request(method, _url(template), headers=api.headers(credential))
+        response = api.client.request(method, _url(template), headers=api.headers(credential),
+                                      json=ROUTE_BODIES.get((method, template)))
         if needed is None:
             assert response.status_code == 200
             caller = None
         elif granted is None:
             _assert_problem(response, 401)
             assert response.headers["www-authenticate"].startswith("Bearer")
-        elif _RANK[granted] < _RANK[needed]:
+        elif not _may(granted, needed):
             body = _assert_problem(response, 403)
             assert needed in body["detail"]
         else:
-            assert response.status_code in (200, 202), response.text
+            assert response.status_code in (200, 202, 204), response.text
         [event] = api.events()
         assert event["route"] == template
         assert event["method"] == method

@@ -95,6 +95,9 @@ _EVENTS = [
           "hook kind stage attempts required next_attempt_at", severity="warning"),
     _spec("alert_sent", "an alert (firing or resolved) was sent to the alert webhook", "iam",
           "info", (ENTITY_MANAGEMENT, OTHER), "condition alert_status alert_key"),
+    _spec("retired_while_in_use", "an old secret was retired at the end of its grace period "
+          "while consumers still reported it (retire = when_unused)", "iam", "info",
+          (ENTITY_MANAGEMENT, OTHER), "consumers", severity="warning"),
     _spec("api_request", "a call to the admin API, allowed or refused", "web", "access",
           (API_ACTIVITY, OTHER), "caller auth role source_ip method route status reason"),
 ]

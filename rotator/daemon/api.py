@@ -11,6 +11,7 @@ Routes (``docs/api.md``; the OpenAPI document is ``docs/openapi.json``)::
     POST /v1/clients/{name}/rotations          rotate       202, joins a running rotation
     POST /v1/clients/{name}/verifications      rotate       does the stored secret work?
     POST /v1/clients/{name}/retirements?now=   admin        202, retire the old secret
+    POST /v1/clients/{name}/consumers          consumer     204, which secret a consumer uses
 
 Every call, refused ones too, is one ``api_request`` audit event (caller, source address,
 route template, status, outcome). Every error is an RFC 9457 problem document
@@ -47,6 +48,7 @@ from rotator.audit import AuditLog
 from rotator.daemon.api_models import (
     ClientOut,
     ClientPage,
+    ConsumerIn,
     FieldProblem,
     HealthOut,
     Problem,
@@ -204,8 +206,9 @@ _LOCATION = {"Location": {"description": "the rotation's URL", "schema": {"type"
 ClientName = Annotated[str, PathParam(pattern=_NAME_PATTERN, description="a configured client")]
 
 
-def _caller_with(role: Role) -> Callable[..., Awaitable[Caller]]:
-    """A dependency: the authenticated caller, refused (401/403/503) unless it has ``role``."""
+def _caller_with(role: Role, *, exact: bool = False) -> Callable[..., Awaitable[Caller]]:
+    """A dependency: the authenticated caller, refused (401/403/503) unless it has ``role``
+    (a stronger one too, unless ``exact``)."""
     async def dependency(request: Request, _credentials: Annotated[
             HTTPAuthorizationCredentials | None, Security(_bearer)]) -> Caller:
         auth: Authenticator = request.app.state.authenticator
@@ -228,7 +231,7 @@ def _caller_with(role: Role) -> Callable[..., Awaitable[Caller]]:
             raise HTTPException(401, exc.reason,
                                 headers={"WWW-Authenticate": challenge}) from None
         record.caller = caller
-        if caller.role < role:
+        if caller.role < role or (exact and caller.role != role):
             record.reason = f"role {caller.role} may not do what needs {role}"
             raise HTTPException(
                 403, f"this needs the {role} role; {caller.name} has {caller.role}",
@@ -258,6 +261,7 @@ async def _no_unknown_query(request: Request) -> None:
 Reader = Annotated[Caller, Security(_caller_with(Role.READ))]
 Rotator = Annotated[Caller, Security(_caller_with(Role.ROTATE))]
 Admin = Annotated[Caller, Security(_caller_with(Role.ADMIN))]
+Consumer = Annotated[Caller, Security(_caller_with(Role.CONSUMER, exact=True))]
 
 
 def create_app(service: RotationService, *, auth: Authenticator, audit: AuditLog | None,
@@ -347,6 +351,18 @@ def create_app(service: RotationService, *, auth: Authenticator, audit: AuditLog
     def verify(name: ClientName, caller: Rotator) -> VerificationOut:
         return VerificationOut(client=name,
                                result=safe_json(dict(service.verify(name, actor=caller.actor))))
+
+    @app.post("/v1/clients/{name}/consumers", status_code=204, tags=["consumers"],
+              summary="A consumer reports which secret it uses (its fingerprint)",
+              response_class=Response,
+              responses={204: {"description": "kept as this instance's last report"},
+                         400: {"model": Problem, "description": "the body is not JSON"},
+                         **_ERRORS, **_NOT_FOUND})
+    def report_consumer(name: ClientName, report: ConsumerIn, _caller: Consumer) -> Response:
+        service.report_consumer(name, instance=report.instance,
+                                fingerprint=report.fingerprint, hostname=report.hostname,
+                                pid=report.pid)
+        return Response(status_code=204)
 
     @app.get("/v1/rotations/{rotation_id}", response_model=RotationOut, tags=["rotations"],
              summary="One rotation: its state and its steps with their times",

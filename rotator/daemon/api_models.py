@@ -13,8 +13,9 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import Response
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
+from rotator.consumers import FINGERPRINT_PATTERN, HOSTNAME_PATTERN, INSTANCE_PATTERN
 from rotator.daemon.model import ClientState, Condition, RotationView, Trigger
 from rotator.secrets import Secret, redact
 
@@ -48,6 +49,30 @@ class Backoff(BaseModel):
     next_attempt: datetime | None
 
 
+class ConsumerIn(BaseModel):
+    """A consumer's report: which secret it uses, by its consumer fingerprint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    instance: str = Field(pattern=INSTANCE_PATTERN,
+                          description="this consumer instance, stable for its lifetime")
+    fingerprint: str = Field(pattern=FINGERPRINT_PATTERN,
+                             description="HMAC-SHA256 of the secret under the client's "
+                                         "consumer key, never the secret")
+    hostname: str | None = Field(default=None, pattern=HOSTNAME_PATTERN)
+    pid: int | None = Field(default=None, ge=1, le=2**31)
+
+
+class ConsumerOut(BaseModel):
+    instance: str
+    fingerprint: str
+    seen_at: datetime
+    hostname: str | None
+    pid: int | None
+    #: Whether it uses the current secret; null until the daemon compared.
+    current: bool | None
+
+
 class ClientOut(BaseModel):
     name: str
     client_id: str
@@ -63,6 +88,8 @@ class ClientOut(BaseModel):
     retire_after: datetime | None
     extra: dict[str, Any]
     secret_expires_at: datetime | None = None
+    #: Which consumers use which secret (retire = when_unused): each one's last report.
+    consumers: list[ConsumerOut] = []
 
 
 class ClientPage(BaseModel):
@@ -150,6 +177,9 @@ def client_out(c: ClientState) -> ClientOut:
         backoff=Backoff(failures=c.failures, next_attempt=c.next_attempt),
         retire_after=c.retire_after, extra=safe_json(dict(c.extra)),
         secret_expires_at=c.secret_expires_at,
+        consumers=[ConsumerOut(instance=redact(x.instance), fingerprint=x.fingerprint,
+                               seen_at=x.seen_at, hostname=safe_text(x.hostname), pid=x.pid,
+                               current=x.current) for x in c.consumers],
     )
 
 

@@ -2,7 +2,8 @@
 OAuth 2.0 JWT access tokens from one issuer (``[api.jwt]``).
 
 A caller has a :class:`Role`; each role may do what the weaker ones may
-(``read`` < ``rotate`` < ``admin``). :meth:`Authenticator.authenticate` turns an
+(``read`` < ``rotate`` < ``admin``); ``consumer`` may only report which secret a consumer
+uses, and nothing else (no other role may report). :meth:`Authenticator.authenticate` turns an
 ``Authorization`` header into a :class:`Caller` or raises :class:`Unauthenticated`, whose
 ``reason`` is fit for the audit log (it never holds the token).
 
@@ -34,6 +35,7 @@ from rotator.errors import RotatorError
 class Role(enum.IntEnum):
     """What a caller may do; a stronger role includes every weaker one."""
 
+    CONSUMER = 0  # only report which secret it uses (POST /v1/clients/{name}/consumers)
     READ = 1  # every GET
     ROTATE = 2  # + trigger rotations and verifications
     ADMIN = 3  # + retire old secrets

@@ -56,6 +56,23 @@ class ClientState:
     extra: Mapping[str, Any] = field(default_factory=dict)
     #: When the current secret expires at the IdP, if it said (Entra ID passwords).
     secret_expires_at: datetime | None = None
+    #: The last report of each consumer seen within ``consumers_seen_within``
+    #: (rotator.consumers): which secret (by consumer fingerprint) each one uses.
+    consumers: Sequence[ConsumerView] = ()
+
+
+@dataclass(frozen=True)
+class ConsumerView:
+    """One consumer instance's last report: its fingerprint, never the secret."""
+
+    instance: str
+    fingerprint: str
+    seen_at: datetime
+    hostname: str | None = None
+    pid: int | None = None
+    #: True when it reports the client's current secret, False when another one, None when
+    #: the daemon has not fingerprinted the current secret for consumers yet.
+    current: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -150,6 +167,12 @@ class RotationService(Protocol):
         ...
 
     def readiness(self) -> Readiness:
+        ...
+
+    def report_consumer(self, name: str, *, instance: str, fingerprint: str,
+                        hostname: str | None = None, pid: int | None = None) -> None:
+        """Keep a consumer instance's report of which secret it uses (``rotator.consumers``).
+        """
         ...
 
 

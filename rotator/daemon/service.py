@@ -32,9 +32,11 @@ import structlog
 
 from rotator.audit import AuditLog
 from rotator.config import ClientConfig, Config
+from rotator.consumers import ConsumerRegistry, ConsumerReport
 from rotator.daemon.leases import holder_name, leased
 from rotator.daemon.model import (
     ClientState,
+    ConsumerView,
     Observer,
     Readiness,
     RotationView,
@@ -121,6 +123,9 @@ class Service:
         self._wakeup = threading.Event()
         self._scheduler: threading.Thread | None = None
         self._prepared = False
+        self._consumers = ConsumerRegistry(config.state_dir)
+        #: Clients a consumer reported for while a job of theirs ran (see report_consumer).
+        self._reported_meanwhile: set[str] = set()
         self._audit = audit
         self._swept: float | None = None  # monotonic time of the last hooks/alerts sweep
         self._sweeping = False
@@ -212,12 +217,16 @@ class Service:
 
     def clients(self) -> Sequence[ClientState]:
         with self._lock:
-            return [self._records[name].state(self._clock()) for name in sorted(self._records)]
+            states = [(self._records[name].state(self._clock()), self._records[name].config)
+                      for name in sorted(self._records)]
+        snapshot = self._consumer_snapshot()
+        return [self._with_consumers(state, config, snapshot) for state, config in states]
 
     def client(self, name: str) -> ClientState:
         with self._lock:
-            self._record(name)
-            return self._records[name].state(self._clock())
+            rec = self._record(name)
+            state = rec.state(self._clock())
+        return self._with_consumers(state, rec.config, self._consumer_snapshot())
 
     def rotation(self, rotation_id: str) -> RotationView:
         with self._lock:
@@ -306,6 +315,55 @@ class Service:
             outcome = worker.verify(name)
         return {"client": name, "ok": outcome.ok, "message": outcome.message,
                 "stores": outcome.details}
+
+    def report_consumer(self, name: str, *, instance: str, fingerprint: str,
+                        hostname: str | None = None, pid: int | None = None) -> None:
+        with self._lock:
+            self._taking()
+            rec = self._record(name)
+            client = rec.config
+        try:
+            self._consumers.record(name, ConsumerReport(instance, fingerprint, self._clock(),
+                                                        hostname, pid),
+                                   keep_for=client.consumers_seen_within)
+        except (OSError, ValueError) as exc:  # a full disk, a damaged file: try again later
+            log.error("consumer_report_not_kept", client=name, error=redact(str(exc)))
+            raise ServiceUnavailable("cannot keep the report now") from None
+        with self._lock:
+            # A retirement held for this client's consumers is asked again at once (or, while
+            # a job asks the gate now, again when it ends).
+            if client.retire == "when_unused" and rec.open is not None \
+                    and rec.open.awaiting_retirement:
+                if rec.job is not None:
+                    self._reported_meanwhile.add(name)
+                elif rec.not_before is not None:
+                    rec.not_before = None
+                    self._wakeup.set()
+
+    def _consumer_snapshot(self) -> Mapping[str, Any]:
+        try:
+            return self._consumers.snapshot()
+        except (OSError, ValueError) as exc:
+            log.error("consumer_reports_unreadable", error=redact(str(exc)))
+            return {}
+
+    def _with_consumers(self, state: ClientState, config: ClientConfig,
+                        snapshot: Mapping[str, Any]) -> ClientState:
+        if not snapshot:
+            return state
+        try:
+            seen = self._consumers.seen(state.name, within=config.consumers_seen_within,
+                                        now=self._clock(), snapshot=snapshot)
+            current = self._consumers.notes(state.name, snapshot).get("current_fingerprint")
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("consumer_reports_unreadable", error=redact(str(exc)))
+            return state
+        if not seen:
+            return state
+        return dataclasses.replace(state, consumers=tuple(
+            ConsumerView(r.instance, r.fingerprint, r.seen_at, r.hostname, r.pid,
+                         None if current is None else r.fingerprint == current)
+            for r in seen))
 
     def readiness(self) -> Readiness:
         try:
@@ -485,6 +543,9 @@ class Service:
                       stopping=self._stopping.is_set())
             if outcome.action == "held":
                 rec.not_before = now + timedelta(seconds=HELD_RETRY)
+                if job.client in self._reported_meanwhile:  # a consumer report came in
+                    rec.not_before = None  # while the gate was asked: ask again at once
+            self._reported_meanwhile.discard(job.client)
             if rec.removed and rec.open is None:
                 del self._records[job.client]
         log.info("job_finished", client=job.client, kind=job.kind, action=outcome.action,

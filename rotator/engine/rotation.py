@@ -17,6 +17,7 @@ import structlog
 from rotator.audit import AuditLog, bound
 from rotator.config import ClientConfig, Config, StoreTarget
 from rotator.engine.adapters import Adapters
+from rotator.engine.consumer_gate import consumer_gate
 from rotator.engine.status import client_status
 from rotator.engine.verification import HttpFactory, default_http, verify_credentials
 from rotator.errors import (
@@ -119,6 +120,8 @@ class Engine:
         self.retirement_gates: list[RetirementGate] = [self.hooks]
         self.alerter = (Alerter(config.alerts, config.state_dir, audit, clock=clock)
                         if config.alerts is not None else None)
+        # retire = "when_unused": wait for the consumers' reports (rotator.consumers).
+        self.retirement_gates.append(consumer_gate(self))
 
     # -- public commands -------------------------------------------------------------------
 
@@ -475,7 +478,9 @@ class Engine:
         if state is State.VERIFIED:
             if overlap:
                 self._promote_all(client, rotation)
-                retire = self.clock() + timedelta(seconds=client.grace_period)
+                retire = self.clock() + timedelta(seconds=client.min_grace
+                                                  if client.retire == "when_unused"
+                                                  else client.grace_period)
                 return self._advance(rotation, State.PROMOTED, retire_after=retire.isoformat())
             return self._advance(rotation, State.COMPLETED)
         if state is State.PROMOTED:

@@ -9,6 +9,12 @@ Conditions, each keyed ``<condition>:<client>[:<hook>]``:
 ``secret_too_old``           the current secret is older than the client's ``max_age``
 ``hook_failed``              a hook's last round of attempts failed
 
+Sent once, when it happens (:meth:`Alerter.fire`, never resolved):
+
+``retired_while_in_use``     a ``retire = "when_unused"`` client's old secret was retired at
+                             its grace period's end while consumers still reported it
+                             (``detail.consumers`` names them; see rotator.consumers)
+
 A condition that holds is sent when first seen and again every ``repeat``; when it clears, a
 ``resolved`` message is sent once. What was sent is kept in ``alerts.json`` in the state
 directory (mode 0600, replaced atomically, under an ``flock``), so the daemon and the CLI
@@ -191,6 +197,16 @@ class Alerter:
         except Exception:  # alerting must never break a rotation or the scheduler
             log.error("alerts_not_checked", exc_info=True)
         return sent
+
+    def fire(self, cond: Condition) -> bool:
+        """Send ``cond`` once as ``firing``, outside the held-conditions state: for an event
+        that does not persist (``retired_while_in_use``). Never raises."""
+        now = self.clock()
+        try:
+            return self._send(cond, "firing", now.isoformat(), now)
+        except Exception:  # alerting must never break a rotation
+            log.error("alert_not_sent", exc_info=True)
+            return False
 
     def _send(self, cond: Condition, status: str, since: str, now: datetime) -> bool:
         assert self.alerts.url is not None
