@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from rotator import _deadline
 from rotator.errors import RotatorError
 from rotator.hooks.config import HookConfig
 from rotator.secrets import Secret, redact
@@ -101,8 +102,9 @@ def run_command(hook: HookConfig, event: Event) -> None:
 
 
 def default_http(hook: HookConfig) -> httpx.Client:
-    """TLS verification on unless the hook turns it off; no redirects followed."""
-    return httpx.Client(timeout=hook.timeout, verify=hook.tls_verify, follow_redirects=False)
+    """TLS verification on unless the hook turns it off; no redirects followed; no
+    keep-alive (the total deadline watches each request's own connection)."""
+    return _deadline.client(hook.timeout, hook.tls_verify)
 
 
 def post_event(hook: HookConfig, event: Event, *, clock: Callable[[], float] = time.time,
@@ -116,7 +118,8 @@ def post_event(hook: HookConfig, event: Event, *, clock: Callable[[], float] = t
                EVENT_ID_HEADER: str(event.get("event_id", ""))}
     try:
         with http_factory(hook) as http:
-            response = http.post(hook.url, content=body, headers=headers)
+            response = _deadline.post(http, hook.url, content=body, headers=headers,
+                                      deadline=hook.timeout)
     except httpx.HTTPError as exc:
         raise HookFailed(f"POST {_origin(hook.url)} failed: "
                          f"{redact(type(exc).__name__ + ': ' + str(exc))[:_TAIL]}") from None
