@@ -161,6 +161,8 @@ def parse_hooks(raw: Any, prefix: str, reporter: Callable[[str], Report], *, bas
             if not argv:
                 report("argv", "required: the program and its arguments, e.g. "
                                "[\"/usr/local/bin/reload-app\", \"--graceful\"]")
+            elif any("\0" in arg for arg in argv):
+                report("argv", "must not contain a NUL character")
             for var in s.get("pass_env") or []:
                 if not _ENV_NAME.match(var):
                     report("pass_env", f"{var!r} is not an environment variable name")
