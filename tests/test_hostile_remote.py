@@ -10,6 +10,7 @@ and says nothing of the token or key it sent.
 from __future__ import annotations
 
 import secrets
+import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +25,7 @@ from rotator.audit.http import HttpTransport
 from rotator.audit.spool import DeliveryError, Record
 from rotator.hooks.alerts import Alerter
 from rotator.hooks.config import AlertConfig, HookConfig
-from rotator.hooks.kinds import HookFailed, post_event
+from rotator.hooks.kinds import HookFailed, post_event, run_command
 from rotator.interfaces import State
 from rotator.journal import SqliteJournal
 from rotator.secrets import Secret
@@ -151,3 +152,21 @@ class TestDeadlineHelper:
         assert server.chunks_sent < 200
 
 
+
+
+class TestCommandOutputTail:
+    """A failing command's output tail in the error is redacted whole, then cut, one line."""
+
+    def test_secret_straddling_the_cut(self) -> None:
+        value = secrets.token_urlsafe(30)  # 40 characters
+        secret = Secret(value)
+        script = f"import sys; print({value!r} + 'y' * 280 + '\\nlast'); sys.exit(3)"
+        hook = HookConfig(name="c", kind="command", on=("promoted",), required=False,
+                          timeout=30.0, attempts=1, backoff=0.0,
+                          argv=(sys.executable, "-c", script))
+        with pytest.raises(HookFailed) as caught:
+            run_command(hook, {"client": "svc"})
+        message = str(caught.value)
+        assert "status 3" in message and "\n" not in message
+        assert value[-12:] not in message
+        assert secret

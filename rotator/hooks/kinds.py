@@ -96,7 +96,8 @@ def run_command(hook: HookConfig, event: Event) -> None:
         raise HookFailed(f"{hook.argv[0]} did not finish within {hook.timeout:g}s; "
                          "killed") from None
     if proc.returncode != 0:
-        tail = redact(output.decode("utf-8", "replace")[-_TAIL:].strip())
+        # Redact before the cut (a secret straddling it would leak its end), then one line.
+        tail = " ".join(redact(output.decode("utf-8", "replace")).split())[-_TAIL:]
         raise HookFailed(f"{hook.argv[0]} exited with status {proc.returncode}"
                          + (f": {tail}" if tail else ""))
 
