@@ -35,10 +35,9 @@ class DeadlinePassed(httpx.TimeoutException):
 
 def client(timeout: float, verify: ssl.SSLContext | str | bool = True,
            **kwargs: Any) -> httpx.Client:
-    """An httpx client fit for :func:`post`: no keep-alive, no redirects, no proxy env."""
+    """An httpx client fit for :func:`post`: no keep-alive, no redirects."""
     return httpx.Client(timeout=timeout, verify=verify, follow_redirects=False,
-                        limits=httpx.Limits(max_keepalive_connections=0),
-                        **{"trust_env": False, **kwargs})
+                        limits=httpx.Limits(max_keepalive_connections=0), **kwargs)
 
 
 class _Watch:

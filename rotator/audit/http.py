@@ -53,7 +53,7 @@ class HttpTransport:
         if cert_file and key_file:
             context.load_cert_chain(cert_file, key_file)
         self._timeout = timeout
-        self._client = _deadline.client(timeout, context)
+        self._client = _deadline.client(timeout, context, trust_env=False)
 
     @classmethod
     def from_settings(cls, sink: str, format: str, s: Mapping[str, Any]) -> HttpTransport:
