@@ -47,8 +47,18 @@ def check_private_dir(path: Path) -> None:
 
 
 def ensure_private_dir(path: Path) -> None:
-    """Create ``path`` (and parents) with mode 0700 if missing, then :func:`check_private_dir`."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """Create ``path`` (and parents) with mode 0700 if missing, then :func:`check_private_dir`.
+
+    Each missing parent gets 0700 too (``mkdir(parents=True)`` would give it 0755): the
+    audit spool, made first, must not leave the state directory readable by others.
+    """
+    missing = []
+    for part in (path, *path.parents):
+        if part.exists():
+            break
+        missing.append(part)
+    for part in reversed(missing):
+        part.mkdir(exist_ok=True, mode=0o700)
     check_private_dir(path)
 
 

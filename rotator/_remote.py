@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import httpx
@@ -10,19 +11,26 @@ from rotator.secrets import redact
 
 #: The most characters of a remote error body an error message carries.
 MAX_ERROR_TEXT = 200
+#: Runs of whitespace and control characters: an error message is one line.
+_BREAKS = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
+
+
+def _line(text: str) -> str:
+    return _BREAKS.sub(" ", redact(text)).strip()[:MAX_ERROR_TEXT]
 
 
 def error_text(response: httpx.Response, keys: Sequence[str]) -> str:
     """The error fields ``keys`` of a JSON error body, else the body itself, redacted and cut.
 
-    Redaction comes before the cut: a secret straddling the cut would leak its start.
+    Redaction comes before the cut: a secret straddling the cut would leak its start. Line
+    breaks and control characters become spaces: the message is one line.
     """
     try:
         body = response.json()
     except ValueError:
-        return redact(response.text)[:MAX_ERROR_TEXT] or "no body"
+        return _line(response.text) or "no body"
     if isinstance(body, dict):
         parts = [str(body[k]) for k in keys if body.get(k)]
         if parts:
-            return redact("; ".join(parts))[:MAX_ERROR_TEXT]
-    return redact(str(body))[:MAX_ERROR_TEXT]
+            return _line("; ".join(parts))
+    return _line(str(body))

@@ -64,6 +64,8 @@ def url_problem(url: str, allow_insecure_http: bool = False) -> str | None:
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number
     except ValueError as exc:
         return f"not a valid URL: {exc}"
+    if any(ord(c) <= 0x20 or 0x7f <= ord(c) <= 0x9f for c in url):
+        return "must not contain spaces or control characters"
     if parts.scheme not in ("http", "https") or not host:
         return "must be an https:// URL with a host"
     if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(host):

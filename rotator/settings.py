@@ -27,10 +27,19 @@ Report = Callable[[str, str], None]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+#: The longest duration accepted: longer ones overflow socket timeouts, timers and dates.
+MAX_DURATION = 100 * 365 * 86400.0
 
 
 def parse_duration(value: object) -> float:
     """Seconds from ``90``, ``"90s"``, ``"15m"``, ``"24h"``, ``"30d"``; raises ValueError."""
+    seconds = _parse_duration(value)
+    if seconds > MAX_DURATION:
+        raise ValueError(f"a duration must be at most 100 years, got {value!r}")
+    return seconds
+
+
+def _parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 30, '90s', '15m', '24h' or '30d'")
     if isinstance(value, int | float):

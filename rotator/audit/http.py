@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 
+from rotator import _deadline
 from rotator._remote import error_text
 from rotator.audit.remote import describe
 from rotator.audit.spool import DeliveryError, Record
@@ -51,8 +52,8 @@ class HttpTransport:
         context = ssl.create_default_context(cafile=ca_file)
         if cert_file and key_file:
             context.load_cert_chain(cert_file, key_file)
-        self._client = httpx.Client(verify=context, timeout=timeout, trust_env=False,
-                                    follow_redirects=False)
+        self._timeout = timeout
+        self._client = _deadline.client(timeout, context, trust_env=False)
 
     @classmethod
     def from_settings(cls, sink: str, format: str, s: Mapping[str, Any]) -> HttpTransport:
@@ -89,7 +90,8 @@ class HttpTransport:
             scheme = "Splunk" if self.api == "hec" else "Bearer"
             headers["Authorization"] = f"{scheme} {self._token.reveal()}"
         try:
-            response = self._client.post(self.url, content=self.body(records), headers=headers)
+            response = _deadline.post(self._client, self.url, content=self.body(records),
+                                      headers=headers, deadline=self._timeout)
         except httpx.HTTPError as exc:
             raise DeliveryError(f"{self.api} {self.sink}: {type(exc).__name__}") from None
         if not response.is_success:

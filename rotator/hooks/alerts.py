@@ -38,6 +38,7 @@ from typing import Any
 import httpx
 import structlog
 
+from rotator import _deadline
 from rotator._files import UnsafeFile, ensure_private_dir, open_private, write_private_file
 from rotator.audit import AuditLog
 from rotator.hooks.config import AlertConfig
@@ -129,8 +130,7 @@ HttpFactory = Callable[[AlertConfig], httpx.Client]
 
 
 def default_http(alerts: AlertConfig) -> httpx.Client:
-    return httpx.Client(timeout=alerts.timeout, verify=alerts.tls_verify,
-                        follow_redirects=False)
+    return _deadline.client(alerts.timeout, alerts.tls_verify)
 
 
 def payload(alerts: AlertConfig, cond: Condition, status: str, since: str,
@@ -218,7 +218,8 @@ class Alerter:
         error = None
         try:
             with self.http_factory(self.alerts) as http:
-                response = http.post(self.alerts.url.reveal(), content=body, headers=headers)
+                response = _deadline.post(http, self.alerts.url.reveal(), content=body,
+                                          headers=headers, deadline=self.alerts.timeout)
             if not 200 <= response.status_code < 300:
                 error = f"the webhook answered {response.status_code}"
         except httpx.HTTPError as exc:

@@ -161,6 +161,8 @@ def parse_hooks(raw: Any, prefix: str, reporter: Callable[[str], Report], *, bas
             if not argv:
                 report("argv", "required: the program and its arguments, e.g. "
                                "[\"/usr/local/bin/reload-app\", \"--graceful\"]")
+            elif any("\0" in arg for arg in argv):
+                report("argv", "must not contain a NUL character")
             for var in s.get("pass_env") or []:
                 if not _ENV_NAME.match(var):
                     report("pass_env", f"{var!r} is not an environment variable name")
@@ -179,6 +181,7 @@ def parse_hooks(raw: Any, prefix: str, reporter: Callable[[str], Report], *, bas
                 report("key_env" if "key_env" in table else "key_file",
                        "the signing key must be at least 32 bytes; generate one with: "
                        "openssl rand -hex 32")
+            _check_ca_file(s, report, resolve)
         elif kind == "systemd":
             unit = s.get("unit")
             if not unit:
@@ -195,6 +198,12 @@ def parse_hooks(raw: Any, prefix: str, reporter: Callable[[str], Report], *, bas
             key=s.get("key"), tls_verify=tls, unit=s.get("unit"), action=s["action"],
             user=s["user"]))
     return tuple(hooks)
+
+
+def _check_ca_file(s: Mapping[str, Any], report: Report, resolve: bool) -> None:
+    """A ``ca_file`` that is not there fails at the first send: say so now."""
+    if resolve and s.get("ca_file") and not Path(s["ca_file"]).is_file():
+        report("ca_file", f"{s['ca_file']} does not exist or is not a file")
 
 
 def parse_alerts(raw: Any, report: Report, *, base: Path, environ: Mapping[str, str],
@@ -215,6 +224,7 @@ def parse_alerts(raw: Any, report: Report, *, base: Path, environ: Mapping[str, 
             given = "url_env" if "url_env" in raw else "url_file"
             report(given, "the webhook URL is not a valid URL"
                    if problem.startswith("not a valid URL") else f"the webhook URL: {problem}")
+    _check_ca_file(s, report, resolve)
     for key in ("repeat", "check_every", "timeout"):
         if s.get(key) == 0:
             report(key, "must be longer than zero")

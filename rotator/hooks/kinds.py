@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from rotator import _deadline
 from rotator.errors import RotatorError
 from rotator.hooks.config import HookConfig
 from rotator.secrets import Secret, redact
@@ -95,14 +96,16 @@ def run_command(hook: HookConfig, event: Event) -> None:
         raise HookFailed(f"{hook.argv[0]} did not finish within {hook.timeout:g}s; "
                          "killed") from None
     if proc.returncode != 0:
-        tail = redact(output.decode("utf-8", "replace")[-_TAIL:].strip())
+        # Redact before the cut (a secret straddling it would leak its end), then one line.
+        tail = " ".join(redact(output.decode("utf-8", "replace")).split())[-_TAIL:]
         raise HookFailed(f"{hook.argv[0]} exited with status {proc.returncode}"
                          + (f": {tail}" if tail else ""))
 
 
 def default_http(hook: HookConfig) -> httpx.Client:
-    """TLS verification on unless the hook turns it off; no redirects followed."""
-    return httpx.Client(timeout=hook.timeout, verify=hook.tls_verify, follow_redirects=False)
+    """TLS verification on unless the hook turns it off; no redirects followed; no
+    keep-alive (the total deadline watches each request's own connection)."""
+    return _deadline.client(hook.timeout, hook.tls_verify)
 
 
 def post_event(hook: HookConfig, event: Event, *, clock: Callable[[], float] = time.time,
@@ -116,7 +119,8 @@ def post_event(hook: HookConfig, event: Event, *, clock: Callable[[], float] = t
                EVENT_ID_HEADER: str(event.get("event_id", ""))}
     try:
         with http_factory(hook) as http:
-            response = http.post(hook.url, content=body, headers=headers)
+            response = _deadline.post(http, hook.url, content=body, headers=headers,
+                                      deadline=hook.timeout)
     except httpx.HTTPError as exc:
         raise HookFailed(f"POST {_origin(hook.url)} failed: "
                          f"{redact(type(exc).__name__ + ': ' + str(exc))[:_TAIL]}") from None
