@@ -36,6 +36,7 @@ from rotator.client import (
     _Slot,
     _TokenCore,
 )
+from rotator.client_report import ConsumerReporter
 from rotator.interfaces import Credentials, Location, SecretStore
 from rotator.token import Token, TokenRequest, request_token_async
 
@@ -70,9 +71,13 @@ class AsyncTokenClient(_TokenCore):
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         random: Random = _random.random,
         logger: FilteringBoundLogger | None = None,
+        reporter: ConsumerReporter | None = None,
     ) -> None:
         super().__init__(request, credentials, store, location, policy or CachePolicy(), clock,
                          random, logger)
+        # retire = "when_unused": re-read CURRENT at every refresh, report what was used.
+        self._reporter = reporter
+        self._reread = reporter is not None and store is not None
         self._http = http if http is not None else httpx.AsyncClient(timeout=10.0)
         self._owns_http = http is None
         self._sleep = sleep
@@ -88,7 +93,10 @@ class AsyncTokenClient(_TokenCore):
         environ: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> Self:
-        """As :meth:`rotator.client.TokenClient.from_config` (starting the store blocks)."""
+        """As :meth:`rotator.client.TokenClient.from_config` (starting the store blocks),
+        reporting to the daemon with ``ROTATOR_REPORT_URL`` set likewise."""
+        if "reporter" not in kwargs:
+            kwargs["reporter"] = ConsumerReporter.from_env(client_name, environ)
         return _from_config(cls, path, client_name, store, environ, kwargs,
                             lambda c: httpx.AsyncClient(timeout=c.verify_timeout,
                                                         verify=c.tls_verify))
@@ -137,6 +145,10 @@ class AsyncTokenClient(_TokenCore):
             raise
         with self._lock:
             slot.entry, slot.flight = new, None
+        used = self._credentials if self._used is None else self._used
+        if self._reporter is not None and used is not None:
+            # never raises; at most once a refresh; its HTTP call is blocking: off the loop
+            await asyncio.to_thread(self._reporter.report, used.client_secret)
         return new.token
 
     async def _run(self, flow: _Flow) -> _Entry:
@@ -167,6 +179,8 @@ class AsyncTokenClient(_TokenCore):
                 slot.flight.cancel()
         if self._owns_http:
             await self._http.aclose()
+        if self._reporter is not None:
+            self._reporter.close()
         if self._owns_store and self._store is not None:
             self._store.close()
 

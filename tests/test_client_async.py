@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,8 @@ from test_client import (
 
 from rotator.client import CachePolicy, ClientCredentialsAuth
 from rotator.client_async import AsyncTokenClient
+from rotator.client_report import ConsumerReporter
+from rotator.consumers import consumer_fingerprint
 from rotator.errors import InvalidClient, InvalidScope, TokenEndpointUnavailable
 from rotator.interfaces import Credentials, Stage
 from rotator.secrets import Secret
@@ -41,7 +45,8 @@ class AsyncRig:
         self.rand = 0.5
 
     def client(self, *, direct: bool = False, policy: CachePolicy | None = None,
-               handler: Callable[[httpx.Request], Any] | None = None) -> AsyncTokenClient:
+               handler: Callable[[httpx.Request], Any] | None = None,
+               **kwargs: Any) -> AsyncTokenClient:
         source: dict[str, Any] = (
             {"credentials": Credentials("svc-orders", Secret(self.secret))} if direct
             else {"store": self.store, "location": "apps/orders"})
@@ -49,7 +54,7 @@ class AsyncRig:
             TokenRequest(ENDPOINT), **source,
             http=httpx.AsyncClient(transport=httpx.MockTransport(handler or self.idp)),
             policy=policy, clock=self.clock, sleep=self.clock.async_sleep,
-            random=lambda: self.rand)
+            random=lambda: self.rand, **kwargs)
 
     def run(self, test: Callable[[AsyncTokenClient], Awaitable[None]], **kwargs: Any) -> None:
         async def go() -> None:
@@ -278,3 +283,39 @@ class TestStaleStore:
             await client.token()
             assert rig.idp.secrets_used[-1] == new and len(rig.idp.requests) == 3
         rig.run(test)
+
+
+class TestReportsWhichSecret:
+    """The asyncio client reports once per refresh which secret it used (its fingerprint),
+    moves to a new CURRENT at its next refresh without being refused, and never sends the
+    secret itself."""
+
+    def test_once_per_refresh_then_the_new_secret(self, rig: AsyncRig) -> None:
+        reports: list[dict[str, Any]] = []
+
+        def daemon(request: httpx.Request) -> httpx.Response:
+            reports.append(json.loads(request.content))
+            return httpx.Response(204)
+
+        key = secrets.token_bytes(32)
+        reporter = ConsumerReporter("http://127.0.0.1:1", "svc", Secret(secrets.token_urlsafe(24)),
+                                    key, instance="task-1", clock=rig.clock,
+                                    http=httpx.Client(transport=httpx.MockTransport(daemon)))
+
+        async def test(client: AsyncTokenClient) -> None:
+            for _ in range(20):
+                await client.token()
+            assert len(reports) == 1 == len(rig.idp.requests)
+            assert reports[0]["fingerprint"] == consumer_fingerprint(key, Secret(rig.secret))
+            old, rig.secret = rig.secret, new_secret()
+            rig.idp.valid = {rig.secret, old}
+            rig.store.values = {Stage.CURRENT: rig.secret, Stage.PREVIOUS: old}
+            rig.clock.now += 3600  # past the token's expiry: the next call refreshes
+            for _ in range(20):
+                await client.token()
+            assert len(reports) == 2 == len(rig.idp.requests)
+            assert reports[1]["fingerprint"] == consumer_fingerprint(key, Secret(rig.secret))
+            assert rig.idp.secrets_used[-1] == rig.secret
+            assert old not in json.dumps(reports) and rig.secret not in json.dumps(reports)
+
+        rig.run(test, reporter=reporter)
