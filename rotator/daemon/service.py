@@ -358,6 +358,8 @@ class Service:
                     self._queue(rec, "retire", "scheduler", rec.open.id)
                     return []
                 return [at]
+            if rec.not_before is not None and rec.not_before > now:
+                return [rec.not_before]  # found locked by another daemon: not in a busy loop
             history = rec.history()
             attempt = decide(name, Policy(rotate_every=0.0, backoff=rec.policy.backoff,
                                           backoff_max=rec.policy.backoff_max),

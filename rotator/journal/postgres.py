@@ -552,7 +552,18 @@ class PostgresJournal:
                                    (key,)).fetchone()
                 if row and row[0]:
                     locked = True
-                    break
+                    leased = conn.execute(
+                        "SELECT holder FROM leases WHERE client = %s "
+                        "AND expires_at > clock_timestamp()", (client,)).fetchone()
+                    if leased is None:
+                        break
+                    # A daemon job holds the client (it takes no advisory lock: a frozen
+                    # daemon would keep one forever, see probe_lock).
+                    conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+                    locked = False
+                    if time.monotonic() >= deadline:
+                        raise RotationLocked(
+                            f"client {client!r} is being rotated by daemon {leased[0]}")
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise RotationLocked(
@@ -576,6 +587,25 @@ class PostgresJournal:
             except psycopg.Error:
                 with suppress(Exception):
                     conn.close()  # the server releases the lock with the connection
+
+    @contextmanager
+    def probe_lock(self, client: str) -> Iterator[None]:
+        """What a daemon job holding ``client``'s lease takes instead of :meth:`lock`: it
+        checks that no process (``rotator rotate``) holds the client's advisory lock, and
+        holds nothing itself. A daemon frozen past its lease (SIGSTOP, a GC pause) keeps its
+        database connections open, so an advisory lock of its would keep the client from
+        the daemon that took the lease over; the lease and its fence are the job's exclusion.
+        :meth:`lock` refuses while a lease is live, so the CLI and a job never run together.
+        """
+        key = f"rotator.client:{client}"
+        with self._tx(one_statement=True) as db:
+            row = db.execute(
+                "SELECT CASE WHEN pg_try_advisory_lock(hashtextextended(%s, 0)) "
+                "THEN pg_advisory_unlock(hashtextextended(%s, 0)) ELSE false END",
+                (key, key)).fetchone()
+        if not (row and row[0]):
+            raise RotationLocked(f"client {client!r} is being rotated by another process")
+        yield
 
     def _checkout(self) -> psycopg.Connection[Any]:
         import psycopg
