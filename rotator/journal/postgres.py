@@ -508,6 +508,31 @@ class PostgresJournal:
                 "RETURNING client, holder, token, expires_at", (client, holder, ttl)).fetchone()
             return _lease(row) if row else None
 
+    def claim_leases(self, clients: Sequence[str], holder: str, ttl: float,
+                     limit: int) -> list[Lease]:
+        """Take the leases of at most ``limit`` of ``clients`` that nobody holds, in one
+        statement (one round trip): how a daemon claims due work without trying every
+        client. Two daemons claiming together never get the same client: the conflict
+        clause re-checks expiry under the row lock, so the later one skips it."""
+        check_lease_args(holder, ttl)
+        if limit <= 0 or not clients:
+            return []
+        with self._tx(one_statement=True) as db:
+            rows = db.execute(
+                "WITH wanted AS (SELECT c.client FROM unnest(%s::text[]) "
+                "WITH ORDINALITY AS c(client, n) WHERE NOT EXISTS (SELECT 1 FROM leases h "
+                "WHERE h.client = c.client AND h.expires_at > clock_timestamp()) "
+                "ORDER BY c.n LIMIT %s) "
+                "INSERT INTO leases AS l (client, holder, token, expires_at) "
+                "SELECT client, %s, 1, clock_timestamp() + make_interval(secs => %s) "
+                "FROM wanted "
+                "ON CONFLICT (client) DO UPDATE SET holder = excluded.holder, "
+                "token = l.token + 1, expires_at = excluded.expires_at "
+                "WHERE l.expires_at <= clock_timestamp() "
+                "RETURNING client, holder, token, expires_at",
+                (list(clients), limit, holder, ttl)).fetchall()
+            return [_lease(row) for row in rows]
+
     def renew_lease(self, lease: Lease, ttl: float) -> Lease:
         check_lease_args(lease.holder, ttl)
         with self._tx(one_statement=True) as db:
