@@ -8,8 +8,8 @@ about to record STATE in the PostgreSQL journal (through the fenced journal), ei
 before the write. The step's effect on the stores or the IdP has happened; the journal does
 not know it yet. ``started`` is the rotation's first write (``begin``).
 
-``ROTATOR_TEST_HA_COUNT=PATH`` appends one line per database transaction of the journal to
-PATH (the round trips the benchmark and the claiming test count).
+``ROTATOR_TEST_HA_COUNT=PATH`` writes the number of statements the daemon sent to
+PostgreSQL to PATH when it exits (the benchmark's round trips).
 """
 
 from __future__ import annotations
@@ -54,15 +54,26 @@ def _install_point(point: str) -> None:
 
 
 def _install_counter(path: str) -> None:
-    original = postgres.PostgresJournal._tx
+    """Count the statements sent to PostgreSQL; the total is written to PATH at exit."""
+    import atexit
+
+    import psycopg
+
+    original = psycopg.Connection.execute
+    count = [0]
     lock = threading.Lock()
 
-    def counted(self: postgres.PostgresJournal, *args: Any, **kwargs: Any) -> Any:
-        with lock, open(path, "a") as out:
-            out.write("tx\n")
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with lock:
+            count[0] += 1
         return original(self, *args, **kwargs)
 
-    postgres.PostgresJournal._tx = counted  # type: ignore[method-assign]
+    def write() -> None:
+        with open(path, "w") as out:
+            out.write(f"{count[0]}\n")
+
+    psycopg.Connection.execute = counted  # type: ignore[method-assign]
+    atexit.register(write)
 
 
 if __name__ == "__main__":

@@ -134,13 +134,16 @@ url_env = "{URL_VAR}"
         return path
 
     def start(self, name: str, *, lease: str = "3s", workers: int = 4,
-              point: str | None = None) -> subprocess.Popen[bytes]:
+              point: str | None = None, count: Path | None = None
+              ) -> subprocess.Popen[bytes]:
         path = self.config(name, lease=lease, workers=workers)
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("VAULT_", "BAO_", "ROTATOR_"))}
         env[URL_VAR] = self.url
         if point is not None:
             env["ROTATOR_TEST_HA_POINT"] = point
+        if count is not None:
+            env["ROTATOR_TEST_HA_COUNT"] = str(count)
         with (self.root / name / "daemon.log").open("ab") as out:
             proc = subprocess.Popen([sys.executable, str(TESTS / "ha_runner.py"), "run", "-c",
                                      str(path)], stdout=out, stderr=out, env=env,
