@@ -346,9 +346,9 @@ class TestClaimingBounded:
         real_execute = psycopg.Connection.execute
 
         def claim_leases(self: PostgresJournal, clients: Any, holder: str, ttl: float,
-                         limit: int) -> Any:
-            got = real_claim(self, clients, holder, ttl, limit)
-            claims.append((limit, len(got)))
+                         limit: int, known: Any = None) -> Any:
+            got = real_claim(self, clients, holder, ttl, limit, known)
+            claims.append((limit, len(got[0])))
             return got
 
         def acquire_lease(self: PostgresJournal, *args: Any) -> Any:

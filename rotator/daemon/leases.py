@@ -88,11 +88,13 @@ def leased(journal: Journal, client: str, holder: str, ttl: float, *,
 
 
 def claim(journal: Journal, clients: list[str], holder: str, ttl: float,
-          limit: int) -> dict[str, Lease] | None:
+          limit: int, known: list[str | None]) -> tuple[dict[str, Lease], list[str]] | None:
     """Leases on at most ``limit`` of ``clients`` that no daemon holds, taken in one database
-    round trip (``PostgresJournal.claim_leases``); None when the journal cannot batch."""
+    round trip (``PostgresJournal.claim_leases``), and the clients another daemon rotated
+    since ``known`` (per client: its newest rotation id known, or "" for no check); None
+    when the journal cannot batch."""
     batch = getattr(journal, "claim_leases", None)
     if batch is None:
         return None
-    leases: list[Lease] = batch(clients, holder, ttl, limit)
-    return {lease.client: lease for lease in leases}
+    leases, elsewhere = batch(clients, holder, ttl, limit, known)
+    return {lease.client: lease for lease in leases}, list(elsewhere)

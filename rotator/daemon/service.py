@@ -376,14 +376,34 @@ class Service:
             if room.get(job.idp, 0) > 0:
                 room[job.idp] -= 1
                 chosen.append(job)
-        claimed = claim(self._journal(), [j.client for j in chosen], self._holder,
-                        self._config.daemon.lease, free)
-        if claimed is None:
+        with self._lock:
+            known = [self._known(j) for j in chosen]
+        journal = self._journal()
+        answer = claim(journal, [j.client for j in chosen], self._holder,
+                       self._config.daemon.lease, free, known)
+        if answer is None:
             return queued
+        claimed, elsewhere = answer
         with self._lock:
             self._claims.update({j.id: claimed[j.client] for j in chosen
                                  if j.client in claimed})
+        for job in (j for j in chosen if j.client in elsewhere):
+            # Another daemon rotated it since this one looked: no job, no lease taken.
+            with self._lock:
+                job.state, job.started_at = "running", now
+                self._gates.setdefault(job.idp, _IdpGate()).running += 1
+            self._finished(job, Outcome(job.client, True, "rotated_by_other",
+                                        "rotated by another daemon since this one looked"),
+                           [], journal)
         return [j for j in chosen if j.client in claimed]
+
+    def _known(self, job: Job) -> str | None:
+        """For the claim: the newest rotation of a scheduled rotation's client this daemon
+        knows of ("" for other jobs: a trigger or a resume is not skipped)."""
+        if job.kind != "rotate" or job.actor != "scheduler":
+            return ""
+        rec = self._records.get(job.client)
+        return rec.latest.id if rec is not None and rec.latest is not None else None
 
     def _schedule(self, rec: ClientRecord, now: datetime) -> list[datetime]:
         """Queue the job ``rec`` needs now, if any; return when it next needs one."""

@@ -509,29 +509,48 @@ class PostgresJournal:
             return _lease(row) if row else None
 
     def claim_leases(self, clients: Sequence[str], holder: str, ttl: float,
-                     limit: int) -> list[Lease]:
+                     limit: int, known: Sequence[str | None] | None = None
+                     ) -> tuple[list[Lease], list[str]]:
         """Take the leases of at most ``limit`` of ``clients`` that nobody holds, in one
         statement (one round trip): how a daemon claims due work without trying every
         client. Two daemons claiming together never get the same client: the conflict
-        clause re-checks expiry under the row lock, so the later one skips it."""
+        clause re-checks expiry under the row lock, so the later one skips it.
+
+        ``known``: per client, the id of its newest rotation the caller knows of, or None
+        (it knows none); "" asks for no such check. A client whose newest rotation is
+        another, promoted or completed (another daemon rotated it since the caller looked)
+        is not claimed but returned in the second list.
+        """
         check_lease_args(holder, ttl)
         if limit <= 0 or not clients:
-            return []
+            return [], []
+        seen = list(known) if known is not None else [""] * len(clients)
         with self._tx(one_statement=True) as db:
             rows = db.execute(
-                "WITH wanted AS (SELECT c.client FROM unnest(%s::text[]) "
-                "WITH ORDINALITY AS c(client, n) WHERE NOT EXISTS (SELECT 1 FROM leases h "
-                "WHERE h.client = c.client AND h.expires_at > clock_timestamp()) "
-                "ORDER BY c.n LIMIT %s) "
-                "INSERT INTO leases AS l (client, holder, token, expires_at) "
+                "WITH asked AS (SELECT c.client, c.known, c.n FROM unnest(%s::text[], "
+                "%s::text[]) WITH ORDINALITY AS c(client, known, n)), "
+                "newest AS (SELECT a.client, a.known, a.n, (SELECT r.id FROM rotations r "
+                "WHERE r.client = a.client AND r.state IN ('promoted', 'completed') "
+                f"{_NEWEST.replace('started_at', 'r.started_at').replace('seq', 'r.seq')}) "
+                "AS done FROM asked a), "
+                "elsewhere AS (SELECT client FROM newest WHERE known IS DISTINCT FROM '' "
+                "AND done IS NOT NULL AND done IS DISTINCT FROM known), "
+                "wanted AS (SELECT a.client FROM asked a WHERE a.client NOT IN "
+                "(SELECT client FROM elsewhere) AND NOT EXISTS (SELECT 1 FROM leases h "
+                "WHERE h.client = a.client AND h.expires_at > clock_timestamp()) "
+                "ORDER BY a.n LIMIT %s), "
+                "taken AS (INSERT INTO leases AS l (client, holder, token, expires_at) "
                 "SELECT client, %s, 1, clock_timestamp() + make_interval(secs => %s) "
                 "FROM wanted "
                 "ON CONFLICT (client) DO UPDATE SET holder = excluded.holder, "
                 "token = l.token + 1, expires_at = excluded.expires_at "
                 "WHERE l.expires_at <= clock_timestamp() "
-                "RETURNING client, holder, token, expires_at",
-                (list(clients), limit, holder, ttl)).fetchall()
-            return [_lease(row) for row in rows]
+                "RETURNING client, holder, token, expires_at) "
+                "SELECT client, holder, token, expires_at FROM taken UNION ALL "
+                "SELECT client, NULL, NULL, NULL FROM elsewhere",
+                (list(clients), seen, limit, holder, ttl)).fetchall()
+            leases = [_lease(row) for row in rows if row[1] is not None]
+            return leases, [row[0] for row in rows if row[1] is None]
 
     def renew_lease(self, lease: Lease, ttl: float) -> Lease:
         check_lease_args(lease.holder, ttl)
