@@ -66,12 +66,14 @@ class LeaseKeeper:
 
 
 @contextmanager
-def leased(journal: Journal, client: str, holder: str, ttl: float) -> Iterator[Journal]:
+def leased(journal: Journal, client: str, holder: str, ttl: float, *,
+           claimed: Lease | None = None) -> Iterator[Journal]:
     """Hold ``client``'s lease for the block; yield the journal fenced by it.
 
+    ``claimed``: a lease the scheduler already took (:func:`claim`); else one is acquired.
     Raises ``RotationLocked`` when another daemon holds the lease.
     """
-    lease = journal.acquire_lease(client, holder, ttl)
+    lease = claimed if claimed is not None else journal.acquire_lease(client, holder, ttl)
     if lease is None:
         raise RotationLocked(f"client {client!r} is being rotated by another daemon")
     fenced = journal.fenced(lease)
@@ -83,3 +85,16 @@ def leased(journal: Journal, client: str, holder: str, ttl: float) -> Iterator[J
         keeper.stop()
         with suppress(RotatorError):
             journal.release_lease(fenced.lease)  # type: ignore[attr-defined]
+
+
+def claim(journal: Journal, clients: list[str], holder: str, ttl: float,
+          limit: int, known: list[str | None]) -> tuple[dict[str, Lease], list[str]] | None:
+    """Leases on at most ``limit`` of ``clients`` that no daemon holds, taken in one database
+    round trip (``PostgresJournal.claim_leases``), and the clients another daemon rotated
+    since ``known`` (per client: its newest rotation id known, or "" for no check); None
+    when the journal cannot batch."""
+    batch = getattr(journal, "claim_leases", None)
+    if batch is None:
+        return None
+    leases, elsewhere = batch(clients, holder, ttl, limit, known)
+    return {lease.client: lease for lease in leases}, list(elsewhere)

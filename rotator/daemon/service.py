@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import random
 import threading
 import time
 from collections import OrderedDict
@@ -33,7 +34,7 @@ import structlog
 from rotator.audit import AuditLog
 from rotator.config import ClientConfig, Config
 from rotator.consumers import ConsumerRegistry, ConsumerReport
-from rotator.daemon.leases import holder_name, leased
+from rotator.daemon.leases import claim, holder_name, leased
 from rotator.daemon.model import (
     ClientState,
     ConsumerView,
@@ -72,7 +73,7 @@ from rotator.daemon.workers import (
 from rotator.engine import Outcome, utcnow
 from rotator.errors import RotationError, RotationLocked, RotatorError
 from rotator.hooks.runner import sweep
-from rotator.interfaces import IdentityProvider, Journal, State
+from rotator.interfaces import IdentityProvider, Journal, Lease, State
 from rotator.journal import new_rotation_id, open_journal
 from rotator.secrets import redact
 
@@ -119,6 +120,7 @@ class Service:
         self._threads: set[threading.Thread] = set()
         self._shared_journal: Journal | None = None
         self._holder = holder_name()
+        self._claims: dict[str, Lease] = {}  # job id -> the lease tick() took for it
         self._stopping = threading.Event()
         self._wakeup = threading.Event()
         self._scheduler: threading.Thread | None = None
@@ -392,6 +394,13 @@ class Service:
             daemon = self._config.daemon
             queued = sorted((j for j in self._jobs.values() if j.state == "queued"),
                             key=lambda j: j.id)
+            if self._config.journal.url is not None and not self._stopping.is_set():
+                free = daemon.workers - running
+                queued = [j for j in queued if not self._throttled(j.idp, now)]
+        if self._config.journal.url is not None and not self._stopping.is_set():
+            queued = self._claim(queued, free, now)
+            wake.append(now + timedelta(seconds=min(max(daemon.lease / 3, 1.0), 30.0)))
+        with self._lock:
             for job in queued:
                 if self._stopping.is_set() or running >= daemon.workers:
                     break
@@ -409,6 +418,56 @@ class Service:
             self._spawn(lambda job=job: self._run(job))  # type: ignore[misc]
         return min(wake) if wake else None
 
+    def _throttled(self, idp: str, now: datetime) -> bool:
+        until = self._gates.setdefault(idp, _IdpGate()).throttled_until
+        return until is not None and until > now
+
+    def _claim(self, queued: list[Job], free: int, now: datetime) -> list[Job]:
+        """With a shared journal: the queued jobs whose clients' leases this daemon took now,
+        at most ``free``, in one database round trip; the rest wait for a later tick (the
+        clients are another daemon's for now). Each daemon claims in its own random order,
+        so daemons starting together rarely reach for the same clients."""
+        if free <= 0 or not queued:
+            return []
+        order = list(queued)
+        random.shuffle(order)
+        with self._lock:
+            room = {idp: self._config.daemon.idp_concurrency - gate.running
+                    for idp, gate in self._gates.items()}
+        chosen: list[Job] = []
+        for job in order:  # no more of one IdP than its gate lets run
+            if room.get(job.idp, 0) > 0:
+                room[job.idp] -= 1
+                chosen.append(job)
+        with self._lock:
+            known = [self._known(j) for j in chosen]
+        journal = self._journal()
+        answer = claim(journal, [j.client for j in chosen], self._holder,
+                       self._config.daemon.lease, free, known)
+        if answer is None:
+            return queued
+        claimed, elsewhere = answer
+        with self._lock:
+            self._claims.update({j.id: claimed[j.client] for j in chosen
+                                 if j.client in claimed})
+        for job in (j for j in chosen if j.client in elsewhere):
+            # Another daemon rotated it since this one looked: no job, no lease taken.
+            with self._lock:
+                job.state, job.started_at = "running", now
+                self._gates.setdefault(job.idp, _IdpGate()).running += 1
+            self._finished(job, Outcome(job.client, True, "rotated_by_other",
+                                        "rotated by another daemon since this one looked"),
+                           [], journal)
+        return [j for j in chosen if j.client in claimed]
+
+    def _known(self, job: Job) -> str | None:
+        """For the claim: the newest rotation of a scheduled rotation's client this daemon
+        knows of ("" for other jobs: a trigger or a resume is not skipped)."""
+        if job.kind != "rotate" or job.actor != "scheduler":
+            return ""
+        rec = self._records.get(job.client)
+        return rec.latest.id if rec is not None and rec.latest is not None else None
+
     def _schedule(self, rec: ClientRecord, now: datetime) -> list[datetime]:
         """Queue the job ``rec`` needs now, if any; return when it next needs one."""
         name = rec.config.name
@@ -421,6 +480,8 @@ class Service:
                     self._queue(rec, "retire", "scheduler", rec.open.id)
                     return []
                 return [at]
+            if rec.not_before is not None and rec.not_before > now:
+                return [rec.not_before]  # found locked by another daemon: not in a busy loop
             history = rec.history()
             attempt = decide(name, Policy(rotate_every=0.0, backoff=rec.policy.backoff,
                                           backoff_max=rec.policy.backoff_max),
@@ -495,7 +556,10 @@ class Service:
         if self._config.journal.url is None:
             yield journal
             return
-        with leased(journal, job.client, self._holder, self._config.daemon.lease) as fenced:
+        with self._lock:
+            claimed = self._claims.pop(job.id, None)
+        with leased(journal, job.client, self._holder, self._config.daemon.lease,
+                    claimed=claimed) as fenced:
             yield fenced
 
     def _rotated_elsewhere(self, job: Job, journal: Journal) -> Outcome | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, cast
 
 from rotator.interfaces import (
     AuditCheckpoint,
@@ -80,6 +80,11 @@ class FencedJournal:
         return self._inner.steps(rotation_id)
 
     def lock(self, client: str, *, wait: float = 0.0) -> AbstractContextManager[None]:
+        # The lease excludes other daemons; a journal that can, only checks that no CLI
+        # holds the client (PostgresJournal.probe_lock), so a frozen holder blocks nobody.
+        probe = getattr(self._inner, "probe_lock", None)
+        if probe is not None:
+            return cast(AbstractContextManager[None], probe(client))
         return self._inner.lock(client, wait=wait)
 
     # Hook runs and audit checkpoints are not fenced: a hook run records what a hook did

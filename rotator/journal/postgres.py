@@ -508,6 +508,50 @@ class PostgresJournal:
                 "RETURNING client, holder, token, expires_at", (client, holder, ttl)).fetchone()
             return _lease(row) if row else None
 
+    def claim_leases(self, clients: Sequence[str], holder: str, ttl: float,
+                     limit: int, known: Sequence[str | None] | None = None
+                     ) -> tuple[list[Lease], list[str]]:
+        """Take the leases of at most ``limit`` of ``clients`` that nobody holds, in one
+        statement (one round trip): how a daemon claims due work without trying every
+        client. Two daemons claiming together never get the same client: the conflict
+        clause re-checks expiry under the row lock, so the later one skips it.
+
+        ``known``: per client, the id of its newest rotation the caller knows of, or None
+        (it knows none); "" asks for no such check. A client whose newest rotation is
+        another, promoted or completed (another daemon rotated it since the caller looked)
+        is not claimed but returned in the second list.
+        """
+        check_lease_args(holder, ttl)
+        if limit <= 0 or not clients:
+            return [], []
+        seen = list(known) if known is not None else [""] * len(clients)
+        with self._tx(one_statement=True) as db:
+            rows = db.execute(
+                "WITH asked AS (SELECT c.client, c.known, c.n FROM unnest(%s::text[], "
+                "%s::text[]) WITH ORDINALITY AS c(client, known, n)), "
+                "newest AS (SELECT a.client, a.known, a.n, (SELECT r.id FROM rotations r "
+                "WHERE r.client = a.client AND r.state IN ('promoted', 'completed') "
+                f"{_NEWEST.replace('started_at', 'r.started_at').replace('seq', 'r.seq')}) "
+                "AS done FROM asked a), "
+                "elsewhere AS (SELECT client FROM newest WHERE known IS DISTINCT FROM '' "
+                "AND done IS NOT NULL AND done IS DISTINCT FROM known), "
+                "wanted AS (SELECT a.client FROM asked a WHERE a.client NOT IN "
+                "(SELECT client FROM elsewhere) AND NOT EXISTS (SELECT 1 FROM leases h "
+                "WHERE h.client = a.client AND h.expires_at > clock_timestamp()) "
+                "ORDER BY a.n LIMIT %s), "
+                "taken AS (INSERT INTO leases AS l (client, holder, token, expires_at) "
+                "SELECT client, %s, 1, clock_timestamp() + make_interval(secs => %s) "
+                "FROM wanted "
+                "ON CONFLICT (client) DO UPDATE SET holder = excluded.holder, "
+                "token = l.token + 1, expires_at = excluded.expires_at "
+                "WHERE l.expires_at <= clock_timestamp() "
+                "RETURNING client, holder, token, expires_at) "
+                "SELECT client, holder, token, expires_at FROM taken UNION ALL "
+                "SELECT client, NULL, NULL, NULL FROM elsewhere",
+                (list(clients), seen, limit, holder, ttl)).fetchall()
+            leases = [_lease(row) for row in rows if row[1] is not None]
+            return leases, [row[0] for row in rows if row[1] is None]
+
     def renew_lease(self, lease: Lease, ttl: float) -> Lease:
         check_lease_args(lease.holder, ttl)
         with self._tx(one_statement=True) as db:
@@ -552,7 +596,18 @@ class PostgresJournal:
                                    (key,)).fetchone()
                 if row and row[0]:
                     locked = True
-                    break
+                    leased = conn.execute(
+                        "SELECT holder FROM leases WHERE client = %s "
+                        "AND expires_at > clock_timestamp()", (client,)).fetchone()
+                    if leased is None:
+                        break
+                    # A daemon job holds the client (it takes no advisory lock: a frozen
+                    # daemon would keep one forever, see probe_lock).
+                    conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+                    locked = False
+                    if time.monotonic() >= deadline:
+                        raise RotationLocked(
+                            f"client {client!r} is being rotated by daemon {leased[0]}")
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise RotationLocked(
@@ -576,6 +631,25 @@ class PostgresJournal:
             except psycopg.Error:
                 with suppress(Exception):
                     conn.close()  # the server releases the lock with the connection
+
+    @contextmanager
+    def probe_lock(self, client: str) -> Iterator[None]:
+        """What a daemon job holding ``client``'s lease takes instead of :meth:`lock`: it
+        checks that no process (``rotator rotate``) holds the client's advisory lock, and
+        holds nothing itself. A daemon frozen past its lease (SIGSTOP, a GC pause) keeps its
+        database connections open, so an advisory lock of its would keep the client from
+        the daemon that took the lease over; the lease and its fence are the job's exclusion.
+        :meth:`lock` refuses while a lease is live, so the CLI and a job never run together.
+        """
+        key = f"rotator.client:{client}"
+        with self._tx(one_statement=True) as db:
+            row = db.execute(
+                "SELECT CASE WHEN pg_try_advisory_lock(hashtextextended(%s, 0)) "
+                "THEN pg_advisory_unlock(hashtextextended(%s, 0)) ELSE false END",
+                (key, key)).fetchone()
+        if not (row and row[0]):
+            raise RotationLocked(f"client {client!r} is being rotated by another process")
+        yield
 
     def _checkout(self) -> psycopg.Connection[Any]:
         import psycopg

@@ -1,0 +1,85 @@
+"""Run ``rotator run`` (a daemon) with a kill point: the several-daemon tests' subject.
+
+    python ha_runner.py ROTATOR-ARGS...
+
+``ROTATOR_TEST_HA_POINT=ACTION:STATE`` makes the daemon, the first time one of its jobs is
+about to record STATE in the PostgreSQL journal (through the fenced journal), either die
+(``kill``: SIGKILL) or freeze (``stop``: SIGSTOP, every thread, lease renewal included) just
+before the write. The step's effect on the stores or the IdP has happened; the journal does
+not know it yet. ``started`` is the rotation's first write (``begin``).
+
+``ROTATOR_TEST_HA_COUNT=PATH`` writes the number of statements the daemon sent to
+PostgreSQL to PATH when it exits (the benchmark's round trips).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+from rotator.cli import main
+from rotator.journal import postgres
+
+
+def _install_point(point: str) -> None:
+    action, _, target = point.partition(":")
+    sig = {"kill": signal.SIGKILL, "stop": signal.SIGSTOP}[action]
+    fired = threading.Lock()
+
+    def hit() -> None:
+        if fired.acquire(blocking=False):
+            sys.stderr.write(f"ha_runner: {action} before {target}\n")
+            sys.stderr.flush()
+            os.kill(os.getpid(), sig)
+
+    original_begin = postgres.PostgresJournal._begin
+    original_advance = postgres.PostgresJournal._advance
+
+    def begin(self: postgres.PostgresJournal, *args: Any) -> Any:
+        if target == "started" and args[-1] is not None:
+            hit()
+        return original_begin(self, *args)
+
+    def advance(self: postgres.PostgresJournal, rotation_id: str, state: Any, *args: Any
+                ) -> Any:
+        if state.value == target and args[-2] is not None:  # a fenced write (a daemon job)
+            hit()
+        return original_advance(self, rotation_id, state, *args)
+
+    postgres.PostgresJournal._begin = begin  # type: ignore[method-assign]
+    postgres.PostgresJournal._advance = advance  # type: ignore[method-assign]
+
+
+def _install_counter(path: str) -> None:
+    """Count the statements sent to PostgreSQL; the total is written to PATH at exit."""
+    import atexit
+
+    import psycopg
+
+    original = psycopg.Connection.execute
+    count = [0]
+    lock = threading.Lock()
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with lock:
+            count[0] += 1
+        return original(self, *args, **kwargs)
+
+    def write() -> None:
+        with open(path, "w") as out:
+            out.write(f"{count[0]}\n")
+
+    psycopg.Connection.execute = counted  # type: ignore[method-assign]
+    atexit.register(write)
+
+
+if __name__ == "__main__":
+    if os.environ.get("ROTATOR_TEST_HA_POINT"):
+        _install_point(os.environ["ROTATOR_TEST_HA_POINT"])
+    if os.environ.get("ROTATOR_TEST_HA_COUNT"):
+        _install_counter(os.environ["ROTATOR_TEST_HA_COUNT"])
+    sys.argv = ["rotator", *sys.argv[1:]]
+    main()
