@@ -166,3 +166,67 @@ class TestRemovedHook:
         with receiver() as rx:
             alerter = Alerter(alert_config(rx.url), env.state, env.audit, clock=env.clock)
             assert alerter.check(clients, env.journal) == []
+
+
+def _expiring_success(journal: SqliteJournal, rid: str, client: str, at: datetime,
+                      expires_at: datetime) -> None:
+    journal.begin(rid, client, "overlap", "cli", "fp-old", at)
+    for prev, state, fields in (
+            (State.STARTED, State.CREATED, {"expires_at": expires_at.isoformat()}),
+            (State.CREATED, State.PROMOTED, {}), (State.PROMOTED, State.COMPLETED, {})):
+        journal.advance(rid, state, at, expected=prev, **fields)
+
+
+class TestSecretExpiring:
+    """A secret the IdP expires is alerted on once within ``expiring_within`` of its expiry,
+    again after ``repeat`` (saying "expired" once past it), and resolved by a rotation to a
+    secret that does not expire soon."""
+
+    def test_fire_repeat_expired_resolve(self, tmp_path: Path) -> None:
+        journal = SqliteJournal(tmp_path / "state")
+        audit = AuditLog(Secret("a" * 40), file=tmp_path / "audit.jsonl")
+        clock = Clock()
+        clients = {"x": SimpleNamespace(name="x", max_age=None, hooks=[])}
+        _expiring_success(journal, "r-x-1", "x", T0, T0 + timedelta(days=20))
+        try:
+            with receiver() as rx:
+                def run() -> list[str]:
+                    return Alerter(alert_config(rx.url), tmp_path / "state", audit,
+                                   clock=clock).check(clients, journal)
+                clock.now = T0 + timedelta(days=5)  # 15 days left: quiet
+                assert run() == []
+                clock.now = T0 + timedelta(days=7)  # 13 days left
+                assert run() == ["firing:secret_expiring:x"]
+                assert run() == []
+                clock.now = T0 + timedelta(days=21)  # past the expiry, and past repeat
+                assert run() == ["firing:secret_expiring:x"]
+                _expiring_success(journal, "r-x-2", "x", clock.now, T0 + timedelta(days=300))
+                assert run() == ["resolved:secret_expiring:x"]
+                assert run() == []
+                bodies = [r.json() for r in rx.requests]
+        finally:
+            journal.close()
+            audit.close()
+        assert [(b["status"], b["detail"].get("expired")) for b in bodies] == [
+            ("firing", False), ("firing", True), ("resolved", None)]
+        assert "expires at the IdP at 2026-01-21T00:00:00+00:00, in 13.0 days" in (
+            bodies[0]["summary"])
+        assert "expired at the IdP" in bodies[1]["summary"]
+
+    def test_window_is_a_checked_setting(self, tmp_path: Path) -> None:
+        from rotator.hooks.config import parse_alerts
+
+        problems: list[tuple[str, str]] = []
+        raw = {"url_env": "ALERT_URL", "expiring_within": "3d"}
+        alerts = parse_alerts(raw, lambda k, r: problems.append((k, r)), base=tmp_path,
+                              environ={"ALERT_URL": "https://alerts.example.com/x"},
+                              resolve=True, url_problem=lambda _u, _i: None)
+        assert problems == [] and alerts is not None and alerts.expiring_within == 3 * 86400
+        defaulted = parse_alerts({"url_env": "ALERT_URL"}, lambda k, r: problems.append((k, r)),
+                                 base=tmp_path, environ={"ALERT_URL": "https://a.example"},
+                                 resolve=True, url_problem=lambda _u, _i: None)
+        assert defaulted is not None and defaulted.expiring_within == 14 * 86400
+        parse_alerts({**raw, "expiring_within": "soon"}, lambda k, r: problems.append((k, r)),
+                     base=tmp_path, environ={"ALERT_URL": "https://alerts.example.com/x"},
+                     resolve=True, url_problem=lambda _u, _i: None)
+        assert [k for k, _r in problems] == ["expiring_within"]

@@ -38,6 +38,7 @@ def client_status(client: ClientConfig, *, now: datetime, adapters: Adapters,
     name = client.name
     stores: dict[str, Any] = {}
     current_since: datetime | None = None
+    primary_since: datetime | None = None
     for target in client.targets:
         key = f"{target.store}:{target.location}"
         try:
@@ -46,6 +47,8 @@ def client_status(client: ClientConfig, *, now: datetime, adapters: Adapters,
                            "current_rotation_id": facts.current_rotation_id,
                            "pending_rotation_id": facts.pending_rotation_id,
                            "has_previous": facts.has_previous}
+            if target is client.primary:
+                primary_since = facts.current_since
             if facts.current_since and (current_since is None
                                         or facts.current_since > current_since):
                 current_since = facts.current_since
@@ -69,7 +72,7 @@ def client_status(client: ClientConfig, *, now: datetime, adapters: Adapters,
         state = f"last_rotation_{latest.state}"
     elif not any(s.get("has_current") for s in stores.values()):
         state = "no_credential"
-    elif client.rotate_every is not None and (age is None or age >= client.rotate_every):
+    elif _due(client, journal, primary_since, now):
         state = "due"
     else:
         state = "ok"
@@ -95,6 +98,19 @@ def client_status(client: ClientConfig, *, now: datetime, adapters: Adapters,
         "age_seconds": None if age is None else int(age),
         "rotate_every_seconds": client.rotate_every,
     }
+
+
+def _due(client: ClientConfig, journal: Journal, primary_since: datetime | None,
+         now: datetime) -> bool:
+    """Whether ``client`` is due by the one rule the daemon, ``rotate --due`` and the API
+    share (:func:`rotator.daemon.schedule.decide`): ``rotate_every``, ``schedule`` and
+    ``rotate_before_expiry`` all count."""
+    # Imported here: the daemon's modules import the engine.
+    from rotator.daemon.records import history_from_journal, policy_of
+    from rotator.daemon.schedule import decide
+
+    history = history_from_journal(journal, client.name, primary_since)
+    return decide(client.name, policy_of(client), history, now).due
 
 
 def idp_reachability(client: ClientConfig, adapters: Adapters,

@@ -7,6 +7,9 @@ Conditions, each keyed ``<condition>:<client>[:<hook>]``:
 ``rotation_open_too_long``   a rotation is open longer than ``open_longer_than`` (a grace
                              period is not counted: from ``retire_after`` once promoted)
 ``secret_too_old``           the current secret is older than the client's ``max_age``
+``secret_expiring``          the current secret expires at the IdP (Entra ``endDateTime``, as
+                             journalled in its CREATED step) within ``expiring_within``, or
+                             has expired; a rotation to a secret that does not clears it
 ``hook_failed``              a hook's last round of attempts failed
 
 Sent once, when it happens (:meth:`Alerter.fire`, never resolved):
@@ -49,7 +52,7 @@ from rotator.secrets import redact
 log = structlog.get_logger("rotator.alerts")
 
 CONDITIONS = ("rotation_failed", "client_blocked", "rotation_open_too_long",
-              "secret_too_old", "hook_failed")
+              "secret_too_old", "hook_failed", "secret_expiring")
 #: What the CLI can judge: it does not know which clients the daemon holds as blocked.
 WITHOUT_BLOCKED = tuple(c for c in CONDITIONS if c != "client_blocked")
 
@@ -72,9 +75,37 @@ def _promoted_at(journal: Journal, rotation: Rotation) -> datetime:
     return rotation.updated_at
 
 
+def _expires_at(journal: Journal, rotation: Rotation) -> datetime | None:
+    """When the secret ``rotation`` issued expires, as the IdP said (its CREATED step)."""
+    for step in journal.steps(rotation.id):
+        if step.state is State.CREATED and step.detail.get("expires_at"):
+            try:
+                return datetime.fromisoformat(str(step.detail["expires_at"]))
+            except ValueError:
+                return None
+    return None
+
+
+def _expiring(name: str, journal: Journal, now: datetime,
+              within: float) -> Condition | None:
+    """``secret_expiring`` if the current secret of ``name`` expires within ``within``."""
+    success = journal.last_success(name)
+    expires = _expires_at(journal, success) if success is not None else None
+    if expires is None or (expires - now).total_seconds() > within:
+        return None
+    left = (expires - now).total_seconds()
+    at = expires.isoformat(timespec="seconds")
+    summary = (f"the secret of {name} expired at the IdP at {at}" if left <= 0 else
+               f"the secret of {name} expires at the IdP at {at}, in {left / 86400:.1f} days")
+    return Condition(f"secret_expiring:{name}", "secret_expiring", name, summary,
+                     {"expires_at": expires.isoformat(), "expired": left <= 0,
+                      "rotation_id": success.id if success is not None else None})
+
+
 def current_conditions(clients: Mapping[str, Any], journal: Journal, now: datetime, *,
                        open_longer_than: float,
-                       blocked: Mapping[str, str] | None = None) -> list[Condition]:
+                       blocked: Mapping[str, str] | None = None,
+                       expiring_within: float = 14 * 86400.0) -> list[Condition]:
     """Every condition that holds now for ``clients`` (name -> ``ClientConfig``)."""
     found: list[Condition] = []
     for name, client in clients.items():
@@ -114,6 +145,9 @@ def current_conditions(clients: Mapping[str, Any], journal: Journal, now: dateti
                     f"(max_age {int(max_age // 86400)} days)",
                     {"age_seconds": int(age), "max_age_seconds": int(max_age),
                      "rotated_at": at.isoformat()}))
+        expiring = _expiring(name, journal, now, expiring_within)
+        if expiring is not None:
+            found.append(expiring)
     for run in journal.unfinished_hook_runs():
         hooks = {h.name for h in getattr(clients.get(run.client), "hooks", ())}
         if run.status == "failed" and run.hook in hooks:
@@ -171,7 +205,8 @@ class Alerter:
         try:
             holding = [c for c in current_conditions(
                 clients, journal, now, open_longer_than=self.alerts.open_longer_than,
-                blocked=blocked) if c.condition in judged]
+                blocked=blocked, expiring_within=self.alerts.expiring_within)
+                if c.condition in judged]
             with self._state() as state:
                 live = {c.key for c in holding}
                 for cond in holding:

@@ -64,6 +64,8 @@ ALERT_SETTINGS = (
             help="send a condition that persists again after this long"),
     Setting("open_longer_than", "duration", default=6 * 3600.0,
             help="alert when a rotation is open this long (grace period not counted)"),
+    Setting("expiring_within", "duration", default=14 * 86400.0,
+            help="alert when the current secret expires at the IdP within this long"),
     Setting("check_every", "duration", default=60.0, help="how often the daemon checks"),
     Setting("timeout", "duration", default=10.0),
     Setting("ca_file", "path"),
@@ -105,6 +107,7 @@ class AlertConfig:
     check_every: float
     timeout: float
     tls_verify: bool | str
+    expiring_within: float = 14 * 86400.0
 
 
 UrlCheck = Callable[[str, bool], "str | None"]
@@ -234,4 +237,5 @@ def parse_alerts(raw: Any, report: Report, *, base: Path, environ: Mapping[str, 
     tls: bool | str = s["ca_file"] if s.get("ca_file") else s["tls_verify"]
     return AlertConfig(url=url, format=s["format"], key=s.get("key"), repeat=s["repeat"],
                        open_longer_than=s["open_longer_than"], check_every=s["check_every"],
-                       timeout=s["timeout"], tls_verify=tls)
+                       timeout=s["timeout"], tls_verify=tls,
+                       expiring_within=s["expiring_within"])
