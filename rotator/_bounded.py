@@ -84,7 +84,15 @@ class BoundedTransport(httpx.BaseTransport):
         if encoding not in ("", "identity"):
             raise AnswerRefused(f"answer encoded as {encoding[:20]!r} though asked not to be",
                                 request=request)
-        body = bytearray()
+        try:  # a test's transport may hand back an answer it already read
+            body = bytearray(response.content)
+        except httpx.ResponseNotRead:
+            body = bytearray()
+        else:
+            if len(body) > self._max_body:
+                raise AnswerRefused(f"answer larger than {self._max_body} bytes",
+                                    request=request)
+            return bytes(body)
         stream = response.stream
         if not isinstance(stream, httpx.SyncByteStream):
             raise TypeError("BoundedTransport wraps synchronous transports only")
