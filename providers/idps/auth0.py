@@ -30,6 +30,7 @@ from urllib.parse import quote
 import httpx
 
 from providers.idps._saas import RateLimitedHttp
+from rotator import _bounded as bounded
 from rotator.errors import IdentityProviderError, IdpAccessDenied, IdpNotFound, IdpUnavailable
 from rotator.interfaces import ClientId, IdpCapabilities, IssuedSecret, RotationId
 from rotator.secrets import Secret, redact
@@ -96,9 +97,9 @@ class Auth0Idp:
 
     def start(self) -> None:
         s = self._settings
-        client = httpx.Client(base_url=self._url, timeout=s.timeout,
-                              verify=s.ca_file or s.tls_verify, transport=self._transport,
-                              trust_env=False)
+        client = bounded.client(base_url=self._url, timeout=s.timeout,
+                                verify=s.ca_file or s.tls_verify, transport=self._transport,
+                                trust_env=False)
         self._http = RateLimitedHttp(f"Auth0 {self.name!r} at {self._url}", client,
                                      prefix="X-RateLimit-", max_wait=s.max_rate_limit_wait)
 

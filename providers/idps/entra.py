@@ -39,6 +39,7 @@ from urllib.parse import quote
 
 import httpx
 
+from rotator import _bounded as bounded
 from rotator._remote import error_text
 from rotator.errors import (
     IdentityProviderError,
@@ -161,8 +162,8 @@ class EntraIdp:
 
     def start(self) -> None:
         s = self._s
-        self._http = httpx.Client(timeout=s.timeout, verify=s.ca_file or s.tls_verify,
-                                  transport=self._transport, trust_env=False)
+        self._http = bounded.client(timeout=s.timeout, verify=s.ca_file or s.tls_verify,
+                                    transport=self._transport, trust_env=False)
 
     def close(self) -> None:
         if self._http is not None:

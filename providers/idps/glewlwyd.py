@@ -23,6 +23,7 @@ from urllib.parse import quote
 
 import httpx
 
+from rotator import _bounded as bounded
 from rotator._remote import error_text
 from rotator.errors import (
     IdentityProviderError,
@@ -98,9 +99,9 @@ class GlewlwydIdp:
 
     def start(self) -> None:
         s = self._settings
-        self._http = httpx.Client(base_url=self._api, timeout=s.timeout,
-                                  verify=s.ca_file or s.tls_verify, transport=self._transport,
-                                  trust_env=False)
+        self._http = bounded.client(base_url=self._api, timeout=s.timeout,
+                                    verify=s.ca_file or s.tls_verify, transport=self._transport,
+                                    trust_env=False)
 
     def close(self) -> None:
         if self._http is not None:

@@ -25,6 +25,7 @@ from urllib.parse import quote
 
 import httpx
 
+from rotator import _bounded as bounded
 from rotator._remote import error_text
 from rotator.errors import (
     IdentityProviderError,
@@ -109,8 +110,8 @@ class KeycloakIdp:
 
     def start(self) -> None:
         # Signing in waits for the first admin call, so `rotator verify` needs no admin access.
-        self._http = httpx.Client(base_url=self._url, timeout=self._timeout,
-                                  verify=self._verify, transport=self._transport)
+        self._http = bounded.client(base_url=self._url, timeout=self._timeout,
+                                    verify=self._verify, transport=self._transport)
 
     def close(self) -> None:
         if self._http is not None:

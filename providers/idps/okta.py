@@ -31,6 +31,7 @@ import httpx
 import jwt
 
 from providers.idps._saas import RateLimitedHttp
+from rotator import _bounded as bounded
 from rotator.errors import IdentityProviderError, IdpAccessDenied, IdpNotFound, IdpUnavailable
 from rotator.interfaces import ClientId, IdpCapabilities, IssuedSecret, RotationId
 from rotator.secrets import Secret, redact, register_credentials
@@ -113,9 +114,9 @@ class OktaIdp:
 
     def start(self) -> None:
         s = self._settings
-        client = httpx.Client(base_url=self._url, timeout=s.timeout,
-                              verify=s.ca_file or s.tls_verify, transport=self._transport,
-                              trust_env=False)
+        client = bounded.client(base_url=self._url, timeout=s.timeout,
+                                verify=s.ca_file or s.tls_verify, transport=self._transport,
+                                trust_env=False)
         self._http = RateLimitedHttp(f"Okta {self.name!r} at {self._url}", client,
                                      prefix="X-Rate-Limit-", max_wait=s.max_rate_limit_wait)
 

@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 
 import httpx
 
+from rotator import _bounded as bounded
 from rotator._remote import error_text
 from rotator.errors import (
     IdentityProviderError,
@@ -131,8 +132,8 @@ class Rfc7592Idp:
 
     def start(self) -> None:
         s = self._settings
-        self._http = httpx.Client(timeout=s.timeout, verify=s.ca_file or s.tls_verify,
-                                  transport=self._transport, trust_env=False)
+        self._http = bounded.client(timeout=s.timeout, verify=s.ca_file or s.tls_verify,
+                                    transport=self._transport, trust_env=False)
 
     def close(self) -> None:
         if self._http is not None:

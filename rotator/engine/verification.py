@@ -13,6 +13,7 @@ from collections.abc import Callable
 import httpx
 import structlog
 
+from rotator import _bounded as bounded
 from rotator.config import ClientConfig
 from rotator.errors import InvalidScope, RotationError, UnauthorizedClient, VerificationError
 from rotator.interfaces import Credentials, IdentityProvider
@@ -24,8 +25,11 @@ HttpFactory = Callable[[ClientConfig], httpx.Client]
 
 
 def default_http(client: ClientConfig) -> httpx.Client:
-    """An httpx client for the token endpoint, TLS verification on unless turned off."""
-    return httpx.Client(timeout=client.verify_timeout, verify=client.tls_verify)
+    """An httpx client for the token endpoint, TLS verification on unless turned off.
+
+    Each token request ends within ``verify_timeout`` seconds in all, its answer bounded.
+    """
+    return bounded.client(timeout=client.verify_timeout, verify=client.tls_verify)
 
 
 def verify_credentials(

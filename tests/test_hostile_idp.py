@@ -1,0 +1,147 @@
+"""Hostile answers to IdP admin calls and to the token endpoint used by verification.
+
+A server on 127.0.0.1 answers one byte at a time (of its headers or its body) or with a
+256 MB body. Each call gives up within its total timeout (counted in what the server managed
+to send, not in seconds), reads at most a bounded prefix, and raises only the retryable error
+of its kind, in one line that names no secret.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from hostile_http import HostileServer
+
+from providers.idps.keycloak import KeycloakIdp
+from providers.idps.okta import OktaIdp
+from rotator import _bounded
+from rotator.engine.verification import default_http
+from rotator.errors import IdpUnavailable, TokenEndpointUnavailable
+from rotator.interfaces import Credentials
+from rotator.secrets import Secret
+from rotator.token import TokenRequest, request_token
+
+TIMEOUT = 0.5
+#: A slow server sends one piece every PACE seconds, LIMIT pieces in all (100 s): a caller
+#: that keeps its total timeout leaves after about TIMEOUT / PACE of them.
+PACE, LIMIT = 0.05, 2000
+MODES = ("slow_body", "slow_headers", "huge")
+
+
+@pytest.fixture
+def hostile() -> Iterator[Callable[[str], HostileServer]]:
+    made: list[HostileServer] = []
+
+    def make(mode: str) -> HostileServer:
+        made.append(HostileServer(mode, pace=PACE, limit=LIMIT, status=200))
+        return made[-1]
+    yield make
+    for server in made:
+        server.close()
+
+
+def _check(server: HostileServer, message: str, *secrets_sent: str) -> None:
+    assert server.requests, "the request never arrived"
+    assert server.finished.wait(30), "the caller never let go of the connection"
+    if server.mode.startswith("slow"):
+        assert server.chunks_sent < LIMIT // 4
+    if server.mode == "huge":  # 64 KiB blocks: about the 1 MiB bound and socket buffers
+        assert server.chunks_sent < 200
+    assert "\n" not in message and "\r" not in message
+    for value in secrets_sent:
+        assert value not in message
+
+
+def _keycloak(url: str, secret: str) -> KeycloakIdp:
+    return KeycloakIdp("kc", {"url": url, "realm": "r", "admin_client_id": "rotator-admin",
+                              "admin_client_secret": Secret(secret), "timeout": TIMEOUT})
+
+
+def _okta(url: str, secret: str) -> OktaIdp:
+    return OktaIdp("okta", {"url": url, "authorization_server": "default",
+                            "api_token": Secret(secret), "admin_client_id": None,
+                            "admin_private_key": None, "admin_key_id": None,
+                            "max_rate_limit_wait": 60.0, "tls_verify": True, "ca_file": None,
+                            "timeout": TIMEOUT})
+
+
+ADAPTERS: dict[str, Callable[[str, str], Any]] = {"keycloak": _keycloak, "okta": _okta}
+#: One admin call per adapter that reaches the server.
+CALLS: dict[str, Callable[[Any], object]] = {
+    "keycloak": lambda idp: idp.current_secret("svc"),
+    "okta": lambda idp: idp.create_secret("svc", "r1", Secret(secrets.token_urlsafe(32))),
+}
+
+
+class TestIdpAdminCallAgainstHostileServer:
+    """An admin call to a slow or oversized IdP ends within its timeout as IdpUnavailable."""
+
+    @pytest.mark.parametrize("mode", MODES)
+    @pytest.mark.parametrize("kind", sorted(ADAPTERS))
+    def test_mode(self, kind: str, mode: str,
+                  hostile: Callable[[str], HostileServer]) -> None:
+        server = hostile(mode)
+        secret = secrets.token_urlsafe(32)
+        idp = ADAPTERS[kind](server.url, secret)
+        idp.start()
+        try:
+            with pytest.raises(IdpUnavailable) as caught:
+                CALLS[kind](idp)
+        finally:
+            idp.close()
+        message = str(caught.value)
+        _check(server, message, secret)
+        assert "within" in message or "larger than" in message
+
+
+class TestTokenEndpointAgainstHostileServer:
+    """Verification's token request to a slow or oversized endpoint ends within its timeout."""
+
+    @pytest.mark.parametrize("mode", MODES)
+    def test_mode(self, mode: str, hostile: Callable[[str], HostileServer]) -> None:
+        server = hostile(mode)
+        secret = secrets.token_urlsafe(32)
+        http = _bounded.client(timeout=TIMEOUT)
+        try:
+            with pytest.raises(TokenEndpointUnavailable) as caught:
+                request_token(http, TokenRequest(server.url + "/token"),
+                              Credentials("svc", Secret(secret)))
+        finally:
+            http.close()
+        _check(server, str(caught.value), secret)
+
+    def test_default_http_is_bounded(self) -> None:
+        config: Any = type("C", (), {"verify_timeout": TIMEOUT, "tls_verify": True})()
+        http = default_http(config)
+        try:
+            assert isinstance(http._transport, _bounded.BoundedTransport)
+        finally:
+            http.close()
+
+
+class TestBoundedTransport:
+    """Answers within the bound pass through unchanged; encoded ones are refused."""
+
+    def test_small_answer_passes(self) -> None:
+        inner = httpx.MockTransport(lambda r: httpx.Response(200, json={"a": 1}))
+        with _bounded.client(timeout=5.0, transport=inner) as http:
+            assert http.get("http://127.0.0.1/x").json() == {"a": 1}
+
+    def test_answer_over_bound_refused(self) -> None:
+        inner = httpx.MockTransport(lambda r: httpx.Response(200, content=b"x" * 101))
+        with _bounded.client(timeout=5.0, transport=inner, max_body=100) as http, \
+                pytest.raises(_bounded.AnswerRefused):
+            http.get("http://127.0.0.1/x")
+
+    def test_encoded_answer_refused(self) -> None:
+        def answer(request: httpx.Request) -> httpx.Response:
+            assert request.headers["Accept-Encoding"] == "identity"
+            return httpx.Response(200, content=b"\x1f\x8b",
+                                  headers={"Content-Encoding": "gzip"})
+        with _bounded.client(timeout=5.0, transport=httpx.MockTransport(answer)) as http, \
+                pytest.raises(_bounded.AnswerRefused):
+            http.get("http://127.0.0.1/x")
