@@ -1,9 +1,11 @@
-"""What a remote system's error answer may contribute to an error message: redacted, short."""
+"""Talking to remote systems safely: a value as one URL path segment, and what a remote
+system's error answer may contribute to an error message (redacted, short)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from urllib.parse import quote
 
 import httpx
 
@@ -13,6 +15,14 @@ from rotator.secrets import redact
 MAX_ERROR_TEXT = 200
 #: Runs of whitespace and control characters: an error message is one line.
 _BREAKS = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
+
+
+def path_segment(value: str) -> str:
+    """``value`` as one URL path segment: '/', '?', '#', '%' and dot segments escaped, so an
+    id from a config or an IdP cannot reach another path of the admin API."""
+    if value in (".", ".."):
+        return value.replace(".", "%2E")
+    return quote(value, safe="")
 
 
 def _line(text: str) -> str:

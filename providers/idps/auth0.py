@@ -25,12 +25,12 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
-from urllib.parse import quote
 
 import httpx
 
 from providers.idps._saas import RateLimitedHttp
 from rotator import _bounded as bounded
+from rotator._remote import path_segment
 from rotator.errors import IdentityProviderError, IdpAccessDenied, IdpNotFound, IdpUnavailable
 from rotator.interfaces import ClientId, IdpCapabilities, IssuedSecret, RotationId
 from rotator.secrets import Secret, redact
@@ -53,11 +53,6 @@ class Auth0Settings:
     ca_file: str | None
     timeout: float
 
-
-def _segment(value: str) -> str:
-    if value in (".", ".."):
-        return value.replace(".", "%2E")
-    return quote(value, safe="")
 
 
 class Auth0Idp:
@@ -179,7 +174,7 @@ class Auth0Idp:
         raise IdentityProviderError(f"{where} answered HTTP {status}: {text}")
 
     def _path(self, client_id: ClientId) -> str:
-        return f"/api/v2/clients/{_segment(client_id)}"
+        return f"/api/v2/clients/{path_segment(client_id)}"
 
     # -- IdentityProvider ------------------------------------------------------------------
 

@@ -35,12 +35,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
-from urllib.parse import quote
 
 import httpx
 
 from rotator import _bounded as bounded
-from rotator._remote import error_text
+from rotator._remote import error_text, path_segment
 from rotator.errors import (
     IdentityProviderError,
     IdpAccessDenied,
@@ -89,11 +88,6 @@ class _Client:
     object_id: str | None
     adopt: frozenset[str]
 
-
-def _segment(value: str) -> str:
-    if value in (".", ".."):
-        return value.replace(".", "%2E")
-    return quote(value, safe="")
 
 
 def _parse_time(value: object) -> datetime | None:
@@ -171,7 +165,7 @@ class EntraIdp:
             self._http = None
 
     def default_token_endpoint(self) -> str:
-        return f"{self._authority}/{_segment(self._s.tenant)}/oauth2/v2.0/token"
+        return f"{self._authority}/{path_segment(self._s.tenant)}/oauth2/v2.0/token"
 
     # -- transport -------------------------------------------------------------------------
 
@@ -278,9 +272,9 @@ class EntraIdp:
         """The client's application object, its object id remembered."""
         object_id = self._object_ids.get(client_id) or self._settings_of(client_id).object_id
         if object_id:
-            path = f"/applications/{_segment(object_id)}"
+            path = f"/applications/{path_segment(object_id)}"
         else:
-            path = f"/applications(appId='{_segment(client_id.replace(chr(39), chr(39) * 2))}')"
+            path = f"/applications(appId='{path_segment(client_id.replace(chr(39), chr(39) * 2))}')"
         body = _object(self._call("GET", path))
         if body is None or not isinstance(body.get("id"), str) or not body["id"]:
             raise IdpUnavailable(f"Entra {self.name!r}: GET {path} did not answer an "
@@ -297,7 +291,7 @@ class EntraIdp:
         found = app.get("passwordCredentials")
         passwords = [p for p in found if isinstance(p, dict) and isinstance(p.get("keyId"), str)] \
             if isinstance(found, list) else []
-        return _segment(app["id"]), passwords
+        return path_segment(app["id"]), passwords
 
     def _remove(self, app_path: str, key_id: str) -> None:
         self._call("POST", f"/applications/{app_path}/removePassword", json={"keyId": key_id})
@@ -314,7 +308,7 @@ class EntraIdp:
                       value: Secret | None) -> IssuedSecret:
         if value is not None:
             raise IdentityProviderError("Entra generates application passwords itself")
-        app = _segment(self._application(client_id)["id"])
+        app = path_segment(self._application(client_id)["id"])
         end = datetime.now(UTC) + timedelta(seconds=self._s.secret_lifetime)
         credential = {"displayName": f"{MARK} {client_id} {rotation_id}",
                       "endDateTime": end.strftime("%Y-%m-%dT%H:%M:%SZ")}

@@ -19,12 +19,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
-from urllib.parse import quote
 
 import httpx
 
 from rotator import _bounded as bounded
-from rotator._remote import error_text
+from rotator._remote import error_text, path_segment
 from rotator.errors import (
     IdentityProviderError,
     IdpAccessDenied,
@@ -52,12 +51,6 @@ class GlewlwydSettings:
     ca_file: str | None
     timeout: float
 
-
-def _segment(value: str) -> str:
-    """``value`` as one URL path segment: '/', '?', '#', '%' and dot segments escaped."""
-    if value in (".", ".."):
-        return value.replace(".", "%2E")
-    return quote(value, safe="")
 
 
 class GlewlwydIdp:
@@ -143,7 +136,7 @@ class GlewlwydIdp:
                                     f"{status}: {_error_text(response)}")
 
     def _client_path(self, client_id: ClientId) -> str:
-        return f"/client/{_segment(client_id)}"
+        return f"/client/{path_segment(client_id)}"
 
     def _read_client(self, client_id: ClientId) -> dict[str, Any]:
         """The client's properties, checked enough to be put back whole."""

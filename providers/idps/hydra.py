@@ -23,12 +23,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
-from urllib.parse import quote
 
 import httpx
 
 from rotator import _bounded as bounded
-from rotator._remote import error_text
+from rotator._remote import error_text, path_segment
 from rotator.errors import (
     IdentityProviderError,
     IdpAccessDenied,
@@ -56,12 +55,6 @@ class HydraSettings:
     ca_file: str | None
     timeout: float
 
-
-def _segment(value: str) -> str:
-    """``value`` as one URL path segment: '/', '?', '#', '%' and dot segments escaped."""
-    if value in (".", ".."):
-        return value.replace(".", "%2E")
-    return quote(value, safe="")
 
 
 class HydraIdp:
@@ -155,7 +148,7 @@ class HydraIdp:
                                     f"{status}: {_error_text(response)}")
 
     def _client_path(self, client_id: ClientId) -> str:
-        return f"/admin/clients/{_segment(client_id)}"
+        return f"/admin/clients/{path_segment(client_id)}"
 
     def _rotate_endpoint_exists(self, client_id: ClientId) -> bool:
         """Whether Hydra routes ``…/secrets/rotate``; asked without changing anything."""

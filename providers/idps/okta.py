@@ -25,13 +25,13 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
-from urllib.parse import quote
 
 import httpx
 import jwt
 
 from providers.idps._saas import RateLimitedHttp
 from rotator import _bounded as bounded
+from rotator._remote import path_segment
 from rotator.errors import IdentityProviderError, IdpAccessDenied, IdpNotFound, IdpUnavailable
 from rotator.interfaces import ClientId, IdpCapabilities, IssuedSecret, RotationId
 from rotator.secrets import Secret, redact, register_credentials
@@ -57,11 +57,6 @@ class OktaSettings:
     ca_file: str | None
     timeout: float
 
-
-def _segment(value: str) -> str:
-    if value in (".", ".."):
-        return value.replace(".", "%2E")
-    return quote(value, safe="")
 
 
 class OktaIdp:
@@ -129,7 +124,7 @@ class OktaIdp:
         server = self._settings.authorization_server
         if server == "org":
             return f"{self._url}/oauth2/v1/token"
-        return f"{self._url}/oauth2/{_segment(server)}/v1/token"
+        return f"{self._url}/oauth2/{path_segment(server)}/v1/token"
 
     # -- transport -------------------------------------------------------------------------
 
@@ -235,7 +230,7 @@ class OktaIdp:
         return self._apps.get(client_id, client_id)
 
     def _secrets_path(self, client_id: ClientId) -> str:
-        return f"/api/v1/apps/{_segment(self._app(client_id))}/credentials/secrets"
+        return f"/api/v1/apps/{path_segment(self._app(client_id))}/credentials/secrets"
 
     def _list(self, client_id: ClientId) -> list[tuple[str, str, str]]:
         """(id, status, created) of the app's secrets, oldest first."""
@@ -286,7 +281,7 @@ class OktaIdp:
         return False
 
     def _retire(self, client_id: ClientId, secret_id: str, status: str) -> None:
-        path = f"{self._secrets_path(client_id)}/{_segment(secret_id)}"
+        path = f"{self._secrets_path(client_id)}/{path_segment(secret_id)}"
         app = self._app(client_id)
         if status == "ACTIVE":
             self._call("POST", f"{path}/lifecycle/deactivate", app=app, missing_ok=True)
@@ -296,7 +291,7 @@ class OktaIdp:
 
     def capabilities(self, client_id: ClientId) -> IdpCapabilities:
         app = self._app(client_id)
-        body = _json_object(self._call("GET", f"/api/v1/apps/{_segment(app)}", app=app))
+        body = _json_object(self._call("GET", f"/api/v1/apps/{path_segment(app)}", app=app))
         if body is None:
             raise IdpUnavailable(f"Okta {self.name!r}: app {app!r} did not answer a JSON object")
         return IdpCapabilities(max_active_secrets=2, caller_sets_value=True,
