@@ -21,6 +21,8 @@ import fcntl
 import json
 import os
 import threading
+from _thread import LockType as _Lock
+from _thread import allocate_lock as _allocate_lock
 from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
@@ -39,8 +41,6 @@ _CHECKPOINT_WIDTH = 120
 _sync = getattr(os, "fdatasync", os.fsync)
 #: Batches whose syncs may be in flight at once; lines arriving past it wait and batch up.
 _MAX_SYNCS = 2
-_allocate_lock = threading.Lock
-_Lock = type(threading.Lock())
 
 
 class AuditWriteError(RotatorError):
