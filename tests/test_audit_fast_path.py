@@ -1,0 +1,101 @@
+"""The audit event's fast path writes the same records as the general one: the ECS line
+built from pre-encoded parts equals the encoded ECS document, and an event written through
+AuditLog carries its context, timestamp and fields as the structlog chain did."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from typing import Any
+
+import pytest
+import structlog
+
+from rotator.audit import CATALOGUE, AuditLog, bound
+from rotator.audit.catalogue import EventSpec
+from rotator.audit.formats import ecs_document, ecs_json, render_json
+from rotator.secrets import Secret
+
+KEY = "f" * 32
+STAMP = "2026-11-29T20:00:00.123456Z"
+
+
+class _Opaque:
+    def __str__(self) -> str:
+        return "opaque"
+
+
+#: Field sets that take every branch of the ECS document: each ECS home, an outcome ECS
+#: does not know, durations of each type, values JSON encodes in each of its ways.
+CASES: list[dict[str, Any]] = [
+    {"step": "stage", "store": "bao", "outcome": "success", "duration_ms": 12,
+     "new_fingerprint": "hmac-sha256:00ff", "client": "c", "idp": "kc", "actor": "a",
+     "rotation_id": "r"},
+    {"outcome": "failure", "error": 'a "quoted"\nline é \u2028 \x00', "reason": "why",
+     "duration_ms": 1.5},
+    {"outcome": "maybe", "duration_ms": True, "count": 3, "flag": False, "none": None},
+    {"caller": "ops", "source_ip": "127.0.0.1", "method": "POST", "status": 403,
+     "route": "/v1/rotate", "auth": "token", "reason": "role"},
+    {"source_ip": "not-an-ip", "status": 200, "method": "GET", "caller": None},
+    {"stores": ["a", "b"], "scopes": ("x", "y"), "nested": {"k": [1, 2.5, None]},
+     "big": 10**30, "nan": math.nan, "inf": -math.inf, "obj": _Opaque(), "duration_ms": "7"},
+    {"\u00e9t\u00e9": "unicode key", "status": 7, "error": None},
+    {},
+]
+
+
+class TestEcsJsonIsTheEncodedDocument:
+    """ecs_json gives, byte for byte, render_json(ecs_document(...)) for every kind of
+    field, and leaves the fields as they were."""
+
+    @pytest.mark.parametrize("spec", [CATALOGUE["secret_staged"], CATALOGUE["api_request"],
+                                      CATALOGUE["rotation_failed"],
+                                      EventSpec("own", "m\u00e9 \"q\"", "iam", "info", 3004,
+                                                99, "warning", frozenset())])
+    @pytest.mark.parametrize("case", range(len(CASES)))
+    def test_same_bytes(self, spec: EventSpec, case: int) -> None:
+        fields = {**CASES[case], "@timestamp": STAMP}
+        before = dict(fields)
+        assert ecs_json(spec, fields) == render_json(ecs_document(spec, dict(fields)))
+        assert list(fields.items()) == list(before.items())
+        json.loads(ecs_json(spec, fields))
+
+
+def _record(log: AuditLog, stream: io.StringIO) -> dict[str, Any]:
+    record: dict[str, Any] = json.loads(stream.getvalue().splitlines()[-1])
+    return record
+
+
+class TestEventThroughTheLog:
+    """An event written through AuditLog has the same fields, in the same order, as
+    structlog's BoundLogger with the same processors gives: explicit fields first and
+    winning over bound context, then the context, then the timestamp."""
+
+    def test_fields_context_and_order(self) -> None:
+        stream = io.StringIO()
+        log = AuditLog(Secret(KEY), stream=stream)
+        seen: list[Any] = []
+
+        def capture(_logger: Any, _method: str, event_dict: Any) -> Any:
+            seen.append(dict(event_dict))
+            return event_dict
+
+        reference = structlog.wrap_logger(
+            None, wrapper_class=structlog.BoundLogger,
+            processors=[*log._processors[:-1], capture, structlog.processors.JSONRenderer()])
+        with bound(client="c1", idp="kc", actor="cli", rotation_id="r1"):
+            log.event("secret_staged", store="bao", client="explicit", outcome="success")
+            reference.info("secret_staged", store="bao", client="explicit",
+                           outcome="success")
+        record = _record(log, stream)
+        expected = seen[0]
+        assert list(record["rotator"]) == [k for k in expected
+                                           if k not in ("@timestamp", "message", "outcome")
+                                           ] + ["seq", "chain"]
+        assert record["rotator"]["client"] == "explicit"
+        assert record["rotator"]["idp"] == "kc"
+        assert record["event"]["action"] == "secret_staged"
+        assert record["event"]["outcome"] == "success"
+        assert record["@timestamp"].endswith("Z")
+        log.close()
