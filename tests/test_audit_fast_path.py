@@ -7,13 +7,19 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
 
-from rotator.audit import CATALOGUE, AuditLog, bound
+from rotator.audit import CATALOGUE, AuditLog, bound, sinks
 from rotator.audit.catalogue import EventSpec
+from rotator.audit.chain import Checkpoint, chain_key, checkpoint_path, verify
 from rotator.audit.formats import ecs_document, ecs_json, render_json
 from rotator.secrets import Secret
 
@@ -99,3 +105,49 @@ class TestEventThroughTheLog:
         assert record["event"]["outcome"] == "success"
         assert record["@timestamp"].endswith("Z")
         log.close()
+
+
+def _until(condition: Callable[[], bool]) -> None:
+    """Wait for a state other threads reach; fail after a generous bound (not a timing)."""
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, "the writers never reached the expected state"
+        time.sleep(0.001)
+
+
+class TestReopenWhileASyncIsInFlight:
+    """A log moved while a batch syncs is reopened by the next batch, and the descriptor
+    the held sync goes through stays open on the moved file until that sync ends."""
+
+    def test_descriptor_outlives_the_reopen(self, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+        gate, held = threading.Event(), []
+
+        def held_sync(fd: int) -> None:
+            held.append(fd)
+            if len(held) == 1:
+                gate.wait()
+
+        monkeypatch.setattr(sinks, "_sync", held_sync)
+        file = tmp_path / "audit.jsonl"
+        log = AuditLog(Secret(KEY), file=file)
+        sink = log._sinks[0]
+        assert isinstance(sink, sinks.FileSink)
+        first = threading.Thread(target=log.event, args=("rotation_step",),
+                                 kwargs={"step": "first"}, daemon=True)
+        first.start()
+        try:
+            _until(lambda: len(held) == 1)
+            old_inode = os.fstat(held[0]).st_ino
+            file.rename(tmp_path / "audit.jsonl.1")  # logrotate, while the first one syncs
+            log.event("rotation_step", step="second")  # reopens and writes the new file
+            assert os.fstat(held[0]).st_ino == old_inode  # still open, on the moved file
+            assert held[1] != held[0]
+        finally:
+            gate.set()
+        first.join(timeout=30)  # a bound for a hang, not a measured time
+        assert sink._in_flight == {} and sink._retired == set()
+        log.close()
+        problem, count = verify(chain_key(KEY.encode()), [tmp_path / "audit.jsonl.1", file],
+                                Checkpoint.load(checkpoint_path(file)))
+        assert (problem, count) == (None, 2)

@@ -105,6 +105,11 @@ class FileSink:
             os.close(self._fd)
             raise
         self._known_end = -1  # size of the log after this process's last batch
+        self._identity = _identity(os.fstat(self._fd))  # of the file self._fd is open on
+        #: syncs in flight per descriptor; a descriptor a reopen replaced is closed once
+        #: no sync goes through it (closed earlier, its number could name another file)
+        self._in_flight: dict[int, int] = {}
+        self._retired: set[int] = set()
         self._mutex = threading.Lock()  # guards the batch state below
         self._idle = threading.Condition(self._mutex)  # notified for close()
         self._open = _Batch()  # where arriving lines go
@@ -188,6 +193,7 @@ class FileSink:
                 self._appending = False
                 if sync_fd >= 0:
                     self._syncing += 1
+                    self._in_flight[sync_fd] = self._in_flight.get(sync_fd, 0) + 1
                 else:
                     self._done(batch)
                 self._start_next()
@@ -198,8 +204,8 @@ class FileSink:
         except Exception as exc:  # reported to every writer of the batch
             batch.error = exc
         finally:
-            os.close(sync_fd)
             with self._mutex:  # the next batch may go while this one is checkpointed
+                self._release_fd(sync_fd)
                 self._syncing -= 1
                 self._checkpointing += 1
                 self._start_next()
@@ -216,6 +222,23 @@ class FileSink:
                 self._checkpointing -= 1
                 self._done(batch)
 
+    def _release_fd(self, fd: int) -> None:
+        """With the mutex held: a sync through ``fd`` ended."""
+        self._in_flight[fd] -= 1
+        if not self._in_flight[fd]:
+            del self._in_flight[fd]
+            if fd in self._retired:
+                self._retired.discard(fd)
+                os.close(fd)
+
+    def _retire(self, fd: int) -> None:
+        """Close ``fd``, which a reopen replaced, once no sync goes through it."""
+        with self._mutex:
+            if fd in self._in_flight:
+                self._retired.add(fd)
+            else:
+                os.close(fd)
+
     def _done(self, batch: _Batch | None) -> None:
         """With the mutex held: wake ``batch``'s sleeping writers, and close() once idle."""
         if batch is not None:
@@ -226,8 +249,9 @@ class FileSink:
             self._idle.notify_all()
 
     def _append(self, batch: list[str]) -> tuple[int, Checkpoint]:
-        """Seal and append ``batch`` under the log's lock; a descriptor to sync it through
-        (the log's may be reopened meanwhile) and where the chain then stood."""
+        """Seal and append ``batch`` under the log's lock; the descriptor to sync it through
+        (kept open until that sync ends, even if the log is reopened meanwhile) and where
+        the chain then stood."""
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
             size = self._catch_up(self._reopen_if_moved())
@@ -243,7 +267,7 @@ class FileSink:
                 raise OSError(f"short write ({written} of {len(data)} bytes)")
             self._known_end = size + written  # appended under the lock: nothing between
             self.batches += 1
-            return os.dup(self._fd), Checkpoint(chain.seq, chain.value)
+            return self._fd, Checkpoint(chain.seq, chain.value)
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
@@ -269,25 +293,29 @@ class FileSink:
 
     def _reopen_if_moved(self) -> int:
         """Reopen the log if it was moved or a reopen was asked for; the log's size."""
-        own = os.fstat(self._fd)
+        at_path: os.stat_result | None
         try:
-            moved = os.stat(self.file).st_ino != own.st_ino
+            at_path = os.stat(self.file)
         except FileNotFoundError:
-            moved = True
-        if moved or self._reopen:
-            self._reopen = False
-            fd = open_log(self.file)
-            if not moved and os.path.samestat(os.fstat(fd), own):
-                # The same file: keep the descriptor that holds the lock. Locking the file
-                # again through a second descriptor would wait for this one forever.
-                os.close(fd)
-                return own.st_size
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = fd
-            self._known_end = -1
-            own = os.fstat(fd)
+            at_path = None
+        moved = at_path is None or _identity(at_path) != self._identity
+        if at_path is not None and not moved and not self._reopen:
+            return at_path.st_size  # the path names this descriptor's file: its size
+        self._reopen = False
+        own = os.fstat(self._fd)
+        fd = open_log(self.file)
+        if not moved and os.path.samestat(os.fstat(fd), own):
+            # The same file: keep the descriptor that holds the lock. Locking the file
+            # again through a second descriptor would wait for this one forever.
+            os.close(fd)
+            return own.st_size
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._retire(self._fd)
+        self._fd = fd
+        self._known_end = -1
+        own = os.fstat(fd)
+        self._identity = _identity(own)
         return own.st_size
 
     def _catch_up(self, size: int) -> int:
@@ -314,6 +342,10 @@ class FileSink:
                 os.close(self._cp_fd)
                 os.close(self._fd)
                 self._fd = -1
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int]:
+    return stat.st_dev, stat.st_ino
 
 
 def _last_line(fd: int, size: int) -> str:
