@@ -12,10 +12,10 @@ cost before group commit. The audit figures are measured with 10 and with 10,000
 secrets in the process, and once more with the sync skipped, which shows the CPU cost
 apart from the disk's. Not a test: it prints each figure beside its target, and never
 fails. With 8 writers each waiting for its own event, the disk bounds the rate near
-8 / (1.5 x one fsync) (two syncs in flight): read the "one fsync" figure of the same run
-beside the target. Each audit figure also shows the process's CPU time per event (user and
-system, all threads): with the GIL, 20,000 events/s needs it at or below 50 µs. The load
-average is printed before and after the run: on a shared machine, read the figures with it.
+8 / (2 x one fsync): read the "one fsync" figure of the same run beside the target. Each
+audit figure also shows the process's CPU time per event (user and system, all threads):
+with the GIL, 20,000 events/s needs it at or below 50 µs. The load average is printed
+before and after the run: on a shared machine, read the figures with it.
 """
 
 from __future__ import annotations
