@@ -151,3 +151,60 @@ class TestReopenWhileASyncIsInFlight:
         problem, count = verify(chain_key(KEY.encode()), [tmp_path / "audit.jsonl.1", file],
                                 Checkpoint.load(checkpoint_path(file)))
         assert (problem, count) == (None, 2)
+
+
+class _CountingLock:
+    """A waiter's lock that counts how often it was released (the writer woken)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.releases = 0
+
+    def acquire(self) -> bool:
+        return self._lock.acquire()
+
+    def release(self) -> None:
+        self.releases += 1
+        self._lock.release()
+
+
+class TestEachWriterIsWokenOnce:
+    """With eight writers queued behind held syncs, every writer that sleeps is woken
+    exactly once: to lead its batch or because its batch is done, never for another
+    batch's progress."""
+
+    def test_one_wake_per_sleeping_writer(self, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+        gate, syncs, locks = threading.Event(), [], []
+
+        def held_sync(fd: int) -> None:
+            syncs.append(fd)
+            gate.wait()
+
+        def counting_lock() -> _CountingLock:
+            locks.append(_CountingLock())
+            return locks[-1]
+
+        monkeypatch.setattr(sinks, "_sync", held_sync)
+        monkeypatch.setattr(sinks, "_allocate_lock", counting_lock)
+        file = tmp_path / "audit.jsonl"
+        log = AuditLog(Secret(KEY), file=file)
+        sink = log._sinks[0]
+        assert isinstance(sink, sinks.FileSink)
+        threads = [threading.Thread(target=log.event, args=("rotation_step",),
+                                    kwargs={"step": f"w{n}"}, daemon=True) for n in range(8)]
+        for t in threads:
+            t.start()
+        try:
+            _until(lambda: len(syncs) == sinks._MAX_SYNCS and len(sink._open.lines)
+                   + len(file.read_text().splitlines()) == 8)
+        finally:
+            gate.set()
+        for t in threads:
+            t.join(timeout=30)  # a bound for a hang, not a measured time
+        log.close()
+        assert locks and [lock.releases for lock in locks] == [1] * len(locks)
+        assert len(syncs) == sinks._MAX_SYNCS + 1
+        problem, count = verify(chain_key(KEY.encode()), [file],
+                                Checkpoint.load(checkpoint_path(file)))
+        assert (problem, count) == (None, 8)

@@ -239,12 +239,11 @@ class FileSink:
             else:
                 os.close(fd)
 
-    def _done(self, batch: _Batch | None) -> None:
+    def _done(self, batch: _Batch) -> None:
         """With the mutex held: wake ``batch``'s sleeping writers, and close() once idle."""
-        if batch is not None:
-            for waiter in batch.waiters:
-                waiter.release()
-            batch.waiters.clear()
+        for waiter in batch.waiters:
+            waiter.release()
+        batch.waiters.clear()
         if not (self._appending or self._syncing or self._checkpointing):
             self._idle.notify_all()
 
