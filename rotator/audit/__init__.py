@@ -40,6 +40,7 @@ from rotator.audit.formats import (
     FORMATS,
     cef_line,
     ecs_document,
+    ecs_json,
     flatten,
     ocsf_document,
     render_json,
@@ -101,7 +102,8 @@ def _redacted_line(format_: str, spec: EventSpec, fields: dict[str, Any]) -> str
         # CEF escaping makes forms the redactor does not know: redact each value first.
         return cef_line(spec, _scrub(fields))
     render = ocsf_document if format_ == "ocsf" else ecs_document
-    line = render_json(render(spec, dict(fields)))
+    line = ecs_json(spec, fields) if format_ == "json" else \
+        render_json(render(spec, dict(fields)))
     masked = redact(line)
     if masked is line or masked == line:
         return line
@@ -197,18 +199,14 @@ class AuditLog:
         self._sinks: list[FileSink | StreamSink | SpoolSink] = [sink for _, sink in targets]
         self._writer = _Writer(list(targets))
         self._recorders: list[CheckpointRecorder] = []
-        # Bound once: the lazy proxy wrap_logger returns would rebuild the logger per event.
-        self._log = structlog.wrap_logger(
-            self._writer,
-            # Independent of the diagnostic log's level: audit events are never filtered.
-            wrapper_class=structlog.BoundLogger,
-            processors=[
-                structlog.contextvars.merge_contextvars,
-                structlog.processors.TimeStamper(fmt="iso", utc=True, key="@timestamp"),
-                structlog.processors.EventRenamer("message"),
-                _catalogued,
-            ],
-        ).bind()
+        # Run as a BoundLogger would run them, without its per-call machinery; independent
+        # of the diagnostic log's level: audit events are never filtered.
+        self._processors: list[Callable[..., Any]] = [
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.TimeStamper(fmt="iso", utc=True, key="@timestamp"),
+            structlog.processors.EventRenamer("message"),
+            _catalogued,
+        ]
 
     def add_sink(self, format_: str, sink: SpoolSink) -> None:
         """Write every later event to ``sink`` too, in ``format_`` (a remote sink's spool)."""
@@ -250,7 +248,11 @@ class AuditLog:
 
     def event(self, event: str, **fields: Any) -> None:
         """Write one audit event (a name from the catalogue); durable when it returns."""
-        self._log.info(event, **fields)
+        event_dict: Any = {**fields, "event": event}
+        for processor in self._processors:
+            event_dict = processor(None, "info", event_dict)
+        (spec, record), _ = event_dict
+        self._writer.msg(spec, record)
 
     def reopen(self) -> None:
         """Reopen the log file by its path before the next event: call on SIGHUP (a moved

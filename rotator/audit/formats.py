@@ -77,6 +77,74 @@ def ecs_document(spec: EventSpec, fields: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+#: The ECS document's keys written before ``event``'s own extras, per (spec, log level).
+_ECS_HEADS: dict[tuple[EventSpec, str], str] = {}
+
+
+def _ecs_head(spec: EventSpec, level: str) -> str:
+    head = _ECS_HEADS.get((spec, level))
+    if head is None:
+        doc = {"message": spec.meaning, "ecs": {"version": ECS_VERSION},
+               "log": {"level": level},
+               "event": {"kind": "event", "category": [spec.category], "type": [spec.type],
+                         "action": spec.name, "module": "rotator",
+                         "dataset": "rotator.audit"}}
+        head = "," + render_json(doc)[1:-2]  # open: the event's extras follow
+        if len(_ECS_HEADS) < 1024:  # bounded: specs are few, but callers may make their own
+            _ECS_HEADS[(spec, level)] = head
+    return head
+
+
+def ecs_json(spec: EventSpec, fields: dict[str, Any]) -> str:
+    """``render_json(ecs_document(spec, fields))``, the same bytes, built faster: the parts
+    every event of ``spec`` shares are encoded once, each field's value on its own.
+    ``fields`` is left as it was."""
+    event: dict[str, Any] = {}  # event.outcome, event.reason, event.duration
+    others: dict[str, Any] = {}  # the other ECS homes, in the order they first appear
+    rotator: list[str] = []
+    for name, value in fields.items():
+        if value is None or name == "@timestamp":
+            continue
+        home = _ECS_HOMES.get(name)
+        if name == "outcome" and value not in _OUTCOMES:
+            home = None
+        if name == "duration_ms" and isinstance(value, int | float):
+            event["duration"] = int(value * 1_000_000)  # ECS: nanoseconds
+            continue
+        if home is None:
+            rotator.append(f"{_json_str(name)}:{_json_value(value)}")
+            continue
+        if home[0] == "event":
+            event[home[1]] = value
+            continue
+        if name == "source_ip" and _is_ip(value):
+            others["source"] = {"ip": value}
+        node = others
+        for part in home[:-1]:
+            node = node.setdefault(part, {})
+        node[home[-1]] = value
+    parts = ['{"@timestamp":', _json_value(fields["@timestamp"]),
+             _ecs_head(spec, spec.severity_for(fields.get("outcome")))]
+    for name, value in event.items():
+        parts.append(f",{_json_str(name)}:{_json_value(value)}")
+    parts.append("}")
+    for name, value in others.items():
+        parts.append(f",{_json_str(name)}:{_ENCODER.encode(value)}")
+    parts.append(',"rotator":{')
+    parts.append(",".join(rotator))
+    parts.append("}}")
+    return "".join(parts)
+
+
+def _json_value(value: Any) -> str:
+    kind = type(value)
+    if kind is str:
+        return _json_str(value)
+    if kind is int:
+        return int.__repr__(value)
+    return _ENCODER.encode(value)
+
+
 def _is_ip(value: object) -> bool:
     try:
         ipaddress.ip_address(str(value))
@@ -86,6 +154,10 @@ def _is_ip(value: object) -> bool:
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+#: What the encoder writes for a string (``ensure_ascii=False``): the C function it uses.
+_json_str = json.encoder.encode_basestring
 
 
 def render_json(doc: dict[str, Any]) -> str:

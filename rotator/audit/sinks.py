@@ -6,9 +6,11 @@ meanwhile (by concurrent rotations, by the API), seals them under an exclusive `
 log (so a CLI and a daemon writing the same log keep one chain), appends them in one
 ``write``, and syncs them (``fdatasync``) after releasing the lock, so the next batch can be
 appended while this one syncs; the kernel commits overlapping syncs together. At most
-``_MAX_SYNCS`` syncs are in flight; lines arriving past that wait and go as one batch. Each
-writer returns once the sync of its own batch has returned; the checkpoint then records the
-batch's last record (never a record that is not yet durable). A log that logrotate moved or
+``_MAX_SYNCS`` syncs are in flight; lines arriving past that wait and go as one batch, led
+by one of its writers whom the sink wakes when it may go (the others sleep until their batch
+is done: a batch wakes only its own writers). Each writer returns once the sync of its own
+batch has returned and the checkpoint records the batch's last record (never a record that
+is not yet durable). A log that logrotate moved or
 truncated is noticed at the next batch and reopened; the chain continues from the
 checkpoint.
 """
@@ -19,6 +21,8 @@ import fcntl
 import json
 import os
 import threading
+from _thread import LockType as _Lock
+from _thread import allocate_lock as _allocate_lock
 from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
@@ -68,17 +72,27 @@ class _Chain:
 class _Batch:
     """Lines appended and synced together, and how that went."""
 
-    __slots__ = ("done", "error", "lines")
+    __slots__ = ("error", "leader", "lines", "waiters")
 
     def __init__(self) -> None:
         self.lines: list[str] = []
-        self.done = False
+        #: one held lock per writer asleep until the batch is done (or told to lead it)
+        self.waiters: list[_Lock] = []
+        #: the waiter told to append and sync the batch for the others
+        self.leader: _Lock | None = None
         self.error: Exception | None = None
 
 
 class FileSink:
     """The audit log file: sealed, appended in batches, each batch synced before its
-    writers go on; the syncs of consecutive batches may overlap."""
+    writers go on; the syncs of consecutive batches may overlap.
+
+    Each batch has a leader, one of its writers, that seals, appends and syncs it for the
+    others; they sleep on a lock of their own, which the leader releases when the batch is
+    done, so a batch wakes its own writers and no one else. A writer that finds the sink idle
+    leads its batch at once; otherwise its line waits in the open batch, and whoever frees
+    the sink (an append or a sync ending) tells one of that batch's writers to lead it.
+    """
 
     def __init__(self, file: Path, key: bytes, checkpoint: Path) -> None:
         self.file = file
@@ -91,10 +105,17 @@ class FileSink:
             os.close(self._fd)
             raise
         self._known_end = -1  # size of the log after this process's last batch
-        self._cond = threading.Condition()
+        self._identity = _identity(os.fstat(self._fd))  # of the file self._fd is open on
+        #: syncs in flight per descriptor; a descriptor a reopen replaced is closed once
+        #: no sync goes through it (closed earlier, its number could name another file)
+        self._in_flight: dict[int, int] = {}
+        self._retired: set[int] = set()
+        self._mutex = threading.Lock()  # guards the batch state below
+        self._idle = threading.Condition(self._mutex)  # notified for close()
         self._open = _Batch()  # where arriving lines go
         self._appending = False  # a batch is being sealed and appended
         self._syncing = 0  # batches appended, not yet synced
+        self._checkpointing = 0  # batches synced, their checkpoint not yet written
         self._cp_lock = threading.Lock()
         self._cp_seq, self._cp_record = 0, b""  # what this process last recorded
         self._reopen = False
@@ -112,47 +133,84 @@ class FileSink:
     def write(self, line: str) -> None:
         """Append ``line`` (unsealed); return once it is on disk, or raise
         ``AuditWriteError`` when the batch that carried it could not be written."""
-        with self._cond:
+        wake: _Lock | None = None
+        with self._mutex:
             batch = self._open
             batch.lines.append(line)
-            while not batch.done:
+            if self._appending or self._syncing >= _MAX_SYNCS:
                 # Lines that arrive while one batch is appended or while the most syncs
                 # are in flight wait together and go as the next batch.
-                if (batch is self._open and not self._appending
-                        and self._syncing < _MAX_SYNCS):
+                wake = _allocate_lock()
+                wake.acquire()
+                batch.waiters.append(wake)
+            else:
+                self._open, self._appending = _Batch(), True
+        if wake is not None:
+            try:
+                wake.acquire()
+            except BaseException:  # interrupted asleep: the batch must still go
+                with self._mutex:
+                    told = batch.leader is wake
+                    if not told and wake in batch.waiters:
+                        batch.waiters.remove(wake)
+                if told:
                     self._commit(batch)
-                else:
-                    self._cond.wait()
-            if batch.error is not None:
-                raise AuditWriteError(f"audit log {self.file}: {batch.error}")
+                raise
+            if batch.leader is not wake:
+                return self._outcome(batch)
+        self._commit(batch)
+        return self._outcome(batch)
+
+    def _outcome(self, batch: _Batch) -> None:
+        if batch.error is not None:
+            raise AuditWriteError(f"audit log {self.file}: {batch.error}")
+
+    def _start_next(self) -> None:
+        """With the mutex held: when the sink may take another batch and one is waiting,
+        tell one of its writers to lead it."""
+        batch = self._open
+        if batch.waiters and not self._appending and self._syncing < _MAX_SYNCS:
+            self._open, self._appending = _Batch(), True
+            batch.leader = batch.waiters.pop()
+            batch.leader.release()
 
     def _commit(self, batch: _Batch) -> None:
-        """Append ``batch`` in order, then sync it while the next one may be appended.
+        """Append ``batch`` in order, then sync it while the next one may be appended,
+        record the checkpoint, and wake the batch's writers.
 
-        Called and returning with the lock held. Appends are one at a time (the chain's
-        order); a sync covers every byte appended before it, so overlapping syncs of
-        consecutive batches are safe, and the kernel commits them together.
+        Called without the mutex, as the batch's leader (``_appending`` set for it).
+        Appends are one at a time (the chain's order); a sync covers every byte appended
+        before it, so overlapping syncs of consecutive batches are safe, and the kernel
+        commits them together.
         """
-        self._open, self._appending = _Batch(), True
-        self._cond.release()
         sync_fd, sealed_to = -1, None
         try:
             sync_fd, sealed_to = self._append(batch.lines)
         except Exception as exc:  # a reopen's ConfigError too: every writer
             batch.error = exc  # of the batch hears of it, none waits for it forever
         finally:
-            self._cond.acquire()
-            self._appending = False
-            if sync_fd >= 0:
-                self._syncing += 1
-            self._cond.notify_all()
-        if sync_fd < 0:
-            batch.done = True
+            with self._mutex:
+                self._appending = False
+                if sync_fd >= 0:
+                    self._syncing += 1
+                    self._in_flight[sync_fd] = self._in_flight.get(sync_fd, 0) + 1
+                else:
+                    self._done(batch)
+                self._start_next()
+        if sync_fd < 0 or sealed_to is None:
             return
-        self._cond.release()
         try:
             _sync(sync_fd)
-            if sealed_to is not None:
+        except Exception as exc:  # reported to every writer of the batch
+            batch.error = exc
+        finally:
+            with self._mutex:  # the next batch may go while this one is checkpointed
+                self._release_fd(sync_fd)
+                self._syncing -= 1
+                self._checkpointing += 1
+                self._start_next()
+        try:
+            if batch.error is None:
                 self._write_checkpoint(sealed_to)
                 committed = self.on_commit
                 if committed is not None:
@@ -160,15 +218,39 @@ class FileSink:
         except Exception as exc:  # reported to every writer of the batch
             batch.error = exc
         finally:
-            os.close(sync_fd)
-            self._cond.acquire()
-            self._syncing -= 1
-            batch.done = True
-            self._cond.notify_all()
+            with self._mutex:
+                self._checkpointing -= 1
+                self._done(batch)
+
+    def _release_fd(self, fd: int) -> None:
+        """With the mutex held: a sync through ``fd`` ended."""
+        self._in_flight[fd] -= 1
+        if not self._in_flight[fd]:
+            del self._in_flight[fd]
+            if fd in self._retired:
+                self._retired.discard(fd)
+                os.close(fd)
+
+    def _retire(self, fd: int) -> None:
+        """Close ``fd``, which a reopen replaced, once no sync goes through it."""
+        with self._mutex:
+            if fd in self._in_flight:
+                self._retired.add(fd)
+            else:
+                os.close(fd)
+
+    def _done(self, batch: _Batch) -> None:
+        """With the mutex held: wake ``batch``'s sleeping writers, and close() once idle."""
+        for waiter in batch.waiters:
+            waiter.release()
+        batch.waiters.clear()
+        if not (self._appending or self._syncing or self._checkpointing):
+            self._idle.notify_all()
 
     def _append(self, batch: list[str]) -> tuple[int, Checkpoint]:
-        """Seal and append ``batch`` under the log's lock; a descriptor to sync it through
-        (the log's may be reopened meanwhile) and where the chain then stood."""
+        """Seal and append ``batch`` under the log's lock; the descriptor to sync it through
+        (kept open until that sync ends, even if the log is reopened meanwhile) and where
+        the chain then stood."""
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
             size = self._catch_up(self._reopen_if_moved())
@@ -184,7 +266,7 @@ class FileSink:
                 raise OSError(f"short write ({written} of {len(data)} bytes)")
             self._known_end = size + written  # appended under the lock: nothing between
             self.batches += 1
-            return os.dup(self._fd), Checkpoint(chain.seq, chain.value)
+            return self._fd, Checkpoint(chain.seq, chain.value)
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
@@ -210,25 +292,29 @@ class FileSink:
 
     def _reopen_if_moved(self) -> int:
         """Reopen the log if it was moved or a reopen was asked for; the log's size."""
-        own = os.fstat(self._fd)
+        at_path: os.stat_result | None
         try:
-            moved = os.stat(self.file).st_ino != own.st_ino
+            at_path = os.stat(self.file)
         except FileNotFoundError:
-            moved = True
-        if moved or self._reopen:
-            self._reopen = False
-            fd = open_log(self.file)
-            if not moved and os.path.samestat(os.fstat(fd), own):
-                # The same file: keep the descriptor that holds the lock. Locking the file
-                # again through a second descriptor would wait for this one forever.
-                os.close(fd)
-                return own.st_size
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = fd
-            self._known_end = -1
-            own = os.fstat(fd)
+            at_path = None
+        moved = at_path is None or _identity(at_path) != self._identity
+        if at_path is not None and not moved and not self._reopen:
+            return at_path.st_size  # the path names this descriptor's file: its size
+        self._reopen = False
+        own = os.fstat(self._fd)
+        fd = open_log(self.file)
+        if not moved and os.path.samestat(os.fstat(fd), own):
+            # The same file: keep the descriptor that holds the lock. Locking the file
+            # again through a second descriptor would wait for this one forever.
+            os.close(fd)
+            return own.st_size
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._retire(self._fd)
+        self._fd = fd
+        self._known_end = -1
+        own = os.fstat(fd)
+        self._identity = _identity(own)
         return own.st_size
 
     def _catch_up(self, size: int) -> int:
@@ -247,14 +333,18 @@ class FileSink:
         return size
 
     def close(self) -> None:
-        with self._cond:
-            while self._appending or self._syncing:
-                self._cond.wait()
+        with self._idle:
+            while self._appending or self._syncing or self._checkpointing:
+                self._idle.wait()
             if self._fd >= 0:
                 os.fsync(self._cp_fd)
                 os.close(self._cp_fd)
                 os.close(self._fd)
                 self._fd = -1
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int]:
+    return stat.st_dev, stat.st_ino
 
 
 def _last_line(fd: int, size: int) -> str:
