@@ -156,6 +156,9 @@ class AdminApi:
             log.info("api_stopped")
         if self._app is not None:
             self._app.state.authenticator.close()
+            queue = getattr(self._app.state, "audit_queue", None)
+            if queue is not None:  # the read calls' events still queued, before audit.close
+                queue.close()
             self._app = None
 
 

@@ -86,6 +86,9 @@ IDEMPOTENCY_TTL = timedelta(hours=24)
 MAX_JOBS_KEPT = 1000
 #: Seconds before a retirement a gate held (a required hook) is tried again.
 HELD_RETRY = 60.0
+#: Seconds the consumers' reports read for an answer are used again (other processes may
+#: write them too; this daemon forgets them when it keeps a report).
+CONSUMERS_FRESH = 1.0
 
 
 @dataclass
@@ -126,6 +129,7 @@ class Service:
         self._scheduler: threading.Thread | None = None
         self._prepared = False
         self._consumers = ConsumerRegistry(config.state_dir)
+        self._consumers_read: tuple[float, Mapping[str, Any]] | None = None
         #: Clients a consumer reported for while a job of theirs ran (see report_consumer).
         self._reported_meanwhile: set[str] = set()
         self._audit = audit
@@ -331,6 +335,8 @@ class Service:
         except (OSError, ValueError) as exc:  # a full disk, a damaged file: try again later
             log.error("consumer_report_not_kept", client=name, error=redact(str(exc)))
             raise ServiceUnavailable("cannot keep the report now") from None
+        finally:
+            self._consumers_read = None
         with self._lock:
             # A retirement held for this client's consumers is asked again at once (or, while
             # a job asks the gate now, again when it ends).
@@ -343,11 +349,18 @@ class Service:
                     self._wakeup.set()
 
     def _consumer_snapshot(self) -> Mapping[str, Any]:
+        """The consumers' reports, read at most once per :data:`CONSUMERS_FRESH` seconds (a
+        ``GET /v1/clients/{name}`` needs them); this daemon's own reports are seen at once."""
+        cached = self._consumers_read
+        if cached is not None and time.monotonic() - cached[0] < CONSUMERS_FRESH:
+            return cached[1]
         try:
-            return self._consumers.snapshot()
+            snapshot = self._consumers.snapshot()
         except (OSError, ValueError) as exc:
             log.error("consumer_reports_unreadable", error=redact(str(exc)))
             return {}
+        self._consumers_read = (time.monotonic(), snapshot)
+        return snapshot
 
     def _with_consumers(self, state: ClientState, config: ClientConfig,
                         snapshot: Mapping[str, Any]) -> ClientState:
