@@ -683,7 +683,7 @@ class TestReadCallsAuditedWithoutWaiting:
         assert [e["route"] for e in audit.written] == ["/v1/clients/{name}/rotations"]
 
     def test_close_writes_every_queued_event(self) -> None:
-        client, audit, headers = self._app()
+        client, audit, _headers = self._app()
         for _ in range(20):
             client.get("/healthz")
         queue = client.app.state.audit_queue  # type: ignore[attr-defined]
