@@ -535,6 +535,37 @@ class TestReload:
         assert h.rotations("b")[0][1] == "completed"
 
 
+class TestReloadReadsOutsideTheLock:
+    """A reload that adds clients reads their facts while API calls are answered, and takes
+    the service's lock only to swap them in."""
+
+    def test_facts_of_added_clients_are_read_without_the_lock(self, tmp_path: Path) -> None:
+        h = make(tmp_path, {"a": ""})
+        h.service.prepare()
+        free: list[bool] = []
+        answers: list[str] = []
+
+        def facts(_config: Config, client: Any) -> datetime | None:
+            def probe() -> None:  # another thread: what an API call would find
+                got = h.service._lock.acquire(blocking=False)
+                free.append(got)
+                if got:
+                    answers.append(h.service.client("a").name)
+                    h.service._lock.release()
+            thread = threading.Thread(target=probe)
+            thread.start()
+            thread.join()
+            return T0
+
+        h.service._facts = facts
+        write_config(tmp_path, {"a": "", "b": "", "c": ""})
+        h.service.reload(load(h.config.path))
+        assert free == [True, True]  # one store read per added client, lock free each time
+        assert answers == ["a", "a"]
+        assert [c.name for c in h.service.clients()] == ["a", "b", "c"]
+        assert h.service.client("b").last_success_at == T0
+
+
 class TestSingleInstance:
     """A second daemon on the same state_dir refuses to start and names the first."""
 

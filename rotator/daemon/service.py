@@ -185,7 +185,19 @@ class Service:
         return not any(t.is_alive() for t in threads)
 
     def reload(self, config: Config) -> None:
-        """Use ``config`` from now on; clients removed with an open rotation are finished."""
+        """Use ``config`` from now on; clients removed with an open rotation are finished.
+
+        The clients ``config`` adds are read (journal, stores) before the service's lock is
+        taken, so API calls are answered meanwhile; the lock is held only to swap them in.
+        """
+        with self._lock:
+            known = set(self._records)
+        loaded: dict[str, ClientRecord] = {}
+        adding = [c for n, c in config.clients.items() if n not in known]
+        if adding:
+            with self._facts_reader(config) as facts:
+                for client in adding:
+                    loaded[client.name] = self._load(client, facts)
         with self._lock:
             kept: dict[str, ClientConfig] = {}
             for name in list(self._records):
@@ -198,10 +210,11 @@ class Service:
                 else:
                     del self._records[name]
             added = [c for n, c in config.clients.items() if n not in self._records]
-            if added:
-                with self._facts_reader(config) as facts:
-                    for client in added:
-                        self._records[client.name] = self._load(client, facts)
+            for client in added:
+                if loaded.get(client.name) is None:  # a record a finished job dropped since
+                    with self._facts_reader(config) as facts:
+                        loaded[client.name] = self._load(client, facts)
+                self._records[client.name] = loaded[client.name]
             for name, client in config.clients.items():
                 rec_old = self._records.get(name)
                 if rec_old is None or rec_old.config is client:
