@@ -32,6 +32,7 @@ from rotator.config import Config, load_config
 from rotator.daemon.model import Condition, ServiceUnavailable, UnknownClient
 from rotator.daemon.process import Daemon, DaemonRunning, instance_lock
 from rotator.daemon.service import Service
+from rotator.daemon.workers import SHUTTING_DOWN, StoppableJournal
 from rotator.engine import Outcome
 from rotator.errors import IdpUnavailable, RotatorError
 from rotator.interfaces import IdentityProvider, Stage
@@ -726,3 +727,65 @@ class TestRotateDue:
         out, err = io.StringIO(), io.StringIO()
         assert run(["rotate", "--due", "--all", "-c", str(path)], out, err) == 0
         assert out.getvalue() == "" and err.getvalue() == ""
+
+
+class _StopsAt:
+    """A journal that sets ``stopping`` as it records ``state`` (SIGTERM right then)."""
+
+    def __init__(self, inner: Any, state: State, stopping: threading.Event) -> None:
+        self._inner, self._state, self._stopping = inner, state, stopping
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def advance(self, rotation_id: str, state: State, now: datetime, **kw: Any) -> Any:
+        rotation = self._inner.advance(rotation_id, state, now, **kw)
+        if state is self._state:
+            self._stopping.set()
+        return rotation
+
+
+class TestStopAfterAStep:
+    """A SIGTERM as a job records a step ends the job as the journal says: finished when the
+    step finished its work (promoted awaiting retirement, completed), otherwise interrupted to
+    be resumed, never a failure."""
+
+    def _engine_stopping_at(self, rig: Any, state: State) -> None:
+        stopping = threading.Event()
+        rig.engine.journal = StoppableJournal(
+            _StopsAt(rig.engine.journal, state, stopping), stopping)  # type: ignore[arg-type]
+
+    def test_promotion_of_an_overlap_rotation_is_the_jobs_end(self, tmp_path: Path) -> None:
+        from test_engine import CAPS, make_rig
+        with make_rig(tmp_path, CAPS["chosen-overlap"]) as rig:
+            journal = rig.engine.journal
+            self._engine_stopping_at(rig, State.PROMOTED)
+            outcome = rig.engine.rotate("app")
+            assert (outcome.ok, outcome.action) == (True, "rotated"), outcome.message
+            assert journal.latest("app").state is State.PROMOTED
+
+    def test_a_retirement_that_completed_is_reported_done(self, tmp_path: Path) -> None:
+        from test_engine import CAPS, make_rig
+        with make_rig(tmp_path, CAPS["chosen-overlap"]) as rig:
+            journal = rig.engine.journal
+            assert rig.engine.rotate("app").ok
+            rig.clock.now += timedelta(hours=2)
+            self._engine_stopping_at(rig, State.COMPLETED)
+            outcome = rig.engine.retire("app")
+            assert (outcome.ok, outcome.action) == (True, "retired"), outcome.message
+            assert journal.latest("app").state is State.COMPLETED
+
+    def test_a_step_with_work_left_is_interrupted_and_resumed(self, tmp_path: Path) -> None:
+        from test_engine import CAPS, make_rig
+        with make_rig(tmp_path, CAPS["chosen-single"]) as rig:
+            journal = rig.engine.journal
+            self._engine_stopping_at(rig, State.PROMOTED)
+            outcome = rig.engine.rotate("app")
+            assert (outcome.ok, outcome.action) == (False, "interrupted"), outcome.message
+            assert SHUTTING_DOWN in outcome.message
+            stopped = journal.latest("app")
+            assert stopped.state is State.PROMOTED and stopped.error is None
+            rig.engine.journal = journal  # the next start
+            resumed = rig.engine.rotate("app")
+            assert resumed.ok, resumed.message
+            assert journal.latest("app").state is State.COMPLETED
