@@ -789,3 +789,46 @@ class TestStopAfterAStep:
             resumed = rig.engine.rotate("app")
             assert resumed.ok, resumed.message
             assert journal.latest("app").state is State.COMPLETED
+
+
+class TestDeferredFacts:
+    """At start the store facts of clients the journal never saw rotate are read after the
+    daemon is ready: a call about one client reads its facts first, the scheduler reads the
+    rest before its first pass, and every answer has them."""
+
+    def _harness(self, tmp_path: Path) -> tuple[Harness, list[str]]:
+        h = make(tmp_path, {"a": 'rotate_every = "1h"', "b": 'rotate_every = "1h"',
+                            "c": 'rotate_every = "1h"'})
+        read: list[str] = []
+
+        def facts(_config: Config, client: Any) -> datetime | None:
+            read.append(client.name)
+            return T0
+
+        h.service._facts = facts
+        return h, read
+
+    def test_one_client_is_read_on_demand_then_the_rest_once(self, tmp_path: Path) -> None:
+        h, read = self._harness(tmp_path)
+        h.service.prepare(defer_facts=True)
+        assert read == []
+        assert h.service.readiness().config_loaded
+        state = h.service.client("b")
+        assert read == ["b"]
+        assert state.last_success_at == T0
+        assert state.next_run == T0 + timedelta(hours=1)
+        h.service._load_deferred()  # what the scheduler thread does first
+        assert sorted(read) == ["a", "b", "c"]
+        assert [c.last_success_at for c in h.service.clients()] == [T0, T0, T0]
+
+    def test_the_scheduler_reads_them_before_its_first_pass(self, tmp_path: Path) -> None:
+        h, read = self._harness(tmp_path)
+        h.clock.advance(hours=2)  # every client fell due while the daemon was down
+        h.service.start()
+        try:
+            states = h.service.clients()  # waits for the deferred facts
+            assert sorted(read) == ["a", "b", "c"]
+            assert all(s.last_success_at == T0 for s in states)
+        finally:
+            assert h.service.stop(30)
+            h.service.close()

@@ -89,6 +89,9 @@ HELD_RETRY = 60.0
 #: Seconds the consumers' reports read for an answer are used again (other processes may
 #: write them too; this daemon forgets them when it keeps a report).
 CONSUMERS_FRESH = 1.0
+#: How long a call that needs every client's facts (the list, metrics) waits at start-up
+#: for the deferred ones (:meth:`Service.prepare`).
+DEFERRED_WAIT = 60.0
 
 
 @dataclass
@@ -130,6 +133,10 @@ class Service:
         self._prepared = False
         self._consumers = ConsumerRegistry(config.state_dir)
         self._consumers_read: tuple[float, Mapping[str, Any]] | None = None
+        #: Set once every client's facts are known (at once unless start() deferred them).
+        self._facts_ready = threading.Event()
+        self._deferred_lock = threading.Lock()
+        self._deferred_reader: FactsReader | None = None
         #: Clients a consumer reported for while a job of theirs ran (see report_consumer).
         self._reported_meanwhile: set[str] = set()
         self._audit = audit
@@ -138,32 +145,79 @@ class Service:
 
     # -- life cycle ----------------------------------------------------------------------
 
-    def prepare(self) -> None:
-        """Load every client's facts, queue open rotations, spread overdue clients."""
+    def prepare(self, *, defer_facts: bool = False) -> None:
+        """Load every client's facts, queue open rotations, spread overdue clients.
+
+        ``defer_facts`` (:meth:`start`): the store facts of clients the journal never saw
+        rotate are read by the scheduler thread before its first pass instead
+        (:meth:`_load_deferred`), and overdue clients spread then.
+        """
         now = self._clock()
         with self._lock, self._facts_reader() as facts:
             journal = self._journal()
             rotated = rotated_clients(journal)
             for name, client in self._config.clients.items():
+                if defer_facts and rotated is not None and name not in rotated:
+                    self._records[name] = ClientRecord(client, policy_of(client),
+                                                       facts_pending=True)
+                    continue
                 self._records[name] = load_record(
                     journal, self._config, client, facts,
                     rotated=rotated is None or name in rotated)
-            overdue = []
-            for name, rec in self._records.items():
-                decision = decide(name, rec.policy, rec.history(), now)
-                if rec.open is None and decision.due and decision.due_at is not None:
-                    overdue.append((name, decision.due_at))
-            for name, slot in catch_up_slots(overdue, now,
-                                             self._config.daemon.catch_up).items():
-                self._records[name].not_before = slot
+            if any(r.facts_pending for r in self._records.values()):
+                self._deferred_reader = self._facts or StoreFacts(self._config)
+            else:
+                self._spread_overdue(now)
             self._prepared = True
-        log.info("daemon_prepared", clients=len(self._records), overdue=len(overdue),
+        log.info("daemon_prepared", clients=len(self._records),
+                 deferred=sum(1 for r in self._records.values() if r.facts_pending),
                  open=sum(1 for r in self._records.values() if r.open is not None))
 
+    def _spread_overdue(self, now: datetime) -> None:
+        """Spread the clients that fell due while the daemon was down over ``catch_up``."""
+        overdue = []
+        for name, rec in self._records.items():
+            decision = decide(name, rec.policy, rec.history(), now)
+            if rec.open is None and decision.due and decision.due_at is not None:
+                overdue.append((name, decision.due_at))
+        for name, slot in catch_up_slots(overdue, now, self._config.daemon.catch_up).items():
+            self._records[name].not_before = slot
+        self._facts_ready.set()
+        log.info("daemon_facts_loaded", clients=len(self._records), overdue=len(overdue))
+
+    def _load_deferred(self) -> None:
+        """Read the store facts :meth:`prepare` deferred, one client at a time (API calls
+        are answered meanwhile, and read a client's facts first if they need them), then
+        spread overdue clients."""
+        with self._lock:
+            pending = [r for r in self._records.values() if r.facts_pending]
+        try:
+            for rec in pending:
+                if self._stopping.is_set():
+                    return
+                self._read_deferred(rec)
+        finally:
+            with self._deferred_lock:
+                reader, self._deferred_reader = self._deferred_reader, None
+            if isinstance(reader, StoreFacts):
+                reader.close()
+        with self._lock:
+            self._spread_overdue(self._clock())
+
+    def _read_deferred(self, rec: ClientRecord) -> None:
+        """Read ``rec``'s deferred store facts now (loader or an API call that needs them)."""
+        with self._deferred_lock:  # one store read at a time, never under the service lock
+            if not rec.facts_pending or self._deferred_reader is None:
+                return
+            since = self._deferred_reader(self._config, rec.config)
+            with self._lock:
+                if rec.facts_pending:
+                    rec.last_success_at, rec.facts_pending = since, False
+
     def start(self) -> None:
-        """Prepare and start the scheduler thread."""
+        """Prepare and start the scheduler thread (which first reads the deferred facts)."""
         if not self._prepared:
-            self.prepare()
+            self.prepare(defer_facts=True)
         self._scheduler = threading.Thread(target=self._loop, name="rotator-scheduler",
                                            daemon=True)
         self._scheduler.start()
@@ -235,6 +289,8 @@ class Service:
     # -- RotationService -------------------------------------------------------------------
 
     def clients(self) -> Sequence[ClientState]:
+        if not self._facts_ready.is_set():  # start-up: every client's facts first
+            self._facts_ready.wait(DEFERRED_WAIT)
         with self._lock:
             states = [(self._records[name].state(self._clock()), self._records[name].config)
                       for name in sorted(self._records)]
@@ -244,6 +300,9 @@ class Service:
     def client(self, name: str) -> ClientState:
         with self._lock:
             rec = self._record(name)
+        if rec.facts_pending:  # start-up: read this one's facts now
+            self._read_deferred(rec)
+        with self._lock:
             state = rec.state(self._clock())
         return self._with_consumers(state, rec.config, self._consumer_snapshot())
 
@@ -675,6 +734,15 @@ class Service:
         thread.start()
 
     def _loop(self) -> None:
+        if not self._facts_ready.is_set():
+            try:
+                self._load_deferred()
+            except Exception:  # logged; the facts stay unknown (as when a store is away)
+                log.error("deferred_facts_failed", exc_info=True)
+                with self._lock:
+                    for rec in self._records.values():
+                        rec.facts_pending = False
+                    self._spread_overdue(self._clock())
         refreshed = time.monotonic()
         while not self._stopping.is_set():
             self._wakeup.clear()
@@ -762,6 +830,10 @@ class Service:
             journal, self._shared_journal = self._shared_journal, None
         if journal is not None:
             journal.close()
+        with self._deferred_lock:  # stopped before the deferred facts were all read
+            reader, self._deferred_reader = self._deferred_reader, None
+        if isinstance(reader, StoreFacts):
+            reader.close()
 
     def _record(self, name: str) -> ClientRecord:
         rec = self._records.get(name)
