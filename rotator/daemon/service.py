@@ -136,6 +136,7 @@ class Service:
         #: Set once every client's facts are known (at once unless start() deferred them).
         self._facts_ready = threading.Event()
         self._deferred_lock = threading.Lock()
+        self._facts_released = threading.Event()
         self._deferred_reader: FactsReader | None = None
         #: Clients a consumer reported for while a job of theirs ran (see report_consumer).
         self._reported_meanwhile: set[str] = set()
@@ -214,8 +215,11 @@ class Service:
                 if rec.facts_pending:
                     rec.last_success_at, rec.facts_pending = since, False
 
-    def start(self) -> None:
-        """Prepare and start the scheduler thread (which first reads the deferred facts)."""
+    def start(self, *, hold_facts: bool = False) -> None:
+        """Prepare and start the scheduler thread (which first reads the deferred facts;
+        with ``hold_facts``, not before :meth:`release_facts`)."""
+        if not hold_facts:
+            self.release_facts()
         if not self._prepared:
             self.prepare(defer_facts=True)
         self._scheduler = threading.Thread(target=self._loop, name="rotator-scheduler",
@@ -733,8 +737,13 @@ class Service:
             self._threads.add(thread)
         thread.start()
 
+    def release_facts(self) -> None:
+        """Let the scheduler thread read the deferred store facts (see :meth:`start`)."""
+        self._facts_released.set()
+
     def _loop(self) -> None:
         if not self._facts_ready.is_set():
+            self._facts_released.wait(DEFERRED_WAIT)
             try:
                 self._load_deferred()
             except Exception:  # logged; the facts stay unknown (as when a store is away)
