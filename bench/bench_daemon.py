@@ -248,21 +248,27 @@ def main() -> int:
             idle = (cpu_seconds(proc.pid) - before) / args.idle * 100
             row(f"idle CPU over {args.idle:g} s", f"{idle:.2f} %", "< 1 %", idle < 1)
             names = [f"c{i:05d}" for i in range(args.clients)]
+            cpu_before, wall_before = cpu_seconds(proc.pid), time.perf_counter()
             try:
                 timings = one_client_latency(base, token, names, args.requests,
                                              args.callers)
+                wall = time.perf_counter() - wall_before
+                per_call = (cpu_seconds(proc.pid) - cpu_before) / len(timings) * 1000
+                alone = one_client_latency(base, token, names, min(args.requests, 300), 1)
             except (OSError, asyncio.IncompleteReadError, RuntimeError) as exc:
                 print(f"GET /v1/clients/{{name}} failed: {exc!r}; daemon alive: "
                       f"{proc.poll() is None}\n" + log_path.read_text()[-3000:])
                 return 1
-            alone = one_client_latency(base, token, names, min(args.requests, 300), 1)
-            row("GET /v1/clients/{name} p50, one caller",
-                f"{statistics.median(alone) * 1000:.1f} ms", "", None)
             p50, p99 = statistics.median(timings) * 1000, percentile(timings, 0.99) * 1000
             row(f"GET /v1/clients/{{name}} p50, {args.callers} callers", f"{p50:.1f} ms",
                 "", None)
             row(f"GET /v1/clients/{{name}} p99, {args.callers} callers", f"{p99:.1f} ms",
                 "< 50 ms", p99 < 50)
+            row(f"  calls answered per second, {args.callers} callers",
+                f"{len(timings) / wall:.0f}", "", None)
+            row("  the daemon's CPU time per call", f"{per_call:.2f} ms", "", None)
+            row("GET /v1/clients/{name} p50, one caller",
+                f"{statistics.median(alone) * 1000:.1f} ms", "", None)
             seen, pages = paged(base, token)
             row(f"GET /v1/clients, {len(pages)} pages of 1000: clients", str(seen),
                 str(args.clients), seen == args.clients)
