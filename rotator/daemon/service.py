@@ -34,6 +34,7 @@ import structlog
 from rotator.audit import AuditLog
 from rotator.config import ClientConfig, Config
 from rotator.consumers import ConsumerRegistry, ConsumerReport
+from rotator.daemon.deferred import DEFERRED_WAIT, DeferredFacts
 from rotator.daemon.leases import claim, holder_name, leased
 from rotator.daemon.model import (
     ClientState,
@@ -89,9 +90,6 @@ HELD_RETRY = 60.0
 #: Seconds the consumers' reports read for an answer are used again (other processes may
 #: write them too; this daemon forgets them when it keeps a report).
 CONSUMERS_FRESH = 1.0
-#: How long a call that needs every client's facts (the list, metrics) waits at start-up
-#: for the deferred ones (:meth:`Service.prepare`).
-DEFERRED_WAIT = 60.0
 
 
 @dataclass
@@ -133,11 +131,7 @@ class Service:
         self._prepared = False
         self._consumers = ConsumerRegistry(config.state_dir)
         self._consumers_read: tuple[float, Mapping[str, Any]] | None = None
-        #: Set once every client's facts are known (at once unless start() deferred them).
-        self._facts_ready = threading.Event()
-        self._deferred_lock = threading.Lock()
-        self._facts_released = threading.Event()
-        self._deferred_reader: FactsReader | None = None
+        self._deferred = DeferredFacts()  # facts read after start() is ready
         #: Clients a consumer reported for while a job of theirs ran (see report_consumer).
         self._reported_meanwhile: set[str] = set()
         self._audit = audit
@@ -166,7 +160,7 @@ class Service:
                     journal, self._config, client, facts,
                     rotated=rotated is None or name in rotated)
             if any(r.facts_pending for r in self._records.values()):
-                self._deferred_reader = self._facts or StoreFacts(self._config)
+                self._deferred.open(self._facts or StoreFacts(self._config))
             else:
                 self._spread_overdue(now)
             self._prepared = True
@@ -183,7 +177,7 @@ class Service:
                 overdue.append((name, decision.due_at))
         for name, slot in catch_up_slots(overdue, now, self._config.daemon.catch_up).items():
             self._records[name].not_before = slot
-        self._facts_ready.set()
+        self._deferred.ready.set()
         log.info("daemon_facts_loaded", clients=len(self._records), overdue=len(overdue))
 
     def _load_deferred(self) -> None:
@@ -192,28 +186,9 @@ class Service:
         spread overdue clients."""
         with self._lock:
             pending = [r for r in self._records.values() if r.facts_pending]
-        try:
-            for rec in pending:
-                if self._stopping.is_set():
-                    return
-                self._read_deferred(rec)
-        finally:
-            with self._deferred_lock:
-                reader, self._deferred_reader = self._deferred_reader, None
-            if isinstance(reader, StoreFacts):
-                reader.close()
+        self._deferred.read_all(pending, lambda: self._config, self._lock, self._stopping)
         with self._lock:
             self._spread_overdue(self._clock())
-
-    def _read_deferred(self, rec: ClientRecord) -> None:
-        """Read ``rec``'s deferred store facts now (loader or an API call that needs them)."""
-        with self._deferred_lock:  # one store read at a time, never under the service lock
-            if not rec.facts_pending or self._deferred_reader is None:
-                return
-            since = self._deferred_reader(self._config, rec.config)
-            with self._lock:
-                if rec.facts_pending:
-                    rec.last_success_at, rec.facts_pending = since, False
 
     def start(self, *, hold_facts: bool = False) -> None:
         """Prepare and start the scheduler thread (which first reads the deferred facts;
@@ -293,8 +268,8 @@ class Service:
     # -- RotationService -------------------------------------------------------------------
 
     def clients(self) -> Sequence[ClientState]:
-        if not self._facts_ready.is_set():  # start-up: every client's facts first
-            self._facts_ready.wait(DEFERRED_WAIT)
+        if not self._deferred.ready.is_set():  # start-up: every client's facts first
+            self._deferred.ready.wait(DEFERRED_WAIT)
         with self._lock:
             states = [(self._records[name].state(self._clock()), self._records[name].config)
                       for name in sorted(self._records)]
@@ -305,7 +280,7 @@ class Service:
         with self._lock:
             rec = self._record(name)
         if rec.facts_pending:  # start-up: read this one's facts now
-            self._read_deferred(rec)
+            self._deferred.read(rec, self._config, self._lock)
         with self._lock:
             state = rec.state(self._clock())
         return self._with_consumers(state, rec.config, self._consumer_snapshot())
@@ -739,11 +714,11 @@ class Service:
 
     def release_facts(self) -> None:
         """Let the scheduler thread read the deferred store facts (see :meth:`start`)."""
-        self._facts_released.set()
+        self._deferred.released.set()
 
     def _loop(self) -> None:
-        if not self._facts_ready.is_set():
-            self._facts_released.wait(DEFERRED_WAIT)
+        if not self._deferred.ready.is_set():
+            self._deferred.released.wait(DEFERRED_WAIT)
             try:
                 self._load_deferred()
             except Exception:  # logged; the facts stay unknown (as when a store is away)
@@ -839,10 +814,7 @@ class Service:
             journal, self._shared_journal = self._shared_journal, None
         if journal is not None:
             journal.close()
-        with self._deferred_lock:  # stopped before the deferred facts were all read
-            reader, self._deferred_reader = self._deferred_reader, None
-        if isinstance(reader, StoreFacts):
-            reader.close()
+        self._deferred.close()  # stopped before the deferred facts were all read
 
     def _record(self, name: str) -> ClientRecord:
         rec = self._records.get(name)
