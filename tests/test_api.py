@@ -9,6 +9,7 @@ import ipaddress
 import json
 import secrets
 import ssl
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -347,6 +348,7 @@ class Api:
         return {"Authorization": f"Bearer {value}"} if value else {}
 
     def events(self) -> list[dict[str, Any]]:
+        self.client.app.state.audit_queue.flush()  # type: ignore[attr-defined]
         lines = self.audit_stream.getvalue().splitlines()
         events = [flatten(json.loads(line)) for line in lines]
         return [e for e in events if e["event"] == "api_request"]
@@ -580,6 +582,115 @@ class TestClients:
         assert body["state"] == "completed"
         assert [s["state"] for s in body["steps"]] == ["created", "completed"]
         assert all(s["at"] for s in body["steps"])
+
+
+class TestFastClientRead:
+    """A plain GET /v1/clients/{name} with a configured token is answered without FastAPI's
+    routing, with the same document and audit event; anything else is FastAPI's."""
+
+    def _get(self, api: Api, credential: str, url: str = f"/v1/clients/{ROUTE_NAME}"
+             ) -> tuple[httpx.Response, int]:
+        fast = api.client.app.state.fast_reads  # type: ignore[attr-defined]
+        before = fast.answered
+        response = api.client.get(url, headers=api.headers(credential))
+        return response, fast.answered - before
+
+    def test_same_document_and_event_as_the_fastapi_route(self, api: Api) -> None:
+        api.service.set_condition(ROUTE_NAME, Condition.FAILING, failures=2)
+        fast, answered = self._get(api, "read")
+        assert answered == 1
+        slow, answered = self._get(api, "jwt-read")  # a JWT: left to FastAPI
+        assert answered == 0
+        assert fast.status_code == slow.status_code == 200
+        assert fast.content == slow.content
+        assert fast.headers["content-type"] == slow.headers["content-type"]
+        assert fast.headers["content-length"] == slow.headers["content-length"]
+        first, second = api.events()
+        same = ("route", "method", "client", "status", "outcome", "reason", "role",
+                "source_ip", "event")
+        assert {k: first.get(k) for k in same} == {k: second.get(k) for k in same}
+        assert first["route"] == "/v1/clients/{name}" and first["client"] == ROUTE_NAME
+        assert first["caller"] == "viewer" and first["status"] == 200
+
+    @pytest.mark.parametrize(("credential", "url", "status"), [
+        ("read", "/v1/clients/nobody", 404),
+        ("read", f"/v1/clients/{ROUTE_NAME}?x=1", 422),
+        ("read", "/v1/clients/-bad", 422),
+        ("wrong", f"/v1/clients/{ROUTE_NAME}", 401),
+        ("none", f"/v1/clients/{ROUTE_NAME}", 401),
+        ("consumer", f"/v1/clients/{ROUTE_NAME}", 403),
+        ("jwt-read", f"/v1/clients/{ROUTE_NAME}", 200),
+    ])
+    def test_anything_unusual_is_left_to_fastapi(self, api: Api, credential: str, url: str,
+                                                 status: int) -> None:
+        response, answered = self._get(api, credential, url)
+        assert answered == 0
+        assert response.status_code == status
+        [event] = api.events()
+        assert event["status"] == status
+
+
+class _BlockingAudit:
+    """An audit log whose api_request events wait until ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.written: list[dict[str, Any]] = []
+
+    def event(self, name: str, **fields: Any) -> None:
+        assert self.release.wait(30)
+        self.written.append({"event": name, **fields})
+
+
+class TestReadCallsAuditedWithoutWaiting:
+    """A read call is answered before its audit event is durable, and the event is written
+    after; a call that changes something is audited before it is answered."""
+
+    def _app(self) -> tuple[TestClient, _BlockingAudit, dict[str, str]]:
+        token = secrets.token_urlsafe(24)
+        audit = _BlockingAudit()
+        app = create_app(InMemoryRotationService(sample_clients(3, fingerprint=FINGERPRINT)),
+                         auth=Authenticator([_token(token, "ci", "rotate")]),
+                         audit=audit)  # type: ignore[arg-type]
+        return TestClient(app), audit, {"Authorization": f"Bearer {token}"}
+
+    def test_read_answered_before_its_event_is_written(self) -> None:
+        client, audit, headers = self._app()
+        name = sample_clients(3, fingerprint=FINGERPRINT)[0].name
+        for url in (f"/v1/clients/{name}", "/v1/clients", "/healthz"):
+            assert client.get(url, headers=headers).status_code == 200
+        assert audit.written == []  # all three answered while the writers wait
+        audit.release.set()
+        client.app.state.audit_queue.flush()  # type: ignore[attr-defined]
+        assert sorted(e["route"] for e in audit.written) == [
+            "/healthz", "/v1/clients", "/v1/clients/{name}"]
+
+    def test_a_trigger_is_audited_before_it_is_answered(self) -> None:
+        client, audit, headers = self._app()
+        name = sample_clients(3, fingerprint=FINGERPRINT)[0].name
+        answered = threading.Event()
+
+        def trigger() -> None:
+            client.post(f"/v1/clients/{name}/rotations", headers=headers)
+            answered.set()
+
+        caller = threading.Thread(target=trigger)
+        caller.start()
+        assert not answered.wait(0.5)  # held by its audit event
+        audit.release.set()
+        caller.join(30)
+        assert answered.is_set()
+        assert [e["route"] for e in audit.written] == ["/v1/clients/{name}/rotations"]
+
+    def test_close_writes_every_queued_event(self) -> None:
+        client, audit, _headers = self._app()
+        for _ in range(20):
+            client.get("/healthz")
+        queue = client.app.state.audit_queue  # type: ignore[attr-defined]
+        audit.release.set()
+        queue.close()
+        assert len(audit.written) == 20
+        assert not queue.submit({"route": "late"})  # closed: the caller writes its own
 
 
 class TestTriggers:

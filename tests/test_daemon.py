@@ -32,6 +32,7 @@ from rotator.config import Config, load_config
 from rotator.daemon.model import Condition, ServiceUnavailable, UnknownClient
 from rotator.daemon.process import Daemon, DaemonRunning, instance_lock
 from rotator.daemon.service import Service
+from rotator.daemon.workers import SHUTTING_DOWN, StoppableJournal
 from rotator.engine import Outcome
 from rotator.errors import IdpUnavailable, RotatorError
 from rotator.interfaces import IdentityProvider, Stage
@@ -535,6 +536,37 @@ class TestReload:
         assert h.rotations("b")[0][1] == "completed"
 
 
+class TestReloadReadsOutsideTheLock:
+    """A reload that adds clients reads their facts while API calls are answered, and takes
+    the service's lock only to swap them in."""
+
+    def test_facts_of_added_clients_are_read_without_the_lock(self, tmp_path: Path) -> None:
+        h = make(tmp_path, {"a": ""})
+        h.service.prepare()
+        free: list[bool] = []
+        answers: list[str] = []
+
+        def facts(_config: Config, client: Any) -> datetime | None:
+            def probe() -> None:  # another thread: what an API call would find
+                got = h.service._lock.acquire(blocking=False)
+                free.append(got)
+                if got:
+                    answers.append(h.service.client("a").name)
+                    h.service._lock.release()
+            thread = threading.Thread(target=probe)
+            thread.start()
+            thread.join()
+            return T0
+
+        h.service._facts = facts
+        write_config(tmp_path, {"a": "", "b": "", "c": ""})
+        h.service.reload(load(h.config.path))
+        assert free == [True, True]  # one store read per added client, lock free each time
+        assert answers == ["a", "a"]
+        assert [c.name for c in h.service.clients()] == ["a", "b", "c"]
+        assert h.service.client("b").last_success_at == T0
+
+
 class TestSingleInstance:
     """A second daemon on the same state_dir refuses to start and names the first."""
 
@@ -695,3 +727,108 @@ class TestRotateDue:
         out, err = io.StringIO(), io.StringIO()
         assert run(["rotate", "--due", "--all", "-c", str(path)], out, err) == 0
         assert out.getvalue() == "" and err.getvalue() == ""
+
+
+class _StopsAt:
+    """A journal that sets ``stopping`` as it records ``state`` (SIGTERM right then)."""
+
+    def __init__(self, inner: Any, state: State, stopping: threading.Event) -> None:
+        self._inner, self._state, self._stopping = inner, state, stopping
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def advance(self, rotation_id: str, state: State, now: datetime, **kw: Any) -> Any:
+        rotation = self._inner.advance(rotation_id, state, now, **kw)
+        if state is self._state:
+            self._stopping.set()
+        return rotation
+
+
+class TestStopAfterAStep:
+    """A SIGTERM as a job records a step ends the job as the journal says: finished when the
+    step finished its work (promoted awaiting retirement, completed), otherwise interrupted to
+    be resumed, never a failure."""
+
+    def _engine_stopping_at(self, rig: Any, state: State) -> None:
+        stopping = threading.Event()
+        rig.engine.journal = StoppableJournal(
+            _StopsAt(rig.engine.journal, state, stopping), stopping)  # type: ignore[arg-type]
+
+    def test_promotion_of_an_overlap_rotation_is_the_jobs_end(self, tmp_path: Path) -> None:
+        from test_engine import CAPS, make_rig
+        with make_rig(tmp_path, CAPS["chosen-overlap"]) as rig:
+            journal = rig.engine.journal
+            self._engine_stopping_at(rig, State.PROMOTED)
+            outcome = rig.engine.rotate("app")
+            assert (outcome.ok, outcome.action) == (True, "rotated"), outcome.message
+            assert journal.latest("app").state is State.PROMOTED
+
+    def test_a_retirement_that_completed_is_reported_done(self, tmp_path: Path) -> None:
+        from test_engine import CAPS, make_rig
+        with make_rig(tmp_path, CAPS["chosen-overlap"]) as rig:
+            journal = rig.engine.journal
+            assert rig.engine.rotate("app").ok
+            rig.clock.now += timedelta(hours=2)
+            self._engine_stopping_at(rig, State.COMPLETED)
+            outcome = rig.engine.retire("app")
+            assert (outcome.ok, outcome.action) == (True, "retired"), outcome.message
+            assert journal.latest("app").state is State.COMPLETED
+
+    def test_a_step_with_work_left_is_interrupted_and_resumed(self, tmp_path: Path) -> None:
+        from test_engine import CAPS, make_rig
+        with make_rig(tmp_path, CAPS["chosen-single"]) as rig:
+            journal = rig.engine.journal
+            self._engine_stopping_at(rig, State.PROMOTED)
+            outcome = rig.engine.rotate("app")
+            assert (outcome.ok, outcome.action) == (False, "interrupted"), outcome.message
+            assert SHUTTING_DOWN in outcome.message
+            stopped = journal.latest("app")
+            assert stopped.state is State.PROMOTED and stopped.error is None
+            rig.engine.journal = journal  # the next start
+            resumed = rig.engine.rotate("app")
+            assert resumed.ok, resumed.message
+            assert journal.latest("app").state is State.COMPLETED
+
+
+class TestDeferredFacts:
+    """At start the store facts of clients the journal never saw rotate are read after the
+    daemon is ready: a call about one client reads its facts first, the scheduler reads the
+    rest before its first pass, and every answer has them."""
+
+    def _harness(self, tmp_path: Path) -> tuple[Harness, list[str]]:
+        h = make(tmp_path, {"a": 'rotate_every = "1h"', "b": 'rotate_every = "1h"',
+                            "c": 'rotate_every = "1h"'})
+        read: list[str] = []
+
+        def facts(_config: Config, client: Any) -> datetime | None:
+            read.append(client.name)
+            return T0
+
+        h.service._facts = facts
+        return h, read
+
+    def test_one_client_is_read_on_demand_then_the_rest_once(self, tmp_path: Path) -> None:
+        h, read = self._harness(tmp_path)
+        h.service.prepare(defer_facts=True)
+        assert read == []
+        assert h.service.readiness().config_loaded
+        state = h.service.client("b")
+        assert read == ["b"]
+        assert state.last_success_at == T0
+        assert state.next_run == T0 + timedelta(hours=1)
+        h.service._load_deferred()  # what the scheduler thread does first
+        assert sorted(read) == ["a", "b", "c"]
+        assert [c.last_success_at for c in h.service.clients()] == [T0, T0, T0]
+
+    def test_the_scheduler_reads_them_before_its_first_pass(self, tmp_path: Path) -> None:
+        h, read = self._harness(tmp_path)
+        h.clock.advance(hours=2)  # every client fell due while the daemon was down
+        h.service.start()
+        try:
+            states = h.service.clients()  # waits for the deferred facts
+            assert sorted(read) == ["a", "b", "c"]
+            assert all(s.last_success_at == T0 for s in states)
+        finally:
+            assert h.service.stop(30)
+            h.service.close()

@@ -45,6 +45,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rotator import __version__
 from rotator.audit import AuditLog
+from rotator.daemon.api_audit import AuditQueue
+from rotator.daemon.api_fast import FastClientRead
 from rotator.daemon.api_models import (
     ClientOut,
     ClientPage,
@@ -132,11 +134,18 @@ def _route_template(scope: Scope) -> str:
 
 
 class _AuditMiddleware:
-    """Audits every HTTP call once, and turns an unexpected exception into a 500 problem."""
+    """Audits every HTTP call once, and turns an unexpected exception into a 500 problem.
 
-    def __init__(self, app: ASGIApp, audit: AuditLog | None) -> None:
+    A read call's event goes to ``queue`` (:mod:`rotator.daemon.api_audit`) and is written
+    one group commit later; every other call's is written before the call ends.
+    """
+
+    def __init__(self, app: ASGIApp, audit: AuditLog | None,
+                 queue: AuditQueue | None = None, fast: FastClientRead | None = None) -> None:
         self.app = app
         self.audit = audit
+        self.queue = queue
+        self.fast = fast  # answers a plain GET /v1/clients/{name} (rotator.daemon.api_fast)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -153,7 +162,8 @@ class _AuditMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_and_note)
+            if self.fast is None or not await self.fast(scope, record, send_and_note):
+                await self.app(scope, receive, send_and_note)
         except Exception as exc:
             log.error("api_unexpected_error", error_type=type(exc).__name__, exc_info=True)
             record.reason = "internal error"
@@ -162,33 +172,42 @@ class _AuditMiddleware:
                 await problem_response(500, "the server failed; see its log")(
                     scope, receive, send)
         finally:
-            # The audit log syncs every line to disk: off the event loop, so one call's
-            # fsync does not hold up every other call's answer.
-            await run_in_threadpool(self._audit, scope, record, status)
+            if self.audit is not None and not self._queued(scope, record, status):
+                # The audit log syncs every line to disk: off the event loop, so one call's
+                # fsync does not hold up every other call's answer.
+                await run_in_threadpool(self._audit, scope, record, status)
+
+    def _queued(self, scope: Scope, record: _CallRecord, status: int) -> bool:
+        """Whether the event of a read call that succeeded was queued (not waited for)."""
+        if self.queue is None or scope.get("method") != "GET" or status >= 400:
+            return False
+        return self.queue.submit(self._fields(scope, record, status))
 
     def _audit(self, scope: Scope, record: _CallRecord, status: int) -> None:
         if self.audit is None:
             return
+        try:
+            self.audit.event("api_request", **self._fields(scope, record, status))
+        except Exception:  # an audit sink failing must not turn into a second error here
+            log.error("api_audit_failed", exc_info=True)
+
+    def _fields(self, scope: Scope, record: _CallRecord, status: int) -> dict[str, Any]:
         client = scope.get("client")
         caller = record.caller
         params = scope.get("path_params") or {}
-        try:
-            self.audit.event(
-                "api_request",
-                caller=caller.name if caller else None,
-                auth=caller.kind if caller else None,
-                role=str(caller.role) if caller else None,
-                actor=caller.actor if caller else None,
-                source_ip=client[0] if client else None,
-                method=scope.get("method"),
-                route=_route_template(scope),
-                client=str(params["name"])[:64] if "name" in params else None,
-                status=status,
-                outcome="success" if status < 400 else "failure",
-                reason=record.reason,
-            )
-        except Exception:  # an audit sink failing must not turn into a second error here
-            log.error("api_audit_failed", exc_info=True)
+        return dict(
+            caller=caller.name if caller else None,
+            auth=caller.kind if caller else None,
+            role=str(caller.role) if caller else None,
+            actor=caller.actor if caller else None,
+            source_ip=client[0] if client else None,
+            method=scope.get("method"),
+            route=_route_template(scope),
+            client=str(params["name"])[:64] if "name" in params else None,
+            status=status,
+            outcome="success" if status < 400 else "failure",
+            reason=record.reason,
+        )
 
 
 # -- the app ----------------------------------------------------------------------------------
@@ -315,9 +334,9 @@ def create_app(service: RotationService, *, auth: Authenticator, audit: AuditLog
              summary="One client: condition, stores, IdP, last rotation, age, next run, backoff",
              responses={**_ERRORS, **_NOT_FOUND})
     async def get_client(name: ClientName, _caller: Reader) -> ClientOut:
-        # One thread hop for the lookup (the service's lock may be held by a reload that
-        # reads stores); a sync endpoint would take a second one to check the answer.
-        return client_out(await run_in_threadpool(service.client, name))
+        # On the event loop, no thread hop: the lookup is a dictionary read under the
+        # service's lock, which nothing holds while it reads a store or the journal.
+        return client_out(service.client(name))
 
     @app.post("/v1/clients/{name}/rotations", response_model=TriggerOut, status_code=202,
               tags=["rotations"], summary="Rotate now, or join the rotation under way",
@@ -386,7 +405,10 @@ def create_app(service: RotationService, *, auth: Authenticator, audit: AuditLog
 
     _install_problem_handlers(app)
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
-    app.add_middleware(_AuditMiddleware, audit=audit)
+    queue = app.state.audit_queue = AuditQueue(
+        lambda fields: audit.event("api_request", **fields)) if audit is not None else None
+    fast = app.state.fast_reads = FastClientRead(app, service)
+    app.add_middleware(_AuditMiddleware, audit=audit, queue=queue, fast=fast)
     return app
 
 

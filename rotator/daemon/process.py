@@ -156,6 +156,9 @@ class AdminApi:
             log.info("api_stopped")
         if self._app is not None:
             self._app.state.authenticator.close()
+            queue = getattr(self._app.state, "audit_queue", None)
+            if queue is not None:  # the read calls' events still queued, before audit.close
+                queue.close()
             self._app = None
 
 
@@ -219,13 +222,18 @@ class Daemon:
 
         Raises :class:`ApiUnavailable` (the service stopped again) if the API cannot start.
         """
-        self.service.start()
-        if self.api is not None:
-            try:
-                self.api.start(self.config.api)
-            except ApiUnavailable:
-                self.service.stop(self.config.daemon.shutdown_timeout)
-                raise
+        # The deferred store facts are read once the API listens: ready sooner, and the
+        # reads do not share the interpreter with the API's start.
+        self.service.start(hold_facts=True)
+        try:
+            if self.api is not None:
+                try:
+                    self.api.start(self.config.api)
+                except ApiUnavailable:
+                    self.service.stop(self.config.daemon.shutdown_timeout)
+                    raise
+        finally:
+            self.service.release_facts()
         log.info("daemon_started", pid=os.getpid(), clients=len(self.config.clients),
                  api=self.api.port if self.api is not None else None)
         while not self._stop.is_set():

@@ -169,6 +169,8 @@ class ClientRecord:
     removed: bool = False
     #: When the current secret expires at the IdP, if it said (from the journal).
     secret_expires_at: datetime | None = None
+    #: Its store facts are still to be read (start-up reads them after it is ready).
+    facts_pending: bool = False
 
     def history(self) -> History:
         return History(self.last_success_at, self.failures, self.last_failure_at,

@@ -34,6 +34,7 @@ import structlog
 from rotator.audit import AuditLog
 from rotator.config import ClientConfig, Config
 from rotator.consumers import ConsumerRegistry, ConsumerReport
+from rotator.daemon.deferred import DEFERRED_WAIT, DeferredFacts
 from rotator.daemon.leases import claim, holder_name, leased
 from rotator.daemon.model import (
     ClientState,
@@ -86,6 +87,9 @@ IDEMPOTENCY_TTL = timedelta(hours=24)
 MAX_JOBS_KEPT = 1000
 #: Seconds before a retirement a gate held (a required hook) is tried again.
 HELD_RETRY = 60.0
+#: Seconds the consumers' reports read for an answer are used again (other processes may
+#: write them too; this daemon forgets them when it keeps a report).
+CONSUMERS_FRESH = 1.0
 
 
 @dataclass
@@ -126,6 +130,8 @@ class Service:
         self._scheduler: threading.Thread | None = None
         self._prepared = False
         self._consumers = ConsumerRegistry(config.state_dir)
+        self._consumers_read: tuple[float, Mapping[str, Any]] | None = None
+        self._deferred = DeferredFacts()  # facts read after start() is ready
         #: Clients a consumer reported for while a job of theirs ran (see report_consumer).
         self._reported_meanwhile: set[str] = set()
         self._audit = audit
@@ -134,32 +140,63 @@ class Service:
 
     # -- life cycle ----------------------------------------------------------------------
 
-    def prepare(self) -> None:
-        """Load every client's facts, queue open rotations, spread overdue clients."""
+    def prepare(self, *, defer_facts: bool = False) -> None:
+        """Load every client's facts, queue open rotations, spread overdue clients.
+
+        ``defer_facts`` (:meth:`start`): the store facts of clients the journal never saw
+        rotate are read by the scheduler thread before its first pass instead
+        (:meth:`_load_deferred`), and overdue clients spread then.
+        """
         now = self._clock()
         with self._lock, self._facts_reader() as facts:
             journal = self._journal()
             rotated = rotated_clients(journal)
             for name, client in self._config.clients.items():
+                if defer_facts and rotated is not None and name not in rotated:
+                    self._records[name] = ClientRecord(client, policy_of(client),
+                                                       facts_pending=True)
+                    continue
                 self._records[name] = load_record(
                     journal, self._config, client, facts,
                     rotated=rotated is None or name in rotated)
-            overdue = []
-            for name, rec in self._records.items():
-                decision = decide(name, rec.policy, rec.history(), now)
-                if rec.open is None and decision.due and decision.due_at is not None:
-                    overdue.append((name, decision.due_at))
-            for name, slot in catch_up_slots(overdue, now,
-                                             self._config.daemon.catch_up).items():
-                self._records[name].not_before = slot
+            if any(r.facts_pending for r in self._records.values()):
+                self._deferred.open(self._facts or StoreFacts(self._config))
+            else:
+                self._spread_overdue(now)
             self._prepared = True
-        log.info("daemon_prepared", clients=len(self._records), overdue=len(overdue),
+        log.info("daemon_prepared", clients=len(self._records),
+                 deferred=sum(1 for r in self._records.values() if r.facts_pending),
                  open=sum(1 for r in self._records.values() if r.open is not None))
 
-    def start(self) -> None:
-        """Prepare and start the scheduler thread."""
+    def _spread_overdue(self, now: datetime) -> None:
+        """Spread the clients that fell due while the daemon was down over ``catch_up``."""
+        overdue = []
+        for name, rec in self._records.items():
+            decision = decide(name, rec.policy, rec.history(), now)
+            if rec.open is None and decision.due and decision.due_at is not None:
+                overdue.append((name, decision.due_at))
+        for name, slot in catch_up_slots(overdue, now, self._config.daemon.catch_up).items():
+            self._records[name].not_before = slot
+        self._deferred.ready.set()
+        log.info("daemon_facts_loaded", clients=len(self._records), overdue=len(overdue))
+
+    def _load_deferred(self) -> None:
+        """Read the store facts :meth:`prepare` deferred, one client at a time (API calls
+        are answered meanwhile, and read a client's facts first if they need them), then
+        spread overdue clients."""
+        with self._lock:
+            pending = [r for r in self._records.values() if r.facts_pending]
+        self._deferred.read_all(pending, lambda: self._config, self._lock, self._stopping)
+        with self._lock:
+            self._spread_overdue(self._clock())
+
+    def start(self, *, hold_facts: bool = False) -> None:
+        """Prepare and start the scheduler thread (which first reads the deferred facts;
+        with ``hold_facts``, not before :meth:`release_facts`)."""
+        if not hold_facts:
+            self.release_facts()
         if not self._prepared:
-            self.prepare()
+            self.prepare(defer_facts=True)
         self._scheduler = threading.Thread(target=self._loop, name="rotator-scheduler",
                                            daemon=True)
         self._scheduler.start()
@@ -181,7 +218,19 @@ class Service:
         return not any(t.is_alive() for t in threads)
 
     def reload(self, config: Config) -> None:
-        """Use ``config`` from now on; clients removed with an open rotation are finished."""
+        """Use ``config`` from now on; clients removed with an open rotation are finished.
+
+        The clients ``config`` adds are read (journal, stores) before the service's lock is
+        taken, so API calls are answered meanwhile; the lock is held only to swap them in.
+        """
+        with self._lock:
+            known = set(self._records)
+        loaded: dict[str, ClientRecord] = {}
+        adding = [c for n, c in config.clients.items() if n not in known]
+        if adding:
+            with self._facts_reader(config) as facts:
+                for client in adding:
+                    loaded[client.name] = self._load(client, facts)
         with self._lock:
             kept: dict[str, ClientConfig] = {}
             for name in list(self._records):
@@ -194,10 +243,11 @@ class Service:
                 else:
                     del self._records[name]
             added = [c for n, c in config.clients.items() if n not in self._records]
-            if added:
-                with self._facts_reader(config) as facts:
-                    for client in added:
-                        self._records[client.name] = self._load(client, facts)
+            for client in added:
+                if loaded.get(client.name) is None:  # a record a finished job dropped since
+                    with self._facts_reader(config) as facts:
+                        loaded[client.name] = self._load(client, facts)
+                self._records[client.name] = loaded[client.name]
             for name, client in config.clients.items():
                 rec_old = self._records.get(name)
                 if rec_old is None or rec_old.config is client:
@@ -218,6 +268,8 @@ class Service:
     # -- RotationService -------------------------------------------------------------------
 
     def clients(self) -> Sequence[ClientState]:
+        if not self._deferred.ready.is_set():  # start-up: every client's facts first
+            self._deferred.ready.wait(DEFERRED_WAIT)
         with self._lock:
             states = [(self._records[name].state(self._clock()), self._records[name].config)
                       for name in sorted(self._records)]
@@ -227,6 +279,9 @@ class Service:
     def client(self, name: str) -> ClientState:
         with self._lock:
             rec = self._record(name)
+        if rec.facts_pending:  # start-up: read this one's facts now
+            self._deferred.read(rec, self._config, self._lock)
+        with self._lock:
             state = rec.state(self._clock())
         return self._with_consumers(state, rec.config, self._consumer_snapshot())
 
@@ -331,6 +386,8 @@ class Service:
         except (OSError, ValueError) as exc:  # a full disk, a damaged file: try again later
             log.error("consumer_report_not_kept", client=name, error=redact(str(exc)))
             raise ServiceUnavailable("cannot keep the report now") from None
+        finally:
+            self._consumers_read = None
         with self._lock:
             # A retirement held for this client's consumers is asked again at once (or, while
             # a job asks the gate now, again when it ends).
@@ -343,11 +400,18 @@ class Service:
                     self._wakeup.set()
 
     def _consumer_snapshot(self) -> Mapping[str, Any]:
+        """The consumers' reports, read at most once per :data:`CONSUMERS_FRESH` seconds (a
+        ``GET /v1/clients/{name}`` needs them); this daemon's own reports are seen at once."""
+        cached = self._consumers_read
+        if cached is not None and time.monotonic() - cached[0] < CONSUMERS_FRESH:
+            return cached[1]
         try:
-            return self._consumers.snapshot()
+            snapshot = self._consumers.snapshot()
         except (OSError, ValueError) as exc:
             log.error("consumer_reports_unreadable", error=redact(str(exc)))
             return {}
+        self._consumers_read = (time.monotonic(), snapshot)
+        return snapshot
 
     def _with_consumers(self, state: ClientState, config: ClientConfig,
                         snapshot: Mapping[str, Any]) -> ClientState:
@@ -648,7 +712,21 @@ class Service:
             self._threads.add(thread)
         thread.start()
 
+    def release_facts(self) -> None:
+        """Let the scheduler thread read the deferred store facts (see :meth:`start`)."""
+        self._deferred.released.set()
+
     def _loop(self) -> None:
+        if not self._deferred.ready.is_set():
+            self._deferred.released.wait(DEFERRED_WAIT)
+            try:
+                self._load_deferred()
+            except Exception:  # logged; the facts stay unknown (as when a store is away)
+                log.error("deferred_facts_failed", exc_info=True)
+                with self._lock:
+                    for rec in self._records.values():
+                        rec.facts_pending = False
+                    self._spread_overdue(self._clock())
         refreshed = time.monotonic()
         while not self._stopping.is_set():
             self._wakeup.clear()
@@ -736,6 +814,7 @@ class Service:
             journal, self._shared_journal = self._shared_journal, None
         if journal is not None:
             journal.close()
+        self._deferred.close()  # stopped before the deferred facts were all read
 
     def _record(self, name: str) -> ClientRecord:
         rec = self._records.get(name)

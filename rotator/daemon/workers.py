@@ -54,6 +54,12 @@ class StoppableJournal:
     """The job's journal: once the daemon stops, the next recorded step ends the job.
 
     The step is recorded first, so the rotation stays resumable exactly where it stopped.
+    A step after which the job has nothing left to do (the rotation ended, or its new secret
+    is current and the old one awaits its grace period) ends it as it is, without the error:
+    the job finished. The engine notes an error on the rotation it was driving with the
+    state it had before the step; after a stop that note is not recorded (the step moved
+    the rotation on, and a shutdown is no error of the rotation's), where it would lose the
+    journal's check-and-set and turn a stop into a failure.
     """
 
     def __init__(self, inner: Journal, stopping: threading.Event) -> None:
@@ -66,11 +72,20 @@ class StoppableJournal:
 
     def advance(self, rotation_id: str, state: State, now: datetime, *, expected: State,
                 **fields: str | None) -> Rotation:
+        if rotation_id in self._stopped and state is expected and set(fields) == {"error"}:
+            return self._inner.get(rotation_id)  # the engine's note of the stop: not kept
         rotation = self._inner.advance(rotation_id, state, now, expected=expected, **fields)
-        if self._stopping.is_set() and rotation_id not in self._stopped:
+        if self._stopping.is_set() and rotation_id not in self._stopped \
+                and not rotation.state.terminal and not _retire_later(rotation, now):
             self._stopped.add(rotation_id)
             raise RotationError(SHUTTING_DOWN)
         return rotation
+
+
+def _retire_later(rotation: Rotation, now: datetime) -> bool:
+    """Promoted, the old secret kept valid past ``now``: the job that promoted it is done."""
+    return rotation.awaiting_retirement and rotation.retire_after is not None \
+        and rotation.retire_after > now
 
 
 class WatchedIdp:
