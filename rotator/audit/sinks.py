@@ -19,9 +19,9 @@ import fcntl
 import json
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import NamedTuple, TextIO
 
 from rotator._files import UnsafeFile, ensure_private_dir, open_private
 from rotator.audit.chain import GENESIS, Checkpoint, seal, unseal
@@ -76,6 +76,14 @@ class _Batch:
         self.error: Exception | None = None
 
 
+class Appended(NamedTuple):
+    """A line :meth:`FileSink.append` wrote and has not synced: a descriptor of the file it
+    went to and where the chain then stood."""
+
+    fd: int
+    point: Checkpoint
+
+
 class FileSink:
     """The audit log file: sealed, appended in batches, each batch synced before its
     writers go on; the syncs of consecutive batches may overlap."""
@@ -125,6 +133,46 @@ class FileSink:
                     self._cond.wait()
             if batch.error is not None:
                 raise AuditWriteError(f"audit log {self.file}: {batch.error}")
+
+    def append(self, line: str) -> Appended:
+        """Seal and append ``line`` now without waiting for a sync: it outlives this process
+        at once, a power loss only once :meth:`sync` has returned for it. Raises
+        ``AuditWriteError``."""
+        with self._cond:
+            while self._appending:
+                self._cond.wait()
+            self._appending = True
+        try:
+            fd, point = self._append([line])
+            return Appended(fd, point)
+        except Exception as exc:
+            raise AuditWriteError(f"audit log {self.file}: {exc}") from exc
+        finally:
+            with self._cond:
+                self._appending = False
+                self._cond.notify_all()
+
+    def sync(self, appended: Sequence[Appended]) -> None:
+        """Make lines :meth:`append` wrote durable (one sync per file), record the chain's
+        checkpoint, and release their descriptors. Raises ``AuditWriteError``."""
+        try:
+            synced: set[tuple[int, int]] = set()
+            for item in appended:
+                info = os.fstat(item.fd)
+                if (info.st_dev, info.st_ino) not in synced:
+                    _sync(item.fd)
+                    synced.add((info.st_dev, info.st_ino))
+            last = max((item.point for item in appended), key=lambda p: p.seq, default=None)
+            if last is not None:
+                self._write_checkpoint(last)
+                committed = self.on_commit
+                if committed is not None:
+                    committed(last.seq, last.chain)
+        except Exception as exc:
+            raise AuditWriteError(f"audit log {self.file}: {exc}") from exc
+        finally:
+            for item in appended:
+                os.close(item.fd)
 
     def _commit(self, batch: _Batch) -> None:
         """Append ``batch`` in order, then sync it while the next one may be appended.

@@ -144,7 +144,7 @@ class Engine:
         with bound(client=name, idp=client.idp, actor=actor):
             # Tests wait for this line: the request time is fixed before the lock is awaited.
             log.debug("rotation_requested", requested_at=requested.isoformat(), wait=wait)
-            with self.journal.lock(name, wait=wait):
+            with self.journal.lock(name, wait=wait), self.audit.deferred():
                 return self._rotate_locked(client, requested, dry_run=dry_run,
                                            abandon_pending=abandon_pending, force=force,
                                            actor=actor, rotation_id=rotation_id)
@@ -213,7 +213,7 @@ class Engine:
         """Retire the old secret of ``name``'s last rotation once its grace period is over."""
         client = self.config.clients[name]
         with bound(client=name, idp=client.idp, actor=actor or self.actor), \
-                self.journal.lock(name):
+                self.journal.lock(name), self.audit.deferred():
             rotation = self.journal.open_rotation(name)
             if rotation is None:
                 return Outcome(name, True, "nothing", "no rotation awaits retirement")
@@ -230,8 +230,9 @@ class Engine:
                                rotation.id, rotation.state.value)
             # Asked by a person (CLI, API): a hook that failed is tried again now rather than
             # at its next retry time; the scheduler keeps to the hooks' backoff.
-            self.hooks.run_due(client, rotation,
-                               force=(actor or self.actor) != "scheduler")
+            with self.audit.immediate():
+                self.hooks.run_due(client, rotation,
+                                   force=(actor or self.actor) != "scheduler")
             try:
                 return self._drive(client, rotation, resumed=True)
             except RotatorError as exc:
@@ -343,12 +344,12 @@ class Engine:
             return Outcome(client.name, True, "planned", _plan(caps), details={
                 "family": family, "caller_sets_value": caps.caller_sets_value,
                 "grace_period_seconds": client.grace_period if caps.overlap else 0})
-        rotation = self.journal.begin(
+        rotation = self.audit.durable(lambda: self.journal.begin(
             rotation_id or new_rotation_id(), client.name, family, actor,
             self.audit.fingerprint(current.credentials.client_secret), self.clock(),
             targets=[RotationTarget(t.store, t.location) for t in client.targets],
             audit_key_id=self._audit_key_id(),
-        )
+        ))
         self.audit.event("rotation_started", rotation_id=rotation.id, step="start",
                          outcome="success", family=family,
                          old_fingerprint=rotation.old_fingerprint,
@@ -410,7 +411,8 @@ class Engine:
                     rotation.id, rotation.state.value)
             finally:
                 self._staged.pop(rotation.id, None)
-            self.hooks.run_due(client, rotation)
+            with self.audit.immediate():
+                self.hooks.run_due(client, rotation)
         return self._finish(client, rotation, started, began_at)
 
     def _finish(self, client: ClientConfig, rotation: Rotation, started: float,
@@ -443,7 +445,9 @@ class Engine:
                              duration_ms=_ms(started),
                              **({"error": rotation.error} if rotation.error and not ok else {}))
         if self.alerter is not None:  # what the daemon cannot see (a CLI run) is sent too
-            self.alerter.check({client.name: client}, self.journal, judged=WITHOUT_BLOCKED)
+            with self.audit.immediate():
+                self.alerter.check({client.name: client}, self.journal,
+                                   judged=WITHOUT_BLOCKED)
         return Outcome(client.name, ok, action, message, rotation.id, state.value)
 
     def _step(self, client: ClientConfig, idp: IdentityProvider, caps: IdpCapabilities,
@@ -489,7 +493,8 @@ class Engine:
                                          single=True)
             if not self._retirement_due(rotation):
                 return rotation
-            self.hooks.run_due(client, rotation)  # promoted hooks run before retirement
+            with self.audit.immediate():  # promoted hooks run before retirement
+                self.hooks.run_due(client, rotation)
             if self._retirement_held(client, rotation) is not None:
                 return rotation
             return self._retire(client, idp, caps, rotation)
@@ -711,9 +716,13 @@ class Engine:
         return result
 
     def _advance(self, rotation: Rotation, state: State, **fields: str | None) -> Rotation:
-        """Record ``state``; ``JournalConflict`` if another writer moved ``rotation`` since."""
-        return self.journal.advance(rotation.id, state, self.clock(), expected=rotation.state,
-                                    **fields)
+        """Record ``state``; ``JournalConflict`` if another writer moved ``rotation`` since.
+
+        The audit events the step logged are synced meanwhile (see ``AuditLog.durable``):
+        both are on disk before the rotation goes on.
+        """
+        return self.audit.durable(lambda: self.journal.advance(
+            rotation.id, state, self.clock(), expected=rotation.state, **fields))
 
     def _fail(self, rotation: Rotation, reason: str) -> Rotation:
         return self._advance(rotation, State.FAILED, error=reason)
@@ -733,10 +742,11 @@ class Engine:
 
     def _retirement_held(self, client: ClientConfig, rotation: Rotation) -> str | None:
         """Why a gate (a required hook, ...) keeps ``rotation``'s old secret now, or None."""
-        for gate in self.retirement_gates:
-            reason = gate.holds(client, rotation)
-            if reason is not None:
-                return reason
+        with self.audit.immediate():  # a gate may alert and audit on its own
+            for gate in self.retirement_gates:
+                reason = gate.holds(client, rotation)
+                if reason is not None:
+                    return reason
         return None
 
     def _retirement_due(self, rotation: Rotation) -> bool:
