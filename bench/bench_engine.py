@@ -32,8 +32,9 @@ journal step and audit events per state, lock, fingerprints) and its code cost o
 
 Printed per side: min and median wall time of a round, their ratio (target ≤ 1.25),
 HTTP requests per client counted at the transports (target ≤ 8; rotator's sign-ins
-included), and CPU time of this process per rotation. Not a test: it prints, and never
-fails.
+included), and CPU time of this process per rotation; for rotator also the audit log's
+syncs and the journal's transactions (one sync each) per rotation. Not a test: it prints,
+and never fails.
 """
 
 from __future__ import annotations
@@ -63,17 +64,22 @@ from servers import (
     keycloak_for_session,
 )
 
+from rotator.audit import sinks
 from rotator.cli import run
+from rotator.journal.sqlite import SqliteJournal
 
 RATIO_TARGET = 1.25
 REQUESTS_TARGET = 8
 
 
 class Counter:
-    """Counts every HTTP request sent through httpx and requests while installed."""
+    """Counts every HTTP request sent through httpx and requests while installed, and
+    rotator's audit syncs and journal transactions."""
 
     def __init__(self) -> None:
         self.count = 0
+        self.syncs = 0
+        self.commits = 0
 
     @contextmanager
     def installed(self) -> Iterator[None]:
@@ -91,13 +97,27 @@ class Counter:
             self.count += 1
             return real_requests(adapter, request, *args, **kwargs)
 
+        real_sync, real_tx = sinks._sync, SqliteJournal._tx
+
+        def counted_sync(fd: int) -> None:
+            self.syncs += 1
+            real_sync(fd)
+
+        def counted_tx(journal: SqliteJournal) -> Any:
+            self.commits += 1
+            return real_tx(journal)
+
         httpx.HTTPTransport.handle_request = counted_httpx  # type: ignore[method-assign]
         requests.adapters.HTTPAdapter.send = counted_requests  # type: ignore[method-assign]
+        sinks._sync = counted_sync
+        SqliteJournal._tx = counted_tx  # type: ignore[method-assign]
         try:
             yield
         finally:
             httpx.HTTPTransport.handle_request = real_httpx  # type: ignore[method-assign]
             requests.adapters.HTTPAdapter.send = real_requests  # type: ignore[method-assign]
+            sinks._sync = real_sync
+            SqliteJournal._tx = real_tx  # type: ignore[method-assign]
 
 
 class Bare:
@@ -192,13 +212,18 @@ def _cli(config: Path, *argv: str) -> None:
                          f"{err.getvalue()}")
 
 
-def _measure(action: Callable[[], None], counter: Counter) -> tuple[float, float, int]:
-    """Wall seconds, CPU seconds of this process, HTTP requests."""
-    counter.count = 0
+Measured = tuple[float, float, int, int, int]
+
+
+def _measure(action: Callable[[], None], counter: Counter) -> Measured:
+    """Wall seconds, CPU seconds of this process, HTTP requests, audit syncs, journal
+    transactions."""
+    counter.count = counter.syncs = counter.commits = 0
     wall, cpu = time.perf_counter(), time.process_time()
     with counter.installed():
         action()
-    return time.perf_counter() - wall, time.process_time() - cpu, counter.count
+    return (time.perf_counter() - wall, time.process_time() - cpu, counter.count,
+            counter.syncs, counter.commits)
 
 
 def main() -> None:
@@ -233,7 +258,7 @@ def main() -> None:
         config = _config(root, kc, realm, bao, sides["rotator"])
         bare = Bare(kc, realm, "rotator-admin", admin_secret, bao)
         counter = Counter()
-        results: dict[str, list[tuple[float, float, int]]] = {"rotator": [], "bare": []}
+        results: dict[str, list[Measured]] = {"rotator": [], "bare": []}
         try:
             for round_ in range(args.rounds):
                 if round_:
@@ -251,7 +276,7 @@ def main() -> None:
         _report(n, results)
 
 
-def _report(n: int, results: dict[str, list[tuple[float, float, int]]]) -> None:
+def _report(n: int, results: dict[str, list[Measured]]) -> None:
     walls = {side: [r[0] for r in rs] for side, rs in results.items()}
     print(f"\nrotate --all over N = {n} overlap clients (Keycloak with the secret-rotation "
           f"policy -> OpenBao), {len(walls['bare'])} rounds")
@@ -267,6 +292,10 @@ def _report(n: int, results: dict[str, list[tuple[float, float, int]]]) -> None:
     reqs = statistics.median(r[2] for r in results["rotator"]) / n
     print(f"requests per client, rotator: {reqs:.2f}  (target <= {REQUESTS_TARGET}, "
           "sign-ins included)")
+    syncs = statistics.median(r[3] for r in results["rotator"]) / n
+    commits = statistics.median(r[4] for r in results["rotator"]) / n
+    print(f"per rotation, rotator: {syncs:.2f} audit syncs, {commits:.2f} journal "
+          "transactions (one sync each)")
 
 
 if __name__ == "__main__":

@@ -446,3 +446,52 @@ class TestStaleWriter:
             rotation = rig.engine.journal.get(outcome.rotation_id or "")
             assert rotation.state is State.FAILED and rotation.error == "taken over"
             assert len(rig.engine.journal.steps(rotation.id)) == 3
+
+
+class TestAuditDurableAtSteps:
+    """A rotation's audit events are on disk before the journal's record of their step
+    returns, with one audit sync per step rather than one per event."""
+
+    def test_synced_before_each_step_goes_on(self, rig: Rig,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+        import os
+
+        from rotator.audit import sinks
+
+        log = rig.engine.config.audit.file
+        assert log is not None
+        synced: list[int] = []  # the log's size at each sync of it
+
+        def sync(fd: int) -> None:
+            synced.append(os.fstat(fd).st_size)
+            os.fdatasync(fd)
+
+        monkeypatch.setattr(sinks, "_sync", sync)
+        real_advance = rig.engine._advance
+        behind: list[str] = []
+
+        def advance(rotation: Any, state: State, **fields: str | None) -> Any:
+            written = log.stat().st_size
+            result = real_advance(rotation, state, **fields)
+            if not synced or synced[-1] < written:
+                behind.append(state.value)
+            return result
+
+        monkeypatch.setattr(rig.engine, "_advance", advance)
+        before = len(log.read_text().splitlines()) if log.exists() else 0
+        outcome = rig.engine.rotate("app")
+        assert outcome.ok, outcome.message
+        events = len(log.read_text().splitlines()) - before
+        assert behind == [], f"steps recorded before their audit events were durable: {behind}"
+        assert synced and synced[-1] == log.stat().st_size  # all durable when rotate returns
+        steps = len(rig.engine.journal.steps(outcome.rotation_id or ""))
+        assert len(synced) <= steps, (len(synced), steps)
+        assert len(synced) < events, (len(synced), events)
+
+    def test_deferred_event_is_written_at_once(self, rig: Rig) -> None:
+        log = rig.engine.config.audit.file
+        assert log is not None
+        with rig.engine.audit.deferred():
+            rig.engine.audit.event("rotation_started", step="start", outcome="success")
+            # A killed process loses no event: the line is in the file before its sync.
+            assert "rotation_started" in log.read_text().splitlines()[-1]

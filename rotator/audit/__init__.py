@@ -13,17 +13,23 @@ with a sequence number and an HMAC chain (:mod:`rotator.audit.chain`) that ``rot
 verify`` checks. The file sink (:mod:`rotator.audit.sinks`) is durable before
 :meth:`AuditLog.event` returns, with one ``fsync`` per batch of concurrent events; when the
 record cannot be written, ``event`` raises ``AuditWriteError`` and what logged it stops.
+
+Inside :meth:`AuditLog.deferred` (a rotation's steps) a thread's events reach the file logs
+at once, so they outlive a killed process, but are synced together before the step that
+logged them goes on: :meth:`AuditLog.durable` syncs them while the journal commits the step,
+and returns once both are on disk; :meth:`AuditLog.sync` syncs them alone.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import structlog
 
@@ -46,11 +52,13 @@ from rotator.audit.formats import (
     render_json,
 )
 from rotator.audit.remote import open_remote
-from rotator.audit.sinks import AuditWriteError, FileSink, StreamSink, open_log
+from rotator.audit.sinks import Appended, AuditWriteError, FileSink, StreamSink, open_log
 from rotator.audit.spool import SpoolSink
 from rotator.secrets import Secret, fingerprint, redact
 
 if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+
     from rotator.config import Config
     from rotator.interfaces import Journal
 
@@ -58,6 +66,9 @@ __all__ = ["CATALOGUE", "AuditLog", "AuditWriteError", "bound", "flatten", "open
            "redact_processor"]
 
 _log = structlog.get_logger("rotator.audit")
+_T = TypeVar("_T")
+#: Threads that sync deferred events beside the journal's commits (one per parallel rotation).
+_SYNC_THREADS = 4
 _UNCATALOGUED = EventSpec("uncatalogued", "an event missing from rotator's catalogue", "iam",
                           "info", 3004, 99, "warning", frozenset())
 
@@ -120,13 +131,25 @@ class _Writer:
 
     def __init__(self, sinks: list[tuple[str, FileSink | StreamSink | SpoolSink]]) -> None:
         self.sinks = sinks
+        #: per thread: ``deferring`` (depth of AuditLog.deferred blocks, 0 when paused) and
+        #: ``pending`` (lines appended to file sinks, not yet synced)
+        self.local = threading.local()
 
     def msg(self, spec: EventSpec, fields: dict[str, Any]) -> None:
         lines: dict[str, str] = {}
+        deferring = getattr(self.local, "deferring", 0) > 0
         for format_, sink in self.sinks:
             if format_ not in lines:
                 lines[format_] = _redacted_line(format_, spec, fields)
-            sink.write(lines[format_])
+            if deferring and isinstance(sink, FileSink):
+                self.local.pending.append((sink, sink.append(lines[format_])))
+            else:
+                sink.write(lines[format_])
+
+    def take_pending(self) -> list[tuple[FileSink, Appended]]:
+        pending: list[tuple[FileSink, Appended]] = getattr(self.local, "pending", [])
+        self.local.pending = []
+        return pending
 
     info = msg
 
@@ -199,6 +222,8 @@ class AuditLog:
         self._sinks: list[FileSink | StreamSink | SpoolSink] = [sink for _, sink in targets]
         self._writer = _Writer(list(targets))
         self._recorders: list[CheckpointRecorder] = []
+        self._syncers: ThreadPoolExecutor | None = None
+        self._syncers_lock = threading.Lock()
         # Run as a BoundLogger would run them, without its per-call machinery; independent
         # of the diagnostic log's level: audit events are never filtered.
         self._processors: list[Callable[..., Any]] = [
@@ -247,12 +272,77 @@ class AuditLog:
         return fingerprint(self._key, secret)
 
     def event(self, event: str, **fields: Any) -> None:
-        """Write one audit event (a name from the catalogue); durable when it returns."""
+        """Write one audit event (a name from the catalogue); durable when it returns, or in
+        a :meth:`deferred` block written when it returns and durable at the step's commit."""
         event_dict: Any = {**fields, "event": event}
         for processor in self._processors:
             event_dict = processor(None, "info", event_dict)
         (spec, record), _ = event_dict
         self._writer.msg(spec, record)
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Inside the block, this thread's events are appended to the file logs when
+        :meth:`event` returns but synced together later: by :meth:`durable` beside the
+        journal's commit of the step that logged them, by :meth:`sync`, at the latest when
+        the block ends. Blocks nest."""
+        local = self._writer.local
+        outer = getattr(local, "deferring", 0)
+        if not outer:
+            local.pending = []
+        local.deferring = outer + 1
+        try:
+            yield
+        finally:
+            local.deferring = outer
+            if not outer:
+                self.sync()
+
+    @contextmanager
+    def immediate(self) -> Iterator[None]:
+        """Inside a :meth:`deferred` block: sync what is deferred, then make each event
+        durable when it returns again (hooks and alerts, which act and journal on their
+        own)."""
+        self.sync()
+        local = self._writer.local
+        outer = getattr(local, "deferring", 0)
+        local.deferring = 0
+        try:
+            yield
+        finally:
+            local.deferring = outer
+
+    def sync(self) -> None:
+        """Make this thread's deferred events durable now."""
+        _sync_all(self._writer.take_pending())
+
+    def durable(self, commit: Callable[[], _T]) -> _T:
+        """Run ``commit`` (the journal's commit of the step whose events this thread
+        deferred) while those events are synced; return its result once both are durable.
+
+        When ``commit`` fails, that failure is raised (once the sync is over); when only
+        the sync fails, ``AuditWriteError`` is, and the step must not go on.
+        """
+        pending = self._writer.take_pending()
+        if not pending:
+            return commit()
+        future = self._sync_pool().submit(_sync_all, pending)
+        try:
+            result = commit()
+        except BaseException:
+            future.exception()  # wait for it: the commit's failure is what the caller hears
+            raise
+        future.result()
+        return result
+
+    def _sync_pool(self) -> ThreadPoolExecutor:
+        with self._syncers_lock:
+            if self._syncers is None:
+                from concurrent.futures import ThreadPoolExecutor  # only where it is used
+
+                self._syncers = ThreadPoolExecutor(_SYNC_THREADS,
+                                                   thread_name_prefix="audit-sync")
+            return self._syncers
 
     def reopen(self) -> None:
         """Reopen the log file by its path before the next event: call on SIGHUP (a moved
@@ -261,10 +351,30 @@ class AuditLog:
             sink.reopen()
 
     def close(self) -> None:
+        self.sync()
+        if self._syncers is not None:
+            self._syncers.shutdown()
+            self._syncers = None
         self.stop_checkpoints()
         for sink in self._sinks:
             sink.close()
         self._sinks.clear()
+
+
+def _sync_all(pending: list[tuple[FileSink, Appended]]) -> None:
+    """Sync deferred lines, each sink's together; every sink is synced (and its descriptors
+    released) even when one fails, whose error is then raised."""
+    by_sink: dict[FileSink, list[Appended]] = {}
+    for sink, appended in pending:
+        by_sink.setdefault(sink, []).append(appended)
+    failure: AuditWriteError | None = None
+    for sink, appended_lines in by_sink.items():
+        try:
+            sink.sync(appended_lines)
+        except AuditWriteError as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise failure
 
 
 @contextmanager

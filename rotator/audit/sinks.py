@@ -23,9 +23,9 @@ import os
 import threading
 from _thread import LockType as _Lock
 from _thread import allocate_lock as _allocate_lock
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import NamedTuple, TextIO
 
 from rotator._files import UnsafeFile, ensure_private_dir, open_private
 from rotator.audit.chain import GENESIS, Checkpoint, seal, unseal
@@ -83,6 +83,14 @@ class _Batch:
         self.error: Exception | None = None
 
 
+class Appended(NamedTuple):
+    """A line :meth:`FileSink.append` wrote and has not synced: a descriptor of the file it
+    went to and where the chain then stood."""
+
+    fd: int
+    point: Checkpoint
+
+
 class FileSink:
     """The audit log file: sealed, appended in batches, each batch synced before its
     writers go on; the syncs of consecutive batches may overlap.
@@ -112,6 +120,7 @@ class FileSink:
         self._retired: set[int] = set()
         self._mutex = threading.Lock()  # guards the batch state below
         self._idle = threading.Condition(self._mutex)  # notified for close()
+        self._appended = threading.Condition(self._mutex)  # an append() waits its turn
         self._open = _Batch()  # where arriving lines go
         self._appending = False  # a batch is being sealed and appended
         self._syncing = 0  # batches appended, not yet synced
@@ -174,6 +183,53 @@ class FileSink:
             batch.leader = batch.waiters.pop()
             batch.leader.release()
 
+    def append(self, line: str) -> Appended:
+        """Seal and append ``line`` now without waiting for a sync: it outlives this process
+        at once, a power loss only once :meth:`sync` has returned for it. Raises
+        ``AuditWriteError``. Every ``Appended`` must be handed to :meth:`sync` (it keeps
+        the descriptor it went through open until then)."""
+        with self._mutex:
+            while self._appending:
+                self._appended.wait()
+            self._appending = True
+        fd = -1
+        try:
+            fd, point = self._append([line])
+            return Appended(fd, point)
+        except Exception as exc:
+            raise AuditWriteError(f"audit log {self.file}: {exc}") from exc
+        finally:
+            with self._mutex:
+                self._appending = False
+                if fd >= 0:
+                    self._in_flight[fd] = self._in_flight.get(fd, 0) + 1
+                self._appended.notify_all()
+                self._start_next()
+                if not (self._syncing or self._checkpointing):
+                    self._idle.notify_all()
+
+    def sync(self, appended: Sequence[Appended]) -> None:
+        """Make lines :meth:`append` wrote durable (one sync per descriptor), record the
+        chain's checkpoint, and release their descriptors. Raises ``AuditWriteError``."""
+        try:
+            synced: set[int] = set()
+            for item in appended:
+                if item.fd not in synced:  # held open for us: the number names one file
+                    _sync(item.fd)
+                    synced.add(item.fd)
+            last = max((item.point for item in appended), key=lambda p: p.seq, default=None)
+            if last is not None:
+                self._write_checkpoint(last)
+                committed = self.on_commit
+                if committed is not None:
+                    committed(last.seq, last.chain)
+        except Exception as exc:
+            raise AuditWriteError(f"audit log {self.file}: {exc}") from exc
+        finally:
+            with self._mutex:
+                for item in appended:
+                    self._release_fd(item.fd)
+
     def _commit(self, batch: _Batch) -> None:
         """Append ``batch`` in order, then sync it while the next one may be appended,
         record the checkpoint, and wake the batch's writers.
@@ -191,6 +247,7 @@ class FileSink:
         finally:
             with self._mutex:
                 self._appending = False
+                self._appended.notify_all()
                 if sync_fd >= 0:
                     self._syncing += 1
                     self._in_flight[sync_fd] = self._in_flight.get(sync_fd, 0) + 1
@@ -339,7 +396,10 @@ class FileSink:
             if self._fd >= 0:
                 os.fsync(self._cp_fd)
                 os.close(self._cp_fd)
-                os.close(self._fd)
+                if self._fd in self._in_flight:  # appended, its sync() still to come
+                    self._retired.add(self._fd)
+                else:
+                    os.close(self._fd)
                 self._fd = -1
 
 

@@ -29,9 +29,12 @@ retries to tolerate propagation delay.
 Every step is idempotent; the engine decides between the two families from
 :class:`~rotator.interfaces.IdpCapabilities`, never from an adapter's name.
 
-The package, one responsibility a module: :mod:`~rotator.engine.rotation` (the commands,
-the driver and its steps), :mod:`~rotator.engine.verification` (does a credential obtain a
-token), :mod:`~rotator.engine.status` (the status read-model) and
+The package, one responsibility a module: :mod:`~rotator.engine.rotation` (the commands
+and the driver), :mod:`~rotator.engine.steps` (the steps that act at the IdP and the stores),
+:mod:`~rotator.engine.store_steps` (staging, promoting and reading back in every store),
+:mod:`~rotator.engine.audited` (each IdP action audited, each state journaled),
+:mod:`~rotator.engine.outcome` (what a command did), :mod:`~rotator.engine.verification`
+(does a credential obtain a token), :mod:`~rotator.engine.status` (the status read-model) and
 :mod:`~rotator.engine.adapters` (adapters started once, shared httpx clients).
 """
 

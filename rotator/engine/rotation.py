@@ -1,15 +1,14 @@
-"""The rotation driver: the commands, the steps of the state machine, their audit events.
+"""The rotation driver: the commands, and the state machine that runs a rotation's steps.
 
 The states and the two families are drawn in :mod:`rotator.engine`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -17,27 +16,23 @@ import structlog
 from rotator.audit import AuditLog, bound
 from rotator.config import ClientConfig, Config, StoreTarget
 from rotator.engine.adapters import Adapters
+from rotator.engine.audited import _expiry, _ms
 from rotator.engine.consumer_gate import consumer_gate
+from rotator.engine.outcome import Abort, Clock, Outcome, utcnow
 from rotator.engine.status import client_status
-from rotator.engine.verification import HttpFactory, default_http, verify_credentials
+from rotator.engine.steps import Steps
+from rotator.engine.store_steps import _read_with_facts, _writes_current
+from rotator.engine.verification import HttpFactory, default_http
 from rotator.errors import (
-    IdpAccessDenied,
-    IdpCannotRotate,
-    IdpNotFound,
     JournalConflict,
     RotationError,
     RotatorError,
-    StoreConflict,
-    StoreError,
-    VerificationError,
 )
 from rotator.hooks.alerts import WITHOUT_BLOCKED, Alerter
 from rotator.hooks.runner import HookRunner
 from rotator.interfaces import (
-    Credentials,
     IdentityProvider,
     IdpCapabilities,
-    IssuedSecret,
     Journal,
     RetirementGate,
     Rotation,
@@ -46,45 +41,15 @@ from rotator.interfaces import (
     SecretStore,
     Stage,
     State,
-    StoredCredentials,
-    StoreFacts,
 )
 from rotator.journal import new_rotation_id
 from rotator.secrets import Secret, check_secret_value, generate_secret
-from rotator.token import Token
+
+__all__ = ["Clock", "Engine", "Outcome", "utcnow"]
 
 log = structlog.get_logger("rotator.engine")
 
-Clock = Callable[[], datetime]
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass
-class Outcome:
-    """What one command did for one client."""
-
-    client: str
-    ok: bool
-    action: str  # rotated | retired | rolled_back | failed | refused | conflict | planned ...
-    message: str
-    rotation_id: str | None = None
-    state: str | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"client": self.client, "ok": self.ok, "action": self.action,
-                "message": self.message, "rotation_id": self.rotation_id,
-                "state": self.state, **({"details": self.details} if self.details else {})}
-
-
-class _Abort(Exception):
-    """Internal: stop driving a rotation; the journal already says why."""
-
-
-class Engine:
+class Engine(Steps):
     """Runs rotations, retirements and verifications for configured clients.
 
     Each command takes the acting identity (``cli``, ``scheduler``, ``api:<token name>``)
@@ -144,7 +109,7 @@ class Engine:
         with bound(client=name, idp=client.idp, actor=actor):
             # Tests wait for this line: the request time is fixed before the lock is awaited.
             log.debug("rotation_requested", requested_at=requested.isoformat(), wait=wait)
-            with self.journal.lock(name, wait=wait):
+            with self.journal.lock(name, wait=wait), self.audit.deferred():
                 return self._rotate_locked(client, requested, dry_run=dry_run,
                                            abandon_pending=abandon_pending, force=force,
                                            actor=actor, rotation_id=rotation_id)
@@ -213,7 +178,7 @@ class Engine:
         """Retire the old secret of ``name``'s last rotation once its grace period is over."""
         client = self.config.clients[name]
         with bound(client=name, idp=client.idp, actor=actor or self.actor), \
-                self.journal.lock(name):
+                self.journal.lock(name), self.audit.deferred():
             rotation = self.journal.open_rotation(name)
             if rotation is None:
                 return Outcome(name, True, "nothing", "no rotation awaits retirement")
@@ -230,8 +195,9 @@ class Engine:
                                rotation.id, rotation.state.value)
             # Asked by a person (CLI, API): a hook that failed is tried again now rather than
             # at its next retry time; the scheduler keeps to the hooks' backoff.
-            self.hooks.run_due(client, rotation,
-                               force=(actor or self.actor) != "scheduler")
+            with self.audit.immediate():
+                self.hooks.run_due(client, rotation,
+                                   force=(actor or self.actor) != "scheduler")
             try:
                 return self._drive(client, rotation, resumed=True)
             except RotatorError as exc:
@@ -343,12 +309,12 @@ class Engine:
             return Outcome(client.name, True, "planned", _plan(caps), details={
                 "family": family, "caller_sets_value": caps.caller_sets_value,
                 "grace_period_seconds": client.grace_period if caps.overlap else 0})
-        rotation = self.journal.begin(
+        rotation = self.audit.durable(lambda: self.journal.begin(
             rotation_id or new_rotation_id(), client.name, family, actor,
             self.audit.fingerprint(current.credentials.client_secret), self.clock(),
             targets=[RotationTarget(t.store, t.location) for t in client.targets],
             audit_key_id=self._audit_key_id(),
-        )
+        ))
         self.audit.event("rotation_started", rotation_id=rotation.id, step="start",
                          outcome="success", family=family,
                          old_fingerprint=rotation.old_fingerprint,
@@ -389,7 +355,7 @@ class Engine:
                     resumed = False
                     if rotation.state is before:
                         break  # waiting for the grace period
-            except _Abort:
+            except Abort:
                 rotation = self.journal.get(rotation.id)
             except JournalConflict as exc:
                 # Another writer moved the rotation: this one records nothing more.
@@ -410,7 +376,8 @@ class Engine:
                     rotation.id, rotation.state.value)
             finally:
                 self._staged.pop(rotation.id, None)
-            self.hooks.run_due(client, rotation)
+            with self.audit.immediate():
+                self.hooks.run_due(client, rotation)
         return self._finish(client, rotation, started, began_at)
 
     def _finish(self, client: ClientConfig, rotation: Rotation, started: float,
@@ -443,7 +410,9 @@ class Engine:
                              duration_ms=_ms(started),
                              **({"error": rotation.error} if rotation.error and not ok else {}))
         if self.alerter is not None:  # what the daemon cannot see (a CLI run) is sent too
-            self.alerter.check({client.name: client}, self.journal, judged=WITHOUT_BLOCKED)
+            with self.audit.immediate():
+                self.alerter.check({client.name: client}, self.journal,
+                                   judged=WITHOUT_BLOCKED)
         return Outcome(client.name, ok, action, message, rotation.id, state.value)
 
     def _step(self, client: ClientConfig, idp: IdentityProvider, caps: IdpCapabilities,
@@ -489,287 +458,14 @@ class Engine:
                                          single=True)
             if not self._retirement_due(rotation):
                 return rotation
-            self.hooks.run_due(client, rotation)  # promoted hooks run before retirement
+            with self.audit.immediate():  # promoted hooks run before retirement
+                self.hooks.run_due(client, rotation)
             if self._retirement_held(client, rotation) is not None:
                 return rotation
             return self._retire(client, idp, caps, rotation)
         if state is State.ROLLING_BACK:
             return self._rollback(client, idp, rotation)
         raise AssertionError(f"no step for {state}")  # pragma: no cover
-
-    # -- steps ---------------------------------------------------------------------------
-
-    def _create_generated(self, client: ClientConfig, idp: IdentityProvider,
-                          caps: IdpCapabilities, rotation: Rotation, *, resumed: bool,
-                          abandon_pending: bool) -> Rotation:
-        issued: IssuedSecret | None = None
-        if resumed and caps.can_read_current:
-            # A run died after asking the IdP; if the IdP holds a secret that is not the old
-            # one, that is the secret it issued for us: keep it rather than create another.
-            value = idp.current_secret(client.client_id)
-            if value is not None and self.audit.fingerprint(value) != rotation.old_fingerprint:
-                issued = IssuedSecret(value, rotation.secret_ref)
-                self.audit.event("secret_recovered", step="create", outcome="success",
-                                 new_fingerprint=self.audit.fingerprint(value))
-        if issued is None:
-            issued = self._timed("secret_created", lambda: idp.create_secret(
-                client.client_id, rotation.id, None), rotation, abort_if_denied=True,
-                client=client)
-        fingerprint = self.audit.fingerprint(issued.value)
-        problem = check_secret_value(issued.value.reveal())
-        if problem:  # a hostile value must reach no store
-            reason = (f"the IdP issued a secret for client {client.name} that {problem}, so it "
-                      "cannot be stored safely")
-            self.audit.event("secret_refused", step="stage", outcome="failure", error=reason,
-                             new_fingerprint=fingerprint)
-            if rotation.family == "overlap":
-                self._take_back(client, idp, rotation, issued, fingerprint,
-                                f"{reason}; it was discarded at the IdP")
-            else:
-                self._fail(rotation, f"{reason}; the IdP no longer accepts the old secret, so "
-                                     "reset the client's secret at the IdP and store it")
-            raise _Abort
-        try:
-            self._stage_all(client, rotation, issued.value, abandon_pending, issued=True)
-        except StoreError as exc:
-            if rotation.family == "overlap":
-                # The old secret still works: take the new one back rather than risk it.
-                hint = (" (if it holds a pending secret rotator's journal does not know, pass "
-                        "--abandon-pending to discard it)"
-                        if isinstance(exc, StoreConflict) else "")
-                self._take_back(client, idp, rotation, issued, fingerprint,
-                                f"a store refused the new secret: {exc}{hint}; it was "
-                                "discarded at the IdP and the old secret kept")
-                raise _Abort from None
-            raise
-        return self._advance(rotation, State.CREATED, new_fingerprint=fingerprint,
-                             secret_ref=issued.secret_ref, expires_at=_expiry(issued))
-
-    def _take_back(self, client: ClientConfig, idp: IdentityProvider, rotation: Rotation,
-                   issued: IssuedSecret, fingerprint: str, reason: str) -> None:
-        """Discard a just-issued secret at an overlap IdP and end the rotation rolled back."""
-        rotation = self._advance(rotation, State.CREATING, new_fingerprint=fingerprint,
-                                 secret_ref=issued.secret_ref)
-        self._discard_at_idp(client, idp, rotation, issued)
-        for target in client.targets:  # stores that took it before one refused
-            with contextlib.suppress(StoreError):
-                self.adapters.store(target.store).discard_pending(target.location,
-                                                                  rotation.id)
-        self._advance(rotation, State.ROLLED_BACK, error=reason)
-
-    def _verify_step(self, client: ClientConfig, caps: IdpCapabilities, rotation: Rotation, *,
-                     next_state: State, single: bool = False) -> Rotation:
-        staged = self._staged.get(rotation.id)
-        if staged is not None:
-            creds = Credentials(client.client_id, staged)
-        else:
-            stage = Stage.CURRENT if single else Stage.PENDING
-            stored = self._read(client, stage)
-            if stored is None or (not single and stored.rotation_id not in (None, rotation.id)):
-                raise RotationError(f"no {stage} credential of rotation {rotation.id} to verify")
-            creds = stored.credentials
-        started = time.monotonic()
-        try:
-            token = self._verify_with_retries(client, caps, creds)
-        except VerificationError as exc:
-            self.audit.event("secret_verification_failed", step="verify", outcome="failure",
-                             error=str(exc), duration_ms=_ms(started),
-                             new_fingerprint=rotation.new_fingerprint)
-            if single:
-                return self._fail(
-                    rotation, f"the new secret is current (the IdP invalidated the old one) "
-                              f"but did not obtain a token: {exc}")
-            return self._advance(rotation, State.ROLLING_BACK,
-                                 error=f"the new secret failed verification: {exc}")
-        self.audit.event("secret_verified", step="verify", outcome="success",
-                         duration_ms=_ms(started), scopes=sorted(token.scopes),
-                         scopes_assumed=token.scopes_assumed,
-                         new_fingerprint=rotation.new_fingerprint)
-        if single:
-            # The IdP invalidated the old secret when it issued this one: stop offering it.
-            for target in client.targets:
-                self.adapters.store(target.store).drop_previous(target.location, rotation.id)
-            return self._advance(rotation, State.COMPLETED)
-        return self._advance(rotation, next_state)
-
-    def _verify_with_retries(self, client: ClientConfig, caps: IdpCapabilities,
-                             creds: Credentials) -> Token:
-        return verify_credentials(client, creds, self.adapters.idp(client.idp),
-                                  attempts=client.verify_attempts,
-                                  patience=caps.propagation_delay, sleep=self.sleep,
-                                  http=self.adapters.http(client, self.http_factory))
-
-    def _request_token(self, client: ClientConfig, creds: Credentials) -> Token:
-        return verify_credentials(client, creds, self.adapters.idp(client.idp), attempts=1,
-                                  sleep=self.sleep,
-                                  http=self.adapters.http(client, self.http_factory))
-
-    def _retire(self, client: ClientConfig, idp: IdentityProvider, caps: IdpCapabilities,
-                rotation: Rotation) -> Rotation:
-        current = self._read(client, Stage.CURRENT)
-        if current is None:
-            raise RotationError("no current credential to keep while retiring")
-        keep = IssuedSecret(current.credentials.client_secret, rotation.secret_ref)
-        count = 0
-        if caps.can_revoke_old:
-            count = self._timed("old_secret_retired",
-                                lambda: idp.retire_old_secrets(client.client_id, keep), rotation,
-                                client=client)
-        for target in client.targets:
-            self.adapters.store(target.store).drop_previous(target.location, rotation.id)
-        log.debug("old_secrets_retired", count=count)
-        return self._advance(rotation, State.COMPLETED)
-
-    def _rollback(self, client: ClientConfig, idp: IdentityProvider,
-                  rotation: Rotation) -> Rotation:
-        pending = self._pending_of(client, rotation)
-        if pending is not None:
-            self._discard_at_idp(client, idp, rotation, IssuedSecret(pending,
-                                                                      rotation.secret_ref))
-        for target in client.targets:
-            self.adapters.store(target.store).discard_pending(target.location, rotation.id)
-        return self._advance(rotation, State.ROLLED_BACK)
-
-    def _discard_at_idp(self, client: ClientConfig, idp: IdentityProvider, rotation: Rotation,
-                        issued: IssuedSecret) -> None:
-        current = self._read(client, Stage.CURRENT)
-        if current is None:
-            raise RotationError("no current credential to fall back to")
-        self._timed("new_secret_discarded", lambda: idp.discard_secret(
-            client.client_id, issued, current.credentials.client_secret), rotation,
-            client=client)
-
-    # -- helpers ---------------------------------------------------------------------------
-
-    def _stage_all(self, client: ClientConfig, rotation: Rotation, value: Secret,
-                   abandon_pending: bool, *, issued: bool = False) -> None:
-        """Write ``value`` as PENDING everywhere; once the IdP ``issued`` it in a
-        single-secret rotation, as CURRENT where a store can (see ``write_current``)."""
-        creds = Credentials(client.client_id, value)
-        for target in client.targets:
-            started = time.monotonic()
-            store = self.adapters.store(target.store)
-            if issued and rotation.family == "single" and _writes_current(store):
-                store.write_current(  # type: ignore[attr-defined]
-                    target.location, creds, rotation.id)
-            else:
-                store.stage_pending(target.location, creds, rotation.id,
-                                    replace_foreign=abandon_pending)
-            self.audit.event("secret_staged", step="stage", store=target.store,
-                             outcome="success", duration_ms=_ms(started),
-                             new_fingerprint=self.audit.fingerprint(value))
-        self._staged[rotation.id] = value
-
-    def _promote_all(self, client: ClientConfig, rotation: Rotation) -> None:
-        for target in client.targets:
-            started = time.monotonic()
-            self.adapters.store(target.store).promote(target.location, rotation.id)
-            self.audit.event("secret_promoted", step="promote", store=target.store,
-                             outcome="success", duration_ms=_ms(started),
-                             new_fingerprint=rotation.new_fingerprint)
-
-    def _read(self, client: ClientConfig, stage: Stage) -> StoredCredentials | None:
-        return self.adapters.store(client.primary.store).read(client.primary.location, stage)
-
-    def _pending_of(self, client: ClientConfig, rotation: Rotation) -> Secret | None:
-        pending = self._read(client, Stage.PENDING)
-        if pending is None or pending.rotation_id not in (None, rotation.id):
-            return None
-        return pending.credentials.client_secret
-
-    def _timed(self, event: str, action: Callable[[], Any], rotation: Rotation, *,
-               client: ClientConfig, abort_if_denied: bool = False) -> Any:
-        """Run one IdP action, audit it as ``event``, translate refusals."""
-        step = _STEPS[event]
-        started = time.monotonic()
-        try:
-            result = action()
-        except (IdpAccessDenied, IdpNotFound, IdpCannotRotate) as exc:
-            self.audit.event(event, step=step, outcome="failure",
-                             error=str(exc), duration_ms=_ms(started))
-            if abort_if_denied:
-                # The IdP refused outright: nothing was created, so end the rotation cleanly.
-                for target in client.targets:
-                    self.adapters.store(target.store).discard_pending(target.location,
-                                                                      rotation.id)
-                self._fail(rotation, str(exc))
-                raise _Abort from exc
-            raise
-        except RotatorError as exc:
-            self.audit.event(event, step=step, outcome="failure",
-                             error=str(exc), duration_ms=_ms(started))
-            raise
-        fields: dict[str, Any] = {}
-        if isinstance(result, IssuedSecret):
-            fields["new_fingerprint"] = self.audit.fingerprint(result.value)
-            if result.secret_ref:
-                fields["secret_ref"] = result.secret_ref
-        elif isinstance(result, int):
-            fields["count"] = result
-        self.audit.event(event, step=step, outcome="success",
-                         duration_ms=_ms(started), **fields)
-        return result
-
-    def _advance(self, rotation: Rotation, state: State, **fields: str | None) -> Rotation:
-        """Record ``state``; ``JournalConflict`` if another writer moved ``rotation`` since."""
-        return self.journal.advance(rotation.id, state, self.clock(), expected=rotation.state,
-                                    **fields)
-
-    def _fail(self, rotation: Rotation, reason: str) -> Rotation:
-        return self._advance(rotation, State.FAILED, error=reason)
-
-    def _audit_key_id(self) -> str:
-        """Names the audit key without revealing it: 8 hex digits of HMAC(key, a constant)."""
-        return self.audit.fingerprint(Secret(_AUDIT_KEY_ID_INPUT)).rpartition(":")[2][:8]
-
-    def _check_audit_key(self, rotation: Rotation) -> str | None:
-        """Why ``rotation`` must not go on with the configured audit key, if it must not."""
-        current = self._audit_key_id()
-        if rotation.audit_key_id is None or rotation.audit_key_id == current:
-            return None
-        return (f"rotation {rotation.id} began with audit key {rotation.audit_key_id}, but the "
-                f"configured audit key is {current}: its fingerprints would not match; "
-                "configure the audit key it began with to finish it")
-
-    def _retirement_held(self, client: ClientConfig, rotation: Rotation) -> str | None:
-        """Why a gate (a required hook, ...) keeps ``rotation``'s old secret now, or None."""
-        for gate in self.retirement_gates:
-            reason = gate.holds(client, rotation)
-            if reason is not None:
-                return reason
-        return None
-
-    def _retirement_due(self, rotation: Rotation) -> bool:
-        return rotation.retire_after is None or self.clock() >= rotation.retire_after
-
-
-_AUDIT_KEY_ID_INPUT = "rotator-audit-key-id"
-
-
-def _expiry(issued: IssuedSecret) -> str | None:
-    """When the IdP said the new secret expires, for the journal (scheduling reads it)."""
-    return issued.expires_at.isoformat() if issued.expires_at else None
-_STEPS = {"secret_created": "create", "old_secret_retired": "retire",
-          "new_secret_discarded": "rollback"}
-
-
-def _read_with_facts(store: SecretStore,
-                     location: str) -> tuple[StoredCredentials | None, StoreFacts]:
-    """The current credential at ``location`` and its facts, in one look where the store can."""
-    both = getattr(store, "read_with_facts", None)
-    if both is not None:
-        answer: tuple[StoredCredentials | None, StoreFacts] = both(location)
-        return answer
-    return store.read(location, Stage.CURRENT), store.facts(location)
-
-
-def _writes_current(store: SecretStore) -> bool:
-    """Whether ``store`` can write a single-secret rotation's value as CURRENT at once."""
-    return callable(getattr(store, "write_current", None))
-
-
-def _ms(started: float) -> int:
-    return int((time.monotonic() - started) * 1000)
 
 
 def _plan(caps: IdpCapabilities) -> str:
@@ -782,3 +478,4 @@ def _plan(caps: IdpCapabilities) -> str:
                 "promote it at once, then verify it with retries")
     return ("ask the IdP for a new secret (the old one stops working), store and promote it "
             "at once, then verify it with retries")
+

@@ -1,0 +1,189 @@
+"""The steps of a rotation that act: create, verify, retire, roll back, take back."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import structlog
+
+from rotator.config import ClientConfig
+from rotator.engine.audited import _expiry, _ms
+from rotator.engine.outcome import Abort
+from rotator.engine.store_steps import StoreSteps
+from rotator.engine.verification import verify_credentials
+from rotator.errors import (
+    RotationError,
+    StoreConflict,
+    StoreError,
+    VerificationError,
+)
+from rotator.interfaces import (
+    Credentials,
+    IdentityProvider,
+    IdpCapabilities,
+    IssuedSecret,
+    Rotation,
+    Stage,
+    State,
+)
+from rotator.secrets import check_secret_value
+from rotator.token import Token
+
+log = structlog.get_logger("rotator.engine")
+
+
+class Steps(StoreSteps):
+    """Each step that acts at the IdP or the stores, and records what it did."""
+
+    def _create_generated(self, client: ClientConfig, idp: IdentityProvider,
+                          caps: IdpCapabilities, rotation: Rotation, *, resumed: bool,
+                          abandon_pending: bool) -> Rotation:
+        issued: IssuedSecret | None = None
+        if resumed and caps.can_read_current:
+            # A run died after asking the IdP; if the IdP holds a secret that is not the old
+            # one, that is the secret it issued for us: keep it rather than create another.
+            value = idp.current_secret(client.client_id)
+            if value is not None and self.audit.fingerprint(value) != rotation.old_fingerprint:
+                issued = IssuedSecret(value, rotation.secret_ref)
+                self.audit.event("secret_recovered", step="create", outcome="success",
+                                 new_fingerprint=self.audit.fingerprint(value))
+        if issued is None:
+            issued = self._timed("secret_created", lambda: idp.create_secret(
+                client.client_id, rotation.id, None), rotation, abort_if_denied=True,
+                client=client)
+        fingerprint = self.audit.fingerprint(issued.value)
+        problem = check_secret_value(issued.value.reveal())
+        if problem:  # a hostile value must reach no store
+            reason = (f"the IdP issued a secret for client {client.name} that {problem}, so it "
+                      "cannot be stored safely")
+            self.audit.event("secret_refused", step="stage", outcome="failure", error=reason,
+                             new_fingerprint=fingerprint)
+            if rotation.family == "overlap":
+                self._take_back(client, idp, rotation, issued, fingerprint,
+                                f"{reason}; it was discarded at the IdP")
+            else:
+                self._fail(rotation, f"{reason}; the IdP no longer accepts the old secret, so "
+                                     "reset the client's secret at the IdP and store it")
+            raise Abort
+        try:
+            self._stage_all(client, rotation, issued.value, abandon_pending, issued=True)
+        except StoreError as exc:
+            if rotation.family == "overlap":
+                # The old secret still works: take the new one back rather than risk it.
+                hint = (" (if it holds a pending secret rotator's journal does not know, pass "
+                        "--abandon-pending to discard it)"
+                        if isinstance(exc, StoreConflict) else "")
+                self._take_back(client, idp, rotation, issued, fingerprint,
+                                f"a store refused the new secret: {exc}{hint}; it was "
+                                "discarded at the IdP and the old secret kept")
+                raise Abort from None
+            raise
+        return self._advance(rotation, State.CREATED, new_fingerprint=fingerprint,
+                             secret_ref=issued.secret_ref, expires_at=_expiry(issued))
+
+    def _take_back(self, client: ClientConfig, idp: IdentityProvider, rotation: Rotation,
+                   issued: IssuedSecret, fingerprint: str, reason: str) -> None:
+        """Discard a just-issued secret at an overlap IdP and end the rotation rolled back."""
+        rotation = self._advance(rotation, State.CREATING, new_fingerprint=fingerprint,
+                                 secret_ref=issued.secret_ref)
+        self._discard_at_idp(client, idp, rotation, issued)
+        for target in client.targets:  # stores that took it before one refused
+            with contextlib.suppress(StoreError):
+                self.adapters.store(target.store).discard_pending(target.location,
+                                                                  rotation.id)
+        self._advance(rotation, State.ROLLED_BACK, error=reason)
+
+    def _verify_step(self, client: ClientConfig, caps: IdpCapabilities, rotation: Rotation, *,
+                     next_state: State, single: bool = False) -> Rotation:
+        staged = self._staged.get(rotation.id)
+        if staged is not None:
+            creds = Credentials(client.client_id, staged)
+        else:
+            stage = Stage.CURRENT if single else Stage.PENDING
+            stored = self._read(client, stage)
+            if stored is None or (not single and stored.rotation_id not in (None, rotation.id)):
+                raise RotationError(f"no {stage} credential of rotation {rotation.id} to verify")
+            creds = stored.credentials
+        started = time.monotonic()
+        try:
+            token = self._verify_with_retries(client, caps, creds)
+        except VerificationError as exc:
+            self.audit.event("secret_verification_failed", step="verify", outcome="failure",
+                             error=str(exc), duration_ms=_ms(started),
+                             new_fingerprint=rotation.new_fingerprint)
+            if single:
+                return self._fail(
+                    rotation, f"the new secret is current (the IdP invalidated the old one) "
+                              f"but did not obtain a token: {exc}")
+            return self._advance(rotation, State.ROLLING_BACK,
+                                 error=f"the new secret failed verification: {exc}")
+        self.audit.event("secret_verified", step="verify", outcome="success",
+                         duration_ms=_ms(started), scopes=sorted(token.scopes),
+                         scopes_assumed=token.scopes_assumed,
+                         new_fingerprint=rotation.new_fingerprint)
+        if single:
+            # The IdP invalidated the old secret when it issued this one: stop offering it.
+            for target in client.targets:
+                self.adapters.store(target.store).drop_previous(target.location, rotation.id)
+            return self._advance(rotation, State.COMPLETED)
+        return self._advance(rotation, next_state)
+
+    def _verify_with_retries(self, client: ClientConfig, caps: IdpCapabilities,
+                             creds: Credentials) -> Token:
+        return verify_credentials(client, creds, self.adapters.idp(client.idp),
+                                  attempts=client.verify_attempts,
+                                  patience=caps.propagation_delay, sleep=self.sleep,
+                                  http=self.adapters.http(client, self.http_factory))
+
+    def _request_token(self, client: ClientConfig, creds: Credentials) -> Token:
+        return verify_credentials(client, creds, self.adapters.idp(client.idp), attempts=1,
+                                  sleep=self.sleep,
+                                  http=self.adapters.http(client, self.http_factory))
+
+    def _retire(self, client: ClientConfig, idp: IdentityProvider, caps: IdpCapabilities,
+                rotation: Rotation) -> Rotation:
+        current = self._read(client, Stage.CURRENT)
+        if current is None:
+            raise RotationError("no current credential to keep while retiring")
+        keep = IssuedSecret(current.credentials.client_secret, rotation.secret_ref)
+        count = 0
+        if caps.can_revoke_old:
+            count = self._timed("old_secret_retired",
+                                lambda: idp.retire_old_secrets(client.client_id, keep), rotation,
+                                client=client)
+        for target in client.targets:
+            self.adapters.store(target.store).drop_previous(target.location, rotation.id)
+        log.debug("old_secrets_retired", count=count)
+        return self._advance(rotation, State.COMPLETED)
+
+    def _rollback(self, client: ClientConfig, idp: IdentityProvider,
+                  rotation: Rotation) -> Rotation:
+        pending = self._pending_of(client, rotation)
+        if pending is not None:
+            self._discard_at_idp(client, idp, rotation, IssuedSecret(pending,
+                                                                      rotation.secret_ref))
+        for target in client.targets:
+            self.adapters.store(target.store).discard_pending(target.location, rotation.id)
+        return self._advance(rotation, State.ROLLED_BACK)
+
+    def _discard_at_idp(self, client: ClientConfig, idp: IdentityProvider, rotation: Rotation,
+                        issued: IssuedSecret) -> None:
+        current = self._read(client, Stage.CURRENT)
+        if current is None:
+            raise RotationError("no current credential to fall back to")
+        self._timed("new_secret_discarded", lambda: idp.discard_secret(
+            client.client_id, issued, current.credentials.client_secret), rotation,
+            client=client)
+
+    def _retirement_held(self, client: ClientConfig, rotation: Rotation) -> str | None:
+        """Why a gate (a required hook, ...) keeps ``rotation``'s old secret now, or None."""
+        with self.audit.immediate():  # a gate may alert and audit on its own
+            for gate in self.retirement_gates:
+                reason = gate.holds(client, rotation)
+                if reason is not None:
+                    return reason
+        return None
+
+    def _retirement_due(self, rotation: Rotation) -> bool:
+        return rotation.retire_after is None or self.clock() >= rotation.retire_after
