@@ -28,6 +28,8 @@ from typing import Any
 import httpx
 import jwt
 
+from rotator import _bounded
+from rotator._deadline import DeadlinePassed
 from rotator.config import ApiConfig, ApiToken, JwtConfig
 from rotator.errors import RotatorError
 
@@ -100,14 +102,19 @@ def _caller_name(value: str) -> str:
 
 
 class JwksCache:
-    """The issuer's JSON Web Key Set, fetched over httpx (TLS verified) and cached."""
+    """The issuer's JSON Web Key Set, fetched over httpx (TLS verified) and cached.
+
+    A fetch runs while an API request waits, so it has ``timeout`` seconds in all and reads
+    at most 256 KiB of answer (:mod:`rotator._bounded`): an issuer that drips its answer or
+    sends a huge one fails the fetch (:class:`JwksUnavailable`) instead of holding a worker.
+    """
 
     def __init__(self, uri: str, *, verify: bool | str = True, timeout: float = 5.0,
                  transport: httpx.BaseTransport | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._uri = uri
-        self._client = httpx.Client(verify=verify, timeout=timeout, transport=transport,
-                                    follow_redirects=False)
+        self._client = _bounded.client(timeout=timeout, verify=verify, transport=transport,
+                                       max_body=_JWKS_MAX_BYTES, follow_redirects=False)
         self._clock = clock
         self._lock = threading.Lock()
         self._keys: dict[str, jwt.PyJWK] = {}
@@ -139,10 +146,12 @@ class JwksCache:
         self.fetches += 1
         try:
             response = self._client.get(self._uri, headers={"Accept": "application/json"})
+        except (DeadlinePassed, _bounded.AnswerRefused) as exc:
+            raise JwksUnavailable(f"cannot fetch the issuer's keys: {exc}") from exc
         except httpx.HTTPError as exc:
             raise JwksUnavailable(f"cannot fetch the issuer's keys: "
                                   f"{type(exc).__name__}") from exc
-        if response.status_code != 200 or len(response.content) > _JWKS_MAX_BYTES:
+        if response.status_code != 200:
             raise JwksUnavailable(f"the issuer's key set answered HTTP {response.status_code}")
         try:
             keys = jwt.PyJWKSet.from_json(response.text).keys
