@@ -11,6 +11,9 @@ Static tokens are kept only as SHA-256 digests and compared with ``hmac.compare_
 against every configured token, so neither the answer nor its timing says which token came
 close. A JWT is accepted only if signed with an asymmetric key from the issuer's JWKS, with
 the configured ``iss`` and ``aud``, unexpired, and carrying the scope of at least one role.
+Each role has its scope (``rotator:<role>`` unless configured otherwise), ``consumer``
+included; a JWT carrying the consumer scope and another role's is refused, since a caller
+has one role and a consumer's may not be widened (nor another's narrowed) by a stray scope.
 """
 
 from __future__ import annotations
@@ -173,7 +176,8 @@ class JwtVerifier:
         self._config = config
         verify: bool | str = config.ca_file if config.ca_file else True
         self._keys = keys or JwksCache(config.jwks_uri, verify=verify)
-        self._role_of_scope = {scope: Role.named(role) for role, scope in config.scopes.items()}
+        self._role_of_scope = {config.scopes.get(str(role)) or default_scope(role): role
+                               for role in Role}
 
     def verify(self, token: str) -> Caller:
         try:
@@ -204,13 +208,21 @@ class JwtVerifier:
         name = claims.get("client_id") or claims.get("azp") or claims.get("sub")
         if not isinstance(name, str) or not name:
             raise Unauthenticated("the JWT names no client_id or sub")
-        roles = [self._role_of_scope[s] for s in _scopes(claims) if s in self._role_of_scope]
+        roles = {self._role_of_scope[s] for s in _scopes(claims) if s in self._role_of_scope}
         if not roles:
             raise Unauthenticated("the JWT carries none of the scopes this API grants")
+        if Role.CONSUMER in roles and len(roles) > 1:
+            raise Unauthenticated("the JWT carries the consumer scope and another role's; a "
+                                  "consumer's token may carry only the consumer scope")
         return Caller(_caller_name(name), max(roles), "jwt")
 
     def close(self) -> None:
         self._keys.close()
+
+
+def default_scope(role: Role) -> str:
+    """The scope that grants ``role`` to a JWT unless ``[api.jwt]`` names another."""
+    return f"rotator:{role}"
 
 
 def _scopes(claims: Mapping[str, Any]) -> Sequence[str]:
