@@ -24,6 +24,7 @@ logged (``consumer_report_recovered``).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -37,6 +38,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 import structlog
 
+from rotator import _deadline
 from rotator.consumers import HOSTNAME_PATTERN, INSTANCE_PATTERN, consumer_fingerprint
 from rotator.errors import ConfigError, ConfigProblem
 from rotator.secrets import Secret
@@ -45,7 +47,8 @@ log = structlog.get_logger("rotator.client")
 
 FIRST_BACKOFF = 30.0
 MAX_BACKOFF = 600.0
-#: Seconds a report may take: it runs in the thread that refreshed the token.
+#: Seconds a report may take in all (rotator._deadline: however slowly the daemon, or what
+#: stands in its place, answers): it runs in the thread that refreshed the token.
 REPORT_TIMEOUT = 2.0
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
@@ -55,7 +58,8 @@ class ConsumerReporter:
 
     def __init__(self, url: str, client: str, token: Secret, key: bytes, *,
                  instance: str | None = None, http: httpx.Client | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 timeout: float = REPORT_TIMEOUT) -> None:
         self.url = url.rstrip("/") + f"/v1/clients/{quote(client, safe='')}/consumers"
         self.client = client
         self._token = token
@@ -64,9 +68,10 @@ class ConsumerReporter:
                                      f"{secrets.token_hex(3)}")[:128]
         if not re.match(INSTANCE_PATTERN, self.instance):
             raise ValueError("the consumer instance id must match " + INSTANCE_PATTERN)
-        self._http = http if http is not None else httpx.Client(timeout=REPORT_TIMEOUT)
+        self._http = http if http is not None else _deadline.client(timeout)
         self._owns_http = http is None
         self._clock = clock
+        self._timeout = timeout
         self._failures = 0
         self._skip_until = 0.0
         #: Reports sent, and failed (tests count them).
@@ -121,9 +126,12 @@ class ConsumerReporter:
                 "pid": os.getpid()}
         error: str | None = None
         try:
-            response = self._http.post(self.url, json=body, headers={
-                "Authorization": f"Bearer {self._token.reveal()}",
-                "User-Agent": "rotator-consumer/1"})
+            response = _deadline.post(
+                self._http, self.url, content=json.dumps(body).encode(),
+                headers={"Authorization": f"Bearer {self._token.reveal()}",
+                         "Content-Type": "application/json",
+                         "User-Agent": "rotator-consumer/1"},
+                deadline=self._timeout)
             if response.status_code != 204:
                 error = f"the daemon answered HTTP {response.status_code}"
         except httpx.HTTPError as exc:

@@ -406,6 +406,8 @@ audience = "{AUDIENCE}"
         "jwt-read": signing_key.sign(scope="rotator:read"),
         "jwt-rotate": signing_key.sign(scope="rotator:rotate"),
         "jwt-admin": signing_key.sign(scope="rotator:admin"),
+        "jwt-consumer": signing_key.sign(scope="rotator:consumer"),
+        "jwt-consumer-read": signing_key.sign(scope="rotator:consumer rotator:read"),
         "jwt-expired": signing_key.sign(scope="rotator:admin", expires_in=-120),
         "jwt-audience": signing_key.sign(scope="rotator:admin", audience="other"),
         "jwt-issuer": signing_key.sign(scope="rotator:admin", issuer="https://evil.test"),
@@ -433,7 +435,8 @@ CREDENTIALS: dict[str, tuple[str | None, str | None]] = {
     "read": ("read", "viewer"), "hashed": ("read", "grafana"), "rotate": ("rotate", "ci"),
     "admin": ("admin", "ops"), "jwt-read": ("read", "ops-bot"),
     "jwt-rotate": ("rotate", "ops-bot"), "jwt-admin": ("admin", "ops-bot"),
-    "consumer": ("consumer", "web"),
+    "consumer": ("consumer", "web"), "jwt-consumer": ("consumer", "ops-bot"),
+    "jwt-consumer-read": (None, None),
 }
 _RANK = {"consumer": 0, "read": 1, "rotate": 2, "admin": 3}
 

@@ -18,6 +18,13 @@ and ``DeleteUserPoolClientSecret`` on the user pool. The token endpoint is
 
 Retries are botocore's ``standard`` mode (``TooManyRequestsException`` and 5xx, with
 backoff; ``max_attempts`` in all). No botocore exception leaves this module.
+
+botocore's ``read_timeout`` bounds each socket read, not a call, and it reads an answer whole:
+an endpoint (or whatever answers in its place) that sends one byte a second, or 256 MB, would
+hold a rotation as long as it likes. So botocore's requests, once signed, are sent through
+:class:`rotator._bounded.BoundedTransport` (httpx): each attempt has ``timeout`` seconds in
+all and an answer of at most 1 MiB, or fails as a timeout that botocore retries. Proxies from
+the environment (``HTTPS_PROXY``) are not used for these calls.
 """
 
 from __future__ import annotations
@@ -25,12 +32,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import boto3
 import botocore.exceptions as bex
+import httpx
 from botocore.config import Config
 
+from rotator import _bounded
+from rotator._deadline import DeadlinePassed
 from rotator.errors import (
     IdentityProviderError,
     IdpAccessDenied,
@@ -40,9 +50,6 @@ from rotator.errors import (
 from rotator.interfaces import ClientId, IdpCapabilities, IssuedSecret, RotationId
 from rotator.secrets import Secret, redact
 from rotator.settings import Setting
-
-if TYPE_CHECKING:  # pragma: no cover
-    import httpx
 
 #: The SDK this adapter needs; the registry checks it before importing the module.
 REQUIRES = ("boto3",)
@@ -93,6 +100,7 @@ class CognitoIdp:
         self.name = name
         self._settings = dict(settings)
         self._transport = transport
+        self._http: httpx.BaseTransport | None = None
         self._session = session
         self._api: Any = None
         self._pools: dict[ClientId, str] = {}
@@ -105,27 +113,33 @@ class CognitoIdp:
 
     def start(self) -> None:
         s = self._settings
+        timeout = float(s.get("timeout") or 10.0)
+        verify: str | bool = s.get("ca_file") or bool(s.get("tls_verify", True))
         try:
             session = self._session or boto3.Session(profile_name=s.get("profile"))
             self._api = session.client(
                 "cognito-idp", region_name=s["region"], endpoint_url=s.get("endpoint_url"),
-                verify=s.get("ca_file") or bool(s.get("tls_verify", True)),
+                verify=verify,
                 config=Config(retries={"mode": "standard",
-                                       "max_attempts": int(s.get("max_attempts") or 5)},
-                              connect_timeout=float(s.get("timeout") or 10.0),
-                              read_timeout=float(s.get("timeout") or 10.0)))
+                                       "total_max_attempts": int(s.get("max_attempts") or 5)},
+                              connect_timeout=timeout, read_timeout=timeout))
         except (bex.BotoCoreError, ValueError) as exc:
             raise IdentityProviderError(f"Cognito {self.name!r}: cannot set up the client: "
                                         f"{redact(str(exc))}") from None
-        if self._transport is not None:
-            self._api.meta.events.register("before-send.cognito-idp", _through(self._transport))
+        inner = self._transport if self._transport is not None else httpx.HTTPTransport(
+            verify=verify, limits=httpx.Limits(max_keepalive_connections=0))
+        self._http = _bounded.BoundedTransport(inner, deadline=timeout)
+        self._api.meta.events.register("before-send.cognito-idp", _through(self._http))
 
     def close(self) -> None:
         if self._api is not None:
             self._api.close()
             self._api = None
-        if self._transport is not None:  # as an httpx.Client closes the transport it was given
-            self._transport.close()
+        # Closing the bounded transport closes the one it wraps, as an httpx.Client does.
+        closing = self._http if self._http is not None else self._transport
+        if closing is not None:
+            closing.close()
+        self._http = None
 
     def default_token_endpoint(self) -> str | None:
         domain = self._settings.get("domain_url")
@@ -174,8 +188,15 @@ class CognitoIdp:
                 bex.ReadTimeoutError) as exc:
             kind = "is unreachable" if isinstance(exc, bex.EndpointConnectionError) else \
                 "timed out"
+            bound = exc.kwargs.get("error")  # the bounded transport's own words, if it spoke
+            detail = str(bound) if isinstance(bound, DeadlinePassed) else str(exc)
             raise IdpUnavailable(f"Cognito {self.name!r}: the endpoint {kind} ({action}): "
-                                 f"{redact(str(exc))}") from None
+                                 f"{redact(detail)}") from None
+        except bex.ResponseStreamingError as exc:
+            bound = exc.kwargs.get("error")
+            detail = str(bound) if isinstance(bound, _bounded.AnswerRefused) else str(exc)
+            raise IdpUnavailable(f"Cognito {self.name!r}: {action} failed: "
+                                 f"{redact(detail)}") from None
         except (bex.BotoCoreError, ValueError, TypeError, AttributeError, KeyError) as exc:
             # A body botocore cannot parse (a proxy's page, a broken answer) lands here too.
             raise IdpUnavailable(f"Cognito {self.name!r}: {action} failed: "
@@ -292,9 +313,9 @@ class _Body:
 
 
 def _through(transport: httpx.BaseTransport) -> Callable[..., Any]:
-    """A ``before-send`` hook that sends botocore's requests through an httpx transport (tests
-    put a server's stand-in there, as they do for the httpx-based adapters)."""
-    import httpx
+    """A ``before-send`` hook that sends botocore's requests through an httpx transport: the
+    bounded one (around a test's stand-in for the server, if there is one). Its failures
+    become the botocore errors botocore retries and :meth:`CognitoIdp._call` words."""
     from botocore.awsrequest import AWSResponse
     from botocore.compat import HTTPHeaders
 
@@ -309,6 +330,12 @@ def _through(transport: httpx.BaseTransport) -> Callable[..., Any]:
                 request.method, request.url, headers=headers,
                 content=body.encode() if isinstance(body, str) else body))
             content = response.read()
+        except httpx.ConnectTimeout as exc:
+            raise bex.ConnectTimeoutError(endpoint_url=request.url, error=exc) from None
+        except httpx.TimeoutException as exc:  # DeadlinePassed among them
+            raise bex.ReadTimeoutError(endpoint_url=request.url, error=exc) from None
+        except _bounded.AnswerRefused as exc:
+            raise bex.ResponseStreamingError(error=exc) from None
         except httpx.HTTPError as exc:
             raise bex.EndpointConnectionError(endpoint_url=request.url, error=exc) from None
         answer_headers = HTTPHeaders()

@@ -11,6 +11,9 @@ Static tokens are kept only as SHA-256 digests and compared with ``hmac.compare_
 against every configured token, so neither the answer nor its timing says which token came
 close. A JWT is accepted only if signed with an asymmetric key from the issuer's JWKS, with
 the configured ``iss`` and ``aud``, unexpired, and carrying the scope of at least one role.
+Each role has its scope (``rotator:<role>`` unless configured otherwise), ``consumer``
+included; a JWT carrying the consumer scope and another role's is refused, since a caller
+has one role and a consumer's may not be widened (nor another's narrowed) by a stray scope.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from typing import Any
 import httpx
 import jwt
 
+from rotator import _bounded
+from rotator._deadline import DeadlinePassed
 from rotator.config import ApiConfig, ApiToken, JwtConfig
 from rotator.errors import RotatorError
 
@@ -100,14 +105,19 @@ def _caller_name(value: str) -> str:
 
 
 class JwksCache:
-    """The issuer's JSON Web Key Set, fetched over httpx (TLS verified) and cached."""
+    """The issuer's JSON Web Key Set, fetched over httpx (TLS verified) and cached.
+
+    A fetch runs while an API request waits, so it has ``timeout`` seconds in all and reads
+    at most 256 KiB of answer (:mod:`rotator._bounded`): an issuer that drips its answer or
+    sends a huge one fails the fetch (:class:`JwksUnavailable`) instead of holding a worker.
+    """
 
     def __init__(self, uri: str, *, verify: bool | str = True, timeout: float = 5.0,
                  transport: httpx.BaseTransport | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._uri = uri
-        self._client = httpx.Client(verify=verify, timeout=timeout, transport=transport,
-                                    follow_redirects=False)
+        self._client = _bounded.client(timeout=timeout, verify=verify, transport=transport,
+                                       max_body=_JWKS_MAX_BYTES, follow_redirects=False)
         self._clock = clock
         self._lock = threading.Lock()
         self._keys: dict[str, jwt.PyJWK] = {}
@@ -139,10 +149,12 @@ class JwksCache:
         self.fetches += 1
         try:
             response = self._client.get(self._uri, headers={"Accept": "application/json"})
+        except (DeadlinePassed, _bounded.AnswerRefused) as exc:
+            raise JwksUnavailable(f"cannot fetch the issuer's keys: {exc}") from exc
         except httpx.HTTPError as exc:
             raise JwksUnavailable(f"cannot fetch the issuer's keys: "
                                   f"{type(exc).__name__}") from exc
-        if response.status_code != 200 or len(response.content) > _JWKS_MAX_BYTES:
+        if response.status_code != 200:
             raise JwksUnavailable(f"the issuer's key set answered HTTP {response.status_code}")
         try:
             keys = jwt.PyJWKSet.from_json(response.text).keys
@@ -164,7 +176,8 @@ class JwtVerifier:
         self._config = config
         verify: bool | str = config.ca_file if config.ca_file else True
         self._keys = keys or JwksCache(config.jwks_uri, verify=verify)
-        self._role_of_scope = {scope: Role.named(role) for role, scope in config.scopes.items()}
+        self._role_of_scope = {config.scopes.get(str(role)) or default_scope(role): role
+                               for role in Role}
 
     def verify(self, token: str) -> Caller:
         try:
@@ -195,13 +208,21 @@ class JwtVerifier:
         name = claims.get("client_id") or claims.get("azp") or claims.get("sub")
         if not isinstance(name, str) or not name:
             raise Unauthenticated("the JWT names no client_id or sub")
-        roles = [self._role_of_scope[s] for s in _scopes(claims) if s in self._role_of_scope]
+        roles = {self._role_of_scope[s] for s in _scopes(claims) if s in self._role_of_scope}
         if not roles:
             raise Unauthenticated("the JWT carries none of the scopes this API grants")
+        if Role.CONSUMER in roles and len(roles) > 1:
+            raise Unauthenticated("the JWT carries the consumer scope and another role's; a "
+                                  "consumer's token may carry only the consumer scope")
         return Caller(_caller_name(name), max(roles), "jwt")
 
     def close(self) -> None:
         self._keys.close()
+
+
+def default_scope(role: Role) -> str:
+    """The scope that grants ``role`` to a JWT unless ``[api.jwt]`` names another."""
+    return f"rotator:{role}"
 
 
 def _scopes(claims: Mapping[str, Any]) -> Sequence[str]:

@@ -1,0 +1,74 @@
+"""JWT access tokens and the admin API's roles: every role, ``consumer`` included, is granted
+by its own scope, and a consumer's token carries no other role's scope."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from api_support import AUDIENCE, ISSUER, JwksServer, SigningKey
+
+from rotator.config import JwtConfig
+from rotator.daemon.auth import Authenticator, JwtVerifier, Role, Unauthenticated
+
+#: What [api.jwt] gives the verifier today: the scopes of read, rotate and admin.
+ORDERED_SCOPES = {"read": "rotator:read", "rotate": "rotator:rotate", "admin": "rotator:admin"}
+
+
+@pytest.fixture(scope="module")
+def signing_key() -> SigningKey:
+    return SigningKey("k1")
+
+
+@pytest.fixture(scope="module")
+def jwks(signing_key: SigningKey) -> Iterator[JwksServer]:
+    with JwksServer([signing_key]).running() as server:
+        yield server
+
+
+def _auth(uri: str, scopes: dict[str, str]) -> Authenticator:
+    return Authenticator(jwt=JwtVerifier(JwtConfig(uri, ISSUER, AUDIENCE, scopes)))
+
+
+class TestJwtConsumerRole:
+    """A JWT holding the consumer scope authenticates as a consumer, and only when it holds
+    no other role's scope."""
+
+    def test_the_default_consumer_scope_grants_consumer(self, jwks: JwksServer,
+                                                        signing_key: SigningKey) -> None:
+        auth = _auth(jwks.uri, ORDERED_SCOPES)
+        caller = auth.authenticate(f"Bearer {signing_key.sign(scope='openid rotator:consumer')}")
+        assert (caller.name, caller.role, caller.kind) == ("ops-bot", Role.CONSUMER, "jwt")
+        assert caller.actor == "api:jwt:ops-bot"
+
+    def test_scp_claim_grants_consumer_too(self, jwks: JwksServer,
+                                           signing_key: SigningKey) -> None:
+        import jwt
+
+        token = jwt.encode({"iss": ISSUER, "aud": AUDIENCE, "exp": 2**31, "sub": "web-7",
+                            "scp": ["rotator:consumer"]},
+                           signing_key.private, algorithm="RS256", headers={"kid": "k1"})
+        caller = _auth(jwks.uri, ORDERED_SCOPES).authenticate(f"Bearer {token}")
+        assert (caller.name, caller.role) == ("web-7", Role.CONSUMER)
+
+    def test_a_configured_consumer_scope_replaces_the_default(
+            self, jwks: JwksServer, signing_key: SigningKey) -> None:
+        auth = _auth(jwks.uri, {**ORDERED_SCOPES, "consumer": "payments:report"})
+        caller = auth.authenticate(f"Bearer {signing_key.sign(scope='payments:report')}")
+        assert caller.role == Role.CONSUMER
+        with pytest.raises(Unauthenticated, match="none of the scopes"):
+            auth.authenticate(f"Bearer {signing_key.sign(scope='rotator:consumer')}")
+
+    @pytest.mark.parametrize("other", sorted(ORDERED_SCOPES.values()))
+    def test_consumer_with_another_role_is_refused(self, jwks: JwksServer,
+                                                   signing_key: SigningKey, other: str) -> None:
+        token = signing_key.sign(scope=f"rotator:consumer {other}")
+        with pytest.raises(Unauthenticated, match="only the consumer scope") as caught:
+            _auth(jwks.uri, ORDERED_SCOPES).authenticate(f"Bearer {token}")
+        assert token not in str(caught.value)
+
+    def test_ordered_roles_still_take_the_strongest(self, jwks: JwksServer,
+                                                    signing_key: SigningKey) -> None:
+        token = signing_key.sign(scope="rotator:read rotator:rotate rotator:admin")
+        assert _auth(jwks.uri, ORDERED_SCOPES).authenticate(f"Bearer {token}").role == \
+            Role.ADMIN

@@ -1,0 +1,133 @@
+"""Hostile answers to the outgoing calls tests/test_hostile_idp.py does not cover: a
+consumer's report to the daemon, the admin API's JWKS fetch, and the Cognito adapter (boto3).
+
+A server on 127.0.0.1 answers one byte at a time (of its headers or its body), with a 256 MB
+body, or never. Each call gives up within its total timeout (counted in what the server
+managed to send, not in seconds), reads at most a bounded prefix, fails with its own error in
+one line, and names no secret.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from collections.abc import Callable, Iterator
+
+import boto3
+import pytest
+from hostile_http import HostileServer
+from structlog.testing import capture_logs
+
+from providers.idps.cognito import CognitoIdp
+from rotator.client_report import ConsumerReporter
+from rotator.daemon.auth import JwksCache, JwksUnavailable
+from rotator.errors import IdpUnavailable
+from rotator.secrets import Secret
+
+TIMEOUT = 0.5
+#: A slow server sends one piece every PACE seconds, LIMIT pieces in all (100 s): a caller
+#: that keeps its total timeout leaves after about TIMEOUT / PACE of them.
+PACE, LIMIT = 0.05, 2000
+MODES = ("slow_body", "slow_headers", "huge", "silent")
+
+
+class _Server(HostileServer):
+    """tests/hostile_http.py's server, with one more mode: ``silent`` reads the request and
+    never answers; it lets go only when the caller closes the connection."""
+
+    def _silent(self, conn: socket.socket, request: bytes) -> None:
+        while conn.recv(65536):
+            pass
+
+
+@pytest.fixture
+def hostile() -> Iterator[Callable[[str], HostileServer]]:
+    made: list[HostileServer] = []
+
+    def make(mode: str) -> HostileServer:
+        made.append(_Server(mode, pace=PACE, limit=LIMIT, status=200))
+        return made[-1]
+    yield make
+    for server in made:
+        server.close()
+
+
+def _check(server: HostileServer, message: str, *secrets_sent: str) -> None:
+    assert server.requests, "the request never arrived"
+    assert server.finished.wait(30), "the caller never let go of the connection"
+    if server.mode.startswith("slow"):
+        assert server.chunks_sent < LIMIT // 4
+    if server.mode == "huge":  # 64 KiB blocks: about the bound and socket buffers
+        assert server.chunks_sent < 200
+    assert "\n" not in message and "\r" not in message
+    for value in secrets_sent:
+        assert value not in message
+
+
+class TestConsumerReportAgainstHostileDaemon:
+    """A consumer's report to a slow, oversized or silent daemon fails within its timeout,
+    logged once without the token, and never raises into the token fetch."""
+
+    @pytest.mark.parametrize("mode", MODES)
+    def test_mode(self, mode: str, hostile: Callable[[str], HostileServer]) -> None:
+        server = hostile(mode)
+        token = secrets.token_urlsafe(24)
+        reporter = ConsumerReporter(f"http://127.0.0.1:{server.port}", "svc", Secret(token),
+                                    secrets.token_bytes(32), instance="web-1",
+                                    timeout=TIMEOUT)
+        try:
+            with capture_logs() as logs:
+                assert reporter.report(Secret(secrets.token_urlsafe(32))) is False
+        finally:
+            reporter.close()
+        assert (reporter.sent, reporter.failed) == (0, 1)
+        [event] = [e for e in logs if e["event"] == "consumer_report_failed"]
+        error = str(event["error"])
+        _check(server, error, token)
+        # a huge answer's status arrives at once (200, not 204); the others never finish
+        assert ("DeadlinePassed" in error) == (mode != "huge")
+
+
+class TestJwksFetchAgainstHostileIssuer:
+    """The admin API's fetch of the issuer's keys from a slow, oversized or silent server
+    ends within its timeout as JwksUnavailable (a retryable 503, not a stuck worker)."""
+
+    @pytest.mark.parametrize("mode", MODES)
+    def test_mode(self, mode: str, hostile: Callable[[str], HostileServer]) -> None:
+        server = hostile(mode)
+        cache = JwksCache(f"http://127.0.0.1:{server.port}/certs", timeout=TIMEOUT)
+        try:
+            with pytest.raises(JwksUnavailable) as caught:
+                cache.key("k1")
+        finally:
+            cache.close()
+        message = str(caught.value)
+        _check(server, message)
+        assert cache.fetches == 1
+        assert ("larger than" if mode == "huge" else "within") in message
+
+
+class TestCognitoAgainstHostileEndpoint:
+    """A Cognito call (boto3) to a slow, oversized or silent endpoint ends, retries included,
+    within max_attempts times its timeout as IdpUnavailable naming no AWS secret key."""
+
+    @pytest.mark.parametrize("mode", MODES)
+    def test_mode(self, mode: str, hostile: Callable[[str], HostileServer]) -> None:
+        server = hostile(mode)
+        secret_key = secrets.token_urlsafe(30)
+        idp = CognitoIdp("cognito", {
+            "region": "eu-west-1", "user_pool_id": "eu-west-1_AbC123",
+            "endpoint_url": f"http://127.0.0.1:{server.port}", "tls_verify": True,
+            "ca_file": None, "timeout": TIMEOUT, "max_attempts": 2, "propagation_delay": 0.0,
+        }, session=boto3.Session(aws_access_key_id="AKIDROTATORTEST",
+                                 aws_secret_access_key=secret_key))
+        idp.start()
+        try:
+            with pytest.raises(IdpUnavailable) as caught:
+                idp.capabilities("svc")
+        finally:
+            idp.close()
+        message = str(caught.value)
+        _check(server, message, secret_key)
+        assert len(server.requests) == 2  # botocore retried once, each attempt bounded
+        assert ("larger than" if mode == "huge" else "within") in message
