@@ -3,13 +3,16 @@ by its own scope, and a consumer's token carries no other role's scope."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from api_support import AUDIENCE, ISSUER, JwksServer, SigningKey
 
-from rotator.config import JwtConfig
+from rotator.config import JwtConfig, load_config
 from rotator.daemon.auth import Authenticator, JwtVerifier, Role, Unauthenticated
+from rotator.errors import ConfigError
 
 #: What [api.jwt] gives the verifier today: the scopes of read, rotate and admin.
 ORDERED_SCOPES = {"read": "rotator:read", "rotate": "rotator:rotate", "admin": "rotator:admin"}
@@ -72,3 +75,46 @@ class TestJwtConsumerRole:
         token = signing_key.sign(scope="rotator:read rotator:rotate rotator:admin")
         assert _auth(jwks.uri, ORDERED_SCOPES).authenticate(f"Bearer {token}").role == \
             Role.ADMIN
+
+
+class TestJwtScopesInTheConfig:
+    """[api.jwt] maps each role, the consumer one too, to its own scope, and refuses two roles
+    sharing one."""
+
+    _JWT = '[api.jwt]\njwks_uri = "https://idp.example.com/certs"\nissuer = "i"\naudience = "a"\n'
+
+    def test_the_consumer_scope_reaches_the_verifier(self, tmp_path: Path) -> None:
+        config = _load(tmp_path, self._JWT + 'consumer_scope = "svc:report"\n')
+        scopes = config.api.jwt.scopes  # type: ignore[attr-defined]
+        assert scopes["consumer"] == "svc:report"
+        assert scopes["read"] == "rotator:read"
+
+    def test_two_roles_with_one_scope_are_refused(self, tmp_path: Path) -> None:
+        with pytest.raises(ConfigError) as info:
+            _load(tmp_path, self._JWT + 'consumer_scope = "rotator:read"\n')
+        problems = {p.key: p.reason for p in info.value.problems}
+        assert "also another role's scope" in problems["api.jwt.consumer_scope"]
+        assert "also another role's scope" in problems["api.jwt.read_scope"]
+
+
+def _load(tmp_path: Path, api: str) -> object:
+    (tmp_path / "rotator.toml").write_text("""
+[audit]
+file = "audit.jsonl"
+key_env = "AUDIT_KEY"
+[stores.local]
+type = "env"
+file = "creds.env"
+[idps.kc]
+type = "keycloak"
+url = "https://sso.test"
+realm = "r"
+admin_client_id = "rotator"
+admin_client_secret_env = "KC_SECRET"
+[clients.app]
+idp = "kc"
+client_id = "app"
+stores = [{ store = "local", prefix = "APP" }]
+""" + api, encoding="utf-8")
+    return load_config(tmp_path / "rotator.toml", environ={
+        "AUDIT_KEY": secrets.token_hex(16), "KC_SECRET": secrets.token_hex(16)})

@@ -18,6 +18,7 @@ from rotator.config.schema import (
     _NAME,
     _SHA256_HEX,
     API_ROLES,
+    CONSUMER_ROLE,
     MIN_API_TOKEN_LENGTH,
 )
 from rotator.settings import check_settings
@@ -93,9 +94,16 @@ def _api(raw: Any, problems: _Problems, base: Path, environ: Mapping[str, str],
             elif parts.scheme == "http" and not is_loopback(parts.hostname):
                 j_report("jwks_uri", "plain http:// is allowed only to this machine's "
                                      "loopback address; use https://")
-        if all(setting.key in js for setting in _API_JWT_SETTINGS):
+        roles = (*API_ROLES, CONSUMER_ROLE)
+        scopes = [js.get(f"{role}_scope") for role in roles]
+        for role, scope in zip(roles, scopes, strict=True):
+            if scope is not None and scopes.count(scope) > 1:
+                j_report(f"{role}_scope", f"{scope!r} is also another role's scope: each "
+                                          f"role needs its own")
+        distinct = len(set(scopes)) == len(scopes)
+        if distinct and all(setting.key in js for setting in _API_JWT_SETTINGS):
             jwt = JwtConfig(js["jwks_uri"], js["issuer"], js["audience"],
-                            {role: js[f"{role}_scope"] for role in API_ROLES},
+                            {role: js[f"{role}_scope"] for role in roles},
                             js["ca_file"])
     return ApiConfig(host=host, port=port, cert_file=s.get("cert_file"),
                      key_file=s.get("key_file"), insecure_http=bool(s.get("insecure_http")),

@@ -30,7 +30,7 @@ class JwtConfig:
     jwks_uri: str
     issuer: str
     audience: str
-    #: The scope that grants each role (``read``, ``rotate``, ``admin``).
+    #: The scope that grants each role (``read``, ``rotate``, ``admin``, ``consumer``).
     scopes: Mapping[str, str]
     ca_file: str | None = None
 

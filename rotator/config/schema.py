@@ -163,6 +163,8 @@ _API_JWT_SETTINGS = (
     Setting("read_scope", default="rotator:read"),
     Setting("rotate_scope", default="rotator:rotate"),
     Setting("admin_scope", default="rotator:admin"),
+    Setting("consumer_scope", default="rotator:consumer",
+            help="grants only reporting which secret a consumer uses"),
     Setting("ca_file", "path", help="trust this CA for the JWKS endpoint"),
 )
 
