@@ -584,11 +584,13 @@ class PostgresJournal:
                              "WHERE id = %s", (trigger_id,)).fetchone()
         return (row[0], row[1], row[2], row[3]) if row else None
 
-    def pending_rotations(self) -> list[tuple[str, str, str]]:
-        """Every pending trigger: (id, client, actor), oldest first."""
+    def pending_rotations(self, older_than: float = 0.0) -> list[tuple[str, str, str]]:
+        """Every trigger pending for more than ``older_than`` seconds (the database's clock):
+        (id, client, actor), oldest first."""
         with self._tx(one_statement=True) as db:
-            rows = db.execute("SELECT id, client, actor FROM triggers "
-                              "WHERE rotation_id IS NULL ORDER BY queued_at").fetchall()
+            rows = db.execute("SELECT id, client, actor FROM triggers WHERE rotation_id IS NULL "
+                              "AND queued_at <= clock_timestamp() - make_interval(secs => %s) "
+                              "ORDER BY queued_at", (older_than,)).fetchall()
         return [(r[0], r[1], r[2]) for r in rows]
 
     def drop_queued(self, trigger_id: str) -> None:
