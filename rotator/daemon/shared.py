@@ -67,9 +67,12 @@ def _expiry(text: str | None) -> datetime | None:
 
 
 def facts_of(found: Any) -> tuple[Facts, datetime | None]:
-    """One client's ``client_facts`` entry as (journal facts, secret expiry)."""
-    return ((found.last_success_at, found.latest, found.open),
-            _expiry(found.secret_expires_at))
+    """One client's ``client_facts`` entry as (journal facts, secret expiry), for the
+    scheduler: an open rotation a daemon drives under its live lease is left out (this
+    daemon would only queue a job to resume it, which finds nothing to do once that daemon
+    is done); if that daemon goes away, its lease expires and the next read includes it."""
+    opened = found.open if found.holder is None else None
+    return ((found.last_success_at, found.latest, opened), _expiry(found.secret_expires_at))
 
 
 def shared_record(rec: ClientRecord, found: Any) -> ClientRecord:
