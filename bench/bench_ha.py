@@ -7,10 +7,12 @@ one daemon, waits until every client's rotation is completed in the journal, the
 same with three daemons on fresh clients and a fresh journal schema, on a real PostgreSQL 15
 (``tests/server_postgres.py``). Each daemon has ``[daemon] workers = 4``. It prints the time
 until all are rotated and the PostgreSQL statements per rotation (counted in each daemon
-process, ``tests/ha_runner.py``), each beside its target: 3 daemons faster than 1, never
-slower than 1.1x. Hydra, not Keycloak: see ``tests/test_ha_processes.py``. On a shared
-two-core machine the daemons, Hydra and PostgreSQL compete for the same cores, so the gain
-of three daemons is bounded by the CPU, not by rotator. Not a test: it never fails.
+process, ``tests/ha_runner.py``: every ``execute``, not the ``BEGIN``/``COMMIT`` of a
+multi-statement transaction; see ``docs/ha.md`` for measured figures), each beside its
+target: 3 daemons faster than 1, never slower than 1.1x. Hydra, not Keycloak: see
+``tests/test_ha_processes.py``. On a shared two-core machine the daemons, Hydra and
+PostgreSQL compete for the same cores, so the gain of three daemons is bounded by the CPU,
+not by rotator. Not a test: it never fails.
 """
 
 from __future__ import annotations

@@ -525,6 +525,12 @@ def _daemon_view(engine: Engine, name: str) -> dict[str, Any]:
 
     record = load_record(engine.journal, engine.config, engine.config.clients[name],
                          facts=current_since)
+    from rotator.daemon import shared
+
+    if shared.supported(engine.journal):  # a shared journal: as every daemon's API says
+        found = shared.client_facts(engine.journal, [name]) or {}
+        if name in found:
+            record = shared.shared_record(record, found[name])
     state = record.state(engine.clock())
 
     def at(value: datetime | None) -> str | None:

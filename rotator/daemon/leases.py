@@ -88,13 +88,17 @@ def leased(journal: Journal, client: str, holder: str, ttl: float, *,
 
 
 def claim(journal: Journal, clients: list[str], holder: str, ttl: float,
-          limit: int, known: list[str | None]) -> tuple[dict[str, Lease], list[str]] | None:
+          limit: int, known: list[str | None], *,
+          rooms: list[tuple[str, int]] | None = None
+          ) -> tuple[dict[str, Lease], list[str]] | None:
     """Leases on at most ``limit`` of ``clients`` that no daemon holds, taken in one database
     round trip (``PostgresJournal.claim_leases``), and the clients another daemon rotated
     since ``known`` (per client: its newest rotation id known, or "" for no check); None
-    when the journal cannot batch."""
+    when the journal cannot batch. ``rooms``: per client, its IdP and how many of that IdP
+    may still be claimed."""
     batch = getattr(journal, "claim_leases", None)
     if batch is None:
         return None
-    leases, elsewhere = batch(clients, holder, ttl, limit, known)
+    leases, elsewhere = batch(clients, holder, ttl, limit, known) if rooms is None \
+        else batch(clients, holder, ttl, limit, known, rooms=rooms)
     return {lease.client: lease for lease in leases}, list(elsewhere)

@@ -34,6 +34,7 @@ import structlog
 from rotator.audit import AuditLog
 from rotator.config import ClientConfig, Config
 from rotator.consumers import ConsumerRegistry, ConsumerReport
+from rotator.daemon import shared
 from rotator.daemon.deferred import DEFERRED_WAIT, DeferredFacts
 from rotator.daemon.leases import claim, holder_name, leased
 from rotator.daemon.model import (
@@ -137,6 +138,8 @@ class Service:
         self._audit = audit
         self._swept: float | None = None  # monotonic time of the last hooks/alerts sweep
         self._sweeping = False
+        #: Monotonic time of the next look at triggers queued through other daemons.
+        self._triggers_next = 0.0
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -268,6 +271,11 @@ class Service:
     # -- RotationService -------------------------------------------------------------------
 
     def clients(self) -> Sequence[ClientState]:
+        common = self._shared_states(None)
+        if common is not None:
+            snapshot = self._consumer_snapshot()
+            return [self._with_consumers(state, config, snapshot)
+                    for state, config in common]
         if not self._deferred.ready.is_set():  # start-up: every client's facts first
             self._deferred.ready.wait(DEFERRED_WAIT)
         with self._lock:
@@ -277,6 +285,10 @@ class Service:
         return [self._with_consumers(state, config, snapshot) for state, config in states]
 
     def client(self, name: str) -> ClientState:
+        common = self._shared_states(name)
+        if common:
+            state, config = common[0]
+            return self._with_consumers(state, config, self._consumer_snapshot())
         with self._lock:
             rec = self._record(name)
         if rec.facts_pending:  # start-up: read this one's facts now
@@ -285,11 +297,35 @@ class Service:
             state = rec.state(self._clock())
         return self._with_consumers(state, rec.config, self._consumer_snapshot())
 
+    def _shared_states(self, name: str | None
+                       ) -> list[tuple[ClientState, ClientConfig]] | None:
+        """With a journal several daemons share: the clients' states (``name``'s, or all)
+        as the journal tells every daemon (rotator.daemon.shared); else None."""
+        if self._config.journal.url is None:
+            return None
+        journal = self._journal()
+        if not shared.supported(journal):
+            return None
+        with self._lock:
+            if name is not None:
+                self._record(name)
+            records = {n: dataclasses.replace(r) for n, r in sorted(self._records.items())
+                       if name is None or n == name}
+        states = shared.shared_states(journal, records, self._clock())
+        if states is None:
+            return None
+        return [(states[n], r.config) for n, r in records.items() if n in states]
+
     def rotation(self, rotation_id: str) -> RotationView:
         with self._lock:
             job = self._jobs.get(rotation_id)
             job = dataclasses.replace(job) if job is not None else None
         journal = self._journal()
+        if self._config.journal.url is not None and job is not None and job.state != "done":
+            # Shared: the journal first, so that a job this daemon queued for a trigger
+            # another daemon ran answers as every daemon does (rotator.daemon.shared).
+            with contextlib.suppress(RotationError):
+                return rotation_view(journal, journal.get(rotation_id))
         if job is not None and job.real_id is None and job.outcome is not None:
             # It ended before the journal heard of it (refused at the start).
             return RotationView(job.id, job.client, job.outcome.action, None, job.actor,
@@ -305,11 +341,23 @@ class Service:
         try:
             return rotation_view(journal, journal.get(real_id))
         except RotationError:
-            raise UnknownRotation(f"no rotation {rotation_id!r}") from None
+            pass
+        try:  # a trigger queued through another daemon's API (rotator.daemon.shared)
+            queued = shared.queued_view(journal, rotation_id)
+        except RotationError:
+            queued = None
+        if isinstance(queued, RotationView):
+            return queued
+        if queued is not None:
+            return rotation_view(journal, queued)
+        raise UnknownRotation(f"no rotation {rotation_id!r}")
 
     def trigger_rotation(self, name: str, *, actor: str,
                          idempotency_key: str | None = None) -> Trigger:
         self._journal_reachable()
+        common = self._shared_trigger(name, actor, idempotency_key)
+        if common is not None:
+            return common
         with self._lock:
             self._taking()
             now = self._clock()
@@ -334,6 +382,55 @@ class Service:
                 trigger = Trigger(job.id, name, joined=False)
             if idempotency_key is not None:
                 self._idempotency[idempotency_key] = (now, trigger)
+        self._wakeup.set()
+        return trigger
+
+    def _shared_trigger(self, name: str, actor: str,
+                        idempotency_key: str | None) -> Trigger | None:
+        """With a journal several daemons share: join the client's open rotation wherever it
+        runs, or the trigger queued through any daemon; else queue one in the journal and
+        here (rotator.daemon.shared). None when the journal is not shared."""
+        journal = self._journal()
+        if self._config.journal.url is None or not shared.supported(journal):
+            return None
+        with self._lock:
+            self._taking()
+            now = self._clock()
+            if idempotency_key is not None:
+                self._idempotency = {k: v for k, v in self._idempotency.items()
+                                     if now - v[0] < IDEMPOTENCY_TTL}
+                if idempotency_key in self._idempotency:
+                    return self._idempotency[idempotency_key][1]
+            rec = self._record(name)
+            if rec.removed:
+                raise UnknownClient(f"client {name!r} was removed from the configuration")
+            if rec.job is not None and rec.job.kind == "retire":
+                raise ServiceUnavailable(f"the old secret of {name!r} is being retired; "
+                                         "trigger the rotation again when that is done")
+            local = rec.job
+            if local is not None and local.state == "running":
+                trigger: Trigger | None = Trigger(local.id, name, joined=True)
+            else:
+                trigger = None
+                wanted = local.id if local is not None and local.kind == "rotate" \
+                    else new_rotation_id()
+        if trigger is None:
+            try:
+                rotation_id, joined = journal.queue_rotation(  # type: ignore[attr-defined]
+                    name, wanted, actor)
+            except RotatorError as exc:
+                raise ServiceUnavailable(
+                    f"{redact(str(exc))}; the trigger was not taken: try again once the "
+                    "journal database is back") from exc
+            with self._lock:
+                here = self._records.get(name)
+                if not joined and here is not None and here.job is None:
+                    self._queue(here, "rotate", actor, rotation_id)
+                rejoined = local is not None and rotation_id == wanted  # its queued job
+                trigger = Trigger(rotation_id, name, joined=joined or rejoined)
+        if idempotency_key is not None:
+            with self._lock:
+                self._idempotency[idempotency_key] = (self._clock(), trigger)
         self._wakeup.set()
         return trigger
 
@@ -462,7 +559,7 @@ class Service:
                 free = daemon.workers - running
                 queued = [j for j in queued if not self._throttled(j.idp, now)]
         if self._config.journal.url is not None and not self._stopping.is_set():
-            queued = self._claim(queued, free, now)
+            queued = self._claim(self._picked_up(queued), free, now)
             wake.append(now + timedelta(seconds=min(max(daemon.lease / 3, 1.0), 30.0)))
         with self._lock:
             for job in queued:
@@ -482,6 +579,24 @@ class Service:
             self._spawn(lambda job=job: self._run(job))  # type: ignore[misc]
         return min(wake) if wake else None
 
+    def _picked_up(self, queued: list[Job]) -> list[Job]:
+        """``queued``, with the triggers queued through any daemon's API for clients this
+        daemon has no job for (looked at every third of ``lease``, at most every 30 s): if
+        the daemon that took one went away, another runs it (rotator.daemon.shared)."""
+        if time.monotonic() < self._triggers_next:
+            return queued
+        self._triggers_next = time.monotonic() + min(max(self._config.daemon.lease / 3, 1.0),
+                                                      30.0)
+        found = shared.pending(self._journal(), self._config.daemon.lease)
+        added = []
+        with self._lock:
+            for trigger_id, client, actor in found:
+                rec = self._records.get(client)
+                if rec is None or rec.removed or rec.job is not None:
+                    continue
+                added.append(self._queue(rec, "rotate", actor, trigger_id))
+        return queued + added
+
     def _throttled(self, idp: str, now: datetime) -> bool:
         until = self._gates.setdefault(idp, _IdpGate()).throttled_until
         return until is not None and until > now
@@ -498,22 +613,27 @@ class Service:
         with self._lock:
             room = {idp: self._config.daemon.idp_concurrency - gate.running
                     for idp, gate in self._gates.items()}
-        chosen: list[Job] = []
-        for job in order:  # no more of one IdP than its gate lets run
-            if room.get(job.idp, 0) > 0:
-                room[job.idp] -= 1
-                chosen.append(job)
+        # Offer up to eight times what can start: the statement takes at most ``free``, no
+        # more of one IdP than its gate lets run, and names every offered client another
+        # daemon rotated meanwhile, so this daemon drops those jobs in one round trip.
+        chosen = [j for j in order if room.get(j.idp, 0) > 0][:max(free * 8, 32)]
         with self._lock:
             known = [self._known(j) for j in chosen]
         journal = self._journal()
         answer = claim(journal, [j.client for j in chosen], self._holder,
-                       self._config.daemon.lease, free, known)
+                       self._config.daemon.lease, free, known,
+                       rooms=None if all(room[j.idp] >= free for j in chosen)
+                       else [(j.idp, room[j.idp]) for j in chosen])
         if answer is None:
             return queued
         claimed, elsewhere = answer
         with self._lock:
             self._claims.update({j.id: claimed[j.client] for j in chosen
                                  if j.client in claimed})
+        try:  # what the journal says of them now, in one statement for all
+            known_facts = shared.client_facts(journal, elsewhere) if elsewhere else None
+        except RotatorError:
+            known_facts = None
         for job in (j for j in chosen if j.client in elsewhere):
             # Another daemon rotated it since this one looked: no job, no lease taken.
             with self._lock:
@@ -521,7 +641,8 @@ class Service:
                 self._gates.setdefault(job.idp, _IdpGate()).running += 1
             self._finished(job, Outcome(job.client, True, "rotated_by_other",
                                         "rotated by another daemon since this one looked"),
-                           [], journal)
+                           [], journal, facts=known_facts.get(job.client)
+                           if known_facts is not None else None)
         return [j for j in chosen if j.client in claimed]
 
     def _known(self, job: Job) -> str | None:
@@ -589,6 +710,7 @@ class Service:
                 stoppable = cast(Journal, StoppableJournal(job_journal, self._stopping))
                 wrap = self._wrapper(lambda seconds: throttled.append(seconds))
                 outcome = self._rotated_elsewhere(job, job_journal) or \
+                    self._answered(job, job_journal) or \
                     self._work(job, config, stoppable, wrap)
         except RotationLocked as exc:
             outcome = Outcome(job.client, False, "locked", str(exc))
@@ -598,6 +720,10 @@ class Service:
             log.error("job_crashed", client=job.client, exc_info=True)
             outcome = Outcome(job.client, False, "failed",
                               f"unexpected error {type(exc).__name__}")
+        if self._config.journal.url is not None and job.kind == "rotate" \
+                and job.actor != "scheduler" and not outcome.ok \
+                and outcome.action != "locked" and outcome.rotation_id != job.id:
+            shared.drop(journal, job.id)  # refused before it began: not asked again
         self._finished(job, outcome, throttled, journal)
         with contextlib.suppress(Exception):
             self._observer.rotation_finished(job.client, outcome.action,
@@ -643,13 +769,30 @@ class Service:
                            latest.id, latest.state.value)
         return None
 
+    def _answered(self, job: Job, journal: Journal) -> Outcome | None:
+        """A triggered rotation whose trigger a rotation begun elsewhere already answered
+        (two daemons picked it up): nothing to do (rotator.daemon.shared)."""
+        if self._config.journal.url is None:
+            return None
+        answer = shared.answered_elsewhere(journal, job)
+        if answer is None:
+            return None
+        return Outcome(job.client, True, "rotated_by_other",
+                       f"the trigger was answered by rotation {answer}", answer)
+
     def _finished(self, job: Job, outcome: Outcome, throttled: list[float],
-                  journal: Journal) -> None:
+                  journal: Journal, *, facts: Any = None) -> None:
         now = self._clock()
         expiry = None
         try:
-            fresh = journal_facts(journal, job.client)
-            expiry = client_expiry(journal, job.client)
+            if facts is None and self._config.journal.url is not None:
+                found = shared.client_facts(journal, [job.client])
+                facts = found.get(job.client) if found is not None else None
+            if facts is not None:  # one statement instead of six
+                fresh, expiry = shared.facts_of(facts)
+            else:
+                fresh = journal_facts(journal, job.client)
+                expiry = client_expiry(journal, job.client)
         except Exception:  # keep the job's bookkeeping even if the journal went away
             log.error("journal_unreadable", client=job.client, exc_info=True)
             fresh = None
@@ -776,9 +919,14 @@ class Service:
         journal = self._journal()
         with self._lock:
             names = [n for n, r in self._records.items() if r.job is None]
+        found = shared.client_facts(journal, names) \
+            if self._config.journal.url is not None else None
         for name in names:
-            success, latest, open_rotation = journal_facts(journal, name)
-            expiry = client_expiry(journal, name)
+            if found is not None and name in found:  # one statement for every client
+                (success, latest, open_rotation), expiry = shared.facts_of(found[name])
+            else:
+                success, latest, open_rotation = journal_facts(journal, name)
+                expiry = client_expiry(journal, name)
             with self._lock:
                 rec = self._records.get(name)
                 if rec is None or rec.job is not None:

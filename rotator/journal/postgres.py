@@ -20,7 +20,11 @@ Schema versions (table ``rotator_schema``), migrated on open under a transaction
 advisory lock, so that daemons starting together migrate once:
 
 1. rotations and steps, with the indexes status reads use;
-2. leases (client, holder, fencing token, expiry).
+2. leases (client, holder, fencing token, expiry);
+3. hook runs and audit checkpoints;
+4. triggers: a rotation asked for through the API of any daemon, pending until a rotation
+   of its client begins (which records its id there), so every daemon can answer for it
+   and any daemon can run it.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -52,7 +57,7 @@ from rotator.secrets import Secret, redact
 if TYPE_CHECKING:
     import psycopg
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: The key of the transaction-scoped advisory lock migrations run under ('rotator' in ASCII).
 _MIGRATION_LOCK = 0x726F7461746F72
 
@@ -125,6 +130,16 @@ CREATE TABLE audit_checkpoints (
     PRIMARY KEY (log, key_id, seq)
 );
 """,
+    4: """
+CREATE TABLE triggers (
+    id TEXT PRIMARY KEY,
+    client TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    queued_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+    rotation_id TEXT
+);
+CREATE UNIQUE INDEX triggers_one_pending ON triggers (client) WHERE rotation_id IS NULL;
+""",
 }
 _HOOK_COLUMNS = ("rotation_id, client, stage, hook, status, attempts, required, updated_at, "
                  "next_attempt_at, error")
@@ -181,6 +196,25 @@ def describe(url: str) -> str:
     except ValueError:
         return "postgresql://(unparsable URL)"
     return f"postgresql://{hosts}{port}{parts.path or '/'}"
+
+
+@dataclass(frozen=True)
+class ClientFacts:
+    """What the journal says of one client (:meth:`PostgresJournal.client_facts`)."""
+
+    latest: Rotation | None
+    open: Rotation | None
+    #: When the last successful rotation's secret became current (its PROMOTED step).
+    last_success_at: datetime | None
+    #: The IdP's expiry of that secret (its CREATED step's detail), as recorded.
+    secret_expires_at: str | None
+    #: Failed or rolled-back rotations begun since the last success, and the newest's end.
+    failures: int
+    last_failure_at: datetime | None
+    #: The daemon holding the client's live lease (rotating it now), if any.
+    holder: str | None
+    #: The id of a trigger queued for the client and not begun yet, if any.
+    pending: str | None
 
 
 def _row(row: Sequence[Any]) -> Rotation:
@@ -340,36 +374,49 @@ class PostgresJournal:
     def _begin(self, rotation_id: RotationId, client: str, family: str, actor: str,
                old_fingerprint: str | None, now: datetime, targets: Sequence[RotationTarget],
                audit_key_id: str | None, fence: Lease | None) -> Rotation:
-        import psycopg
-
         if not ROTATION_ID.fullmatch(rotation_id):
             raise RotationError(f"{rotation_id!r} is not a usable rotation id: it must match "
                                 f"{ROTATION_ID.pattern}")
         recorded = json.dumps([{"store": t.store, "location": t.location} for t in targets])
-        try:
-            with self._tx() as db:
-                self._check_fence(db, client, fence, f"rotation {rotation_id} was not begun")
-                if db.execute("SELECT 1 FROM rotations WHERE id = %s",
-                              (rotation_id,)).fetchone():
-                    raise JournalConflict(f"rotation {rotation_id} exists already")
-                self._refuse_open(db, client)
-                with db.transaction():  # a savepoint: a lost race is reported, not raised raw
-                    db.execute(
-                        f"INSERT INTO rotations ({_COLUMNS}) VALUES "
-                        "(%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-                        (rotation_id, client, State.STARTED.value, family, actor, now, now,
-                         None, old_fingerprint, None, None, None, recorded, audit_key_id))
-                self._step(db, rotation_id, State.STARTED, now, {})
-                return self._get(db, rotation_id)
-        except RotationError as exc:
-            if not isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
-                raise
-        # Another daemon began a rotation (or used this id) between the check and the insert.
+        # One statement, one round trip: the fence (the lease row, locked FOR SHARE so a
+        # takeover waits for this write), the insert (skipped on any unique conflict: a
+        # reused id, or the one-open-rotation index), its STARTED step, and the trigger
+        # it answers, all in its transaction. On no row, _begin_refused says why.
+        fence_sql, fence_args = self._fence_cte(fence, client)
+        with self._tx(one_statement=True) as db:
+            row = db.execute(
+                f"WITH {fence_sql}"
+                f"ins AS (INSERT INTO rotations ({_COLUMNS}) SELECT "
+                "%s::text, %s::text, %s::text, %s::text, %s::text, %s::timestamptz, "
+                "%s::timestamptz, %s::timestamptz, %s::text, %s::text, %s::text, %s::text, "
+                "%s::text, %s::text WHERE EXISTS (SELECT 1 FROM fence) "
+                f"ON CONFLICT DO NOTHING RETURNING {_COLUMNS}), "
+                "step AS (INSERT INTO steps (rotation_id, at, state, detail) "
+                "SELECT id, %s::timestamptz, %s::text, '{}' FROM ins), "
+                "answered AS (UPDATE triggers SET rotation_id = (SELECT id FROM ins) "
+                "WHERE client = %s AND rotation_id IS NULL AND EXISTS (SELECT 1 FROM ins)) "
+                f"SELECT {_COLUMNS} FROM ins",
+                (*fence_args, rotation_id, client, State.STARTED.value, family, actor, now,
+                 now, None, old_fingerprint, None, None, None, recorded, audit_key_id,
+                 now, State.STARTED.value, client)).fetchone()
+        if row is not None:
+            return _row(row)
         with self._tx() as db:
+            self._check_fence(db, client, fence, f"rotation {rotation_id} was not begun")
             if db.execute("SELECT 1 FROM rotations WHERE id = %s", (rotation_id,)).fetchone():
                 raise JournalConflict(f"rotation {rotation_id} exists already")
             self._refuse_open(db, client)
         raise JournalConflict(f"client {client!r} began another rotation at the same time")
+
+    @staticmethod
+    def _fence_cte(fence: Lease | None, client: str) -> tuple[str, tuple[Any, ...]]:
+        """A ``fence`` CTE with one row while ``fence`` is the client's lease (locked FOR
+        SHARE until the statement commits, so a takeover waits for it), and always one row
+        without a fence."""
+        if fence is None:
+            return "fence AS (SELECT 1), ", ()
+        return ("fence AS (SELECT 1 FROM leases WHERE client = %s AND client = %s "
+                "AND token = %s FOR SHARE), ", (client, fence.client, fence.token))
 
     def _refuse_open(self, db: psycopg.Connection[Any], client: str) -> None:
         open_rotation = self._one(db, f"WHERE client = %s AND {_OPEN} {_NEWEST}", client)
@@ -395,25 +442,32 @@ class PostgresJournal:
         values: list[Any] = [datetime.fromisoformat(v) if k == "retire_after" and v else v
                              for k, v in fields.items()]
         sets = "".join(f", {k} = %s" for k in fields)
+        # One statement, one round trip: the fence, the check-and-set update and its step.
+        # On no row, the second transaction below says why (rare: a lost race or a fence).
+        target = fence.client if fence is not None else None
+        fence_sql, fence_args = ("fence AS (SELECT 1), ", ()) if fence is None else (
+            "fence AS (SELECT 1 FROM leases WHERE client = %s AND token = %s FOR SHARE), ",
+            (fence.client, fence.token))
+        with self._tx(one_statement=True) as db:
+            row = db.execute(
+                f"WITH {fence_sql}"
+                f"upd AS (UPDATE rotations SET state = %s, updated_at = %s{sets} "
+                "WHERE id = %s AND state = %s AND (%s::text IS NULL OR client = %s::text) "
+                f"AND EXISTS (SELECT 1 FROM fence) RETURNING {_COLUMNS}), "
+                "step AS (INSERT INTO steps (rotation_id, at, state, detail) "
+                "SELECT id, %s::timestamptz, %s::text, %s::text FROM upd) "
+                f"SELECT {_COLUMNS} FROM upd",
+                (*fence_args, state.value, now, *values, rotation_id, expected.value, target,
+                 target, now, state.value, json.dumps(detail))).fetchone()
+        if row is not None:
+            return _row(row)
         with self._tx() as db:
-            if fence is not None:
-                row = db.execute("SELECT client FROM rotations WHERE id = %s",
-                                 (rotation_id,)).fetchone()
-                if row is None:
-                    raise RotationError(f"no rotation {rotation_id} in the journal")
-                self._check_fence(db, row[0], fence,
-                                  f"rotation {rotation_id} was not moved to {state}")
-            updated = db.execute(
-                f"UPDATE rotations SET state = %s, updated_at = %s{sets} "
-                "WHERE id = %s AND state = %s",
-                (state.value, now, *values, rotation_id, expected.value)).rowcount
-            if not updated:
-                actual = self._get(db, rotation_id).state
-                raise JournalConflict(
-                    f"rotation {rotation_id} is {actual}, not {expected}: another writer moved "
-                    f"it, so it was not moved to {state}")
-            self._step(db, rotation_id, state, now, detail)
-            return self._get(db, rotation_id)
+            current = self._get(db, rotation_id)
+            self._check_fence(db, current.client, fence,
+                              f"rotation {rotation_id} was not moved to {state}")
+            raise JournalConflict(
+                f"rotation {rotation_id} is {current.state}, not {expected}: another writer "
+                f"moved it, so it was not moved to {state}")
 
     def _step(self, db: psycopg.Connection[Any], rotation_id: RotationId, state: State,
               at: datetime, detail: dict[str, str | None]) -> None:
@@ -453,6 +507,97 @@ class PostgresJournal:
             rows = db.execute("SELECT at, state, detail FROM steps WHERE rotation_id = %s "
                               "ORDER BY seq", (rotation_id,)).fetchall()
             return [Step(a, State(s), json.loads(d)) for a, s, d in rows]
+
+    # -- what every daemon answers alike (the admin API, metrics) ---------------------------
+
+    def client_facts(self, clients: Sequence[str]) -> dict[str, ClientFacts]:
+        """What the journal says of each of ``clients``, in one statement: the facts the
+        API and the metrics of every daemon report, whichever daemon rotates the client."""
+        if not clients:
+            return {}
+        columns = [c.strip() for c in _COLUMNS.split(",")]
+        latest = ", ".join(f"l.{c}" for c in columns)
+        opened = ", ".join(f"o.{c}" for c in columns)
+        with self._tx(one_statement=True) as db:
+            rows = db.execute(
+                f"SELECT c.name, {latest}, {opened}, coalesce(p.at, s.updated_at), x.expires, "
+                "f.n, f.last, h.holder, t.id FROM unnest(%s::text[]) AS c(name) "
+                f"LEFT JOIN LATERAL (SELECT {_COLUMNS} FROM rotations WHERE client = c.name "
+                f"{_NEWEST}) l ON true "
+                f"LEFT JOIN LATERAL (SELECT {_COLUMNS} FROM rotations WHERE client = c.name "
+                f"AND {_OPEN} {_NEWEST}) o ON true "
+                "LEFT JOIN LATERAL (SELECT id, started_at, updated_at FROM rotations "
+                f"WHERE client = c.name AND {_SUCCESS} {_NEWEST}) s ON true "
+                "LEFT JOIN LATERAL (SELECT at FROM steps WHERE rotation_id = s.id "
+                "AND state = 'promoted' ORDER BY seq LIMIT 1) p ON true "
+                "LEFT JOIN LATERAL (SELECT detail::jsonb ->> 'expires_at' AS expires FROM steps "
+                "WHERE rotation_id = s.id AND state = 'created' "
+                "AND coalesce(detail::jsonb ->> 'expires_at', '') <> '' "
+                "ORDER BY seq LIMIT 1) x ON true "
+                "LEFT JOIN LATERAL (SELECT count(*) AS n, max(updated_at) AS last "
+                "FROM rotations WHERE client = c.name AND state IN ('failed', 'rolled_back') "
+                "AND (s.id IS NULL OR started_at > s.started_at)) f ON true "
+                "LEFT JOIN leases h ON h.client = c.name AND h.expires_at > clock_timestamp() "
+                "LEFT JOIN triggers t ON t.client = c.name AND t.rotation_id IS NULL",
+                (list(clients),)).fetchall()
+        width = len(columns)
+        facts = {}
+        for row in rows:
+            rest = row[1 + 2 * width:]
+            facts[row[0]] = ClientFacts(
+                latest=_row(row[1:1 + width]) if row[1] is not None else None,
+                open=_row(row[1 + width:1 + 2 * width]) if row[1 + width] is not None
+                else None,
+                last_success_at=rest[0], secret_expires_at=rest[1], failures=int(rest[2]),
+                last_failure_at=rest[3], holder=rest[4], pending=rest[5])
+        return facts
+
+    def queue_rotation(self, client: str, rotation_id: RotationId, actor: str
+                       ) -> tuple[str, bool]:
+        """Ask for a rotation of ``client`` through any daemon, in one statement: the id of
+        its open rotation (not one awaiting retirement) or of the trigger already pending,
+        joined (True); else ``rotation_id``, queued now for any daemon to run (False)."""
+        if not ROTATION_ID.fullmatch(rotation_id):
+            raise RotationError(f"{rotation_id!r} is not a usable rotation id")
+        for _attempt in range(3):
+            with self._tx(one_statement=True) as db:
+                row = db.execute(
+                    "WITH open AS (SELECT id FROM rotations WHERE client = %s AND "
+                    f"{_OPEN} AND NOT (state = 'promoted' AND family = 'overlap') {_NEWEST}), "
+                    "ins AS (INSERT INTO triggers (id, client, actor) SELECT %s, %s, %s "
+                    "WHERE NOT EXISTS (SELECT 1 FROM open) ON CONFLICT DO NOTHING "
+                    "RETURNING id) "
+                    "SELECT id, true FROM open UNION ALL SELECT id, false FROM ins UNION ALL "
+                    "SELECT id, true FROM triggers WHERE client = %s AND rotation_id IS NULL "
+                    "AND NOT EXISTS (SELECT 1 FROM open) LIMIT 1",
+                    (client, rotation_id, client, actor, client)).fetchone()
+            if row is not None:
+                return str(row[0]), bool(row[1])
+            # a trigger another daemon queued after this statement's snapshot: read it now
+        raise JournalConflict(f"the trigger of client {client!r} raced another; try again")
+
+    def queued_rotation(self, trigger_id: str) -> tuple[str, str, datetime, str | None] | None:
+        """A trigger queued through any daemon: client, actor, when, and the id of the
+        rotation that answered it (None while it is pending)."""
+        with self._tx(one_statement=True) as db:
+            row = db.execute("SELECT client, actor, queued_at, rotation_id FROM triggers "
+                             "WHERE id = %s", (trigger_id,)).fetchone()
+        return (row[0], row[1], row[2], row[3]) if row else None
+
+    def pending_rotations(self, older_than: float = 0.0) -> list[tuple[str, str, str]]:
+        """Every trigger pending for more than ``older_than`` seconds (the database's clock):
+        (id, client, actor), oldest first."""
+        with self._tx(one_statement=True) as db:
+            rows = db.execute("SELECT id, client, actor FROM triggers WHERE rotation_id IS NULL "
+                              "AND queued_at <= clock_timestamp() - make_interval(secs => %s) "
+                              "ORDER BY queued_at", (older_than,)).fetchall()
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def drop_queued(self, trigger_id: str) -> None:
+        """Forget a pending trigger whose job ended without beginning a rotation."""
+        with self._tx(one_statement=True) as db:
+            db.execute("DELETE FROM triggers WHERE id = %s AND rotation_id IS NULL",
+                       (trigger_id,))
 
     # -- hook runs and audit checkpoints ---------------------------------------------------
 
@@ -509,7 +654,8 @@ class PostgresJournal:
             return _lease(row) if row else None
 
     def claim_leases(self, clients: Sequence[str], holder: str, ttl: float,
-                     limit: int, known: Sequence[str | None] | None = None
+                     limit: int, known: Sequence[str | None] | None = None, *,
+                     rooms: Sequence[tuple[str, int]] | None = None
                      ) -> tuple[list[Lease], list[str]]:
         """Take the leases of at most ``limit`` of ``clients`` that nobody holds, in one
         statement (one round trip): how a daemon claims due work without trying every
@@ -520,25 +666,34 @@ class PostgresJournal:
         (it knows none); "" asks for no such check. A client whose newest rotation is
         another, promoted or completed (another daemon rotated it since the caller looked)
         is not claimed but returned in the second list.
+
+        ``rooms``: per client, its group (its IdP) and how many of that group may still be
+        claimed; the statement then takes at most that many of each group, so a caller can
+        offer every queued client at once (and learn which ones were rotated elsewhere)
+        without going over a per-IdP bound.
         """
         check_lease_args(holder, ttl)
         if limit <= 0 or not clients:
             return [], []
         seen = list(known) if known is not None else [""] * len(clients)
+        groups = [g for g, _r in rooms] if rooms is not None else [""] * len(clients)
+        room = [r for _g, r in rooms] if rooms is not None else [limit] * len(clients)
         with self._tx(one_statement=True) as db:
             rows = db.execute(
-                "WITH asked AS (SELECT c.client, c.known, c.n FROM unnest(%s::text[], "
-                "%s::text[]) WITH ORDINALITY AS c(client, known, n)), "
+                "WITH asked AS (SELECT c.client, c.known, c.n, c.grp, c.room FROM "
+                "unnest(%s::text[], %s::text[], %s::text[], %s::int[]) WITH ORDINALITY "
+                "AS c(client, known, grp, room, n)), "
                 "newest AS (SELECT a.client, a.known, a.n, (SELECT r.id FROM rotations r "
                 "WHERE r.client = a.client AND r.state IN ('promoted', 'completed') "
                 f"{_NEWEST.replace('started_at', 'r.started_at').replace('seq', 'r.seq')}) "
                 "AS done FROM asked a), "
                 "elsewhere AS (SELECT client FROM newest WHERE known IS DISTINCT FROM '' "
                 "AND done IS NOT NULL AND done IS DISTINCT FROM known), "
-                "wanted AS (SELECT a.client FROM asked a WHERE a.client NOT IN "
+                "free AS (SELECT a.client, a.n, a.room, row_number() OVER (PARTITION BY "
+                "a.grp ORDER BY a.n) AS k FROM asked a WHERE a.client NOT IN "
                 "(SELECT client FROM elsewhere) AND NOT EXISTS (SELECT 1 FROM leases h "
-                "WHERE h.client = a.client AND h.expires_at > clock_timestamp()) "
-                "ORDER BY a.n LIMIT %s), "
+                "WHERE h.client = a.client AND h.expires_at > clock_timestamp())), "
+                "wanted AS (SELECT client FROM free WHERE k <= room ORDER BY n LIMIT %s), "
                 "taken AS (INSERT INTO leases AS l (client, holder, token, expires_at) "
                 "SELECT client, %s, 1, clock_timestamp() + make_interval(secs => %s) "
                 "FROM wanted "
@@ -548,7 +703,7 @@ class PostgresJournal:
                 "RETURNING client, holder, token, expires_at) "
                 "SELECT client, holder, token, expires_at FROM taken UNION ALL "
                 "SELECT client, NULL, NULL, NULL FROM elsewhere",
-                (list(clients), seen, limit, holder, ttl)).fetchall()
+                (list(clients), seen, groups, room, limit, holder, ttl)).fetchall()
             leases = [_lease(row) for row in rows if row[1] is not None]
             return leases, [row[0] for row in rows if row[1] is None]
 
