@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 import httpx
 
-from providers.idps._saas import RateLimitedHttp
+from providers.idps._saas import RateLimitedHttp, admin_token
 from rotator import _bounded as bounded
 from rotator._remote import path_segment
 from rotator.errors import IdentityProviderError, IdpAccessDenied, IdpNotFound, IdpUnavailable
@@ -135,15 +135,8 @@ class Auth0Idp:
                     f"{_auth0_text(response)}); check admin_client_secret and that the "
                     f"application is authorized for {self._audience} with the scopes "
                     f"{READ_CLIENTS} and {UPDATE_KEYS}")
-            token = body.get("access_token") if body else None
-            if not isinstance(token, str) or not token:
-                raise IdpUnavailable(f"Auth0 {self.name!r}: /oauth/token answered without an "
-                                     "access_token")
-            lifetime = body.get("expires_in", 300) if body else 300
-            if isinstance(lifetime, bool) or not isinstance(lifetime, int | float):
-                lifetime = 300
-            self._token = Secret(token)
-            self._token_expiry = time.monotonic() + max(float(lifetime) - 60, 5)
+            self._token, self._token_expiry = admin_token(
+                body, f"Auth0 {self.name!r}: /oauth/token")
             return self._token
 
     def _call(self, method: str, path: str, *, scope: str, json: Any = None,

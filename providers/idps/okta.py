@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import httpx
 import jwt
 
-from providers.idps._saas import RateLimitedHttp
+from providers.idps._saas import RateLimitedHttp, admin_token
 from rotator import _bounded as bounded
 from rotator._remote import path_segment
 from rotator.errors import IdentityProviderError, IdpAccessDenied, IdpNotFound, IdpUnavailable
@@ -179,15 +179,8 @@ class OktaIdp:
                 f"(HTTP {response.status_code}: {_okta_text(response)}); check admin_client_id, "
                 "admin_private_key and the public key registered for the app, and that "
                 "'Require DPoP' is off")
-        token = body.get("access_token") if body else None
-        if not isinstance(token, str) or not token:
-            raise IdpUnavailable(f"Okta {self.name!r}: the org token endpoint answered without "
-                                 "an access_token")
-        lifetime = body.get("expires_in", 300) if body else 300
-        if isinstance(lifetime, bool) or not isinstance(lifetime, int | float):
-            lifetime = 300
-        self._token = Secret(token)
-        self._token_expiry = time.monotonic() + max(float(lifetime) - 60, 5)
+        self._token, self._token_expiry = admin_token(
+            body, f"Okta {self.name!r}: the org token endpoint")
         return self._token
 
     def _call(self, method: str, path: str, *, app: str, json: Any = None,
