@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import httpx
 
-from rotator import _bounded as bounded
+from providers.idps._admin_api import AdminApi
 from rotator._remote import error_text, path_segment
 from rotator.errors import (
     IdentityProviderError,
@@ -31,7 +31,7 @@ from rotator.errors import (
     IdpUnavailable,
 )
 from rotator.interfaces import ClientId, IdpCapabilities, IssuedSecret, RotationId
-from rotator.secrets import Secret, redact
+from rotator.secrets import Secret
 from rotator.settings import Setting, typed
 
 _PREFIX_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-/")
@@ -85,21 +85,18 @@ class GlewlwydIdp:
         self._settings = typed(GlewlwydSettings, settings)
         self._url = self._settings.url.rstrip("/")
         self._api = f"{self._url}/{self._settings.api_prefix.strip('/')}"
-        self._transport = transport
-        self._http: httpx.Client | None = None
+        s = self._settings
+        self._admin = AdminApi(f"Glewlwyd {name!r}", self._url, base_url=self._api,
+                               timeout=s.timeout, verify=s.ca_file or s.tls_verify,
+                               transport=transport)
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        s = self._settings
-        self._http = bounded.client(base_url=self._api, timeout=s.timeout,
-                                    verify=s.ca_file or s.tls_verify, transport=self._transport,
-                                    trust_env=False)
+        self._admin.start()
 
     def close(self) -> None:
-        if self._http is not None:
-            self._http.close()
-            self._http = None
+        self._admin.close()
 
     def default_token_endpoint(self) -> str | None:
         return f"{self._api}/{self._settings.oidc_plugin.strip('/')}/token"
@@ -108,17 +105,9 @@ class GlewlwydIdp:
 
     def _call(self, method: str, path: str, *, json: Any = None,
               params: Mapping[str, str] | None = None) -> httpx.Response:
-        if self._http is None:
-            raise IdentityProviderError(f"Glewlwyd {self.name!r} is not started")
         key = self._settings.api_key
         headers = {"Authorization": f"token {key.reveal()}"} if key is not None else {}
-        try:
-            response = self._http.request(method, path, json=json, params=params,
-                                          headers=headers)
-        except httpx.HTTPError as exc:
-            kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "is unreachable"
-            raise IdpUnavailable(f"Glewlwyd {self.name!r} at {self._url} {kind}: "
-                                 f"{redact(str(exc)) or type(exc).__name__}") from None
+        response = self._admin.request(method, path, json=json, params=params, headers=headers)
         status = response.status_code
         if status == 200:
             return response
