@@ -6,12 +6,12 @@ import httpx
 import pytest
 
 from providers.idps._admin_api import AdminApi
-from rotator.errors import IdentityProviderError, IdpUnavailable
+from rotator.errors import IdentityProviderError, IdpAccessDenied, IdpNotFound, IdpUnavailable
 
 
 def _api(handler: object) -> AdminApi:
     return AdminApi("Hydra 'h'", "http://127.0.0.1:4445", base_url="http://127.0.0.1:4445",
-                    timeout=5.0, verify=True,
+                    timeout=5.0, verify=True, error_fields=("error", "error_description"),
                     transport=httpx.MockTransport(handler))  # type: ignore[arg-type]
 
 
@@ -54,4 +54,31 @@ class TestAdminApiTransport:
         with pytest.raises(IdpUnavailable,
                            match=rf"^Hydra 'h' at http://127\.0\.0\.1:4445 {kind}: boom$"):
             api.request("GET", "/admin/clients")
+        api.close()
+
+
+class TestAdminApiStatus:
+    """An answer outside ``ok`` raises the error its status means, quoting the IdP's text."""
+
+    @pytest.mark.parametrize(("status", "error", "message"), [
+        (401, IdpAccessDenied, r"^Hydra 'h': GET /c was refused \(HTTP 401\); check it$"),
+        (403, IdpAccessDenied, r"^Hydra 'h': GET /c was refused \(HTTP 403\); check it$"),
+        (404, IdpNotFound, r"^Hydra 'h': /c not found: .*no such client"),
+        (429, IdpUnavailable, r"^Hydra 'h': GET /c answered HTTP 429: .*no such client"),
+        (502, IdpUnavailable, r"^Hydra 'h': GET /c answered HTTP 502: .*no such client"),
+        (409, IdentityProviderError, r"^Hydra 'h': GET /c answered HTTP 409: .*no such client"),
+    ])
+    def test_mapped(self, status: int, error: type[Exception], message: str) -> None:
+        api = _api(lambda request: httpx.Response(
+            status, json={"error": "e", "error_description": "no such client"}))
+        api.start()
+        with pytest.raises(error, match=message) as caught:
+            api.call("GET", "/c", ok=(200,), refused="check it")
+        assert type(caught.value) is error
+        api.close()
+
+    def test_ok_is_returned(self) -> None:
+        api = _api(lambda request: httpx.Response(404))
+        api.start()
+        assert api.call("GET", "/c", ok=(404, 405), refused="").status_code == 404
         api.close()

@@ -23,13 +23,8 @@ from typing import Any, ClassVar
 import httpx
 
 from providers.idps._admin_api import AdminApi
-from rotator._remote import error_text, path_segment
-from rotator.errors import (
-    IdentityProviderError,
-    IdpAccessDenied,
-    IdpNotFound,
-    IdpUnavailable,
-)
+from rotator._remote import path_segment
+from rotator.errors import IdentityProviderError
 from rotator.interfaces import ClientId, IdpCapabilities, IssuedSecret, RotationId
 from rotator.secrets import Secret
 from rotator.settings import Setting, typed
@@ -88,7 +83,8 @@ class GlewlwydIdp:
         s = self._settings
         self._admin = AdminApi(f"Glewlwyd {name!r}", self._url, base_url=self._api,
                                timeout=s.timeout, verify=s.ca_file or s.tls_verify,
-                               transport=transport)
+                               transport=transport,
+                               error_fields=("error", "error_description", "message"))
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -107,22 +103,10 @@ class GlewlwydIdp:
               params: Mapping[str, str] | None = None) -> httpx.Response:
         key = self._settings.api_key
         headers = {"Authorization": f"token {key.reveal()}"} if key is not None else {}
-        response = self._admin.request(method, path, json=json, params=params, headers=headers)
-        status = response.status_code
-        if status == 200:
-            return response
-        if status in (401, 403):
-            raise IdpAccessDenied(
-                f"Glewlwyd {self.name!r}: {method} {path} was refused (HTTP {status}); rotator "
-                "needs an admin API key (api_key) that is enabled, and Glewlwyd must accept API "
-                "keys (admin_session_authentication including api_key)")
-        if status == 404:
-            raise IdpNotFound(f"Glewlwyd {self.name!r}: {path} not found: {_error_text(response)}")
-        if status >= 500 or status == 429:
-            raise IdpUnavailable(f"Glewlwyd {self.name!r}: {method} {path} answered HTTP "
-                                 f"{status}: {_error_text(response)}")
-        raise IdentityProviderError(f"Glewlwyd {self.name!r}: {method} {path} answered HTTP "
-                                    f"{status}: {_error_text(response)}")
+        return self._admin.call(
+            method, path, json=json, params=params, headers=headers, ok=(200,),
+            refused="rotator needs an admin API key (api_key) that is enabled, and Glewlwyd "
+                    "must accept API keys (admin_session_authentication including api_key)")
 
     def _client_path(self, client_id: ClientId) -> str:
         return f"/client/{path_segment(client_id)}"
@@ -186,7 +170,3 @@ class GlewlwydIdp:
 
     def retire_old_secrets(self, client_id: ClientId, keep: IssuedSecret) -> int:
         return 0  # the old secret died when the new one was set
-
-
-def _error_text(response: httpx.Response) -> str:
-    return error_text(response, ("error", "error_description", "message"))

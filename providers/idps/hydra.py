@@ -27,13 +27,8 @@ from typing import Any, ClassVar
 import httpx
 
 from providers.idps._admin_api import AdminApi
-from rotator._remote import error_text, path_segment
-from rotator.errors import (
-    IdentityProviderError,
-    IdpAccessDenied,
-    IdpNotFound,
-    IdpUnavailable,
-)
+from rotator._remote import path_segment
+from rotator.errors import IdentityProviderError
 from rotator.interfaces import ClientId, IdpCapabilities, IssuedSecret, RotationId
 from rotator.secrets import Secret
 from rotator.settings import Setting, typed
@@ -90,7 +85,8 @@ class HydraIdp:
         s = self._settings
         self._admin = AdminApi(f"Hydra {name!r}", self._url, base_url=self._url,
                                timeout=s.timeout, verify=s.ca_file or s.tls_verify,
-                               transport=transport)
+                               transport=transport,
+                               error_fields=("error", "error_description", "error_hint"))
         self._has_rotate_endpoint: bool | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -120,22 +116,10 @@ class HydraIdp:
         headers = self._headers()
         if method == "PATCH":
             headers["Content-Type"] = "application/json-patch+json"
-        response = self._admin.request(method, path, json=json, headers=headers)
-        status = response.status_code
-        if status in ok:
-            return response
-        if status in (401, 403):
-            raise IdpAccessDenied(
-                f"Hydra {self.name!r}: {method} {path} was refused (HTTP {status}); the admin "
-                f"API needs permission to {what}: check admin_token and what the proxy or Ory "
-                "Network project in front of it grants that token")
-        if status == 404:
-            raise IdpNotFound(f"Hydra {self.name!r}: {path} not found: {_error_text(response)}")
-        if status >= 500 or status == 429:
-            raise IdpUnavailable(f"Hydra {self.name!r}: {method} {path} answered HTTP {status}: "
-                                 f"{_error_text(response)}")
-        raise IdentityProviderError(f"Hydra {self.name!r}: {method} {path} answered HTTP "
-                                    f"{status}: {_error_text(response)}")
+        return self._admin.call(
+            method, path, json=json, headers=headers, ok=ok,
+            refused=f"the admin API needs permission to {what}: check admin_token and what the "
+                    "proxy or Ory Network project in front of it grants that token")
 
     def _client_path(self, client_id: ClientId) -> str:
         return f"/admin/clients/{path_segment(client_id)}"
@@ -187,7 +171,3 @@ class HydraIdp:
 
     def retire_old_secrets(self, client_id: ClientId, keep: IssuedSecret) -> int:
         return 0  # the old secret died when the new one was set
-
-
-def _error_text(response: httpx.Response) -> str:
-    return error_text(response, ("error", "error_description", "error_hint"))
