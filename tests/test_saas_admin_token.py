@@ -1,4 +1,4 @@
-"""providers.idps._saas.admin_token: how Okta, Auth0 and Entra read an admin token answer."""
+"""providers.idps._saas: how Okta, Auth0 and Entra read an admin token answer; admin HTTP."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import secrets
 import time
 from typing import Any
 
+import httpx
 import pytest
 
-from providers.idps._saas import DEFAULT_TOKEN_LIFETIME, TOKEN_MARGIN, admin_token
-from rotator.errors import IdpUnavailable
+from providers.idps._saas import DEFAULT_TOKEN_LIFETIME, TOKEN_MARGIN, SaasAdminHttp, admin_token
+from rotator.errors import IdentityProviderError, IdpUnavailable
 
 NOW = 1000.0
 
@@ -55,3 +56,26 @@ class TestAdminTokenMissing:
         with pytest.raises(IdpUnavailable,
                            match=f"^{re.escape(what)} answered without an access_token$"):
             admin_token(body, what)
+
+
+class TestSaasAdminHttp:
+    """A SaaS adapter's admin HTTP answers only between start() and close()."""
+
+    def test_before_and_after(self) -> None:
+        sent: list[str] = []
+
+        def handler(request: httpx.Request) -> httpx.Response:
+            sent.append(request.url.path)
+            return httpx.Response(200, json={})
+
+        http = SaasAdminHttp("Okta 'o'", "http://127.0.0.1:1", prefix="X-Rate-Limit-",
+                             max_wait=1.0, timeout=5.0, verify=True,
+                             transport=httpx.MockTransport(handler))
+        with pytest.raises(IdentityProviderError, match=r"^Okta 'o' is not started$"):
+            http.request("GET", "/api/v1/apps")
+        http.start()
+        assert http.request("GET", "/api/v1/apps").status_code == 200
+        http.close()
+        with pytest.raises(IdentityProviderError):
+            http.request("GET", "/api/v1/apps")
+        assert sent == ["/api/v1/apps"]

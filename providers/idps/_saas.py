@@ -7,8 +7,9 @@ at most ``max_wait`` seconds. A longer wait raises :class:`~rotator.errors.IdpRa
 carrying ``retry_after``, which the daemon honours by pausing the IdP. Transport errors
 become :class:`~rotator.errors.IdpUnavailable`; every other status is the caller's to map.
 
-:func:`admin_token` reads the admin token out of a token endpoint's answer and says until
-when it may be cached.
+:class:`SaasAdminHttp` holds one adapter's :class:`RateLimitedHttp` from ``start()`` to
+``close()``. :func:`admin_token` reads the admin token out of a token endpoint's answer and
+says until when it may be cached.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Any
 
 import httpx
 
-from rotator.errors import IdpRateLimited, IdpUnavailable
+from rotator import _bounded as bounded
+from rotator.errors import IdentityProviderError, IdpRateLimited, IdpUnavailable
 from rotator.secrets import Secret, redact
 
 #: How many 429 answers in a row one request rides out before giving up.
@@ -137,3 +139,37 @@ class RateLimitedHttp:
             # Epoch seconds have a one-second resolution: wait into the next second.
             return max(0.0, reset - self._clock()) + 0.05
         return 1.0
+
+
+class SaasAdminHttp:
+    """The :class:`RateLimitedHttp` of one adapter (``what``: ``Okta 'o'``) at ``url``,
+    opened by ``start()`` and closed by ``close()``; a request outside them raises
+    :class:`~rotator.errors.IdentityProviderError`."""
+
+    def __init__(self, what: str, url: str, *, prefix: str, max_wait: float, timeout: float,
+                 verify: bool | str, transport: httpx.BaseTransport | None) -> None:
+        self._what = what
+        self._url = url
+        self._prefix = prefix
+        self._max_wait = max_wait
+        self._timeout = timeout
+        self._verify = verify
+        self._transport = transport
+        self._http: RateLimitedHttp | None = None
+
+    def start(self) -> None:
+        client = bounded.client(base_url=self._url, timeout=self._timeout, verify=self._verify,
+                                transport=self._transport, trust_env=False)
+        self._http = RateLimitedHttp(f"{self._what} at {self._url}", client,
+                                     prefix=self._prefix, max_wait=self._max_wait)
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """:meth:`RateLimitedHttp.request`, once started."""
+        if self._http is None:
+            raise IdentityProviderError(f"{self._what} is not started")
+        return self._http.request(method, url, **kwargs)
