@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import structlog
 import uvicorn
+from config_env import MINIMAL_CONFIG
 from server_rsyslog import Rsyslog, free_port, make_ca
 
 from rotator.audit import AuditLog, bound
@@ -556,28 +557,7 @@ class TestSpoolBound:
 
 # -- configuration ----------------------------------------------------------------------------
 
-_BASE = """
-[audit]
-file = "audit.jsonl"
-key_env = "AUDIT_KEY"
-
-[stores.local]
-type = "env"
-file = "creds.env"
-read_environ = false
-
-[idps.kc]
-type = "keycloak"
-url = "https://sso.test"
-realm = "r"
-admin_client_id = "rotator"
-admin_client_secret_env = "KC"
-
-[clients.app]
-idp = "kc"
-client_id = "app-client"
-stores = [{store = "local", prefix = "APP"}]
-"""
+_BASE = MINIMAL_CONFIG
 
 
 def _config(tmp_path: Path, sinks: str, env: dict[str, str] | None = None) -> Any:

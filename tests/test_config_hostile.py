@@ -12,34 +12,12 @@ import io
 from pathlib import Path
 
 import pytest
+from config_env import MINIMAL_CONFIG
 
 from rotator.cli import run
 
-BASE = """
-[rotator]
-state_dir = "state"
-
-[audit]
-file = "audit.jsonl"
-key_env = "AUDIT_KEY"
-
-[stores.local]
-type = "env"
-file = "creds.env"
-read_environ = false
-
-[idps.kc]
-type = "keycloak"
-url = "https://sso.test"
-realm = "r"
-admin_client_id = "rotator"
-admin_client_secret_env = "KC"
-
-[clients.app]
-idp = "kc"
-client_id = "app-client"
-stores = [{store = "local", prefix = "APP"}]
-"""
+#: MINIMAL_CONFIG with its state directory named.
+BASE = '\n[rotator]\nstate_dir = "state"\n' + MINIMAL_CONFIG
 HTTP_HOOK = '[[clients.app.hooks]]\nkind = "http"\nkey_env = "HOOK_KEY"\n'
 SINK = '[[audit.sinks]]\ntype = "http"\nname = "h"\ntoken_env = "KC"\n'
 ALERTS = '[alerts]\nurl_env = "ALERT_URL"\n'

@@ -6,157 +6,34 @@ STAGED path: the new value is PENDING in every store before Hydra hears of it.
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import secrets
-import subprocess
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import hvac
 import pytest
-from rotation_env import base_config
 from servers import Hydra, OpenBao
-
-from providers.stores.env import parse_env
-from rotator.cli import run
-from rotator.config import load_config
-from rotator.interfaces import State
-from rotator.journal import Journal
+from staged_env import StagedCrashCases, StagedRotationCases, StagedScenario
 
 pytestmark = pytest.mark.server
-TESTS = Path(__file__).parent
 
 
-@dataclass
-class HydraScenario:
-    hydra: Hydra
-    bao: OpenBao
-    root: Path
-    client_id: str
-    old: str
-    seen: set[str] = field(default_factory=set)
-    outputs: list[str] = field(default_factory=list)
-
-    @classmethod
-    def create(cls, hydra: Hydra, bao: OpenBao, root: Path) -> HydraScenario:
-        old = secrets.token_urlsafe(24)
-        client_id = hydra.create_client(old)
-        s = cls(hydra, bao, root, client_id, old, {old, bao.root_token})
-        root.mkdir(parents=True, exist_ok=True)
-        key = secrets.token_urlsafe(32)
-        s.seen.add(key)
-        for name, value in (("audit.key", key), ("bao.token", bao.root_token)):
-            (root / name).write_text(value)
-            (root / name).chmod(0o600)
-        (root / "creds.env").write_text(f"SVC_CLIENT_ID={client_id}\nSVC_CLIENT_SECRET={old}\n")
-        (root / "creds.env").chmod(0o600)
-        s.vault().secrets.kv.v2.create_or_update_secret(
-            path=s.vault_path, secret={"client_id": client_id, "client_secret": old},
-            mount_point="secret")
-        (root / "rotator.toml").write_text(base_config(bao) + f"""
-[idps.hydra]
+@pytest.fixture
+def scenario(hydra: Hydra, bao_server: OpenBao, tmp_path: Path) -> StagedScenario:
+    return StagedScenario.create(hydra, bao_server, tmp_path / secrets.token_hex(4),
+                                 vault_prefix="hydra", idp_name="hydra", idp_table=f"""\
 type = "hydra"
 admin_url = "{hydra.admin_url}"
 public_url = "{hydra.url}"
 timeout = "10s"
-
-[clients.svc]
-idp = "hydra"
-client_id = "{client_id}"
-verify_attempts = 3
-stores = [{{store = "bao", path = "{s.vault_path}"}}, {{store = "envfile", prefix = "SVC"}}]
 """)
-        return s
-
-    @property
-    def config(self) -> Path:
-        return self.root / "rotator.toml"
-
-    @property
-    def vault_path(self) -> str:
-        return f"hydra/{self.root.name}"
-
-    def vault(self) -> hvac.Client:
-        return hvac.Client(url=self.bao.url, token=self.bao.root_token)
-
-    def vault_value(self, suffix: str = "") -> str | None:
-        try:
-            data = self.vault().secrets.kv.v2.read_secret_version(
-                path=self.vault_path + suffix, mount_point="secret",
-                raise_on_deleted_version=False)["data"]["data"]
-        except hvac.exceptions.InvalidPath:
-            return None
-        value = data.get("client_secret") if data else None
-        if value:
-            self.seen.add(str(value))
-        return str(value) if value else None
-
-    def env_secret(self) -> str:
-        value = parse_env((self.root / "creds.env").read_text())["SVC_CLIENT_SECRET"]
-        self.seen.add(value)
-        return value
-
-    def works(self, secret: str | None) -> bool:
-        return bool(secret) and self.hydra.token_status(self.client_id, str(secret)) == 200
-
-    def cli(self, *args: str) -> tuple[int, str]:
-        out, err = io.StringIO(), io.StringIO()
-        code = run([*args, "-c", str(self.config)], out, err)
-        self.outputs += [out.getvalue(), err.getvalue()]
-        return code, out.getvalue() + err.getvalue()
-
-    def crashing(self, state: str, *args: str) -> int:
-        argv = [sys.executable, str(TESTS / "crash_runner.py"), "advance", state, *args,
-                "-c", str(self.config)]
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env,
-                              check=False)
-        self.outputs += [proc.stdout, proc.stderr]
-        return proc.returncode
-
-    def states(self) -> list[State]:
-        journal = Journal(load_config(self.config).state_dir)
-        try:
-            latest = journal.latest("svc")
-            assert latest is not None
-            return [step.state for step in journal.steps(latest.id)]
-        finally:
-            journal.close()
-
-    def leaks(self) -> list[str]:
-        texts = [*self.outputs, (self.root / "audit.jsonl").read_text()]
-        return [t for t in texts for secret in self.seen if secret in t]
 
 
-@pytest.fixture
-def scenario(hydra: Hydra, bao_server: OpenBao, tmp_path: Path) -> HydraScenario:
-    return HydraScenario.create(hydra, bao_server, tmp_path / secrets.token_hex(4))
-
-
-class TestHydraRotation:
+class TestHydraRotation(StagedRotationCases):
     """A rotation at Hydra stages rotator's value first, sets it with PATCH, and leaves every
     store holding the one secret Hydra accepts."""
 
-    def test_rotate_takes_the_staged_path(self, scenario: HydraScenario) -> None:
-        s = scenario
-        code, output = s.cli("rotate", "svc")
-        assert code == 0, output
-        new = s.vault_value()
-        assert new and new != s.old
-        assert s.env_secret() == new
-        assert s.works(new) and not s.works(s.old)
-        assert s.vault_value(".pending") is None
-        assert s.states()[:4] == [State.STARTED, State.STAGED, State.CREATED, State.PROMOTED]
-        assert s.states()[-1] is State.COMPLETED
-        code, output = s.cli("verify", "svc")
-        assert code == 0, output
-        assert s.leaks() == []
-
-    def test_dry_run_plans_a_caller_chosen_single_secret(self, scenario: HydraScenario) -> None:
+    def test_dry_run_plans_a_caller_chosen_single_secret(self, scenario: StagedScenario) -> None:
         code, output = scenario.cli("rotate", "svc", "--dry-run", "--json")
         assert code == 0, output
         details = json.loads(output)
@@ -165,19 +42,5 @@ class TestHydraRotation:
         assert scenario.works(scenario.old)
 
 
-class TestHydraCrash:
+class TestHydraCrash(StagedCrashCases):
     """A run killed at any step is finished by the next one, and a stored secret works."""
-
-    @pytest.mark.parametrize("state", ["staged", "created", "promoted", "completed"])
-    def test_killed_before_recording(self, scenario: HydraScenario, state: str) -> None:
-        s = scenario
-        assert s.crashing(state, "rotate", "svc") == -9
-        # Whatever Hydra accepts now is stored: as CURRENT, or as PENDING before promotion.
-        held = [v for v in (s.vault_value(), s.vault_value(".pending")) if v]
-        assert any(s.works(v) for v in held)
-        code, output = s.cli("rotate", "svc")
-        assert code == 0, output
-        current = s.vault_value()
-        assert s.works(current) and s.env_secret() == current
-        assert s.states()[-1] is State.COMPLETED
-        assert s.leaks() == []

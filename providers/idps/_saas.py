@@ -1,4 +1,4 @@
-"""HTTP for SaaS admin APIs that publish rate-limit headers (Okta, Auth0).
+"""HTTP for SaaS admin APIs (Okta, Auth0, Entra ID): rate limits and admin tokens.
 
 :class:`RateLimitedHttp` sends a request and honours the vendor's budget: when a response
 says none of the window is left (``…-Remaining: 0``) the next request waits for the window's
@@ -6,6 +6,10 @@ reset, and a 429 is retried after ``Retry-After`` or the reset time, as long as 
 at most ``max_wait`` seconds. A longer wait raises :class:`~rotator.errors.IdpRateLimited`
 carrying ``retry_after``, which the daemon honours by pausing the IdP. Transport errors
 become :class:`~rotator.errors.IdpUnavailable`; every other status is the caller's to map.
+
+:class:`SaasAdminHttp` holds one adapter's :class:`RateLimitedHttp` from ``start()`` to
+``close()``. :func:`admin_token` reads the admin token out of a token endpoint's answer and
+says until when it may be cached.
 """
 
 from __future__ import annotations
@@ -17,11 +21,33 @@ from typing import Any
 
 import httpx
 
-from rotator.errors import IdpRateLimited, IdpUnavailable
-from rotator.secrets import redact
+from rotator import _bounded as bounded
+from rotator.errors import IdentityProviderError, IdpRateLimited, IdpUnavailable
+from rotator.secrets import Secret, redact
 
 #: How many 429 answers in a row one request rides out before giving up.
 MAX_THROTTLED_ATTEMPTS = 6
+#: An admin token is dropped from the cache this long before it expires.
+TOKEN_MARGIN = 60.0
+#: The lifetime assumed for an admin token whose answer gives no usable ``expires_in``.
+DEFAULT_TOKEN_LIFETIME = 300
+
+
+def admin_token(body: Mapping[str, Any] | None, what: str) -> tuple[Secret, float]:
+    """The access token in a client-credentials answer and the ``time.monotonic()`` until
+    which it may be cached: ``expires_in`` (else 300 s) less a minute, at least 5 s.
+
+    ``what`` names the endpoint in the :class:`~rotator.errors.IdpUnavailable` raised when
+    the answer has no ``access_token``.
+    """
+    token = body.get("access_token") if body else None
+    if not isinstance(token, str) or not token:
+        raise IdpUnavailable(f"{what} answered without an access_token")
+    lifetime = body.get("expires_in", DEFAULT_TOKEN_LIFETIME) if body else \
+        DEFAULT_TOKEN_LIFETIME
+    if isinstance(lifetime, bool) or not isinstance(lifetime, int | float):
+        lifetime = DEFAULT_TOKEN_LIFETIME
+    return Secret(token), time.monotonic() + max(float(lifetime) - TOKEN_MARGIN, 5)
 
 
 class RateLimitedHttp:
@@ -113,3 +139,37 @@ class RateLimitedHttp:
             # Epoch seconds have a one-second resolution: wait into the next second.
             return max(0.0, reset - self._clock()) + 0.05
         return 1.0
+
+
+class SaasAdminHttp:
+    """The :class:`RateLimitedHttp` of one adapter (``what``: ``Okta 'o'``) at ``url``,
+    opened by ``start()`` and closed by ``close()``; a request outside them raises
+    :class:`~rotator.errors.IdentityProviderError`."""
+
+    def __init__(self, what: str, url: str, *, prefix: str, max_wait: float, timeout: float,
+                 verify: bool | str, transport: httpx.BaseTransport | None) -> None:
+        self._what = what
+        self._url = url
+        self._prefix = prefix
+        self._max_wait = max_wait
+        self._timeout = timeout
+        self._verify = verify
+        self._transport = transport
+        self._http: RateLimitedHttp | None = None
+
+    def start(self) -> None:
+        client = bounded.client(base_url=self._url, timeout=self._timeout, verify=self._verify,
+                                transport=self._transport, trust_env=False)
+        self._http = RateLimitedHttp(f"{self._what} at {self._url}", client,
+                                     prefix=self._prefix, max_wait=self._max_wait)
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """:meth:`RateLimitedHttp.request`, once started."""
+        if self._http is None:
+            raise IdentityProviderError(f"{self._what} is not started")
+        return self._http.request(method, url, **kwargs)

@@ -28,8 +28,7 @@ from typing import Any, ClassVar
 
 import httpx
 
-from providers.idps._saas import RateLimitedHttp
-from rotator import _bounded as bounded
+from providers.idps._saas import SaasAdminHttp, admin_token
 from rotator._remote import path_segment
 from rotator.errors import IdentityProviderError, IdpAccessDenied, IdpNotFound, IdpUnavailable
 from rotator.interfaces import ClientId, IdpCapabilities, IssuedSecret, RotationId
@@ -82,8 +81,10 @@ class Auth0Idp:
         self._settings = typed(Auth0Settings, settings)
         self._url = self._settings.url.rstrip("/")
         self._audience = self._settings.audience or f"{self._url}/api/v2/"
-        self._transport = transport
-        self._http: RateLimitedHttp | None = None
+        s = self._settings
+        self._http = SaasAdminHttp(f"Auth0 {name!r}", self._url, prefix="X-RateLimit-",
+                                   max_wait=s.max_rate_limit_wait, timeout=s.timeout,
+                                   verify=s.ca_file or s.tls_verify, transport=transport)
         self._token: Secret | None = None
         self._token_expiry = 0.0
         self._token_lock = threading.Lock()
@@ -91,27 +92,15 @@ class Auth0Idp:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        s = self._settings
-        client = bounded.client(base_url=self._url, timeout=s.timeout,
-                                verify=s.ca_file or s.tls_verify, transport=self._transport,
-                                trust_env=False)
-        self._http = RateLimitedHttp(f"Auth0 {self.name!r} at {self._url}", client,
-                                     prefix="X-RateLimit-", max_wait=s.max_rate_limit_wait)
+        self._http.start()
 
     def close(self) -> None:
-        if self._http is not None:
-            self._http.close()
-            self._http = None
+        self._http.close()
 
     def default_token_endpoint(self) -> str:
         return f"{self._url}/oauth/token"
 
     # -- transport -------------------------------------------------------------------------
-
-    def _client(self) -> RateLimitedHttp:
-        if self._http is None:
-            raise IdentityProviderError(f"Auth0 {self.name!r} is not started")
-        return self._http
 
     def _management_token(self) -> Secret:
         """A Management API token, cached until a minute before it expires."""
@@ -121,7 +110,7 @@ class Auth0Idp:
             s = self._settings
             if s.admin_client_secret is None:
                 raise IdpAccessDenied(f"Auth0 {self.name!r}: admin_client_secret is not loaded")
-            response = self._client().request("POST", "/oauth/token", data={
+            response = self._http.request("POST", "/oauth/token", data={
                 "grant_type": "client_credentials", "client_id": s.admin_client_id,
                 "client_secret": s.admin_client_secret.reveal(), "audience": self._audience})
             if response.status_code >= 500:
@@ -135,22 +124,15 @@ class Auth0Idp:
                     f"{_auth0_text(response)}); check admin_client_secret and that the "
                     f"application is authorized for {self._audience} with the scopes "
                     f"{READ_CLIENTS} and {UPDATE_KEYS}")
-            token = body.get("access_token") if body else None
-            if not isinstance(token, str) or not token:
-                raise IdpUnavailable(f"Auth0 {self.name!r}: /oauth/token answered without an "
-                                     "access_token")
-            lifetime = body.get("expires_in", 300) if body else 300
-            if isinstance(lifetime, bool) or not isinstance(lifetime, int | float):
-                lifetime = 300
-            self._token = Secret(token)
-            self._token_expiry = time.monotonic() + max(float(lifetime) - 60, 5)
+            self._token, self._token_expiry = admin_token(
+                body, f"Auth0 {self.name!r}: /oauth/token")
             return self._token
 
     def _call(self, method: str, path: str, *, scope: str, json: Any = None,
               params: Mapping[str, str] | None = None) -> httpx.Response:
         for attempt in (1, 2):
             token = self._management_token()
-            response = self._client().request(method, path, json=json, params=params, headers={
+            response = self._http.request(method, path, json=json, params=params, headers={
                 "Authorization": f"Bearer {token.reveal()}", "Accept": "application/json"})
             if response.status_code == 401 and attempt == 1:
                 with self._token_lock:  # expired or revoked early: get a new one once

@@ -38,6 +38,7 @@ from typing import Any, ClassVar
 
 import httpx
 
+from providers.idps._saas import admin_token
 from rotator import _bounded as bounded
 from rotator._remote import error_text, path_segment
 from rotator.errors import (
@@ -217,15 +218,8 @@ class EntraIdp:
                 raise IdpAccessDenied(f"Entra {self.name!r}: admin app "
                                       f"{self._s.admin_client_id!r} could not sign in to tenant "
                                       f"{self._s.tenant!r}: {reason}")
-            token = body.get("access_token") if body else None
-            if not isinstance(token, str) or not token:
-                raise IdpUnavailable(f"Entra {self.name!r}: the token endpoint answered "
-                                     "without an access_token")
-            lifetime = body.get("expires_in", 300) if body else 300
-            if isinstance(lifetime, bool) or not isinstance(lifetime, int | float):
-                lifetime = 300
-            self._token = Secret(token)
-            self._token_expiry = time.monotonic() + max(float(lifetime) - 60, 5)
+            self._token, self._token_expiry = admin_token(
+                body, f"Entra {self.name!r}: the token endpoint")
             return self._token
 
     def _call(self, method: str, path: str, *, json: Any = None,

@@ -22,16 +22,11 @@ from typing import Any, ClassVar
 
 import httpx
 
-from rotator import _bounded as bounded
-from rotator._remote import error_text, path_segment
-from rotator.errors import (
-    IdentityProviderError,
-    IdpAccessDenied,
-    IdpNotFound,
-    IdpUnavailable,
-)
+from providers.idps._admin_api import AdminApi
+from rotator._remote import path_segment
+from rotator.errors import IdentityProviderError
 from rotator.interfaces import ClientId, IdpCapabilities, IssuedSecret, RotationId
-from rotator.secrets import Secret, redact
+from rotator.secrets import Secret
 from rotator.settings import Setting, typed
 
 _PREFIX_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-/")
@@ -85,21 +80,19 @@ class GlewlwydIdp:
         self._settings = typed(GlewlwydSettings, settings)
         self._url = self._settings.url.rstrip("/")
         self._api = f"{self._url}/{self._settings.api_prefix.strip('/')}"
-        self._transport = transport
-        self._http: httpx.Client | None = None
+        s = self._settings
+        self._admin = AdminApi(f"Glewlwyd {name!r}", self._url, base_url=self._api,
+                               timeout=s.timeout, verify=s.ca_file or s.tls_verify,
+                               transport=transport,
+                               error_fields=("error", "error_description", "message"))
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        s = self._settings
-        self._http = bounded.client(base_url=self._api, timeout=s.timeout,
-                                    verify=s.ca_file or s.tls_verify, transport=self._transport,
-                                    trust_env=False)
+        self._admin.start()
 
     def close(self) -> None:
-        if self._http is not None:
-            self._http.close()
-            self._http = None
+        self._admin.close()
 
     def default_token_endpoint(self) -> str | None:
         return f"{self._api}/{self._settings.oidc_plugin.strip('/')}/token"
@@ -108,32 +101,12 @@ class GlewlwydIdp:
 
     def _call(self, method: str, path: str, *, json: Any = None,
               params: Mapping[str, str] | None = None) -> httpx.Response:
-        if self._http is None:
-            raise IdentityProviderError(f"Glewlwyd {self.name!r} is not started")
         key = self._settings.api_key
         headers = {"Authorization": f"token {key.reveal()}"} if key is not None else {}
-        try:
-            response = self._http.request(method, path, json=json, params=params,
-                                          headers=headers)
-        except httpx.HTTPError as exc:
-            kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "is unreachable"
-            raise IdpUnavailable(f"Glewlwyd {self.name!r} at {self._url} {kind}: "
-                                 f"{redact(str(exc)) or type(exc).__name__}") from None
-        status = response.status_code
-        if status == 200:
-            return response
-        if status in (401, 403):
-            raise IdpAccessDenied(
-                f"Glewlwyd {self.name!r}: {method} {path} was refused (HTTP {status}); rotator "
-                "needs an admin API key (api_key) that is enabled, and Glewlwyd must accept API "
-                "keys (admin_session_authentication including api_key)")
-        if status == 404:
-            raise IdpNotFound(f"Glewlwyd {self.name!r}: {path} not found: {_error_text(response)}")
-        if status >= 500 or status == 429:
-            raise IdpUnavailable(f"Glewlwyd {self.name!r}: {method} {path} answered HTTP "
-                                 f"{status}: {_error_text(response)}")
-        raise IdentityProviderError(f"Glewlwyd {self.name!r}: {method} {path} answered HTTP "
-                                    f"{status}: {_error_text(response)}")
+        return self._admin.call(
+            method, path, json=json, params=params, headers=headers, ok=(200,),
+            refused="rotator needs an admin API key (api_key) that is enabled, and Glewlwyd "
+                    "must accept API keys (admin_session_authentication including api_key)")
 
     def _client_path(self, client_id: ClientId) -> str:
         return f"/client/{path_segment(client_id)}"
@@ -197,7 +170,3 @@ class GlewlwydIdp:
 
     def retire_old_secrets(self, client_id: ClientId, keep: IssuedSecret) -> int:
         return 0  # the old secret died when the new one was set
-
-
-def _error_text(response: httpx.Response) -> str:
-    return error_text(response, ("error", "error_description", "message"))

@@ -26,16 +26,11 @@ from typing import Any, ClassVar
 
 import httpx
 
-from rotator import _bounded as bounded
-from rotator._remote import error_text, path_segment
-from rotator.errors import (
-    IdentityProviderError,
-    IdpAccessDenied,
-    IdpNotFound,
-    IdpUnavailable,
-)
+from providers.idps._admin_api import AdminApi
+from rotator._remote import path_segment
+from rotator.errors import IdentityProviderError
 from rotator.interfaces import ClientId, IdpCapabilities, IssuedSecret, RotationId
-from rotator.secrets import Secret, redact
+from rotator.secrets import Secret
 from rotator.settings import Setting, typed
 
 _HEADER_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789"
@@ -87,22 +82,20 @@ class HydraIdp:
         self.name = name
         self._settings = typed(HydraSettings, settings)
         self._url = self._settings.admin_url.rstrip("/")
-        self._transport = transport
-        self._http: httpx.Client | None = None
+        s = self._settings
+        self._admin = AdminApi(f"Hydra {name!r}", self._url, base_url=self._url,
+                               timeout=s.timeout, verify=s.ca_file or s.tls_verify,
+                               transport=transport,
+                               error_fields=("error", "error_description", "error_hint"))
         self._has_rotate_endpoint: bool | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        s = self._settings
-        self._http = bounded.client(base_url=self._url, timeout=s.timeout,
-                                    verify=s.ca_file or s.tls_verify, transport=self._transport,
-                                    trust_env=False)
+        self._admin.start()
 
     def close(self) -> None:
-        if self._http is not None:
-            self._http.close()
-            self._http = None
+        self._admin.close()
 
     def default_token_endpoint(self) -> str | None:
         public = self._settings.public_url
@@ -120,32 +113,13 @@ class HydraIdp:
 
     def _call(self, method: str, path: str, *, json: Any = None,
               ok: tuple[int, ...] = (200, 204), what: str) -> httpx.Response:
-        if self._http is None:
-            raise IdentityProviderError(f"Hydra {self.name!r} is not started")
         headers = self._headers()
         if method == "PATCH":
             headers["Content-Type"] = "application/json-patch+json"
-        try:
-            response = self._http.request(method, path, json=json, headers=headers)
-        except httpx.HTTPError as exc:
-            kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "is unreachable"
-            raise IdpUnavailable(f"Hydra {self.name!r} at {self._url} {kind}: "
-                                 f"{redact(str(exc)) or type(exc).__name__}") from None
-        status = response.status_code
-        if status in ok:
-            return response
-        if status in (401, 403):
-            raise IdpAccessDenied(
-                f"Hydra {self.name!r}: {method} {path} was refused (HTTP {status}); the admin "
-                f"API needs permission to {what}: check admin_token and what the proxy or Ory "
-                "Network project in front of it grants that token")
-        if status == 404:
-            raise IdpNotFound(f"Hydra {self.name!r}: {path} not found: {_error_text(response)}")
-        if status >= 500 or status == 429:
-            raise IdpUnavailable(f"Hydra {self.name!r}: {method} {path} answered HTTP {status}: "
-                                 f"{_error_text(response)}")
-        raise IdentityProviderError(f"Hydra {self.name!r}: {method} {path} answered HTTP "
-                                    f"{status}: {_error_text(response)}")
+        return self._admin.call(
+            method, path, json=json, headers=headers, ok=ok,
+            refused=f"the admin API needs permission to {what}: check admin_token and what the "
+                    "proxy or Ory Network project in front of it grants that token")
 
     def _client_path(self, client_id: ClientId) -> str:
         return f"/admin/clients/{path_segment(client_id)}"
@@ -197,7 +171,3 @@ class HydraIdp:
 
     def retire_old_secrets(self, client_id: ClientId, keep: IssuedSecret) -> int:
         return 0  # the old secret died when the new one was set
-
-
-def _error_text(response: httpx.Response) -> str:
-    return error_text(response, ("error", "error_description", "error_hint"))

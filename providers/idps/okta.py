@@ -29,8 +29,7 @@ from typing import Any, ClassVar
 import httpx
 import jwt
 
-from providers.idps._saas import RateLimitedHttp
-from rotator import _bounded as bounded
+from providers.idps._saas import SaasAdminHttp, admin_token
 from rotator._remote import path_segment
 from rotator.errors import IdentityProviderError, IdpAccessDenied, IdpNotFound, IdpUnavailable
 from rotator.interfaces import ClientId, IdpCapabilities, IssuedSecret, RotationId
@@ -93,8 +92,10 @@ class OktaIdp:
         self.name = name
         self._settings = typed(OktaSettings, settings)
         self._url = self._settings.url.rstrip("/")
-        self._transport = transport
-        self._http: RateLimitedHttp | None = None
+        s = self._settings
+        self._http = SaasAdminHttp(f"Okta {name!r}", self._url, prefix="X-Rate-Limit-",
+                                   max_wait=s.max_rate_limit_wait, timeout=s.timeout,
+                                   verify=s.ca_file or s.tls_verify, transport=transport)
         self._apps: dict[ClientId, str] = {}
         self._token: Secret | None = None
         self._token_expiry = 0.0
@@ -108,17 +109,10 @@ class OktaIdp:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        s = self._settings
-        client = bounded.client(base_url=self._url, timeout=s.timeout,
-                                verify=s.ca_file or s.tls_verify, transport=self._transport,
-                                trust_env=False)
-        self._http = RateLimitedHttp(f"Okta {self.name!r} at {self._url}", client,
-                                     prefix="X-Rate-Limit-", max_wait=s.max_rate_limit_wait)
+        self._http.start()
 
     def close(self) -> None:
-        if self._http is not None:
-            self._http.close()
-            self._http = None
+        self._http.close()
 
     def default_token_endpoint(self) -> str:
         server = self._settings.authorization_server
@@ -127,11 +121,6 @@ class OktaIdp:
         return f"{self._url}/oauth2/{path_segment(server)}/v1/token"
 
     # -- transport -------------------------------------------------------------------------
-
-    def _client(self) -> RateLimitedHttp:
-        if self._http is None:
-            raise IdentityProviderError(f"Okta {self.name!r} is not started")
-        return self._http
 
     def _authorization(self) -> str:
         s = self._settings
@@ -160,7 +149,7 @@ class OktaIdp:
         except (ValueError, TypeError, jwt.PyJWTError):
             raise IdpAccessDenied(f"Okta {self.name!r}: admin_private_key is not a usable RSA "
                                   "private key in PEM form") from None
-        response = self._client().request("POST", endpoint, data={
+        response = self._http.request("POST", endpoint, data={
             "grant_type": "client_credentials", "scope": SCOPE,
             "client_assertion_type": _ASSERTION_TYPE, "client_assertion": assertion})
         body = _json_object(response)
@@ -179,15 +168,8 @@ class OktaIdp:
                 f"(HTTP {response.status_code}: {_okta_text(response)}); check admin_client_id, "
                 "admin_private_key and the public key registered for the app, and that "
                 "'Require DPoP' is off")
-        token = body.get("access_token") if body else None
-        if not isinstance(token, str) or not token:
-            raise IdpUnavailable(f"Okta {self.name!r}: the org token endpoint answered without "
-                                 "an access_token")
-        lifetime = body.get("expires_in", 300) if body else 300
-        if isinstance(lifetime, bool) or not isinstance(lifetime, int | float):
-            lifetime = 300
-        self._token = Secret(token)
-        self._token_expiry = time.monotonic() + max(float(lifetime) - 60, 5)
+        self._token, self._token_expiry = admin_token(
+            body, f"Okta {self.name!r}: the org token endpoint")
         return self._token
 
     def _call(self, method: str, path: str, *, app: str, json: Any = None,
@@ -195,7 +177,7 @@ class OktaIdp:
               ) -> httpx.Response:
         for attempt in (1, 2):
             authorization = self._authorization()
-            response = self._client().request(method, path, json=json, headers={
+            response = self._http.request(method, path, json=json, headers={
                 "Authorization": authorization, "Accept": "application/json"})
             if response.status_code == 401 and attempt == 1 and self._settings.admin_client_id:
                 with self._token_lock:  # expired or revoked early: sign in again once
@@ -263,7 +245,7 @@ class OktaIdp:
             data = {"grant_type": "client_credentials"}
             if not basic:
                 data |= {"client_id": client_id, "client_secret": value.reveal()}
-            response = self._client().request(
+            response = self._http.request(
                 "POST", endpoint, data=data, headers={"Accept": "application/json"},
                 auth=(client_id, value.reveal()) if basic else None)
             status = response.status_code

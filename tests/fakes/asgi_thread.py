@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, Self
 
 import uvicorn
 
@@ -42,3 +42,23 @@ class ServedApp:
             self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)
+
+
+class ServedFake:
+    """A fake whose Starlette ``app`` is served while its ``with`` block runs, at ``url``."""
+
+    app: Any
+    _served: ServedApp | None = None
+
+    def __enter__(self) -> Self:
+        self._served = ServedApp(self.app).__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._served is not None:
+            self._served.__exit__(*exc)
+
+    @property
+    def url(self) -> str:
+        assert self._served is not None
+        return self._served.url

@@ -52,7 +52,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from fakes.asgi_thread import ServedApp
+from fakes.asgi_thread import ServedFake
 
 TARGET_PREFIX = "AWSCognitoIdentityProviderService."
 OPERATIONS = ("AddUserPoolClientSecret", "ListUserPoolClientSecrets",
@@ -84,7 +84,7 @@ def _error(kind: str, message: str, status: int = 400) -> JSONResponse:
                         media_type="application/x-amz-json-1.1")
 
 
-class FakeCognito:
+class FakeCognito(ServedFake):
     """User pools with app clients, IAM per access key, and the domain's token endpoint."""
 
     def __init__(self, region: str = "eu-west-1", *, propagation_delay: float = 0.0,
@@ -105,20 +105,6 @@ class FakeCognito:
         self._lock = threading.Lock()
         self.app = Starlette(routes=[Route("/", self._api, methods=["POST"]),
                                      Route("/oauth2/token", self._token, methods=["POST"])])
-        self._served: ServedApp | None = None
-
-    def __enter__(self) -> FakeCognito:
-        self._served = ServedApp(self.app).__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._served is not None:
-            self._served.__exit__(*exc)
-
-    @property
-    def url(self) -> str:
-        assert self._served is not None
-        return self._served.url
 
     # -- set-up ----------------------------------------------------------------------------
 

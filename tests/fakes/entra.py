@@ -54,7 +54,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from fakes.asgi_thread import ServedApp
+from fakes.asgi_thread import ServedFake
 
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 OWNED_BY = "Application.ReadWrite.OwnedBy"
@@ -102,7 +102,7 @@ def _graph_error(status: int, code: str, message: str,
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-class FakeEntra:
+class FakeEntra(ServedFake):
     """One tenant: applications, their passwords, Graph app roles, and the token endpoint."""
 
     def __init__(self, tenant: str | None = None, *, propagation_delay: float = 0.0,
@@ -125,22 +125,8 @@ class FakeEntra:
             Route("/{tenant}/oauth2/v2.0/token", self._token, methods=["POST"]),
             Route("/v1.0/{rest:path}", self._graph, methods=["GET", "POST"]),
         ])
-        self._served: ServedApp | None = None
 
     # -- test set-up -----------------------------------------------------------------------
-
-    def __enter__(self) -> FakeEntra:
-        self._served = ServedApp(self.app).__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._served is not None:
-            self._served.__exit__(*exc)
-
-    @property
-    def url(self) -> str:
-        assert self._served is not None
-        return self._served.url
 
     @property
     def token_endpoint(self) -> str:

@@ -39,6 +39,7 @@ import base64
 import hashlib
 import secrets
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -53,6 +54,25 @@ from starlette.routing import Route
 from fakes._common import RateBudget, ServedApp, read_form
 
 APPS_READ, APPS_MANAGE = "okta.apps.read", "okta.apps.manage"
+
+_AppHandler = Callable[["FakeOkta", Request, "App", dict[str, str]], Awaitable[Response]]
+
+
+def _app_route(scope: str) -> Callable[[_AppHandler], Callable[..., Awaitable[Response]]]:
+    """An ``/api/v1/apps/{app_id}`` route: the rate budget, the admin credential and ``scope``
+    are checked and the app is found (else Okta's refusal or 404) before ``handler`` runs with
+    the app and the rate-limit headers."""
+    def wrap(handler: _AppHandler) -> Callable[..., Awaitable[Response]]:
+        async def route(self: FakeOkta, request: Request) -> Response:
+            app = self._find(request)
+            refused, headers = self._admin(request, scope, app)
+            if refused:
+                return refused
+            if app is None:
+                return self._not_found(request, headers)
+            return await handler(self, request, app, headers)
+        return route
+    return wrap
 
 
 def _now() -> str:
@@ -219,13 +239,9 @@ class FakeOkta:
         return okta_error(404, "E0000007", f"Not found: Resource not found: "
                           f"{request.path_params['app_id']} (AppInstance)", headers=headers)
 
-    async def _get_app(self, request: Request) -> Response:
-        app = self._find(request)
-        refused, headers = self._admin(request, APPS_READ, app)
-        if refused:
-            return refused
-        if app is None:
-            return self._not_found(request, headers)
+    @_app_route(APPS_READ)
+    async def _get_app(self, request: Request, app: App, headers: dict[str, str]
+                       ) -> Response:
         return JSONResponse({"id": app.id, "name": "oidc_client", "label": app.label,
                              "status": "ACTIVE", "signOnMode": "OPENID_CONNECT",
                              "credentials": {"oauthClient": {
@@ -233,23 +249,15 @@ class FakeOkta:
                                  "token_endpoint_auth_method": "client_secret_basic"}}},
                             headers=headers)
 
-    async def _list_secrets(self, request: Request) -> Response:
-        app = self._find(request)
-        refused, headers = self._admin(request, APPS_READ, app)
-        if refused:
-            return refused
-        if app is None:
-            return self._not_found(request, headers)
+    @_app_route(APPS_READ)
+    async def _list_secrets(self, request: Request, app: App, headers: dict[str, str]
+                            ) -> Response:
         return JSONResponse([s.body(self.url, app.id, reveal=False) for s in app.secrets],
                             headers=headers)
 
-    async def _create_secret(self, request: Request) -> Response:
-        app = self._find(request)
-        refused, headers = self._admin(request, APPS_MANAGE, app)
-        if refused:
-            return refused
-        if app is None:
-            return self._not_found(request, headers)
+    @_app_route(APPS_MANAGE)
+    async def _create_secret(self, request: Request, app: App, headers: dict[str, str]
+                             ) -> Response:
         raw = await request.body()
         try:
             body = await request.json() if raw else {}
@@ -282,13 +290,9 @@ class FakeOkta:
         wanted = request.path_params["secret_id"]
         return next((s for s in app.secrets if s.id == wanted), None)
 
-    async def _lifecycle(self, request: Request) -> Response:
-        app = self._find(request)
-        refused, headers = self._admin(request, APPS_MANAGE, app)
-        if refused:
-            return refused
-        if app is None:
-            return self._not_found(request, headers)
+    @_app_route(APPS_MANAGE)
+    async def _lifecycle(self, request: Request, app: App, headers: dict[str, str]
+                         ) -> Response:
         action = request.path_params["action"]
         with self._lock:
             secret = self._secret(app, request)
@@ -305,13 +309,9 @@ class FakeOkta:
             secret.last_updated = _now()
         return JSONResponse(secret.body(self.url, app.id, reveal=False), headers=headers)
 
-    async def _delete_secret(self, request: Request) -> Response:
-        app = self._find(request)
-        refused, headers = self._admin(request, APPS_MANAGE, app)
-        if refused:
-            return refused
-        if app is None:
-            return self._not_found(request, headers)
+    @_app_route(APPS_MANAGE)
+    async def _delete_secret(self, request: Request, app: App, headers: dict[str, str]
+                             ) -> Response:
         with self._lock:
             secret = self._secret(app, request)
             if secret is None:
