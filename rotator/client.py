@@ -2,8 +2,9 @@
 
 A service asks :class:`TokenClient` (threads) or :class:`~rotator.client_async.AsyncTokenClient`
 (asyncio) for a token, or lets :class:`ClientCredentialsAuth` put one on every request of an
-``httpx`` client. Tokens come from :func:`rotator.token.request_token`; this module decides
-when to ask and what to do when asking fails.
+``httpx`` client. Tokens are requested and parsed as :func:`rotator.token.request_token`
+does (its headers and form built once per credentials); this module decides when to ask and
+what to do when asking fails.
 
 Reuse and refresh
     A token is cached per scope set and handed out until its *refresh point*: its lifetime
@@ -73,7 +74,7 @@ from rotator.errors import (
 )
 from rotator.interfaces import Credentials, Location, SecretStore, Stage, StoredCredentials
 from rotator.logsafety import install_log_safety
-from rotator.token import Token, TokenRequest, request_token
+from rotator.token import Token, TokenRequest, _transport_error, build_request, parse_token_response
 
 __all__ = ["CachePolicy", "ClientCredentialsAuth", "TokenClient"]
 
@@ -155,7 +156,7 @@ class _Refusal:
     retry_at: float
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen, which costs a call per field: never mutated, replaced
 class _Entry:
     """A cached token and the (monotonic) times that decide its use."""
 
@@ -190,10 +191,26 @@ class _Slot(Generic[_F]):
 # sync driver with blocking calls, the asyncio driver with awaits (httpx's auth-flow pattern).
 
 
-@dataclass(frozen=True)
+#: What a token request sends: the credentials it was built for, headers and form data.
+_Prepared = tuple[Credentials, dict[str, str], dict[str, str]]
+
+
+@dataclass(slots=True)
 class _Fetch:
     request: TokenRequest
     credentials: Credentials
+    #: the request's headers and form, built once per request and credentials
+    prepared: _Prepared
+
+
+def _fetch(http: httpx.Client, effect: _Fetch) -> Token:
+    """:func:`rotator.token.request_token` with the headers and form prepared once."""
+    _, headers, data = effect.prepared
+    try:
+        response = http.post(effect.request.token_endpoint, data=data, headers=headers)
+    except httpx.HTTPError as exc:
+        raise _transport_error(effect.request, exc) from None
+    return parse_token_response(effect.request, response)
 
 
 @dataclass(frozen=True)
@@ -304,6 +321,7 @@ class _TokenCore:
         self._lock = threading.Lock()
         self._default_key = _scope_key(request.scopes)
         self._requests: dict[ScopeKey, TokenRequest] = {self._default_key: request}
+        self._prepared: dict[ScopeKey, _Prepared] = {}
         self._refusal: _Refusal | None = None
         self._reread = False  # read CURRENT at every refresh, not only after a refusal
         self._used: Credentials | None = None  # the credentials of the last token obtained
@@ -321,6 +339,14 @@ class _TokenCore:
         if request is None:
             request = self._requests[key] = replace(self._request, scopes=key)
         return request
+
+    def _prepare(self, key: ScopeKey, request: TokenRequest,
+                 credentials: Credentials) -> _Prepared:
+        """The headers and form for ``request`` with ``credentials``, built once for both."""
+        prepared = self._prepared.get(key)
+        if prepared is None or prepared[0] is not credentials:
+            prepared = self._prepared[key] = (credentials, *build_request(request, credentials))
+        return prepared
 
     def _invalidate(self, slots: Iterable[_Slot[Any]], token: Token) -> None:
         with self._lock:
@@ -369,7 +395,8 @@ class _TokenCore:
         while True:
             sent_at = self._clock()
             try:
-                token = yield _Fetch(request, credentials)
+                token = yield _Fetch(request, credentials,
+                                     self._prepare(key, request, credentials))
             except TokenEndpointUnavailable as exc:
                 failures += 1
                 delay = self._policy.backoff(failures, self._random(), exc.retry_after)
@@ -630,7 +657,7 @@ class TokenClient(_TokenCore):
             sent, error = None, None
             try:
                 if isinstance(effect, _Fetch):
-                    sent = request_token(self._http, effect.request, effect.credentials)
+                    sent = _fetch(self._http, effect)
                 elif isinstance(effect, _Sleep):
                     self._sleep(effect.seconds)
                 else:

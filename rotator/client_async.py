@@ -38,11 +38,21 @@ from rotator.client import (
 )
 from rotator.client_report import ConsumerReporter
 from rotator.interfaces import Credentials, Location, SecretStore
-from rotator.token import Token, TokenRequest, request_token_async
+from rotator.token import Token, TokenRequest, _transport_error, parse_token_response
 
 __all__ = ["AsyncTokenClient"]
 
 _Task = asyncio.Task[Token]
+
+
+async def _fetch(http: httpx.AsyncClient, effect: _Fetch) -> Token:
+    """:func:`rotator.token.request_token_async` with the headers and form prepared once."""
+    _, headers, data = effect.prepared
+    try:
+        response = await http.post(effect.request.token_endpoint, data=data, headers=headers)
+    except httpx.HTTPError as exc:
+        raise _transport_error(effect.request, exc) from None
+    return parse_token_response(effect.request, response)
 
 
 def _consume(task: _Task) -> None:
@@ -163,8 +173,7 @@ class AsyncTokenClient(_TokenCore):
             sent, error = None, None
             try:
                 if isinstance(effect, _Fetch):
-                    sent = await request_token_async(self._http, effect.request,
-                                                     effect.credentials)
+                    sent = await _fetch(self._http, effect)
                 elif isinstance(effect, _Sleep):
                     await self._sleep(effect.seconds)
                 else:
