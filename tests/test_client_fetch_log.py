@@ -13,7 +13,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-import rotator.client as rotator_client
+import rotator.client.policy as client_policy
 import rotator.secrets as rotator_secrets
 from rotator.client import ClientCredentialsAuth, TokenClient
 from rotator.interfaces import Credentials
@@ -100,7 +100,7 @@ class TestRequestBuiltOncePerCredentials:
             built.append(creds.client_id)
             return build_request(request, creds)
 
-        monkeypatch.setattr(rotator_client, "build_request", counting)
+        monkeypatch.setattr(client_policy, "build_request", counting)
         with _client() as client:
             for _ in range(3):
                 client.invalidate(client.token())
