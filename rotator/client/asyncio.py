@@ -127,7 +127,9 @@ class AsyncTokenClient(_TokenCore):
 
     async def _token_slow(self, key: ScopeKey) -> Token:
         with self._lock:
-            slot = self._slots.setdefault(key, _Slot())
+            slot = self._slots.get(key)
+            if slot is None:  # not setdefault: that would build a _Slot on every fetch
+                slot = self._slots[key] = _Slot()
             now, entry = self._clock(), slot.entry
             if entry is not None and now < entry.refresh_at:
                 return entry.token

@@ -145,7 +145,9 @@ class TokenClient(_TokenCore):
 
     def _token_slow(self, key: ScopeKey) -> Token:
         with self._lock:
-            slot = self._slots.setdefault(key, _Slot())
+            slot = self._slots.get(key)
+            if slot is None:  # not setdefault: that would build a _Slot on every fetch
+                slot = self._slots[key] = _Slot()
             now, entry = self._clock(), slot.entry
             if entry is not None and now < entry.expires_at and (
                 now < entry.refresh_at or slot.flight is not None
