@@ -177,7 +177,8 @@ class _Redactor:
         redaction first registers what is queued, under the lock it scans with, so no text
         is scanned without the values wrapped before it. Past :data:`MAX_PENDING_VALUES`
         queued values they are registered at once. A value whose Secret is gone before
-        then is registered all the same, as a value no longer wrapped.
+        then is registered all the same, as a value no longer wrapped. Only ASCII values are
+        queued: their forms cannot fail to encode, so a redaction never raises for them.
         """
         self._pending.append((weakref.ref(owner), value))
         if len(self._pending) > MAX_PENDING_VALUES:
@@ -194,7 +195,9 @@ class _Redactor:
                 break
             # A Secret gone meanwhile: a stand-in that is gone again once add returns, so
             # the forms are remembered as those of a value no longer wrapped.
-            owner = ref() or object.__new__(Secret)
+            owner = ref()
+            if owner is None:
+                owner = object.__new__(Secret)
             self.add(owner, _encodings(value))
             del owner
 
@@ -305,7 +308,10 @@ class Secret:
         if not isinstance(value, str):
             raise TypeError("Secret wraps a str")
         self._value = value
-        _REDACTOR.defer(self, value)
+        if value.isascii():  # the usual case (tokens, generated secrets): its forms cannot fail
+            _REDACTOR.defer(self, value)
+        else:  # may raise (a lone surrogate has no UTF-8): here, not in a later log call
+            _REDACTOR.add(self, _encodings(value))
 
     def reveal(self) -> str:
         """Return the value. Call only where the value must leave the process."""

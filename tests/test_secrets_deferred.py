@@ -54,6 +54,24 @@ class TestWrappingDefersTheWork:
         assert all(redactor._forms.get(redactor._digest(o.reveal().encode())) for o in owners)
 
 
+class TestNonAsciiValuesAtOnce:
+    """A value that is not ASCII is registered when it is wrapped, so a value without a
+    UTF-8 form fails there and never in a later redaction (a log call)."""
+
+    def test_non_ascii_is_registered_at_once(self) -> None:
+        redact("")
+        s = Secret(_value() + "é")
+        assert not rs._REDACTOR._pending
+        assert rs._REDACTOR.redact(s.reveal()) == MASK
+
+    def test_a_lone_surrogate_fails_at_wrapping_and_redaction_goes_on(self) -> None:
+        with pytest.raises(UnicodeEncodeError):
+            Secret("abc\ud800defghijkl")
+        value = _value()
+        Secret(value)
+        assert redact(f"x {value}") == f"x {MASK}"
+
+
 class TestDeferredValuesAreMasked:
     """A value is masked by the first redaction after it was wrapped, in every form, and
     also when its Secret died before that redaction."""
