@@ -9,7 +9,11 @@ threaded ``http.server`` with HTTP/1.1 keep-alive that issues opaque tokens). Th
    what Authlib runs before every request, ``ensure_active_token(client.token)``; the same for
    the asyncio clients.
 2. What does a token fetch cost over a bare ``httpx`` POST of the same form? rotator drops
-   its token and fetches one; Authlib calls ``fetch_token``.
+   its token and fetches one; Authlib calls ``fetch_token``. (2b) asks it again through
+   ``httpx.MockTransport``, where no server's time dilutes the libraries' own: the added µs
+   per fetch at the median and in the mean (which carries rotator's registration of the new
+   token with the redactor, deferred until a log record is created or 1,024 tokens wait),
+   and with one stdlib log record per fetch.
 3. When N threads (tasks) need a token at the moment it expired, how many token requests
    does each library send?
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import multiprocessing
 import os
 import platform
@@ -43,7 +48,7 @@ import httpx
 from rotator.client import ClientCredentialsAuth, TokenClient
 from rotator.client_async import AsyncTokenClient
 from rotator.interfaces import Credentials
-from rotator.secrets import Secret
+from rotator.secrets import MAX_PENDING_VALUES, Secret
 from rotator.token import TokenRequest
 
 with warnings.catch_warnings():
@@ -318,17 +323,37 @@ def main() -> None:
     def mock_authlib_fetch() -> None:
         mock_auth.fetch_token(mock_url, grant_type="client_credentials")
 
+    # A service that logs one stdlib record per fetch: the record is redacted when it is
+    # created, and that is when rotator registers the new token's forms with the redactor.
+    record = logging.getLogger("bench.fetch")
+    record.propagate, record.level = False, logging.INFO
+    record.addHandler(logging.NullHandler())
+
+    def logged(fetch: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            fetch()
+            record.info("fetched a token")
+        return run
+
     mock = per_fetch_us({"bare": mock_bare_fetch, "rotator": mock_rotator_fetch,
-                         "authlib": mock_authlib_fetch})
+                         "authlib": mock_authlib_fetch, "bare+log": logged(mock_bare_fetch),
+                         "rotator+log": logged(mock_rotator_fetch)})
     added = {name: statistics.median(mock[name]) - statistics.median(mock["bare"])
              for name in ("rotator", "authlib")}
-    print(f"\n(2b) token fetch through httpx.MockTransport (no server), structlog unconfigured, "
-          f"µs (median of {ROUNDS * FETCHES} fetches each, interleaved [10th percentile])")
+    mean_added = {name: statistics.mean(mock[name]) - statistics.mean(mock["bare"])
+                  for name in ("rotator", "authlib")}
+    log_added = statistics.median(mock["rotator+log"]) - statistics.median(mock["bare+log"])
+    print(f"\n(2b) token fetch through httpx.MockTransport (no server), logging at its defaults "
+          f"(structlog unconfigured, stdlib root at WARNING), µs (median of {ROUNDS * FETCHES} "
+          "fetches each, interleaved [10th percentile]); added over bare: median, and mean")
     print(f"    bare httpx POST + JSON                     {pct(mock['bare'])}")
-    print(f"    rotator (drop token, token())              {pct(mock['rotator'])}"
-          f"   x{ratio(mock['rotator'], mock['bare']):.3f} of bare, {added['rotator']:+.1f} µs")
-    print(f"    authlib fetch_token()                      {pct(mock['authlib'])}"
-          f"   x{ratio(mock['authlib'], mock['bare']):.3f} of bare, {added['authlib']:+.1f} µs")
+    for name, label in (("rotator", "rotator (drop token, token())"),
+                        ("authlib", "authlib fetch_token()")):
+        print(f"    {label:<42} {pct(mock[name])}   x{ratio(mock[name], mock['bare']):.3f} of "
+              f"bare, {added[name]:+.1f} µs (mean {mean_added[name]:+.1f} µs)")
+    print(f"    with one stdlib log record per fetch: rotator {log_added:+.1f} µs over bare "
+          "(the record registers the token's forms; the mean above carries that work when no "
+          f"record comes, once per {MAX_PENDING_VALUES} fetches)")
     verdict = ("met" if added["rotator"] <= 10 and added["rotator"] < added["authlib"]
                else "MISSED")
     print(f"    target rotator <= +10 µs and below authlib {verdict}")

@@ -26,13 +26,13 @@ from rotator.interfaces import (
 from rotator.secrets import Secret
 
 if TYPE_CHECKING:
-    from rotator.client_async import AsyncTokenClient
+    from rotator.client.asyncio import AsyncTokenClient
 
 
 def __getattr__(name: str) -> Any:
     """Import the asyncio client on first use, so that the CLI does not load asyncio."""
     if name == "AsyncTokenClient":
-        from rotator.client_async import AsyncTokenClient
+        from rotator.client.asyncio import AsyncTokenClient
 
         return AsyncTokenClient
     raise AttributeError(f"module 'rotator' has no attribute {name!r}")

@@ -2,7 +2,8 @@
 
 Every secret value rotator handles travels as a :class:`Secret`. Its ``repr`` and ``str``
 hide the value, so a secret that slips into an f-string, a log call or an exception shows
-``**********``. Wrapping a value also registers it with a process-wide redactor; the
+``**********``. Wrapping a value also registers it with a process-wide redactor (before
+the next redaction: see :meth:`_Redactor.defer`); the
 logging pipeline and error translation run text through :func:`redact` as a second line of
 defence for text that came from elsewhere (a remote error body echoing a form field).
 
@@ -36,7 +37,7 @@ import secrets as _stdlib_secrets
 import struct
 import threading
 import weakref
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from typing import NamedTuple
 from urllib.parse import quote, quote_plus
@@ -47,6 +48,9 @@ _MASK_BYTES = _MASK.encode()
 _MIN_REDACT_LEN = 8
 #: Forms of values no longer held in a live Secret are forgotten past this many (~20 MB).
 MAX_REMEMBERED_FORMS = 100_000
+#: Values wrapped since the last redaction, registered at the next one (or once this many
+#: wait, which bounds the memory they hold).
+MAX_PENDING_VALUES = 1024
 #: Long forms are found by the keyed hashes of 8-byte grams of their UTF-8.
 _GRAM = 8
 _GRAMS = struct.Struct(f"{_GRAM}s")
@@ -116,7 +120,7 @@ class _Redactor:
     """Remembers keyed digests of secret values and their encodings; masks them in text."""
 
     def __init__(self, max_forms: int = MAX_REMEMBERED_FORMS) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered by add when a redaction runs defer's queue
         self._key = os.urandom(16)
         self._max_forms = max_forms
         #: digest of a form's UTF-8 -> what finding and forgetting it needs
@@ -130,6 +134,8 @@ class _Redactor:
         #: hash of a whole short form -> how many forms have it; and their lengths
         self._short: Counter[int] = Counter()
         self._short_lengths: Counter[int] = Counter()
+        #: values wrapped but not registered yet: every redaction registers them first
+        self._pending: deque[tuple[weakref.ref[Secret], str]] = deque()
 
     def _digest(self, data: bytes) -> bytes:
         return hashlib.blake2b(data, key=self._key, digest_size=16).digest()
@@ -163,6 +169,38 @@ class _Redactor:
             self._forget_dead()
             self._probe = min(self._strides, default=_GRAM)
 
+    def defer(self, owner: Secret, value: str) -> None:
+        """Register ``owner``'s value before the next redaction, not now.
+
+        A value only needs to be known when text is redacted: a token client that fetches a
+        token and logs nothing pays one append, not the forms' encodings and digests. Every
+        redaction first registers what is queued, under the lock it scans with, so no text
+        is scanned without the values wrapped before it. Past :data:`MAX_PENDING_VALUES`
+        queued values they are registered at once. A value whose Secret is gone before
+        then is registered all the same, as a value no longer wrapped. Only ASCII values are
+        queued: their forms cannot fail to encode, so a redaction never raises for them.
+        """
+        self._pending.append((weakref.ref(owner), value))
+        if len(self._pending) > MAX_PENDING_VALUES:
+            with self._lock:
+                self._register_pending()
+
+    def _register_pending(self) -> None:
+        """Register every queued value; the caller holds the lock."""
+        pending = self._pending
+        while pending:
+            try:  # deque operations are atomic: another thread may append meanwhile
+                ref, value = pending.popleft()
+            except IndexError:
+                break
+            # A Secret gone meanwhile: a stand-in that is gone again once add returns, so
+            # the forms are remembered as those of a value no longer wrapped.
+            owner = ref()
+            if owner is None:
+                owner = object.__new__(Secret)
+            self.add(owner, _encodings(value))
+            del owner
+
     def _forget_dead(self) -> None:
         # Oldest first; a form whose Secret is alive goes to the back instead.
         for _ in range(len(self._forms)):
@@ -185,6 +223,8 @@ class _Redactor:
         data = text.encode("utf-8", "surrogatepass")
         spans: list[tuple[int, int]] = []
         with self._lock:
+            if self._pending:  # values wrapped since the last redaction (see defer)
+                self._register_pending()
             if self._grams and len(data) >= _GRAM:
                 probe = self._probe
                 if probe == _GRAM:  # the common case: one C call cuts and tags every probe
@@ -268,7 +308,10 @@ class Secret:
         if not isinstance(value, str):
             raise TypeError("Secret wraps a str")
         self._value = value
-        _REDACTOR.add(self, _encodings(value))
+        if value.isascii():  # the usual case (tokens, generated secrets): its forms cannot fail
+            _REDACTOR.defer(self, value)
+        else:  # may raise (a lone surrogate has no UTF-8): here, not in a later log call
+            _REDACTOR.add(self, _encodings(value))
 
     def reveal(self) -> str:
         """Return the value. Call only where the value must leave the process."""

@@ -1,19 +1,24 @@
-"""The per-fetch ``token_obtained`` event: debug level, unprinted by unconfigured structlog."""
+"""A token fetch's logging: the per-fetch ``token_obtained`` event (debug level, unprinted by
+unconfigured structlog), the access token never in a log line, the request built once."""
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from rotator.client import TokenClient
+import rotator.client.policy as client_policy
+import rotator.secrets as rotator_secrets
+from rotator.client import ClientCredentialsAuth, TokenClient
 from rotator.interfaces import Credentials
 from rotator.secrets import Secret
-from rotator.token import TokenRequest
+from rotator.token import TokenRequest, build_request
 
 
 def _answer(_request: httpx.Request) -> httpx.Response:
@@ -49,3 +54,55 @@ class TestFetchEvent:
         with capture_logs() as logs, _client() as client:
             client.token()
         assert [e["log_level"] for e in logs if e["event"] == "token_obtained"] == ["debug"]
+
+
+class TestFetchedTokenNeverLogged:
+    """An access token logged right after its fetch is masked, though the fetch itself
+    registered nothing with the redactor (the first log record does)."""
+
+    def test_stdlib_record_right_after_a_fetch(self, caplog: pytest.LogCaptureFixture) -> None:
+        with _client() as client:
+            token = client.token()
+            assert token.access_token.reveal() in [v for _, v in rotator_secrets._REDACTOR._pending]
+            with caplog.at_level(logging.INFO, logger="app"):
+                logging.getLogger("app").info("token %s header %s", token.access_token.reveal(),
+                                              "Bearer " + token.access_token.reveal())
+        assert token.access_token.reveal() not in caplog.text
+        assert caplog.text.count("**********") == 2
+
+    def test_authorization_header_logged_after_many_fetches(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        seen: list[str] = []
+
+        def api(request: httpx.Request) -> httpx.Response:
+            seen.append(request.headers["Authorization"])
+            return httpx.Response(401 if len(seen) % 2 else 200)
+
+        with _client() as client, httpx.Client(transport=httpx.MockTransport(api),
+                                                auth=ClientCredentialsAuth(client)) as http:
+            for _ in range(20):
+                http.get("http://api.test/")
+            with caplog.at_level(logging.INFO, logger="app"):
+                for header in seen:
+                    logging.getLogger("app").info("sent %s", header)
+        assert len(set(seen)) > 10
+        assert not any(header.split()[1] in caplog.text for header in seen)
+
+
+class TestRequestBuiltOncePerCredentials:
+    """The token request's headers and form are built once per credentials, not per fetch."""
+
+    def test_three_fetches_build_once(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        built: list[str] = []
+
+        def counting(request: TokenRequest, creds: Credentials) -> Any:
+            built.append(creds.client_id)
+            return build_request(request, creds)
+
+        monkeypatch.setattr(client_policy, "build_request", counting)
+        with _client() as client:
+            for _ in range(3):
+                client.invalidate(client.token())
+            client.token(["other"])
+        assert built == ["svc", "svc"]  # once for the default scopes, once for "other"

@@ -37,7 +37,8 @@ class TestCommandLineImports:
 
     def test_import_rotator(self) -> None:
         code = ("import sys, rotator, rotator.cli; print(sorted(m for m in "
-                "('rotator.client_async', 'hvac', 'boto3', 'botocore') if m in sys.modules))")
+                "('rotator.client_async', 'rotator.client.asyncio', 'hvac', 'boto3', 'botocore') "
+                "if m in sys.modules))")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              check=True).stdout
         assert out.strip() == "[]"

@@ -1,64 +1,23 @@
-"""A token cache for services that call APIs with client credentials, and survive rotation.
+"""The token policy both clients share: cache entries, refresh times, retries, rotation.
 
-A service asks :class:`TokenClient` (threads) or :class:`~rotator.client_async.AsyncTokenClient`
-(asyncio) for a token, or lets :class:`ClientCredentialsAuth` put one on every request of an
-``httpx`` client. Tokens come from :func:`rotator.token.request_token`; this module decides
-when to ask and what to do when asking fails.
-
-Reuse and refresh
-    A token is cached per scope set and handed out until its *refresh point*: its lifetime
-    (``expires_in``, measured from just before the request was sent) minus a buffer of
-    ``min(max_buffer, buffer_ratio * lifetime)``, by default ``min(300 s, 10 %)``: a one-hour
-    token is refreshed 5 minutes early, a 60-second token 6 seconds early. From the refresh
-    point one caller fetches a new token while the others keep using the old one; the old one
-    is no longer handed out once only half the buffer remains. A token without
-    ``expires_in`` is assumed to live ``assumed_lifetime`` (300 s).
-Single flight
-    Callers that need a new token at the same time wait for one request.
-Retries
-    ``TokenEndpointUnavailable`` (5xx, 429, timeouts) is retried up to ``max_attempts``
-    requests in all, after ``random() * min(max_delay, base_delay * 2 ** (n - 1))`` seconds
-    (exponential backoff, full jitter), never sooner than ``Retry-After``; a ``Retry-After``
-    longer than ``max_delay`` ends the retries at once. ``InvalidScope``,
-    ``UnauthorizedClient`` and ``BadTokenResponse`` are raised at once: waiting cannot fix them.
-Rotation
-    With credentials read from a :class:`~rotator.interfaces.SecretStore`, an
-    ``InvalidClient`` makes the client re-read CURRENT and retry once with a secret it has
-    not tried; if there is none it tries PREVIOUS, which rotator keeps in the store exactly
-    while the old secret's grace period lasts. Credentials given directly are never re-read.
-Refused secrets
-    When every secret in reach was refused (the IdP already has a new secret the store does
-    not hold yet), no token request is sent with those secrets again for
-    ``refused_base_delay`` seconds, doubling per refusal up to ``refused_max_delay``, each
-    delay jittered to between half and all of it. Meanwhile each call re-reads CURRENT from
-    the store and fails at once while it holds a refused secret; a secret not refused before
-    is tried at once. So a stale store costs a few token requests per backoff period, not a
-    few per call, and the first call after the store is updated recovers.
-
-No secret and no access token reaches a log event or an exception message; events carry the
-client id, the scopes and the stage of the credential used.
-
-Errors raised by :meth:`TokenClient.token`: the :class:`~rotator.errors.VerificationError`
-subclasses of :mod:`rotator.token`, each prefixed with the client id, and ``StoreError`` when
-the credentials cannot be read in the first place.
+:class:`_TokenCore` holds the cache and writes the policy once, as a generator of effects
+(fetch a token, sleep, read the store) that the sync client (:mod:`rotator.client.sync`)
+performs with blocking calls and the asyncio client (:mod:`rotator.client.asyncio`) with
+awaits, as httpx's auth flows do. The behaviour is described in :mod:`rotator.client`.
 """
 
 from __future__ import annotations
 
 import logging
-import random as _random
 import threading
-import time
-from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, replace
 from os import PathLike
-from typing import Any, Generic, Protocol, Self, TypeVar
+from typing import Any, Generic, TypeVar
 
-import httpx
 import structlog
 from structlog.typing import FilteringBoundLogger
 
-from rotator.client_report import ConsumerReporter
 from rotator.config import ClientConfig, load_config
 from rotator.errors import (
     BadTokenResponse,
@@ -73,9 +32,9 @@ from rotator.errors import (
 )
 from rotator.interfaces import Credentials, Location, SecretStore, Stage, StoredCredentials
 from rotator.logsafety import install_log_safety
-from rotator.token import Token, TokenRequest, request_token
+from rotator.token import Token, TokenRequest, build_request
 
-__all__ = ["CachePolicy", "ClientCredentialsAuth", "TokenClient"]
+__all__ = ["CachePolicy", "Clock", "Random", "ScopeKey"]
 
 #: A monotonic clock in seconds.
 Clock = Callable[[], float]
@@ -155,7 +114,7 @@ class _Refusal:
     retry_at: float
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen, which costs a call per field: never mutated, replaced
 class _Entry:
     """A cached token and the (monotonic) times that decide its use."""
 
@@ -190,10 +149,16 @@ class _Slot(Generic[_F]):
 # sync driver with blocking calls, the asyncio driver with awaits (httpx's auth-flow pattern).
 
 
-@dataclass(frozen=True)
+#: What a token request sends: the credentials it was built for, headers and form data.
+_Prepared = tuple[Credentials, dict[str, str], dict[str, str]]
+
+
+@dataclass(slots=True)
 class _Fetch:
     request: TokenRequest
     credentials: Credentials
+    #: the request's headers and form, built once per request and credentials
+    prepared: _Prepared
 
 
 @dataclass(frozen=True)
@@ -304,6 +269,7 @@ class _TokenCore:
         self._lock = threading.Lock()
         self._default_key = _scope_key(request.scopes)
         self._requests: dict[ScopeKey, TokenRequest] = {self._default_key: request}
+        self._prepared: dict[ScopeKey, _Prepared] = {}
         self._refusal: _Refusal | None = None
         self._reread = False  # read CURRENT at every refresh, not only after a refusal
         self._used: Credentials | None = None  # the credentials of the last token obtained
@@ -321,6 +287,14 @@ class _TokenCore:
         if request is None:
             request = self._requests[key] = replace(self._request, scopes=key)
         return request
+
+    def _prepare(self, key: ScopeKey, request: TokenRequest,
+                 credentials: Credentials) -> _Prepared:
+        """The headers and form for ``request`` with ``credentials``, built once for both."""
+        prepared = self._prepared.get(key)
+        if prepared is None or prepared[0] is not credentials:
+            prepared = self._prepared[key] = (credentials, *build_request(request, credentials))
+        return prepared
 
     def _invalidate(self, slots: Iterable[_Slot[Any]], token: Token) -> None:
         with self._lock:
@@ -369,7 +343,8 @@ class _TokenCore:
         while True:
             sent_at = self._clock()
             try:
-                token = yield _Fetch(request, credentials)
+                token = yield _Fetch(request, credentials,
+                                     self._prepare(key, request, credentials))
             except TokenEndpointUnavailable as exc:
                 failures += 1
                 delay = self._policy.backoff(failures, self._random(), exc.retry_after)
@@ -480,237 +455,3 @@ class _TokenCore:
             f"client {self.client_id}: {exc} ({why})", error=exc.error, status=exc.status,
             retry_after=exc.retry_after,
         )
-
-
-class _Flight:
-    """One token request that several threads wait for.
-
-    A lock held by the leader until the result is in: cheaper to create than an Event, and
-    the leader creates one for every fetch, usually with nobody waiting.
-    """
-
-    def __init__(self) -> None:
-        self._pending = threading.Lock()
-        self._pending.acquire()
-        self._token: Token | None = None
-        self._error: BaseException | None = None
-
-    def finish(self, token: Token | None, error: BaseException | None = None) -> None:
-        self._token, self._error = token, error
-        self._pending.release()
-
-    def wait(self) -> Token:
-        with self._pending:
-            pass
-        if self._error is not None:
-            raise self._error
-        assert self._token is not None
-        return self._token
-
-
-class TokenClient(_TokenCore):
-    """Access tokens for one OAuth client, cached and shared by the threads of a service.
-
-    Give ``credentials``, or a started ``store`` and the ``location`` of the credentials in
-    it (re-read when the token endpoint refuses the secret). ``http`` is the client for the
-    token endpoint (closed by :meth:`close` only if this object created it). ``clock``,
-    ``sleep`` and ``random`` are injectable for tests.
-    """
-
-    def __init__(
-        self,
-        request: TokenRequest,
-        credentials: Credentials | None = None,
-        *,
-        store: SecretStore | None = None,
-        location: Location | None = None,
-        http: httpx.Client | None = None,
-        policy: CachePolicy | None = None,
-        clock: Clock = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-        random: Random = _random.random,
-        logger: FilteringBoundLogger | None = None,
-        reporter: ConsumerReporter | None = None,
-    ) -> None:
-        super().__init__(request, credentials, store, location, policy or CachePolicy(), clock,
-                         random, logger)
-        # retire = "when_unused": re-read CURRENT at every refresh, report what was used.
-        self._reporter = reporter
-        self._reread = reporter is not None and store is not None
-        self._http = http if http is not None else httpx.Client(timeout=10.0)
-        self._owns_http = http is None
-        self._sleep = sleep
-        self._store_lock = threading.Lock()
-        self._slots: dict[ScopeKey, _Slot[_Flight]] = {}
-
-    @classmethod
-    def from_config(
-        cls,
-        path: str | PathLike[str],
-        client_name: str,
-        *,
-        store: str | None = None,
-        environ: Mapping[str, str] | None = None,
-        **kwargs: Any,
-    ) -> Self:
-        """A client for ``[clients.<client_name>]`` of a rotator configuration.
-
-        Reads credentials from the client's first store (or the one named ``store``), which
-        is started here and closed by :meth:`close`. Raises ``ConfigError`` or ``StoreError``.
-        With ``ROTATOR_REPORT_URL`` set (in ``environ``, default the process environment), it
-        reports which secret it uses to the daemon (:mod:`rotator.client_report`).
-        """
-        if "reporter" not in kwargs:
-            kwargs["reporter"] = ConsumerReporter.from_env(client_name, environ)
-        return _from_config(cls, path, client_name, store, environ, kwargs,
-                            lambda c: httpx.Client(timeout=c.verify_timeout,
-                                                   verify=c.tls_verify))
-
-    def token(self, scopes: Iterable[str] | None = None) -> Token:
-        """A valid token for ``scopes`` (default: the request's), from the cache if possible.
-
-        Raises the ``VerificationError`` subclasses described in the module docstring.
-        """
-        slot = self._slots.get(self._default_key if scopes is None else _scope_key(scopes))
-        if slot is not None:
-            entry = slot.entry
-            if entry is not None and self._clock() < entry.refresh_at:
-                return entry.token
-        return self._token_slow(self._key(scopes))
-
-    def invalidate(self, token: Token) -> None:
-        """Forget ``token`` (a resource server refused it); the next call fetches another."""
-        self._invalidate(self._slots.values(), token)
-
-    def _token_slow(self, key: ScopeKey) -> Token:
-        with self._lock:
-            slot = self._slots.setdefault(key, _Slot())
-            now, entry = self._clock(), slot.entry
-            if entry is not None and now < entry.expires_at and (
-                now < entry.refresh_at or slot.flight is not None
-            ):
-                return entry.token  # fresh, or another thread is already refreshing it
-            flight, lead = slot.flight, slot.flight is None
-            if flight is None:
-                flight = slot.flight = _Flight()
-        if not lead:
-            return flight.wait()
-        try:
-            new = self._run(self._flow(key))
-        except Exception as exc:
-            kept = self._kept_after_failure(slot, exc)
-            with self._lock:
-                slot.flight = None
-            flight.finish(kept, exc if kept is None else None)
-            if kept is None:
-                raise
-            return kept
-        except BaseException as exc:  # KeyboardInterrupt: release the waiting threads too
-            with self._lock:
-                slot.flight = None
-            flight.finish(None, exc)
-            raise
-        with self._lock:
-            slot.entry, slot.flight = new, None
-        flight.finish(new.token)
-        used = self._credentials if self._used is None else self._used
-        if self._reporter is not None and used is not None:
-            self._reporter.report(used.client_secret)  # never raises; at most once a refresh
-        return new.token
-
-    def _run(self, flow: _Flow) -> _Entry:
-        sent: Any = None
-        error: Exception | None = None
-        while True:
-            try:
-                effect = flow.throw(error) if error is not None else flow.send(sent)
-            except StopIteration as stop:
-                result: _Entry = stop.value
-                return result
-            sent, error = None, None
-            try:
-                if isinstance(effect, _Fetch):
-                    sent = request_token(self._http, effect.request, effect.credentials)
-                elif isinstance(effect, _Sleep):
-                    self._sleep(effect.seconds)
-                else:
-                    with self._store_lock:
-                        sent = self._read_store(effect.stage)
-            except Exception as exc:
-                error = exc
-
-    def close(self) -> None:
-        """Close the token-endpoint client and store this object created. Never raises."""
-        if self._owns_http:
-            self._http.close()
-        if self._reporter is not None:
-            self._reporter.close()
-        if self._owns_store and self._store is not None:
-            self._store.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class AsyncTokenSource(Protocol):
-    """What :class:`ClientCredentialsAuth` needs from an asyncio token client."""
-
-    async def token(self, scopes: Iterable[str] | None = None) -> Token: ...
-
-    def invalidate(self, token: Token) -> None: ...
-
-
-def _authorized(request: httpx.Request, token: Token) -> httpx.Request:
-    request.headers["Authorization"] = "Bearer " + token.access_token.reveal()
-    return request
-
-
-class ClientCredentialsAuth(httpx.Auth):
-    """``httpx`` authentication with cached client-credentials tokens.
-
-    ``httpx.Client(auth=ClientCredentialsAuth(token_client))`` with a :class:`TokenClient`,
-    ``httpx.AsyncClient(auth=...)`` with an ``AsyncTokenClient``. When the resource server
-    answers 401, the token is dropped from the cache and the request is sent once more with a
-    new token; a second 401 is returned to the caller. Token errors propagate from the
-    request as ``VerificationError`` subclasses.
-    """
-
-    # A request is sent twice after a 401: read a streamed body first so it can be replayed.
-    requires_request_body = True
-
-    def __init__(self, tokens: TokenClient | AsyncTokenSource,
-                 scopes: Iterable[str] | None = None) -> None:
-        self._tokens = tokens
-        self._scopes = None if scopes is None else _scope_key(scopes)
-        self._log: FilteringBoundLogger = structlog.get_logger("rotator.client")
-
-    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response,
-                                                                   None]:
-        tokens = self._tokens
-        if not isinstance(tokens, TokenClient):
-            raise TypeError("ClientCredentialsAuth holds an asyncio token client: use it with "
-                            "httpx.AsyncClient, or give it a TokenClient")
-        request.read()
-        token = tokens.token(self._scopes)
-        response = yield _authorized(request, token)
-        if response.status_code == 401:
-            self._log.info("token_rejected_by_resource", host=request.url.host)
-            tokens.invalidate(token)
-            yield _authorized(request, tokens.token(self._scopes))
-
-    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request,
-                                                                               httpx.Response]:
-        tokens = self._tokens
-        if isinstance(tokens, TokenClient):
-            raise TypeError("ClientCredentialsAuth holds a TokenClient: use it with "
-                            "httpx.Client, or give it an AsyncTokenClient")
-        await request.aread()
-        token = await tokens.token(self._scopes)
-        response = yield _authorized(request, token)
-        if response.status_code == 401:
-            self._log.info("token_rejected_by_resource", host=request.url.host)
-            tokens.invalidate(token)
-            yield _authorized(request, await tokens.token(self._scopes))
