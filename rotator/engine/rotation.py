@@ -39,6 +39,7 @@ from rotator.interfaces import (
     IdpCapabilities,
     IssuedSecret,
     Journal,
+    Lease,
     RetirementGate,
     Rotation,
     RotationId,
@@ -554,7 +555,7 @@ class Engine:
         for target in client.targets:  # stores that took it before one refused
             with contextlib.suppress(StoreError):
                 self.adapters.store(target.store).discard_pending(target.location,
-                                                                  rotation.id)
+                                                                  rotation.id, fence=self._fence)
         self._advance(rotation, State.ROLLED_BACK, error=reason)
 
     def _verify_step(self, client: ClientConfig, caps: IdpCapabilities, rotation: Rotation, *,
@@ -588,7 +589,8 @@ class Engine:
         if single:
             # The IdP invalidated the old secret when it issued this one: stop offering it.
             for target in client.targets:
-                self.adapters.store(target.store).drop_previous(target.location, rotation.id)
+                self.adapters.store(target.store).drop_previous(target.location, rotation.id,
+                                                               fence=self._fence)
             return self._advance(rotation, State.COMPLETED)
         return self._advance(rotation, next_state)
 
@@ -616,7 +618,8 @@ class Engine:
                                 lambda: idp.retire_old_secrets(client.client_id, keep), rotation,
                                 client=client)
         for target in client.targets:
-            self.adapters.store(target.store).drop_previous(target.location, rotation.id)
+            self.adapters.store(target.store).drop_previous(target.location, rotation.id,
+                                                               fence=self._fence)
         log.debug("old_secrets_retired", count=count)
         return self._advance(rotation, State.COMPLETED)
 
@@ -627,7 +630,8 @@ class Engine:
             self._discard_at_idp(client, idp, rotation, IssuedSecret(pending,
                                                                       rotation.secret_ref))
         for target in client.targets:
-            self.adapters.store(target.store).discard_pending(target.location, rotation.id)
+            self.adapters.store(target.store).discard_pending(target.location, rotation.id,
+                                                             fence=self._fence)
         return self._advance(rotation, State.ROLLED_BACK)
 
     def _discard_at_idp(self, client: ClientConfig, idp: IdentityProvider, rotation: Rotation,
@@ -651,10 +655,10 @@ class Engine:
             store = self.adapters.store(target.store)
             if issued and rotation.family == "single" and _writes_current(store):
                 store.write_current(  # type: ignore[attr-defined]
-                    target.location, creds, rotation.id)
+                    target.location, creds, rotation.id, fence=self._fence)
             else:
                 store.stage_pending(target.location, creds, rotation.id,
-                                    replace_foreign=abandon_pending)
+                                    replace_foreign=abandon_pending, fence=self._fence)
             self.audit.event("secret_staged", step="stage", store=target.store,
                              outcome="success", duration_ms=_ms(started),
                              new_fingerprint=self.audit.fingerprint(value))
@@ -663,7 +667,8 @@ class Engine:
     def _promote_all(self, client: ClientConfig, rotation: Rotation) -> None:
         for target in client.targets:
             started = time.monotonic()
-            self.adapters.store(target.store).promote(target.location, rotation.id)
+            self.adapters.store(target.store).promote(target.location, rotation.id,
+                                                      fence=self._fence)
             self.audit.event("secret_promoted", step="promote", store=target.store,
                              outcome="success", duration_ms=_ms(started),
                              new_fingerprint=rotation.new_fingerprint)
@@ -690,8 +695,8 @@ class Engine:
             if abort_if_denied:
                 # The IdP refused outright: nothing was created, so end the rotation cleanly.
                 for target in client.targets:
-                    self.adapters.store(target.store).discard_pending(target.location,
-                                                                      rotation.id)
+                    self.adapters.store(target.store).discard_pending(
+                        target.location, rotation.id, fence=self._fence)
                 self._fail(rotation, str(exc))
                 raise _Abort from exc
             raise
@@ -709,6 +714,13 @@ class Engine:
         self.audit.event(event, step=step, outcome="success",
                          duration_ms=_ms(started), **fields)
         return result
+
+    @property
+    def _fence(self) -> int | None:
+        """The fencing token of the lease this engine's journal writes under (a daemon job
+        with a shared journal), carried by every store write; None without a lease."""
+        lease = getattr(self.journal, "lease", None)
+        return lease.token if isinstance(lease, Lease) else None
 
     def _advance(self, rotation: Rotation, state: State, **fields: str | None) -> Rotation:
         """Record ``state``; ``JournalConflict`` if another writer moved ``rotation`` since."""
