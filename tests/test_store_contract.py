@@ -546,6 +546,36 @@ class TestVaultCheckAndSet:
 
 
 @pytest.mark.server
+class TestVaultFenceWindow:
+    """A newer holder's promotion landing between a stale writer's fence check and its data
+    write makes that write fail its check-and-set: the newer holder's credential stays."""
+
+    def test_promotion_between_check_and_write(
+        self, bao_server: OpenBao, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        loc = _loc()
+        with vault_store(bao_server) as a, vault_store(bao_server) as b:
+            rotate(a, loc)
+            rid, staged = new_rid(), new_creds()
+            a.stage_pending(loc, staged, rid, fence=1)
+            fenced = a._fenced
+
+            def b_promotes_meanwhile(location: str, main: str, fence: int | None) -> None:
+                fenced(location, main, fence)  # A's check passes: B has not written yet
+                b.promote(loc, rid, fence=2)  # B took over the same rotation
+
+            monkeypatch.setattr(a, "_fenced", b_promotes_meanwhile)
+            with pytest.raises(StoreConflict, match="check-and-set"):
+                a.promote(loc, rid, fence=1)
+            monkeypatch.undo()
+            current = b.read(loc)
+            assert current is not None
+            assert (current.credentials, current.rotation_id) == (staged, rid)
+            with pytest.raises(FencedOut):
+                a.promote(loc, rid, fence=1)
+
+
+@pytest.mark.server
 class TestVaultLayout:
     """CURRENT is the latest KV version, other keys survive, and facts sit in custom_metadata."""
 
