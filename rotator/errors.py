@@ -8,6 +8,7 @@
     │   ├── StoreUnavailable        unreachable, sealed, timed out: worth retrying later
     │   ├── StoreAccessDenied       the store's credentials lack a permission
     │   ├── StoreConflict           someone else wrote first (check-and-set, foreign pending)
+    │   │   └── FencedOut           the write's fencing token is older than the store's record
     │   └── StoreNotFound           nothing stored at that location
     ├── IdentityProviderError       an identity provider's admin API refused or failed
     │   ├── IdpUnavailable          5xx, timeout, connection refused: worth retrying later
@@ -82,6 +83,11 @@ class StoreAccessDenied(StoreError):
 
 class StoreConflict(StoreError):
     """Another writer changed the secret first, or a foreign rotation is pending."""
+
+
+class FencedOut(StoreConflict):
+    """A store write carried a fencing token older than the one the location recorded: a
+    newer holder of the client's lease wrote there, so this writer lost the client."""
 
 
 class StoreNotFound(StoreError):

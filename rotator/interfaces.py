@@ -99,6 +99,14 @@ class SecretStore(Protocol):
     Errors: every method raises only :class:`rotator.errors.StoreError` subclasses:
     ``StoreUnavailable`` (unreachable, sealed, timed out), ``StoreAccessDenied``,
     ``StoreConflict`` (another writer, a foreign pending credential), ``StoreNotFound``.
+
+    Fencing: every write (``stage_pending``, ``write_current``, ``promote``,
+    ``discard_pending``, ``drop_previous``) takes ``fence``, the fencing token of the
+    client's lease a daemon job writes under (:class:`Lease`), or None (the CLI, one
+    daemon: no lease). The store keeps, per location and out of the credential consumers
+    read, the highest fence a write brought, and refuses a write whose fence is lower with
+    ``FencedOut`` (a ``StoreConflict``), changing nothing. A write without a fence is not
+    checked and keeps the record. docs/ha.md says how each store makes the check.
     """
 
     #: The key a client's ``stores = [{store = ..., <LOCATION_KEY> = ...}]`` entry uses.
@@ -154,6 +162,7 @@ class SecretStore(Protocol):
         rotation_id: RotationId,
         *,
         replace_foreign: bool = False,
+        fence: int | None = None,
     ) -> None:
         """Write ``credentials`` as PENDING for ``rotation_id``; CURRENT is unchanged.
 
@@ -163,7 +172,8 @@ class SecretStore(Protocol):
         """
         ...
 
-    def promote(self, location: Location, rotation_id: RotationId) -> None:
+    def promote(self, location: Location, rotation_id: RotationId, *,
+                fence: int | None = None) -> None:
         """Make the PENDING credential of ``rotation_id`` CURRENT; the old CURRENT becomes PREVIOUS.
 
         Idempotent: when ``rotation_id`` is already CURRENT this does nothing. Raises
@@ -171,11 +181,13 @@ class SecretStore(Protocol):
         """
         ...
 
-    def discard_pending(self, location: Location, rotation_id: RotationId) -> None:
+    def discard_pending(self, location: Location, rotation_id: RotationId, *,
+                        fence: int | None = None) -> None:
         """Remove the PENDING credential of ``rotation_id``; absent already is fine."""
         ...
 
-    def drop_previous(self, location: Location, rotation_id: RotationId) -> None:
+    def drop_previous(self, location: Location, rotation_id: RotationId, *,
+                      fence: int | None = None) -> None:
         """Stop offering PREVIOUS once the identity provider retired it.
 
         ``rotation_id`` is the rotation whose promotion made that credential PREVIOUS; if

@@ -6,7 +6,10 @@
 about to record STATE in the PostgreSQL journal (through the fenced journal), either die
 (``kill``: SIGKILL) or freeze (``stop``: SIGSTOP, every thread, lease renewal included) just
 before the write. The step's effect on the stores or the IdP has happened; the journal does
-not know it yet. ``started`` is the rotation's first write (``begin``).
+not know it yet. ``started`` is the rotation's first write (``begin``). A STATE of
+``store.METHOD`` (``store.stage_pending``, ``store.promote``) acts instead just before a job's
+first fenced call of that env-store write: the journal step before it is recorded, the store
+write is not made yet.
 
 ``ROTATOR_TEST_HA_COUNT=PATH`` writes the number of statements the daemon sent to
 PostgreSQL to PATH when it exits (the benchmark's round trips).
@@ -18,6 +21,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from rotator.cli import main
@@ -33,8 +37,13 @@ def _install_point(point: str) -> None:
         if fired.acquire(blocking=False):
             sys.stderr.write(f"ha_runner: {action} before {target}\n")
             sys.stderr.flush()
-            os.kill(os.getpid(), sig)
+            # To this very thread: a signal sent to the process may be taken by another
+            # thread, and this one run on (into a store's file lock, say) before it stops.
+            signal.pthread_kill(threading.get_ident(), sig)
 
+    if target.startswith("store."):
+        _install_store_point(target.removeprefix("store."), hit)
+        return
     original_begin = postgres.PostgresJournal._begin
     original_advance = postgres.PostgresJournal._advance
 
@@ -51,6 +60,20 @@ def _install_point(point: str) -> None:
 
     postgres.PostgresJournal._begin = begin  # type: ignore[method-assign]
     postgres.PostgresJournal._advance = advance  # type: ignore[method-assign]
+
+
+def _install_store_point(method: str, hit: Callable[[], None]) -> None:
+    """Call ``hit`` before the first env-store ``method`` call that carries a fence."""
+    from providers.stores.env import EnvStore
+
+    original = getattr(EnvStore, method)
+
+    def patched(self: EnvStore, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("fence") is not None:  # a daemon job's write
+            hit()
+        return original(self, *args, **kwargs)
+
+    setattr(EnvStore, method, patched)
 
 
 def _install_counter(path: str) -> None:

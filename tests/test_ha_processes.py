@@ -85,6 +85,11 @@ timeout = "30s"
             env.chmod(0o600)
             stores = f'{{store = "e{name}", prefix = "SVC"}}'
             if bao is not None:
+                # The session's OpenBao outlives this journal: start the path afresh (its
+                # fencing record belongs to another journal's leases).
+                for path in (f"ha/{name}", f"ha/{name}.pending"):
+                    fleet.vault().secrets.kv.v2.delete_metadata_and_all_versions(
+                        path=path, mount_point="secret")
                 fleet.vault().secrets.kv.v2.create_or_update_secret(
                     path=f"ha/{name}", secret={"client_id": client_id, "client_secret": old},
                     mount_point="secret")
@@ -306,9 +311,12 @@ class TestKillTheHolder:
 
 class TestStoppedHolder:
     """A daemon frozen (SIGSTOP) past its lease and taken over: once woken (SIGCONT) its
-    next journal write is refused by fencing, and nothing it does reaches a store or Hydra."""
+    next journal write, or its next store write (frozen between a journal step and the store
+    write that follows it), is refused by fencing, and nothing it does reaches a store or
+    Hydra."""
 
-    @pytest.mark.parametrize("point", ["staged", "created", "promoted"])
+    @pytest.mark.parametrize("point", ["staged", "created", "promoted",
+                                       "store.stage_pending", "store.promote"])
     def test_woken_daemon_is_fenced(self, fleet_factory: Callable[..., Fleet],
                                     bao_server: OpenBao, point: str) -> None:
         fleet = fleet_factory(1, bao=bao_server)
@@ -326,6 +334,7 @@ class TestStoppedHolder:
         stored = fleet.env_secret(name)
         assert fleet.works(name, stored)
         steps_before = fleet.steps(name)
+        audit_before = self.store_events(fleet)
         a.send_signal(signal.SIGCONT)
         wait_for(lambda: "job_finished" in fleet.log("a"), what="A's job ended")
         a.send_signal(signal.SIGTERM)
@@ -336,10 +345,27 @@ class TestStoppedHolder:
         assert fleet.steps(name) == steps_before
         assert (fleet.root / f"{name}.env").read_bytes() == env_before
         assert self.versions(fleet, name) == versions_before
+        assert self.store_events(fleet) == audit_before  # A wrote no store after waking
         assert fleet.works(name, stored)  # Hydra still holds B's secret
 
     @staticmethod
-    def versions(fleet: Fleet, name: str) -> int:
-        meta = fleet.vault().secrets.kv.v2.read_secret_metadata(path=f"ha/{name}",
-                                                               mount_point="secret")
-        return int(meta["data"]["current_version"])
+    def versions(fleet: Fleet, name: str) -> tuple[object, ...]:
+        """The OpenBao path's and its pending sibling's versions and custom metadata."""
+        found: list[object] = []
+        for path in (f"ha/{name}", f"ha/{name}.pending"):
+            try:
+                meta = fleet.vault().secrets.kv.v2.read_secret_metadata(
+                    path=path, mount_point="secret")["data"]
+            except hvac.exceptions.InvalidPath:
+                found.append(None)
+                continue
+            found.append((meta["current_version"], meta["custom_metadata"]))
+        return tuple(found)
+
+    @staticmethod
+    def store_events(fleet: Fleet) -> list[str]:
+        """The store writes daemon A's audit log records (staged, promoted)."""
+        audit = fleet.root / "a" / "audit.jsonl"
+        return [event for line in audit.read_text().splitlines()
+                if (event := json.loads(line)["event"]["action"]) in (
+                    "secret_staged", "secret_promoted")]

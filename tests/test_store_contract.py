@@ -3,6 +3,7 @@ Manager (a real moto server) and env files."""
 
 from __future__ import annotations
 
+import json
 import secrets
 import socket
 from collections.abc import Iterator
@@ -15,9 +16,15 @@ import pytest
 from servers import MotoServer, OpenBao, free_port
 
 from providers.stores.aws_secrets_manager import AwsSecretsManagerStore
-from providers.stores.env import EnvStore
+from providers.stores.env import EnvStore, parse_env
 from providers.stores.vault import VaultStore
-from rotator.errors import StoreAccessDenied, StoreConflict, StoreError, StoreUnavailable
+from rotator.errors import (
+    FencedOut,
+    StoreAccessDenied,
+    StoreConflict,
+    StoreError,
+    StoreUnavailable,
+)
 from rotator.interfaces import Credentials, SecretStore, Stage
 from rotator.secrets import Secret, check_secret_value
 
@@ -379,6 +386,113 @@ class TestRoundTrip:
         assert previous.credentials.client_secret.reveal() == value
 
 
+# -- fencing ------------------------------------------------------------------------------
+
+
+def raw_state(s: SecretStore, loc: str) -> object:
+    """Everything a store holds for ``loc``, as its own API shows it: the env file's bytes,
+    both KV paths' versions and metadata, the AWS secret's versions, labels and tags."""
+    if isinstance(s, EnvStore):
+        return s._file.read_bytes() if s._file and s._file.exists() else b""
+    if isinstance(s, VaultStore):
+        return tuple((s._call("GET", f"{s._mount}/metadata/{path}", "read") or {}).get("data")
+                     for path in (loc, loc + ".pending"))
+    assert isinstance(s, AwsSecretsManagerStore)
+    described = dict(s.client.describe_secret(SecretId=loc))
+    return (sorted(described.get("VersionIdsToStages", {}).items()),
+            sorted((t["Key"], t["Value"]) for t in described.get("Tags", [])))
+
+
+def fenced_writes(s: SecretStore, loc: str, rid: str, fence: int) -> list[Any]:
+    """Every write of the contract for rotation ``rid``, carrying ``fence``."""
+    writes: list[Any] = [
+        lambda: s.stage_pending(loc, new_creds(), rid, fence=fence),
+        lambda: s.stage_pending(loc, new_creds(), new_rid(), replace_foreign=True, fence=fence),
+        lambda: s.promote(loc, rid, fence=fence),
+        lambda: s.discard_pending(loc, rid, fence=fence),
+        lambda: s.drop_previous(loc, rid, fence=fence),
+    ]
+    write_current = getattr(s, "write_current", None)
+    if write_current is not None:
+        writes.append(lambda: write_current(loc, new_creds(), rid, fence=fence))
+    return writes
+
+
+class TestFencedOut:
+    """A write carrying a fencing token older than the newest one a location recorded is
+    refused with FencedOut (a StoreConflict) and changes nothing."""
+
+    def test_every_write_refused(self, store: tuple[SecretStore, str]) -> None:
+        s, loc = store
+        rotate(s, loc)  # no fence: a CLI rotation before any daemon
+        current, rid = new_creds(), new_rid()
+        s.stage_pending(loc, current, rid, fence=7)  # a newer holder took the client over
+        before, raw = snapshot(s, loc), raw_state(s, loc)
+        for write in fenced_writes(s, loc, rid, 6):
+            with pytest.raises(FencedOut, match=r"fencing token 7.*token 6") as caught:
+                write()
+            assert isinstance(caught.value, StoreConflict)
+            assert current.client_secret.reveal() not in str(caught.value)
+        assert snapshot(s, loc) == before
+        assert raw_state(s, loc) == raw
+
+    def test_stale_holder_cannot_discard_the_newer_holders_pending(
+            self, store: tuple[SecretStore, str]) -> None:
+        """The woken-daemon case: both holders drive the same rotation id."""
+        s, loc = store
+        rotate(s, loc)
+        rid = new_rid()
+        s.stage_pending(loc, new_creds(), rid, fence=1)  # holder 1, then it stalls
+        staged = new_creds()
+        s.stage_pending(loc, staged, rid, fence=2)  # holder 2 took over and staged again
+        with pytest.raises(FencedOut):
+            s.discard_pending(loc, rid, fence=1)  # holder 1 wakes up
+        pending = s.read(loc, Stage.PENDING)
+        assert pending is not None and pending.credentials == staged
+        s.promote(loc, rid, fence=2)
+        current = s.read(loc)
+        assert current is not None and current.credentials == staged
+
+
+class TestFenceRecorded:
+    """Writes carrying the newest token or a newer one go through and record it; a write
+    without a fence (the CLI) is not checked and keeps the record."""
+
+    def test_same_newer_and_none(self, store: tuple[SecretStore, str]) -> None:
+        s, loc = store
+        creds, rid = new_creds(), new_rid()
+        s.stage_pending(loc, creds, rid, fence=3)  # a location created by a fenced write
+        s.stage_pending(loc, creds, rid, fence=3)
+        s.promote(loc, rid, fence=4)
+        _, cli_rid = rotate(s, loc)  # no fence
+        s.drop_previous(loc, cli_rid)
+        with pytest.raises(FencedOut):
+            s.stage_pending(loc, new_creds(), new_rid(), fence=3)
+        second, second_rid = new_creds(), new_rid()
+        s.stage_pending(loc, second, second_rid, fence=4)
+        s.promote(loc, second_rid, fence=4)
+        current = s.read(loc)
+        assert current is not None and current.credentials == second
+
+    def test_record_is_not_in_the_credential(self, store: tuple[SecretStore, str]) -> None:
+        s, loc = store
+        creds, rid = new_creds(), new_rid()
+        s.stage_pending(loc, creds, rid, fence=9)
+        s.promote(loc, rid, fence=9)
+        if isinstance(s, VaultStore):
+            data = s._call("GET", f"{s._mount}/data/{loc}", "read")
+            assert data is not None
+            assert set(data["data"]["data"]) == {"client_id", "client_secret"}
+        elif isinstance(s, AwsSecretsManagerStore):
+            value = s.client.get_secret_value(SecretId=loc, VersionStage="AWSCURRENT")[
+                "SecretString"]
+            assert set(json.loads(value)) == {"client_id", "client_secret"}
+        else:  # an env file: the record is a variable beside the rotation id
+            assert parse_env(raw_state(s, loc).decode())[f"{loc}_ROTATION_FENCE"] == "9"
+        current = s.read(loc)
+        assert current is not None and current.credentials == creds
+
+
 # -- Vault only ---------------------------------------------------------------------------
 
 
@@ -429,6 +543,36 @@ class TestVaultCheckAndSet:
         assert current is not None
         assert current.credentials.client_secret.reveal() == "by-hand-123"
         assert current.rotation_id is None
+
+
+@pytest.mark.server
+class TestVaultFenceWindow:
+    """A newer holder's promotion landing between a stale writer's fence check and its data
+    write makes that write fail its check-and-set: the newer holder's credential stays."""
+
+    def test_promotion_between_check_and_write(
+        self, bao_server: OpenBao, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        loc = _loc()
+        with vault_store(bao_server) as a, vault_store(bao_server) as b:
+            rotate(a, loc)
+            rid, staged = new_rid(), new_creds()
+            a.stage_pending(loc, staged, rid, fence=1)
+            fenced = a._fenced
+
+            def b_promotes_meanwhile(location: str, main: str, fence: int | None) -> None:
+                fenced(location, main, fence)  # A's check passes: B has not written yet
+                b.promote(loc, rid, fence=2)  # B took over the same rotation
+
+            monkeypatch.setattr(a, "_fenced", b_promotes_meanwhile)
+            with pytest.raises(StoreConflict, match="check-and-set"):
+                a.promote(loc, rid, fence=1)
+            monkeypatch.undo()
+            current = b.read(loc)
+            assert current is not None
+            assert (current.credentials, current.rotation_id) == (staged, rid)
+            with pytest.raises(FencedOut):
+                a.promote(loc, rid, fence=1)
 
 
 @pytest.mark.server

@@ -17,6 +17,14 @@ finds its own and any other ``AWSPENDING`` is foreign. AWS versions never change
 restage with another value writes the next generation. A secret created here first gets an
 ``AWSCURRENT`` placeholder ``{}`` (``rotator.empty.<hex>``): AWS labels a first version so.
 
+A write carrying a fencing token (a daemon job holding the client's lease, see docs/ha.md)
+compares it with the secret's tag ``rotator:fence``, from the ``DescribeSecret`` the write
+starts from: an older token raises ``FencedOut`` and nothing is written; a newer one is
+tagged before anything else is written. Tagging has no condition, so the check and the
+write are separate requests; the label moves that follow name the version they take a
+label from (``RemoveFromVersionId``), so a newer holder's promotion in between makes them
+fail.
+
 Retries are botocore's ``standard`` mode (throttling, 5xx, connection errors; exponential
 backoff with full jitter; ``max_attempts`` in all); none are added here. Errors: refusals
 → ``StoreAccessDenied`` naming ``secretsmanager:<Operation>``; unreachable, or throttled past
@@ -54,6 +62,7 @@ from rotator.interfaces import (
     StoredCredentials,
     StoreFacts,
 )
+from rotator.journal.fencing import recorded_fence, refuse_stale
 from rotator.secrets import Secret, redact
 from rotator.settings import Setting
 
@@ -63,6 +72,7 @@ if TYPE_CHECKING:
 CURRENT, PENDING, PREVIOUS = "AWSCURRENT", "AWSPENDING", "AWSPREVIOUS"
 _LABEL = {Stage.CURRENT: CURRENT, Stage.PENDING: PENDING, Stage.PREVIOUS: PREVIOUS}
 _TAG_RID, _TAG_AT = "rotator:rotation-id", "rotator:promoted-at"
+_TAG_FENCE = "rotator:fence"
 _TOKEN = re.compile(r"^rotator\.(\d\d)\.\.*([^.].*)$")
 _RID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,52}$")
 _PLACEHOLDER = "rotator.empty."
@@ -293,6 +303,20 @@ class AwsSecretsManagerStore:
                 return gens
             kwargs = {"NextToken": page["NextToken"]}
 
+    def _fenced(self, location: Location, meta: _Meta | None, fence: int | None) -> None:
+        """Refuse a write carrying an older ``fence`` than ``location``'s tag records, from
+        ``meta`` (just described); tag a newer one. None: no such secret, nothing to fence."""
+        if fence is None or meta is None:
+            return
+        recorded = recorded_fence(meta.tags.get(_TAG_FENCE))
+        refuse_stale(f"aws store {self.name!r}: {location} (tag {_TAG_FENCE})", recorded,
+                     fence)
+        if recorded is None or fence > recorded:
+            with self.errors(location):
+                self.client.tag_resource(SecretId=location, Tags=[
+                    {"Key": _TAG_FENCE, "Value": str(fence)}])
+            meta.tags[_TAG_FENCE] = str(fence)
+
     # -- SecretStore -----------------------------------------------------------------------
 
     def read(self, location: Location, stage: Stage = Stage.CURRENT) -> StoredCredentials | None:
@@ -333,9 +357,13 @@ class AwsSecretsManagerStore:
         self.meta(location)
 
     def stage_pending(self, location: Location, credentials: Credentials,
-                      rotation_id: RotationId, *, replace_foreign: bool = False) -> None:
+                      rotation_id: RotationId, *, replace_foreign: bool = False,
+                      fence: int | None = None) -> None:
         version_token(rotation_id)  # refuse an unusable rotation id before anything else
-        meta = self.meta(location) or self._create(location)
+        meta = self.meta(location)
+        self._fenced(location, meta, fence)
+        meta = meta or self._create(location)
+        self._fenced(location, meta, fence)  # created just now: record the fence
         pending = meta.pending()
         owner = rotation_of(pending)[0]
         if pending and owner != rotation_id and not replace_foreign:
@@ -369,8 +397,11 @@ class AwsSecretsManagerStore:
             raise StoreNotFound(f"aws store {self.name!r}: {location} vanished after creation")
         return meta
 
-    def promote(self, location: Location, rotation_id: RotationId) -> None:
-        meta = self.meta(location) or _Meta()
+    def promote(self, location: Location, rotation_id: RotationId, *,
+                fence: int | None = None) -> None:
+        found = self.meta(location)
+        self._fenced(location, found, fence)
+        meta = found or _Meta()
         current, pending, previous = meta.holder(CURRENT), meta.pending(), meta.holder(PREVIOUS)
         if rotation_of(current)[0] != rotation_id:
             if not pending or rotation_of(pending)[0] != rotation_id:
@@ -420,13 +451,19 @@ class AwsSecretsManagerStore:
                                          VersionStages=[PENDING])
         return token
 
-    def discard_pending(self, location: Location, rotation_id: RotationId) -> None:
-        pending = (self.meta(location) or _Meta()).pending()
+    def discard_pending(self, location: Location, rotation_id: RotationId, *,
+                        fence: int | None = None) -> None:
+        meta = self.meta(location)
+        self._fenced(location, meta, fence)
+        pending = (meta or _Meta()).pending()
         if pending and rotation_of(pending)[0] == rotation_id:
             self._label(location, PENDING, away_from=pending)
 
-    def drop_previous(self, location: Location, rotation_id: RotationId) -> None:
-        meta = self.meta(location) or _Meta()
+    def drop_previous(self, location: Location, rotation_id: RotationId, *,
+                      fence: int | None = None) -> None:
+        found = self.meta(location)
+        self._fenced(location, found, fence)
+        meta = found or _Meta()
         previous = meta.holder(PREVIOUS)
         if previous and rotation_of(meta.holder(CURRENT))[0] == rotation_id:
             self._label(location, PREVIOUS, away_from=previous)

@@ -13,7 +13,13 @@ other stages and the rotation facts sit beside it in the same file:
 ``P_PREVIOUS_ROTATION_ID``      rotation that wrote PREVIOUS
 ``P_ROTATION_ID``               rotation that wrote CURRENT
 ``P_ROTATED_AT``                when CURRENT was promoted (ISO 8601, UTC)
+``P_ROTATION_FENCE``            highest fencing token a daemon's write brought
 ==============================  =========================================
+
+A write carrying a fencing token (a daemon job holding the client's lease, see docs/ha.md)
+compares it with ``P_ROTATION_FENCE`` under the file's lock and, when it is older, raises
+``FencedOut`` and writes nothing; otherwise the file it writes records the higher token.
+The check and the write are one step under the lock, so no stale writer slips between.
 
 With ``file`` set, the store reads and writes that file: every write replaces it atomically
 (temporary file, fsync, rename) with mode 0600 under an exclusive lock, keeping every other
@@ -50,6 +56,7 @@ from rotator.interfaces import (
     StoredCredentials,
     StoreFacts,
 )
+from rotator.journal.fencing import recorded_fence, refuse_stale
 from rotator.secrets import Secret, check_secret_value
 from rotator.settings import Setting
 
@@ -319,6 +326,7 @@ class EnvStore:
             "previous_rid": f"{prefix}_PREVIOUS_ROTATION_ID",
             "rid": f"{prefix}_ROTATION_ID",
             "at": f"{prefix}_ROTATED_AT",
+            "fence": f"{prefix}_ROTATION_FENCE",
         }
 
     def read(self, location: Location, stage: Stage = Stage.CURRENT, *,
@@ -408,6 +416,15 @@ class EnvStore:
             raise StoreUnavailable(f"store {self.name!r}: cannot write {path}: "
                                    f"{exc.strerror}") from exc
 
+    def _fenced(self, location: Location, n: Mapping[str, str], v: Mapping[str, str],
+                fence: int | None) -> dict[str, str | None]:
+        """Refuse a write carrying an older ``fence`` than ``location`` recorded (call under
+        the lock); the update that records a newer one with the write."""
+        recorded = recorded_fence(v.get(n["fence"]))
+        new = refuse_stale(f"store {self.name!r}: {location} ({n['fence']} in {self._file})",
+                           recorded, fence)
+        return {n["fence"]: str(new)} if fence is not None and new != recorded else {}
+
     def check_writable(self, location: Location) -> None:
         self._names(location)
         path = self._require_file()
@@ -424,6 +441,7 @@ class EnvStore:
         rotation_id: RotationId,
         *,
         replace_foreign: bool = False,
+        fence: int | None = None,
     ) -> None:
         n = self._names(location)
         for what, value in (("client id", credentials.client_id),
@@ -433,6 +451,7 @@ class EnvStore:
                 raise UnsafeValue(f"store {self.name!r}: the {what} for {location} {problem}; "
                                   "refusing to write it to an env file")
         with self._locked() as (text, v):
+            updates: dict[str, str | None] = self._fenced(location, n, v, fence)
             foreign = v.get(n["pending_rid"])
             if v.get(n["pending"]) and foreign != rotation_id and not replace_foreign:
                 raise StoreConflict(
@@ -440,20 +459,22 @@ class EnvStore:
                     f"{foreign or '(unknown)'}, so rotation {rotation_id} cannot stage; "
                     "finish or abandon it first"
                 )
-            updates: dict[str, str | None] = {
+            updates.update({
                 n["pending"]: credentials.client_secret.reveal(),
                 n["pending_rid"]: rotation_id,
-            }
+            })
             if not v.get(n["id"]):
                 updates[n["id"]] = credentials.client_id
             self._write(text, updates)
 
-    def promote(self, location: Location, rotation_id: RotationId) -> None:
+    def promote(self, location: Location, rotation_id: RotationId, *,
+                fence: int | None = None) -> None:
         n = self._names(location)
         with self._locked() as (text, v):
+            fenced = self._fenced(location, n, v, fence)
             if v.get(n["rid"]) == rotation_id:
                 if v.get(n["pending_rid"]) == rotation_id:
-                    self._write(text, {n["pending"]: None, n["pending_rid"]: None})
+                    self._write(text, {n["pending"]: None, n["pending_rid"]: None, **fenced})
                 return
             if v.get(n["pending_rid"]) != rotation_id or not v.get(n["pending"]):
                 raise StoreConflict(
@@ -468,19 +489,24 @@ class EnvStore:
                 n["at"]: datetime.now(UTC).isoformat(timespec="seconds"),
                 n["pending"]: None,
                 n["pending_rid"]: None,
+                **fenced,
             })
 
-    def discard_pending(self, location: Location, rotation_id: RotationId) -> None:
+    def discard_pending(self, location: Location, rotation_id: RotationId, *,
+                        fence: int | None = None) -> None:
         n = self._names(location)
         with self._locked() as (text, v):
+            fenced = self._fenced(location, n, v, fence)
             if v.get(n["pending_rid"]) == rotation_id:
-                self._write(text, {n["pending"]: None, n["pending_rid"]: None})
+                self._write(text, {n["pending"]: None, n["pending_rid"]: None, **fenced})
 
-    def drop_previous(self, location: Location, rotation_id: RotationId) -> None:
+    def drop_previous(self, location: Location, rotation_id: RotationId, *,
+                      fence: int | None = None) -> None:
         n = self._names(location)
         with self._locked() as (text, v):
+            fenced = self._fenced(location, n, v, fence)
             if v.get(n["rid"]) == rotation_id and v.get(n["previous"]):
-                self._write(text, {n["previous"]: None, n["previous_rid"]: None})
+                self._write(text, {n["previous"]: None, n["previous_rid"]: None, **fenced})
 
 
 def _promoted_at(value: str | None) -> datetime | None:

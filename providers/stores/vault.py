@@ -21,6 +21,7 @@ always sees a working credential:
     ``rotator_current_version``       the version it wrote; the facts hold while it is latest
     ``rotator_previous_version``      the PREVIOUS version; absent when none or dropped
     ``rotator_previous_rotation_id``  rotation that wrote PREVIOUS, if rotator did
+    ``rotator_fence``                 highest fencing token a daemon's write brought
     ================================  ===================================================
 
     KV refuses empty metadata values, so a cleared fact is a missing key. Nothing here limits
@@ -30,6 +31,14 @@ Every data write passes ``cas`` = the version read before (0 to create), so two 
 cannot clobber each other; a failed check-and-set raises ``StoreConflict``. ``promote``
 writes ``P``, then ``P``'s metadata, then deletes ``P.pending``; after a crash between any
 two of these a retried ``promote`` finishes the job.
+
+A write carrying a fencing token (a daemon job holding the client's lease, see docs/ha.md)
+first reads ``P`` afresh (one request, which the write then starts from instead of a
+remembered read) and raises ``FencedOut`` if its ``rotator_fence`` is higher than the
+write's token; if lower, it records the token there (one metadata write per new holder)
+before writing anything else. The check and the write are separate requests, since KV
+metadata has no check-and-set; but every data write that follows is checked-and-set against
+that read, so a newer holder's data write in between still makes it fail.
 
 Requests: one read of a path (``GET data/P``) brings its data, version and custom metadata.
 The writes of a rotation (stage, promote, drop) start from the store's last read or write of
@@ -49,7 +58,7 @@ import functools
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urljoin, urlsplit
@@ -69,6 +78,7 @@ from rotator.interfaces import (
     StoredCredentials,
     StoreFacts,
 )
+from rotator.journal.fencing import recorded_fence, refuse_stale
 from rotator.secrets import Secret, redact
 from rotator.settings import Setting
 
@@ -87,6 +97,8 @@ _CUR = "rotator_current_version"
 _PREV = "rotator_previous_version"
 _PREV_RID = "rotator_previous_rotation_id"
 _OURS = (_RID, _AT, _CUR, _PREV, _PREV_RID)
+#: Kept by every metadata write (not in _OURS, which a promotion rewrites).
+_FENCE = "rotator_fence"
 #: How long a path as last read or written may stand in for a fresh read before a write.
 _MEMO_SECONDS = 30.0
 
@@ -451,6 +463,23 @@ class VaultStore:
         self._call("DELETE", f"{self._mount}/metadata/{path}", "delete")
         self._remember(path, _Entry())
 
+    def _fenced(self, location: Location, main: str, fence: int | None) -> None:
+        """Refuse a write carrying an older ``fence`` than ``main`` records; record a newer
+        one. Reads ``main`` afresh, so the write that follows starts from this read."""
+        if fence is None:
+            return
+        entry = self._latest(main)
+        custom = entry.custom
+        if entry.version == 0:  # no version: GET data shows no metadata; it may still exist
+            answer = self._call("GET", f"{self._mount}/metadata/{main}", "read") or {}
+            custom = dict((answer.get("data") or {}).get("custom_metadata") or {})
+        recorded = recorded_fence(custom.get(_FENCE))
+        refuse_stale(f"vault store {self.name!r}: {location!r} (custom metadata {_FENCE} of "
+                     f"{main})", recorded, fence)
+        if recorded is None or fence > recorded:
+            self._set_custom(main, replace(entry, custom=custom),
+                             {**custom, _FENCE: str(fence)})
+
     # -- SecretStore ----------------------------------------------------------------------
 
     def read(self, location: Location, stage: Stage = Stage.CURRENT) -> StoredCredentials | None:
@@ -508,8 +537,10 @@ class VaultStore:
         rotation_id: RotationId,
         *,
         replace_foreign: bool = False,
+        fence: int | None = None,
     ) -> None:
-        _, pending = self._paths(location)
+        main, pending = self._paths(location)
+        self._fenced(location, main, fence)
         secret = credentials.client_secret.reveal()
         data = {"client_id": credentials.client_id, "client_secret": secret, _RID: rotation_id}
         if pending not in self._memo and not replace_foreign:
@@ -530,7 +561,8 @@ class VaultStore:
         self._write(pending, data, cas=entry.version)
 
     def write_current(
-        self, location: Location, credentials: Credentials, rotation_id: RotationId
+        self, location: Location, credentials: Credentials, rotation_id: RotationId, *,
+        fence: int | None = None,
     ) -> None:
         """Write ``credentials`` as CURRENT for ``rotation_id`` at once, keeping no PREVIOUS.
 
@@ -538,6 +570,7 @@ class VaultStore:
         write, no pending copy. Idempotent; ``StoreConflict`` if ``P`` changed since read.
         """
         main, _ = self._paths(location)
+        self._fenced(location, main, fence)
         entry = self._latest(main, memo=True)
         if entry.current_rid == rotation_id and entry.creds == credentials:
             self._direct.add((main, rotation_id))
@@ -554,8 +587,10 @@ class VaultStore:
         self._set_custom(main, _Entry(new, data, entry.custom, entry.created), meta)
         self._direct.add((main, rotation_id))
 
-    def promote(self, location: Location, rotation_id: RotationId) -> None:
+    def promote(self, location: Location, rotation_id: RotationId, *,
+                fence: int | None = None) -> None:
         main, pending = self._paths(location)
+        self._fenced(location, main, fence)
         entry = self._latest(main, memo=True)
         if (main, rotation_id) in self._direct and entry.current_rid == rotation_id:
             self._direct.discard((main, rotation_id))
@@ -590,14 +625,18 @@ class VaultStore:
         self._set_custom(main, _Entry(new, data, entry.custom, entry.created), meta)
         self._delete(pending)
 
-    def discard_pending(self, location: Location, rotation_id: RotationId) -> None:
-        _, pending = self._paths(location)
+    def discard_pending(self, location: Location, rotation_id: RotationId, *,
+                        fence: int | None = None) -> None:
+        main, pending = self._paths(location)
+        self._fenced(location, main, fence)
         entry = self._latest(pending)
         if entry.version and entry.owner == rotation_id:
             self._delete(pending)
 
-    def drop_previous(self, location: Location, rotation_id: RotationId) -> None:
+    def drop_previous(self, location: Location, rotation_id: RotationId, *,
+                      fence: int | None = None) -> None:
         main, _ = self._paths(location)
+        self._fenced(location, main, fence)
         entry = self._latest(main, memo=True)
         if entry.current_rid == rotation_id and _PREV in entry.custom:
             self._set_custom(main, entry, {k: v for k, v in entry.custom.items() if k != _PREV})

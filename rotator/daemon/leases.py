@@ -6,6 +6,8 @@ reports the client as locked and tries later. While the job runs, a :class:`Leas
 renews the lease every third of its length, and the engine writes through
 ``journal.fenced(lease)``, so a daemon that stalled past its lease (a pause, SIGSTOP, a
 partition) and was taken over has every later journal write refused with ``LeaseLost``.
+The engine hands the same token (``fenced.lease.token``) to every store write, and a store
+that a newer holder wrote refuses it with ``FencedOut`` (see ``SecretStore`` and docs/ha.md).
 
 Under the lease the job re-reads the journal: a scheduled rotation whose client another
 daemon rotated since this daemon last looked is skipped (``rotated_by_other``), so two

@@ -26,6 +26,7 @@ from rotator.hooks.runner import HookRunner
 from rotator.interfaces import (
     IssuedSecret,
     Journal,
+    Lease,
     RetirementGate,
     Rotation,
     RotationId,
@@ -51,6 +52,13 @@ class Audited:
     retirement_gates: list[RetirementGate]
     alerter: Alerter | None
 
+    @property
+    def _fence(self) -> int | None:
+        """The fencing token of the lease this engine's journal writes under (a daemon job
+        with a shared journal), carried by every store write; None without a lease."""
+        lease = getattr(self.journal, "lease", None)
+        return lease.token if isinstance(lease, Lease) else None
+
     def _timed(self, event: str, action: Callable[[], Any], rotation: Rotation, *,
                client: ClientConfig, abort_if_denied: bool = False) -> Any:
         """Run one IdP action, audit it as ``event``, translate refusals."""
@@ -64,8 +72,8 @@ class Audited:
             if abort_if_denied:
                 # The IdP refused outright: nothing was created, so end the rotation cleanly.
                 for target in client.targets:
-                    self.adapters.store(target.store).discard_pending(target.location,
-                                                                      rotation.id)
+                    self.adapters.store(target.store).discard_pending(
+                        target.location, rotation.id, fence=self._fence)
                 self._fail(rotation, str(exc))
                 raise Abort from exc
             raise

@@ -91,7 +91,7 @@ class Steps(StoreSteps):
         for target in client.targets:  # stores that took it before one refused
             with contextlib.suppress(StoreError):
                 self.adapters.store(target.store).discard_pending(target.location,
-                                                                  rotation.id)
+                                                                  rotation.id, fence=self._fence)
         self._advance(rotation, State.ROLLED_BACK, error=reason)
 
     def _verify_step(self, client: ClientConfig, caps: IdpCapabilities, rotation: Rotation, *,
@@ -125,7 +125,8 @@ class Steps(StoreSteps):
         if single:
             # The IdP invalidated the old secret when it issued this one: stop offering it.
             for target in client.targets:
-                self.adapters.store(target.store).drop_previous(target.location, rotation.id)
+                self.adapters.store(target.store).drop_previous(target.location, rotation.id,
+                                                               fence=self._fence)
             return self._advance(rotation, State.COMPLETED)
         return self._advance(rotation, next_state)
 
@@ -153,7 +154,8 @@ class Steps(StoreSteps):
                                 lambda: idp.retire_old_secrets(client.client_id, keep), rotation,
                                 client=client)
         for target in client.targets:
-            self.adapters.store(target.store).drop_previous(target.location, rotation.id)
+            self.adapters.store(target.store).drop_previous(target.location, rotation.id,
+                                                           fence=self._fence)
         log.debug("old_secrets_retired", count=count)
         return self._advance(rotation, State.COMPLETED)
 
@@ -164,7 +166,8 @@ class Steps(StoreSteps):
             self._discard_at_idp(client, idp, rotation, IssuedSecret(pending,
                                                                       rotation.secret_ref))
         for target in client.targets:
-            self.adapters.store(target.store).discard_pending(target.location, rotation.id)
+            self.adapters.store(target.store).discard_pending(target.location, rotation.id,
+                                                             fence=self._fence)
         return self._advance(rotation, State.ROLLED_BACK)
 
     def _discard_at_idp(self, client: ClientConfig, idp: IdentityProvider, rotation: Rotation,

@@ -30,10 +30,10 @@ class StoreSteps(Audited):
             store = self.adapters.store(target.store)
             if issued and rotation.family == "single" and _writes_current(store):
                 store.write_current(  # type: ignore[attr-defined]
-                    target.location, creds, rotation.id)
+                    target.location, creds, rotation.id, fence=self._fence)
             else:
                 store.stage_pending(target.location, creds, rotation.id,
-                                    replace_foreign=abandon_pending)
+                                    replace_foreign=abandon_pending, fence=self._fence)
             self.audit.event("secret_staged", step="stage", store=target.store,
                              outcome="success", duration_ms=_ms(started),
                              new_fingerprint=self.audit.fingerprint(value))
@@ -42,7 +42,8 @@ class StoreSteps(Audited):
     def _promote_all(self, client: ClientConfig, rotation: Rotation) -> None:
         for target in client.targets:
             started = time.monotonic()
-            self.adapters.store(target.store).promote(target.location, rotation.id)
+            self.adapters.store(target.store).promote(target.location, rotation.id,
+                                                      fence=self._fence)
             self.audit.event("secret_promoted", step="promote", store=target.store,
                              outcome="success", duration_ms=_ms(started),
                              new_fingerprint=rotation.new_fingerprint)

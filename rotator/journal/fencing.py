@@ -1,4 +1,5 @@
-"""A journal whose writes carry a lease's fencing token (:meth:`Journal.fenced`)."""
+"""A journal whose writes carry a lease's fencing token (:meth:`Journal.fenced`), and the
+check every secret store makes on a write that carries one (:func:`refuse_stale`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Protocol, cast
 
+from rotator.errors import FencedOut
 from rotator.interfaces import (
     AuditCheckpoint,
     HookRun,
@@ -17,6 +19,34 @@ from rotator.interfaces import (
     State,
     Step,
 )
+
+
+def recorded_fence(value: object) -> int | None:
+    """The fence a store recorded, from the text it holds (None: none, or not a number).
+
+    A record that is not a plain non-negative number (someone edited it) counts as none: the
+    next fenced write replaces it.
+    """
+    text = str(value) if value is not None else ""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
+
+
+def refuse_stale(where: str, recorded: int | None, fence: int | None) -> int | None:
+    """Check a write carrying ``fence`` at a location that recorded ``recorded``.
+
+    Raises ``FencedOut`` when the write's fence is older; returns the fence to record with
+    the write (the higher of the two), or None when neither exists. ``where`` names the
+    location and where its record is kept, for the message.
+    """
+    if fence is not None and recorded is not None and fence < recorded:
+        raise FencedOut(
+            f"{where} was written under fencing token {recorded}, and this write carries "
+            f"token {fence}: another daemon took this client's lease over, so this one "
+            "writes nothing more (if the journal's database was replaced, remove that "
+            "record once no old daemon runs)")
+    if fence is None:
+        return recorded
+    return fence if recorded is None else max(fence, recorded)
 
 
 class _FenceableJournal(Protocol):
