@@ -226,10 +226,24 @@ def _measure(action: Callable[[], None], counter: Counter) -> Measured:
             counter.syncs, counter.commits)
 
 
+def _profiled(action: Callable[[], None], file: Path) -> Callable[[], None]:
+    def run_profiled() -> None:
+        import cProfile
+
+        profile = cProfile.Profile()
+        profile.runcall(action)
+        profile.dump_stats(file)
+
+    return run_profiled
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=100, help="N clients per side")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", type=Path, metavar="FILE",
+                        help="also write a cProfile of rotator's last round to FILE "
+                             "(its wall time is then not comparable)")
     args = parser.parse_args()
     n = args.clients
     with OpenBao() as bao, keycloak_for_session() as kc, tempfile.TemporaryDirectory() as tmp:
@@ -268,6 +282,8 @@ def main() -> None:
                     action: Callable[[], None] = (
                         (lambda: _cli(config, "rotate", "--all")) if side == "rotator"
                         else (lambda: bare.rotate_all(sides["bare"])))
+                    if side == "rotator" and args.profile and round_ == args.rounds - 1:
+                        action = _profiled(action, args.profile)
                     results[side].append(_measure(action, counter))
                 print(f"round {round_ + 1}: rotator {results['rotator'][-1][0]:.2f} s, "
                       f"bare {results['bare'][-1][0]:.2f} s", flush=True)

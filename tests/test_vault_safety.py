@@ -128,3 +128,58 @@ class TestLoginTokenIsRedacted:
             assert store._client is not None
             login_token = str(store._client.token)
             assert redact(f"token {login_token} leaked") == f"token {MASK} leaked"
+
+
+@pytest.mark.server
+class TestEnvironmentReadOnce:
+    """The Vault session takes its proxy and CA bundle from the environment once, at start,
+    instead of scanning every variable and looking for a netrc file on each request."""
+
+    def test_requests_do_not_read_the_environment(self, bao_server: OpenBao,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+        import requests.sessions
+        import requests.utils
+
+        calls = {"proxies": 0, "netrc": 0}
+        real_proxies, real_netrc = requests.utils.get_environ_proxies, requests.utils.get_netrc_auth
+
+        def proxies(*args: Any, **kwargs: Any) -> Any:
+            calls["proxies"] += 1
+            return real_proxies(*args, **kwargs)
+
+        def netrc(*args: Any, **kwargs: Any) -> Any:
+            calls["netrc"] += 1
+            return real_netrc(*args, **kwargs)
+
+        for module in (requests.utils, requests.sessions):
+            monkeypatch.setattr(module, "get_environ_proxies", proxies, raising=False)
+            monkeypatch.setattr(module, "get_netrc_auth", netrc, raising=False)
+        path = f"env-once/{secrets.token_hex(4)}"
+        with vault_store(bao_server) as store:
+            started = dict(calls)
+            for _ in range(10):
+                assert store.read(path) is None
+        assert started["proxies"] == 1  # the session's, once
+        assert calls == started  # and nothing per request
+
+    def test_a_proxy_in_the_environment_is_still_used(self, monkeypatch: pytest.MonkeyPatch
+                                                      ) -> None:
+        from providers.stores.vault import _session
+
+        monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        session, _ = _session("https://vault.example.com:8200", True)
+        assert session.proxies.get("https") == "http://proxy.internal:3128"
+        monkeypatch.setenv("NO_PROXY", "vault.example.com")
+        session, _ = _session("https://vault.example.com:8200", True)
+        assert "https" not in session.proxies
+
+    def test_a_ca_bundle_named_in_the_environment_is_still_used(
+            self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from providers.stores.vault import _session
+
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/corp/ca.pem")
+        assert _session("https://vault.example.com", True)[1] == "/etc/corp/ca.pem"
+        assert _session("https://vault.example.com", "/own/ca.pem")[1] == "/own/ca.pem"
+        assert _session("https://vault.example.com", False)[1] is False

@@ -55,6 +55,7 @@ copy or PREVIOUS; ``promote`` of that rotation then does nothing.
 from __future__ import annotations
 
 import functools
+import os
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -173,6 +174,25 @@ def _http() -> tuple[type[Exception], type[requests.Session]]:
             return target
 
     return _RedirectRefused, _SameOriginSession
+
+
+def _session(url: str, verify: str | bool) -> tuple[requests.Session, str | bool]:
+    """A session for ``url`` that reads the environment once, here, instead of per request.
+
+    requests, trusting the environment, scans every variable for proxy settings and looks
+    for a netrc file on each request (about 4 ms of a rotation's CPU at ten requests). The
+    proxy for ``url`` (``HTTPS_PROXY``, ``NO_PROXY``) and a CA bundle named by
+    ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` are read now and fixed for the session's life,
+    as requests would have applied them; netrc is not read (Vault takes a token header).
+    """
+    import requests
+
+    session = _http()[1]()
+    session.trust_env = False
+    session.proxies = requests.utils.get_environ_proxies(url)
+    if verify is True:
+        verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+    return session, verify
 
 
 def _current(entry: _Entry) -> StoredCredentials | None:
@@ -371,13 +391,15 @@ class VaultStore:
             )
         import hvac
 
+        verify: str | bool = s.get("ca_file") or bool(s.get("tls_verify", True))
+        session, verify = _session(self._url, verify)
         self._client = client = hvac.Client(
             url=self._url,
             token=token.reveal() if isinstance(token, Secret) else None,
-            verify=s.get("ca_file") or bool(s.get("tls_verify", True)),
+            verify=verify,
             timeout=self._timeout,  # type: ignore[arg-type]  # requests takes a float
             namespace=s.get("namespace") or None,
-            session=_http()[1](),
+            session=session,
         )
         mount = str(s.get("approle_mount") or "approle").strip("/")
         try:
