@@ -128,6 +128,7 @@ class Bare:
         self.realm = realm
         self.kc = httpx.Client(base_url=kc.url, timeout=10.0, trust_env=False)
         self.bao = requests.Session()
+        self.bao.trust_env = False  # as rotator's own session: no environment scan per request
         self.bao.headers["X-Vault-Token"] = bao.root_token
         self.bao_url = bao.url
         self.admin = (admin_id, admin_secret)
