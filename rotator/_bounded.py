@@ -10,9 +10,13 @@ they pass, which wakes a blocked read), and its answer is read before it is hand
 adapter's usual ``except httpx.HTTPError`` turns them into its retryable error.
 
 Answers are asked for unencoded (``Accept-Encoding: identity``) and one that arrives encoded
-anyway is refused, so a small compressed body cannot expand past the bound. The socket is
-learnt when the connection opens, so :func:`client` keeps no connection alive between
-requests; a caller's own transport (tests) is wrapped as it is.
+anyway is refused, so a small compressed body cannot expand past the bound.
+
+:func:`client`'s own transport keeps connections alive and needs no timer: its sockets
+(:class:`_DeadlineBackend`) give every connect, TLS handshake, write and read at most what is
+left of the request's deadline, so a server that drips bytes runs the request out of time
+however many reads it takes. A caller's own transport (tests) is wrapped as it is, with the
+timer that shuts a socket learnt at connect down.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ from __future__ import annotations
 import ssl
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+import httpcore
 import httpx
 
 from rotator._deadline import DeadlinePassed, _Watch
@@ -45,6 +50,8 @@ class BoundedTransport(httpx.BaseTransport):
         self._max_body = max_body
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if isinstance(self._inner, _DeadlineTransport):
+            return self._within_deadline(request)
         watch = _Watch()
         outer = request.extensions.get("trace")
 
@@ -74,6 +81,28 @@ class BoundedTransport(httpx.BaseTransport):
             watch.finish()
         if watch.fired:
             raise self._late(request)
+        extensions = {k: v for k, v in response.extensions.items() if k != "network_stream"}
+        return httpx.Response(response.status_code, headers=response.headers, content=body,
+                              extensions=extensions, request=request)
+
+    def _within_deadline(self, request: httpx.Request) -> httpx.Response:
+        """Through a :class:`_DeadlineTransport`: its sockets keep to the deadline."""
+        request.headers["Accept-Encoding"] = "identity"
+        started = time.monotonic()
+        outer = getattr(_LOCAL, "deadline", None)
+        _LOCAL.deadline = started + self._deadline
+        try:
+            response = self._inner.handle_request(request)
+            try:
+                body = self._read(response, started, request)
+            finally:
+                response.close()
+        except httpx.TimeoutException as exc:
+            if time.monotonic() >= started + self._deadline:
+                raise self._late(request) from exc
+            raise
+        finally:
+            _LOCAL.deadline = outer
         extensions = {k: v for k, v in response.extensions.items() if k != "network_stream"}
         return httpx.Response(response.status_code, headers=response.headers, content=body,
                               extensions=extensions, request=request)
@@ -112,6 +141,82 @@ class BoundedTransport(httpx.BaseTransport):
         self._inner.close()
 
 
+#: The deadline (``time.monotonic``) of the request this thread sends through a
+#: :class:`_DeadlineTransport`; httpx's sync transports do their socket work in the caller's
+#: thread.
+_LOCAL = threading.local()
+
+
+def _left(timeout: float | None) -> float | None:
+    """``timeout`` for one socket operation, cut to what is left of this thread's deadline;
+    a timeout exception when nothing is."""
+    deadline: float | None = getattr(_LOCAL, "deadline", None)
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise httpcore.ReadTimeout("the request's deadline passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _left(timeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _left(timeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname,
+                                                     _left(timeout)))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's sockets, each operation held to the current request's deadline."""
+
+    def __init__(self) -> None:
+        self._inner = httpcore.SyncBackend()
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                    local_address: str | None = None,
+                    socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._inner.connect_tcp(host, port, _left(timeout),
+                                                       local_address, socket_options))
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None,
+                            socket_options: Iterable[Any] | None = None
+                            ) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._inner.connect_unix_socket(path, _left(timeout),
+                                                               socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+class _DeadlineTransport(httpx.HTTPTransport):
+    """httpx's transport, connections kept alive, on :class:`_DeadlineBackend` sockets."""
+
+    def __init__(self, verify: ssl.SSLContext | str | bool) -> None:
+        super().__init__(verify=verify)
+        if not isinstance(getattr(self, "_pool", None), httpcore.ConnectionPool):
+            raise TypeError("httpx.HTTPTransport no longer keeps its pool as _pool")
+        context = verify if isinstance(verify, ssl.SSLContext) else httpx.create_ssl_context(
+            verify=verify)
+        self._pool = httpcore.ConnectionPool(ssl_context=context, max_connections=100,
+                                             max_keepalive_connections=20, keepalive_expiry=5.0,
+                                             network_backend=_DeadlineBackend())
+
+
 def client(*, timeout: float, verify: ssl.SSLContext | str | bool = True,
            transport: httpx.BaseTransport | None = None, max_body: int = MAX_ANSWER,
            **kwargs: Any) -> httpx.Client:
@@ -120,8 +225,7 @@ def client(*, timeout: float, verify: ssl.SSLContext | str | bool = True,
     ``transport`` (a test's) is wrapped instead of the default one; other arguments go to
     ``httpx.Client``.
     """
-    inner = transport if transport is not None else httpx.HTTPTransport(
-        verify=verify, limits=httpx.Limits(max_keepalive_connections=0))
+    inner = transport if transport is not None else _DeadlineTransport(verify)
     return httpx.Client(timeout=timeout, verify=verify,
                         transport=BoundedTransport(inner, deadline=timeout, max_body=max_body),
                         **kwargs)

@@ -145,3 +145,62 @@ class TestBoundedTransport:
         with _bounded.client(timeout=5.0, transport=httpx.MockTransport(answer)) as http, \
                 pytest.raises(_bounded.AnswerRefused):
             http.get("http://127.0.0.1/x")
+
+
+class TestConnectionsKeptAlive:
+    """:func:`_bounded.client` keeps its connection between requests, and a slow answer on a
+    kept connection still ends at the request's deadline."""
+
+    def test_one_connection_for_several_requests_and_the_deadline_on_it(self) -> None:
+        import http.server
+        import socketserver
+        import threading
+        import time
+
+        connections: list[object] = []
+        slow = threading.Event()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                connections.append(self.connection)
+
+            def do_GET(self) -> None:
+                body = b'{"ok": true}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body) + (100 if slow.is_set() else 0)))
+                self.end_headers()
+                self.wfile.write(body)
+                self.wfile.flush()
+                if slow.is_set():  # drip the rest, one byte each PACE, far past the deadline
+                    for _ in range(100):
+                        time.sleep(PACE)
+                        try:
+                            self.wfile.write(b" ")
+                            self.wfile.flush()
+                        except OSError:
+                            return
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+            daemon_threads = True
+
+        server = Server(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        try:
+            with _bounded.client(timeout=TIMEOUT) as http_client:
+                for _ in range(5):
+                    assert http_client.get(url).json() == {"ok": True}
+                assert len(connections) == 1
+                slow.set()
+                with pytest.raises(_bounded.DeadlinePassed):
+                    http_client.get(url)
+        finally:
+            server.shutdown()
+            server.server_close()
