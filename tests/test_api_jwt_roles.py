@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from api_support import AUDIENCE, ISSUER, JwksServer, SigningKey
+from config_env import MINIMAL_CONFIG
 
 from rotator.config import JwtConfig, load_config
 from rotator.daemon.auth import Authenticator, JwtVerifier, Role, Unauthenticated
@@ -98,23 +99,6 @@ class TestJwtScopesInTheConfig:
 
 
 def _load(tmp_path: Path, api: str) -> object:
-    (tmp_path / "rotator.toml").write_text("""
-[audit]
-file = "audit.jsonl"
-key_env = "AUDIT_KEY"
-[stores.local]
-type = "env"
-file = "creds.env"
-[idps.kc]
-type = "keycloak"
-url = "https://sso.test"
-realm = "r"
-admin_client_id = "rotator"
-admin_client_secret_env = "KC_SECRET"
-[clients.app]
-idp = "kc"
-client_id = "app"
-stores = [{ store = "local", prefix = "APP" }]
-""" + api, encoding="utf-8")
+    (tmp_path / "rotator.toml").write_text(MINIMAL_CONFIG + api, encoding="utf-8")
     return load_config(tmp_path / "rotator.toml", environ={
-        "AUDIT_KEY": secrets.token_hex(16), "KC_SECRET": secrets.token_hex(16)})
+        "AUDIT_KEY": secrets.token_hex(16), "KC": secrets.token_hex(16)})

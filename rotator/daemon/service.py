@@ -359,19 +359,11 @@ class Service:
         if common is not None:
             return common
         with self._lock:
-            self._taking()
             now = self._clock()
-            if idempotency_key is not None:
-                self._idempotency = {k: v for k, v in self._idempotency.items()
-                                     if now - v[0] < IDEMPOTENCY_TTL}
-                if idempotency_key in self._idempotency:
-                    return self._idempotency[idempotency_key][1]
-            rec = self._record(name)
-            if rec.removed:
-                raise UnknownClient(f"client {name!r} was removed from the configuration")
-            if rec.job is not None and rec.job.kind == "retire":
-                raise ServiceUnavailable(f"the old secret of {name!r} is being retired; "
-                                         "trigger the rotation again when that is done")
+            admitted = self._admit(name, now, idempotency_key)
+            if isinstance(admitted, Trigger):
+                return admitted
+            rec = admitted
             if rec.job is not None:
                 trigger = Trigger(rec.job.id, name, joined=True)
             elif rec.open is not None and not rec.open.awaiting_retirement:
@@ -385,6 +377,25 @@ class Service:
         self._wakeup.set()
         return trigger
 
+    def _admit(self, name: str, now: datetime, idempotency_key: str | None
+               ) -> ClientRecord | Trigger:
+        """With the lock held: the answer already given to ``idempotency_key``, else the
+        record of the client a trigger may be taken for; raises when triggers are refused,
+        the client is unknown or removed, or its retirement runs."""
+        self._taking()
+        if idempotency_key is not None:
+            self._idempotency = {k: v for k, v in self._idempotency.items()
+                                 if now - v[0] < IDEMPOTENCY_TTL}
+            if idempotency_key in self._idempotency:
+                return self._idempotency[idempotency_key][1]
+        rec = self._record(name)
+        if rec.removed:
+            raise UnknownClient(f"client {name!r} was removed from the configuration")
+        if rec.job is not None and rec.job.kind == "retire":
+            raise ServiceUnavailable(f"the old secret of {name!r} is being retired; "
+                                     "trigger the rotation again when that is done")
+        return rec
+
     def _shared_trigger(self, name: str, actor: str,
                         idempotency_key: str | None) -> Trigger | None:
         """With a journal several daemons share: join the client's open rotation wherever it
@@ -394,19 +405,11 @@ class Service:
         if self._config.journal.url is None or not shared.supported(journal):
             return None
         with self._lock:
-            self._taking()
             now = self._clock()
-            if idempotency_key is not None:
-                self._idempotency = {k: v for k, v in self._idempotency.items()
-                                     if now - v[0] < IDEMPOTENCY_TTL}
-                if idempotency_key in self._idempotency:
-                    return self._idempotency[idempotency_key][1]
-            rec = self._record(name)
-            if rec.removed:
-                raise UnknownClient(f"client {name!r} was removed from the configuration")
-            if rec.job is not None and rec.job.kind == "retire":
-                raise ServiceUnavailable(f"the old secret of {name!r} is being retired; "
-                                         "trigger the rotation again when that is done")
+            admitted = self._admit(name, now, idempotency_key)
+            if isinstance(admitted, Trigger):
+                return admitted
+            rec = admitted
             local = rec.job
             if local is not None and local.state == "running":
                 trigger: Trigger | None = Trigger(local.id, name, joined=True)
