@@ -50,6 +50,7 @@ class BoundedTransport(httpx.BaseTransport):
         self._max_body = max_body
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        request.headers["Accept-Encoding"] = "identity"
         if isinstance(self._inner, _DeadlineTransport):
             return self._within_deadline(request)
         watch = _Watch()
@@ -61,7 +62,6 @@ class BoundedTransport(httpx.BaseTransport):
                 outer(name, info)
 
         request.extensions = {**request.extensions, "trace": trace}
-        request.headers["Accept-Encoding"] = "identity"
         timer = threading.Timer(self._deadline, watch.fire)
         timer.daemon = True
         started = time.monotonic()
@@ -81,13 +81,10 @@ class BoundedTransport(httpx.BaseTransport):
             watch.finish()
         if watch.fired:
             raise self._late(request)
-        extensions = {k: v for k, v in response.extensions.items() if k != "network_stream"}
-        return httpx.Response(response.status_code, headers=response.headers, content=body,
-                              extensions=extensions, request=request)
+        return _answer(response, body, request)
 
     def _within_deadline(self, request: httpx.Request) -> httpx.Response:
         """Through a :class:`_DeadlineTransport`: its sockets keep to the deadline."""
-        request.headers["Accept-Encoding"] = "identity"
         started = time.monotonic()
         outer = getattr(_LOCAL, "deadline", None)
         _LOCAL.deadline = started + self._deadline
@@ -103,9 +100,7 @@ class BoundedTransport(httpx.BaseTransport):
             raise
         finally:
             _LOCAL.deadline = outer
-        extensions = {k: v for k, v in response.extensions.items() if k != "network_stream"}
-        return httpx.Response(response.status_code, headers=response.headers, content=body,
-                              extensions=extensions, request=request)
+        return _answer(response, body, request)
 
     def _read(self, response: httpx.Response, started: float,
               request: httpx.Request) -> bytes:
@@ -139,6 +134,13 @@ class BoundedTransport(httpx.BaseTransport):
 
     def close(self) -> None:
         self._inner.close()
+
+
+def _answer(response: httpx.Response, body: bytes, request: httpx.Request) -> httpx.Response:
+    """``response`` with the ``body`` read from it, no longer tied to its connection."""
+    extensions = {k: v for k, v in response.extensions.items() if k != "network_stream"}
+    return httpx.Response(response.status_code, headers=response.headers, content=body,
+                          extensions=extensions, request=request)
 
 
 #: The deadline (``time.monotonic``) of the request this thread sends through a
@@ -217,6 +219,16 @@ class _DeadlineTransport(httpx.HTTPTransport):
                                              network_backend=_DeadlineBackend())
 
 
+def bounded_transport(*, deadline: float, verify: ssl.SSLContext | str | bool = True,
+                      inner: httpx.BaseTransport | None = None,
+                      max_body: int = MAX_ANSWER) -> BoundedTransport:
+    """A transport each of whose requests ends within ``deadline`` seconds in all, its answer
+    bounded by ``max_body``: over kept-alive :class:`_DeadlineBackend` sockets, or over
+    ``inner`` (a test's) with the timer."""
+    return BoundedTransport(inner if inner is not None else _DeadlineTransport(verify),
+                            deadline=deadline, max_body=max_body)
+
+
 def client(*, timeout: float, verify: ssl.SSLContext | str | bool = True,
            transport: httpx.BaseTransport | None = None, max_body: int = MAX_ANSWER,
            **kwargs: Any) -> httpx.Client:
@@ -225,7 +237,6 @@ def client(*, timeout: float, verify: ssl.SSLContext | str | bool = True,
     ``transport`` (a test's) is wrapped instead of the default one; other arguments go to
     ``httpx.Client``.
     """
-    inner = transport if transport is not None else _DeadlineTransport(verify)
-    return httpx.Client(timeout=timeout, verify=verify,
-                        transport=BoundedTransport(inner, deadline=timeout, max_body=max_body),
-                        **kwargs)
+    bounded = bounded_transport(deadline=timeout, verify=verify, inner=transport,
+                                max_body=max_body)
+    return httpx.Client(timeout=timeout, verify=verify, transport=bounded, **kwargs)

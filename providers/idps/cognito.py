@@ -126,9 +126,8 @@ class CognitoIdp:
         except (bex.BotoCoreError, ValueError) as exc:
             raise IdentityProviderError(f"Cognito {self.name!r}: cannot set up the client: "
                                         f"{redact(str(exc))}") from None
-        inner = self._transport if self._transport is not None else httpx.HTTPTransport(
-            verify=verify, limits=httpx.Limits(max_keepalive_connections=0))
-        self._http = _bounded.BoundedTransport(inner, deadline=timeout)
+        self._http = _bounded.bounded_transport(deadline=timeout, verify=verify,
+                                                inner=self._transport)
         self._api.meta.events.register("before-send.cognito-idp", _through(self._http))
 
     def close(self) -> None:
