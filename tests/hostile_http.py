@@ -15,9 +15,11 @@ honours a total deadline leaves after a bounded number, whatever the machine's s
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
 
 HUGE = 256 * 1024 * 1024
 
@@ -126,3 +128,34 @@ class HostileServer:
                 + b"</pre></body></html>")
         conn.sendall(self._head(self.status, {"Content-Type": "text/html",
                                               "Content-Length": str(len(body))}) + body)
+
+
+@contextlib.contextmanager
+def made_servers(kind: type[HostileServer] = HostileServer, *, pace: float, limit: int
+                 ) -> Iterator[Callable[[str], HostileServer]]:
+    """A maker of ``kind`` servers in a given mode (answering 200), all closed at the end."""
+    made: list[HostileServer] = []
+
+    def make(mode: str) -> HostileServer:
+        made.append(kind(mode, pace=pace, limit=limit, status=200))
+        return made[-1]
+    try:
+        yield make
+    finally:
+        for server in made:
+            server.close()
+
+
+def check_cut_off(server: HostileServer, message: str, secrets_sent: tuple[str, ...], *,
+                  limit: int) -> None:
+    """The caller reached ``server``, let go of it long before a slow answer's ``limit``
+    pieces or a huge one's end, and said so in one line that carries none of ``secrets_sent``."""
+    assert server.requests, "the request never arrived"
+    assert server.finished.wait(30), "the caller never let go of the connection"
+    if server.mode.startswith("slow"):
+        assert server.chunks_sent < limit // 4
+    if server.mode == "huge":  # 64 KiB blocks: about the 1 MiB bound and socket buffers
+        assert server.chunks_sent < 200
+    assert "\n" not in message and "\r" not in message
+    for value in secrets_sent:
+        assert value not in message

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hostile_http import HostileServer
+from hostile_http import HostileServer, check_cut_off, made_servers
 
 from providers.idps.keycloak import KeycloakIdp
 from providers.idps.okta import OktaIdp
@@ -34,26 +34,12 @@ MODES = ("slow_body", "slow_headers", "huge")
 
 @pytest.fixture
 def hostile() -> Iterator[Callable[[str], HostileServer]]:
-    made: list[HostileServer] = []
-
-    def make(mode: str) -> HostileServer:
-        made.append(HostileServer(mode, pace=PACE, limit=LIMIT, status=200))
-        return made[-1]
-    yield make
-    for server in made:
-        server.close()
+    with made_servers(HostileServer, pace=PACE, limit=LIMIT) as make:
+        yield make
 
 
 def _check(server: HostileServer, message: str, *secrets_sent: str) -> None:
-    assert server.requests, "the request never arrived"
-    assert server.finished.wait(30), "the caller never let go of the connection"
-    if server.mode.startswith("slow"):
-        assert server.chunks_sent < LIMIT // 4
-    if server.mode == "huge":  # 64 KiB blocks: about the 1 MiB bound and socket buffers
-        assert server.chunks_sent < 200
-    assert "\n" not in message and "\r" not in message
-    for value in secrets_sent:
-        assert value not in message
+    check_cut_off(server, message, secrets_sent, limit=LIMIT)
 
 
 def _keycloak(url: str, secret: str) -> KeycloakIdp:

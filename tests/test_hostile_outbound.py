@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 
 import boto3
 import pytest
-from hostile_http import HostileServer
+from hostile_http import HostileServer, check_cut_off, made_servers
 from structlog.testing import capture_logs
 
 from providers.idps.cognito import CognitoIdp
@@ -42,26 +42,12 @@ class _Server(HostileServer):
 
 @pytest.fixture
 def hostile() -> Iterator[Callable[[str], HostileServer]]:
-    made: list[HostileServer] = []
-
-    def make(mode: str) -> HostileServer:
-        made.append(_Server(mode, pace=PACE, limit=LIMIT, status=200))
-        return made[-1]
-    yield make
-    for server in made:
-        server.close()
+    with made_servers(_Server, pace=PACE, limit=LIMIT) as make:
+        yield make
 
 
 def _check(server: HostileServer, message: str, *secrets_sent: str) -> None:
-    assert server.requests, "the request never arrived"
-    assert server.finished.wait(30), "the caller never let go of the connection"
-    if server.mode.startswith("slow"):
-        assert server.chunks_sent < LIMIT // 4
-    if server.mode == "huge":  # 64 KiB blocks: about the bound and socket buffers
-        assert server.chunks_sent < 200
-    assert "\n" not in message and "\r" not in message
-    for value in secrets_sent:
-        assert value not in message
+    check_cut_off(server, message, secrets_sent, limit=LIMIT)
 
 
 class TestConsumerReportAgainstHostileDaemon:
