@@ -9,6 +9,7 @@ PostgreSQL; the engine's own behaviour on a fenced journal is the journal contra
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import secrets
 import threading
@@ -141,6 +142,39 @@ class TestLeaseHeld:
             a.world.hold.set()
             while not idle(a):
                 time.sleep(0.01)
+            a.service.close()
+            b.service.close()
+
+
+class TestTriggerAfterAStaleJob:
+    """A daemon still holding a queued job for a trigger another daemon has answered takes
+    the next trigger: a new rotation id, run when the stale job ends (CI found a 503 here:
+    the stale job's id was offered to the journal again and refused as a race)."""
+
+    def test_next_trigger_is_new(self, tmp_path: Path, url: str) -> None:
+        clock = Clock()
+        clients = {"app": 'rotate_every = "30d"'}
+        a = daemon(tmp_path / "a", url, clients, clock)
+        b = daemon(tmp_path / "b", url, clients, clock)
+        journal = a.service._journal()
+        try:
+            for h in (a, b):
+                h.service.prepare()
+            first = a.service.trigger_rotation("app", actor="ops")
+            with b.service._lock:  # B picked the trigger up, as when A seemed gone a lease
+                b.service._queue(b.service._records["app"], "rotate", "ops", first.rotation_id)
+            a.service.tick()
+            journal.advance(first.rotation_id, State.COMPLETED, clock(),
+                            expected=State.PROMOTED)  # its grace period ended
+            second = b.service.trigger_rotation("app", actor="ops")
+            assert not second.joined and second.rotation_id != first.rotation_id
+            assert b.service.trigger_rotation("app", actor="ops") == \
+                dataclasses.replace(second, joined=True)  # a third joins the second
+            for _ in range(3):  # the stale job ends (answered elsewhere), the new one runs
+                b.service.tick()
+            assert journal.get(second.rotation_id).state is State.PROMOTED
+            assert [c for c in b.world.calls if c[0] == "rotate"] == [("rotate", "app", "ops")]
+        finally:
             a.service.close()
             b.service.close()
 

@@ -155,7 +155,7 @@ class TestTriggerOnEveryDaemon:
         client = same_everywhere(fleet, f"/v1/clients/{name}")
         assert client["last_rotation"]["id"] == done["id"]
         again = fleet.call("b", "POST", f"/v1/clients/{name}/rotations")
-        assert again[0] == 202 and again[1]["rotation_id"] != rotation_id  # a new request
+        assert again[0] == 202 and again[1]["rotation_id"] != rotation_id, again  # a new one
 
     @staticmethod
     def settle_jobs(fleet: ApiFleet) -> None:

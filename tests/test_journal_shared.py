@@ -52,6 +52,10 @@ class TestTriggerQueue:
         journal.drop_queued("r-other-1")
         assert journal.pending_rotations() == []
         assert journal.queued_rotation("r-nope") is None
+        # an id a trigger or a rotation already has is not asked again: a new one is queued
+        for used in ("r-first-1", "r-sched-1"):
+            got, joined = journal.queue_rotation(f"late-{used}", used, "ops")
+            assert not joined and got != used and journal.queued_rotation(got)[3] is None
 
 
 class TestClientFacts:

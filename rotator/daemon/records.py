@@ -171,6 +171,9 @@ class ClientRecord:
     secret_expires_at: datetime | None = None
     #: Its store facts are still to be read (start-up reads them after it is ready).
     facts_pending: bool = False
+    #: A trigger taken in the shared journal while a job it could not join was in hand
+    #: (id, actor): queued when that job ends.
+    follow_up: tuple[str, str] | None = None
 
     def history(self) -> History:
         return History(self.last_success_at, self.failures, self.last_failure_at,

@@ -73,7 +73,7 @@ from rotator.daemon.workers import (
     engine_worker,
 )
 from rotator.engine import Outcome, utcnow
-from rotator.errors import RotationError, RotationLocked, RotatorError
+from rotator.errors import JournalConflict, RotationError, RotationLocked, RotatorError
 from rotator.hooks.runner import sweep
 from rotator.interfaces import IdentityProvider, Journal, Lease, State
 from rotator.journal import new_rotation_id, open_journal
@@ -421,14 +421,19 @@ class Service:
             try:
                 rotation_id, joined = journal.queue_rotation(  # type: ignore[attr-defined]
                     name, wanted, actor)
+            except JournalConflict as exc:
+                raise ServiceUnavailable(f"{exc}; the trigger was not taken") from exc
             except RotatorError as exc:
                 raise ServiceUnavailable(
                     f"{redact(str(exc))}; the trigger was not taken: try again once the "
                     "journal database is back") from exc
             with self._lock:
                 here = self._records.get(name)
-                if not joined and here is not None and here.job is None:
-                    self._queue(here, "rotate", actor, rotation_id)
+                if not joined and here is not None:
+                    if here.job is None:
+                        self._queue(here, "rotate", actor, rotation_id)
+                    elif here.job.id != rotation_id:  # run once the job in hand ends
+                        here.follow_up = (rotation_id, actor)
                 rejoined = local is not None and rotation_id == wanted  # its queued job
                 trigger = Trigger(rotation_id, name, joined=joined or rejoined)
         if idempotency_key is not None:
@@ -713,7 +718,7 @@ class Service:
                 stoppable = cast(Journal, StoppableJournal(job_journal, self._stopping))
                 wrap = self._wrapper(lambda seconds: throttled.append(seconds))
                 outcome = self._rotated_elsewhere(job, job_journal) or \
-                    self._answered(job, job_journal) or \
+                    self._answered(job, journal) or \
                     self._work(job, config, stoppable, wrap)
         except RotationLocked as exc:
             outcome = Outcome(job.client, False, "locked", str(exc))
@@ -774,7 +779,8 @@ class Service:
 
     def _answered(self, job: Job, journal: Journal) -> Outcome | None:
         """A triggered rotation whose trigger a rotation begun elsewhere already answered
-        (two daemons picked it up): nothing to do (rotator.daemon.shared)."""
+        (two daemons picked it up): nothing to do (rotator.daemon.shared). Asked of the
+        journal itself: the lease-fenced one a job writes through has no trigger table."""
         if self._config.journal.url is None:
             return None
         answer = shared.answered_elsewhere(journal, job)
@@ -820,6 +826,9 @@ class Service:
                 if job.client in self._reported_meanwhile:  # a consumer report came in
                     rec.not_before = None  # while the gate was asked: ask again at once
             self._reported_meanwhile.discard(job.client)
+            follow_up, rec.follow_up = rec.follow_up, None
+            if follow_up is not None and not rec.removed:
+                self._queue(rec, "rotate", follow_up[1], follow_up[0])
             if rec.removed and rec.open is None:
                 del self._records[job.client]
         log.info("job_finished", client=job.client, kind=job.kind, action=outcome.action,

@@ -50,6 +50,7 @@ from rotator.interfaces import (
     State,
     Step,
 )
+from rotator.journal import new_rotation_id
 from rotator.journal.fencing import FencedJournal
 from rotator.journal.sqlite import ROTATION_ID, check_lease_args
 from rotator.secrets import Secret, redact
@@ -556,21 +557,27 @@ class PostgresJournal:
                        ) -> tuple[str, bool]:
         """Ask for a rotation of ``client`` through any daemon, in one statement: the id of
         its open rotation (not one awaiting retirement) or of the trigger already pending,
-        joined (True); else ``rotation_id``, queued now for any daemon to run (False)."""
+        joined (True); else ``rotation_id``, queued now for any daemon to run (False). An id
+        some trigger or rotation already has (a daemon's job for a trigger another daemon
+        answered) is not asked again: a new one is queued instead."""
         if not ROTATION_ID.fullmatch(rotation_id):
             raise RotationError(f"{rotation_id!r} is not a usable rotation id")
+        fresh = new_rotation_id()
         for _attempt in range(3):
             with self._tx(one_statement=True) as db:
                 row = db.execute(
                     "WITH open AS (SELECT id FROM rotations WHERE client = %s AND "
                     f"{_OPEN} AND NOT (state = 'promoted' AND family = 'overlap') {_NEWEST}), "
-                    "ins AS (INSERT INTO triggers (id, client, actor) SELECT %s, %s, %s "
+                    "ins AS (INSERT INTO triggers (id, client, actor) SELECT CASE WHEN "
+                    "EXISTS (SELECT 1 FROM triggers WHERE id = %s) OR EXISTS (SELECT 1 FROM "
+                    "rotations WHERE id = %s) THEN %s ELSE %s END, %s, %s "
                     "WHERE NOT EXISTS (SELECT 1 FROM open) ON CONFLICT DO NOTHING "
                     "RETURNING id) "
                     "SELECT id, true FROM open UNION ALL SELECT id, false FROM ins UNION ALL "
                     "SELECT id, true FROM triggers WHERE client = %s AND rotation_id IS NULL "
                     "AND NOT EXISTS (SELECT 1 FROM open) LIMIT 1",
-                    (client, rotation_id, client, actor, client)).fetchone()
+                    (client, rotation_id, rotation_id, fresh, rotation_id, client, actor,
+                     client)).fetchone()
             if row is not None:
                 return str(row[0]), bool(row[1])
             # a trigger another daemon queued after this statement's snapshot: read it now
