@@ -164,7 +164,7 @@ class TestEnvironmentReadOnce:
 
     def test_a_proxy_in_the_environment_is_still_used(self, monkeypatch: pytest.MonkeyPatch
                                                       ) -> None:
-        from providers.stores.vault import _session
+        from providers.stores.vault_http import session_for as _session
 
         monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
         monkeypatch.delenv("NO_PROXY", raising=False)
@@ -177,7 +177,7 @@ class TestEnvironmentReadOnce:
 
     def test_a_ca_bundle_named_in_the_environment_is_still_used(
             self, monkeypatch: pytest.MonkeyPatch) -> None:
-        from providers.stores.vault import _session
+        from providers.stores.vault_http import session_for as _session
 
         monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/corp/ca.pem")
         assert _session("https://vault.example.com", True)[1] == "/etc/corp/ca.pem"
