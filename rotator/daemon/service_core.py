@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-import structlog
-
 from rotator.audit import AuditLog
 from rotator.config import ClientConfig, Config
 from rotator.consumers import ConsumerRegistry
@@ -37,8 +35,6 @@ from rotator.daemon.workers import Clock, NullObserver, WorkerFactory, engine_wo
 from rotator.engine import utcnow
 from rotator.interfaces import Journal, Lease
 from rotator.journal import open_journal
-
-log = structlog.get_logger("rotator.daemon")
 
 Spawn = Callable[[Callable[[], None]], None]
 #: How long an idempotency key is remembered, and how many queued ids are mapped to the

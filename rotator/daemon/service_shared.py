@@ -14,8 +14,6 @@ import random
 import time
 from datetime import datetime
 
-import structlog
-
 from rotator.config import ClientConfig
 from rotator.daemon import shared
 from rotator.daemon.leases import claim
@@ -27,8 +25,6 @@ from rotator.engine import Outcome
 from rotator.errors import JournalConflict, RotatorError
 from rotator.journal import new_rotation_id
 from rotator.secrets import redact
-
-log = structlog.get_logger("rotator.daemon")
 
 
 class SharedJournal(JobRunning):

@@ -11,13 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import structlog
-
 from rotator.daemon.model import Trigger, UnknownRotation
 from rotator.daemon.service_shared import SharedJournal
 from rotator.journal import new_rotation_id
-
-log = structlog.get_logger("rotator.daemon")
 
 
 class Triggers(SharedJournal):
