@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import http.server
 import json
 import secrets
@@ -32,6 +33,7 @@ from rotator.token import (
     MAX_TOKEN_ANSWER,
     Token,
     TokenRequest,
+    _new_token,
     request_token,
     request_token_async,
 )
@@ -605,3 +607,16 @@ class TestAnswerChecks:
             "access_token": "abc", "token_type": "Bearer", "expires_in": raw}))
         assert token.expires_in == seconds
         assert type(token.expires_in) is float
+
+
+class TestFastToken:
+    """The fetch path's Token is the Token the dataclass builds: equal, frozen, same fields."""
+
+    def test_same_as_the_constructor(self) -> None:
+        access = Secret(secrets.token_urlsafe(16))
+        fast = _new_token(access, 300.0, 12.5, frozenset({"a"}), True)
+        assert fast == Token(access, "Bearer", 300.0, 12.5, frozenset({"a"}), True)
+        assert vars(fast) == vars(Token(access, "Bearer", 300.0, 12.5, frozenset({"a"}), True))
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            fast.expires_in = 1.0  # type: ignore[misc]
+        assert fast.expires_at() == 312.5

@@ -459,8 +459,11 @@ class _TokenCore(Generic[_F]):
         if cached is not None and cached[0] == config:
             return cached[1]
         bound = self._log.bind()
-        enabled = getattr(bound, "is_enabled_for", None)  # structlog's generic logger has none
-        log = bound if enabled is None or enabled(_DEBUG) else None
+        try:
+            enabled = bound.is_enabled_for(_DEBUG)
+        except AttributeError:  # structlog's generic BoundLogger over a logger without levels
+            enabled = True
+        log = bound if enabled else None
         self._fetch_logger = (config, log)  # one tuple: threads see both parts or neither
         return log
 
