@@ -133,3 +133,49 @@ class TestWaitLockOnlyForWaiters:
 def _waited_for(client: TokenClient) -> bool:
     flight = client._slots[client._default_key].flight
     return flight is not None and flight is not client_sync._SENDING
+
+
+class TestFirstRequestOutsideTheFlow:
+    """A refresh's first request is sent without the policy's generator; when it fails, the
+    policy goes on from that failure as if it had sent it (no request repeated or skipped)."""
+
+    def _client(self, statuses: list[int], sleeps: list[float],
+                on_first: object = None) -> tuple[TokenClient, list[str]]:
+        sent: list[str] = []
+
+        def answer(request: httpx.Request) -> httpx.Response:
+            sent.append(request.headers["Authorization"])
+            if len(sent) == 1 and callable(on_first):
+                on_first()
+            status = statuses.pop(0) if statuses else 200
+            return _answer(request) if status == 200 else httpx.Response(status)
+
+        client = TokenClient(TokenRequest("http://idp.test/token"),
+                             Credentials("svc", Secret(secrets.token_urlsafe(24))),
+                             http=httpx.Client(transport=httpx.MockTransport(answer)),
+                             sleep=sleeps.append, random=lambda: 0.5)
+        return client, sent
+
+    def test_a_failed_first_request_is_retried_once_after_a_backoff(self) -> None:
+        sleeps: list[float] = []
+        client, sent = self._client([503], sleeps)
+        with client:
+            client.token()
+        assert len(sent) == 2 and len(sleeps) == 1
+
+    def test_credentials_changed_meanwhile_are_sent_at_once(self) -> None:
+        # Another thread replaced the credentials (a store re-read for another scope set)
+        # while the first request was out: its failure says nothing about the new ones.
+        sleeps: list[float] = []
+        new = Credentials("svc", Secret(secrets.token_urlsafe(24)))
+        holder: list[TokenClient] = []
+
+        def swap() -> None:
+            holder[0]._credentials = new
+
+        client, sent = self._client([503], sleeps, on_first=swap)
+        holder.append(client)
+        with client:
+            client.token()
+        assert len(sent) == 2 and sleeps == []
+        assert sent[0] != sent[1]

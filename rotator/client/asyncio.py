@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import random as _random
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from typing import Any, Self
 
 import httpx
@@ -121,7 +121,17 @@ class AsyncTokenClient(_TokenCore[_Task]):
         return new.token
 
     async def _run(self, key: ScopeKey) -> _Entry:
-        flow = self._flow(key)
+        fetch = self._ready(key)
+        if fetch is None:
+            return await self._drive(self._flow(key))
+        sent_at = self._clock()
+        try:
+            token = await self._send(fetch)
+        except Exception as exc:
+            return await self._drive(self._flow(key, (fetch.credentials, exc)))
+        return self._obtained(key, fetch.credentials, self._first_stage, token, sent_at)
+
+    async def _drive(self, flow: Generator[Any, Any, _Entry]) -> _Entry:
         sent: Any = None
         error: Exception | None = None
         while True:

@@ -268,6 +268,7 @@ class _TokenCore(Generic[_F]):
         self._slots: dict[ScopeKey, _Slot[_F]] = {}
         self._refusal: _Refusal | None = None
         self._used: Credentials | None = None  # the credentials of the last token obtained
+        self._first_stage = "given" if store is None else "current"
 
     @classmethod
     def from_config(
@@ -378,8 +379,28 @@ class _TokenCore(Generic[_F]):
 
     # -- the token policy, as effects --------------------------------------------------------
 
-    def _flow(self, key: ScopeKey) -> _Flow:
-        """Obtain a token for ``key``: retries, store re-reads and the PREVIOUS fallback."""
+    def _ready(self, key: ScopeKey) -> _Fetch | None:
+        """The request a refresh of ``key`` starts with when the flow would do nothing else
+        first (no refusal to honour, credentials in hand, none to re-read), else None.
+
+        A driver sends it itself and hands a token to :meth:`_obtained`, or the error to
+        :meth:`_flow` as ``failed``: most refreshes are one request, and need no generator.
+        """
+        credentials = self._credentials
+        if self._refusal is not None or credentials is None or self._reread:
+            return None
+        fetch = self._fetches.get(key)
+        if fetch is None or fetch.credentials is not credentials:
+            fetch = self._fetch_for(key, credentials)
+        return fetch
+
+    def _flow(self, key: ScopeKey,
+              failed: tuple[Credentials, Exception] | None = None) -> _Flow:
+        """Obtain a token for ``key``: retries, store re-reads and the PREVIOUS fallback.
+
+        ``failed``: the driver already sent the first request (:meth:`_ready`) with these
+        credentials, and it raised this; the flow goes on from there.
+        """
         credentials, stage = self._credentials, "given" if self._store is None else "current"
         refusal = self._refusal
         tried: list[Credentials] = []  # a list: hashing a Secret costs a SHA-256
@@ -401,6 +422,11 @@ class _TokenCore(Generic[_F]):
                 fetch = self._fetch_for(key, credentials)
             sent_at = self._clock()
             try:
+                if failed is not None:
+                    sent, error = failed
+                    failed = None
+                    if sent is credentials:  # else another thread changed them meanwhile
+                        raise error
                 token: Token = yield fetch
             except TokenEndpointUnavailable as exc:
                 failures += 1
@@ -431,19 +457,25 @@ class _TokenCore(Generic[_F]):
             except BadTokenResponse as exc:
                 raise BadTokenResponse(f"client {credentials.client_id}: {exc}",
                                        error=exc.error, status=exc.status) from exc
-            policy = self._policy
-            lifetime = policy.assumed_lifetime if token.expires_in is None else token.expires_in
-            buffer = policy.buffer(lifetime)
-            self._used = credentials
-            if self._refusal is not None:
-                with self._lock:
-                    self._refusal = None
-            if self._given_logger or structlog.is_configured():
-                log = self._fetch_log()
-                if log is not None:
-                    log.debug("token_obtained", client_id=credentials.client_id, scopes=key,
-                              expires_in=token.expires_in, credential=stage)
-            return _Entry(token, sent_at + lifetime - buffer, sent_at + lifetime - buffer / 2)
+            return self._obtained(key, credentials, stage, token, sent_at)
+
+    def _obtained(self, key: ScopeKey, credentials: Credentials, stage: str, token: Token,
+                  sent_at: float) -> _Entry:
+        """The cache entry for ``token``, obtained with ``credentials`` (from ``stage``) by a
+        request sent at ``sent_at``; logs ``token_obtained``."""
+        policy = self._policy
+        lifetime = policy.assumed_lifetime if token.expires_in is None else token.expires_in
+        buffer = policy.buffer(lifetime)
+        self._used = credentials
+        if self._refusal is not None:
+            with self._lock:
+                self._refusal = None
+        if self._given_logger or structlog.is_configured():
+            log = self._fetch_log()
+            if log is not None:
+                log.debug("token_obtained", client_id=credentials.client_id, scopes=key,
+                          expires_in=token.expires_in, credential=stage)
+        return _Entry(token, sent_at + lifetime - buffer, sent_at + lifetime - buffer / 2)
 
     def _fetch_log(self) -> FilteringBoundLogger | None:
         """Where the per-fetch debug event goes: a logger given (it filters), else the logger

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random as _random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from typing import Any, Self
 
 import httpx
@@ -118,35 +118,46 @@ class TokenClient(_TokenCore[_Flight]):
             new = self._run(key)
         except Exception as exc:
             kept = self._kept_after_failure(slot, exc)
-            self._land(key, None, kept, exc if kept is None else None)
+            self._land(key, kept, exc if kept is None else None)
             if kept is None:
                 raise
             return kept
         except BaseException as exc:  # KeyboardInterrupt: release the waiting threads too
-            self._land(key, None, None, exc)
+            self._land(key, None, exc)
             raise
-        self._land(key, new, new.token, None)
+        with self._lock:
+            flight = slot.flight
+            slot.entry, slot.flight = new, None
+        if flight is not _SENDING and flight is not None:
+            flight.finish(new.token)
         if self._reporter is not None:
             used = self._credentials_used()
             if used is not None:
                 self._reporter.report(used)  # never raises; at most once a refresh
         return new.token
 
-    def _land(self, key: ScopeKey, entry: _Entry | None, token: Token | None,
-              error: BaseException | None) -> None:
-        """End the request for ``key`` (caching ``entry`` if there is one); threads waiting
-        for it get ``token`` or ``error``."""
+    def _land(self, key: ScopeKey, token: Token | None, error: BaseException | None) -> None:
+        """End a request for ``key`` that failed; threads waiting for it get ``token`` (the
+        old one, still valid) or ``error``."""
         with self._lock:
             slot = self._slots[key]
             flight = slot.flight
-            if entry is not None:
-                slot.entry = entry
             slot.flight = None
         if flight is not _SENDING and flight is not None:
             flight.finish(token, error)
 
     def _run(self, key: ScopeKey) -> _Entry:
-        flow = self._flow(key)
+        fetch = self._ready(key)
+        if fetch is None:
+            return self._drive(self._flow(key))
+        sent_at = self._clock()
+        try:
+            token = self._send(fetch)
+        except Exception as exc:
+            return self._drive(self._flow(key, (fetch.credentials, exc)))
+        return self._obtained(key, fetch.credentials, self._first_stage, token, sent_at)
+
+    def _drive(self, flow: Generator[Any, Any, _Entry]) -> _Entry:
         sent: Any = None
         error: Exception | None = None
         while True:
