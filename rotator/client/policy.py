@@ -3,7 +3,10 @@
 :class:`_TokenCore` holds the cache and writes the policy once, as a generator of effects
 (fetch a token, sleep, read the store) that the sync client (:mod:`rotator.client.sync`)
 performs with blocking calls and the asyncio client (:mod:`rotator.client.asyncio`) with
-awaits, as httpx's auth flows do. The behaviour is described in :mod:`rotator.client`.
+awaits, as httpx's auth flows do. A refresh that is one request (the usual one) is sent by
+the driver without entering the generator (:meth:`_TokenCore._ready`, ``_obtained``); a
+failure of it enters the flow at that request. The behaviour is described in
+:mod:`rotator.client`.
 """
 
 from __future__ import annotations
