@@ -598,6 +598,19 @@ class TestAnswerChecks:
         assert len(body) == MAX_TOKEN_ANSWER
         assert send(lambda r: httpx.Response(200, content=body.encode())).expires_in is None
 
+    @pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16", "utf-32"])
+    def test_json_in_any_encoding_json_reads(self, send: Callable[..., Token],
+                                             encoding: str) -> None:
+        body = json.dumps({"access_token": "äbc", "token_type": "Bearer", "expires_in": 60},
+                          ensure_ascii=False)
+        token = send(lambda r: httpx.Response(200, content=body.encode(encoding)))
+        assert token.access_token.reveal() == "äbc"
+        assert token.expires_in == 60.0
+
+    def test_bytes_that_are_no_json_are_refused(self, send: Callable[..., Token]) -> None:
+        with pytest.raises(BadTokenResponse, match="without an access_token"):
+            send(lambda r: httpx.Response(200, content=b"\xff\xfe\x00garbage"))
+
     @pytest.mark.parametrize(("raw", "seconds"), [
         (300, 300.0), (2.5, 2.5), ("300", 300.0), (" 60 ", 60.0), (2**60, float(2**60)),
     ])
