@@ -79,7 +79,8 @@ class TestFetchLoggerBoundOnce:
         # structlog's generic BoundLogger over a PrintLogger has no level to ask for: the
         # level check raised AttributeError out of every fetch.
         structlog.configure(wrapper_class=structlog.BoundLogger,
-                            processors=[structlog.processors.KeyValueRenderer()])
+                            processors=[structlog.processors.KeyValueRenderer()],
+                            logger_factory=structlog.PrintLoggerFactory())
         with _client() as client:
             _fetch(client, 2)
         assert capsys.readouterr().out.count("event='token_obtained'") == 2
