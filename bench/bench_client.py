@@ -342,21 +342,27 @@ def main() -> None:
              for name in ("rotator", "authlib")}
     mean_added = {name: statistics.mean(mock[name]) - statistics.mean(mock["bare"])
                   for name in ("rotator", "authlib")}
+    # the fastest tenth of each is what a busy machine disturbs least
+    p10_added = {name: statistics.quantiles(mock[name], n=10)[0]
+                 - statistics.quantiles(mock["bare"], n=10)[0] for name in ("rotator", "authlib")}
     log_added = statistics.median(mock["rotator+log"]) - statistics.median(mock["bare+log"])
     print(f"\n(2b) token fetch through httpx.MockTransport (no server), logging at its defaults "
           f"(structlog unconfigured, stdlib root at WARNING), µs (median of {ROUNDS * FETCHES} "
-          "fetches each, interleaved [10th percentile]); added over bare: median, and mean")
+          "fetches each, interleaved [10th percentile]); added over bare: median, mean and "
+          "10th percentile")
     print(f"    bare httpx POST + JSON                     {pct(mock['bare'])}")
     for name, label in (("rotator", "rotator (drop token, token())"),
                         ("authlib", "authlib fetch_token()")):
         print(f"    {label:<42} {pct(mock[name])}   x{ratio(mock[name], mock['bare']):.3f} of "
-              f"bare, {added[name]:+.1f} µs (mean {mean_added[name]:+.1f} µs)")
+              f"bare, {added[name]:+.1f} µs (mean {mean_added[name]:+.1f}, "
+              f"p10 {p10_added[name]:+.1f} µs)")
     print(f"    with one stdlib log record per fetch: rotator {log_added:+.1f} µs over bare "
           "(the record registers the token's forms; the mean above carries that work when no "
           f"record comes, once per {MAX_PENDING_VALUES} fetches)")
     verdict = ("met" if added["rotator"] <= 10 and added["rotator"] < added["authlib"]
                else "MISSED")
-    print(f"    target rotator <= +10 µs and below authlib {verdict}")
+    print(f"    target rotator <= +10 µs and below authlib {verdict}   (median; load average now "
+          f"{os.getloadavg()[0]:.2f})")
     mock_rot.close()
     mock_auth.close()
     mock_bare.close()

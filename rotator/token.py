@@ -47,6 +47,14 @@ from rotator.secrets import Secret, redact, register_credentials
 #: Secrets whose Basic-header pair is registered with the redactor, with their client id.
 _BASIC_REGISTERED: weakref.WeakKeyDictionary[Secret, str] = weakref.WeakKeyDictionary()
 
+#: Bytes of a token answer that are parsed; a longer 200 is refused. Real ones are a few KiB
+#: (a JWT with many claims); the bounded transport (:mod:`rotator._bounded`) stops reading
+#: at the same size, a caller's own httpx client may not.
+MAX_TOKEN_ANSWER = 1 << 20
+#: Integers from here are checked the long way (a float cannot hold every such integer).
+_HUGE = 1 << 53
+_BEARER = "Bearer"  # the usual spelling, compared first
+
 _ERROR_CLASSES: dict[str, type[VerificationError]] = {
     "invalid_client": InvalidClient,
     "invalid_scope": InvalidScope,
@@ -160,98 +168,159 @@ def jwt_scopes(access_token: str) -> frozenset[str] | None:
 def parse_token_response(
     req: TokenRequest, response: httpx.Response, *, now: float | None = None
 ) -> Token:
-    """Turn a token-endpoint response into a :class:`Token`, or raise the matching error."""
+    """Turn a token-endpoint response into a :class:`Token`, or raise the matching error.
+
+    The answer is hostile input: at most :data:`MAX_TOKEN_ANSWER` bytes of it are parsed,
+    every field is type-checked before use, and no error message quotes it unredacted.
+    """
     obtained = time.monotonic() if now is None else now
     status = response.status_code
-    try:
-        body: Any = response.json()
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
+    content = response.content
+    body: Any = None
+    if len(content) <= MAX_TOKEN_ANSWER:
+        try:
+            body = _json(content)
+        except ValueError:
+            body = None
+    if type(body) is not dict:  # json gives exactly dict; the checks below rely on it
         body = {}
+    if status == 200:
+        if len(content) > MAX_TOKEN_ANSWER:
+            raise BadTokenResponse(
+                f"token endpoint {req.token_endpoint} answered HTTP 200 with {len(content)} "
+                f"bytes, more than the {MAX_TOKEN_ANSWER} a token answer may have",
+                status=status)
+        return _issued(req, body, obtained)
+    raise _refusal(req, response, body, status)
+
+
+def _json(content: bytes) -> Any:
+    """``response.json()``: UTF-8 decoded first (what RFC 8259 asks for, and faster than
+    json's own detection), a UTF-8 BOM dropped; other encodings are left to json."""
+    try:
+        text = content.decode()
+    except UnicodeDecodeError:
+        return json.loads(content)  # UTF-16 or UTF-32, which json recognises
+    return json.loads(text[1:] if text.startswith("\ufeff") else text)
+
+
+def _issued(req: TokenRequest, body: dict[str, Any], obtained: float) -> Token:
+    """The token of a 200 answer's JSON object, checked field by field (one pass, a type check
+    first: the common answer, a string token, "Bearer" and an integer lifetime, takes no
+    other branch)."""
+    access = body.get("access_token")
+    if type(access) is not str or not access:
+        raise BadTokenResponse(
+            f"token endpoint {req.token_endpoint} answered 200 without an access_token",
+            status=200)
+    token_type = body.get("token_type")
+    if token_type != _BEARER and (type(token_type) is not str
+                                  or token_type.lower() != "bearer"):
+        shown = (repr(redact(token_type)[:40]) if isinstance(token_type, str)
+                 else "<missing>" if token_type is None else "<not a string>")
+        raise BadTokenResponse(
+            f"token endpoint {req.token_endpoint} issued a token of type {shown}, not Bearer",
+            status=200)
+    raw_expires = body.get("expires_in")
+    expires_in: float | None
+    if type(raw_expires) is int and 0 < raw_expires < _HUGE:
+        expires_in = float(raw_expires)
+    else:
+        expires_in = None if raw_expires is None else _expires_in(req, raw_expires)
+    raw_scope = body.get("scope")
+    assumed = False
+    if type(raw_scope) is str:
+        granted = frozenset(raw_scope.split())
+    else:
+        # RFC 6749 §5.1 lets a server omit scope only when it granted the requested one, but
+        # some drop an unknown scope silently and omit it: believe a JWT's claim first.
+        claimed = jwt_scopes(access) if access.count(".") == 2 else None
+        assumed = claimed is None and bool(req.scopes)
+        granted = frozenset(req.scopes) if claimed is None else claimed
+    if req.scopes and not granted.issuperset(req.scopes):
+        missing = sorted(set(req.scopes) - granted)
+        raise InvalidScope(
+            f"token endpoint {req.token_endpoint} issued a token without the required "
+            f"scope(s) {' '.join(missing)}", error="invalid_scope", status=200,
+        )
+    return _new_token(Secret(access), expires_in, obtained, granted, assumed)
+
+
+_make = object.__new__
+
+
+def _new_token(access: Secret, expires_in: float | None, obtained: float,
+               scopes: frozenset[str], assumed: bool) -> Token:
+    """``Token(access, "Bearer", ...)`` at half the cost, for the fetch path: a frozen
+    dataclass's ``__init__`` sets each of its six fields through ``object.__setattr__``
+    (1 µs); filling the instance's ``__dict__`` at once is what that ends in."""
+    token: Token = _make(Token)
+    token.__dict__.update(access_token=access, token_type=_BEARER, expires_in=expires_in,
+                          obtained_at=obtained, scopes=scopes, scopes_assumed=assumed)
+    return token
+
+
+def _expires_in(req: TokenRequest, raw: object) -> float:
+    """``expires_in`` other than a positive integer: a positive finite number or numeric
+    string (RFC 6749 §5.1 says a number; some servers send a string), never a bool."""
+    where = req.token_endpoint
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        raise BadTokenResponse(f"token endpoint {where} sent a non-numeric expires_in",
+                               status=200)
+    try:
+        expires_in = float(raw)
+    except ValueError:
+        raise BadTokenResponse(f"token endpoint {where} sent a non-numeric expires_in",
+                               status=200) from None
+    except OverflowError:  # an integer of hundreds of digits
+        raise BadTokenResponse(f"token endpoint {where} sent a non-finite expires_in",
+                               status=200) from None
+    if not math.isfinite(expires_in):
+        raise BadTokenResponse(f"token endpoint {where} sent a non-finite expires_in",
+                               status=200)
+    if expires_in <= 0:
+        raise BadTokenResponse(f"token endpoint {where} issued an already expired token",
+                               status=200)
+    return expires_in
+
+
+def _refusal(req: TokenRequest, response: httpx.Response, body: dict[str, Any],
+             status: int) -> VerificationError:
+    """The error for an answer other than 200."""
     where = req.token_endpoint
     # Remote text may echo the request back: redact it before it reaches a message.
     raw_error = body.get("error")
     error = redact(raw_error)[:100] if isinstance(raw_error, str) else None
     if status >= 500 or status == 429:
-        raise TokenEndpointUnavailable(
+        return TokenEndpointUnavailable(
             f"token endpoint {where} answered HTTP {status}", status=status,
             error=error, retry_after=_retry_after(response),
         )
-    if status != 200:
-        desc = body.get("error_description")
-        detail = f": {redact(str(desc))[:200]}" if isinstance(desc, str) and desc else ""
-        if error == "unauthorized_client" and status == 401:
-            # Keycloak answers a wrong secret with 401 unauthorized_client where RFC 6749
-            # says invalid_client; a 401 is a failed client authentication either way.
-            error_class: type[VerificationError] = InvalidClient
-        else:
-            error_class = _ERROR_CLASSES.get(error or "", BadTokenResponse)
-        if error in _ERROR_CLASSES:
-            raise error_class(
-                f"token endpoint {where} refused the credentials: {error}{detail}",
-                error=error, status=status,
-            )
-        if status == 401 or (status == 403 and not response.content.strip()):
-            # A 403 with nothing in it is Glewlwyd's answer to a wrong secret; a 403 that
-            # says why (access_denied, a scope) is a policy refusal and stays as it is.
-            raise InvalidClient(
-                f"token endpoint {where} refused the credentials (HTTP {status}){detail}",
-                error=error, status=status,
-            )
-        raise BadTokenResponse(
-            f"token endpoint {where} answered HTTP {status}"
-            + (f" ({error}{detail})" if error else detail),
+    desc = body.get("error_description")
+    detail = f": {redact(str(desc))[:200]}" if isinstance(desc, str) and desc else ""
+    if error == "unauthorized_client" and status == 401:
+        # Keycloak answers a wrong secret with 401 unauthorized_client where RFC 6749
+        # says invalid_client; a 401 is a failed client authentication either way.
+        error_class: type[VerificationError] = InvalidClient
+    else:
+        error_class = _ERROR_CLASSES.get(error or "", BadTokenResponse)
+    if error in _ERROR_CLASSES:
+        return error_class(
+            f"token endpoint {where} refused the credentials: {error}{detail}",
             error=error, status=status,
         )
-    access = body.get("access_token")
-    if not isinstance(access, str) or not access:
-        raise BadTokenResponse(f"token endpoint {where} answered 200 without an access_token",
-                               status=status)
-    token_type = body.get("token_type")
-    if not isinstance(token_type, str) or token_type.lower() != "bearer":
-        shown = (repr(redact(token_type)[:40]) if isinstance(token_type, str)
-                 else "<missing>" if token_type is None else "<not a string>")
-        raise BadTokenResponse(
-            f"token endpoint {where} issued a token of type {shown}, not Bearer",
-            status=status,
+    if status == 401 or (status == 403 and not response.content.strip()):
+        # A 403 with nothing in it is Glewlwyd's answer to a wrong secret; a 403 that
+        # says why (access_denied, a scope) is a policy refusal and stays as it is.
+        return InvalidClient(
+            f"token endpoint {where} refused the credentials (HTTP {status}){detail}",
+            error=error, status=status,
         )
-    raw_expires = body.get("expires_in")
-    expires_in: float | None = None
-    if raw_expires is not None:
-        # RFC 6749 §5.1 says a number; some servers send a numeric string. Never a bool.
-        if isinstance(raw_expires, bool) or not isinstance(raw_expires, int | float | str):
-            raise BadTokenResponse(f"token endpoint {where} sent a non-numeric expires_in",
-                                   status=status)
-        try:
-            expires_in = float(raw_expires)
-        except ValueError:
-            raise BadTokenResponse(
-                f"token endpoint {where} sent a non-numeric expires_in", status=status
-            ) from None
-        if not math.isfinite(expires_in):
-            raise BadTokenResponse(f"token endpoint {where} sent a non-finite expires_in",
-                                   status=status)
-        if expires_in <= 0:
-            raise BadTokenResponse(f"token endpoint {where} issued an already expired token",
-                                   status=status)
-    raw_scope = body.get("scope")
-    assumed = False
-    if isinstance(raw_scope, str):
-        granted = frozenset(raw_scope.split())
-    else:
-        # RFC 6749 §5.1 lets a server omit scope only when it granted the requested one, but
-        # some drop an unknown scope silently and omit it: believe a JWT's claim first.
-        claimed = jwt_scopes(access)
-        assumed = claimed is None and bool(req.scopes)
-        granted = frozenset(req.scopes) if claimed is None else claimed
-    missing = sorted(set(req.scopes) - granted)
-    if missing:
-        raise InvalidScope(
-            f"token endpoint {where} issued a token without the required scope(s) "
-            f"{' '.join(missing)}", error="invalid_scope", status=status,
-        )
-    return Token(Secret(access), "Bearer", expires_in, obtained, granted, assumed)
+    return BadTokenResponse(
+        f"token endpoint {where} answered HTTP {status}"
+        + (f" ({error}{detail})" if error else detail),
+        error=error, status=status,
+    )
 
 
 def _transport_error(req: TokenRequest, exc: httpx.HTTPError) -> TokenEndpointUnavailable:

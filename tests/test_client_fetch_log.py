@@ -34,6 +34,15 @@ def unconfigured() -> Iterator[None]:
     structlog.configure(**saved)
 
 
+@pytest.fixture
+def passing_debug() -> Iterator[None]:
+    # A test before may leave structlog filtering at INFO (the daemon's configuration).
+    saved = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    yield
+    structlog.configure(**saved)
+
+
 def _client() -> TokenClient:
     return TokenClient(TokenRequest("http://idp.test/token"),
                        Credentials("svc", Secret(secrets.token_urlsafe(24))),
@@ -50,7 +59,7 @@ class TestFetchEvent:
             client.token()
         assert "token_obtained" not in capsys.readouterr().out
 
-    def test_configured_structlog_gets_a_debug_event(self) -> None:
+    def test_configured_structlog_gets_a_debug_event(self, passing_debug: None) -> None:
         with capture_logs() as logs, _client() as client:
             client.token()
         assert [e["log_level"] for e in logs if e["event"] == "token_obtained"] == ["debug"]

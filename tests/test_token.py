@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import http.server
 import json
 import secrets
@@ -28,7 +29,14 @@ from rotator.errors import (
 )
 from rotator.interfaces import Credentials
 from rotator.secrets import Secret
-from rotator.token import Token, TokenRequest, request_token, request_token_async
+from rotator.token import (
+    MAX_TOKEN_ANSWER,
+    Token,
+    TokenRequest,
+    _new_token,
+    request_token,
+    request_token_async,
+)
 
 ENDPOINT = "https://idp.test/realms/r/protocol/openid-connect/token"
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -336,6 +344,13 @@ class TestUnusableSuccess:
                      id="expires_in-nan"),
         pytest.param('{"access_token": "abc", "token_type": "Bearer", "expires_in": Infinity}',
                      id="expires_in-infinity"),
+        # an integer no float holds: float() raised OverflowError, which escaped
+        pytest.param('{"access_token": "abc", "token_type": "Bearer", "expires_in": 1'
+                     + "0" * 400 + "}", id="expires_in-huge-int"),
+        pytest.param(json.dumps({"access_token": "abc", "token_type": ["Bearer"]}),
+                     id="token_type-list"),
+        pytest.param(json.dumps({"access_token": ["abc"], "token_type": "Bearer"}),
+                     id="access_token-list"),
     ])
     def test_bad_token_response(self, send: Callable[..., Token], body: str) -> None:
         with pytest.raises(BadTokenResponse) as info:
@@ -562,3 +577,59 @@ class TestEchoingEndpoint:
         assert "**********" in text
         for form in (secret, basic, quote_plus(secret), quote(secret, safe="")):
             assert form[:12] not in text, form
+
+
+@pytest.mark.parametrize("send", SENDERS)
+class TestAnswerChecks:
+    """A 200 is parsed only up to MAX_TOKEN_ANSWER bytes, and every lifetime a server may
+    spell (integer, float, numeric string, a large integer) is read as seconds."""
+
+    def test_oversized_answer_is_refused_unparsed(self, send: Callable[..., Token]) -> None:
+        access = secrets.token_urlsafe(24)
+        body = json.dumps({"access_token": access, "token_type": "Bearer",
+                           "padding": "x" * MAX_TOKEN_ANSWER})
+        with pytest.raises(BadTokenResponse, match="more than the 1048576") as info:
+            send(lambda r: httpx.Response(200, content=body.encode()))
+        assert access not in str(info.value)
+
+    def test_answer_at_the_bound_is_parsed(self, send: Callable[..., Token]) -> None:
+        head = '{"access_token": "abc", "token_type": "Bearer", "padding": "'
+        body = head + "x" * (MAX_TOKEN_ANSWER - len(head) - 2) + '"}'
+        assert len(body) == MAX_TOKEN_ANSWER
+        assert send(lambda r: httpx.Response(200, content=body.encode())).expires_in is None
+
+    @pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16", "utf-32"])
+    def test_json_in_any_encoding_json_reads(self, send: Callable[..., Token],
+                                             encoding: str) -> None:
+        body = json.dumps({"access_token": "äbc", "token_type": "Bearer", "expires_in": 60},
+                          ensure_ascii=False)
+        token = send(lambda r: httpx.Response(200, content=body.encode(encoding)))
+        assert token.access_token.reveal() == "äbc"
+        assert token.expires_in == 60.0
+
+    def test_bytes_that_are_no_json_are_refused(self, send: Callable[..., Token]) -> None:
+        with pytest.raises(BadTokenResponse, match="without an access_token"):
+            send(lambda r: httpx.Response(200, content=b"\xff\xfe\x00garbage"))
+
+    @pytest.mark.parametrize(("raw", "seconds"), [
+        (300, 300.0), (2.5, 2.5), ("300", 300.0), (" 60 ", 60.0), (2**60, float(2**60)),
+    ])
+    def test_lifetime_spellings(self, send: Callable[..., Token], raw: Any,
+                                seconds: float) -> None:
+        token = send(lambda r: httpx.Response(200, json={
+            "access_token": "abc", "token_type": "Bearer", "expires_in": raw}))
+        assert token.expires_in == seconds
+        assert type(token.expires_in) is float
+
+
+class TestFastToken:
+    """The fetch path's Token is the Token the dataclass builds: equal, frozen, same fields."""
+
+    def test_same_as_the_constructor(self) -> None:
+        access = Secret(secrets.token_urlsafe(16))
+        fast = _new_token(access, 300.0, 12.5, frozenset({"a"}), True)
+        assert fast == Token(access, "Bearer", 300.0, 12.5, frozenset({"a"}), True)
+        assert vars(fast) == vars(Token(access, "Bearer", 300.0, 12.5, frozenset({"a"}), True))
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            fast.expires_in = 1.0  # type: ignore[misc]
+        assert fast.expires_at() == 312.5

@@ -3,7 +3,10 @@
 :class:`_TokenCore` holds the cache and writes the policy once, as a generator of effects
 (fetch a token, sleep, read the store) that the sync client (:mod:`rotator.client.sync`)
 performs with blocking calls and the asyncio client (:mod:`rotator.client.asyncio`) with
-awaits, as httpx's auth flows do. The behaviour is described in :mod:`rotator.client`.
+awaits, as httpx's auth flows do. A refresh that is one request (the usual one) is sent by
+the driver without entering the generator (:meth:`_TokenCore._ready`, ``_obtained``); a
+failure of it enters the flow at that request. The behaviour is described in
+:mod:`rotator.client`.
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ import threading
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, replace
 from os import PathLike
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import structlog
 from structlog.typing import FilteringBoundLogger
 
+from rotator.client_report import ConsumerReporter
 from rotator.config import ClientConfig, load_config
 from rotator.errors import (
     BadTokenResponse,
@@ -32,6 +36,7 @@ from rotator.errors import (
 )
 from rotator.interfaces import Credentials, Location, SecretStore, Stage, StoredCredentials
 from rotator.logsafety import install_log_safety
+from rotator.secrets import Secret
 from rotator.token import Token, TokenRequest, build_request
 
 __all__ = ["CachePolicy", "Clock", "Random", "ScopeKey"]
@@ -125,12 +130,6 @@ class _Entry:
     expires_at: float
 
 
-def _entry(token: Token, sent_at: float, policy: CachePolicy) -> _Entry:
-    lifetime = token.expires_in if token.expires_in is not None else policy.assumed_lifetime
-    buffer = policy.buffer(lifetime)
-    return _Entry(token, sent_at + lifetime - buffer, sent_at + lifetime - buffer / 2)
-
-
 _F = TypeVar("_F")
 _DEBUG = logging.DEBUG
 
@@ -147,28 +146,38 @@ class _Slot(Generic[_F]):
 
 # The token policy is written once, as a generator of effects that a driver performs: the
 # sync driver with blocking calls, the asyncio driver with awaits (httpx's auth-flow pattern).
+# Each effect names the driver's method that performs it (``perform`` returns what that
+# method returns: a value for the sync driver, an awaitable for the asyncio one).
 
 
-#: What a token request sends: the credentials it was built for, headers and form data.
-_Prepared = tuple[Credentials, dict[str, str], dict[str, str]]
-
-
-@dataclass(slots=True)
 class _Fetch:
-    request: TokenRequest
-    credentials: Credentials
-    #: the request's headers and form, built once per request and credentials
-    prepared: _Prepared
+    """Send a token request. Built once per scope set and credentials, then reused."""
+
+    __slots__ = ("credentials", "data", "headers", "request")
+
+    def __init__(self, request: TokenRequest, credentials: Credentials) -> None:
+        self.request = request
+        self.credentials = credentials
+        self.headers, self.data = build_request(request, credentials)
+
+    def perform(self, driver: _TokenCore[Any]) -> Any:
+        return driver._send(self)
 
 
 @dataclass(frozen=True)
 class _Sleep:
     seconds: float
 
+    def perform(self, driver: _TokenCore[Any]) -> Any:
+        return driver._pause(self.seconds)
+
 
 @dataclass(frozen=True)
 class _Read:
     stage: Stage
+
+    def perform(self, driver: _TokenCore[Any]) -> Any:
+        return driver._read(self.stage)
 
 
 _Effect = _Fetch | _Sleep | _Read
@@ -213,31 +222,13 @@ def _setup_from_config(
     return _Setup(request, store, targets[0].location, client)
 
 
-_Client = TypeVar("_Client", bound="_TokenCore")
+class _TokenCore(Generic[_F]):
+    """What the sync and asyncio clients share: configuration, cache and the token policy.
 
-
-def _from_config(
-    make: Callable[..., _Client], path: str | PathLike[str], client_name: str,
-    store_name: str | None, environ: Mapping[str, str] | None, kwargs: dict[str, Any],
-    make_http: Callable[[ClientConfig], Any],
-) -> _Client:
-    """Build a sync or asyncio client from a configuration; it owns the store it started."""
-    setup = _setup_from_config(path, client_name, store_name, environ)
-    owns_http = "http" not in kwargs
-    if owns_http:
-        kwargs["http"] = make_http(setup.client)
-    try:
-        client = make(setup.request, store=setup.store, location=setup.location, **kwargs)
-    except BaseException:
-        setup.store.close()
-        raise
-    client._owns_http = owns_http
-    client._owns_store = True
-    return client
-
-
-class _TokenCore:
-    """What the sync and asyncio clients share: configuration, cache and the token policy."""
+    A driver subclass keeps in each scope set's :class:`_Slot` its own kind of flight (``_F``)
+    and performs the policy's effects: ``_send`` a token request, ``_pause``, ``_read`` the
+    store, blocking or as awaitables.
+    """
 
     def __init__(
         self,
@@ -249,6 +240,7 @@ class _TokenCore:
         clock: Clock,
         random: Random,
         logger: FilteringBoundLogger | None,
+        reporter: ConsumerReporter | None,
     ) -> None:
         if (credentials is None) == (store is None):
             raise ValueError("give either credentials or a store and a location")
@@ -266,21 +258,81 @@ class _TokenCore:
         self._random = random
         self._log: FilteringBoundLogger = logger or structlog.get_logger("rotator.client")
         self._given_logger = logger is not None
+        #: structlog's configuration, and the bound logger for the per-fetch debug event under
+        #: it (None when it drops debug events); see _fetch_log
+        self._fetch_logger: tuple[dict[str, Any], FilteringBoundLogger | None] | None = None
+        # retire = "when_unused": re-read CURRENT at every refresh, report what was used.
+        self._reporter = reporter
+        self._reread = reporter is not None and store is not None
         self._lock = threading.Lock()
         self._default_key = _scope_key(request.scopes)
         self._requests: dict[ScopeKey, TokenRequest] = {self._default_key: request}
-        self._prepared: dict[ScopeKey, _Prepared] = {}
+        self._fetches: dict[ScopeKey, _Fetch] = {}
+        self._slots: dict[ScopeKey, _Slot[_F]] = {}
         self._refusal: _Refusal | None = None
-        self._reread = False  # read CURRENT at every refresh, not only after a refusal
         self._used: Credentials | None = None  # the credentials of the last token obtained
+        self._first_stage = "given" if store is None else "current"
+
+    @classmethod
+    def from_config(
+        cls,
+        path: str | PathLike[str],
+        client_name: str,
+        *,
+        store: str | None = None,
+        environ: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> Self:
+        """A client for ``[clients.<client_name>]`` of a rotator configuration.
+
+        Reads credentials from the client's first store (or the one named ``store``), which
+        is started here (blocking) and closed when the client is closed. Raises
+        ``ConfigError`` or ``StoreError``. With ``ROTATOR_REPORT_URL`` set (in ``environ``,
+        default the process environment), it reports which secret it uses to the daemon
+        (:mod:`rotator.client_report`).
+        """
+        if "reporter" not in kwargs:
+            kwargs["reporter"] = ConsumerReporter.from_env(client_name, environ)
+        setup = _setup_from_config(path, client_name, store, environ)
+        owns_http = "http" not in kwargs
+        if owns_http:
+            kwargs["http"] = cls._http_for(setup.client)
+        try:
+            client = cls(setup.request, store=setup.store, location=setup.location,
+                         **kwargs)
+        except BaseException:
+            setup.store.close()
+            raise
+        client._owns_http = owns_http
+        client._owns_store = True
+        return client
+
+    @classmethod
+    def _http_for(cls, client: ClientConfig) -> Any:
+        """The httpx client (sync or asyncio) for the token endpoint of ``client``."""
+        raise NotImplementedError
 
     @property
     def client_id(self) -> str | None:
         """The client id in use, once known (credentials from a store are read lazily)."""
         return None if self._credentials is None else self._credentials.client_id
 
+    def invalidate(self, token: Token) -> None:
+        """Forget ``token`` (a resource server refused it); the next call fetches another."""
+        with self._lock:
+            for slot in self._slots.values():
+                if slot.entry is not None and slot.entry.token is token:
+                    slot.entry = None
+
     def _key(self, scopes: Iterable[str] | None) -> ScopeKey:
         return self._default_key if scopes is None else _scope_key(scopes)
+
+    def _slot(self, key: ScopeKey) -> _Slot[_F]:
+        """The slot of ``key``, made the first time; the caller holds the lock."""
+        slot = self._slots.get(key)
+        if slot is None:  # not setdefault: that would build a _Slot on every fetch
+            slot = self._slots[key] = _Slot()
+        return slot
 
     def _request_for(self, key: ScopeKey) -> TokenRequest:
         request = self._requests.get(key)
@@ -288,25 +340,28 @@ class _TokenCore:
             request = self._requests[key] = replace(self._request, scopes=key)
         return request
 
-    def _prepare(self, key: ScopeKey, request: TokenRequest,
-                 credentials: Credentials) -> _Prepared:
-        """The headers and form for ``request`` with ``credentials``, built once for both."""
-        prepared = self._prepared.get(key)
-        if prepared is None or prepared[0] is not credentials:
-            prepared = self._prepared[key] = (credentials, *build_request(request, credentials))
-        return prepared
+    def _fetch_for(self, key: ScopeKey, credentials: Credentials) -> _Fetch:
+        """The token request for ``key`` with ``credentials``, built once for both."""
+        fetch = self._fetches.get(key)
+        if fetch is None or fetch.credentials is not credentials:
+            fetch = self._fetches[key] = _Fetch(self._request_for(key), credentials)
+        return fetch
 
-    def _invalidate(self, slots: Iterable[_Slot[Any]], token: Token) -> None:
-        with self._lock:
-            for slot in slots:
-                if slot.entry is not None and slot.entry.token is token:
-                    slot.entry = None
+    def _read(self, stage: Stage) -> Any:
+        """Read ``stage`` from the store: a driver performs this in its own way."""
+        raise NotImplementedError
+
+    def _send(self, fetch: _Fetch) -> Any:
+        raise NotImplementedError
+
+    def _pause(self, seconds: float) -> Any:
+        raise NotImplementedError
 
     def _read_store(self, stage: Stage) -> StoredCredentials | None:
         assert self._store is not None
         return self._store.read(self._location, stage)
 
-    def _kept_after_failure(self, slot: _Slot[Any], exc: Exception) -> Token | None:
+    def _kept_after_failure(self, slot: _Slot[_F], exc: Exception) -> Token | None:
         """A refresh failed: the old token while it is still valid (retried later), or None."""
         now = self._clock()
         with self._lock:
@@ -320,15 +375,39 @@ class _TokenCore:
                           old_token_valid_for=round(old.expires_at - now, 3))
         return old.token
 
+    def _credentials_used(self) -> Secret | None:
+        """The secret of the last token obtained, to report (retire = "when_unused")."""
+        used = self._credentials if self._used is None else self._used
+        return None if used is None else used.client_secret
+
     # -- the token policy, as effects --------------------------------------------------------
 
-    def _flow(self, key: ScopeKey) -> _Flow:
-        """Obtain a token for ``key``: retries, store re-reads and the PREVIOUS fallback."""
-        request = self._request_for(key)
+    def _ready(self, key: ScopeKey) -> _Fetch | None:
+        """The request a refresh of ``key`` starts with when the flow would do nothing else
+        first (no refusal to honour, credentials in hand, none to re-read), else None.
+
+        A driver sends it itself and hands a token to :meth:`_obtained`, or the error to
+        :meth:`_flow` as ``failed``: most refreshes are one request, and need no generator.
+        """
+        credentials = self._credentials
+        if self._refusal is not None or credentials is None or self._reread:
+            return None
+        fetch = self._fetches.get(key)
+        if fetch is None or fetch.credentials is not credentials:
+            fetch = self._fetch_for(key, credentials)
+        return fetch
+
+    def _flow(self, key: ScopeKey,
+              failed: tuple[Credentials, Exception] | None = None) -> _Flow:
+        """Obtain a token for ``key``: retries, store re-reads and the PREVIOUS fallback.
+
+        ``failed``: the driver already sent the first request (:meth:`_ready`) with these
+        credentials, and it raised this; the flow goes on from there.
+        """
         credentials, stage = self._credentials, "given" if self._store is None else "current"
-        refusal, now = self._refusal, self._clock()
+        refusal = self._refusal
         tried: list[Credentials] = []  # a list: hashing a Secret costs a SHA-256
-        if refusal is not None and now < refusal.retry_at:
+        if refusal is not None and (now := self._clock()) < refusal.retry_at:
             if self._store is None:
                 raise self._still_refused(refusal, now)
             credentials = yield from self._read_current()  # cheap next to a token request
@@ -341,10 +420,17 @@ class _TokenCore:
         tried.append(credentials)
         failures = 0
         while True:
+            fetch = self._fetches.get(key)
+            if fetch is None or fetch.credentials is not credentials:
+                fetch = self._fetch_for(key, credentials)
             sent_at = self._clock()
             try:
-                token = yield _Fetch(request, credentials,
-                                     self._prepare(key, request, credentials))
+                if failed is not None:
+                    sent, error = failed
+                    failed = None
+                    if sent is credentials:  # else another thread changed them meanwhile
+                        raise error
+                token: Token = yield fetch
             except TokenEndpointUnavailable as exc:
                 failures += 1
                 delay = self._policy.backoff(failures, self._random(), exc.retry_after)
@@ -374,22 +460,47 @@ class _TokenCore:
             except BadTokenResponse as exc:
                 raise BadTokenResponse(f"client {credentials.client_id}: {exc}",
                                        error=exc.error, status=exc.status) from exc
-            entry = _entry(token, sent_at, self._policy)
-            self._used = credentials
-            if self._refusal is not None:
-                with self._lock:
-                    self._refusal = None
-            if self._debug_enabled():
-                self._log.debug("token_obtained", client_id=credentials.client_id,
-                                scopes=key, expires_in=token.expires_in, credential=stage)
-            return entry
+            return self._obtained(key, credentials, stage, token, sent_at)
 
-    def _debug_enabled(self) -> bool:
-        """Whether to send the per-fetch debug event: to a logger given (it filters), or
-        when structlog was configured to pass debug events (unconfigured, structlog would
-        print every one to stdout)."""
-        return self._given_logger or (structlog.is_configured()
-                                      and self._log.is_enabled_for(_DEBUG))
+    def _obtained(self, key: ScopeKey, credentials: Credentials, stage: str, token: Token,
+                  sent_at: float) -> _Entry:
+        """The cache entry for ``token``, obtained with ``credentials`` (from ``stage``) by a
+        request sent at ``sent_at``; logs ``token_obtained``."""
+        policy = self._policy
+        lifetime = policy.assumed_lifetime if token.expires_in is None else token.expires_in
+        buffer = policy.buffer(lifetime)
+        self._used = credentials
+        if self._refusal is not None:
+            with self._lock:
+                self._refusal = None
+        if self._given_logger or structlog.is_configured():
+            log = self._fetch_log()
+            if log is not None:
+                log.debug("token_obtained", client_id=credentials.client_id, scopes=key,
+                          expires_in=token.expires_in, credential=stage)
+        return _Entry(token, sent_at + lifetime - buffer, sent_at + lifetime - buffer / 2)
+
+    def _fetch_log(self) -> FilteringBoundLogger | None:
+        """Where the per-fetch debug event goes: a logger given (it filters), else the logger
+        bound under structlog's present configuration when that passes debug events, else
+        None. Unconfigured structlog would print every event to stdout: the caller skips
+        this then. Bound once per configuration: structlog's lazy logger binds on every call
+        (about 10 µs), and a level check on it would bind too.
+        """
+        if self._given_logger:
+            return self._log
+        config = structlog.get_config()
+        cached = self._fetch_logger
+        if cached is not None and cached[0] == config:
+            return cached[1]
+        bound = self._log.bind()
+        try:
+            enabled = bound.is_enabled_for(_DEBUG)
+        except AttributeError:  # structlog's generic BoundLogger over a logger without levels
+            enabled = True
+        log = bound if enabled else None
+        self._fetch_logger = (config, log)  # one tuple: threads see both parts or neither
+        return log
 
     def _read_current(self) -> Generator[_Effect, Any, Credentials]:
         stored: StoredCredentials | None = yield _Read(Stage.CURRENT)

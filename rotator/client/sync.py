@@ -5,49 +5,27 @@ from __future__ import annotations
 import random as _random
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from os import PathLike
+from collections.abc import Callable, Generator, Iterable
 from typing import Any, Self
 
 import httpx
 from structlog.typing import FilteringBoundLogger
 
-from rotator.client.policy import (
-    CachePolicy,
-    Clock,
-    Random,
-    ScopeKey,
-    _Entry,
-    _Fetch,
-    _Flow,
-    _from_config,
-    _scope_key,
-    _Sleep,
-    _Slot,
-    _TokenCore,
-)
+from rotator.client.policy import CachePolicy, Clock, Random, ScopeKey, _Entry, _Fetch, _TokenCore
 from rotator.client_report import ConsumerReporter
-from rotator.interfaces import Credentials, Location, SecretStore
+from rotator.config import ClientConfig
+from rotator.interfaces import Credentials, Location, SecretStore, Stage, StoredCredentials
 from rotator.token import Token, TokenRequest, _transport_error, parse_token_response
 
 __all__ = ["TokenClient"]
 
-def _fetch(http: httpx.Client, effect: _Fetch) -> Token:
-    """:func:`rotator.token.request_token` with the headers and form prepared once."""
-    _, headers, data = effect.prepared
-    try:
-        response = http.post(effect.request.token_endpoint, data=data, headers=headers)
-    except httpx.HTTPError as exc:
-        raise _transport_error(effect.request, exc) from None
-    return parse_token_response(effect.request, response)
-
-
 
 class _Flight:
-    """One token request that several threads wait for.
+    """One token request that other threads wait for.
 
-    A lock held by the leader until the result is in: cheaper to create than an Event, and
-    the leader creates one for every fetch, usually with nobody waiting.
+    Made by the first thread that waits, not by the one that sends the request (which marks
+    the slot with :data:`_SENDING`): usually nobody waits, and a fetch then makes no lock.
+    Both happen under the client's lock, so the sender finds the flight when it is done.
     """
 
     def __init__(self) -> None:
@@ -69,13 +47,18 @@ class _Flight:
         return self._token
 
 
-class TokenClient(_TokenCore):
+#: In a slot's ``flight`` while a request is out that no other thread waits for yet.
+_SENDING = _Flight.__new__(_Flight)
+
+
+class TokenClient(_TokenCore[_Flight]):
     """Access tokens for one OAuth client, cached and shared by the threads of a service.
 
     Give ``credentials``, or a started ``store`` and the ``location`` of the credentials in
     it (re-read when the token endpoint refuses the secret). ``http`` is the client for the
     token endpoint (closed by :meth:`close` only if this object created it). ``clock``,
-    ``sleep`` and ``random`` are injectable for tests.
+    ``sleep`` and ``random`` are injectable for tests. :meth:`from_config` builds one from a
+    rotator configuration.
     """
 
     def __init__(
@@ -94,94 +77,87 @@ class TokenClient(_TokenCore):
         reporter: ConsumerReporter | None = None,
     ) -> None:
         super().__init__(request, credentials, store, location, policy or CachePolicy(), clock,
-                         random, logger)
-        # retire = "when_unused": re-read CURRENT at every refresh, report what was used.
-        self._reporter = reporter
-        self._reread = reporter is not None and store is not None
+                         random, logger, reporter)
         self._http = http if http is not None else httpx.Client(timeout=10.0)
         self._owns_http = http is None
         self._sleep = sleep
         self._store_lock = threading.Lock()
-        self._slots: dict[ScopeKey, _Slot[_Flight]] = {}
 
     @classmethod
-    def from_config(
-        cls,
-        path: str | PathLike[str],
-        client_name: str,
-        *,
-        store: str | None = None,
-        environ: Mapping[str, str] | None = None,
-        **kwargs: Any,
-    ) -> Self:
-        """A client for ``[clients.<client_name>]`` of a rotator configuration.
-
-        Reads credentials from the client's first store (or the one named ``store``), which
-        is started here and closed by :meth:`close`. Raises ``ConfigError`` or ``StoreError``.
-        With ``ROTATOR_REPORT_URL`` set (in ``environ``, default the process environment), it
-        reports which secret it uses to the daemon (:mod:`rotator.client_report`).
-        """
-        if "reporter" not in kwargs:
-            kwargs["reporter"] = ConsumerReporter.from_env(client_name, environ)
-        return _from_config(cls, path, client_name, store, environ, kwargs,
-                            lambda c: httpx.Client(timeout=c.verify_timeout,
-                                                   verify=c.tls_verify))
+    def _http_for(cls, client: ClientConfig) -> httpx.Client:
+        return httpx.Client(timeout=client.verify_timeout, verify=client.tls_verify)
 
     def token(self, scopes: Iterable[str] | None = None) -> Token:
         """A valid token for ``scopes`` (default: the request's), from the cache if possible.
 
-        Raises the ``VerificationError`` subclasses described in the module docstring.
+        Raises the ``VerificationError`` subclasses described in :mod:`rotator.client`.
         """
-        slot = self._slots.get(self._default_key if scopes is None else _scope_key(scopes))
+        key = self._default_key if scopes is None else self._key(scopes)
+        slot = self._slots.get(key)
         if slot is not None:
             entry = slot.entry
             if entry is not None and self._clock() < entry.refresh_at:
                 return entry.token
-        return self._token_slow(self._key(scopes))
-
-    def invalidate(self, token: Token) -> None:
-        """Forget ``token`` (a resource server refused it); the next call fetches another."""
-        self._invalidate(self._slots.values(), token)
+        return self._token_slow(key)
 
     def _token_slow(self, key: ScopeKey) -> Token:
         with self._lock:
-            slot = self._slots.get(key)
-            if slot is None:  # not setdefault: that would build a _Slot on every fetch
-                slot = self._slots[key] = _Slot()
-            now, entry = self._clock(), slot.entry
+            slot = self._slot(key)
+            now, entry, flight = self._clock(), slot.entry, slot.flight
             if entry is not None and now < entry.expires_at and (
-                now < entry.refresh_at or slot.flight is not None
+                now < entry.refresh_at or flight is not None
             ):
                 return entry.token  # fresh, or another thread is already refreshing it
-            flight, lead = slot.flight, slot.flight is None
             if flight is None:
+                slot.flight = _SENDING  # this thread sends the request
+            elif flight is _SENDING:
                 flight = slot.flight = _Flight()
-        if not lead:
+        if flight is not None:
             return flight.wait()
         try:
-            new = self._run(self._flow(key))
+            new = self._run(key)
         except Exception as exc:
             kept = self._kept_after_failure(slot, exc)
-            with self._lock:
-                slot.flight = None
-            flight.finish(kept, exc if kept is None else None)
+            self._land(key, kept, exc if kept is None else None)
             if kept is None:
                 raise
             return kept
         except BaseException as exc:  # KeyboardInterrupt: release the waiting threads too
-            with self._lock:
-                slot.flight = None
-            flight.finish(None, exc)
+            self._land(key, None, exc)
             raise
         with self._lock:
+            flight = slot.flight
             slot.entry, slot.flight = new, None
-        flight.finish(new.token)
-        used = self._credentials if self._used is None else self._used
-        if self._reporter is not None and used is not None:
-            self._reporter.report(used.client_secret)  # never raises; at most once a refresh
+        if flight is not _SENDING and flight is not None:
+            flight.finish(new.token)
+        if self._reporter is not None:
+            used = self._credentials_used()
+            if used is not None:
+                self._reporter.report(used)  # never raises; at most once a refresh
         return new.token
 
-    def _run(self, flow: _Flow) -> _Entry:
+    def _land(self, key: ScopeKey, token: Token | None, error: BaseException | None) -> None:
+        """End a request for ``key`` that failed; threads waiting for it get ``token`` (the
+        old one, still valid) or ``error``."""
+        with self._lock:
+            slot = self._slots[key]
+            flight = slot.flight
+            slot.flight = None
+        if flight is not _SENDING and flight is not None:
+            flight.finish(token, error)
+
+    def _run(self, key: ScopeKey) -> _Entry:
+        fetch = self._ready(key)
+        if fetch is None:
+            return self._drive(self._flow(key))
+        sent_at = self._clock()
+        try:
+            token = self._send(fetch)
+        except Exception as exc:
+            return self._drive(self._flow(key, (fetch.credentials, exc)))
+        return self._obtained(key, fetch.credentials, self._first_stage, token, sent_at)
+
+    def _drive(self, flow: Generator[Any, Any, _Entry]) -> _Entry:
         sent: Any = None
         error: Exception | None = None
         while True:
@@ -190,17 +166,26 @@ class TokenClient(_TokenCore):
             except StopIteration as stop:
                 result: _Entry = stop.value
                 return result
-            sent, error = None, None
             try:
-                if isinstance(effect, _Fetch):
-                    sent = _fetch(self._http, effect)
-                elif isinstance(effect, _Sleep):
-                    self._sleep(effect.seconds)
-                else:
-                    with self._store_lock:
-                        sent = self._read_store(effect.stage)
+                sent, error = effect.perform(self), None
             except Exception as exc:
-                error = exc
+                sent, error = None, exc
+
+    def _send(self, fetch: _Fetch) -> Token:
+        """:func:`rotator.token.request_token`, with the headers and form built once."""
+        try:
+            response = self._http.post(fetch.request.token_endpoint, data=fetch.data,
+                                       headers=fetch.headers)
+        except httpx.HTTPError as exc:
+            raise _transport_error(fetch.request, exc) from None
+        return parse_token_response(fetch.request, response)
+
+    def _pause(self, seconds: float) -> None:
+        self._sleep(seconds)
+
+    def _read(self, stage: Stage) -> StoredCredentials | None:
+        with self._store_lock:
+            return self._read_store(stage)
 
     def close(self) -> None:
         """Close the token-endpoint client and store this object created. Never raises."""
