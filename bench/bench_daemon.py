@@ -95,8 +95,13 @@ token_file = "api.token"
 
 
 def cpu_seconds(pid: int) -> float:
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """``pid``'s user and system CPU time, in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+    return int(fields[11]) / TICKS, int(fields[12]) / TICKS  # utime, stime
 
 
 def rss_mb(pid: int) -> float:
@@ -257,11 +262,17 @@ def main() -> int:
             row(f"idle CPU over {args.idle:g} s", f"{idle:.2f} %", "< 1 %", idle < 1)
             names = [f"c{i:05d}" for i in range(args.clients)]
             cpu_before, wall_before = cpu_seconds(proc.pid), time.perf_counter()
+            system_before = cpu_split(proc.pid)[1]
+            own_before = os.times()
             try:
                 timings = one_client_latency(base, token, names, args.requests,
                                              args.callers)
                 wall = time.perf_counter() - wall_before
                 per_call = (cpu_seconds(proc.pid) - cpu_before) / len(timings) * 1000
+                system_per_call = (cpu_split(proc.pid)[1] - system_before) / len(timings) * 1000
+                own = os.times()
+                own_per_call = (own.user + own.system - own_before.user - own_before.system
+                                ) / len(timings) * 1000
                 alone = one_client_latency(base, token, names, min(args.requests, 300), 1)
             except (OSError, asyncio.IncompleteReadError, RuntimeError) as exc:
                 print(f"GET /v1/clients/{{name}} failed: {exc!r}; daemon alive: "
@@ -275,6 +286,9 @@ def main() -> int:
             row(f"  calls answered per second, {args.callers} callers",
                 f"{len(timings) / wall:.0f}", "", None)
             row("  the daemon's CPU time per call", f"{per_call:.2f} ms", "", None)
+            row("    of which in the kernel (system time)", f"{system_per_call:.2f} ms", "",
+                None)
+            row("  the callers' CPU time per call", f"{own_per_call:.2f} ms", "", None)
             row("GET /v1/clients/{name} p50, one caller",
                 f"{statistics.median(alone) * 1000:.1f} ms", "", None)
             seen, pages = paged(base, token)
