@@ -425,7 +425,8 @@ def create_app(service: RotationService, *, auth: Authenticator, audit: AuditLog
     _install_problem_handlers(app)
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     queue = app.state.audit_queue = AuditQueue(
-        lambda fields: audit.event("api_request", **fields)) if audit is not None else None
+        lambda fields: audit.event("api_request", **fields),
+        batch=getattr(audit, "deferred", None)) if audit is not None else None
     app.fast = app.state.fast_reads = FastClientRead(
         app, service, queue=queue,
         write=functools.partial(_write_event, audit) if audit is not None else None)
