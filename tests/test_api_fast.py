@@ -7,6 +7,8 @@ import hashlib
 import secrets
 import socket
 from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -15,9 +17,19 @@ from service_double import InMemoryRotationService, sample_clients
 
 from rotator.config import ApiToken
 from rotator.daemon.api import create_app, serve
+from rotator.daemon.api_models import (
+    Backoff,
+    ClientOut,
+    ConsumerOut,
+    LastRotation,
+    client_out,
+    safe_json,
+    safe_text,
+)
 from rotator.daemon.api_server import ApiServer, _OneWrite
 from rotator.daemon.auth import Authenticator
-from rotator.daemon.model import ClientState
+from rotator.daemon.model import ClientState, ConsumerView
+from rotator.secrets import Secret, redact
 
 FINGERPRINT = "hmac-sha256:" + "cd34" * 8
 
@@ -210,3 +222,40 @@ class TestSharedJournalReadsOffTheLoop:
         assert fast.status_code == routed.status_code == 200
         assert fast.content == routed.content
         assert service.on_loop == [False, False]
+
+
+def _nested(c: ClientState) -> ClientOut:
+    """The document built model by model, as client_out did before it validated dicts."""
+    last = LastRotation(id=redact(c.last_rotation_id), state=safe_text(c.last_rotation_state)) \
+        if c.last_rotation_id else None
+    return ClientOut(
+        name=c.name, client_id=redact(c.client_id), idp=c.idp, stores=list(c.stores),
+        condition=c.condition, reason=safe_text(c.reason), last_rotation=last,
+        last_success_at=c.last_success_at, age_seconds=c.age_seconds, next_run=c.next_run,
+        backoff=Backoff(failures=c.failures, next_attempt=c.next_attempt),
+        retire_after=c.retire_after, extra=safe_json(dict(c.extra)),
+        secret_expires_at=c.secret_expires_at,
+        consumers=[ConsumerOut(instance=redact(x.instance), fingerprint=x.fingerprint,
+                               seen_at=x.seen_at, hostname=safe_text(x.hostname), pid=x.pid,
+                               current=x.current) for x in c.consumers])
+
+
+class TestClientDocument:
+    """client_out gives, byte for byte, the document built from the nested models, with
+    secrets masked, for clients in every condition, with and without consumers."""
+
+    def test_same_bytes_as_the_nested_models(self) -> None:
+        secret = Secret(secrets.token_urlsafe(24))
+        now = datetime.now(UTC)
+        states = sample_clients(12, fingerprint=FINGERPRINT, secret=secret, now=now)
+        states[0] = replace(states[0], last_rotation_id=None, last_rotation_state=None,
+                            age_seconds=None, last_success_at=None, next_run=None,
+                            retire_after=now, secret_expires_at=now,
+                            reason=f"stale {secret.reveal()}")
+        states[1] = replace(states[1], consumers=[
+            ConsumerView("web-1", FINGERPRINT, now, hostname="h1", pid=7, current=True),
+            ConsumerView("web-2", FINGERPRINT, now)])
+        for state in states:
+            body = client_out(state).model_dump_json()
+            assert body == _nested(state).model_dump_json()
+            assert secret.reveal() not in body
