@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
@@ -129,6 +130,9 @@ class AuditQueue:
                             self._write(item)
                         except Exception:  # the audit sink failing must not end the writer
                             log.error("api_audit_failed", exc_info=True)
+                        # Let the event loop have the interpreter between two events (it
+                        # would wait out the switch interval, 5 ms): answers come first.
+                        time.sleep(0)
             except Exception:  # the block's sync failed
                 log.error("api_audit_failed", exc_info=True)
             finally:
