@@ -25,6 +25,7 @@ for ``rotator run``; the response bodies are in :mod:`rotator.daemon.api_models`
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -133,6 +134,14 @@ def _route_template(scope: Scope) -> str:
     return path if isinstance(path, str) else "unmatched"
 
 
+def _write_event(audit: AuditLog, fields: dict[str, Any]) -> None:
+    """Write one ``api_request`` event now (the caller waits for it to be durable)."""
+    try:
+        audit.event("api_request", **fields)
+    except Exception:  # an audit sink failing must not turn into a second error here
+        log.error("api_audit_failed", exc_info=True)
+
+
 class _AuditMiddleware:
     """Audits every HTTP call once, and turns an unexpected exception into a 500 problem.
 
@@ -141,11 +150,10 @@ class _AuditMiddleware:
     """
 
     def __init__(self, app: ASGIApp, audit: AuditLog | None,
-                 queue: AuditQueue | None = None, fast: FastClientRead | None = None) -> None:
+                 queue: AuditQueue | None = None) -> None:
         self.app = app
         self.audit = audit
         self.queue = queue
-        self.fast = fast  # answers a plain GET /v1/clients/{name} (rotator.daemon.api_fast)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -162,8 +170,7 @@ class _AuditMiddleware:
             await send(message)
 
         try:
-            if self.fast is None or not await self.fast(scope, record, send_and_note):
-                await self.app(scope, receive, send_and_note)
+            await self.app(scope, receive, send_and_note)
         except Exception as exc:
             log.error("api_unexpected_error", error_type=type(exc).__name__, exc_info=True)
             record.reason = "internal error"
@@ -184,12 +191,8 @@ class _AuditMiddleware:
         return self.queue.submit(self._fields(scope, record, status))
 
     def _audit(self, scope: Scope, record: _CallRecord, status: int) -> None:
-        if self.audit is None:
-            return
-        try:
-            self.audit.event("api_request", **self._fields(scope, record, status))
-        except Exception:  # an audit sink failing must not turn into a second error here
-            log.error("api_audit_failed", exc_info=True)
+        if self.audit is not None:
+            _write_event(self.audit, self._fields(scope, record, status))
 
     def _fields(self, scope: Scope, record: _CallRecord, status: int) -> dict[str, Any]:
         client = scope.get("client")
@@ -283,13 +286,26 @@ Admin = Annotated[Caller, Security(_caller_with(Role.ADMIN))]
 Consumer = Annotated[Caller, Security(_caller_with(Role.CONSUMER, exact=True))]
 
 
+class _AdminApp(FastAPI):
+    """The FastAPI app with a plain ``GET /v1/clients/{name}`` answered in front of it
+    (:mod:`rotator.daemon.api_fast`), before its middleware and routing."""
+
+    fast: FastClientRead | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        fast = self.fast
+        if fast is not None and scope["type"] == "http" and await fast(scope, send):
+            return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(service: RotationService, *, auth: Authenticator, audit: AuditLog | None,
                metrics: Any = None) -> FastAPI:
     """The admin API over ``service``; callers checked by ``auth``, calls audited to ``audit``.
 
     ``metrics`` (a :class:`rotator.daemon.metrics.Metrics`) serves ``/metrics``.
     """
-    app = FastAPI(title="rotator admin API", version=__version__,
+    app = _AdminApp(title="rotator admin API", version=__version__,
                   description="Inspect and drive the rotation of OAuth 2.0 client secrets.",
                   docs_url=None, redoc_url=None, openapi_url="/openapi.json",
                   generate_unique_id_function=lambda route: route.name,
@@ -335,7 +351,10 @@ def create_app(service: RotationService, *, auth: Authenticator, audit: AuditLog
              responses={**_ERRORS, **_NOT_FOUND})
     async def get_client(name: ClientName, _caller: Reader) -> ClientOut:
         # On the event loop, no thread hop: the lookup is a dictionary read under the
-        # service's lock, which nothing holds while it reads a store or the journal.
+        # service's lock, which nothing holds while it reads a store or the journal; with a
+        # shared journal it asks the database, in a thread.
+        if getattr(service, "reads_wait_on_journal", False):
+            return client_out(await run_in_threadpool(service.client, name))
         return client_out(service.client(name))
 
     @app.post("/v1/clients/{name}/rotations", response_model=TriggerOut, status_code=202,
@@ -406,9 +425,12 @@ def create_app(service: RotationService, *, auth: Authenticator, audit: AuditLog
     _install_problem_handlers(app)
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     queue = app.state.audit_queue = AuditQueue(
-        lambda fields: audit.event("api_request", **fields)) if audit is not None else None
-    fast = app.state.fast_reads = FastClientRead(app, service)
-    app.add_middleware(_AuditMiddleware, audit=audit, queue=queue, fast=fast)
+        lambda fields: audit.event("api_request", **fields),
+        batch=getattr(audit, "deferred", None)) if audit is not None else None
+    app.fast = app.state.fast_reads = FastClientRead(
+        app, service, queue=queue,
+        write=functools.partial(_write_event, audit) if audit is not None else None)
+    app.add_middleware(_AuditMiddleware, audit=audit, queue=queue)
     return app
 
 

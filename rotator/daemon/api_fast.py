@@ -1,75 +1,117 @@
 """``GET /v1/clients/{name}`` for a caller with a configured token, answered on the event
-loop without FastAPI's routing, dependency solving and response validation.
+loop in front of FastAPI: no middleware stack, routing, dependency solving or response
+validation.
 
 It is the one route a dashboard or a fleet of consumers polls, so it is the one that must
 keep answering fast with many callers (issue 8's benchmark: p99 < 50 ms with 100 concurrent
 callers). The answer is the same document the FastAPI route gives (``client_out``, the
 route's own response model, serialised by pydantic; a test compares the bytes), and the call
-is audited the same way, by :class:`rotator.daemon.api._AuditMiddleware`, which asks this
-first. Anything unusual is left to FastAPI, which answers it as it always did: a query
-string, a name the route's pattern refuses, no or a refused token, a JWT (whose issuer's
-keys may have to be fetched), a role below ``read``, an unknown client, a service error.
+is audited with the same ``api_request`` event the audit middleware writes
+(:class:`rotator.daemon.api._AuditMiddleware`): queued like every read call that succeeded,
+written by the caller when the queue is full. Anything unusual is left to FastAPI, which
+answers and audits it as it always did: a query string, a name the route's pattern refuses,
+no or a refused token, a JWT (whose issuer's keys may have to be fetched), a role below
+``read``, an unknown client, a service error.
+
+With a journal several daemons share, reading a client asks the database; that read runs
+in a worker thread so that a slow database holds up its own callers, not the event loop
+(the service says so by ``reads_wait_on_journal``).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.types import Scope, Send
 
+from rotator.daemon.api_audit import AuditQueue
 from rotator.daemon.api_models import client_out
-from rotator.daemon.auth import Authenticator, Role
+from rotator.daemon.auth import Authenticator, Caller, Role
 from rotator.daemon.model import RotationService
 
 PREFIX = "/v1/clients/"
 TEMPLATE = "/v1/clients/{name}"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # the route's ClientName pattern
+_CONTENT_TYPE = (b"content-type", b"application/json")
+#: The audit fields of one caller, kept for this many callers at most.
+_MAX_CALLERS = 256
+
+Write = Callable[[dict[str, Any]], None]
 
 
 class FastClientRead:
-    """Answers a plain ``GET /v1/clients/{name}`` itself; says False to leave it to FastAPI."""
+    """Answers a plain ``GET /v1/clients/{name}`` itself; says False to leave it to FastAPI.
 
-    def __init__(self, app: Any, service: RotationService) -> None:
+    ``queue`` takes the call's audit event; when it cannot (full, closed), ``write`` writes
+    it in a worker thread before the call ends. Without either, calls are not audited.
+    """
+
+    def __init__(self, app: Any, service: RotationService, *,
+                 queue: AuditQueue | None = None, write: Write | None = None) -> None:
         self._state = app.state  # its authenticator is replaced on reload: read per call
         self._service = service
-        self._route = next(r for r in app.routes if getattr(r, "path", None) == TEMPLATE)
+        self._queue = queue
+        self._write = write
+        self._callers: dict[Caller, tuple[str, str, str, str]] = {}
         #: Calls answered here (not by FastAPI); read by tests.
         self.answered = 0
 
-    async def __call__(self, scope: Scope, record: Any, send: Send) -> bool:
-        """Answer the call in ``scope`` if it is a plain one; fill ``record`` (the caller)
-        and ``scope`` (route, path parameters) as FastAPI would, for the audit event."""
-        path = scope.get("path", "")
-        if scope.get("method") != "GET" or scope.get("query_string") or \
-                not path.startswith(PREFIX):
+    async def __call__(self, scope: Scope, send: Send) -> bool:
+        """Answer and audit the call in ``scope`` if it is a plain one."""
+        path: str = scope["path"]
+        if scope["method"] != "GET" or scope["query_string"] or not path.startswith(PREFIX):
             return False
         name = path[len(PREFIX):]
         if _NAME.fullmatch(name) is None:
             return False
         header = None
-        for key, value in scope.get("headers", ()):
+        for key, value in scope["headers"]:
             if key == b"authorization":  # the first one, as starlette's Headers.get
                 header = value.decode("latin-1")
                 break
         auth: Authenticator = self._state.authenticator
         if header is None or auth.may_block(header):
             return False
+        service = self._service
         try:
             caller = auth.authenticate(header)
             if caller.role < Role.READ:
                 return False
-            body = client_out(self._service.client(name)).model_dump_json().encode()
+            state = (await run_in_threadpool(service.client, name)
+                     if getattr(service, "reads_wait_on_journal", False)
+                     else service.client(name))
+            body = client_out(state).model_dump_json().encode()
         except Exception:  # refused, unknown, failing: FastAPI answers and audits it
             return False
-        record.caller = caller
         self.answered += 1
-        scope["route"], scope["path_params"] = self._route, {"name": name}
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-length", str(len(body)).encode()),
-                                (b"content-type", b"application/json")]})
-        await send({"type": "http.response.body", "body": body})
+        try:
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-length", b"%d" % len(body)), _CONTENT_TYPE]})
+            await send({"type": "http.response.body", "body": body})
+        finally:
+            await self._audit(scope, caller, name)
         return True
+
+    async def _audit(self, scope: Scope, caller: Caller, name: str) -> None:
+        """The call's ``api_request`` event, field for field the audit middleware's."""
+        queue, write = self._queue, self._write
+        if queue is None and write is None:
+            return
+        known = self._callers.get(caller)
+        if known is None:
+            if len(self._callers) >= _MAX_CALLERS:
+                self._callers.clear()
+            known = self._callers[caller] = (caller.name, caller.kind, str(caller.role),
+                                             caller.actor)
+        client = scope.get("client")
+        fields = dict(caller=known[0], auth=known[1], role=known[2], actor=known[3],
+                      source_ip=client[0] if client else None, method="GET", route=TEMPLATE,
+                      client=name, status=200, outcome="success", reason=None)
+        if (queue is None or not queue.submit(fields)) and write is not None:
+            await run_in_threadpool(write, fields)
 
 
 __all__ = ["FastClientRead"]

@@ -1,10 +1,17 @@
-"""Serving the admin API for ``rotator run``: uvicorn in a background thread."""
+"""Serving the admin API for ``rotator run``: uvicorn in a background thread.
+
+Each answer leaves in one write, one TCP segment on a short answer: uvicorn writes the
+status line and headers, then the body, as two writes (two ``send`` system calls, two
+segments for the caller to read), which :class:`_OneWrite` joins.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
+from typing import Any, cast
 
 import structlog
 import uvicorn
@@ -46,6 +53,61 @@ class ApiServer:
         self._socket.close()
 
 
+class _OneWrite:
+    """A transport that holds a response's head (status line and headers) until the body's
+    first write, which carries both; held past the loop's current turn, it goes alone.
+
+    Every other call goes to the transport itself.
+    """
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held + data)
+        elif data.startswith(b"HTTP/1.1 ") and data.endswith(b"\r\n\r\n") \
+                and not data.startswith(b"HTTP/1.1 1"):  # not a 100 Continue: awaited
+            self._held = data
+            self._loop.call_soon(self._flush)
+        else:
+            self._transport.write(data)
+
+    def _flush(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+def _http_protocol() -> type[asyncio.Protocol] | str:
+    """uvicorn's httptools protocol writing each answer at once; ``auto`` without httptools."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:
+        return "auto"
+
+    class OneWriteHttpToolsProtocol(HttpToolsProtocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            one_write = _OneWrite(cast(asyncio.Transport, transport), self.loop)
+            super().connection_made(cast(asyncio.Transport, one_write))
+
+    return OneWriteHttpToolsProtocol
+
+
 def serve(app: ASGIApp, listen: str | tuple[str, int], *, cert_file: str | None = None,
           key_file: str | None = None, insecure_http: bool = False,
           startup_timeout: float = 10.0) -> ApiServer:
@@ -82,7 +144,7 @@ def serve(app: ASGIApp, listen: str | tuple[str, int], *, cert_file: str | None 
     config = uvicorn.Config(app, ssl_certfile=cert_file if tls else None,
                             ssl_keyfile=key_file if tls else None, log_config=None,
                             access_log=False, lifespan="off", server_header=False,
-                            proxy_headers=False)
+                            proxy_headers=False, http=_http_protocol())
     try:
         config.load()  # loads TLS files now, so a bad one fails here, not in the thread
     except (OSError, ValueError) as exc:
