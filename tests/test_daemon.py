@@ -813,12 +813,14 @@ class TestDeferredFacts:
         h.service.prepare(defer_facts=True)
         assert read == []
         assert h.service.readiness().config_loaded
+        assert h.service.reads_wait_on_journal  # the API asks client() from a thread
         state = h.service.client("b")
         assert read == ["b"]
         assert state.last_success_at == T0
         assert state.next_run == T0 + timedelta(hours=1)
         h.service._load_deferred()  # what the scheduler thread does first
         assert sorted(read) == ["a", "b", "c"]
+        assert not h.service.reads_wait_on_journal  # a dictionary read from now on
         assert [c.last_success_at for c in h.service.clients()] == [T0, T0, T0]
 
     def test_the_scheduler_reads_them_before_its_first_pass(self, tmp_path: Path) -> None:

@@ -166,6 +166,7 @@ class TestTriggerAfterAStaleJob:
             a.service.tick()
             journal.advance(first.rotation_id, State.COMPLETED, clock(),
                             expected=State.PROMOTED)  # its grace period ended
+            assert b.service.reads_wait_on_journal  # client() asks the database
             second = b.service.trigger_rotation("app", actor="ops")
             assert not second.joined and second.rotation_id != first.rotation_id
             assert b.service.trigger_rotation("app", actor="ops") == \

@@ -29,8 +29,8 @@ SERVICE_ALL = ("Service", "due_clients", "history_from_journal", "policy_of", "s
 SERVICE_NAMES = ("CONSUMERS_FRESH", "HELD_RETRY", "IDEMPOTENCY_TTL", "MAX_JOBS_KEPT", "Spawn")
 SERVICE_METHODS = (
     "client", "clients", "close", "prepare", "readiness", "refresh", "release_facts", "reload",
-    "report_consumer", "rotation", "start", "stop", "sweep", "tick", "trigger_retirement",
-    "trigger_rotation", "verify",
+    "reads_wait_on_journal", "report_consumer", "rotation", "start", "stop", "sweep", "tick",
+    "trigger_retirement", "trigger_rotation", "verify",
 )
 #: The private parts tests and the daemon's process reach for.
 SERVICE_PRIVATE = ("_journal", "_queue", "_load_deferred", "_run", "_finished", "_claim")

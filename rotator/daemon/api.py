@@ -26,8 +26,7 @@ for ``rotator run``; the response bodies are in :mod:`rotator.daemon.api_models`
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Annotated, Any, cast
 from urllib.parse import quote
@@ -37,16 +36,21 @@ from fastapi import Depends, FastAPI, Header, Query, Request, Response, Security
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.routing import Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from rotator import __version__
 from rotator.audit import AuditLog
 from rotator.daemon.api_audit import AuditQueue
+from rotator.daemon.api_calls import (
+    PROBLEM_JSON,
+    AuditMiddleware,
+    call_record,
+    problem_response,
+    write_event,
+)
 from rotator.daemon.api_fast import FastClientRead
 from rotator.daemon.api_models import (
     ClientOut,
@@ -63,7 +67,6 @@ from rotator.daemon.api_models import (
     client_out,
     rotation_out,
     safe_json,
-    safe_text,
 )
 from rotator.daemon.api_server import ApiServer, ApiServerError, serve
 from rotator.daemon.auth import Authenticator, Caller, JwksUnavailable, Role, Unauthenticated
@@ -78,139 +81,12 @@ from rotator.secrets import redact
 
 log = structlog.get_logger("rotator.api")
 
-PROBLEM_JSON = "application/problem+json"
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _ROTATION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 _IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
 #: Seconds a caller is asked to wait after a 503.
 RETRY_AFTER_SECONDS = 5
 MAX_PAGE = 1000
-
-
-# -- problem details and the per-call record --------------------------------------------------
-
-
-def problem_response(status: int, detail: str | None = None, *,
-                     headers: Mapping[str, str] | None = None,
-                     errors: list[FieldProblem] | None = None,
-                     **extensions: Any) -> JSONResponse:
-    """An ``application/problem+json`` response for ``status``."""
-    body = Problem(title=HTTPStatus(status).phrase, status=status,
-                   detail=safe_text(detail), errors=errors).model_dump(exclude_none=True)
-    body.update(extensions)
-    return JSONResponse(body, status_code=status, headers=dict(headers or {}),
-                        media_type=PROBLEM_JSON)
-
-
-@dataclass
-class _CallRecord:
-    """What the audit event of one call needs, filled in as the call proceeds."""
-
-    caller: Caller | None = None
-    reason: str | None = None
-
-
-_RECORD = "rotator.call"
-
-
-def _record(request: Request) -> _CallRecord:
-    record = request.scope.get(_RECORD)
-    if not isinstance(record, _CallRecord):
-        record = request.scope[_RECORD] = _CallRecord()
-    return record
-
-
-def _route_template(scope: Scope) -> str:
-    """The path template of the route that answered (``/v1/clients/{name}``), not the path."""
-    route = scope.get("route")
-    if route is None:
-        app = scope.get("app")
-        for candidate in getattr(getattr(app, "router", None), "routes", ()):
-            match, _child = candidate.matches(scope)
-            if match is not Match.NONE:
-                route = candidate
-                break
-    path = getattr(route, "path", None)
-    return path if isinstance(path, str) else "unmatched"
-
-
-def _write_event(audit: AuditLog, fields: dict[str, Any]) -> None:
-    """Write one ``api_request`` event now (the caller waits for it to be durable)."""
-    try:
-        audit.event("api_request", **fields)
-    except Exception:  # an audit sink failing must not turn into a second error here
-        log.error("api_audit_failed", exc_info=True)
-
-
-class _AuditMiddleware:
-    """Audits every HTTP call once, and turns an unexpected exception into a 500 problem.
-
-    A read call's event goes to ``queue`` (:mod:`rotator.daemon.api_audit`) and is written
-    one group commit later; every other call's is written before the call ends.
-    """
-
-    def __init__(self, app: ASGIApp, audit: AuditLog | None,
-                 queue: AuditQueue | None = None) -> None:
-        self.app = app
-        self.audit = audit
-        self.queue = queue
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        record = scope[_RECORD] = _CallRecord()
-        status = 500
-        started = False
-
-        async def send_and_note(message: Message) -> None:
-            nonlocal status, started
-            if message["type"] == "http.response.start":
-                status, started = int(message["status"]), True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_note)
-        except Exception as exc:
-            log.error("api_unexpected_error", error_type=type(exc).__name__, exc_info=True)
-            record.reason = "internal error"
-            status = 500
-            if not started:
-                await problem_response(500, "the server failed; see its log")(
-                    scope, receive, send)
-        finally:
-            if self.audit is not None and not self._queued(scope, record, status):
-                # The audit log syncs every line to disk: off the event loop, so one call's
-                # fsync does not hold up every other call's answer.
-                await run_in_threadpool(self._audit, scope, record, status)
-
-    def _queued(self, scope: Scope, record: _CallRecord, status: int) -> bool:
-        """Whether the event of a read call that succeeded was queued (not waited for)."""
-        if self.queue is None or scope.get("method") != "GET" or status >= 400:
-            return False
-        return self.queue.submit(self._fields(scope, record, status))
-
-    def _audit(self, scope: Scope, record: _CallRecord, status: int) -> None:
-        if self.audit is not None:
-            _write_event(self.audit, self._fields(scope, record, status))
-
-    def _fields(self, scope: Scope, record: _CallRecord, status: int) -> dict[str, Any]:
-        client = scope.get("client")
-        caller = record.caller
-        params = scope.get("path_params") or {}
-        return dict(
-            caller=caller.name if caller else None,
-            auth=caller.kind if caller else None,
-            role=str(caller.role) if caller else None,
-            actor=caller.actor if caller else None,
-            source_ip=client[0] if client else None,
-            method=scope.get("method"),
-            route=_route_template(scope),
-            client=str(params["name"])[:64] if "name" in params else None,
-            status=status,
-            outcome="success" if status < 400 else "failure",
-            reason=record.reason,
-        )
 
 
 # -- the app ----------------------------------------------------------------------------------
@@ -234,7 +110,7 @@ def _caller_with(role: Role, *, exact: bool = False) -> Callable[..., Awaitable[
     async def dependency(request: Request, _credentials: Annotated[
             HTTPAuthorizationCredentials | None, Security(_bearer)]) -> Caller:
         auth: Authenticator = request.app.state.authenticator
-        record = _record(request)
+        record = call_record(request)
         header = request.headers.get("authorization")
         try:
             # A configured token is checked on the event loop; a JWT, whose issuer's keys
@@ -429,8 +305,8 @@ def create_app(service: RotationService, *, auth: Authenticator, audit: AuditLog
         batch=getattr(audit, "deferred", None)) if audit is not None else None
     app.fast = app.state.fast_reads = FastClientRead(
         app, service, queue=queue,
-        write=functools.partial(_write_event, audit) if audit is not None else None)
-    app.add_middleware(_AuditMiddleware, audit=audit, queue=queue)
+        write=functools.partial(write_event, audit) if audit is not None else None)
+    app.add_middleware(AuditMiddleware, audit=audit, queue=queue)
     return app
 
 
@@ -447,11 +323,11 @@ def _install_problem_handlers(app: FastAPI) -> None:
                                     for x in e.get("loc", ())],
                                message=str(e.get("msg", "invalid")))
                   for e in exc.errors()]
-        _record(request).reason = "invalid input"
+        call_record(request).reason = "invalid input"
         return problem_response(422, "the request is not valid", errors=errors)
 
     async def service_error(request: Request, exc: Exception) -> Response:
-        record = _record(request)
+        record = call_record(request)
         if isinstance(exc, UnknownClient | UnknownRotation):
             record.reason = type(exc).__name__
             return problem_response(404, str(exc))

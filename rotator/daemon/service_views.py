@@ -57,6 +57,12 @@ class Views(SharedJournal):
         snapshot = self._consumer_snapshot()
         return [self._with_consumers(state, config, snapshot) for state, config in states]
 
+    @property
+    def reads_wait_on_journal(self) -> bool:
+        """Whether :meth:`client` may wait on I/O (a shared journal's database, or at
+        start-up a store's facts), so the API calls it in a thread, not on its event loop."""
+        return self._config.journal.url is not None or not self._deferred.ready.is_set()
+
     def client(self, name: str) -> ClientState:
         common = self._shared_states(name)
         if common:
