@@ -104,6 +104,7 @@ class FileSink:
 
     def __init__(self, file: Path, key: bytes, checkpoint: Path) -> None:
         self.file = file
+        self._path = os.fspath(file)  # stat per batch: no Path conversion each time
         self._checkpoint = checkpoint
         self._chain = _Chain(key)
         self._fd = open_log(file)
@@ -121,6 +122,9 @@ class FileSink:
         self._mutex = threading.Lock()  # guards the batch state below
         self._idle = threading.Condition(self._mutex)  # notified for close()
         self._appended = threading.Condition(self._mutex)  # an append() waits its turn
+        #: threads waiting on _idle and _appended: only those are notified (a notify is
+        #: Python code, and runs for every batch otherwise)
+        self._closing = self._append_waiting = 0
         self._open = _Batch()  # where arriving lines go
         self._appending = False  # a batch is being sealed and appended
         self._syncing = 0  # batches appended, not yet synced
@@ -190,7 +194,11 @@ class FileSink:
         the descriptor it went through open until then)."""
         with self._mutex:
             while self._appending:
-                self._appended.wait()
+                self._append_waiting += 1
+                try:
+                    self._appended.wait()
+                finally:
+                    self._append_waiting -= 1
             self._appending = True
         fd = -1
         try:
@@ -203,9 +211,10 @@ class FileSink:
                 self._appending = False
                 if fd >= 0:
                     self._in_flight[fd] = self._in_flight.get(fd, 0) + 1
-                self._appended.notify_all()
+                if self._append_waiting:
+                    self._appended.notify_all()
                 self._start_next()
-                if not (self._syncing or self._checkpointing):
+                if self._closing and not (self._syncing or self._checkpointing):
                     self._idle.notify_all()
 
     def sync(self, appended: Sequence[Appended]) -> None:
@@ -247,7 +256,8 @@ class FileSink:
         finally:
             with self._mutex:
                 self._appending = False
-                self._appended.notify_all()
+                if self._append_waiting:
+                    self._appended.notify_all()
                 if sync_fd >= 0:
                     self._syncing += 1
                     self._in_flight[sync_fd] = self._in_flight.get(sync_fd, 0) + 1
@@ -301,7 +311,7 @@ class FileSink:
         for waiter in batch.waiters:
             waiter.release()
         batch.waiters.clear()
-        if not (self._appending or self._syncing or self._checkpointing):
+        if self._closing and not (self._appending or self._syncing or self._checkpointing):
             self._idle.notify_all()
 
     def _append(self, batch: list[str]) -> tuple[int, Checkpoint]:
@@ -351,7 +361,7 @@ class FileSink:
         """Reopen the log if it was moved or a reopen was asked for; the log's size."""
         at_path: os.stat_result | None
         try:
-            at_path = os.stat(self.file)
+            at_path = os.stat(self._path)
         except FileNotFoundError:
             at_path = None
         moved = at_path is None or _identity(at_path) != self._identity
@@ -392,7 +402,11 @@ class FileSink:
     def close(self) -> None:
         with self._idle:
             while self._appending or self._syncing or self._checkpointing:
-                self._idle.wait()
+                self._closing += 1
+                try:
+                    self._idle.wait()
+                finally:
+                    self._closing -= 1
             if self._fd >= 0:
                 os.fsync(self._cp_fd)
                 os.close(self._cp_fd)
