@@ -4,6 +4,7 @@ and an event never costs the redactor more work for more live secrets."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import threading
@@ -18,7 +19,7 @@ import pytest
 
 from rotator import secrets as rotator_secrets
 from rotator.audit import AuditLog, sinks
-from rotator.audit.chain import Checkpoint, chain_key, checkpoint_path, verify
+from rotator.audit.chain import Checkpoint, chain_key, checkpoint_path, unseal, verify
 from rotator.secrets import Secret, generate_secret
 
 KEY = "s" * 32
@@ -167,3 +168,79 @@ class TestRedactionWorkIsFlat:
         assert looked_up == few == [len(line) // 8]
         assert not digests  # no gram of the line is known: nothing digested either way
         assert keep[-1].reveal() not in rotator_secrets.redact(f"x {keep[-1].reveal()} y")
+
+
+class TestCheckpointOncePerBurst:
+    """While later batches are appended or queued, a batch leaves the checkpoint to the last
+    of them (within ``_CHECKPOINT_EVERY``); the last one records it, and so does a batch that
+    follows one whose sync failed: an idle log's checkpoint is its last durable record."""
+
+    def _three_batches(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                       fail_last: bool) -> tuple[AuditLog, Path, list[threading.Thread]]:
+        monkeypatch.setattr(sinks, "_CHECKPOINT_EVERY", 3600.0)  # only the burst's end
+        file = tmp_path / "audit.jsonl"
+        log = AuditLog(Secret(KEY), file=file)
+        sink = log._sinks[0]
+        assert isinstance(sink, sinks.FileSink)
+        log.event("rotation_step", step="first")  # recorded: nothing followed it
+        gates = [threading.Event() for _ in range(3)]
+        held: list[int] = []
+        counting_sync = sinks._sync
+
+        def held_sync(fd: int) -> None:
+            batch = len(held)
+            held.append(fd)
+            gates[batch].wait()
+            if fail_last and batch == 2:
+                raise OSError(5, "Input/output error")
+            counting_sync(fd)
+
+        monkeypatch.setattr(sinks, "_sync", held_sync)
+
+        def write(step: str) -> None:
+            with contextlib.suppress(sinks.AuditWriteError):
+                log.event("rotation_step", step=step)
+
+        threads = [threading.Thread(target=write, args=(f"w{n}",), daemon=True)
+                   for n in range(8)]
+        threads[0].start()
+        _until(lambda: len(held) == 1)
+        threads[1].start()
+        _until(lambda: len(held) == 2)
+        for t in threads[2:]:
+            t.start()
+        _until(lambda: len(sink._open.lines) == 6)
+        gates[0].set()  # the first batch ends while the second syncs: not recorded
+        threads[0].join(timeout=30)  # a bound for a hang, not a measured time
+        _until(lambda: len(held) == 3)  # the six went as the third batch
+        gates[1].set()  # the second ends while the third syncs: not recorded
+        threads[1].join(timeout=30)
+        gates[2].set()
+        for t in threads[2:]:
+            t.join(timeout=30)
+        return log, file, threads
+
+    def test_the_last_batch_records_it(self, tmp_path: Path, calls: Counter[str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+        log, file, _ = self._three_batches(tmp_path, monkeypatch, fail_last=False)
+        assert calls["pwrite"] == 2  # the first event's, then the third batch's
+        log.close()
+        assert calls["pwrite"] == 2
+        _verifies(file, 9)
+
+    def test_after_a_failed_sync_the_last_durable_record(self, tmp_path: Path,
+                                                         calls: Counter[str],
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+        log, file, _ = self._three_batches(tmp_path, monkeypatch, fail_last=True)
+        assert calls["pwrite"] == 2  # the first event's, then the second batch's
+        log.close()
+        assert Checkpoint.load(checkpoint_path(file)) == Checkpoint(3, _chain_at(file, 3))
+
+
+def _chain_at(file: Path, seq: int) -> str:
+    for line in file.read_text().splitlines():
+        sealed = unseal(line)
+        if sealed is not None and sealed[0] == seq:
+            return sealed[1]
+    raise AssertionError(f"no record with seq {seq}")
