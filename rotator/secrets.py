@@ -14,7 +14,7 @@ deep) and base64; :func:`register_credentials` adds the base64 of ``client_id:se
 HTTP Basic header carries. It keeps no value, only a keyed digest (BLAKE2b, a random key
 per process) of each form's UTF-8, and the process-keyed hashes of the 8-byte grams that
 start at its first 8 offsets. Redacting costs the same however many values are registered:
-the text is probed every 8 bytes (one C call cuts and hashes the grams, one set operation
+the text is probed every 8 bytes (one C call cuts the grams, one set operation
 checks them all), and only where a probe's gram is known are the nearby starts digested.
 Every occurrence of a form of 15 bytes or more covers a probe whose gram starts within the
 form's first 8 bytes; a registered form of 8 to 14 bytes narrows the probe spacing to what
@@ -28,6 +28,7 @@ wrapped in a live ``Secret`` are forgotten oldest first once more than
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -53,7 +54,6 @@ MAX_REMEMBERED_FORMS = 100_000
 MAX_PENDING_VALUES = 1024
 #: Long forms are found by the keyed hashes of 8-byte grams of their UTF-8.
 _GRAM = 8
-_GRAMS = struct.Struct(f"{_GRAM}s")
 _PERCENT_HEX = re.compile(r"%[0-9A-F]{2}")
 #: Characters no escaping or percent-encoding changes (RFC 3986 unreserved).
 _UNRESERVED = re.compile(r"[A-Za-z0-9._~-]*")
@@ -103,8 +103,18 @@ def _stride(length: int) -> int:
 
 
 def _gram_tag(data: bytes, offset: int) -> int:
-    # Tagged as the 1-tuple struct.iter_unpack yields; bytes hashing is keyed per process.
-    return hash((data[offset:offset + _GRAM],))
+    return hash(data[offset:offset + _GRAM])  # bytes hashing is keyed per process
+
+
+#: Grams cut by one struct at most (a longer text takes several cuts).
+_GRAMS_PER_CUT = 512
+
+
+@functools.lru_cache(maxsize=_GRAMS_PER_CUT)
+def _grams(count: int) -> struct.Struct:
+    """Cuts the first ``count`` 8-byte grams of a text in one C call (a struct of
+    ``count`` 8-byte strings: no tuple per gram, as ``iter_unpack`` makes)."""
+    return struct.Struct(f"{_GRAM}s" * count)
 
 
 class _Form(NamedTuple):
@@ -222,14 +232,17 @@ class _Redactor:
     def redact(self, text: str) -> str:
         data = text.encode("utf-8", "surrogatepass")
         spans: list[tuple[int, int]] = []
+        tags: list[int]
         with self._lock:
             if self._pending:  # values wrapped since the last redaction (see defer)
                 self._register_pending()
             if self._grams and len(data) >= _GRAM:
-                probe = self._probe
-                if probe == _GRAM:  # the common case: one C call cuts and tags every probe
-                    end = len(data) - len(data) % _GRAM
-                    tags = list(map(hash, _GRAMS.iter_unpack(data[:end])))
+                probe, tags = self._probe, []
+                if probe == _GRAM:  # the common case: one C call cuts up to 512 probes
+                    count = len(data) // _GRAM
+                    for first in range(0, count, _GRAMS_PER_CUT):
+                        cut = _grams(min(_GRAMS_PER_CUT, count - first))
+                        tags += map(hash, cut.unpack_from(data, first * _GRAM))
                 else:
                     tags = [_gram_tag(data, p) for p in range(0, len(data) - _GRAM + 1, probe)]
                 if not self._grams.keys().isdisjoint(tags):

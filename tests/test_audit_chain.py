@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import io
 import json
 import multiprocessing
@@ -15,7 +17,7 @@ import pytest
 from test_cli import AUDIT_VAR, Setup, setup  # noqa: F401 - the fixture
 
 from rotator.audit import AuditLog
-from rotator.audit.chain import Checkpoint, chain_key, checkpoint_path, verify
+from rotator.audit.chain import Checkpoint, chain_key, checkpoint_path, link, verify
 from rotator.secrets import Secret
 
 KEY = "k" * 32
@@ -258,3 +260,14 @@ class TestSeveralSinks:
         assert code == 2
         for key in ("audit.sinks[0].type", "audit.sinks[1].path", "audit.sinks[2].format"):
             assert key in err
+
+
+class TestChainValueIsHmacSha256:
+    """A record's chain value is HMAC-SHA256 (RFC 2104) of the previous chain value, a
+    newline and the record, as documented, for any key length, so other tools can check it."""
+
+    @pytest.mark.parametrize("key", [b"", b"k" * 32, b"x" * 64, b"y" * 65, b"z" * 200])
+    def test_same_as_the_standard_library(self, key: bytes) -> None:
+        for body in ('{"rotator":{"seq":1}}', "CEF:0|caf\u00e9 \udc80 rotatorSeq=2"):
+            data = ("0" * 64 + "\n" + body).encode("utf-8", "surrogatepass")
+            assert link(key, "0" * 64, body) == hmac.new(key, data, hashlib.sha256).hexdigest()

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import structlog
 
-from rotator.audit import CATALOGUE, AuditLog, bound, sinks
+from rotator.audit import CATALOGUE, PROCESSORS, AuditLog, bound, sinks
 from rotator.audit.catalogue import EventSpec
 from rotator.audit.chain import Checkpoint, chain_key, checkpoint_path, verify
 from rotator.audit.formats import ecs_document, ecs_json, render_json
@@ -89,7 +89,7 @@ class TestEventThroughTheLog:
 
         reference = structlog.wrap_logger(
             None, wrapper_class=structlog.BoundLogger,
-            processors=[*log._processors[:-1], capture, structlog.processors.JSONRenderer()])
+            processors=[*PROCESSORS, capture, structlog.processors.JSONRenderer()])
         with bound(client="c1", idp="kc", actor="cli", rotation_id="r1"):
             log.event("secret_staged", store="bao", client="explicit", outcome="success")
             reference.info("secret_staged", store="bao", client="explicit",

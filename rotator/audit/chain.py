@@ -35,8 +35,28 @@ def chain_key(audit_key: bytes) -> bytes:
 
 def link(key: bytes, previous: str, body: str) -> str:
     """The chain value of ``body`` (the record with its seq, without its chain)."""
-    data = previous.encode() + b"\n" + body.encode("utf-8", "surrogatepass")
-    return hmac.digest(key, data, "sha256").hex()  # one-shot: no HMAC object per record
+    pads = _PADS.get(key)
+    if pads is None:
+        pads = _pads(key)
+    inner, outer = pads[0].copy(), pads[1].copy()
+    inner.update(f"{previous}\n{body}".encode("utf-8", "surrogatepass"))
+    outer.update(inner.digest())
+    return outer.hexdigest()
+
+
+#: HMAC-SHA256 (RFC 2104) with its key's two padded blocks hashed once per key: a record
+#: then costs a copy of each state, not the key's setup (half the time of hmac.digest).
+_PADS: dict[bytes, tuple[hashlib._Hash, hashlib._Hash]] = {}
+_BLOCK = 64  # SHA-256's block size
+
+
+def _pads(key: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
+    block = (hashlib.sha256(key).digest() if len(key) > _BLOCK else key).ljust(_BLOCK, b"\0")
+    pads = (hashlib.sha256(bytes(b ^ 0x36 for b in block)),
+            hashlib.sha256(bytes(b ^ 0x5C for b in block)))
+    if len(_PADS) < 64:  # chain keys are few: one per audit key in the process
+        _PADS[key] = pads
+    return pads
 
 
 def seal(line: str, seq: int, key: bytes, previous: str) -> tuple[str, str]:

@@ -9,9 +9,12 @@ appended while this one syncs; the kernel commits overlapping syncs together. At
 ``_MAX_SYNCS`` syncs are in flight; lines arriving past that wait and go as one batch, led
 by one of its writers whom the sink wakes when it may go (the others sleep until their batch
 is done: a batch wakes only its own writers). Each writer returns once the sync of its own
-batch has returned and the checkpoint records the batch's last record (never a record that
-is not yet durable). A log that logrotate moved or
-truncated is noticed at the next batch and reopened; the chain continues from the
+batch has returned. The checkpoint then records the batch's last record (never a record that
+is not yet durable), except while later batches are already appended or queued and the
+checkpoint is under ``_CHECKPOINT_EVERY`` old: the last of them records it (its lock, read
+and write beside the log cost as much CPU as the rest of a batch). So a busy log's
+checkpoint is at most that far behind, and an idle log's is current. A log that logrotate
+moved or truncated is noticed at the next batch and reopened; the chain continues from the
 checkpoint.
 """
 
@@ -21,6 +24,7 @@ import fcntl
 import json
 import os
 import threading
+import time
 from _thread import LockType as _Lock
 from _thread import allocate_lock as _allocate_lock
 from collections.abc import Callable, Sequence
@@ -41,6 +45,8 @@ _CHECKPOINT_WIDTH = 120
 _sync = getattr(os, "fdatasync", os.fsync)
 #: Batches whose syncs may be in flight at once; lines arriving past it wait and batch up.
 _MAX_SYNCS = 2
+#: While batches follow one another, the checkpoint is recorded at most this often (seconds).
+_CHECKPOINT_EVERY = 0.01
 
 
 class AuditWriteError(RotatorError):
@@ -104,6 +110,7 @@ class FileSink:
 
     def __init__(self, file: Path, key: bytes, checkpoint: Path) -> None:
         self.file = file
+        self._path = os.fspath(file)  # stat per batch: no Path conversion each time
         self._checkpoint = checkpoint
         self._chain = _Chain(key)
         self._fd = open_log(file)
@@ -121,12 +128,18 @@ class FileSink:
         self._mutex = threading.Lock()  # guards the batch state below
         self._idle = threading.Condition(self._mutex)  # notified for close()
         self._appended = threading.Condition(self._mutex)  # an append() waits its turn
+        #: threads waiting on _idle and _appended: only those are notified (a notify is
+        #: Python code, and runs for every batch otherwise)
+        self._closing = self._append_waiting = 0
         self._open = _Batch()  # where arriving lines go
         self._appending = False  # a batch is being sealed and appended
         self._syncing = 0  # batches appended, not yet synced
         self._checkpointing = 0  # batches synced, their checkpoint not yet written
         self._cp_lock = threading.Lock()
         self._cp_seq, self._cp_record = 0, b""  # what this process last recorded
+        #: the last durable point no checkpoint records yet, and when one was last recorded
+        self._cp_due: Checkpoint | None = None
+        self._cp_at = 0.0
         self._reopen = False
         #: batches appended (one sync each); read by tests and the benchmark
         self.batches = 0
@@ -190,7 +203,11 @@ class FileSink:
         the descriptor it went through open until then)."""
         with self._mutex:
             while self._appending:
-                self._appended.wait()
+                self._append_waiting += 1
+                try:
+                    self._appended.wait()
+                finally:
+                    self._append_waiting -= 1
             self._appending = True
         fd = -1
         try:
@@ -203,9 +220,10 @@ class FileSink:
                 self._appending = False
                 if fd >= 0:
                     self._in_flight[fd] = self._in_flight.get(fd, 0) + 1
-                self._appended.notify_all()
+                if self._append_waiting:
+                    self._appended.notify_all()
                 self._start_next()
-                if not (self._syncing or self._checkpointing):
+                if self._closing and not (self._syncing or self._checkpointing):
                     self._idle.notify_all()
 
     def sync(self, appended: Sequence[Appended]) -> None:
@@ -247,7 +265,8 @@ class FileSink:
         finally:
             with self._mutex:
                 self._appending = False
-                self._appended.notify_all()
+                if self._append_waiting:
+                    self._appended.notify_all()
                 if sync_fd >= 0:
                     self._syncing += 1
                     self._in_flight[sync_fd] = self._in_flight.get(sync_fd, 0) + 1
@@ -256,6 +275,7 @@ class FileSink:
                 self._start_next()
         if sync_fd < 0 or sealed_to is None:
             return
+        record: Checkpoint | None = None
         try:
             _sync(sync_fd)
         except Exception as exc:  # reported to every writer of the batch
@@ -265,10 +285,12 @@ class FileSink:
                 self._release_fd(sync_fd)
                 self._syncing -= 1
                 self._checkpointing += 1
+                record = self._checkpoint_due(None if batch.error else sealed_to)
                 self._start_next()
         try:
+            if record is not None:
+                self._write_checkpoint(record)
             if batch.error is None:
-                self._write_checkpoint(sealed_to)
                 committed = self.on_commit
                 if committed is not None:
                     committed(sealed_to.seq, sealed_to.chain)
@@ -278,6 +300,20 @@ class FileSink:
             with self._mutex:
                 self._checkpointing -= 1
                 self._done(batch)
+
+    def _checkpoint_due(self, durable: Checkpoint | None) -> Checkpoint | None:
+        """With the mutex held, as a batch's sync ends (``durable``: where it sealed to, None
+        if it failed): the point to record beside the log now, or None when a batch still
+        syncing or queued will record it within ``_CHECKPOINT_EVERY``."""
+        if durable is not None and (self._cp_due is None or durable.seq > self._cp_due.seq):
+            self._cp_due = durable
+        if self._cp_due is None:
+            return None
+        now = time.monotonic()
+        if (self._syncing or self._open.lines) and now - self._cp_at < _CHECKPOINT_EVERY:
+            return None
+        due, self._cp_due, self._cp_at = self._cp_due, None, now
+        return due
 
     def _release_fd(self, fd: int) -> None:
         """With the mutex held: a sync through ``fd`` ended."""
@@ -301,7 +337,7 @@ class FileSink:
         for waiter in batch.waiters:
             waiter.release()
         batch.waiters.clear()
-        if not (self._appending or self._syncing or self._checkpointing):
+        if self._closing and not (self._appending or self._syncing or self._checkpointing):
             self._idle.notify_all()
 
     def _append(self, batch: list[str]) -> tuple[int, Checkpoint]:
@@ -351,7 +387,7 @@ class FileSink:
         """Reopen the log if it was moved or a reopen was asked for; the log's size."""
         at_path: os.stat_result | None
         try:
-            at_path = os.stat(self.file)
+            at_path = os.stat(self._path)
         except FileNotFoundError:
             at_path = None
         moved = at_path is None or _identity(at_path) != self._identity
@@ -392,10 +428,19 @@ class FileSink:
     def close(self) -> None:
         with self._idle:
             while self._appending or self._syncing or self._checkpointing:
-                self._idle.wait()
+                self._closing += 1
+                try:
+                    self._idle.wait()
+                finally:
+                    self._closing -= 1
             if self._fd >= 0:
-                os.fsync(self._cp_fd)
-                os.close(self._cp_fd)
+                due, self._cp_due = self._cp_due, None
+                try:
+                    if due is not None:  # a failed batch's successor never came
+                        self._write_checkpoint(due)
+                    os.fsync(self._cp_fd)
+                finally:
+                    os.close(self._cp_fd)
                 if self._fd in self._in_flight:  # appended, its sync() still to come
                     self._retired.add(self._fd)
                 else:
