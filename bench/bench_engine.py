@@ -34,8 +34,9 @@ Printed per side: min and median wall time of a round, their ratio (target ≤ 1
 HTTP requests per client counted at the transports (target ≤ 8; rotator's sign-ins
 included), and CPU time of this process per rotation; for rotator also the audit log's
 syncs, the journal's transactions (one sync each) and its SQL statements per rotation. Not
-a test: it prints, and never fails. ``--profile FILE`` writes a cProfile of rotator's last
-round, timed by wall clock or, with ``--profile-clock cpu``, by this process's CPU time.
+a test: it prints, and never fails. ``--profile FILE`` writes a cProfile of rotator's (or,
+with ``--profile-side bare``, the replay's) last round, timed by wall clock or, with
+``--profile-clock cpu``, by this process's CPU time.
 """
 
 from __future__ import annotations
@@ -258,6 +259,8 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, metavar="FILE",
                         help="also write a cProfile of rotator's last round to FILE "
                              "(its wall time is then not comparable)")
+    parser.add_argument("--profile-side", choices=("rotator", "bare"), default="rotator",
+                        help="which side's last round --profile profiles")
     parser.add_argument("--profile-clock", choices=("wall", "cpu"), default="wall",
                         help="what the profile times: wall time (waits included) or this "
                              "process's CPU time")
@@ -299,7 +302,8 @@ def main() -> None:
                     action: Callable[[], None] = (
                         (lambda: _cli(config, "rotate", "--all")) if side == "rotator"
                         else (lambda: bare.rotate_all(sides["bare"])))
-                    if side == "rotator" and args.profile and round_ == args.rounds - 1:
+                    if side == args.profile_side and args.profile \
+                            and round_ == args.rounds - 1:
                         action = _profiled(action, args.profile, args.profile_clock)
                     results[side].append(_measure(action, counter))
                 print(f"round {round_ + 1}: rotator {results['rotator'][-1][0]:.2f} s, "
