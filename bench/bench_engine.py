@@ -33,8 +33,10 @@ journal step and audit events per state, lock, fingerprints) and its code cost o
 Printed per side: min and median wall time of a round, their ratio (target ≤ 1.25),
 HTTP requests per client counted at the transports (target ≤ 8; rotator's sign-ins
 included), and CPU time of this process per rotation; for rotator also the audit log's
-syncs and the journal's transactions (one sync each) per rotation. Not a test: it prints,
-and never fails.
+syncs, the journal's transactions (one sync each) and its SQL statements per rotation. Not
+a test: it prints, and never fails. ``--profile FILE`` writes a cProfile of rotator's (or,
+with ``--profile-side bare``, the replay's) last round, timed by wall clock or, with
+``--profile-clock cpu``, by this process's CPU time.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ class Counter:
         self.count = 0
         self.syncs = 0
         self.commits = 0
+        self.statements = 0
 
     @contextmanager
     def installed(self) -> Iterator[None]:
@@ -98,6 +101,14 @@ class Counter:
             return real_requests(adapter, request, *args, **kwargs)
 
         real_sync, real_tx = sinks._sync, SqliteJournal._tx
+        real_init = SqliteJournal.__init__
+
+        def traced_init(journal: SqliteJournal, *args: Any, **kwargs: Any) -> None:
+            real_init(journal, *args, **kwargs)
+            journal._db.set_trace_callback(counted_statement)
+
+        def counted_statement(sql: str) -> None:
+            self.statements += 1
 
         def counted_sync(fd: int) -> None:
             self.syncs += 1
@@ -111,6 +122,7 @@ class Counter:
         requests.adapters.HTTPAdapter.send = counted_requests  # type: ignore[method-assign]
         sinks._sync = counted_sync
         SqliteJournal._tx = counted_tx  # type: ignore[method-assign]
+        SqliteJournal.__init__ = traced_init  # type: ignore[method-assign]
         try:
             yield
         finally:
@@ -118,6 +130,7 @@ class Counter:
             requests.adapters.HTTPAdapter.send = real_requests  # type: ignore[method-assign]
             sinks._sync = real_sync
             SqliteJournal._tx = real_tx  # type: ignore[method-assign]
+            SqliteJournal.__init__ = real_init  # type: ignore[method-assign]
 
 
 class Bare:
@@ -213,25 +226,26 @@ def _cli(config: Path, *argv: str) -> None:
                          f"{err.getvalue()}")
 
 
-Measured = tuple[float, float, int, int, int]
+Measured = tuple[float, float, int, int, int, int]
 
 
 def _measure(action: Callable[[], None], counter: Counter) -> Measured:
     """Wall seconds, CPU seconds of this process, HTTP requests, audit syncs, journal
-    transactions."""
-    counter.count = counter.syncs = counter.commits = 0
+    transactions, journal SQL statements."""
+    counter.count = counter.syncs = counter.commits = counter.statements = 0
     wall, cpu = time.perf_counter(), time.process_time()
     with counter.installed():
         action()
     return (time.perf_counter() - wall, time.process_time() - cpu, counter.count,
-            counter.syncs, counter.commits)
+            counter.syncs, counter.commits, counter.statements)
 
 
-def _profiled(action: Callable[[], None], file: Path) -> Callable[[], None]:
+def _profiled(action: Callable[[], None], file: Path, clock: str) -> Callable[[], None]:
     def run_profiled() -> None:
         import cProfile
 
-        profile = cProfile.Profile()
+        profile = (cProfile.Profile(time.process_time) if clock == "cpu"
+                   else cProfile.Profile())
         profile.runcall(action)
         profile.dump_stats(file)
 
@@ -245,6 +259,11 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, metavar="FILE",
                         help="also write a cProfile of rotator's last round to FILE "
                              "(its wall time is then not comparable)")
+    parser.add_argument("--profile-side", choices=("rotator", "bare"), default="rotator",
+                        help="which side's last round --profile profiles")
+    parser.add_argument("--profile-clock", choices=("wall", "cpu"), default="wall",
+                        help="what the profile times: wall time (waits included) or this "
+                             "process's CPU time")
     args = parser.parse_args()
     n = args.clients
     with OpenBao() as bao, keycloak_for_session() as kc, tempfile.TemporaryDirectory() as tmp:
@@ -283,8 +302,9 @@ def main() -> None:
                     action: Callable[[], None] = (
                         (lambda: _cli(config, "rotate", "--all")) if side == "rotator"
                         else (lambda: bare.rotate_all(sides["bare"])))
-                    if side == "rotator" and args.profile and round_ == args.rounds - 1:
-                        action = _profiled(action, args.profile)
+                    if side == args.profile_side and args.profile \
+                            and round_ == args.rounds - 1:
+                        action = _profiled(action, args.profile, args.profile_clock)
                     results[side].append(_measure(action, counter))
                 print(f"round {round_ + 1}: rotator {results['rotator'][-1][0]:.2f} s, "
                       f"bare {results['bare'][-1][0]:.2f} s", flush=True)
@@ -311,8 +331,10 @@ def _report(n: int, results: dict[str, list[Measured]]) -> None:
           "sign-ins included)")
     syncs = statistics.median(r[3] for r in results["rotator"]) / n
     commits = statistics.median(r[4] for r in results["rotator"]) / n
+    statements = statistics.median(r[5] for r in results["rotator"]) / n
     print(f"per rotation, rotator: {syncs:.2f} audit syncs, {commits:.2f} journal "
-          "transactions (one sync each)")
+          f"transactions (one sync each), {statements:.2f} journal SQL statements (BEGIN "
+          "and COMMIT included; opening the journal too)")
 
 
 if __name__ == "__main__":

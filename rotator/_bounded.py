@@ -209,11 +209,12 @@ class _DeadlineTransport(httpx.HTTPTransport):
     """httpx's transport, connections kept alive, on :class:`_DeadlineBackend` sockets."""
 
     def __init__(self, verify: ssl.SSLContext | str | bool) -> None:
-        super().__init__(verify=verify)
-        if not isinstance(getattr(self, "_pool", None), httpcore.ConnectionPool):
-            raise TypeError("httpx.HTTPTransport no longer keeps its pool as _pool")
+        # One TLS context, loaded once (the CA bundle costs more than a request to load).
         context = verify if isinstance(verify, ssl.SSLContext) else httpx.create_ssl_context(
             verify=verify)
+        super().__init__(verify=context)
+        if not isinstance(getattr(self, "_pool", None), httpcore.ConnectionPool):
+            raise TypeError("httpx.HTTPTransport no longer keeps its pool as _pool")
         self._pool = httpcore.ConnectionPool(ssl_context=context, max_connections=100,
                                              max_keepalive_connections=20, keepalive_expiry=5.0,
                                              network_backend=_DeadlineBackend())

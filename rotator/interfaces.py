@@ -456,14 +456,17 @@ class Journal(Protocol):
     def begin(self, rotation_id: RotationId, client: str, family: str, actor: str,
               old_fingerprint: str | None, now: datetime, *,
               targets: Sequence[RotationTarget] = (),
-              audit_key_id: str | None = None) -> Rotation:
+              audit_key_id: str | None = None, then: State | None = None) -> Rotation:
         """Record a new rotation of ``client`` in state ``STARTED`` and return it.
 
         ``targets`` and ``audit_key_id`` are kept with it, so that a reload that changes the
-        client's stores or the audit key cannot misdirect it. Raises ``JournalConflict`` when
-        ``rotation_id`` exists already or ``client`` has an open (non-terminal) rotation, and
-        ``RotationError`` when ``rotation_id`` is not usable as a store tag
-        (``[A-Za-z0-9][A-Za-z0-9_.-]{0,52}``).
+        client's stores or the audit key cannot misdirect it. With ``then`` (an open state,
+        e.g. ``CREATING`` when the IdP makes the new value), the rotation is moved on to
+        ``then`` in the same transaction, as :meth:`advance` would: both steps are recorded
+        and the rotation returned is in ``then``; one commit instead of two. Raises
+        ``JournalConflict`` (recording nothing) when ``rotation_id`` exists already or
+        ``client`` has an open (non-terminal) rotation, and ``RotationError`` when
+        ``rotation_id`` is not usable as a store tag (``[A-Za-z0-9][A-Za-z0-9_.-]{0,52}``).
         """
         ...
 

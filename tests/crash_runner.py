@@ -5,7 +5,8 @@
 MODE ``event``: die right after the audit event TARGET (``name`` or ``name#N`` for its N-th
 occurrence, counted across ``--parallel`` workers) is written, i.e. after the step it
 reports took effect and before the journal records it. MODE ``advance``: die just before
-the journal records state TARGET.
+the journal records state TARGET (with ``advance``, or with ``begin`` when the rotation
+begins in it).
 MODE ``call``/``returned``: die when the method TARGET (``module:Class.method``) is called,
 or just after it returned.
 MODE ``none``: run normally.
@@ -68,6 +69,16 @@ def main(argv: list[str]) -> int:
             return original_pg_advance(self, rotation_id, state, now, **fields)
 
         postgres.PostgresJournal.advance = pg_advance  # type: ignore[method-assign]
+        # A state recorded with the rotation's beginning (begin's ``then``: CREATING where
+        # the IdP makes the value) dies just before that one commit.
+        for cls in (journal.Journal, postgres.PostgresJournal):
+            def begin(self: Any, *args: Any, _original: Any = cls.begin, **kw: Any) -> Any:
+                then = kw.get("then")
+                if then is not None and then.value == target:
+                    _die()
+                return _original(self, *args, **kw)
+
+            cls.begin = begin  # type: ignore[method-assign]
     elif mode in ("call", "returned"):
         module_name, _, qualname = target.partition(":")
         class_name, _, method = qualname.rpartition(".")

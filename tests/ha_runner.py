@@ -6,7 +6,8 @@
 about to record STATE in the PostgreSQL journal (through the fenced journal), either die
 (``kill``: SIGKILL) or freeze (``stop``: SIGSTOP, every thread, lease renewal included) just
 before the write. The step's effect on the stores or the IdP has happened; the journal does
-not know it yet. ``started`` is the rotation's first write (``begin``). A STATE of
+not know it yet. ``started`` is the rotation's first write (``begin``), and so is the state
+``begin`` moves it on to in the same write (``creating`` where the IdP makes the value). A STATE of
 ``store.METHOD`` (``store.stage_pending``, ``store.promote``) acts instead just before a job's
 first fenced call of that env-store write: the journal step before it is recorded, the store
 write is not made yet.
@@ -48,7 +49,10 @@ def _install_point(point: str) -> None:
     original_advance = postgres.PostgresJournal._advance
 
     def begin(self: postgres.PostgresJournal, *args: Any) -> Any:
-        if target == "started" and args[-1] is not None:
+        # (rotation_id, client, family, actor, old_fingerprint, now, targets, audit_key_id,
+        # fence, then): a fenced write (a daemon job) of STARTED, and of ``then`` with it
+        fence, then = args[8], args[9] if len(args) > 9 else None
+        if fence is not None and target in ("started", then.value if then else "started"):
             hit()
         return original_begin(self, *args)
 

@@ -495,3 +495,27 @@ class TestAuditDurableAtSteps:
             rig.engine.audit.event("rotation_started", step="start", outcome="success")
             # A killed process loses no event: the line is in the file before its sync.
             assert "rotation_started" in log.read_text().splitlines()[-1]
+
+
+class TestJournalCostPerRotation:
+    """An overlap rotation whose value the IdP makes costs the journal four commits (begun and
+    asked in one, then created, verified, promoted) and eighteen SQL statements: the two
+    reads before it begins, and per commit BEGIN, the write returning its row, its step(s)
+    and COMMIT."""
+
+    def test_counted(self, tmp_path: Path) -> None:
+        with make_rig(tmp_path, CAPS["generated-many"]) as rig:
+            statements: list[str] = []
+            db = rig.engine.journal._db  # type: ignore[attr-defined]
+            db.set_trace_callback(statements.append)
+            try:
+                outcome = rig.engine.rotate("app")
+            finally:
+                db.set_trace_callback(None)
+            assert outcome.ok and outcome.state == "promoted", outcome.message
+            commits = [s for s in statements if s == "COMMIT"]
+            assert len(commits) == 4, statements
+            assert len(statements) == 18, statements
+            steps = rig.engine.journal.steps(outcome.rotation_id or "")
+            assert [s.state for s in steps] == [State.STARTED, State.CREATING, State.CREATED,
+                                                State.VERIFIED, State.PROMOTED]

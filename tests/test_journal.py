@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -185,6 +185,11 @@ class TestBegin:
         with pytest.raises(JournalConflict, match="exists already"):
             begin(journal, rotation_id=rotation.id)
 
+    def test_id_of_the_open_rotation(self, journal: Any) -> None:
+        rotation = begin(journal, rotation_id="r-given-2")
+        with pytest.raises(JournalConflict, match="exists already"):
+            begin(journal, rotation_id=rotation.id)
+
     @pytest.mark.parametrize("bad", ["", "-r", "r 1", "r\nAPP_CLIENT_SECRET=x", "../x",
                                      "r" * 54])
     def test_unusable_id(self, journal: Any, bad: str) -> None:
@@ -203,6 +208,49 @@ class TestBegin:
             assert again.targets == tuple(targets) and again.audit_key_id == "0123abcd"
         finally:
             reopened.close()
+
+
+class TestBeginThen:
+    """begin with ``then`` records the rotation begun and moved on to ``then`` in one
+    transaction: both steps kept, as begin and advance would; a refused begin records neither."""
+
+    def test_both_steps_recorded(self, journal: Any) -> None:
+        rotation = begin(journal, then=State.CREATING)
+        assert rotation.state is State.CREATING
+        assert journal.get(rotation.id) == rotation
+        assert journal.open_rotation("app") == rotation
+        assert [s.state for s in journal.steps(rotation.id)] == [State.STARTED, State.CREATING]
+        assert [s.detail for s in journal.steps(rotation.id)] == [{}, {}]
+        moved = journal.advance(rotation.id, State.CREATED, NOW, expected=State.CREATING)
+        assert moved.state is State.CREATED
+
+    def test_same_record_as_begin_then_advance(self, journal: Any) -> None:
+        one = begin(journal, then=State.CREATING, targets=[RotationTarget("vault", "kv/a")],
+                    audit_key_id="0123abcd")
+        two = begin(journal, client="other", targets=[RotationTarget("vault", "kv/a")],
+                    audit_key_id="0123abcd")
+        two = journal.advance(two.id, State.CREATING, NOW, expected=State.STARTED)
+        assert one == replace(two, id=one.id, client="app")
+        assert journal.steps(one.id) == journal.steps(two.id)
+
+    def test_refused_begin_records_nothing(self, journal: Any) -> None:
+        first = begin(journal)
+        with pytest.raises(JournalConflict, match=f"unfinished rotation {first.id}"):
+            begin(journal, then=State.CREATING, rotation_id="r-refused-1")
+        with pytest.raises(JournalConflict, match="exists already"):
+            begin(journal, client="other", then=State.CREATING, rotation_id=first.id)
+        assert journal.latest("other") is None
+        assert journal.steps("r-refused-1") == []
+        assert [s.state for s in journal.steps(first.id)] == [State.STARTED]
+
+    def test_fenced(self, journal: Any) -> None:
+        old = journal.acquire_lease("app", "daemon-a", 0)
+        new = journal.acquire_lease("app", "daemon-b", 60)
+        with pytest.raises(LeaseLost):
+            begin(journal.fenced(old), then=State.CREATING)
+        assert journal.latest("app") is None
+        rotation = begin(journal.fenced(new), then=State.CREATING)
+        assert journal.get(rotation.id).state is State.CREATING
 
 
 class TestRedaction:

@@ -309,11 +309,14 @@ class Engine(Steps):
             return Outcome(client.name, True, "planned", _plan(caps), details={
                 "family": family, "caller_sets_value": caps.caller_sets_value,
                 "grace_period_seconds": client.grace_period if caps.overlap else 0})
+        # Where the IdP makes the value, the first step only records that it is asked
+        # (CREATING): begun and moved on in one commit, as the STARTED step would.
         rotation = self.audit.durable(lambda: self.journal.begin(
             rotation_id or new_rotation_id(), client.name, family, actor,
             self.audit.fingerprint(current.credentials.client_secret), self.clock(),
             targets=[RotationTarget(t.store, t.location) for t in client.targets],
             audit_key_id=self._audit_key_id(),
+            then=None if caps.caller_sets_value else State.CREATING,
         ))
         self.audit.event("rotation_started", rotation_id=rotation.id, step="start",
                          outcome="success", family=family,

@@ -54,7 +54,8 @@ class _FenceableJournal(Protocol):
 
     def _begin(self, rotation_id: RotationId, client: str, family: str, actor: str,
                old_fingerprint: str | None, now: datetime, targets: Sequence[RotationTarget],
-               audit_key_id: str | None, fence: Lease | None) -> Rotation: ...
+               audit_key_id: str | None, fence: Lease | None,
+               then: State | None = None) -> Rotation: ...
 
     def _advance(self, rotation_id: RotationId, state: State, now: datetime,
                  expected: State, fence: Lease | None, fields: dict[str, str | None]
@@ -86,9 +87,9 @@ class FencedJournal:
     def begin(self, rotation_id: RotationId, client: str, family: str, actor: str,
               old_fingerprint: str | None, now: datetime, *,
               targets: Sequence[RotationTarget] = (),
-              audit_key_id: str | None = None) -> Rotation:
+              audit_key_id: str | None = None, then: State | None = None) -> Rotation:
         return self._inner._begin(rotation_id, client, family, actor, old_fingerprint, now,
-                                  targets, audit_key_id, self.lease)
+                                  targets, audit_key_id, self.lease, then)
 
     def advance(self, rotation_id: RotationId, state: State, now: datetime, *,
                 expected: State, **fields: str | None) -> Rotation:

@@ -50,9 +50,12 @@ from rotator.interfaces import (
     State,
     Step,
 )
-from rotator.journal import new_rotation_id
+from rotator.journal import _rows, new_rotation_id
+from rotator.journal._rows import COLUMNS as _COLUMNS
+from rotator.journal._rows import HOOK_COLUMNS as _HOOK_COLUMNS
+from rotator.journal._rows import ROTATION_ID, as_is
 from rotator.journal.fencing import FencedJournal
-from rotator.journal.sqlite import ROTATION_ID, check_lease_args
+from rotator.journal.sqlite import check_lease_args
 from rotator.secrets import Secret, redact
 
 if TYPE_CHECKING:
@@ -142,15 +145,7 @@ CREATE TABLE triggers (
 CREATE UNIQUE INDEX triggers_one_pending ON triggers (client) WHERE rotation_id IS NULL;
 """,
 }
-_HOOK_COLUMNS = ("rotation_id, client, stage, hook, status, attempts, required, updated_at, "
-                 "next_attempt_at, error")
-
-_COLUMNS = ("id, client, state, family, actor, started_at, updated_at, retire_after, "
-            "old_fingerprint, new_fingerprint, secret_ref, error, targets, audit_key_id")
 _NEWEST = "ORDER BY started_at DESC, seq DESC LIMIT 1"
-_FIELDS = frozenset({"retire_after", "new_fingerprint", "secret_ref", "error"})
-#: Fields kept only in the step's detail (no column): read back through ``steps``.
-_DETAIL_FIELDS = frozenset({"expires_at"})
 _LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
 #: sslmode values that check the server's certificate; the others let anyone in between
 #: read the password.
@@ -219,19 +214,7 @@ class ClientFacts:
 
 
 def _row(row: Sequence[Any]) -> Rotation:
-    targets = tuple(RotationTarget(t["store"], t["location"]) for t in json.loads(row[12]))
-    return Rotation(
-        id=row[0], client=row[1], state=State(row[2]), family=row[3], actor=row[4],
-        started_at=row[5], updated_at=row[6], retire_after=row[7], old_fingerprint=row[8],
-        new_fingerprint=row[9], secret_ref=row[10], error=row[11], targets=targets,
-        audit_key_id=row[13],
-    )
-
-
-def _hook_row(row: Sequence[Any]) -> HookRun:
-    return HookRun(rotation_id=row[0], client=row[1], stage=row[2], hook=row[3], status=row[4],
-                   attempts=int(row[5]), required=bool(row[6]), updated_at=row[7],
-                   next_attempt_at=row[8], error=row[9])
+    return _rows.rotation(row, as_is)
 
 
 def _lease(row: Sequence[Any]) -> Lease:
@@ -368,21 +351,22 @@ class PostgresJournal:
     def begin(self, rotation_id: RotationId, client: str, family: str, actor: str,
               old_fingerprint: str | None, now: datetime, *,
               targets: Sequence[RotationTarget] = (),
-              audit_key_id: str | None = None) -> Rotation:
+              audit_key_id: str | None = None, then: State | None = None) -> Rotation:
         return self._begin(rotation_id, client, family, actor, old_fingerprint, now,
-                           targets, audit_key_id, None)
+                           targets, audit_key_id, None, then)
 
     def _begin(self, rotation_id: RotationId, client: str, family: str, actor: str,
                old_fingerprint: str | None, now: datetime, targets: Sequence[RotationTarget],
-               audit_key_id: str | None, fence: Lease | None) -> Rotation:
-        if not ROTATION_ID.fullmatch(rotation_id):
-            raise RotationError(f"{rotation_id!r} is not a usable rotation id: it must match "
-                                f"{ROTATION_ID.pattern}")
-        recorded = json.dumps([{"store": t.store, "location": t.location} for t in targets])
+               audit_key_id: str | None, fence: Lease | None,
+               then: State | None = None) -> Rotation:
+        _rows.check_rotation_id(rotation_id)
+        _rows.check_then(then)
+        recorded = _rows.targets_json(targets)
         # One statement, one round trip: the fence (the lease row, locked FOR SHARE so a
         # takeover waits for this write), the insert (skipped on any unique conflict: a
-        # reused id, or the one-open-rotation index), its STARTED step, and the trigger
-        # it answers, all in its transaction. On no row, _begin_refused says why.
+        # reused id, or the one-open-rotation index), its STARTED step and the step to
+        # ``then`` (in that order: the steps' seq), and the trigger it answers, all in its
+        # transaction. On no row, the second transaction below says why.
         fence_sql, fence_args = self._fence_cte(fence, client)
         with self._tx(one_statement=True) as db:
             row = db.execute(
@@ -393,13 +377,15 @@ class PostgresJournal:
                 "%s::text, %s::text WHERE EXISTS (SELECT 1 FROM fence) "
                 f"ON CONFLICT DO NOTHING RETURNING {_COLUMNS}), "
                 "step AS (INSERT INTO steps (rotation_id, at, state, detail) "
-                "SELECT id, %s::timestamptz, %s::text, '{}' FROM ins), "
+                "SELECT id, %s::timestamptz, s.state, '{}' FROM ins, (VALUES (1, %s::text), "
+                "(2, %s::text)) AS s (n, state) WHERE s.state IS NOT NULL ORDER BY s.n), "
                 "answered AS (UPDATE triggers SET rotation_id = (SELECT id FROM ins) "
                 "WHERE client = %s AND rotation_id IS NULL AND EXISTS (SELECT 1 FROM ins)) "
                 f"SELECT {_COLUMNS} FROM ins",
-                (*fence_args, rotation_id, client, State.STARTED.value, family, actor, now,
-                 now, None, old_fingerprint, None, None, None, recorded, audit_key_id,
-                 now, State.STARTED.value, client)).fetchone()
+                (*fence_args, rotation_id, client, (then or State.STARTED).value, family,
+                 actor, now, now, None, old_fingerprint, None, None, None, recorded,
+                 audit_key_id, now, State.STARTED.value, then.value if then else None,
+                 client)).fetchone()
         if row is not None:
             return _row(row)
         with self._tx() as db:
@@ -433,13 +419,7 @@ class PostgresJournal:
     def _advance(self, rotation_id: RotationId, state: State, now: datetime,
                  expected: State, fence: Lease | None, fields: dict[str, str | None]
                  ) -> Rotation:
-        unknown = set(fields) - _FIELDS - _DETAIL_FIELDS
-        if unknown:  # pragma: no cover - programming error
-            raise ValueError(f"unknown journal fields {unknown}")
-        if fields.get("error") is not None:
-            fields["error"] = redact(str(fields["error"]))
-        detail: dict[str, str | None] = {k: v for k, v in fields.items() if v}
-        fields = {k: v for k, v in fields.items() if k in _FIELDS}
+        detail, fields = _rows.step_fields(fields)
         values: list[Any] = [datetime.fromisoformat(v) if k == "retire_after" and v else v
                              for k, v in fields.items()]
         sets = "".join(f", {k} = %s" for k in fields)
@@ -469,11 +449,6 @@ class PostgresJournal:
             raise JournalConflict(
                 f"rotation {rotation_id} is {current.state}, not {expected}: another writer "
                 f"moved it, so it was not moved to {state}")
-
-    def _step(self, db: psycopg.Connection[Any], rotation_id: RotationId, state: State,
-              at: datetime, detail: dict[str, str | None]) -> None:
-        db.execute("INSERT INTO steps (rotation_id, at, state, detail) VALUES (%s,%s,%s,%s)",
-                   (rotation_id, at, state.value, json.dumps(detail)))
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -507,7 +482,7 @@ class PostgresJournal:
         with self._tx(one_statement=True) as db:
             rows = db.execute("SELECT at, state, detail FROM steps WHERE rotation_id = %s "
                               "ORDER BY seq", (rotation_id,)).fetchall()
-            return [Step(a, State(s), json.loads(d)) for a, s, d in rows]
+            return [_rows.step(row, as_is) for row in rows]
 
     # -- what every daemon answers alike (the admin API, metrics) ---------------------------
 
@@ -624,13 +599,13 @@ class PostgresJournal:
         with self._tx(one_statement=True) as db:
             rows = db.execute(f"SELECT {_HOOK_COLUMNS} FROM hook_runs WHERE rotation_id = %s "
                               "ORDER BY seq", (rotation_id,)).fetchall()
-            return [_hook_row(r) for r in rows]
+            return [_rows.hook_run(r, as_is) for r in rows]
 
     def unfinished_hook_runs(self) -> list[HookRun]:
         with self._tx(one_statement=True) as db:
             rows = db.execute(f"SELECT {_HOOK_COLUMNS} FROM hook_runs WHERE status "
                               "IN ('running', 'failed') ORDER BY updated_at").fetchall()
-            return [_hook_row(r) for r in rows]
+            return [_rows.hook_run(r, as_is) for r in rows]
 
     def record_audit_checkpoint(self, checkpoint: AuditCheckpoint) -> None:
         with self._tx(one_statement=True) as db:

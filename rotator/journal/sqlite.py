@@ -38,7 +38,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import re
 import sqlite3
 import stat
 import threading
@@ -61,6 +60,9 @@ from rotator.interfaces import (
     State,
     Step,
 )
+from rotator.journal import _rows
+from rotator.journal._rows import COLUMNS as _COLUMNS
+from rotator.journal._rows import HOOK_COLUMNS as _HOOK_COLUMNS
 from rotator.journal.fencing import FencedJournal
 from rotator.secrets import redact
 
@@ -138,39 +140,11 @@ CREATE TABLE IF NOT EXISTS leases (
 """
 #: What a released lease expires at: before any clock reading.
 _RELEASED = "0001-01-01T00:00:00+00:00"
-_HOOK_COLUMNS = ("rotation_id, client, stage, hook, status, attempts, required, updated_at, "
-                 "next_attempt_at, error")
-
-_COLUMNS = ("id, client, state, family, actor, started_at, updated_at, retire_after, "
-            "old_fingerprint, new_fingerprint, secret_ref, error, targets, audit_key_id")
 _NEWEST = "ORDER BY started_at DESC, rowid DESC LIMIT 1"
-_FIELDS = frozenset({"retire_after", "new_fingerprint", "secret_ref", "error"})
-#: Fields kept only in the step's detail (no column): read back through ``steps``.
-_DETAIL_FIELDS = frozenset({"expires_at"})
-#: Every store tags credentials with the rotation id; this is what all of them accept.
-ROTATION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,52}")
-
-
-def _ts(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
 
 
 def _row(row: Sequence[Any]) -> Rotation:
-    targets = tuple(RotationTarget(t["store"], t["location"])
-                    for t in json.loads(row[12] or "[]"))
-    return Rotation(
-        id=row[0], client=row[1], state=State(row[2]), family=row[3], actor=row[4],
-        started_at=datetime.fromisoformat(row[5]), updated_at=datetime.fromisoformat(row[6]),
-        retire_after=_ts(row[7]), old_fingerprint=row[8], new_fingerprint=row[9],
-        secret_ref=row[10], error=row[11], targets=targets, audit_key_id=row[13],
-    )
-
-
-def _hook_row(row: Sequence[Any]) -> HookRun:
-    return HookRun(rotation_id=row[0], client=row[1], stage=row[2], hook=row[3], status=row[4],
-                   attempts=int(row[5]), required=bool(row[6]),
-                   updated_at=datetime.fromisoformat(row[7]), next_attempt_at=_ts(row[8]),
-                   error=row[9])
+    return _rows.rotation(row, datetime.fromisoformat)
 
 
 def check_lease_args(holder: str, ttl: float) -> None:
@@ -255,37 +229,46 @@ class SqliteJournal:
     def begin(self, rotation_id: RotationId, client: str, family: str, actor: str,
               old_fingerprint: str | None, now: datetime, *,
               targets: Sequence[RotationTarget] = (),
-              audit_key_id: str | None = None) -> Rotation:
+              audit_key_id: str | None = None, then: State | None = None) -> Rotation:
         return self._begin(rotation_id, client, family, actor, old_fingerprint, now,
-                           targets, audit_key_id, None)
+                           targets, audit_key_id, None, then)
 
     def _begin(self, rotation_id: RotationId, client: str, family: str, actor: str,
                old_fingerprint: str | None, now: datetime, targets: Sequence[RotationTarget],
-               audit_key_id: str | None, fence: Lease | None) -> Rotation:
-        if not ROTATION_ID.fullmatch(rotation_id):
-            raise RotationError(f"{rotation_id!r} is not a usable rotation id: it must match "
-                                f"{ROTATION_ID.pattern}")
+               audit_key_id: str | None, fence: Lease | None,
+               then: State | None = None) -> Rotation:
+        _rows.check_rotation_id(rotation_id)
+        _rows.check_then(then)
         ts = now.isoformat()
-        recorded = json.dumps([{"store": t.store, "location": t.location} for t in targets])
+        state = then or State.STARTED
         with self._tx():
             self._check_fence(client, fence, f"rotation {rotation_id} was not begun")
-            # The row as written comes back with the INSERT (RETURNING): no read after it.
+            # One statement inserts the row unless the client has an open rotation, and
+            # hands it back as written (RETURNING): no read before or after it.
             try:
                 rows = self._db.execute(
-                    f"INSERT INTO rotations ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+                    f"INSERT INTO rotations ({_COLUMNS}) SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?,? "
+                    f"WHERE NOT EXISTS (SELECT 1 FROM rotations WHERE client = ? AND {_OPEN}) "
                     f"RETURNING {_COLUMNS}",
-                    (rotation_id, client, State.STARTED.value, family, actor, ts, ts, None,
-                     old_fingerprint, None, None, None, recorded, audit_key_id),
+                    (rotation_id, client, state.value, family, actor, ts, ts, None,
+                     old_fingerprint, None, None, None, _rows.targets_json(targets),
+                     audit_key_id, client),
                 ).fetchall()
             except sqlite3.IntegrityError:  # the primary key: the id is taken
                 raise JournalConflict(f"rotation {rotation_id} exists already") from None
-            open_rotation = self._one(f"WHERE client = ? AND {_OPEN} AND id != ? {_NEWEST}",
-                                      client, rotation_id)
-            if open_rotation is not None:
+            if not rows:  # refused: say why as PostgreSQL's journal does, the id first
+                if self._one("WHERE id = ?", rotation_id) is not None:
+                    raise JournalConflict(f"rotation {rotation_id} exists already")
+                open_rotation = self._one(f"WHERE client = ? AND {_OPEN} {_NEWEST}", client)
+                assert open_rotation is not None  # the writer holds the database's lock
                 raise JournalConflict(
                     f"client {client!r} has an unfinished rotation {open_rotation.id} "
                     f"({open_rotation.state}); finish it before beginning another")
-            self._step(rotation_id, State.STARTED, ts, {})
+            # The STARTED step, and the one ``then`` moved it on to, in one statement.
+            self._db.execute(
+                "INSERT INTO steps VALUES (?,?,?,'{}')" + (", (?,?,?,'{}')" if then else ""),
+                (rotation_id, ts, State.STARTED.value,
+                 *((rotation_id, ts, then.value) if then else ())))
             return _row(rows[0])
 
     def advance(self, rotation_id: RotationId, state: State, now: datetime, *,
@@ -295,13 +278,7 @@ class SqliteJournal:
     def _advance(self, rotation_id: RotationId, state: State, now: datetime,
                  expected: State, fence: Lease | None, fields: dict[str, str | None]
                  ) -> Rotation:
-        unknown = set(fields) - _FIELDS - _DETAIL_FIELDS
-        if unknown:  # pragma: no cover - programming error
-            raise ValueError(f"unknown journal fields {unknown}")
-        if fields.get("error") is not None:
-            fields["error"] = redact(str(fields["error"]))
-        detail = {k: v for k, v in fields.items() if v}
-        fields = {k: v for k, v in fields.items() if k in _FIELDS}
+        detail, fields = _rows.step_fields(fields)
         ts = now.isoformat()
         sets = "".join(f", {k} = ?" for k in fields)
         with self._tx():
@@ -318,7 +295,8 @@ class SqliteJournal:
                 raise JournalConflict(
                     f"rotation {rotation_id} is {actual}, not {expected}: another writer moved "
                     f"it, so it was not moved to {state}")
-            self._step(rotation_id, state, ts, dict(detail))
+            self._db.execute("INSERT INTO steps VALUES (?,?,?,?)",
+                             (rotation_id, ts, state.value, json.dumps(detail)))
             return _row(updated[0])
 
     def _check_fence(self, client: str, fence: Lease | None, what: str) -> None:
@@ -335,11 +313,6 @@ class SqliteJournal:
             raise LeaseLost(
                 f"client {client!r} is leased to {newer}, not to this writer (fencing token "
                 f"{fence.token}): its lease expired and was taken over, so {what}")
-
-    def _step(self, rotation_id: RotationId, state: State, ts: str,
-              detail: dict[str, str | None]) -> None:
-        self._db.execute("INSERT INTO steps VALUES (?,?,?,?)",
-                         (rotation_id, ts, state.value, json.dumps(detail)))
 
     @contextmanager
     def _tx(self) -> Iterator[None]:
@@ -402,7 +375,7 @@ class SqliteJournal:
             rows = self._db.execute(
                 "SELECT at, state, detail FROM steps WHERE rotation_id = ? ORDER BY rowid",
                 (rotation_id,)).fetchall()
-            return [Step(datetime.fromisoformat(a), State(s), json.loads(d)) for a, s, d in rows]
+            return [_rows.step(row, datetime.fromisoformat) for row in rows]
 
     # -- hook runs -------------------------------------------------------------------------
 
@@ -424,13 +397,13 @@ class SqliteJournal:
             rows = self._db.execute(f"SELECT {_HOOK_COLUMNS} FROM hook_runs "
                                     "WHERE rotation_id = ? ORDER BY rowid",
                                     (rotation_id,)).fetchall()
-            return [_hook_row(r) for r in rows]
+            return [_rows.hook_run(r, datetime.fromisoformat) for r in rows]
 
     def unfinished_hook_runs(self) -> list[HookRun]:
         with self._reading():
             rows = self._db.execute(f"SELECT {_HOOK_COLUMNS} FROM hook_runs WHERE status "
                                     "IN ('running', 'failed') ORDER BY updated_at").fetchall()
-            return [_hook_row(r) for r in rows]
+            return [_rows.hook_run(r, datetime.fromisoformat) for r in rows]
 
     # -- audit checkpoints ----------------------------------------------------------------
 
