@@ -102,22 +102,26 @@ stores = [{{store = "bao", path = "{s.vault_path}"}}, {{store = "envfile", prefi
                 assert value not in text
 
 
+def _entra_table(entra: FakeEntra, admin_app_id: str, settings: str) -> str:
+    """``[idps.entra]`` at the fake, signing in as ``admin_app_id`` with ``entra.secret``;
+    ``settings`` adds lines."""
+    return f"""
+[idps.entra]
+type = "entra"
+tenant = "{entra.tenant}"
+admin_client_id = "{admin_app_id}"
+admin_client_secret_file = "entra.secret"
+authority_url = "{entra.url}"
+graph_url = "{entra.url}"
+{settings}"""
+
+
 def _entra_scenario(entra: FakeEntra, bao: OpenBao, root: Path, *,
                     roles: set[str] | None = None, extra: str = "") -> SaasScenario:
     admin, admin_password = entra.create_app("rotator-admin", roles=roles or {OWNED_BY})
     app, password = entra.create_app("svc", owners={admin.app_id})
-    table = f"""
-[idps.entra]
-type = "entra"
-tenant = "{entra.tenant}"
-admin_client_id = "{admin.app_id}"
-admin_client_secret_file = "entra.secret"
-authority_url = "{entra.url}"
-graph_url = "{entra.url}"
-secret_lifetime = "90d"
-propagation_delay = "2s"
-max_retry_after = "3s"
-"""
+    table = _entra_table(entra, admin.app_id, 'secret_lifetime = "90d"\n'
+                         'propagation_delay = "2s"\nmax_retry_after = "3s"\n')
     client = f"""idp = "entra"
 scopes = ["api://{app.app_id}/.default"]
 application_object_id = "{app.object_id}"
@@ -227,18 +231,11 @@ stores = [{{store = "envfile", prefix = "C{i}"}}]
                                       "bao.token": bao_server.root_token,
                                       "entra.secret": admin_password.secret,
                                       "creds.env": "".join(env)})
-            (root / "rotator.toml").write_text(base_config(bao_server) + f"""
-[idps.entra]
-type = "entra"
-tenant = "{entra.tenant}"
-admin_client_id = "{admin.app_id}"
-admin_client_secret_file = "entra.secret"
-authority_url = "{entra.url}"
-graph_url = "{entra.url}"
-propagation_delay = "0s"
-max_retry_after = "3s"
-throttle_retries = 20   # a loaded machine stretches the burst over more windows
-""" + "".join(clients))
+            # a loaded machine stretches the burst over more windows: throttle_retries = 20
+            table = _entra_table(entra, admin.app_id, 'propagation_delay = "0s"\n'
+                                 'max_retry_after = "3s"\nthrottle_retries = 20\n')
+            (root / "rotator.toml").write_text(base_config(bao_server) + table
+                                               + "".join(clients))
             entra.throttle(3, window=1.0)
             code, out, err = run_in_process(root / "rotator.toml",
                                             ("rotate", "--all", "--parallel", "3"))

@@ -51,6 +51,15 @@ def admin_token(body: Mapping[str, Any] | None, what: str) -> tuple[Secret, floa
     return Secret(token), time.monotonic() + max(float(lifetime) - TOKEN_MARGIN, 5)
 
 
+def json_object(response: httpx.Response) -> dict[str, Any] | None:
+    """The JSON object a response carries, or None (no JSON, or JSON that is not an object)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
 class AdminToken:
     """An adapter's cached admin access token. ``sign_in`` gets a new one and says until when
     it may be cached (what :func:`admin_token` returns); one sign-in at a time."""

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import httpx
 
-from providers.idps._saas import AdminToken, SaasAdminHttp, admin_token
+from providers.idps._saas import AdminToken, SaasAdminHttp, admin_token, json_object
 from rotator._remote import path_segment
 from rotator.errors import IdentityProviderError, IdpAccessDenied, IdpNotFound, IdpUnavailable
 from rotator.interfaces import ClientId, IdpCapabilities, IssuedSecret, RotationId
@@ -109,7 +109,7 @@ class Auth0Idp:
         if response.status_code >= 500:
             raise IdpUnavailable(f"Auth0 {self.name!r}: /oauth/token answered HTTP "
                                  f"{response.status_code}")
-        body = _json_object(response)
+        body = json_object(response)
         if response.status_code != 200:
             raise IdpAccessDenied(
                 f"Auth0 {self.name!r}: the admin application {s.admin_client_id!r} could "
@@ -148,7 +148,7 @@ class Auth0Idp:
         response = self._call("GET", self._path(client_id), scope=READ_CLIENTS, params={
             "fields": "client_id,token_endpoint_auth_method,client_authentication_methods",
             "include_fields": "true"})
-        body = _json_object(response)
+        body = json_object(response)
         if body is None:
             raise IdpUnavailable(f"Auth0 {self.name!r}: client {client_id!r} did not answer a "
                                  "JSON object")
@@ -182,17 +182,9 @@ class Auth0Idp:
         return 0  # the old secret died when the new one was set
 
 
-def _json_object(response: httpx.Response) -> dict[str, Any] | None:
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    return body if isinstance(body, dict) else None
-
-
 def _auth0_text(response: httpx.Response) -> str:
     """Auth0's ``errorCode: message`` (or an OAuth error), redacted and short."""
-    body = _json_object(response)
+    body = json_object(response)
     if body is None:
         return redact(response.text)[:200] or "no body"
     parts = [str(body[k]) for k in ("errorCode", "message", "error", "error_description")

@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 
 import httpx
 
-from providers.idps._saas import AdminToken, admin_token
+from providers.idps._saas import AdminToken, admin_token, json_object
 from rotator import _bounded as bounded
 from rotator._remote import error_text, path_segment
 from rotator.errors import (
@@ -201,7 +201,7 @@ class EntraIdp:
         response = self._send("POST", self.default_token_endpoint(), data={
             "grant_type": "client_credentials", "client_id": self._s.admin_client_id,
             "client_secret": secret.reveal(), "scope": f"{self._graph}/.default"})
-        body = _object(response)
+        body = json_object(response)
         if response.status_code != 200:
             if response.status_code >= 500 or response.status_code == 429:
                 raise IdpUnavailable(f"Entra {self.name!r}: the token endpoint answered "
@@ -253,7 +253,7 @@ class EntraIdp:
             path = f"/applications/{path_segment(object_id)}"
         else:
             path = f"/applications(appId='{path_segment(client_id.replace(chr(39), chr(39) * 2))}')"
-        body = _object(self._call("GET", path))
+        body = json_object(self._call("GET", path))
         if body is None or not isinstance(body.get("id"), str) or not body["id"]:
             raise IdpUnavailable(f"Entra {self.name!r}: GET {path} did not answer an "
                                  "application object")
@@ -290,7 +290,7 @@ class EntraIdp:
         end = datetime.now(UTC) + timedelta(seconds=self._s.secret_lifetime)
         credential = {"displayName": f"{MARK} {client_id} {rotation_id}",
                       "endDateTime": end.strftime("%Y-%m-%dT%H:%M:%SZ")}
-        body = _object(self._call("POST", f"/applications/{app}/addPassword",
+        body = json_object(self._call("POST", f"/applications/{app}/addPassword",
                                   json={"passwordCredential": credential}, ok=(200, 201)))
         text = body.get("secretText") if body else None
         key_id = body.get("keyId") if body else None
@@ -337,23 +337,15 @@ class EntraIdp:
         return len(doomed)
 
 
-def _object(response: httpx.Response) -> dict[str, Any] | None:
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    return body if isinstance(body, dict) else None
-
-
 def _graph_code(response: httpx.Response) -> str:
-    body = _object(response)
+    body = json_object(response)
     error = body.get("error") if body else None
     code = error.get("code") if isinstance(error, dict) else None
     return redact(str(code))[:80] if code else "no error code"
 
 
 def _graph_error(response: httpx.Response) -> str:
-    body = _object(response)
+    body = json_object(response)
     error = body.get("error") if body else None
     if isinstance(error, dict):
         parts = [str(error[k]) for k in ("code", "message") if error.get(k)]

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import httpx
 import jwt
 
-from providers.idps._saas import AdminToken, SaasAdminHttp, admin_token
+from providers.idps._saas import AdminToken, SaasAdminHttp, admin_token, json_object
 from rotator._remote import path_segment
 from rotator.errors import IdentityProviderError, IdpAccessDenied, IdpNotFound, IdpUnavailable
 from rotator.interfaces import ClientId, IdpCapabilities, IssuedSecret, RotationId
@@ -137,7 +137,7 @@ class OktaIdp:
         response = self._http.request("POST", endpoint, data={
             "grant_type": "client_credentials", "scope": SCOPE,
             "client_assertion_type": _ASSERTION_TYPE, "client_assertion": assertion})
-        body = _json_object(response)
+        body = json_object(response)
         if response.status_code >= 500:
             raise IdpUnavailable(f"Okta {self.name!r}: the org token endpoint answered HTTP "
                                  f"{response.status_code}")
@@ -235,7 +235,7 @@ class OktaIdp:
                 "POST", endpoint, data=data, headers={"Accept": "application/json"},
                 auth=(client_id, value.reveal()) if basic else None)
             status = response.status_code
-            error = (_json_object(response) or {}).get("error")
+            error = (json_object(response) or {}).get("error")
             if status == 200 or (status == 400 and isinstance(error, str)
                                  and error != "invalid_client"):
                 return True
@@ -259,7 +259,7 @@ class OktaIdp:
 
     def capabilities(self, client_id: ClientId) -> IdpCapabilities:
         app = self._app(client_id)
-        body = _json_object(self._call("GET", f"/api/v1/apps/{path_segment(app)}", app=app))
+        body = json_object(self._call("GET", f"/api/v1/apps/{path_segment(app)}", app=app))
         if body is None:
             raise IdpUnavailable(f"Okta {self.name!r}: app {app!r} did not answer a JSON object")
         return IdpCapabilities(max_active_secrets=2, caller_sets_value=True,
@@ -285,7 +285,7 @@ class OktaIdp:
                 self._retire(client_id, sid, status)
         response = self._call("POST", self._secrets_path(client_id), app=self._app(client_id),
                               json={"client_secret": value.reveal(), "status": "ACTIVE"})
-        body = _json_object(response)
+        body = json_object(response)
         new_id = body.get("id") if body else None
         if not isinstance(new_id, str) or not new_id:
             raise IdpUnavailable(f"Okta {self.name!r}: the new secret came without an id")
@@ -317,17 +317,9 @@ class OktaIdp:
         return count
 
 
-def _json_object(response: httpx.Response) -> dict[str, Any] | None:
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    return body if isinstance(body, dict) else None
-
-
 def _okta_text(response: httpx.Response) -> str:
     """Okta's ``errorCode: errorSummary (causes)`` or an OAuth error, redacted and short."""
-    body = _json_object(response)
+    body = json_object(response)
     if body is None:
         return redact(response.text)[:200] or "no body"
     parts = [str(body[k]) for k in ("errorCode", "errorSummary", "error", "error_description")
