@@ -9,30 +9,19 @@ OpenBao at ``rfc7592-rat/<name>``, and writes a configuration with an ``rfc7592`
 
 from __future__ import annotations
 
-import io
-import os
 import secrets
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-import hvac
-from rotation_env import base_config
 from server_glewlwyd import GLEWLWYD_SCOPE, Glewlwyd
 from server_oidc_provider import OidcProvider
 from servers import Hydra, OpenBao, ServerError
+from staged_env import StoredClient, base_config, seed_files
 
-from providers.stores.env import parse_env
-from rotator.cli import run
 from rotator.config import load_config
-from rotator.interfaces import Rotation, State
-from rotator.journal import Journal
-
-TESTS = Path(__file__).parent
 
 #: Glewlwyd's OIDC plugin with open RFC 7591 registration and RFC 7592 management.
 GLEWLWYD_REGISTRATION = {
@@ -89,7 +78,7 @@ def glewlwyd_dcr(glw: Glewlwyd) -> DcrServer:
 
 
 @dataclass
-class DcrScenario:
+class DcrScenario(StoredClient):
     server: DcrServer
     bao: OpenBao
     root: Path
@@ -106,19 +95,11 @@ class DcrScenario:
         client_id, old = str(reg["client_id"]), str(reg["client_secret"])
         rat, uri = str(reg["registration_access_token"]), str(reg["registration_client_uri"])
         s = cls(server, bao, root, client_id, old, uri, rat, {old, rat, bao.root_token})
-        root.mkdir(parents=True, exist_ok=True)
         key = secrets.token_urlsafe(32)
         s.seen.add(key)
-        for name, value in (("audit.key", key), ("bao.token", bao.root_token)):
-            (root / name).write_text(value)
-            (root / name).chmod(0o600)
-        (root / "creds.env").write_text(f"SVC_CLIENT_ID={client_id}\nSVC_CLIENT_SECRET={old}\n")
-        (root / "creds.env").chmod(0o600)
-        kv = s.vault().secrets.kv.v2
-        kv.create_or_update_secret(path=s.vault_path, mount_point="secret",
-                                   secret={"client_id": client_id, "client_secret": old})
-        kv.create_or_update_secret(path=s.rat_path, mount_point="secret",
-                                   secret={"client_id": client_id, "client_secret": rat})
+        seed_files(root, {"audit.key": key, "bao.token": bao.root_token}, client_id, old)
+        s.store_in_vault(s.vault_path, client_id, old)
+        s.store_in_vault(s.rat_path, client_id, rat)
         scopes = f"scopes = {list(server.scopes)!r}\n".replace("'", '"') if server.scopes else ""
         (root / "rotator.toml").write_text(base_config(bao) + f"""
 [idps.dcr]
@@ -138,10 +119,6 @@ verify_attempts = 3
         return s
 
     @property
-    def config(self) -> Path:
-        return self.root / "rotator.toml"
-
-    @property
     def vault_path(self) -> str:
         return f"rfc7592/{self.root.name}"
 
@@ -149,36 +126,16 @@ verify_attempts = 3
     def rat_path(self) -> str:
         return f"rfc7592-rat/{self.root.name}"
 
-    def vault(self) -> hvac.Client:
-        return hvac.Client(url=self.bao.url, token=self.bao.root_token)
-
-    def _read(self, path: str) -> str | None:
-        try:
-            data = self.vault().secrets.kv.v2.read_secret_version(
-                path=path, mount_point="secret",
-                raise_on_deleted_version=False)["data"]["data"]
-        except hvac.exceptions.InvalidPath:
-            return None
-        value = data.get("client_secret") if data else None
-        if value:
-            self.seen.add(str(value))
-        return str(value) if value else None
-
     def stored(self) -> str | None:
         """The client secret OpenBao holds as CURRENT."""
-        return self._read(self.vault_path)
+        return self.read_secret(self.vault_path)
 
     def pending(self) -> str | None:
-        return self._read(self.vault_path + ".pending")
+        return self.read_secret(self.vault_path + ".pending")
 
     def rat(self) -> str | None:
         """The registration access token OpenBao holds."""
-        return self._read(self.rat_path)
-
-    def env_secret(self) -> str:
-        value = parse_env((self.root / "creds.env").read_text())["SVC_CLIENT_SECRET"]
-        self.seen.add(value)
-        return value
+        return self.read_secret(self.rat_path)
 
     def rat_status(self, rat: str) -> int:
         """The server's answer to a GET of the client's configuration with ``rat``."""
@@ -193,30 +150,6 @@ verify_attempts = 3
 
     def works(self, secret: str | None) -> bool:
         return bool(secret) and self.server.works(self.client_id, str(secret))
-
-    def cli(self, *args: str) -> tuple[int, str]:
-        out, err = io.StringIO(), io.StringIO()
-        code = run([*args, "-c", str(self.config)], out, err)
-        self.outputs += [out.getvalue(), err.getvalue()]
-        return code, out.getvalue() + err.getvalue()
-
-    def crashing(self, mode: str, target: str, *args: str) -> int:
-        argv = [sys.executable, str(TESTS / "crash_runner.py"), mode, target, *args,
-                "-c", str(self.config)]
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env,
-                              check=False)
-        self.outputs += [proc.stdout, proc.stderr]
-        return proc.returncode
-
-    def latest(self) -> tuple[Rotation, list[State]]:
-        journal = Journal(load_config(self.config).state_dir)
-        try:
-            latest = journal.latest("svc")
-            assert latest is not None
-            return latest, [step.state for step in journal.steps(latest.id)]
-        finally:
-            journal.close()
 
     def leaks(self) -> list[str]:
         """Secret values (client secrets, RATs) found in outputs, the audit log, the journal."""

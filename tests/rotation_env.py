@@ -13,12 +13,9 @@ can scan every output for leaks.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import secrets
-import subprocess
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,36 +24,11 @@ from typing import Any
 import boto3
 import hvac
 from servers import ROTATION_ATTRIBUTES, Keycloak, MotoServer, OpenBao
+from staged_env import TESTS, base_config, crash_runner, run_in_process, seed_files
 
 from providers.stores.env import parse_env
-from rotator.cli import run
 
-TESTS = Path(__file__).parent
-
-
-def base_config(bao: OpenBao) -> str:
-    """The tables every real-server test configuration shares: state directory, audit log
-    (``audit.key`` beside it), OpenBao as ``bao`` (token in ``bao.token``) and the env file
-    ``creds.env`` as ``envfile``."""
-    return f"""
-[rotator]
-state_dir = "state"
-
-[audit]
-file = "audit.jsonl"
-key_file = "audit.key"
-
-[stores.bao]
-type = "vault"
-url = "{bao.url}"
-token_file = "bao.token"
-timeout = "5s"
-
-[stores.envfile]
-type = "env"
-file = "creds.env"
-read_environ = false
-"""
+__all__ = ["TESTS", "CliResult", "KeycloakRealm", "Scenario", "base_config", "keycloak_table"]
 
 
 def keycloak_table(kc: KeycloakRealm) -> str:
@@ -113,16 +85,10 @@ class Scenario:
         s.seen_secrets |= {secret, kc.admin_secret, bao.root_token}
         if moto is not None:
             s.seen_secrets.add(moto.secret_access_key)
-        root.mkdir(parents=True, exist_ok=True)
         key = secrets.token_urlsafe(32)
         s.seen_secrets.add(key)
-        for name, value in (("audit.key", key), ("admin.secret", kc.admin_secret),
-                            ("bao.token", bao.root_token)):
-            path = root / name
-            path.write_text(value)
-            path.chmod(0o600)
-        (root / "creds.env").write_text(f"SVC_CLIENT_ID={client_id}\nSVC_CLIENT_SECRET={secret}\n")
-        (root / "creds.env").chmod(0o600)
+        seed_files(root, {"audit.key": key, "admin.secret": kc.admin_secret,
+                          "bao.token": bao.root_token}, client_id, secret)
         value = {"client_id": client_id, "client_secret": secret}
         if primary == "aws":
             s.aws().create_secret(Name=s.aws_secret_id, SecretString=json.dumps(value))
@@ -198,22 +164,15 @@ stores = [{primary_line}, {{store = "envfile", prefix = "SVC"}}]
 
     def cli(self, *args: str) -> CliResult:
         """Run ``rotator ARGS -c CONFIG`` in this process."""
-        out, err = io.StringIO(), io.StringIO()
         with self._environ():
-            code = run([*args, "-c", str(self.config)], out, err)
-        result = CliResult(code, out.getvalue(), err.getvalue())
+            result = CliResult(*run_in_process(self.config, args))
         self.outputs += [result.out, result.err]
         self.remember()
         return result
 
     def subprocess(self, *args: str, crash: Sequence[str] = ()) -> CliResult:
         """Run the CLI in a child process; ``crash`` = (mode, target) kills it there."""
-        argv = [sys.executable, str(TESTS / "crash_runner.py"), *(crash or ("none", "-")),
-                *args, "-c", str(self.config)]
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
-        env |= self._aws_env()
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env,
-                              check=False)
+        proc = crash_runner(self.config, (*(crash or ("none", "-")), *args), self._aws_env())
         self.outputs += [proc.stdout, proc.stderr]
         self.remember()
         return CliResult(proc.returncode, proc.stdout, proc.stderr)

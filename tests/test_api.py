@@ -20,6 +20,7 @@ import httpx
 import pytest
 import schemathesis
 from api_support import AUDIENCE, ISSUER, JwksServer, SigningKey
+from config_env import MINIMAL_CONFIG
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -48,29 +49,9 @@ from rotator.secrets import Secret
 
 # -- [api] configuration ----------------------------------------------------------------------
 
-_BASE = """
-[audit]
-file = "audit.jsonl"
-key_env = "AUDIT_KEY"
-[stores.local]
-type = "env"
-file = "creds.env"
-[idps.kc]
-type = "keycloak"
-url = "https://sso.test"
-realm = "r"
-admin_client_id = "rotator"
-admin_client_secret_env = "KC_SECRET"
-[clients.app]
-idp = "kc"
-client_id = "app"
-stores = [{ store = "local", prefix = "APP" }]
-"""
-
-
 def _load(tmp_path: Path, api: str, **env: str) -> object:
-    (tmp_path / "rotator.toml").write_text(_BASE + api, encoding="utf-8")
-    environ = {"AUDIT_KEY": secrets.token_hex(16), "KC_SECRET": secrets.token_hex(16), **env}
+    (tmp_path / "rotator.toml").write_text(MINIMAL_CONFIG + api, encoding="utf-8")
+    environ = {"AUDIT_KEY": secrets.token_hex(16), "KC": secrets.token_hex(16), **env}
     return load_config(tmp_path / "rotator.toml", environ=environ)
 
 

@@ -120,7 +120,8 @@ def _emitted_names() -> set[str]:
     names: set[str] = set()
     for path in [*(ROOT / "rotator" / "engine").glob("*.py"),
                  ROOT / "providers" / "aws_lambda.py",
-                 *(ROOT / "rotator" / "daemon").glob("*.py"), ROOT / "rotator" / "cli.py"]:
+                 *(ROOT / "rotator" / "daemon").glob("*.py"),
+                 *(ROOT / "rotator" / "cli").glob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text())):
             if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                     and node.func.attr in ("event", "_timed") and node.args):

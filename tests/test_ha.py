@@ -60,46 +60,86 @@ def idle(h: Harness) -> bool:
         return all(j.state != "running" for j in h.service._jobs.values())
 
 
+def wait_idle(h: Harness) -> None:
+    while not idle(h):
+        time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def claimed_and_held(a: Harness, *others: Harness) -> Iterator[Harness]:
+    """``a`` (a daemon with threads) claims its client, due an hour on, and its job stops
+    after CREATED until ``a.world.hold`` is set; ``others`` are prepared beside it. On the
+    way out the job is let go and every daemon closed."""
+    a.world.hold = threading.Event()
+    try:
+        for h in (a, *others):
+            h.service.prepare()
+        a.clock.advance(hours=1)
+        a.service.tick()
+        assert a.world.reached.wait(30)
+        yield a
+    finally:
+        if a.world.hold is not None:
+            a.world.hold.set()
+        wait_idle(a)
+        for h in (a, *others):
+            h.service.close()
+
+
+@contextlib.contextmanager
+def two_daemons_due(root: Path, url: str, clients: dict[str, str], clock: Clock,
+                    **kwargs: Any) -> Iterator[tuple[Harness, Harness]]:
+    """Daemons ``a`` and ``b`` on the journal at ``url``, both prepared, with the clock moved
+    an hour on so that every client is due; both closed on the way out."""
+    a = daemon(root / "a", url, clients, clock, **kwargs)
+    b = daemon(root / "b", url, clients, clock, **kwargs)
+    try:
+        for h in (a, b):
+            h.service.prepare()
+        clock.advance(hours=1)
+        yield a, b
+    finally:
+        a.service.close()
+        b.service.close()
+
+
+def postgres_scenario(kc_realm: Any, bao_server: Any, root: Path, url: str,
+                      postgres_server: Any, **kwargs: Any) -> Any:
+    """A Keycloak rotation scenario (rotation_env) whose journal is the PostgreSQL at
+    ``url``, named in a 0600 ``journal.url``; the database's password counts as a secret."""
+    from rotation_env import Scenario
+
+    s = Scenario.create(kc_realm, bao_server, root, overlap=True, **kwargs)
+    s.seen_secrets.add(postgres_server.password)
+    (root / "journal.url").write_text(url)
+    (root / "journal.url").chmod(0o600)
+    with s.config.open("a") as f:
+        f.write('\n[journal]\nurl_file = "journal.url"\n')
+    return s
+
+
 class TestSharedDue:
     """Two daemons that find the same clients due rotate each of them exactly once."""
 
     CLIENTS = {f"c{i:02}": 'rotate_every = "1h"' for i in range(20)}
 
     def test_inline(self, tmp_path: Path, url: str) -> None:
-        clock = Clock()
-        a = daemon(tmp_path / "a", url, self.CLIENTS, clock)
-        b = daemon(tmp_path / "b", url, self.CLIENTS, clock)
-        try:
-            for h in (a, b):
-                h.service.prepare()
-            clock.advance(hours=1)
+        with two_daemons_due(tmp_path, url, self.CLIENTS, Clock()) as (a, b):
             for _ in range(20):
                 a.service.tick()
                 b.service.tick()
             self.check(a, b)
-        finally:
-            a.service.close()
-            b.service.close()
 
     def test_threads(self, tmp_path: Path, url: str) -> None:
         clock = Clock()
-        a = daemon(tmp_path / "a", url, self.CLIENTS, clock, threads=True)
-        b = daemon(tmp_path / "b", url, self.CLIENTS, clock, threads=True)
-        try:
-            for h in (a, b):
-                h.service.prepare()
-            clock.advance(hours=1)
+        with two_daemons_due(tmp_path, url, self.CLIENTS, clock, threads=True) as (a, b):
             for _ in range(40):
                 a.service.tick()
                 b.service.tick()
                 for h in (a, b):
-                    while not idle(h):
-                        time.sleep(0.01)
+                    wait_idle(h)
                 clock.advance(seconds=31)  # a client found locked is tried again after 30 s
             self.check(a, b)
-        finally:
-            a.service.close()
-            b.service.close()
 
     def check(self, a: Harness, b: Harness) -> None:
         journal = a.service._journal()
@@ -127,23 +167,11 @@ class TestLeaseHeld:
         clock = Clock()
         a = daemon(tmp_path / "a", url, {"app": 'rotate_every = "1h"'}, clock, threads=True)
         b = daemon(tmp_path / "b", url, {"app": 'rotate_every = "1h"'}, clock)
-        a.world.hold = threading.Event()
-        try:
-            for h in (a, b):
-                h.service.prepare()
-            clock.advance(hours=1)
-            a.service.tick()
-            assert a.world.reached.wait(30)
+        with claimed_and_held(a, b):
             b.service.tick()
             assert b.world.calls == []
             job = next(iter(b.service._jobs.values()))
             assert job.state == "queued"  # not claimed: A holds the client's lease
-        finally:
-            a.world.hold.set()
-            while not idle(a):
-                time.sleep(0.01)
-            a.service.close()
-            b.service.close()
 
 
 class TestTriggerAfterAStaleJob:
@@ -190,13 +218,8 @@ class TestStalledDaemon:
         clock = Clock()
         a = daemon(tmp_path / "a", url, {"app": 'rotate_every = "1h"'}, clock, threads=True,
                    lease="1s")
-        a.world.hold = threading.Event()
         journal = a.service._journal()
-        try:
-            a.service.prepare()
-            clock.advance(hours=1)
-            a.service.tick()
-            assert a.world.reached.wait(30)  # A stalls after CREATED
+        with claimed_and_held(a):  # A stalls after CREATED
             rotation = journal.open_rotation("app")
             assert rotation is not None and rotation.state is State.CREATED
             taken = None
@@ -208,8 +231,7 @@ class TestStalledDaemon:
             assert taken is not None
             # B holds the client now but has not written yet: only the fence tells A.
             a.world.hold.set()  # A wakes up and goes on from what it knew
-            while not idle(a):
-                time.sleep(0.01)
+            wait_idle(a)
             job = next(iter(a.service._jobs.values()))
             assert job.outcome is not None and not job.outcome.ok
             assert "taken over" in job.outcome.message
@@ -219,9 +241,6 @@ class TestStalledDaemon:
             b.advance(rotation.id, State.ROLLING_BACK, clock(), expected=State.CREATED)
             b.advance(rotation.id, State.ROLLED_BACK, clock(), expected=State.ROLLING_BACK)
             assert journal.get(rotation.id).state is State.ROLLED_BACK
-        finally:
-            a.world.hold.set()
-            a.service.close()
 
 
 class TestDatabaseAway:
@@ -255,18 +274,12 @@ class TestDatabaseAway:
         clock = Clock()
         a = daemon(tmp_path / "a", url, {"app": 'rotate_every = "1h"'}, clock, threads=True,
                    lease="1s")
-        a.world.hold = threading.Event()
         journal = a.service._journal()
-        try:
-            a.service.prepare()
-            clock.advance(hours=1)
-            a.service.tick()
-            assert a.world.reached.wait(30)  # after CREATED
+        with claimed_and_held(a):  # after CREATED
             postgres_server.stop("immediate")
             try:
                 a.world.hold.set()
-                while not idle(a):
-                    time.sleep(0.01)
+                wait_idle(a)
                 job = next(iter(a.service._jobs.values()))
                 assert job.outcome is not None and not job.outcome.ok
             finally:
@@ -275,8 +288,7 @@ class TestDatabaseAway:
             for _ in range(300):  # the lost job's lease (1 s) expires; backoff passes
                 clock.advance(hours=2)
                 a.service.tick()
-                while not idle(a):
-                    time.sleep(0.01)
+                wait_idle(a)
                 latest = journal.latest("app")
                 if latest is not None and latest.state is State.PROMOTED:
                     break
@@ -285,10 +297,6 @@ class TestDatabaseAway:
             assert latest is not None and latest.state is State.PROMOTED
             assert [s.state for s in journal.steps(latest.id)] == [
                 State.STARTED, State.CREATED, State.VERIFIED, State.PROMOTED]
-        finally:
-            if a.world.hold is not None:
-                a.world.hold.set()
-            a.service.close()
 
 
 @pytest.mark.server
@@ -298,14 +306,7 @@ class TestEngineOnPostgres:
 
     def test_rotate_status_retire(self, kc_realm: Any, bao_server: Any, tmp_path: Path,
                                   url: str, postgres_server: Any) -> None:
-        from rotation_env import Scenario
-
-        s = Scenario.create(kc_realm, bao_server, tmp_path, overlap=True, grace="1h")
-        s.seen_secrets.add(postgres_server.password)
-        (tmp_path / "journal.url").write_text(url)
-        (tmp_path / "journal.url").chmod(0o600)
-        with s.config.open("a") as f:
-            f.write('\n[journal]\nurl_file = "journal.url"\n')
+        s = postgres_scenario(kc_realm, bao_server, tmp_path, url, postgres_server, grace="1h")
         old = s.vault_current()
         result = s.cli("rotate", "svc")
         assert result.code == 0, result.out + result.err
@@ -338,14 +339,7 @@ class TestCrashOnPostgres:
     @pytest.mark.parametrize(("mode", "target"), OVERLAP_POINTS, ids=_ids(OVERLAP_POINTS))
     def test_kill_and_resume(self, kc_realm: Any, bao_server: Any, tmp_path: Path, url: str,
                              postgres_server: Any, mode: str, target: str) -> None:
-        from rotation_env import Scenario
-
-        s = Scenario.create(kc_realm, bao_server, tmp_path, overlap=True)
-        s.seen_secrets.add(postgres_server.password)
-        (tmp_path / "journal.url").write_text(url)
-        (tmp_path / "journal.url").chmod(0o600)
-        with s.config.open("a") as f:
-            f.write('\n[journal]\nurl_file = "journal.url"\n')
+        s = postgres_scenario(kc_realm, bao_server, tmp_path, url, postgres_server)
         old = s.primary_current()
         crashed = s.subprocess("rotate", "svc", crash=(mode, target))
         assert crashed.code == -9, f"did not die at {target}: {crashed.out}{crashed.err}"
@@ -371,9 +365,6 @@ class TestClaimingBounded:
 
         from rotator.journal.postgres import PostgresJournal
 
-        clock = Clock()
-        a = daemon(tmp_path / "a", url, self.CLIENTS, clock, workers=2)
-        b = daemon(tmp_path / "b", url, self.CLIENTS, clock, workers=2)
         claims: list[tuple[int, int]] = []
         acquired: list[str] = []
         statements = [0]
@@ -394,10 +385,7 @@ class TestClaimingBounded:
             statements[0] += 1
             return real_execute(self, *args, **kwargs)
 
-        try:
-            for h in (a, b):
-                h.service.prepare()
-            clock.advance(hours=1)
+        with two_daemons_due(tmp_path, url, self.CLIENTS, Clock(), workers=2) as (a, b):
             monkeypatch.setattr(PostgresJournal, "claim_leases", claim_leases)
             monkeypatch.setattr(PostgresJournal, "acquire_lease", acquire_lease)
             monkeypatch.setattr(psycopg.Connection, "execute", execute)
@@ -415,6 +403,3 @@ class TestClaimingBounded:
             print(f"database statements per rotation: {per_rotation:.1f} "
                   f"({statements[0]} for {len(self.CLIENTS)}, {len(claims)} claims)")
             assert per_rotation <= 45, per_rotation  # measured 40 (the fake worker's writes)
-        finally:
-            a.service.close()
-            b.service.close()

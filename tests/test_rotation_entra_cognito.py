@@ -7,28 +7,29 @@ is promoted. Entra's passwords expire: the expiry is journalled and drives ``due
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import secrets
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import hvac
 import pytest
 from entra_cognito_cases import ACCESS_KEY, cognito_fake, entra_fake
 from fakes.cognito import FakeCognito
 from fakes.entra import ALL, OWNED_BY, FakeEntra
-from rotation_env import base_config
 from servers import OpenBao
+from staged_env import (
+    StoredClient,
+    base_config,
+    run_in_process,
+    seed_files,
+    write_secret_files,
+)
 
 from providers.idps.entra import EntraIdp
-from rotator.cli import run
 from rotator.config import load_config
 from rotator.daemon.records import client_expiry, due_clients, load_record
 from rotator.errors import IdpAccessDenied
@@ -52,7 +53,7 @@ def cognito() -> Iterator[FakeCognito]:
 
 
 @dataclass
-class SaasScenario:
+class SaasScenario(StoredClient):
     """One client at a fake SaaS IdP, its secret in OpenBao and an env file."""
 
     bao: OpenBao
@@ -67,18 +68,11 @@ class SaasScenario:
     def create(cls, bao: OpenBao, root: Path, client_id: str, old: str, idp_table: str,
                client_extra: str, works: Any, secrets_files: dict[str, str]) -> SaasScenario:
         s = cls(bao, root, client_id, old, works, {old, bao.root_token})
-        root.mkdir(parents=True, exist_ok=True)
-        key = secrets.token_urlsafe(32)
-        files = {"audit.key": key, "bao.token": bao.root_token, **secrets_files}
-        for name, value in files.items():
-            s.seen.add(value)
-            (root / name).write_text(value)
-            (root / name).chmod(0o600)
-        (root / "creds.env").write_text(f"SVC_CLIENT_ID={client_id}\nSVC_CLIENT_SECRET={old}\n")
-        (root / "creds.env").chmod(0o600)
-        s.vault().secrets.kv.v2.create_or_update_secret(
-            path=s.vault_path, secret={"client_id": client_id, "client_secret": old},
-            mount_point="secret")
+        files = {"audit.key": secrets.token_urlsafe(32), "bao.token": bao.root_token,
+                 **secrets_files}
+        s.seen |= set(files.values())
+        seed_files(root, files, client_id, old)
+        s.store_in_vault(s.vault_path, client_id, old)
         (root / "rotator.toml").write_text(base_config(bao) + idp_table + f"""
 [clients.svc]
 client_id = "{client_id}"
@@ -89,28 +83,13 @@ stores = [{{store = "bao", path = "{s.vault_path}"}}, {{store = "envfile", prefi
         return s
 
     @property
-    def config(self) -> Path:
-        return self.root / "rotator.toml"
-
-    @property
     def vault_path(self) -> str:
         return f"saas/{self.root.name}"
 
-    def vault(self) -> hvac.Client:
-        return hvac.Client(url=self.bao.url, token=self.bao.root_token)
-
     def vault_value(self) -> str:
-        value = str(self.vault().secrets.kv.v2.read_secret_version(
-            path=self.vault_path, mount_point="secret",
-            raise_on_deleted_version=False)["data"]["data"]["client_secret"])
-        self.seen.add(value)
+        value = self.read_secret(self.vault_path)
+        assert value is not None
         return value
-
-    def cli(self, *args: str) -> tuple[int, str]:
-        out, err = io.StringIO(), io.StringIO()
-        code = run([*args, "-c", str(self.config)], out, err)
-        self.outputs += [out.getvalue(), err.getvalue()]
-        return code, out.getvalue() + err.getvalue()
 
     def journal(self) -> Journal:
         return Journal(self.root / "state")
@@ -123,22 +102,26 @@ stores = [{{store = "bao", path = "{s.vault_path}"}}, {{store = "envfile", prefi
                 assert value not in text
 
 
+def _entra_table(entra: FakeEntra, admin_app_id: str, settings: str) -> str:
+    """``[idps.entra]`` at the fake, signing in as ``admin_app_id`` with ``entra.secret``;
+    ``settings`` adds lines."""
+    return f"""
+[idps.entra]
+type = "entra"
+tenant = "{entra.tenant}"
+admin_client_id = "{admin_app_id}"
+admin_client_secret_file = "entra.secret"
+authority_url = "{entra.url}"
+graph_url = "{entra.url}"
+{settings}"""
+
+
 def _entra_scenario(entra: FakeEntra, bao: OpenBao, root: Path, *,
                     roles: set[str] | None = None, extra: str = "") -> SaasScenario:
     admin, admin_password = entra.create_app("rotator-admin", roles=roles or {OWNED_BY})
     app, password = entra.create_app("svc", owners={admin.app_id})
-    table = f"""
-[idps.entra]
-type = "entra"
-tenant = "{entra.tenant}"
-admin_client_id = "{admin.app_id}"
-admin_client_secret_file = "entra.secret"
-authority_url = "{entra.url}"
-graph_url = "{entra.url}"
-secret_lifetime = "90d"
-propagation_delay = "2s"
-max_retry_after = "3s"
-"""
+    table = _entra_table(entra, admin.app_id, 'secret_lifetime = "90d"\n'
+                         'propagation_delay = "2s"\nmax_retry_after = "3s"\n')
     client = f"""idp = "entra"
 scopes = ["api://{app.app_id}/.default"]
 application_object_id = "{app.object_id}"
@@ -232,12 +215,6 @@ class TestEntraBurstThroughTheEngine:
             admin, admin_password = entra.create_app("rotator-admin", roles={ALL})
             apps = [entra.create_app(f"svc{i}") for i in range(3)]
             root = tmp_path / "burst"
-            root.mkdir()
-            for name, value in (("audit.key", secrets.token_urlsafe(32)),
-                                ("bao.token", bao_server.root_token),
-                                ("entra.secret", admin_password.secret)):
-                (root / name).write_text(value)
-                (root / name).chmod(0o600)
             env, clients = [], []
             for i, (app, password) in enumerate(apps):
                 env.append(f"C{i}_CLIENT_ID={app.app_id}\nC{i}_CLIENT_SECRET={password.secret}\n")
@@ -250,31 +227,25 @@ adopt_key_ids = ["{password.key_id}"]
 grace_period = 0
 stores = [{{store = "envfile", prefix = "C{i}"}}]
 """)
-            (root / "creds.env").write_text("".join(env))
-            (root / "creds.env").chmod(0o600)
-            (root / "rotator.toml").write_text(base_config(bao_server) + f"""
-[idps.entra]
-type = "entra"
-tenant = "{entra.tenant}"
-admin_client_id = "{admin.app_id}"
-admin_client_secret_file = "entra.secret"
-authority_url = "{entra.url}"
-graph_url = "{entra.url}"
-propagation_delay = "0s"
-max_retry_after = "3s"
-throttle_retries = 20   # a loaded machine stretches the burst over more windows
-""" + "".join(clients))
+            write_secret_files(root, {"audit.key": secrets.token_urlsafe(32),
+                                      "bao.token": bao_server.root_token,
+                                      "entra.secret": admin_password.secret,
+                                      "creds.env": "".join(env)})
+            # a loaded machine stretches the burst over more windows: throttle_retries = 20
+            table = _entra_table(entra, admin.app_id, 'propagation_delay = "0s"\n'
+                                 'max_retry_after = "3s"\nthrottle_retries = 20\n')
+            (root / "rotator.toml").write_text(base_config(bao_server) + table
+                                               + "".join(clients))
             entra.throttle(3, window=1.0)
-            out, err = io.StringIO(), io.StringIO()
-            code = run(["rotate", "--all", "--parallel", "3", "-c", str(root / "rotator.toml")],
-                       out, err)
-            assert code == 0, out.getvalue() + err.getvalue()
+            code, out, err = run_in_process(root / "rotator.toml",
+                                            ("rotate", "--all", "--parallel", "3"))
+            assert code == 0, out + err
             assert entra.throttled > 0
             for app, password in apps:
                 assert not entra.works(app.app_id, password.secret)
                 assert len(app.passwords) == 1 and entra.works(
                     app.app_id, app.passwords[0].secret)
-            for text in (out.getvalue(), err.getvalue(), (root / "audit.jsonl").read_text()):
+            for text in (out, err, (root / "audit.jsonl").read_text()):
                 for app, password in apps:
                     assert password.secret not in text and app.passwords[0].secret not in text
 
@@ -340,25 +311,10 @@ class TestCognitoRotation:
 
     def test_rotate_then_retire(self, cognito: FakeCognito, bao_server: OpenBao,
                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secrets.token_urlsafe(30))
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_PROFILE"):
-            monkeypatch.delenv(name, raising=False)
-        monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
-        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+        _aws_env(monkeypatch)
         pool = cognito.create_pool()
         client_id, old = cognito.create_client(pool)
-        table = f"""
-[idps.cognito]
-type = "cognito"
-region = "{cognito.region}"
-user_pool_id = "{pool}"
-domain_url = "{cognito.url}"
-endpoint_url = "{cognito.url}"
-propagation_delay = "1s"
-"""
-        s = SaasScenario.create(bao_server, tmp_path / "cognito", client_id, old, table,
-                                'idp = "cognito"\n', cognito.works, {})
+        s = _cognito_scenario(cognito, bao_server, tmp_path / "cognito", pool, client_id, old)
         code, text = s.cli("rotate", "svc")
         assert code == 0, text
         new = s.vault_value()
@@ -383,11 +339,7 @@ class TestCognitoCrash:
         client_id, old = cognito.create_client(pool)
         cognito.pools[pool][client_id].secrets[0].created -= 3600  # made an hour ago
         s = _cognito_scenario(cognito, bao_server, tmp_path / "crash", pool, client_id, old)
-        argv = [sys.executable, str(Path(__file__).parent / "crash_runner.py"), "advance",
-                "created", "rotate", "svc", "-c", str(s.config)]
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
-        s.outputs += [proc.stdout, proc.stderr]
-        assert proc.returncode == -9
+        assert s.crashing("advance", "created", "rotate", "svc") == -9
         assert len(cognito.pools[pool][client_id].secrets) == 2  # the orphan
         code, text = s.cli("rotate", "svc")
         assert code == 0, text

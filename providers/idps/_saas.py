@@ -9,7 +9,8 @@ become :class:`~rotator.errors.IdpUnavailable`; every other status is the caller
 
 :class:`SaasAdminHttp` holds one adapter's :class:`RateLimitedHttp` from ``start()`` to
 ``close()``. :func:`admin_token` reads the admin token out of a token endpoint's answer and
-says until when it may be cached.
+says until when it may be cached; :class:`AdminToken` caches it and sends an admin request
+again with a new one after a 401.
 """
 
 from __future__ import annotations
@@ -48,6 +49,44 @@ def admin_token(body: Mapping[str, Any] | None, what: str) -> tuple[Secret, floa
     if isinstance(lifetime, bool) or not isinstance(lifetime, int | float):
         lifetime = DEFAULT_TOKEN_LIFETIME
     return Secret(token), time.monotonic() + max(float(lifetime) - TOKEN_MARGIN, 5)
+
+
+def json_object(response: httpx.Response) -> dict[str, Any] | None:
+    """The JSON object a response carries, or None (no JSON, or JSON that is not an object)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+class AdminToken:
+    """An adapter's cached admin access token. ``sign_in`` gets a new one and says until when
+    it may be cached (what :func:`admin_token` returns); one sign-in at a time."""
+
+    def __init__(self, sign_in: Callable[[], tuple[Secret, float]]) -> None:
+        self._sign_in = sign_in
+        self._lock = threading.Lock()
+        self._token: Secret | None = None
+        self._expiry = 0.0
+
+    def get(self) -> Secret:
+        with self._lock:
+            if self._token is None or time.monotonic() >= self._expiry:
+                self._token, self._expiry = self._sign_in()
+            return self._token
+
+    def send(self, request: Callable[[Secret], httpx.Response]) -> httpx.Response:
+        """``request(token)``; after a 401 (the token expired or was revoked early) it is
+        forgotten and the request sent once more with a new one. The last answer."""
+        token = self.get()
+        response = request(token)
+        if response.status_code != 401:
+            return response
+        with self._lock:
+            if self._token is token:
+                self._token = None
+        return request(self.get())
 
 
 class RateLimitedHttp:

@@ -20,15 +20,13 @@ Rate limits: every answer's ``X-RateLimit-*`` headers are honoured (see
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import httpx
 
-from providers.idps._saas import SaasAdminHttp, admin_token
+from providers.idps._saas import AdminToken, SaasAdminHttp, admin_token, json_object
 from rotator._remote import path_segment
 from rotator.errors import IdentityProviderError, IdpAccessDenied, IdpNotFound, IdpUnavailable
 from rotator.interfaces import ClientId, IdpCapabilities, IssuedSecret, RotationId
@@ -85,9 +83,7 @@ class Auth0Idp:
         self._http = SaasAdminHttp(f"Auth0 {name!r}", self._url, prefix="X-RateLimit-",
                                    max_wait=s.max_rate_limit_wait, timeout=s.timeout,
                                    verify=s.ca_file or s.tls_verify, transport=transport)
-        self._token: Secret | None = None
-        self._token_expiry = 0.0
-        self._token_lock = threading.Lock()
+        self._token = AdminToken(self._sign_in)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -102,44 +98,32 @@ class Auth0Idp:
 
     # -- transport -------------------------------------------------------------------------
 
-    def _management_token(self) -> Secret:
-        """A Management API token, cached until a minute before it expires."""
-        with self._token_lock:
-            if self._token is not None and time.monotonic() < self._token_expiry:
-                return self._token
-            s = self._settings
-            if s.admin_client_secret is None:
-                raise IdpAccessDenied(f"Auth0 {self.name!r}: admin_client_secret is not loaded")
-            response = self._http.request("POST", "/oauth/token", data={
-                "grant_type": "client_credentials", "client_id": s.admin_client_id,
-                "client_secret": s.admin_client_secret.reveal(), "audience": self._audience})
-            if response.status_code >= 500:
-                raise IdpUnavailable(f"Auth0 {self.name!r}: /oauth/token answered HTTP "
-                                     f"{response.status_code}")
-            body = _json_object(response)
-            if response.status_code != 200:
-                raise IdpAccessDenied(
-                    f"Auth0 {self.name!r}: the admin application {s.admin_client_id!r} could "
-                    f"not get a Management API token (HTTP {response.status_code}: "
-                    f"{_auth0_text(response)}); check admin_client_secret and that the "
-                    f"application is authorized for {self._audience} with the scopes "
-                    f"{READ_CLIENTS} and {UPDATE_KEYS}")
-            self._token, self._token_expiry = admin_token(
-                body, f"Auth0 {self.name!r}: /oauth/token")
-            return self._token
+    def _sign_in(self) -> tuple[Secret, float]:
+        """A Management API token, and until when to cache it (a minute before it expires)."""
+        s = self._settings
+        if s.admin_client_secret is None:
+            raise IdpAccessDenied(f"Auth0 {self.name!r}: admin_client_secret is not loaded")
+        response = self._http.request("POST", "/oauth/token", data={
+            "grant_type": "client_credentials", "client_id": s.admin_client_id,
+            "client_secret": s.admin_client_secret.reveal(), "audience": self._audience})
+        if response.status_code >= 500:
+            raise IdpUnavailable(f"Auth0 {self.name!r}: /oauth/token answered HTTP "
+                                 f"{response.status_code}")
+        body = json_object(response)
+        if response.status_code != 200:
+            raise IdpAccessDenied(
+                f"Auth0 {self.name!r}: the admin application {s.admin_client_id!r} could "
+                f"not get a Management API token (HTTP {response.status_code}: "
+                f"{_auth0_text(response)}); check admin_client_secret and that the "
+                f"application is authorized for {self._audience} with the scopes "
+                f"{READ_CLIENTS} and {UPDATE_KEYS}")
+        return admin_token(body, f"Auth0 {self.name!r}: /oauth/token")
 
     def _call(self, method: str, path: str, *, scope: str, json: Any = None,
               params: Mapping[str, str] | None = None) -> httpx.Response:
-        for attempt in (1, 2):
-            token = self._management_token()
-            response = self._http.request(method, path, json=json, params=params, headers={
-                "Authorization": f"Bearer {token.reveal()}", "Accept": "application/json"})
-            if response.status_code == 401 and attempt == 1:
-                with self._token_lock:  # expired or revoked early: get a new one once
-                    if self._token is token:
-                        self._token = None
-                continue
-            break
+        response = self._token.send(lambda token: self._http.request(
+            method, path, json=json, params=params,
+            headers={"Authorization": f"Bearer {token.reveal()}", "Accept": "application/json"}))
         status = response.status_code
         if status in (200, 201, 204):
             return response
@@ -164,7 +148,7 @@ class Auth0Idp:
         response = self._call("GET", self._path(client_id), scope=READ_CLIENTS, params={
             "fields": "client_id,token_endpoint_auth_method,client_authentication_methods",
             "include_fields": "true"})
-        body = _json_object(response)
+        body = json_object(response)
         if body is None:
             raise IdpUnavailable(f"Auth0 {self.name!r}: client {client_id!r} did not answer a "
                                  "JSON object")
@@ -198,17 +182,9 @@ class Auth0Idp:
         return 0  # the old secret died when the new one was set
 
 
-def _json_object(response: httpx.Response) -> dict[str, Any] | None:
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    return body if isinstance(body, dict) else None
-
-
 def _auth0_text(response: httpx.Response) -> str:
     """Auth0's ``errorCode: message`` (or an OAuth error), redacted and short."""
-    body = _json_object(response)
+    body = json_object(response)
     if body is None:
         return redact(response.text)[:200] or "no body"
     parts = [str(body[k]) for k in ("errorCode", "message", "error", "error_description")

@@ -29,7 +29,6 @@ Errors: the token endpoint's ``AADSTS7000215`` (wrong admin secret) and ``AADSTS
 from __future__ import annotations
 
 import re
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from typing import Any, ClassVar
 
 import httpx
 
-from providers.idps._saas import admin_token
+from providers.idps._saas import AdminToken, admin_token, json_object
 from rotator import _bounded as bounded
 from rotator._remote import error_text, path_segment
 from rotator.errors import (
@@ -143,9 +142,7 @@ class EntraIdp:
         self._transport = transport
         self._sleep = sleep
         self._http: httpx.Client | None = None
-        self._token: Secret | None = None
-        self._token_expiry = 0.0
-        self._token_lock = threading.Lock()
+        self._token = AdminToken(self._sign_in)
         self._clients: dict[ClientId, _Client] = {}
         self._object_ids: dict[ClientId, str] = {}
 
@@ -197,44 +194,31 @@ class EntraIdp:
             wait = 1.0
         return min(max(wait, 0.0), self._s.max_retry_after) if wait == wait else 1.0
 
-    def _admin_token(self) -> Secret:
-        with self._token_lock:
-            if self._token is not None and time.monotonic() < self._token_expiry:
-                return self._token
-            secret = self._s.admin_client_secret
-            if secret is None:
-                raise IdpAccessDenied(f"Entra {self.name!r}: admin_client_secret is not loaded")
-            response = self._send("POST", self.default_token_endpoint(), data={
-                "grant_type": "client_credentials", "client_id": self._s.admin_client_id,
-                "client_secret": secret.reveal(), "scope": f"{self._graph}/.default"})
-            body = _object(response)
-            if response.status_code != 200:
-                if response.status_code >= 500 or response.status_code == 429:
-                    raise IdpUnavailable(f"Entra {self.name!r}: the token endpoint answered "
-                                         f"HTTP {response.status_code}")
-                codes = body.get("error_codes") if body else None
-                known = [_AADSTS[str(c)] for c in codes or () if str(c) in _AADSTS]
-                reason = known[0] if known else _token_error(response)
-                raise IdpAccessDenied(f"Entra {self.name!r}: admin app "
-                                      f"{self._s.admin_client_id!r} could not sign in to tenant "
-                                      f"{self._s.tenant!r}: {reason}")
-            self._token, self._token_expiry = admin_token(
-                body, f"Entra {self.name!r}: the token endpoint")
-            return self._token
+    def _sign_in(self) -> tuple[Secret, float]:
+        secret = self._s.admin_client_secret
+        if secret is None:
+            raise IdpAccessDenied(f"Entra {self.name!r}: admin_client_secret is not loaded")
+        response = self._send("POST", self.default_token_endpoint(), data={
+            "grant_type": "client_credentials", "client_id": self._s.admin_client_id,
+            "client_secret": secret.reveal(), "scope": f"{self._graph}/.default"})
+        body = json_object(response)
+        if response.status_code != 200:
+            if response.status_code >= 500 or response.status_code == 429:
+                raise IdpUnavailable(f"Entra {self.name!r}: the token endpoint answered "
+                                     f"HTTP {response.status_code}")
+            codes = body.get("error_codes") if body else None
+            known = [_AADSTS[str(c)] for c in codes or () if str(c) in _AADSTS]
+            reason = known[0] if known else _token_error(response)
+            raise IdpAccessDenied(f"Entra {self.name!r}: admin app "
+                                  f"{self._s.admin_client_id!r} could not sign in to tenant "
+                                  f"{self._s.tenant!r}: {reason}")
+        return admin_token(body, f"Entra {self.name!r}: the token endpoint")
 
     def _call(self, method: str, path: str, *, json: Any = None,
               ok: tuple[int, ...] = (200, 204)) -> httpx.Response:
         url = f"{self._graph}/v1.0{path}"
-        for attempt in (1, 2):
-            token = self._admin_token()
-            response = self._send(method, url, json=json,
-                                  headers={"Authorization": f"Bearer {token.reveal()}"})
-            if response.status_code == 401 and attempt == 1:
-                with self._token_lock:  # expired early or revoked: sign in again once
-                    if self._token is token:
-                        self._token = None
-                continue
-            break
+        response = self._token.send(lambda token: self._send(
+            method, url, json=json, headers={"Authorization": f"Bearer {token.reveal()}"}))
         status = response.status_code
         if status in ok:
             return response
@@ -269,7 +253,7 @@ class EntraIdp:
             path = f"/applications/{path_segment(object_id)}"
         else:
             path = f"/applications(appId='{path_segment(client_id.replace(chr(39), chr(39) * 2))}')"
-        body = _object(self._call("GET", path))
+        body = json_object(self._call("GET", path))
         if body is None or not isinstance(body.get("id"), str) or not body["id"]:
             raise IdpUnavailable(f"Entra {self.name!r}: GET {path} did not answer an "
                                  "application object")
@@ -306,7 +290,7 @@ class EntraIdp:
         end = datetime.now(UTC) + timedelta(seconds=self._s.secret_lifetime)
         credential = {"displayName": f"{MARK} {client_id} {rotation_id}",
                       "endDateTime": end.strftime("%Y-%m-%dT%H:%M:%SZ")}
-        body = _object(self._call("POST", f"/applications/{app}/addPassword",
+        body = json_object(self._call("POST", f"/applications/{app}/addPassword",
                                   json={"passwordCredential": credential}, ok=(200, 201)))
         text = body.get("secretText") if body else None
         key_id = body.get("keyId") if body else None
@@ -353,23 +337,15 @@ class EntraIdp:
         return len(doomed)
 
 
-def _object(response: httpx.Response) -> dict[str, Any] | None:
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    return body if isinstance(body, dict) else None
-
-
 def _graph_code(response: httpx.Response) -> str:
-    body = _object(response)
+    body = json_object(response)
     error = body.get("error") if body else None
     code = error.get("code") if isinstance(error, dict) else None
     return redact(str(code))[:80] if code else "no error code"
 
 
 def _graph_error(response: httpx.Response) -> str:
-    body = _object(response)
+    body = json_object(response)
     error = body.get("error") if body else None
     if isinstance(error, dict):
         parts = [str(error[k]) for k in ("code", "message") if error.get(k)]

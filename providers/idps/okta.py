@@ -19,7 +19,6 @@ Rate limits: every answer's ``X-Rate-Limit-*`` headers are honoured (see
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -29,7 +28,7 @@ from typing import Any, ClassVar
 import httpx
 import jwt
 
-from providers.idps._saas import SaasAdminHttp, admin_token
+from providers.idps._saas import AdminToken, SaasAdminHttp, admin_token, json_object
 from rotator._remote import path_segment
 from rotator.errors import IdentityProviderError, IdpAccessDenied, IdpNotFound, IdpUnavailable
 from rotator.interfaces import ClientId, IdpCapabilities, IssuedSecret, RotationId
@@ -97,9 +96,7 @@ class OktaIdp:
                                    max_wait=s.max_rate_limit_wait, timeout=s.timeout,
                                    verify=s.ca_file or s.tls_verify, transport=transport)
         self._apps: dict[ClientId, str] = {}
-        self._token: Secret | None = None
-        self._token_expiry = 0.0
-        self._token_lock = threading.Lock()
+        self._token = AdminToken(self._sign_in)
 
     def configure_client(self, client_id: ClientId, settings: Mapping[str, Any]) -> None:
         app = settings.get("okta_app_id")
@@ -122,20 +119,8 @@ class OktaIdp:
 
     # -- transport -------------------------------------------------------------------------
 
-    def _authorization(self) -> str:
-        s = self._settings
-        if s.admin_client_id:
-            with self._token_lock:
-                return f"Bearer {self._service_token().reveal()}"
-        if s.api_token is None:
-            raise IdpAccessDenied(f"Okta {self.name!r}: no admin credential is loaded: set "
-                                  "admin_client_id with admin_private_key, or api_token")
-        return f"SSWS {s.api_token.reveal()}"
-
-    def _service_token(self) -> Secret:
-        """An access token for the service app (private_key_jwt), cached until it expires."""
-        if self._token is not None and time.monotonic() < self._token_expiry:
-            return self._token
+    def _sign_in(self) -> tuple[Secret, float]:
+        """An access token for the service app (private_key_jwt), and until when to cache it."""
         s = self._settings
         if s.admin_private_key is None or not s.admin_client_id:
             raise IdpAccessDenied(f"Okta {self.name!r}: admin_private_key is not loaded")
@@ -152,7 +137,7 @@ class OktaIdp:
         response = self._http.request("POST", endpoint, data={
             "grant_type": "client_credentials", "scope": SCOPE,
             "client_assertion_type": _ASSERTION_TYPE, "client_assertion": assertion})
-        body = _json_object(response)
+        body = json_object(response)
         if response.status_code >= 500:
             raise IdpUnavailable(f"Okta {self.name!r}: the org token endpoint answered HTTP "
                                  f"{response.status_code}")
@@ -168,22 +153,23 @@ class OktaIdp:
                 f"(HTTP {response.status_code}: {_okta_text(response)}); check admin_client_id, "
                 "admin_private_key and the public key registered for the app, and that "
                 "'Require DPoP' is off")
-        self._token, self._token_expiry = admin_token(
-            body, f"Okta {self.name!r}: the org token endpoint")
-        return self._token
+        return admin_token(body, f"Okta {self.name!r}: the org token endpoint")
 
     def _call(self, method: str, path: str, *, app: str, json: Any = None,
               ok: tuple[int, ...] = (200, 201, 204), missing_ok: bool = False
               ) -> httpx.Response:
-        for attempt in (1, 2):
-            authorization = self._authorization()
-            response = self._http.request(method, path, json=json, headers={
+        def send(authorization: str) -> httpx.Response:
+            return self._http.request(method, path, json=json, headers={
                 "Authorization": authorization, "Accept": "application/json"})
-            if response.status_code == 401 and attempt == 1 and self._settings.admin_client_id:
-                with self._token_lock:  # expired or revoked early: sign in again once
-                    self._token = None
-                continue
-            break
+
+        s = self._settings
+        if s.admin_client_id:
+            response = self._token.send(lambda token: send(f"Bearer {token.reveal()}"))
+        elif s.api_token is None:
+            raise IdpAccessDenied(f"Okta {self.name!r}: no admin credential is loaded: set "
+                                  "admin_client_id with admin_private_key, or api_token")
+        else:
+            response = send(f"SSWS {s.api_token.reveal()}")
         status = response.status_code
         if status in ok or (missing_ok and status == 404):
             return response
@@ -249,7 +235,7 @@ class OktaIdp:
                 "POST", endpoint, data=data, headers={"Accept": "application/json"},
                 auth=(client_id, value.reveal()) if basic else None)
             status = response.status_code
-            error = (_json_object(response) or {}).get("error")
+            error = (json_object(response) or {}).get("error")
             if status == 200 or (status == 400 and isinstance(error, str)
                                  and error != "invalid_client"):
                 return True
@@ -273,7 +259,7 @@ class OktaIdp:
 
     def capabilities(self, client_id: ClientId) -> IdpCapabilities:
         app = self._app(client_id)
-        body = _json_object(self._call("GET", f"/api/v1/apps/{path_segment(app)}", app=app))
+        body = json_object(self._call("GET", f"/api/v1/apps/{path_segment(app)}", app=app))
         if body is None:
             raise IdpUnavailable(f"Okta {self.name!r}: app {app!r} did not answer a JSON object")
         return IdpCapabilities(max_active_secrets=2, caller_sets_value=True,
@@ -299,7 +285,7 @@ class OktaIdp:
                 self._retire(client_id, sid, status)
         response = self._call("POST", self._secrets_path(client_id), app=self._app(client_id),
                               json={"client_secret": value.reveal(), "status": "ACTIVE"})
-        body = _json_object(response)
+        body = json_object(response)
         new_id = body.get("id") if body else None
         if not isinstance(new_id, str) or not new_id:
             raise IdpUnavailable(f"Okta {self.name!r}: the new secret came without an id")
@@ -331,17 +317,9 @@ class OktaIdp:
         return count
 
 
-def _json_object(response: httpx.Response) -> dict[str, Any] | None:
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    return body if isinstance(body, dict) else None
-
-
 def _okta_text(response: httpx.Response) -> str:
     """Okta's ``errorCode: errorSummary (causes)`` or an OAuth error, redacted and short."""
-    body = _json_object(response)
+    body = json_object(response)
     if body is None:
         return redact(response.text)[:200] or "no body"
     parts = [str(body[k]) for k in ("errorCode", "errorSummary", "error", "error_description")

@@ -1,4 +1,5 @@
-"""What the Okta and Auth0 fakes share: a uvicorn server in a thread, a rate budget."""
+"""What the Okta and Auth0 fakes share: a rate budget and a form reader (the uvicorn server
+in a thread is fakes.asgi_thread.ServedApp)."""
 
 from __future__ import annotations
 
@@ -7,36 +8,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import parse_qsl
 
-import uvicorn
-from servers import free_port
 from starlette.requests import Request
-
-
-class ServedApp:
-    """An ASGI app served by uvicorn on 127.0.0.1 and a free port, in a daemon thread."""
-
-    def __init__(self, app: Any) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="off", access_log=False)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-        deadline = time.monotonic() + 20
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the fake server did not start")
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
 
 
 @dataclass

@@ -44,7 +44,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from fakes._common import RateBudget, ServedApp, read_form
+from fakes._common import RateBudget, read_form
+from fakes.asgi_thread import ServedApp
 
 READ_CLIENTS, UPDATE_CLIENTS = "read:clients", "update:clients"
 READ_KEYS, UPDATE_KEYS = "read:client_keys", "update:client_keys"

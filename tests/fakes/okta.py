@@ -51,7 +51,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from fakes._common import RateBudget, ServedApp, read_form
+from fakes._common import RateBudget, read_form
+from fakes.asgi_thread import ServedApp
 
 APPS_READ, APPS_MANAGE = "okta.apps.read", "okta.apps.manage"
 
