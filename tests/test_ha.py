@@ -208,6 +208,49 @@ class TestTriggerAfterAStaleJob:
             b.service.close()
 
 
+class TestTriggerStorm:
+    """Many triggers of one client at once, through two daemons' services on one journal,
+    are all taken (none refused) and answered by one rotation."""
+
+    def test_one_rotation(self, tmp_path: Path, url: str) -> None:
+        clock = Clock()
+        clients = {"app": 'rotate_every = "30d"'}
+        a = daemon(tmp_path / "a", url, clients, clock)
+        b = daemon(tmp_path / "b", url, clients, clock)
+        answers: list[Any] = []
+        start = threading.Barrier(16)
+
+        def fire(h: Harness) -> None:
+            start.wait()
+            try:
+                answers.append(h.service.trigger_rotation("app", actor="ops"))
+            except Exception as exc:  # every refusal is the finding
+                answers.append(exc)
+
+        try:
+            for h in (a, b):
+                h.service.prepare()
+            threads = [threading.Thread(target=fire, args=(h,)) for h in (a, b) * 8]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+            assert not [x for x in answers if isinstance(x, Exception)], answers
+            assert len({x.rotation_id for x in answers}) == 1, answers
+            assert sum(not x.joined for x in answers) == 1, answers
+            for _ in range(3):
+                a.service.tick()
+                b.service.tick()
+            [rotation_id] = {x.rotation_id for x in answers}
+            journal = a.service._journal()
+            assert journal.get(rotation_id).state is State.PROMOTED
+            calls = [c for h in (a, b) for c in h.world.calls if c[0] == "rotate"]
+            assert calls == [("rotate", "app", "ops")]
+        finally:
+            a.service.close()
+            b.service.close()
+
+
 class TestStalledDaemon:
     """A daemon whose lease expired while it stalled, and was taken over, has its next journal
     write refused: the new holder's outcome stands."""
