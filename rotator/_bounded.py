@@ -21,10 +21,12 @@ timer that shuts a socket learnt at connect down.
 
 from __future__ import annotations
 
+import functools
+import os
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import httpcore
@@ -205,19 +207,46 @@ class _DeadlineBackend(httpcore.NetworkBackend):
         self._inner.sleep(seconds)
 
 
+def _tls_context(verify: ssl.SSLContext | str | bool) -> ssl.SSLContext:
+    """The TLS context ``verify`` asks for: a given one, a CA file or directory, the default
+    trust store (True), or none (False: verification turned off by name by a user)."""
+    if isinstance(verify, ssl.SSLContext):
+        return verify
+    if isinstance(verify, str):  # httpx deprecates a path here: made as it advises
+        if os.path.isdir(verify):
+            return ssl.create_default_context(capath=verify)
+        return ssl.create_default_context(cafile=verify)
+    return httpx.create_ssl_context(verify=verify)
+
+
+class _LazyTlsPool(httpcore.ConnectionPool):
+    """A connection pool that makes its TLS context at its first https connection: a client
+    that only speaks plain HTTP (to a loopback endpoint) never loads the CA bundle, which
+    costs more CPU than a request."""
+
+    def __init__(self, make_context: Callable[[], ssl.SSLContext], **kwargs: Any) -> None:
+        super().__init__(ssl_context=None, **kwargs)
+        self._make_context = make_context
+
+    def create_connection(self, origin: httpcore.Origin) -> httpcore.ConnectionInterface:
+        if origin.scheme == b"https" and self._ssl_context is None:
+            self._ssl_context = self._make_context()  # two racing threads: two, both good
+        return super().create_connection(origin)
+
+
 class _DeadlineTransport(httpx.HTTPTransport):
     """httpx's transport, connections kept alive, on :class:`_DeadlineBackend` sockets."""
 
     def __init__(self, verify: ssl.SSLContext | str | bool) -> None:
-        # One TLS context, loaded once (the CA bundle costs more than a request to load).
-        context = verify if isinstance(verify, ssl.SSLContext) else httpx.create_ssl_context(
-            verify=verify)
-        super().__init__(verify=context)
+        # httpx's own pool is replaced below; it gets a context that trusts no CA (so it
+        # could verify nothing) instead of loading the bundle for nothing.
+        super().__init__(verify=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
         if not isinstance(getattr(self, "_pool", None), httpcore.ConnectionPool):
             raise TypeError("httpx.HTTPTransport no longer keeps its pool as _pool")
-        self._pool = httpcore.ConnectionPool(ssl_context=context, max_connections=100,
-                                             max_keepalive_connections=20, keepalive_expiry=5.0,
-                                             network_backend=_DeadlineBackend())
+        # One TLS context, made at the first https connection and kept.
+        make: Callable[[], ssl.SSLContext] = functools.partial(_tls_context, verify)
+        self._pool = _LazyTlsPool(make, max_connections=100, max_keepalive_connections=20,
+                                  keepalive_expiry=5.0, network_backend=_DeadlineBackend())
 
 
 def bounded_transport(*, deadline: float, verify: ssl.SSLContext | str | bool = True,
