@@ -33,6 +33,7 @@ import httpcore
 import httpx
 
 from rotator._deadline import DeadlinePassed, _Watch
+from rotator.errors import RotatorError
 
 #: Bytes an IdP admin or token answer may have; real ones are a few KiB.
 MAX_ANSWER = 1 << 20
@@ -237,7 +238,7 @@ class _LazyTlsPool(httpcore.ConnectionPool):
 class _DeadlineTransport(httpx.HTTPTransport):
     """httpx's transport, connections kept alive, on :class:`_DeadlineBackend` sockets."""
 
-    def __init__(self, verify: ssl.SSLContext | str | bool) -> None:
+    def __init__(self, verify: ssl.SSLContext | str | bool, proxy: str | None = None) -> None:
         # httpx's own pool is replaced below; it gets a context that trusts no CA (so it
         # could verify nothing) instead of loading the bundle for nothing.
         super().__init__(verify=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
@@ -246,7 +247,42 @@ class _DeadlineTransport(httpx.HTTPTransport):
         # One TLS context, made at the first https connection and kept.
         make: Callable[[], ssl.SSLContext] = functools.partial(_tls_context, verify)
         self._pool = _LazyTlsPool(make, max_connections=100, max_keepalive_connections=20,
-                                  keepalive_expiry=5.0, network_backend=_DeadlineBackend())
+                                  keepalive_expiry=5.0, network_backend=_DeadlineBackend(),
+                                  proxy=None if proxy is None else _proxy(proxy, verify))
+
+
+class ProxyRefused(RotatorError):
+    """A proxy from the environment that rotator cannot use (its URL is not said: it may
+    carry a password)."""
+
+
+def _proxy(url: str, verify: ssl.SSLContext | str | bool) -> httpcore.Proxy:
+    """httpcore's proxy for ``url`` (``http://[user:password@]host:port``, or ``https://``,
+    verified as the target is): an https target is reached through a CONNECT tunnel, its
+    TLS end to end; through the same deadline-bounded sockets."""
+    try:
+        parsed = httpx.Proxy(url)
+    except (ValueError, httpx.InvalidURL) as exc:
+        raise ProxyRefused(f"the proxy named in the environment is not a usable URL: "
+                           f"{type(exc).__name__}") from None
+    if parsed.url.scheme not in ("http", "https"):
+        raise ProxyRefused(f"a {parsed.url.scheme!r} proxy from the environment is not "
+                           "supported (http or https only); set NO_PROXY for this host")
+    return httpcore.Proxy(
+        url=httpcore.URL(scheme=parsed.url.raw_scheme, host=parsed.url.raw_host,
+                         port=parsed.url.port, target=parsed.url.raw_path),
+        auth=parsed.raw_auth, headers=parsed.headers.raw,
+        ssl_context=_tls_context(verify) if parsed.url.scheme == "https" else None)
+
+
+def environment_proxies() -> dict[str, str | None]:
+    """The proxies the environment names (``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``,
+    ``NO_PROXY``; read when a client is built) as httpx's URL patterns: a proxy URL, or
+    None for a host that goes direct. httpx reads them only for a client built without a
+    transport, and rotator's clients always have one."""
+    from httpx._utils import get_environment_proxies  # httpx's reading, NO_PROXY rules and all
+
+    return get_environment_proxies()
 
 
 def bounded_transport(*, deadline: float, verify: ssl.SSLContext | str | bool = True,
@@ -262,11 +298,18 @@ def bounded_transport(*, deadline: float, verify: ssl.SSLContext | str | bool = 
 def client(*, timeout: float, verify: ssl.SSLContext | str | bool = True,
            transport: httpx.BaseTransport | None = None, max_body: int = MAX_ANSWER,
            **kwargs: Any) -> httpx.Client:
-    """An ``httpx.Client`` each of whose requests ends within ``timeout`` seconds in all.
+    """An ``httpx.Client`` each of whose requests ends within ``timeout`` seconds in all,
+    through the proxy the environment names for its URL (:func:`environment_proxies`).
 
     ``transport`` (a test's) is wrapped instead of the default one; other arguments go to
     ``httpx.Client``.
     """
     bounded = bounded_transport(deadline=timeout, verify=verify, inner=transport,
                                 max_body=max_body)
-    return httpx.Client(timeout=timeout, verify=verify, transport=bounded, **kwargs)
+    mounts: dict[str, httpx.BaseTransport | None] = {}
+    if transport is None and kwargs.get("trust_env", True):
+        mounts = {pattern: None if proxy is None else BoundedTransport(
+                      _DeadlineTransport(verify, proxy), deadline=timeout, max_body=max_body)
+                  for pattern, proxy in environment_proxies().items()}
+    return httpx.Client(timeout=timeout, verify=verify, transport=bounded, mounts=mounts,
+                        **kwargs)

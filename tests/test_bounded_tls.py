@@ -6,8 +6,14 @@ plain HTTP (to a loopback endpoint) never loads one. The load costs more CPU tha
 from __future__ import annotations
 
 import http.server
+import secrets
+import select
+import socket
+import socketserver
 import ssl
 import threading
+import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +23,7 @@ import pytest
 import server_rsyslog
 
 from rotator import _bounded
+from rotator._deadline import DeadlinePassed
 
 
 class _Ok(http.server.BaseHTTPRequestHandler):
@@ -110,3 +117,133 @@ class TestTlsContextOnlyWhenNeeded:
             assert client.get(https_url).status_code == 200
         assert loads == []
 
+
+
+class _Proxy(socketserver.ThreadingTCPServer):
+    """A forward proxy on 127.0.0.1: absolute-URI requests for http targets, CONNECT
+    tunnels for https ones; it notes each request line and whether credentials came."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, stall: bool = False) -> None:
+        self.seen: list[str] = []
+        self.authorized: list[bool] = []
+        self.stall = stall
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+
+
+class _ProxyHandler(socketserver.StreamRequestHandler):
+    server: _Proxy
+
+    def handle(self) -> None:
+        line = self.rfile.readline().decode("latin-1").strip()
+        headers = []
+        while (header := self.rfile.readline()) not in (b"\r\n", b"\n", b""):
+            headers.append(header.decode("latin-1"))
+        self.server.seen.append(line)
+        self.server.authorized.append(any(h.lower().startswith("proxy-authorization:")
+                                          for h in headers))
+        if self.server.stall:
+            time.sleep(3)
+            return
+        method, target, _version = line.split(" ")
+        if method == "CONNECT":
+            host, port = target.rsplit(":", 1)
+            upstream = socket.create_connection((host, int(port)))
+            self.wfile.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            self._pipe(upstream)
+            return
+        parsed = urllib.parse.urlsplit(target)
+        upstream = socket.create_connection((parsed.hostname or "", parsed.port or 80))
+        upstream.sendall(f"{method} {parsed.path or '/'} HTTP/1.1\r\n".encode()
+                         + "".join(headers).encode("latin-1") + b"\r\n")
+        self._pipe(upstream)
+
+    def _pipe(self, upstream: socket.socket) -> None:
+        client = self.connection
+        sockets = [client, upstream]
+        with upstream:
+            while True:
+                readable, _, _ = select.select(sockets, [], [], 5)
+                if not readable:
+                    return
+                for sock in readable:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    (upstream if sock is client else client).sendall(data)
+
+
+@pytest.fixture
+def proxy(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Proxy]:
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    server = _Proxy()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _address(server: socketserver.TCPServer) -> str:
+    host, port = server.server_address[:2]
+    return f"{host!s}:{port}"
+
+
+class TestProxyFromTheEnvironment:
+    """A bounded client goes through the proxy the environment names for its URL (plain
+    HTTP as an absolute URI, https through a CONNECT tunnel with TLS verified end to end),
+    goes direct where NO_PROXY says, and refuses a proxy it cannot use without naming it."""
+
+    def test_http_through_the_proxy(self, proxy: _Proxy, http_url: str,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("HTTP_PROXY", f"http://rotator:pw@{_address(proxy)}")
+        with _bounded.client(timeout=5.0) as client:
+            assert client.get(http_url).status_code == 200
+        assert proxy.seen == [f"GET {http_url} HTTP/1.1"] and proxy.authorized == [True]
+
+    def test_https_through_a_tunnel(self, proxy: _Proxy, https_url: str,
+                                    ca: server_rsyslog.TestCa,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("HTTPS_PROXY", f"http://{_address(proxy)}")
+        with _bounded.client(timeout=5.0, verify=str(ca.ca)) as client:
+            assert client.get(https_url).status_code == 200
+        with _bounded.client(timeout=5.0) as client, pytest.raises(httpx.ConnectError):
+            client.get(https_url)  # the default trust store does not know the test CA
+        target = https_url.removeprefix("https://").rstrip("/")
+        assert proxy.seen == [f"CONNECT {target} HTTP/1.1"] * 2
+
+    def test_no_proxy_goes_direct(self, proxy: _Proxy, http_url: str,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("HTTP_PROXY", f"http://{_address(proxy)}")
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        with _bounded.client(timeout=5.0) as client:
+            assert client.get(http_url).status_code == 200
+        assert proxy.seen == []
+
+    def test_the_deadline_holds_through_a_proxy(self, http_url: str,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                proxy: _Proxy) -> None:
+        stalled = _Proxy(stall=True)
+        threading.Thread(target=stalled.serve_forever, daemon=True).start()
+        try:
+            monkeypatch.setenv("HTTP_PROXY", f"http://{_address(stalled)}")
+            with _bounded.client(timeout=0.5) as client, \
+                    pytest.raises((DeadlinePassed, httpx.TimeoutException)):
+                client.get(http_url)
+        finally:
+            stalled.shutdown()
+            stalled.server_close()
+
+    def test_unusable_proxy_refused_unnamed(self, proxy: _Proxy,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+        password = secrets.token_urlsafe(12)
+        monkeypatch.setenv("HTTPS_PROXY", f"socks5://rotator:{password}@127.0.0.1:1")
+        with pytest.raises(_bounded.ProxyRefused) as refused:
+            _bounded.client(timeout=5.0)
+        assert password not in str(refused.value) and "socks5" in str(refused.value)
