@@ -24,6 +24,11 @@ pytestmark = [pytest.mark.server, pytest.mark.slow]
 DAEMONS = ("a", "b", "c")
 #: Compared between daemons: everything but what moves with the clock of the answer.
 MOVING = ("age_seconds",)
+#: The client's lease taken by the test (when free), as a daemon's claim takes it.
+HOLD = ("INSERT INTO leases AS l (client, holder, token, expires_at) VALUES (%s, 'test', 1, "
+        "clock_timestamp() + interval '10 minutes') ON CONFLICT (client) DO UPDATE SET "
+        "holder = 'test', token = l.token + 1, expires_at = excluded.expires_at "
+        "WHERE l.expires_at <= clock_timestamp() RETURNING client")
 
 
 def free_port() -> int:
@@ -136,6 +141,10 @@ class TestTriggerOnEveryDaemon:
     def test_one_rotation(self, fleet: ApiFleet) -> None:
         name = "c000"
         before = fleet.rotations()[name]
+        # The test holds the client's lease while it triggers, so that no daemon can begin
+        # (and, Hydra being quick, finish) the rotation between the three calls: a trigger
+        # after a finished rotation rightly asks for a new one.
+        wait_for(lambda: bool(fleet.sql(HOLD, name)), timeout=60, what="the test holds c000")
         answers = [fleet.call(d, "POST", f"/v1/clients/{name}/rotations") for d in DAEMONS]
         assert all(status == 202 for status, _ in answers), answers
         ids = {body["rotation_id"] for _, body in answers}
@@ -145,6 +154,8 @@ class TestTriggerOnEveryDaemon:
         for daemon in DAEMONS:  # known everywhere, queued or under way
             status, body = fleet.call(daemon, "GET", f"/v1/rotations/{rotation_id}")
             assert status == 200, (daemon, body)
+        fleet.sql("UPDATE leases SET expires_at = clock_timestamp() WHERE client = %s "
+                  "AND holder = 'test' RETURNING client", name)
         wait_for(lambda: len(fleet.rotations()[name]) > len(before)
                  and fleet.settled([name]), timeout=300, what="the triggered rotation ended")
         self.settle_jobs(fleet)
