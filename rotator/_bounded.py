@@ -70,11 +70,7 @@ class BoundedTransport(httpx.BaseTransport):
         started = time.monotonic()
         timer.start()
         try:
-            response = self._inner.handle_request(request)
-            try:
-                body = self._read(response, started, request)
-            finally:
-                response.close()
+            answer = self._send(request, started)
         except httpx.HTTPError as exc:
             if watch.fired:
                 raise self._late(request) from exc
@@ -84,7 +80,7 @@ class BoundedTransport(httpx.BaseTransport):
             watch.finish()
         if watch.fired:
             raise self._late(request)
-        return _answer(response, body, request)
+        return answer
 
     def _within_deadline(self, request: httpx.Request) -> httpx.Response:
         """Through a :class:`_DeadlineTransport`: its sockets keep to the deadline."""
@@ -92,17 +88,22 @@ class BoundedTransport(httpx.BaseTransport):
         outer = getattr(_LOCAL, "deadline", None)
         _LOCAL.deadline = started + self._deadline
         try:
-            response = self._inner.handle_request(request)
-            try:
-                body = self._read(response, started, request)
-            finally:
-                response.close()
+            return self._send(request, started)
         except httpx.TimeoutException as exc:
             if time.monotonic() >= started + self._deadline:
                 raise self._late(request) from exc
             raise
         finally:
             _LOCAL.deadline = outer
+
+    def _send(self, request: httpx.Request, started: float) -> httpx.Response:
+        """``request`` through the inner transport, its answer read (bounded) and the
+        connection let go: the answer as a response of its own."""
+        response = self._inner.handle_request(request)
+        try:
+            body = self._read(response, started, request)
+        finally:
+            response.close()
         return _answer(response, body, request)
 
     def _read(self, response: httpx.Response, started: float,
