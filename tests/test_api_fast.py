@@ -259,3 +259,126 @@ class TestClientDocument:
             body = client_out(state).model_dump_json()
             assert body == _nested(state).model_dump_json()
             assert secret.reveal() not in body
+
+
+def _served_with_audit(service: InMemoryRotationService) -> tuple[ApiServer, Any, _Audit,
+                                                                   dict[str, str]]:
+    audit = _Audit()
+    client, headers = _app(service, audit)
+    return serve(client.app, ("127.0.0.1", 0)), client.app, audit, headers
+
+
+def _read_answers(sock: socket.socket, count: int) -> list[bytes]:
+    """``count`` whole answers (each with a Content-Length) from ``sock``."""
+    seen = b""
+    answers: list[bytes] = []
+    while len(answers) < count:
+        head, sep, rest = seen.partition(b"\r\n\r\n")
+        if sep:
+            length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            if len(rest) >= length:
+                answers.append(head + sep + rest[:length])
+                seen = rest[length:]
+                continue
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed after {len(answers)} answers"
+        seen += chunk
+    return answers
+
+
+def _without(answer: bytes, *names: bytes) -> bytes:
+    lines = answer.split(b"\r\n")
+    return b"\r\n".join(line for line in lines if line.split(b":", 1)[0].lower() not in names)
+
+
+class TestAnsweredByTheProtocol:
+    """Served by uvicorn, a plain keep-alive read is answered from the HTTP protocol's
+    parser callback with the bytes the ASGI path writes, audited the same, and the
+    connection goes on (next calls, pipelined calls, other routes); anything else still
+    goes the ASGI way."""
+
+    def _setup(self) -> tuple[ApiServer, Any, _Audit, str, bytes]:
+        states = sample_clients(3, fingerprint=FINGERPRINT)
+        server, app, audit, headers = _served_with_audit(InMemoryRotationService(states))
+        request = (f"GET /v1/clients/{states[0].name} HTTP/1.1\r\nHost: x\r\n"
+                   f"Authorization: {headers['Authorization']}\r\n\r\n").encode()
+        return server, app, audit, states[0].name, request
+
+    def test_same_bytes_and_audit_as_the_asgi_path(self) -> None:
+        server, app, audit, _name, request = self._setup()
+        try:
+            with socket.create_connection((server.host, server.port), timeout=10) as sock:
+                sock.sendall(request)
+                fast, = _read_answers(sock, 1)
+            assert app.state.fast_reads.answered_now == 1
+            closing = request.replace(b"Host: x\r\n", b"Host: x\r\nConnection: close\r\n")
+            with socket.create_connection((server.host, server.port), timeout=10) as sock:
+                sock.sendall(closing)  # not keep-alive: the ASGI path answers
+                routed, = _read_answers(sock, 1)
+            assert app.state.fast_reads.answered_now == 1
+            assert app.state.fast_reads.answered == 2
+            assert b"connection: close" in routed.lower()
+            assert fast.startswith(b"HTTP/1.1 200 OK\r\n")
+            assert _without(fast, b"date") == _without(routed, b"date", b"connection")
+            app.state.audit_queue.flush()
+            assert len(audit.written) == 2 and audit.written[0] == audit.written[1]
+            assert audit.written[0]["route"] == "/v1/clients/{name}"
+            assert audit.written[0]["source_ip"] == "127.0.0.1"
+        finally:
+            server.stop()
+
+    def test_keep_alive_and_pipelined_calls_go_on(self) -> None:
+        server, app, _, name, request = self._setup()
+        other = request.replace(b"GET /v1/clients/" + name.encode(), b"GET /v1/clients")
+        unknown = request.replace(name.encode(), b"nobody-here")
+        try:
+            with socket.create_connection((server.host, server.port), timeout=10) as sock:
+                sock.sendall(request)
+                first = _read_answers(sock, 1)
+                sock.sendall(request + other + request + unknown + request)  # pipelined
+                rest = _read_answers(sock, 5)
+            answers = first + rest
+            statuses = [a.split(b"\r\n", 1)[0] for a in answers]
+            assert statuses == [b"HTTP/1.1 200 OK"] * 4 + [b"HTTP/1.1 404 Not Found",
+                                                           b"HTTP/1.1 200 OK"]
+            assert b'"items"' in answers[2]  # the list, answered by FastAPI between reads
+            assert answers[0].partition(b"\r\n\r\n")[2] == answers[1].partition(b"\r\n\r\n")[2]
+            assert app.state.fast_reads.answered_now >= 2
+        finally:
+            server.stop()
+
+    def test_unusual_reads_go_the_asgi_way(self) -> None:
+        server, app, _, _name, request = self._setup()
+        variants = [
+            request.replace(b" HTTP/1.1", b"?limit=1 HTTP/1.1"),  # a query string
+            request.replace(b"Host: x\r\n", b"Host: x\r\nContent-Length: 0\r\n"),
+            request.replace(b"GET ", b"HEAD "),
+            request.replace(b"Authorization: Bearer ", b"Authorization: Bearer x"),
+        ]
+        try:
+            for variant in variants:
+                with socket.create_connection((server.host, server.port), timeout=10) as sock:
+                    sock.sendall(variant)
+                    seen = b""
+                    while b"\r\n\r\n" not in seen:
+                        chunk = sock.recv(65536)
+                        assert chunk
+                        seen += chunk
+                    assert seen.startswith(b"HTTP/1.1 ")
+            assert app.state.fast_reads.answered_now == 0
+        finally:
+            server.stop()
+
+    def test_a_full_audit_queue_leaves_it_to_the_asgi_path(self) -> None:
+        server, app, _audit, _, request = self._setup()
+        try:
+            app.state.audit_queue.has_room = lambda: False
+            with socket.create_connection((server.host, server.port), timeout=10) as sock:
+                sock.sendall(request)
+                answer, = _read_answers(sock, 1)
+            assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+            assert app.state.fast_reads.answered_now == 0
+            assert app.state.fast_reads.answered == 1
+        finally:
+            server.stop()

@@ -79,6 +79,11 @@ class AuditQueue:
             return False
         return True
 
+    def has_room(self) -> bool:
+        """Whether :meth:`submit` would take an event now (it may still refuse one once the
+        queue closes, or when another thread filled it meanwhile)."""
+        return not self._closed and not self._queue.full()
+
     def flush(self) -> None:
         """Return once every event queued so far is written."""
         self._queue.join()
