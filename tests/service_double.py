@@ -28,6 +28,7 @@ from rotator.daemon.model import (
     UnknownClient,
     UnknownRotation,
 )
+from rotator.daemon.service_shared import page_of
 from rotator.secrets import Secret
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
@@ -77,9 +78,10 @@ class InMemoryRotationService:
             raise UnknownClient(f"no client named {name!r} is configured")
         return client
 
-    def clients(self) -> Sequence[ClientState]:
+    def clients(self, *, after: str | None = None,
+                limit: int | None = None) -> Sequence[ClientState]:
         self._check()
-        return [self._clients[n] for n in sorted(self._clients)]
+        return [self._clients[n] for n in page_of(self._clients, after, limit)]
 
     def client(self, name: str) -> ClientState:
         client = self._check(name)

@@ -29,8 +29,9 @@ from rotation_env import TESTS, KeycloakRealm, Scenario
 from servers import OpenBao
 
 from rotator.config import Config, load_config
-from rotator.daemon.model import Condition, ServiceUnavailable, UnknownClient
+from rotator.daemon.model import ClientState, Condition, ServiceUnavailable, UnknownClient
 from rotator.daemon.process import Daemon, DaemonRunning, instance_lock
+from rotator.daemon.records import ClientRecord
 from rotator.daemon.service import Service
 from rotator.daemon.workers import SHUTTING_DOWN, StoppableJournal
 from rotator.engine import Outcome
@@ -834,3 +835,27 @@ class TestDeferredFacts:
         finally:
             assert h.service.stop(30)
             h.service.close()
+
+
+class TestClientsOnePageAtATime:
+    """Asked for one page of clients, the service works out the state of that page's
+    clients only, so listing N clients a page at a time costs N states, not N per page."""
+
+    def test_only_the_page_is_computed(self, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+        h = make(tmp_path, {name: "" for name in ("a", "b", "c", "d", "e")})
+        h.service.prepare()
+        computed: list[str] = []
+        state = ClientRecord.state
+
+        def counting(rec: ClientRecord, now: datetime) -> ClientState:
+            computed.append(rec.config.name)
+            return state(rec, now)
+
+        monkeypatch.setattr(ClientRecord, "state", counting)
+        assert [c.name for c in h.service.clients(after="b", limit=2)] == ["c", "d"]
+        assert computed == ["c", "d"]
+        assert [c.name for c in h.service.clients(after="d")] == ["e"]
+        assert [c.name for c in h.service.clients(after="e", limit=3)] == []
+        assert [c.name for c in h.service.clients(limit=1)] == ["a"]
+        assert computed == ["c", "d", "e", "a"]

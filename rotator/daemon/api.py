@@ -215,7 +215,7 @@ def create_app(service: RotationService, *, auth: Authenticator, audit: AuditLog
         after: Annotated[str | None, Query(pattern=_NAME_PATTERN,
                                            description="start after this client")] = None,
     ) -> ClientPage:
-        clients = [c for c in service.clients() if after is None or c.name > after]
+        clients = service.clients(after=after, limit=limit + 1)  # one more: is there a next
         page = clients[:limit]
         more = len(clients) > limit
         return ClientPage(items=[client_out(c) for c in page],

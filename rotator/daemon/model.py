@@ -140,8 +140,10 @@ class RotationService(Protocol):
     ``ServiceUnavailable``; nothing else escapes.
     """
 
-    def clients(self) -> Sequence[ClientState]:
-        """Every configured client, sorted by name (answered from memory)."""
+    def clients(self, *, after: str | None = None,
+                limit: int | None = None) -> Sequence[ClientState]:
+        """The configured clients sorted by name: every one, or those named after ``after``,
+        ``limit`` at most (one page; answered from memory)."""
         ...
 
     def client(self, name: str) -> ClientState:

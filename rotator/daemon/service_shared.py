@@ -9,9 +9,11 @@ journal, so each tells the same story.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import random
 import time
+from collections.abc import Iterable
 from datetime import datetime
 
 from rotator.config import ClientConfig
@@ -26,6 +28,12 @@ from rotator.errors import JournalConflict, RotatorError
 from rotator.journal import new_rotation_id
 from rotator.secrets import redact
 
+
+def page_of(names: Iterable[str], after: str | None, limit: int | None) -> list[str]:
+    """The names past ``after`` in sorted order, ``limit`` of them at most (all: None)."""
+    ordered = sorted(names)
+    start = 0 if after is None else bisect.bisect_right(ordered, after)
+    return ordered[start:] if limit is None else ordered[start:start + limit]
 
 class SharedJournal(JobRunning):
     """Triggers, pick-up and claims through a journal several daemons share."""
@@ -42,10 +50,12 @@ class SharedJournal(JobRunning):
                 f"{redact(str(exc))}; the trigger was not taken: try again once the journal "
                 "database is back") from exc
 
-    def _shared_states(self, name: str | None
+    def _shared_states(self, name: str | None, *, after: str | None = None,
+                       limit: int | None = None
                        ) -> list[tuple[ClientState, ClientConfig]] | None:
-        """With a journal several daemons share: the clients' states (``name``'s, or all)
-        as the journal tells every daemon (rotator.daemon.shared); else None."""
+        """With a journal several daemons share: the clients' states (``name``'s, or a page
+        of them as :func:`page_of` takes it) as the journal tells every daemon
+        (rotator.daemon.shared); else None."""
         if self._config.journal.url is None:
             return None
         journal = self._journal()
@@ -54,8 +64,8 @@ class SharedJournal(JobRunning):
         with self._lock:
             if name is not None:
                 self._record(name)
-            records = {n: dataclasses.replace(r) for n, r in sorted(self._records.items())
-                       if name is None or n == name}
+            names = [name] if name is not None else page_of(self._records, after, limit)
+            records = {n: dataclasses.replace(self._records[n]) for n in names}
         states = shared.shared_states(journal, records, self._clock())
         if states is None:
             return None

@@ -29,7 +29,7 @@ from rotator.daemon.model import (
     UnknownRotation,
 )
 from rotator.daemon.records import rotation_view
-from rotator.daemon.service_shared import SharedJournal
+from rotator.daemon.service_shared import SharedJournal, page_of
 from rotator.errors import RotationError
 from rotator.secrets import redact
 
@@ -43,8 +43,9 @@ CONSUMERS_FRESH = 1.0
 class Views(SharedJournal):
     """Clients' states, rotations, consumers' reports and readiness."""
 
-    def clients(self) -> Sequence[ClientState]:
-        common = self._shared_states(None)
+    def clients(self, *, after: str | None = None,
+                limit: int | None = None) -> Sequence[ClientState]:
+        common = self._shared_states(None, after=after, limit=limit)
         if common is not None:
             snapshot = self._consumer_snapshot()
             return [self._with_consumers(state, config, snapshot)
@@ -52,8 +53,9 @@ class Views(SharedJournal):
         if not self._deferred.ready.is_set():  # start-up: every client's facts first
             self._deferred.ready.wait(DEFERRED_WAIT)
         with self._lock:
-            states = [(self._records[name].state(self._clock()), self._records[name].config)
-                      for name in sorted(self._records)]
+            now = self._clock()
+            states = [(self._records[name].state(now), self._records[name].config)
+                      for name in page_of(self._records, after, limit)]
         snapshot = self._consumer_snapshot()
         return [self._with_consumers(state, config, snapshot) for state, config in states]
 
