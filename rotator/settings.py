@@ -130,6 +130,26 @@ def _check_value(setting: Setting, value: Any, base_dir: Path) -> Any:
     raise AssertionError(f"unknown setting kind {kind}")  # pragma: no cover
 
 
+#: Per schema (its settings' ids: the schema is kept here too, so no id is reused while its
+#: entry lives) and ignored keys: the keys a table may hold.
+_KNOWN: dict[tuple[tuple[int, ...], tuple[str, ...]],
+             tuple[tuple[Setting, ...], frozenset[str]]] = {}
+
+
+def _known_keys(schema: tuple[Setting, ...], ignore: tuple[str, ...]) -> frozenset[str]:
+    """The keys a table checked against ``schema`` may hold (one schema serves every client
+    of a configuration: worked out once, not 10,000 times)."""
+    key = (tuple(map(id, schema)), ignore)
+    cached = _KNOWN.get(key)
+    if cached is not None:
+        return cached[1]
+    known = frozenset(k for s in schema for k in s.accepted_keys()) | frozenset(ignore)
+    if len(_KNOWN) >= 256:
+        _KNOWN.clear()
+    _KNOWN[key] = (schema, known)
+    return known
+
+
 def check_settings(
     table: Mapping[str, Any],
     schema: tuple[Setting, ...],
@@ -147,7 +167,7 @@ def check_settings(
     false they are only checked for form and left out of the result.
     """
     env = os.environ if environ is None else environ
-    known = {k for s in schema for k in s.accepted_keys()} | set(ignore)
+    known = _known_keys(schema, ignore)
     for key in table:
         if key not in known:
             report(key, f"unknown key; expected one of: {', '.join(sorted(known))}")

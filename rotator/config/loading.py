@@ -176,7 +176,8 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
                           f"clients.{name}.hooks", problems.reporter, **hook_args,
                           taken={h.name for h in default_hooks})
         if client is not None:
-            clients[name] = replace(client, hooks=default_hooks + own)
+            clients[name] = replace(client, hooks=default_hooks + own) \
+                if default_hooks or own else client
     by_id: dict[tuple[str, str], str] = {}
     for c in clients.values():
         other = by_id.setdefault((c.idp, c.client_id), c.name)
