@@ -859,3 +859,24 @@ class TestClientsOnePageAtATime:
         assert [c.name for c in h.service.clients(after="e", limit=3)] == []
         assert [c.name for c in h.service.clients(limit=1)] == ["a"]
         assert computed == ["c", "d", "e", "a"]
+
+
+class TestHeapSettledOnceFactsAreRead:
+    """The daemon freezes what start-up built out of the collector's sight once, and only
+    once every client's store facts are read (a full collection then walks only newer
+    objects)."""
+
+    def test_frozen_once_when_the_facts_are_read(self, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+        from rotator.daemon import process
+
+        frozen: list[bool] = []
+        monkeypatch.setattr(process.gc, "freeze", lambda: frozen.append(True))
+        h = make(tmp_path, {"a": "", "b": ""})
+        h.service.prepare(defer_facts=True)
+        assert not h.service.facts_read
+        assert process._settle_heap(False, h.service) is False and frozen == []
+        h.service._load_deferred()
+        assert h.service.facts_read
+        assert process._settle_heap(False, h.service) is True and frozen == [True]
+        assert process._settle_heap(True, h.service) is True and frozen == [True]

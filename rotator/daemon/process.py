@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import fcntl
+import gc
 import logging
 import os
 import signal
@@ -236,7 +237,9 @@ class Daemon:
             self.service.release_facts()
         log.info("daemon_started", pid=os.getpid(), clients=len(self.config.clients),
                  api=self.api.port if self.api is not None else None)
+        settled = _settle_heap(False, self.service)
         while not self._stop.is_set():
+            settled = _settle_heap(settled, self.service)
             self._wake.wait(1.0)
             self._wake.clear()
             if self._reload.is_set() and not self._stop.is_set():
@@ -248,6 +251,23 @@ class Daemon:
         clean = self.service.stop(self.config.daemon.shutdown_timeout)
         log.info("daemon_stopped", clean=clean)
         return EXIT_OK
+
+
+def _settle_heap(settled: bool, service: Service) -> bool:
+    """Move what start-up built (configuration, every client's record, the app) out of the
+    garbage collector's sight once, when every client's store facts are read.
+
+    Those objects live as long as the daemon; left in the oldest generation, each full
+    collection walks all of them again: with 10,000 clients 80-120 ms, during which no API
+    call is answered (measured with ``gc.callbacks`` in ``bench/bench_daemon.py``: three
+    such pauses while one page-through of ``GET /v1/clients`` ran). Frozen
+    (:func:`gc.freeze`), a full collection walks only what came after. Returns whether
+    that is done.
+    """
+    if settled or not service.facts_read:
+        return settled
+    gc.freeze()
+    return True
 
 
 def main(config: Config, out: TextIO, err: TextIO, *, verbose: bool = False) -> int:

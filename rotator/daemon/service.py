@@ -179,6 +179,11 @@ class Service(Triggers, Views, Scheduling):
                  finishing_removed=sorted(kept))
         self._wakeup.set()
 
+    @property
+    def facts_read(self) -> bool:
+        """Whether every client's store facts are known (the deferred ones read too)."""
+        return self._deferred.ready.is_set()
+
     def release_facts(self) -> None:
         """Let the scheduler thread read the deferred store facts (see :meth:`start`)."""
         self._deferred.released.set()
