@@ -179,3 +179,51 @@ class TestNoWriterReturnsBeforeItsSync:
         problem, count = verify(chain_key(KEY.encode()), [file],
                                 Checkpoint.load(checkpoint_path(file)))
         assert (problem, count) == (None, events)
+
+
+class TestLeaderGoesOn:
+    """The writer that led a batch also leads the batch that gathered during its sync, up to
+    ``_LEAD_MORE`` batches after its own, without waking a writer to lead it; past that, one
+    of the next batch's writers is woken to lead."""
+
+    def test_one_thread_syncs_then_hands_over(self, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(sinks, "_LEAD_MORE", 1)
+        gates = [threading.Event(), threading.Event()]
+        by: list[str] = []  # the thread that made each sync
+
+        def held_sync(fd: int) -> None:
+            by.append(threading.current_thread().name)
+            if len(by) <= len(gates):
+                gates[len(by) - 1].wait()
+
+        monkeypatch.setattr(sinks, "_sync", held_sync)
+        file = tmp_path / "audit.jsonl"
+        log = AuditLog(Secret(KEY), file=file)
+        sink = log._sinks[0]
+        assert isinstance(sink, sinks.FileSink)
+        threads = {name: threading.Thread(target=log.event, args=("rotation_step",),
+                                          kwargs={"step": name}, name=name, daemon=True)
+                   for name in ("first", "second", "third")}
+        try:
+            threads["first"].start()
+            _until(lambda: len(by) == 1)
+            threads["second"].start()  # gathers while the first batch syncs
+            _until(lambda: len(sink._open.lines) == 1)
+            gates[0].set()
+            _until(lambda: len(by) == 2)
+            threads["third"].start()  # gathers while the second batch syncs
+            _until(lambda: len(sink._open.lines) == 1)
+        finally:
+            for gate in gates:
+                gate.set()
+        for t in threads.values():
+            t.join(timeout=30)  # a bound for a hang, not a measured time
+        log.close()
+        assert by == ["first", "first", "third"]
+        problem, count = verify(chain_key(KEY.encode()), [file],
+                                Checkpoint.load(checkpoint_path(file)))
+        assert (problem, count) == (None, 3)
+        steps = [line.split('"step":"')[1].split('"')[0]
+                 for line in file.read_text().splitlines()]
+        assert steps == ["first", "second", "third"]
