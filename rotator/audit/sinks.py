@@ -108,11 +108,12 @@ class FileSink:
     """The audit log file: sealed, appended in batches, each batch synced before its
     writers go on; the next batch gathers while one syncs.
 
-    Each batch has a leader, one of its writers, that seals, appends and syncs it for the
-    others; they sleep on a lock of their own, which the leader releases when the batch is
-    done, so a batch wakes its own writers and no one else. A writer that finds the sink idle
-    leads its batch at once; otherwise its line waits in the open batch, and whoever frees
-    the sink (an append or a sync ending) tells one of that batch's writers to lead it.
+    Each batch has a leader that seals, appends and syncs it for the others; they sleep on a
+    lock of their own, which the leader releases when the batch is done, so a batch wakes its
+    own writers and no one else. A writer that finds the sink idle leads its batch at once;
+    otherwise its line waits in the open batch, and the leader whose sync ends leads it too
+    (up to ``_LEAD_MORE`` batches after its own), or whoever frees the sink (an append ending,
+    or that leader past its bound) tells one of that batch's writers to lead it.
     """
 
     def __init__(self, file: Path, key: bytes, checkpoint: Path) -> None:
