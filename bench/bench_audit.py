@@ -5,7 +5,7 @@
 Eight threads write rotation-sized events (the fields of ``secret_staged``, with context
 bound) through ``AuditLog`` to a file sink on the local disk: each event is redacted once,
 sealed into the HMAC chain and on disk (``fdatasync``) before ``event`` returns, with one
-sync per group of events written together (one sync in flight at a time). Beside it, in
+sync per group of events written together (two syncs in flight at once). Beside it, in
 the same run: a bare loop of ``json.dumps`` + ``write`` (no redaction, no chain, no fsync)
 as the ceiling, and the same loop with one ``fsync`` per event, which is what durability
 cost before group commit. The audit figures are measured with 10 and with 10,000 live

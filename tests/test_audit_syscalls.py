@@ -206,16 +206,15 @@ class TestCheckpointOncePerBurst:
         threads[0].start()
         _until(lambda: len(held) == 1)
         threads[1].start()
-        _until(lambda: len(sink._open.lines) == 1)
-        gates[0].set()  # the first batch ends while the second is queued: not recorded
-        threads[0].join(timeout=30)  # a bound for a hang, not a measured time
         _until(lambda: len(held) == 2)
         for t in threads[2:]:
             t.start()
         _until(lambda: len(sink._open.lines) == 6)
-        gates[1].set()  # the second ends while the third is queued: not recorded
-        threads[1].join(timeout=30)
+        gates[0].set()  # the first batch ends while the second syncs: not recorded
+        threads[0].join(timeout=30)  # a bound for a hang, not a measured time
         _until(lambda: len(held) == 3)  # the six went as the third batch
+        gates[1].set()  # the second ends while the third syncs: not recorded
+        threads[1].join(timeout=30)
         gates[2].set()
         for t in threads[2:]:
             t.join(timeout=30)

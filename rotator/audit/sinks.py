@@ -1,25 +1,21 @@
 """Where sealed audit lines go: an append-only file with group commit, or a stream.
 
-The file sink is durable before :meth:`FileSink.write` returns, yet costs one sync per batch,
-not per event: a writer that finds no batch appended or syncing takes every line queued
+The file sink is durable before :meth:`FileSink.write` returns, yet costs one sync per
+batch, not per event: a writer that finds no batch being appended takes every line queued
 meanwhile (by concurrent rotations, by the API), seals them under an exclusive ``flock`` on the
-log (so a CLI and a daemon writing the same log keep one chain), appends them in one ``write``,
-and syncs them (``fdatasync``) after releasing the lock. At most ``_MAX_SYNCS`` (one) sync is
-in flight: lines arriving while it runs wait and go as the next batch. A second sync in flight
-would gain nothing: the kernel commits a sync issued during another one after it, and the
-writers that would have joined it go as one batch instead of two (4 events per sync instead of
-2.7 with 8 writers; a sync costs about 100 µs of system CPU). The writer whose sync just
-returned leads that next batch too, up to ``_LEAD_MORE`` batches after its own, and appends it
-before it wakes the writers of the batch before; past that, it wakes one of the next batch's
-writers to lead it (a woken writer waits for the GIL behind the others: about 400 µs between
-two syncs where the leader going on takes 100). The others sleep until their batch is done: a
-batch wakes only its own writers, once its sync has returned. The checkpoint then records the
-batch's last record (never a record that is not yet durable), except while later batches are
-already appended or queued and the checkpoint is under ``_CHECKPOINT_EVERY`` old: the last of
-them records it (its lock, read and write beside the log cost as much CPU as the rest of a
-batch). So a busy log's checkpoint is at most that far behind, and an idle log's is current. A
-log that logrotate moved or truncated is noticed at the next batch and reopened; the chain
-continues from the checkpoint.
+log (so a CLI and a daemon writing the same log keep one chain), appends them in one
+``write``, and syncs them (``fdatasync``) after releasing the lock, so the next batch can be
+appended while this one syncs; the kernel commits overlapping syncs together. At most
+``_MAX_SYNCS`` syncs are in flight; lines arriving past that wait and go as one batch, led
+by one of its writers whom the sink wakes when it may go (the others sleep until their batch
+is done: a batch wakes only its own writers). Each writer returns once the sync of its own
+batch has returned. The checkpoint then records the batch's last record (never a record that
+is not yet durable), except while later batches are already appended or queued and the
+checkpoint is under ``_CHECKPOINT_EVERY`` old: the last of them records it (its lock, read
+and write beside the log cost as much CPU as the rest of a batch). So a busy log's
+checkpoint is at most that far behind, and an idle log's is current. A log that logrotate
+moved or truncated is noticed at the next batch and reopened; the chain continues from the
+checkpoint.
 """
 
 from __future__ import annotations
@@ -48,10 +44,7 @@ _CHECKPOINT_WIDTH = 120
 #: fdatasync (and its fsync is the same weak promise either way).
 _sync = getattr(os, "fdatasync", os.fsync)
 #: Batches whose syncs may be in flight at once; lines arriving past it wait and batch up.
-_MAX_SYNCS = 1
-#: Batches a writer leads after its own, when each has gathered while the one before synced
-#: (no writer is woken to lead them: waking one costs more than the append it would do).
-_LEAD_MORE = 8
+_MAX_SYNCS = 2
 #: While batches follow one another, the checkpoint is recorded at most this often (seconds).
 _CHECKPOINT_EVERY = 0.01
 
@@ -106,14 +99,13 @@ class Appended(NamedTuple):
 
 class FileSink:
     """The audit log file: sealed, appended in batches, each batch synced before its
-    writers go on; the next batch gathers while one syncs.
+    writers go on; the syncs of consecutive batches may overlap.
 
-    Each batch has a leader that seals, appends and syncs it for the others; they sleep on a
-    lock of their own, which the leader releases when the batch is done, so a batch wakes its
-    own writers and no one else. A writer that finds the sink idle leads its batch at once;
-    otherwise its line waits in the open batch, and the leader whose sync ends leads it too
-    (up to ``_LEAD_MORE`` batches after its own), or whoever frees the sink (an append ending,
-    or that leader past its bound) tells one of that batch's writers to lead it.
+    Each batch has a leader, one of its writers, that seals, appends and syncs it for the
+    others; they sleep on a lock of their own, which the leader releases when the batch is
+    done, so a batch wakes its own writers and no one else. A writer that finds the sink idle
+    leads its batch at once; otherwise its line waits in the open batch, and whoever frees
+    the sink (an append or a sync ending) tells one of that batch's writers to lead it.
     """
 
     def __init__(self, file: Path, key: bytes, checkpoint: Path) -> None:
@@ -140,9 +132,6 @@ class FileSink:
         #: Python code, and runs for every batch otherwise)
         self._closing = self._append_waiting = 0
         self._open = _Batch()  # where arriving lines go
-        #: synced batches whose writers wake once the batch their leader went on to lead
-        #: is appended
-        self._wake_later: list[_Batch] = []
         self._appending = False  # a batch is being sealed and appended
         self._syncing = 0  # batches appended, not yet synced
         self._checkpointing = 0  # batches synced, their checkpoint not yet written
@@ -191,7 +180,7 @@ class FileSink:
                 raise
             if batch.leader is not wake:
                 return self._outcome(batch)
-        self._commit(batch, _LEAD_MORE)
+        self._commit(batch)
         return self._outcome(batch)
 
     def _outcome(self, batch: _Batch) -> None:
@@ -259,25 +248,14 @@ class FileSink:
                 for item in appended:
                     self._release_fd(item.fd)
 
-    def _commit(self, batch: _Batch, more: int = 0) -> None:
-        """Commit ``batch``, then up to ``more`` batches that gathered meanwhile, as their
-        leader too: those batches' writers sleep on, none is woken to lead, and this thread
-        (which holds the GIL as its sync returns) appends the next batch before it wakes the
-        writers of the last one, so they do not hold up that append."""
-        following: _Batch | None = batch
-        while following is not None:
-            following = self._commit_one(following, more > 0)
-            more -= 1
-
-    def _commit_one(self, batch: _Batch, go_on: bool) -> _Batch | None:
-        """Append ``batch`` in order, then sync it while the next one gathers, record the
-        checkpoint, and wake the batch's writers; the next batch if this thread is to lead
-        it (``go_on``, and one gathered), whose append wakes this batch's writers.
+    def _commit(self, batch: _Batch) -> None:
+        """Append ``batch`` in order, then sync it while the next one may be appended,
+        record the checkpoint, and wake the batch's writers.
 
         Called without the mutex, as the batch's leader (``_appending`` set for it).
         Appends are one at a time (the chain's order); a sync covers every byte appended
-        before it, so syncs that overlap (``_MAX_SYNCS`` above one, or :meth:`sync` of
-        deferred lines) are safe, and the kernel commits them together.
+        before it, so overlapping syncs of consecutive batches are safe, and the kernel
+        commits them together.
         """
         sync_fd, sealed_to = -1, None
         try:
@@ -287,7 +265,6 @@ class FileSink:
         finally:
             with self._mutex:
                 self._appending = False
-                self._wake_deferred()
                 if self._append_waiting:
                     self._appended.notify_all()
                 if sync_fd >= 0:
@@ -297,7 +274,7 @@ class FileSink:
                     self._done(batch)
                 self._start_next()
         if sync_fd < 0 or sealed_to is None:
-            return None
+            return
         record: Checkpoint | None = None
         try:
             _sync(sync_fd)
@@ -309,8 +286,7 @@ class FileSink:
                 self._syncing -= 1
                 self._checkpointing += 1
                 record = self._checkpoint_due(None if batch.error else sealed_to)
-                if not go_on:
-                    self._start_next()
+                self._start_next()
         try:
             if record is not None:
                 self._write_checkpoint(record)
@@ -320,21 +296,10 @@ class FileSink:
                     committed(sealed_to.seq, sealed_to.chain)
         except Exception as exc:  # reported to every writer of the batch
             batch.error = exc
-        except BaseException:  # interrupted: a woken writer leads the next batch
+        finally:
             with self._mutex:
                 self._checkpointing -= 1
-                self._start_next()
                 self._done(batch)
-            raise
-        with self._mutex:
-            self._checkpointing -= 1
-            following = self._claim_next() if go_on else None
-            if following is not None:
-                self._wake_later.append(batch)
-            else:
-                self._start_next()
-                self._done(batch)
-        return following
 
     def _checkpoint_due(self, durable: Checkpoint | None) -> Checkpoint | None:
         """With the mutex held, as a batch's sync ends (``durable``: where it sealed to, None
@@ -366,21 +331,6 @@ class FileSink:
                 self._retired.add(fd)
             else:
                 os.close(fd)
-
-    def _claim_next(self) -> _Batch | None:
-        """With the mutex held: the batch waiting to go, taken to lead without a wake-up."""
-        batch = self._open
-        if batch.waiters and not self._appending and self._syncing < _MAX_SYNCS:
-            self._open, self._appending = _Batch(), True
-            return batch
-        return None
-
-    def _wake_deferred(self) -> None:
-        """With the mutex held, once a batch's append is over: wake the writers of the
-        batch before it, whose leader went on to lead this one."""
-        batches, self._wake_later = self._wake_later, []
-        for batch in batches:
-            self._done(batch)
 
     def _done(self, batch: _Batch) -> None:
         """With the mutex held: wake ``batch``'s sleeping writers, and close() once idle."""
