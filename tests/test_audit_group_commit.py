@@ -141,14 +141,12 @@ class TestNoWriterReturnsBeforeItsSync:
         state = {"durable": 0, "syncs": 0}  # bytes every finished sync covers, sync count
         mutex = threading.Lock()
 
-        queued = WRITERS - sinks._MAX_SYNCS  # behind the first syncs: one batch, one sync
-
         def counted_sync(fd: int) -> None:
             with mutex:
                 state["syncs"] += 1
                 first = state["syncs"] <= sinks._MAX_SYNCS
-            if first:
-                _until(lambda: len(sink._open.lines) == queued)
+            if first:  # every writer's first event in these syncs or queued behind them
+                _until(lambda: _records(file) + len(sink._open.lines) == WRITERS)
             covers = os.fstat(fd).st_size  # appended before the sync: all of it is covered
             real_sync(fd)
             with mutex:
@@ -177,7 +175,8 @@ class TestNoWriterReturnsBeforeItsSync:
         events = WRITERS * per_writer
         assert early == []  # no event returned before a finished sync covered it
         assert state["syncs"] == sink.batches
-        assert state["syncs"] <= events - (queued - 1)  # the queued went with one sync
+        # The first eight events went with at most one sync more than those held.
+        assert state["syncs"] <= events - (WRITERS - sinks._MAX_SYNCS - 1)
         problem, count = verify(chain_key(KEY.encode()), [file],
                                 Checkpoint.load(checkpoint_path(file)))
         assert (problem, count) == (None, events)
