@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -123,3 +124,60 @@ class TestReopenInPlace:
         problem, count = verify(chain_key(KEY.encode()), [file],
                                 Checkpoint.load(checkpoint_path(file)))
         assert (problem, count) == (None, 2)
+
+
+class TestNoWriterReturnsBeforeItsSync:
+    """Eight writers logging freely share syncs (fewer syncs than events), and every event
+    returns only once a sync that covers its line, every byte up to its end, has returned."""
+
+    def test_each_return_covered_by_a_finished_sync(self, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+        per_writer = 40
+        file = tmp_path / "audit.jsonl"
+        log = AuditLog(Secret(KEY), file=file)
+        sink = log._sinks[0]
+        assert isinstance(sink, sinks.FileSink)
+        real_sync = sinks._sync
+        state = {"durable": 0, "syncs": 0}  # bytes every finished sync covers, sync count
+        mutex = threading.Lock()
+
+        def counted_sync(fd: int) -> None:
+            with mutex:
+                state["syncs"] += 1
+                first = state["syncs"] <= sinks._MAX_SYNCS
+            if first:  # every writer's first event in these syncs or queued behind them
+                _until(lambda: _records(file) + len(sink._open.lines) == WRITERS)
+            covers = os.fstat(fd).st_size  # appended before the sync: all of it is covered
+            real_sync(fd)
+            with mutex:
+                state["durable"] = max(state["durable"], covers)
+
+        monkeypatch.setattr(sinks, "_sync", counted_sync)
+        early: list[str] = []
+
+        def writer(n: int) -> None:
+            for i in range(per_writer):
+                step = f"w{n}-{i}"
+                log.event("rotation_step", step=step)
+                with mutex:
+                    durable = state["durable"]
+                data = file.read_bytes()
+                end = data.index(b"\n", data.index(f'"step":"{step}"'.encode())) + 1
+                if end > durable:
+                    early.append(step)
+
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(WRITERS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        log.close()
+        events = WRITERS * per_writer
+        assert early == []  # no event returned before a finished sync covered it
+        assert state["syncs"] == sink.batches
+        # The first eight events went with at most one sync more than those held.
+        assert state["syncs"] <= events - (WRITERS - sinks._MAX_SYNCS - 1)
+        problem, count = verify(chain_key(KEY.encode()), [file],
+                                Checkpoint.load(checkpoint_path(file)))
+        assert (problem, count) == (None, events)
+
