@@ -146,11 +146,25 @@ def _json_value(value: Any) -> str:
 
 
 def _is_ip(value: object) -> bool:
-    try:
-        ipaddress.ip_address(str(value))
-        return True
-    except ValueError:
+    """Whether ``value`` is an IP address (``source.ip`` takes nothing else)."""
+    if not isinstance(value, str):
         return False
+    known = _IPS.get(value)
+    if known is None:
+        try:
+            ipaddress.ip_address(value)
+            known = True
+        except ValueError:
+            known = False
+        if len(_IPS) >= 1024:
+            _IPS.clear()
+        _IPS[value] = known
+    return known
+
+
+#: ``_is_ip``'s answers for the callers' addresses seen last: an API call's event asks about
+#: one of a few addresses, and parsing one costs more than the rest of its ECS document.
+_IPS: dict[str, bool] = {}
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
