@@ -2,6 +2,8 @@
 
 A step's audit events are synced beside the journal's commit of the step
 (:meth:`rotator.audit.AuditLog.durable`): both are on disk before the rotation goes on.
+One step is recorded without a sync of its own: CREATED of an overlap rotation, which only
+the verification follows (see :meth:`Audited._advance_before_check`).
 """
 
 from __future__ import annotations
@@ -100,6 +102,28 @@ class Audited:
         """
         return self.audit.durable(lambda: self.journal.advance(
             rotation.id, state, self.clock(), expected=rotation.state, **fields))
+
+    def _advance_before_check(self, rotation: Rotation, state: State,
+                              **fields: str | None) -> Rotation:
+        """Record ``state`` of an overlap rotation when what comes before its next step is
+        recorded is only a check that changes nothing (the verification's token request):
+        committed without a sync, its audit events synced with the next step's commit.
+
+        Crash safety is the same as with a sync of its own. The commit and the events are
+        in their files when this returns, so they outlive the process (SIGKILL). A power
+        loss before the next synced commit loses at most this step, and what it leaves,
+        the new secret staged in the stores and the journal one step back, is what a crash
+        just before this commit leaves, which a resume takes up (it recovers or takes back
+        the IdP's secret). The next step's commit syncs the journal (one sync of SQLite's
+        write-ahead log makes every earlier commit durable) and these events before the
+        rotation changes anything again. A journal without ``unsynced`` syncs as usual.
+        """
+        unsynced = getattr(self.journal, "unsynced", None)
+        if unsynced is None or rotation.family != "overlap":
+            return self._advance(rotation, state, **fields)
+        with unsynced():
+            return self.journal.advance(rotation.id, state, self.clock(),
+                                        expected=rotation.state, **fields)
 
     def _fail(self, rotation: Rotation, reason: str) -> Rotation:
         return self._advance(rotation, State.FAILED, error=reason)
