@@ -25,6 +25,7 @@ from providers.stores.vault import VaultStore
 from rotator.audit import sinks
 from rotator.engine import Engine
 from rotator.journal.sqlite import SqliteJournal
+from rotator.secrets import Secret
 
 pytestmark = pytest.mark.server
 
@@ -168,3 +169,29 @@ class TestUnsyncedBlock:
             assert {r[0] for r in db.execute("SELECT client FROM leases")} == {
                 "c1", "c2", "c3"}
         db.close()
+
+
+class TestSecretsWrappedPerRotation:
+    """An overlap rotation wraps four values as Secrets, each registered with the redactor
+    once: the stored secret as read, the IdP's new one, the verification's access token and
+    the staged copy read back at the promotion (not the audit key id's constant, not the
+    same entry's credentials again)."""
+
+    def test_four(self, kc_realm: KeycloakRealm, bao_server: OpenBao, tmp_path: Path,
+                  monkeypatch: pytest.MonkeyPatch) -> None:
+        s = Scenario.create(kc_realm, bao_server, tmp_path, overlap=True, grace="1d")
+        wrapped: list[int] = []
+        real_init = Secret.__init__
+
+        def init(secret: Secret, value: str) -> None:
+            wrapped.append(1)
+            real_init(secret, value)
+
+        with counted_engine(s, monkeypatch) as (engine, _seen, _built):
+            # once per engine, not per rotation: the admin sign-in (its token is a Secret)
+            # and the audit key's id
+            engine.adapters.idp("kc").capabilities(s.client_id)
+            engine._audit_key_id()
+            monkeypatch.setattr(Secret, "__init__", init)
+            assert engine.rotate("svc").ok
+        assert len(wrapped) == 4

@@ -53,6 +53,8 @@ class Audited:
     hooks: HookRunner
     retirement_gates: list[RetirementGate]
     alerter: Alerter | None
+    #: the audit log and its key id (see _audit_key_id)
+    _known_audit_key_id: tuple[AuditLog, str]
 
     @property
     def _fence(self) -> int | None:
@@ -129,8 +131,16 @@ class Audited:
         return self._advance(rotation, State.FAILED, error=reason)
 
     def _audit_key_id(self) -> str:
-        """Names the audit key without revealing it: 8 hex digits of HMAC(key, a constant)."""
-        return self.audit.fingerprint(Secret(_AUDIT_KEY_ID_INPUT)).rpartition(":")[2][:8]
+        """Names the audit key without revealing it: 8 hex digits of HMAC(key, a constant).
+
+        Worked out once per audit log (twice a rotation asked for it: an HMAC, and a Secret
+        the redactor registers, each time)."""
+        known = self.__dict__.get("_known_audit_key_id")
+        if known is None or known[0] is not self.audit:
+            known = (self.audit, self.audit.fingerprint(
+                Secret(_AUDIT_KEY_ID_INPUT)).rpartition(":")[2][:8])
+            self._known_audit_key_id = known  # two threads at once: the same answer
+        return known[1]
 
     def _check_audit_key(self, rotation: Rotation) -> str | None:
         """Why ``rotation`` must not go on with the configured audit key, if it must not."""
