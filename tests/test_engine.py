@@ -499,9 +499,9 @@ class TestAuditDurableAtSteps:
 
 class TestJournalCostPerRotation:
     """An overlap rotation whose value the IdP makes costs the journal four commits (begun and
-    asked in one, then created, verified, promoted) and eighteen SQL statements: the two
-    reads before it begins, and per commit BEGIN, the write returning its row, its step(s)
-    and COMMIT."""
+    asked in one, then created, verified, promoted), three of them synced, and twenty SQL
+    statements: the two reads before it begins, per commit BEGIN, the write returning its
+    row, its step(s) and COMMIT, and the two pragmas around CREATED's unsynced commit."""
 
     def test_counted(self, tmp_path: Path) -> None:
         with make_rig(tmp_path, CAPS["generated-many"]) as rig:
@@ -515,7 +515,12 @@ class TestJournalCostPerRotation:
             assert outcome.ok and outcome.state == "promoted", outcome.message
             commits = [s for s in statements if s == "COMMIT"]
             assert len(commits) == 4, statements
-            assert len(statements) == 18, statements
+            assert len(statements) == 20, statements
+            unsynced = statements.index("PRAGMA synchronous=NORMAL")
+            assert statements[unsynced:unsynced + 6] == [
+                "PRAGMA synchronous=NORMAL", "BEGIN IMMEDIATE", statements[unsynced + 2],
+                statements[unsynced + 3], "COMMIT", "PRAGMA synchronous=FULL"], statements
+            assert "SET state = 'created'" in statements[unsynced + 2], statements
             steps = rig.engine.journal.steps(outcome.rotation_id or "")
             assert [s.state for s in steps] == [State.STARTED, State.CREATING, State.CREATED,
                                                 State.VERIFIED, State.PROMOTED]

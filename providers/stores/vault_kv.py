@@ -5,6 +5,7 @@ below; the module docstring of :mod:`providers.stores.vault` says what each one 
 
 from __future__ import annotations
 
+import functools
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -74,8 +75,10 @@ class Entry:
     custom: dict[str, str] = field(default_factory=dict)
     created: datetime | None = None
 
-    @property
+    @functools.cached_property
     def creds(self) -> Credentials | None:
+        """The credentials in ``data``, wrapped once per entry: each new Secret costs a
+        registration with the redactor, and a rotation asks a read entry several times."""
         return creds_of(self.data)
 
     @property

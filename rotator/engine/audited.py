@@ -2,6 +2,8 @@
 
 A step's audit events are synced beside the journal's commit of the step
 (:meth:`rotator.audit.AuditLog.durable`): both are on disk before the rotation goes on.
+One step is recorded without a sync of its own: CREATED of an overlap rotation, which only
+the verification follows (see :meth:`Audited._advance_before_check`).
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ class Audited:
     hooks: HookRunner
     retirement_gates: list[RetirementGate]
     alerter: Alerter | None
+    #: the audit log and its key id (see _audit_key_id)
+    _known_audit_key_id: tuple[AuditLog, str]
 
     @property
     def _fence(self) -> int | None:
@@ -101,12 +105,42 @@ class Audited:
         return self.audit.durable(lambda: self.journal.advance(
             rotation.id, state, self.clock(), expected=rotation.state, **fields))
 
+    def _advance_before_check(self, rotation: Rotation, state: State,
+                              **fields: str | None) -> Rotation:
+        """Record ``state`` of an overlap rotation when what comes before its next step is
+        recorded is only a check that changes nothing (the verification's token request):
+        committed without a sync, its audit events synced with the next step's commit.
+
+        Crash safety is the same as with a sync of its own. The commit and the events are
+        in their files when this returns, so they outlive the process (SIGKILL). A power
+        loss before the next synced commit loses at most this step, and what it leaves,
+        the new secret staged in the stores and the journal one step back, is what a crash
+        just before this commit leaves, which a resume takes up (it recovers or takes back
+        the IdP's secret). The next step's commit syncs the journal (one sync of SQLite's
+        write-ahead log makes every earlier commit durable) and these events before the
+        rotation changes anything again. A journal without ``unsynced`` syncs as usual.
+        """
+        unsynced = getattr(self.journal, "unsynced", None)
+        if unsynced is None or rotation.family != "overlap":
+            return self._advance(rotation, state, **fields)
+        with unsynced():
+            return self.journal.advance(rotation.id, state, self.clock(),
+                                        expected=rotation.state, **fields)
+
     def _fail(self, rotation: Rotation, reason: str) -> Rotation:
         return self._advance(rotation, State.FAILED, error=reason)
 
     def _audit_key_id(self) -> str:
-        """Names the audit key without revealing it: 8 hex digits of HMAC(key, a constant)."""
-        return self.audit.fingerprint(Secret(_AUDIT_KEY_ID_INPUT)).rpartition(":")[2][:8]
+        """Names the audit key without revealing it: 8 hex digits of HMAC(key, a constant).
+
+        Worked out once per audit log (twice a rotation asked for it: an HMAC, and a Secret
+        the redactor registers, each time)."""
+        known = self.__dict__.get("_known_audit_key_id")
+        if known is None or known[0] is not self.audit:
+            known = (self.audit, self.audit.fingerprint(
+                Secret(_AUDIT_KEY_ID_INPUT)).rpartition(":")[2][:8])
+            self._known_audit_key_id = known  # two threads at once: the same answer
+        return known[1]
 
     def _check_audit_key(self, rotation: Rotation) -> str | None:
         """Why ``rotation`` must not go on with the configured audit key, if it must not."""

@@ -437,8 +437,9 @@ class Engine(Steps):
             issued = self._timed("secret_created", lambda: idp.create_secret(
                 client.client_id, rotation.id, pending), rotation, abort_if_denied=True,
                 client=client)
-            return self._advance(rotation, State.CREATED, secret_ref=issued.secret_ref,
-                                 expires_at=_expiry(issued))
+            return self._advance_before_check(rotation, State.CREATED,
+                                              secret_ref=issued.secret_ref,
+                                              expires_at=_expiry(issued))
         if state is State.CREATING:
             return self._create_generated(client, idp, caps, rotation, resumed=resumed,
                                           abandon_pending=abandon_pending)

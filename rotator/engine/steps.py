@@ -79,8 +79,9 @@ class Steps(StoreSteps):
                                 "discarded at the IdP and the old secret kept")
                 raise Abort from None
             raise
-        return self._advance(rotation, State.CREATED, new_fingerprint=fingerprint,
-                             secret_ref=issued.secret_ref, expires_at=_expiry(issued))
+        return self._advance_before_check(rotation, State.CREATED, new_fingerprint=fingerprint,
+                                          secret_ref=issued.secret_ref,
+                                          expires_at=_expiry(issued))
 
     def _take_back(self, client: ClientConfig, idp: IdentityProvider, rotation: Rotation,
                    issued: IssuedSecret, fingerprint: str, reason: str) -> None:

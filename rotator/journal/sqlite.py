@@ -182,6 +182,8 @@ class SqliteJournal:
         self.state_dir = state_dir
         self.path = state_dir / "journal.sqlite3"
         self._mutex = threading.RLock()
+        #: per thread: ``unsynced`` (inside :meth:`unsynced`)
+        self._local = threading.local()
         try:
             ensure_private_dir(state_dir)
             _prepare_db_file(self.path)
@@ -315,18 +317,51 @@ class SqliteJournal:
                 f"{fence.token}): its lease expired and was taken over, so {what}")
 
     @contextmanager
+    def unsynced(self) -> Iterator[None]:
+        """Commit this thread's writes inside the block without syncing them to disk.
+
+        In WAL mode such a commit (SQLite's ``synchronous=NORMAL``) is in the file when it
+        returns, so it outlives the process (SIGKILL), but not a power loss until the next
+        synced commit: the WAL is one file written in order, and its sync makes every commit
+        before it durable too. For a step after which only a check that changes nothing
+        comes before the next step is recorded (see ``Audited._advance_before_check``).
+        """
+        outer = getattr(self._local, "unsynced", False)
+        self._local.unsynced = True
+        try:
+            yield
+        finally:
+            self._local.unsynced = outer
+
+    @contextmanager
     def _tx(self) -> Iterator[None]:
+        unsynced = getattr(self._local, "unsynced", False)
         with self._mutex:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
+                if unsynced:
+                    self._db.execute("PRAGMA synchronous=NORMAL")
                 try:
-                    yield
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
+                    self._db.execute("BEGIN IMMEDIATE")
+                    try:
+                        yield
+                    except BaseException:
+                        self._db.execute("ROLLBACK")
+                        raise
+                    self._db.execute("COMMIT")
+                finally:
+                    if unsynced:
+                        self._synced_again()
             except sqlite3.Error as exc:
                 raise RotationError(f"rotation journal {self.path}: {exc}") from exc
+
+    def _synced_again(self) -> None:
+        """Back to a sync per commit after an unsynced one; a connection that cannot be
+        put back is closed rather than left committing without syncs."""
+        try:
+            self._db.execute("PRAGMA synchronous=FULL")
+        except sqlite3.Error:
+            self._db.close()
+            raise
 
     # -- reading ---------------------------------------------------------------------------
 
