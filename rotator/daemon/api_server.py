@@ -7,11 +7,12 @@ segments for the caller to read), which :class:`_OneWrite` joins.
 A plain ``GET /v1/clients/{name}`` (the route a fleet polls) is answered by the HTTP protocol
 itself when the app offers a fast reader (:class:`FastReads`, the admin app's
 :class:`rotator.daemon.api_fast.FastClientRead`): from the parser's callback once the
-request's head is read, without an ASGI task, request cycle or messages; about a third of
-the event loop's time per call. Only the common case goes that way: HTTP/1.1 keep-alive, no
-body, nothing in flight or pipelined on the connection, the answer not held back by a caller
-that does not read. The bytes are those uvicorn writes for the same answer (a test compares
-them), and the connection goes on as after any answer (uvicorn's ``on_response_complete``).
+request's head is read, without an ASGI task, request cycle or messages (about a quarter
+less of the daemon's CPU per call in ``bench/bench_daemon.py``). Only the common case goes
+that way: HTTP/1.1 keep-alive, no body, nothing in flight or pipelined on the connection,
+the answer not held back by a caller that does not read. The bytes are those uvicorn writes
+for the same answer (a test compares them), and the connection goes on as after any answer
+(uvicorn's ``on_response_complete``).
 """
 
 from __future__ import annotations
