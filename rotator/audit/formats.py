@@ -15,6 +15,7 @@ followed by extensions, header and extension values escaped as the CEF specifica
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 from datetime import datetime
@@ -147,24 +148,18 @@ def _json_value(value: Any) -> str:
 
 def _is_ip(value: object) -> bool:
     """Whether ``value`` is an IP address (``source.ip`` takes nothing else)."""
-    if not isinstance(value, str):
+    return isinstance(value, str) and _parses_as_ip(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parses_as_ip(value: str) -> bool:
+    """Remembered for the callers' addresses seen last: an API call's event asks about one
+    of a few addresses, and parsing one costs more than the rest of its ECS document."""
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
         return False
-    known = _IPS.get(value)
-    if known is None:
-        try:
-            ipaddress.ip_address(value)
-            known = True
-        except ValueError:
-            known = False
-        if len(_IPS) >= 1024:
-            _IPS.clear()
-        _IPS[value] = known
-    return known
-
-
-#: ``_is_ip``'s answers for the callers' addresses seen last: an API call's event asks about
-#: one of a few addresses, and parsing one costs more than the rest of its ECS document.
-_IPS: dict[str, bool] = {}
+    return True
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)

@@ -237,7 +237,7 @@ class Daemon:
             self.service.release_facts()
         log.info("daemon_started", pid=os.getpid(), clients=len(self.config.clients),
                  api=self.api.port if self.api is not None else None)
-        settled = _settle_heap(False, self.service)
+        settled = False
         while not self._stop.is_set():
             settled = _settle_heap(settled, self.service)
             self._wake.wait(1.0)
