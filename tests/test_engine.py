@@ -499,9 +499,10 @@ class TestAuditDurableAtSteps:
 
 class TestJournalCostPerRotation:
     """An overlap rotation whose value the IdP makes costs the journal four commits (begun and
-    asked in one, then created, verified, promoted), three of them synced, and twenty SQL
+    asked in one, then created, verified, promoted), two of them synced, and twenty-two SQL
     statements: the two reads before it begins, per commit BEGIN, the write returning its
-    row, its step(s) and COMMIT, and the two pragmas around CREATED's unsynced commit."""
+    row, its step(s) and COMMIT, and the two pragmas around each of the unsynced commits of
+    CREATED and of PROMOTED (a grace period follows it)."""
 
     def test_counted(self, tmp_path: Path) -> None:
         with make_rig(tmp_path, CAPS["generated-many"]) as rig:
@@ -515,12 +516,14 @@ class TestJournalCostPerRotation:
             assert outcome.ok and outcome.state == "promoted", outcome.message
             commits = [s for s in statements if s == "COMMIT"]
             assert len(commits) == 4, statements
-            assert len(statements) == 20, statements
-            unsynced = statements.index("PRAGMA synchronous=NORMAL")
-            assert statements[unsynced:unsynced + 6] == [
-                "PRAGMA synchronous=NORMAL", "BEGIN IMMEDIATE", statements[unsynced + 2],
-                statements[unsynced + 3], "COMMIT", "PRAGMA synchronous=FULL"], statements
-            assert "SET state = 'created'" in statements[unsynced + 2], statements
+            assert len(statements) == 22, statements
+            unsynced = [i for i, s in enumerate(statements) if s == "PRAGMA synchronous=NORMAL"]
+            assert len(unsynced) == 2, statements
+            for at, state in zip(unsynced, ("created", "promoted"), strict=True):
+                assert statements[at:at + 6] == [
+                    "PRAGMA synchronous=NORMAL", "BEGIN IMMEDIATE", statements[at + 2],
+                    statements[at + 3], "COMMIT", "PRAGMA synchronous=FULL"], statements
+                assert f"SET state = '{state}'" in statements[at + 2], statements
             steps = rig.engine.journal.steps(outcome.rotation_id or "")
             assert [s.state for s in steps] == [State.STARTED, State.CREATING, State.CREATED,
                                                 State.VERIFIED, State.PROMOTED]

@@ -2,17 +2,21 @@
 
 An overlap rotation records four steps (begun and CREATING, CREATED, VERIFIED, PROMOTED). Its
 CREATED step is committed without a sync and its audit events are synced with VERIFIED's
-commit, because only the verification's token request comes between; every other step is
-synced before the rotation changes anything again. The SIGKILL matrix
+commit, because only the verification's token request comes between. Its PROMOTED step, when
+a grace period follows, is committed without a sync too: its events are synced when the
+command ends, and the journal's log before the old secret is retired or the journal closes.
+Every other step is synced before the rotation changes anything again. The SIGKILL matrix
 (``tests/test_crash_safety.py``) proves the resumes; these tests count the syncs and check
-that nothing a store write depends on is left unsynced when it happens.
+that nothing a store or IdP write depends on is left unsynced when it happens.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -81,21 +85,106 @@ def _state_on_disk(journal: Path) -> str:
 
 
 class TestOverlapRotationSyncs:
-    """An overlap rotation syncs its journal three times and its audit log three times (its
-    CREATED step with the VERIFIED one), and the first store write of the promotion finds
-    VERIFIED and every event before it synced."""
+    """An overlap rotation with a grace period syncs its journal twice and its audit log
+    twice (its CREATED step with the VERIFIED one, its PROMOTED step's events with the
+    outcome at the end), and the first store write of the promotion finds VERIFIED and
+    every event before it synced."""
 
-    def test_three_syncs_each(self, kc_realm: KeycloakRealm, bao_server: OpenBao,
-                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                              syncs: Syncs) -> None:
+    def test_two_syncs_each(self, kc_realm: KeycloakRealm, bao_server: OpenBao,
+                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                            syncs: Syncs) -> None:
         s = Scenario.create(kc_realm, bao_server, tmp_path, overlap=True, grace="1d")
         with counted_engine(s, monkeypatch) as (engine, _seen, _built):
             _traced(engine, syncs)
             outcome = engine.rotate("svc")
-        assert outcome.ok, outcome.message
-        assert syncs.synced_commits == 3  # begun (CREATING), VERIFIED, PROMOTED
-        assert syncs.unsynced_commits == 1  # CREATED
-        assert syncs.audit == 3  # with VERIFIED, with PROMOTED, the outcome at the end
+            assert outcome.ok, outcome.message
+            assert syncs.synced_commits == 2  # begun (CREATING), VERIFIED
+            assert syncs.unsynced_commits == 2  # CREATED, PROMOTED
+            assert syncs.audit == 2  # with VERIFIED; PROMOTED's with the outcome at the end
+            journal = engine.journal
+            assert isinstance(journal, SqliteJournal) and journal._behind
+
+    def test_no_grace_period_promoted_synced(
+            self, kc_realm: KeycloakRealm, bao_server: OpenBao, tmp_path: Path,
+            monkeypatch: pytest.MonkeyPatch, syncs: Syncs) -> None:
+        """Retirement right after the promotion: PROMOTED is synced as before."""
+        s = Scenario.create(kc_realm, bao_server, tmp_path, overlap=True, grace="0s")
+        with counted_engine(s, monkeypatch) as (engine, _seen, _built):
+            _traced(engine, syncs)
+            outcome = engine.rotate("svc")
+        assert outcome.ok and outcome.action == "rotated", outcome.message
+        assert syncs.unsynced_commits == 1  # CREATED only
+
+    def test_retirement_syncs_the_promotion_before_the_idp_acts(
+            self, kc_realm: KeycloakRealm, bao_server: OpenBao, tmp_path: Path,
+            monkeypatch: pytest.MonkeyPatch, syncs: Syncs) -> None:
+        """The scheduler's retirement, once the grace period is over, in the same process
+        and with no commit since the unsynced PROMOTED: the log is synced first."""
+        s = Scenario.create(kc_realm, bao_server, tmp_path, overlap=True, grace="1d")
+        wal_syncs: list[bool] = []
+        with counted_engine(s, monkeypatch) as (engine, _seen, _built):
+            journal = engine.journal
+            assert isinstance(journal, SqliteJournal)
+            assert engine.rotate("svc").ok
+            assert journal._behind
+            real_sync = SqliteJournal.sync
+
+            def sync(j: SqliteJournal) -> None:
+                wal_syncs.append(j._behind)
+                real_sync(j)
+
+            monkeypatch.setattr(SqliteJournal, "sync", sync)
+            idp = engine.adapters.idp("kc")
+            real_retire = type(idp).retire_old_secrets
+            order: list[str] = []
+
+            def retire(self: Any, *args: Any, **kwargs: Any) -> Any:
+                order.append(f"idp retire, journal behind: {journal._behind}")
+                return real_retire(self, *args, **kwargs)
+
+            monkeypatch.setattr(type(idp), "retire_old_secrets", retire)
+            rotation = journal.open_rotation("svc")
+            assert rotation is not None and rotation.retire_after is not None
+            due = rotation.retire_after + timedelta(seconds=1)
+            engine.clock = lambda: due
+            outcome = engine.retire("svc", actor="scheduler")
+        assert outcome.ok and outcome.action == "retired", outcome.message
+        assert wal_syncs[0] is True  # the one sync that had something to do
+        assert order == ["idp retire, journal behind: False"]
+
+
+class TestJournalSyncsWhatIsOutstanding:
+    """``SqliteJournal.sync`` syncs the write-ahead log once an unsynced commit is
+    outstanding, and not otherwise; closing the journal syncs it."""
+
+    def test_sync_and_close(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        journal = SqliteJournal(tmp_path / "state")
+        fsynced: list[int] = []
+        real_fsync = os.fsync
+
+        def fsync(fd: int) -> None:
+            fsynced.append(fd)
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        journal.acquire_lease("c1", "h", 60)
+        journal.sync()
+        assert fsynced == [] and not journal._behind  # synced by its commit
+        with journal.unsynced():
+            journal.acquire_lease("c2", "h", 60)
+        assert journal._behind
+        journal.sync()
+        assert len(fsynced) == 1 and not journal._behind
+        journal.sync()
+        assert len(fsynced) == 1
+        with journal.unsynced():
+            journal.acquire_lease("c3", "h", 60)
+        journal.close()
+        assert len(fsynced) == 2
+        with sqlite3.connect(tmp_path / "state" / "journal.sqlite3") as db:
+            assert {r[0] for r in db.execute("SELECT client FROM leases")} == {
+                "c1", "c2", "c3"}
+        db.close()
 
     def test_promotion_finds_everything_before_it_synced(
             self, kc_realm: KeycloakRealm, bao_server: OpenBao, tmp_path: Path,

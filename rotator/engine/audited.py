@@ -2,8 +2,9 @@
 
 A step's audit events are synced beside the journal's commit of the step
 (:meth:`rotator.audit.AuditLog.durable`): both are on disk before the rotation goes on.
-One step is recorded without a sync of its own: CREATED of an overlap rotation, which only
-the verification follows (see :meth:`Audited._advance_before_check`).
+Two steps of an overlap rotation are recorded without a sync of their own: CREATED, which only
+the verification follows, and PROMOTED, which only the grace period follows (see
+:meth:`Audited._advance_unsynced`).
 """
 
 from __future__ import annotations
@@ -105,20 +106,28 @@ class Audited:
         return self.audit.durable(lambda: self.journal.advance(
             rotation.id, state, self.clock(), expected=rotation.state, **fields))
 
-    def _advance_before_check(self, rotation: Rotation, state: State,
-                              **fields: str | None) -> Rotation:
-        """Record ``state`` of an overlap rotation when what comes before its next step is
-        recorded is only a check that changes nothing (the verification's token request):
-        committed without a sync, its audit events synced with the next step's commit.
+    def _advance_unsynced(self, rotation: Rotation, state: State,
+                          **fields: str | None) -> Rotation:
+        """Record ``state`` of an overlap rotation when nothing that changes anything comes
+        before the next synced commit: committed without a sync, its audit events synced
+        later. Two steps qualify:
+
+        - CREATED, which only the verification's token request follows before VERIFIED is
+          recorded (with a sync that covers this commit and these events);
+        - PROMOTED with a grace period ahead: nothing follows until retirement, whose first
+          write comes after a synced commit (ending the grace period early, a hook's run,
+          or any later step of any rotation in this journal). Its events are synced when
+          the command's deferred block ends, before the outcome is returned, and a journal
+          closed with such a commit outstanding syncs it first.
 
         Crash safety is the same as with a sync of its own. The commit and the events are
         in their files when this returns, so they outlive the process (SIGKILL). A power
-        loss before the next synced commit loses at most this step, and what it leaves,
-        the new secret staged in the stores and the journal one step back, is what a crash
-        just before this commit leaves, which a resume takes up (it recovers or takes back
-        the IdP's secret). The next step's commit syncs the journal (one sync of SQLite's
-        write-ahead log makes every earlier commit durable) and these events before the
-        rotation changes anything again. A journal without ``unsynced`` syncs as usual.
+        loss before the next synced commit loses at most this step, and what it leaves, the
+        journal one step back with the stores already where this step put them, is what a
+        crash just before this commit leaves, which a resume takes up (CREATED: it recovers
+        or takes back the IdP's secret; PROMOTED: the promotion is found done and recorded
+        again). One sync of SQLite's write-ahead log makes every earlier commit durable. A
+        journal without ``unsynced`` syncs as usual.
         """
         unsynced = getattr(self.journal, "unsynced", None)
         if unsynced is None or rotation.family != "overlap":

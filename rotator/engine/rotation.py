@@ -21,7 +21,7 @@ from rotator.engine.consumer_gate import consumer_gate
 from rotator.engine.outcome import Abort, Clock, Outcome, utcnow
 from rotator.engine.status import client_status
 from rotator.engine.steps import Steps
-from rotator.engine.store_steps import _read_with_facts, _writes_current
+from rotator.engine.store_steps import _writes_current
 from rotator.engine.verification import HttpFactory, default_http
 from rotator.errors import (
     JournalConflict,
@@ -80,6 +80,7 @@ class Engine(Steps):
         # rotation id -> the value this process staged for it, so that verifying it in the
         # same run needs no second read; a resumed rotation reads the store instead.
         self._staged: dict[RotationId, Secret] = {}
+        self._caps_seen = {}
         # Hooks after promote and retire (rotator.hooks); retirement waits while a gate holds.
         self.hooks = HookRunner(config.clients, journal, audit, clock=clock, sleep=sleep)
         self.retirement_gates: list[RetirementGate] = [self.hooks]
@@ -261,22 +262,22 @@ class Engine(Steps):
             raise RotationError(f"client {client.name}: its client id {problem}, so it cannot "
                                 "be stored safely")
         idp = self.adapters.idp(client.idp)
-        caps = idp.capabilities(client.client_id)
         primary = self.adapters.store(client.primary.store)
+
         # An overlap IdP that generates the value is asked before any store is written, and
         # a stage refused afterwards (read-only, a foreign pending credential) takes the new
         # secret back, so the stores need no look ahead. Otherwise a refused write could not
         # be undone: find it first. A store that writes a single-secret rotation's value as
         # CURRENT at once needs no pending check.
-        ahead = dry_run or not caps.overlap or caps.caller_sets_value
+        def looks_ahead(caps: IdpCapabilities) -> bool:
+            return dry_run or not caps.overlap or caps.caller_sets_value
 
-        def pending_check(store: SecretStore) -> bool:
-            return ahead and (dry_run or caps.overlap or not _writes_current(store))
+        def pending_check(store: SecretStore, caps: IdpCapabilities) -> bool:
+            return looks_ahead(caps) and (dry_run or caps.overlap or not _writes_current(store))
 
-        if pending_check(primary):
-            current, primary_facts = _read_with_facts(primary, client.primary.location)
-        else:
-            current = primary.read(client.primary.location, Stage.CURRENT)
+        caps, current, primary_facts = self._asked_and_read(
+            client, idp, primary, lambda caps: pending_check(primary, caps))
+        ahead = looks_ahead(caps)
         if current is None:
             raise RotationError(
                 f"no current credential for {client.name} in store "
@@ -294,9 +295,9 @@ class Engine(Steps):
             if not ahead:
                 continue
             store.check_writable(target.location)
-            if not pending_check(store):
+            if not pending_check(store, caps):
                 continue
-            facts = (primary_facts if target == client.primary
+            facts = (primary_facts if target == client.primary and primary_facts is not None
                      else store.facts(target.location))
             if facts.has_pending and not abandon_pending:
                 raise RotationError(
@@ -379,8 +380,9 @@ class Engine(Steps):
                     rotation.id, rotation.state.value)
             finally:
                 self._staged.pop(rotation.id, None)
-            with self.audit.immediate():
-                self.hooks.run_due(client, rotation)
+            if self.hooks.any_for(client, rotation):  # their events synced before they act
+                with self.audit.immediate():
+                    self.hooks.run_due(client, rotation)
         return self._finish(client, rotation, started, began_at)
 
     def _finish(self, client: ClientConfig, rotation: Rotation, started: float,
@@ -437,9 +439,9 @@ class Engine(Steps):
             issued = self._timed("secret_created", lambda: idp.create_secret(
                 client.client_id, rotation.id, pending), rotation, abort_if_denied=True,
                 client=client)
-            return self._advance_before_check(rotation, State.CREATED,
-                                              secret_ref=issued.secret_ref,
-                                              expires_at=_expiry(issued))
+            return self._advance_unsynced(rotation, State.CREATED,
+                                          secret_ref=issued.secret_ref,
+                                          expires_at=_expiry(issued))
         if state is State.CREATING:
             return self._create_generated(client, idp, caps, rotation, resumed=resumed,
                                           abandon_pending=abandon_pending)
@@ -451,9 +453,13 @@ class Engine(Steps):
         if state is State.VERIFIED:
             if overlap:
                 self._promote_all(client, rotation)
-                retire = self.clock() + timedelta(seconds=client.min_grace
-                                                  if client.retire == "when_unused"
-                                                  else client.grace_period)
+                now = self.clock()
+                retire = now + timedelta(seconds=client.min_grace
+                                         if client.retire == "when_unused"
+                                         else client.grace_period)
+                if retire > now:  # nothing follows before the grace period ends
+                    return self._advance_unsynced(rotation, State.PROMOTED,
+                                                  retire_after=retire.isoformat())
                 return self._advance(rotation, State.PROMOTED, retire_after=retire.isoformat())
             return self._advance(rotation, State.COMPLETED)
         if state is State.PROMOTED:

@@ -79,9 +79,8 @@ class Steps(StoreSteps):
                                 "discarded at the IdP and the old secret kept")
                 raise Abort from None
             raise
-        return self._advance_before_check(rotation, State.CREATED, new_fingerprint=fingerprint,
-                                          secret_ref=issued.secret_ref,
-                                          expires_at=_expiry(issued))
+        return self._advance_unsynced(rotation, State.CREATED, new_fingerprint=fingerprint,
+                                      secret_ref=issued.secret_ref, expires_at=_expiry(issued))
 
     def _take_back(self, client: ClientConfig, idp: IdentityProvider, rotation: Rotation,
                    issued: IssuedSecret, fingerprint: str, reason: str) -> None:
@@ -145,6 +144,9 @@ class Steps(StoreSteps):
 
     def _retire(self, client: ClientConfig, idp: IdentityProvider, caps: IdpCapabilities,
                 rotation: Rotation) -> Rotation:
+        sync = getattr(self.journal, "sync", None)
+        if sync is not None:  # a PROMOTED committed unsynced is durable before the IdP acts
+            sync()
         current = self._read(client, Stage.CURRENT)
         if current is None:
             raise RotationError("no current credential to keep while retiring")

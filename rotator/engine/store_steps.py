@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextvars
+import threading
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from rotator.config import ClientConfig
 from rotator.engine.audited import Audited, _ms
 from rotator.interfaces import (
     Credentials,
+    IdentityProvider,
+    IdpCapabilities,
     Rotation,
     SecretStore,
     Stage,
@@ -16,9 +22,64 @@ from rotator.interfaces import (
 )
 from rotator.secrets import Secret
 
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+
+#: Threads that read a client's store while its IdP is asked (see StoreSteps._asked_and_read)
+_READERS = 4
+
 
 class StoreSteps(Audited):
     """Writes to and reads from a client's stores, each write audited."""
+
+    #: IdP name -> its last answer to ``capabilities`` in this process (any client's)
+    _caps_seen: dict[str, IdpCapabilities]
+    _readers: ThreadPoolExecutor | None = None
+    _readers_lock = threading.Lock()
+
+    def _asked_and_read(
+        self, client: ClientConfig, idp: IdentityProvider, primary: SecretStore,
+        needs_facts: Callable[[IdpCapabilities], bool],
+    ) -> tuple[IdpCapabilities, StoredCredentials | None, StoreFacts | None]:
+        """The IdP's capabilities for ``client``, and the primary store's current credential
+        with, where the capabilities call for them (``needs_facts``), the location's facts.
+
+        Which read it is depends on the answer, and the two are independent otherwise: once
+        this engine has had an answer from the same IdP that needed no facts (the IdP's
+        previous rotation, any client), the current credential is read in another thread
+        while the IdP is asked, and a rotation begins one store round trip sooner. An
+        answer that turns out to need the facts after all (the IdP's policy changed) reads
+        again, with them. Both are reads: what either raises is raised as it would be one
+        after the other (the IdP's refusal first), once both are over.
+        """
+        location = client.primary.location
+        seen = self._caps_seen.get(client.idp)
+        current: Future[StoredCredentials | None] | None = None
+        if seen is not None and not needs_facts(seen):
+            current = self._reader_pool().submit(
+                contextvars.copy_context().run, primary.read, location, Stage.CURRENT)
+        try:
+            caps = idp.capabilities(client.client_id)
+        finally:
+            if current is not None:
+                current.exception()  # over before anything else happens
+        self._caps_seen[client.idp] = caps
+        if needs_facts(caps):
+            read, facts = _read_with_facts(primary, location)
+            return caps, read, facts
+        if current is None:
+            return caps, primary.read(location, Stage.CURRENT), None
+        return caps, current.result(), None
+
+    def _reader_pool(self) -> ThreadPoolExecutor:
+        with self._readers_lock:
+            if self._readers is None:
+                from concurrent.futures import ThreadPoolExecutor  # only where it is used
+
+                self._readers = ThreadPoolExecutor(_READERS,
+                                                   thread_name_prefix="rotator-read")
+            return self._readers
 
     def _stage_all(self, client: ClientConfig, rotation: Rotation, value: Secret,
                    abandon_pending: bool, *, issued: bool = False) -> None:

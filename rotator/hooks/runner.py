@@ -56,15 +56,19 @@ class HookRunner:
 
     # -- the engine's calls ----------------------------------------------------------------
 
+    def any_for(self, client: Any, rotation: Rotation) -> bool:
+        """Whether ``client`` has hooks for a stage ``rotation`` reached (run or not)."""
+        return any(self.hooks_of(client, stage) for stage in self._stages(rotation))
+
     def run_due(self, client: Any, rotation: Rotation, *, force: bool = False) -> None:
         """Run every hook of the stages ``rotation`` reached that has not succeeded yet.
 
         A hook that failed waits until its ``next_attempt_at`` unless ``force``. Never
         raises: a hook cannot undo a rotation, and a journal error is logged.
         """
-        stages = self._stages(rotation)
-        if not any(self.hooks_of(client, stage) for stage in stages):
+        if not self.any_for(client, rotation):
             return  # no journal read for the many clients without hooks
+        stages = self._stages(rotation)
         try:
             runs = {(r.stage, r.hook): r for r in self.journal.hook_runs(rotation.id)}
             for stage in stages:

@@ -184,6 +184,8 @@ class SqliteJournal:
         self._mutex = threading.RLock()
         #: per thread: ``unsynced`` (inside :meth:`unsynced`)
         self._local = threading.local()
+        #: a commit made inside unsynced() is not yet covered by a sync (see sync())
+        self._behind = False
         try:
             ensure_private_dir(state_dir)
             _prepare_db_file(self.path)
@@ -224,7 +226,30 @@ class SqliteJournal:
 
     def close(self) -> None:
         with self._mutex, suppress(sqlite3.Error):
+            with suppress(OSError):
+                self.sync()
             self._db.close()
+
+    def sync(self) -> None:
+        """Make the commits made inside :meth:`unsynced` since the last synced one durable
+        now, with one sync of the write-ahead log; nothing when none is outstanding.
+
+        The log file is opened for the sync alone: SQLite locks the database and its
+        ``-shm`` file, never the log, so closing this descriptor drops no lock of its.
+        """
+        with self._mutex:
+            if not self._behind:
+                return
+            try:
+                fd = os.open(f"{self.path}-wal", os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:  # checkpointed into the database, which SQLite synced
+                self._behind = False
+                return
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._behind = False
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -324,7 +349,8 @@ class SqliteJournal:
         returns, so it outlives the process (SIGKILL), but not a power loss until the next
         synced commit: the WAL is one file written in order, and its sync makes every commit
         before it durable too. For a step after which only a check that changes nothing
-        comes before the next step is recorded (see ``Audited._advance_before_check``).
+        comes before the next step is recorded (see ``Audited._advance_unsynced``), and
+        :meth:`sync` or a later synced commit makes them durable.
         """
         outer = getattr(self._local, "unsynced", False)
         self._local.unsynced = True
@@ -348,6 +374,8 @@ class SqliteJournal:
                         self._db.execute("ROLLBACK")
                         raise
                     self._db.execute("COMMIT")
+                    # a synced commit syncs the log, and with it every commit before it
+                    self._behind = unsynced
                 finally:
                     if unsynced:
                         self._synced_again()
