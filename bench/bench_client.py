@@ -335,9 +335,13 @@ def main() -> None:
             record.info("fetched a token")
         return run
 
+    # Two runs, not one: a logged record redacts, and a redaction first registers every
+    # token rotator fetched since (anyone's record: bare+log's too), so interleaved with the
+    # logged pair, rotator's plain fetches would never pay for their tokens' registration.
     mock = per_fetch_us({"bare": mock_bare_fetch, "rotator": mock_rotator_fetch,
-                         "authlib": mock_authlib_fetch, "bare+log": logged(mock_bare_fetch),
-                         "rotator+log": logged(mock_rotator_fetch)})
+                         "authlib": mock_authlib_fetch})
+    mock.update(per_fetch_us({"bare+log": logged(mock_bare_fetch),
+                              "rotator+log": logged(mock_rotator_fetch)}))
     added = {name: statistics.median(mock[name]) - statistics.median(mock["bare"])
              for name in ("rotator", "authlib")}
     mean_added = {name: statistics.mean(mock[name]) - statistics.mean(mock["bare"])
@@ -361,8 +365,11 @@ def main() -> None:
           f"record comes, once per {MAX_PENDING_VALUES} fetches)")
     verdict = ("met" if added["rotator"] <= 10 and added["rotator"] < added["authlib"]
                else "MISSED")
-    print(f"    target rotator <= +10 µs and below authlib {verdict}   (median; load average now "
-          f"{os.getloadavg()[0]:.2f})")
+    mean_verdict = ("met" if mean_added["rotator"] <= 10
+                    and mean_added["rotator"] < mean_added["authlib"] else "MISSED")
+    print(f"    target rotator <= +10 µs and below authlib {verdict} by the median, "
+          f"{mean_verdict} by the mean, which carries the tokens' registration (load "
+          f"average now {os.getloadavg()[0]:.2f})")
     mock_rot.close()
     mock_auth.close()
     mock_bare.close()

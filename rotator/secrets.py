@@ -132,6 +132,7 @@ class _Redactor:
     def __init__(self, max_forms: int = MAX_REMEMBERED_FORMS) -> None:
         self._lock = threading.RLock()  # re-entered by add when a redaction runs defer's queue
         self._key = os.urandom(16)
+        self._keyed = hashlib.blake2b(key=self._key, digest_size=16)
         self._max_forms = max_forms
         #: digest of a form's UTF-8 -> what finding and forgetting it needs
         self._forms: OrderedDict[bytes, _Form] = OrderedDict()
@@ -148,35 +149,45 @@ class _Redactor:
         self._pending: deque[tuple[weakref.ref[Secret], str]] = deque()
 
     def _digest(self, data: bytes) -> bytes:
-        return hashlib.blake2b(data, key=self._key, digest_size=16).digest()
+        keyed = self._keyed.copy()  # the key's block hashed once, in __init__
+        keyed.update(data)
+        return keyed.digest()
 
     def add(self, owner: Secret, forms: set[str]) -> None:
+        """Remember ``forms`` as ``owner``'s. Run once per value a process wraps (a token
+        client: per token it fetches), so the loop keeps to local names and one list
+        comprehension per form (about 10 µs a form here)."""
         ref = weakref.ref(owner)
         with self._lock:
+            table, grams, digest_of = self._forms, self._grams, self._digest
+            count = grams.get
             for form in forms:
                 if not form:
                     continue
                 data = form.encode("utf-8", "surrogatepass")
-                digest = self._digest(data)
-                known = self._forms.get(digest)
+                digest = digest_of(data)
+                known = table.get(digest)
                 if known is not None:
-                    self._forms[digest] = known._replace(owner=ref)
-                    self._forms.move_to_end(digest)
+                    table[digest] = known._replace(owner=ref)
+                    table.move_to_end(digest)
                     continue
                 if len(form) >= _MIN_REDACT_LEN:
-                    stride = _stride(len(data))
-                    tags = tuple(_gram_tag(data, k) for k in range(stride))
+                    size = len(data)
+                    stride = _stride(size)
+                    # _gram_tag at each offset below the stride
+                    tags = tuple([hash(data[k:k + _GRAM]) for k in range(stride)])
                     for tag in tags:
-                        self._grams[tag] = self._grams.get(tag, 0) + 1
+                        grams[tag] = count(tag, 0) + 1
                     self._strides[stride] += 1
-                    self._lengths[len(data)] += 1
-                    self._forms[digest] = _Form(ref, True, tags, len(data))
+                    self._lengths[size] += 1
+                    table[digest] = _Form(ref, True, tags, size)
                 else:
                     tag = hash(form)
                     self._short[tag] += 1
                     self._short_lengths[len(form)] += 1
-                    self._forms[digest] = _Form(ref, False, (tag,), len(form))
-            self._forget_dead()
+                    table[digest] = _Form(ref, False, (tag,), len(form))
+            if len(table) > self._max_forms:
+                self._forget_dead()
             self._probe = min(self._strides, default=_GRAM)
 
     def defer(self, owner: Secret, value: str) -> None:
