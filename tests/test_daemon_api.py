@@ -34,6 +34,8 @@ from servers import OpenBao
 from rotator.audit import flatten
 
 CLIENT = "svc"
+#: The file each rotation's gate hook waits for (see the daemon fixture)
+GATE = "rotations.open"
 FINISHED = ("promoted", "completed")
 
 
@@ -137,9 +139,16 @@ def daemon(kc_realm: KeycloakRealm, bao_server: OpenBao,
     token_file.write_text(token + "\n")
     token_file.chmod(0o600)
     s.seen_secrets.add(token)
+    # Each rotation's job ends only once this file exists (a promoted hook waits for it):
+    # a test that removes it holds the job running, and so open to triggers that join it.
+    gate = root / GATE
+    gate.touch()
     with s.config.open("a") as config:
         config.write('\n[api]\nlisten = "127.0.0.1:0"\n\n[[api.tokens]]\nname = "ops"\n'
                      'role = "admin"\ntoken_file = "api.token"\n')
+        config.write(f'\n[[clients.{CLIENT}.hooks]]\nkind = "command"\nname = "gate"\n'
+                     f'argv = ["/bin/sh", "-c", \'while [ ! -e "$0" ]; do sleep 0.01; done\', '
+                     f'"{gate}"]\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
     code = "import sys; from rotator.cli import main; sys.argv[0] = 'rotator'; main()"
     log = root / "daemon.log"
@@ -202,6 +211,8 @@ class TestRunServesTheApi:
         with daemon.client() as api:
             assert daemon.idle(api)
             before = daemon.rotations()
+            gate = daemon.scenario.root / GATE
+            gate.unlink()  # the rotation they start runs until every trigger was answered
             barrier = threading.Barrier(50)
 
             def trigger() -> httpx.Response:
@@ -211,10 +222,13 @@ class TestRunServesTheApi:
             answers: list[httpx.Response] = []
             threads = [threading.Thread(target=lambda: answers.append(trigger()))
                        for _ in range(50)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+            try:
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+            finally:
+                gate.touch()
             assert [a.status_code for a in answers] == [202] * 50
             ids = {a.json()["rotation_id"] for a in answers}
             assert len(ids) == 1
