@@ -88,7 +88,7 @@ class TestReadWhileTheIdpIsAsked:
             outcome = rig.engine.rotate("app")
             assert outcome.ok, outcome.message
             assert watched.overlapped[0] is True  # the read began while the IdP was asked
-            assert watched.reads[0].startswith("rotator-read")
+            assert watched.reads[0].startswith("rotator-helper")
             assert "facts" not in watched.reads  # the answer needed none: one read
 
     def test_facts_needed_no_read_ahead(self, tmp_path: Path,
@@ -99,7 +99,7 @@ class TestReadWhileTheIdpIsAsked:
             watched = Watched(rig, monkeypatch, wait=False)
             _rotate_twice(rig)
             assert len(watched.overlapped) >= 2  # asked in both rotations
-            assert watched.reads and all(not name.startswith("rotator-read")
+            assert watched.reads and all(not name.startswith("rotator-helper")
                                          for name in watched.reads)
 
     def test_changed_answer_reads_again_with_facts(
@@ -113,7 +113,7 @@ class TestReadWhileTheIdpIsAsked:
             outcome = rig.engine.rotate("app")
             assert outcome.ok, outcome.message
             assert watched.overlapped == [True]
-            assert watched.reads[0].startswith("rotator-read") and "facts" in watched.reads
+            assert watched.reads[0].startswith("rotator-helper") and "facts" in watched.reads
 
     def test_idp_refusal_heard_first_and_the_read_over(
             self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,6 +5,7 @@ The states and the two families are drawn in :mod:`rotator.engine`.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -80,6 +81,7 @@ class Engine(Steps):
         # rotation id -> the value this process staged for it, so that verifying it in the
         # same run needs no second read; a resumed rotation reads the store instead.
         self._staged: dict[RotationId, Secret] = {}
+        self._verifying = {}
         self._caps_seen = {}
         # Hooks after promote and retire (rotator.hooks); retirement waits while a gate holds.
         self.hooks = HookRunner(config.clients, journal, audit, clock=clock, sleep=sleep)
@@ -380,6 +382,9 @@ class Engine(Steps):
                     rotation.id, rotation.state.value)
             finally:
                 self._staged.pop(rotation.id, None)
+                # not waited for when an interrupt (Ctrl-C) is on its way out
+                self._drop_verification(rotation.id,
+                                        wait=isinstance(sys.exc_info()[1], Exception | None))
             if self.hooks.any_for(client, rotation):  # their events synced before they act
                 with self.audit.immediate():
                     self.hooks.run_due(client, rotation)

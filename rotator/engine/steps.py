@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import time
+from typing import TYPE_CHECKING, NamedTuple
 
 import structlog
 
@@ -24,17 +26,31 @@ from rotator.interfaces import (
     IdpCapabilities,
     IssuedSecret,
     Rotation,
+    RotationId,
     Stage,
     State,
 )
-from rotator.secrets import check_secret_value
+from rotator.secrets import Secret, check_secret_value
 from rotator.token import Token
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 log = structlog.get_logger("rotator.engine")
 
 
+class _Ahead(NamedTuple):
+    """A verifying token request sent while the stores stage (see Steps._verify_ahead)."""
+
+    token: Future[Token]
+    started: float
+
+
 class Steps(StoreSteps):
     """Each step that acts at the IdP or the stores, and records what it did."""
+
+    #: rotation id -> its verifying token request sent ahead (see _verify_ahead)
+    _verifying: dict[RotationId, _Ahead]
 
     def _create_generated(self, client: ClientConfig, idp: IdentityProvider,
                           caps: IdpCapabilities, rotation: Rotation, *, resumed: bool,
@@ -66,6 +82,8 @@ class Steps(StoreSteps):
                 self._fail(rotation, f"{reason}; the IdP no longer accepts the old secret, so "
                                      "reset the client's secret at the IdP and store it")
             raise Abort
+        if rotation.family == "overlap":
+            self._verify_ahead(client, caps, rotation, issued.value)
         try:
             self._stage_all(client, rotation, issued.value, abandon_pending, issued=True)
         except StoreError as exc:
@@ -85,6 +103,7 @@ class Steps(StoreSteps):
     def _take_back(self, client: ClientConfig, idp: IdentityProvider, rotation: Rotation,
                    issued: IssuedSecret, fingerprint: str, reason: str) -> None:
         """Discard a just-issued secret at an overlap IdP and end the rotation rolled back."""
+        self._drop_verification(rotation.id, wait=True)  # its answer no longer matters
         rotation = self._advance(rotation, State.CREATING, new_fingerprint=fingerprint,
                                  secret_ref=issued.secret_ref)
         self._discard_at_idp(client, idp, rotation, issued)
@@ -105,9 +124,14 @@ class Steps(StoreSteps):
             if stored is None or (not single and stored.rotation_id not in (None, rotation.id)):
                 raise RotationError(f"no {stage} credential of rotation {rotation.id} to verify")
             creds = stored.credentials
-        started = time.monotonic()
+        ahead = self._verifying.pop(rotation.id, None)
         try:
-            token = self._verify_with_retries(client, caps, creds)
+            if ahead is not None and not ahead.token.cancel():
+                started = ahead.started
+                token = ahead.token.result()
+            else:  # none sent ahead, or its helper had not begun: send it here
+                started = time.monotonic()
+                token = self._verify_with_retries(client, caps, creds)
         except VerificationError as exc:
             self.audit.event("secret_verification_failed", step="verify", outcome="failure",
                              error=str(exc), duration_ms=_ms(started),
@@ -129,6 +153,32 @@ class Steps(StoreSteps):
                                                                fence=self._fence)
             return self._advance(rotation, State.COMPLETED)
         return self._advance(rotation, next_state)
+
+    def _verify_ahead(self, client: ClientConfig, caps: IdpCapabilities, rotation: Rotation,
+                      value: Secret) -> None:
+        """Send the token request that verifies the secret an overlap IdP just issued in a
+        helper thread, while the stores stage it; :meth:`_verify_step` takes its answer.
+
+        The two are independent: the request is a read at the IdP, and the value it sends
+        is the one being staged. Nothing depends on the answer before it is taken, and the
+        journal and audit log record the steps in the same order as one after the other
+        (``secret_verified`` after the staging and CREATED). The old secret is current and
+        valid throughout, so a crash meanwhile leaves what it left before (a rotation in
+        CREATING or CREATED, resumed as ever). A rotation that ends before taking the answer
+        waits for it (:meth:`_drop_verification`).
+        """
+        creds = Credentials(client.client_id, value)
+        token = self._helper_pool().submit(contextvars.copy_context().run,
+                                           self._verify_with_retries, client, caps, creds)
+        self._verifying[rotation.id] = _Ahead(token, time.monotonic())
+
+    def _drop_verification(self, rotation_id: RotationId, *, wait: bool) -> None:
+        """Forget a token request sent ahead for ``rotation_id`` (see :meth:`_verify_ahead`):
+        not sent yet, it never is; in flight, it is waited for if ``wait`` (not when the
+        process is being interrupted), its answer and any error dropped."""
+        ahead = self._verifying.pop(rotation_id, None)
+        if ahead is not None and not ahead.token.cancel() and wait:
+            ahead.token.exception()
 
     def _verify_with_retries(self, client: ClientConfig, caps: IdpCapabilities,
                              creds: Credentials) -> Token:

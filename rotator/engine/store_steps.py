@@ -26,8 +26,10 @@ if TYPE_CHECKING:
     from concurrent.futures import Future, ThreadPoolExecutor
 
 
-#: Threads that read a client's store while its IdP is asked (see StoreSteps._asked_and_read)
-_READERS = 4
+#: Threads that run a rotation's independent calls beside it: the store read while the IdP
+#: is asked (StoreSteps._asked_and_read), the token request while the stores stage the new
+#: secret (Steps._verify_ahead)
+_HELPERS = 4
 
 
 class StoreSteps(Audited):
@@ -35,8 +37,8 @@ class StoreSteps(Audited):
 
     #: IdP name -> its last answer to ``capabilities`` in this process (any client's)
     _caps_seen: dict[str, IdpCapabilities]
-    _readers: ThreadPoolExecutor | None = None
-    _readers_lock = threading.Lock()
+    _helpers: ThreadPoolExecutor | None = None
+    _helpers_lock = threading.Lock()
 
     def _asked_and_read(
         self, client: ClientConfig, idp: IdentityProvider, primary: SecretStore,
@@ -57,7 +59,7 @@ class StoreSteps(Audited):
         seen = self._caps_seen.get(client.idp)
         current: Future[StoredCredentials | None] | None = None
         if seen is not None and not needs_facts(seen):
-            current = self._reader_pool().submit(
+            current = self._helper_pool().submit(
                 contextvars.copy_context().run, primary.read, location, Stage.CURRENT)
         try:
             caps = idp.capabilities(client.client_id)
@@ -72,14 +74,14 @@ class StoreSteps(Audited):
             return caps, primary.read(location, Stage.CURRENT), None
         return caps, current.result(), None
 
-    def _reader_pool(self) -> ThreadPoolExecutor:
-        with self._readers_lock:
-            if self._readers is None:
+    def _helper_pool(self) -> ThreadPoolExecutor:
+        with self._helpers_lock:
+            if self._helpers is None:
                 from concurrent.futures import ThreadPoolExecutor  # only where it is used
 
-                self._readers = ThreadPoolExecutor(_READERS,
-                                                   thread_name_prefix="rotator-read")
-            return self._readers
+                self._helpers = ThreadPoolExecutor(_HELPERS,
+                                                   thread_name_prefix="rotator-helper")
+            return self._helpers
 
     def _stage_all(self, client: ClientConfig, rotation: Rotation, value: Secret,
                    abandon_pending: bool, *, issued: bool = False) -> None:
