@@ -21,8 +21,9 @@ form's first 8 bytes; a registered form of 8 to 14 bytes narrows the probe spaci
 it needs (an 8-byte form: every position). Forms of 8 or more
 characters are found anywhere; shorter ones only as a whole word (no letter or digit on
 either side), so a short value does not mangle ordinary text. Forms of values no longer
-wrapped in a live ``Secret`` are forgotten oldest first once more than
-:data:`MAX_REMEMBERED_FORMS` are held, which bounds memory in a long-lived process.
+wrapped in a live ``Secret`` are forgotten oldest first, half of
+:data:`MAX_REMEMBERED_FORMS` at a time, so that no more are held: memory stays bounded in a
+long-lived process (see :class:`_Redactor`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import secrets as _stdlib_secrets
 import struct
 import threading
 import weakref
-from collections import Counter, OrderedDict, deque
+from collections import ChainMap, deque
 from collections.abc import Callable
 from typing import NamedTuple
 from urllib.parse import quote, quote_plus
@@ -126,27 +127,66 @@ class _Form(NamedTuple):
     length: int
 
 
+#: ``_Form(...)`` without the Python-level ``__new__`` a NamedTuple has (a third of the cost)
+_new_form = tuple.__new__
+
+
+class _Generation:
+    """Forms remembered together and forgotten together (see :class:`_Redactor`), with what
+    finding them takes; sets, not counts: a generation is never taken apart form by form."""
+
+    __slots__ = ("forms", "grams", "lengths", "short", "short_lengths", "stride")
+
+    def __init__(self) -> None:
+        #: digest of a form's UTF-8 -> what finding it and carrying it over needs
+        self.forms: dict[bytes, _Form] = {}
+        #: tags of the 8-byte grams at the offsets below each long form's stride
+        self.grams: set[int] = set()
+        #: byte lengths of the long forms, and the smallest stride among them
+        self.lengths: set[int] = set()
+        self.stride = _GRAM
+        #: hashes of the short forms, and their lengths in characters
+        self.short: set[int] = set()
+        self.short_lengths: set[int] = set()
+
+    def keep(self, digest: bytes, form: _Form) -> None:
+        """Take ``form`` over from an older generation."""
+        self.forms[digest] = form
+        if form.long:
+            self.grams.update(form.tags)
+            self.lengths.add(form.length)
+            self.stride = min(self.stride, len(form.tags))
+        else:
+            self.short.add(form.tags[0])
+            self.short_lengths.add(form.length)
+
+
 class _Redactor:
-    """Remembers keyed digests of secret values and their encodings; masks them in text."""
+    """Remembers keyed digests of secret values and their encodings; masks them in text.
+
+    Forms are remembered in two generations. New ones join the young generation; once it
+    holds half of ``max_forms``, the old generation is forgotten, except the forms whose
+    Secret is still alive, which the young one takes over, and it becomes the old one. So
+    at most ``max_forms`` forms of values no longer wrapped are held, the oldest forgotten
+    first, and forgetting costs no work per form (the sets of a generation go at once).
+    """
 
     def __init__(self, max_forms: int = MAX_REMEMBERED_FORMS) -> None:
         self._lock = threading.RLock()  # re-entered by add when a redaction runs defer's queue
         self._key = os.urandom(16)
         self._keyed = hashlib.blake2b(key=self._key, digest_size=16)
-        self._max_forms = max_forms
-        #: digest of a form's UTF-8 -> what finding and forgetting it needs
-        self._forms: OrderedDict[bytes, _Form] = OrderedDict()
-        #: tag of an 8-byte gram at an offset below a long form's stride -> how many forms
-        self._grams: dict[int, int] = {}
-        #: strides and byte lengths of the long forms; text is probed at the smallest stride
-        self._strides: Counter[int] = Counter()
-        self._lengths: Counter[int] = Counter()
+        self._half = max(1, max_forms // 2)
+        self._young = _Generation()
+        self._old = _Generation()
+        #: text is probed every this many bytes: the smallest stride of a long form
         self._probe = _GRAM
-        #: hash of a whole short form -> how many forms have it; and their lengths
-        self._short: Counter[int] = Counter()
-        self._short_lengths: Counter[int] = Counter()
         #: values wrapped but not registered yet: every redaction registers them first
         self._pending: deque[tuple[weakref.ref[Secret], str]] = deque()
+
+    @property
+    def _forms(self) -> ChainMap[bytes, _Form]:
+        """Every remembered form by digest, the young generation's first."""
+        return ChainMap(self._young.forms, self._old.forms)
 
     def _digest(self, data: bytes) -> bytes:
         keyed = self._keyed.copy()  # the key's block hashed once, in __init__
@@ -155,40 +195,50 @@ class _Redactor:
 
     def add(self, owner: Secret, forms: set[str]) -> None:
         """Remember ``forms`` as ``owner``'s. Run once per value a process wraps (a token
-        client: per token it fetches), so the loop keeps to local names and one list
-        comprehension per form (about 10 µs a form here)."""
+        client: per token it fetches), so the loop keeps to local names, and one list
+        comprehension and one set update per long form."""
         ref = weakref.ref(owner)
         with self._lock:
-            table, grams, digest_of = self._forms, self._grams, self._digest
-            count = grams.get
+            young = self._young
+            if len(young.forms) >= self._half:
+                young = self._turn()
+            table, grams, digest_of = young.forms, young.grams, self._digest
             for form in forms:
                 if not form:
                     continue
                 data = form.encode("utf-8", "surrogatepass")
                 digest = digest_of(data)
                 known = table.get(digest)
-                if known is not None:
+                if known is not None:  # wrapped again: the newest Secret owns it
                     table[digest] = known._replace(owner=ref)
-                    table.move_to_end(digest)
                     continue
                 if len(form) >= _MIN_REDACT_LEN:
                     size = len(data)
                     stride = _stride(size)
                     # _gram_tag at each offset below the stride
                     tags = tuple([hash(data[k:k + _GRAM]) for k in range(stride)])
-                    for tag in tags:
-                        grams[tag] = count(tag, 0) + 1
-                    self._strides[stride] += 1
-                    self._lengths[size] += 1
-                    table[digest] = _Form(ref, True, tags, size)
+                    grams.update(tags)
+                    young.lengths.add(size)
+                    if stride < young.stride:
+                        young.stride = stride
+                        self._probe = min(stride, self._probe)
+                    table[digest] = _new_form(_Form, (ref, True, tags, size))
                 else:
                     tag = hash(form)
-                    self._short[tag] += 1
-                    self._short_lengths[len(form)] += 1
+                    young.short.add(tag)
+                    young.short_lengths.add(len(form))
                     table[digest] = _Form(ref, False, (tag,), len(form))
-            if len(table) > self._max_forms:
-                self._forget_dead()
-            self._probe = min(self._strides, default=_GRAM)
+
+    def _turn(self) -> _Generation:
+        """Forget the old generation but its forms of live Secrets, which the young one
+        takes over; the young one becomes the old one. Returns the new young generation."""
+        old, young = self._old, self._young
+        for digest, form in old.forms.items():
+            if digest not in young.forms and form.owner() is not None:
+                young.keep(digest, form)
+        self._old, self._young = young, _Generation()
+        self._probe = young.stride
+        return self._young
 
     def defer(self, owner: Secret, value: str) -> None:
         """Register ``owner``'s value before the next redaction, not now.
@@ -222,24 +272,6 @@ class _Redactor:
             self.add(owner, _encodings(value))
             del owner
 
-    def _forget_dead(self) -> None:
-        # Oldest first; a form whose Secret is alive goes to the back instead.
-        for _ in range(len(self._forms)):
-            if len(self._forms) <= self._max_forms:
-                return
-            digest, form = self._forms.popitem(last=False)
-            if form.owner() is not None:
-                self._forms[digest] = form
-                continue
-            if form.long:
-                for tag in form.tags:
-                    _decrement(self._grams, tag)
-                _decrement(self._strides, len(form.tags))
-                _decrement(self._lengths, form.length)
-            else:
-                _decrement(self._short, form.tags[0])
-                _decrement(self._short_lengths, form.length)
-
     def redact(self, text: str) -> str:
         data = text.encode("utf-8", "surrogatepass")
         spans: list[tuple[int, int]] = []
@@ -247,7 +279,8 @@ class _Redactor:
         with self._lock:
             if self._pending:  # values wrapped since the last redaction (see defer)
                 self._register_pending()
-            if self._grams and len(data) >= _GRAM:
+            young, old = self._young, self._old
+            if (young.grams or old.grams) and len(data) >= _GRAM:
                 probe, tags = self._probe, []
                 if probe == _GRAM:  # the common case: one C call cuts up to 512 probes
                     count = len(data) // _GRAM
@@ -256,9 +289,9 @@ class _Redactor:
                         tags += map(hash, cut.unpack_from(data, first * _GRAM))
                 else:
                     tags = [_gram_tag(data, p) for p in range(0, len(data) - _GRAM + 1, probe)]
-                if not self._grams.keys().isdisjoint(tags):
+                if not (young.grams.isdisjoint(tags) and old.grams.isdisjoint(tags)):
                     spans += self._long_spans(data, tags, probe)
-            if self._short:
+            if young.short or old.short:
                 spans += self._short_spans(text)
         if not spans:
             return text
@@ -276,48 +309,52 @@ class _Redactor:
     def _long_spans(self, data: bytes, tags: list[int], probe: int) -> list[tuple[int, int]]:
         """Byte spans of long forms around the probed positions whose gram is known."""
         spans: list[tuple[int, int]] = []
-        lengths = sorted(self._lengths, reverse=True)
+        young, old = self._young, self._old
+        lengths = sorted(young.lengths | old.lengths, reverse=True)
         tried: set[int] = set()
         for index, tag in enumerate(tags):
-            if tag not in self._grams:
+            if tag not in young.grams and tag not in old.grams:
                 continue
             position = index * probe
             for start in range(max(0, position - probe + 1), position + 1):
+                if start in tried:
+                    continue
                 # Every long form's first gram is known: a start without one is no form's.
-                if start in tried or _gram_tag(data, start) not in self._grams:
+                first = _gram_tag(data, start)
+                if first not in young.grams and first not in old.grams:
                     continue
                 tried.add(start)
                 for length in lengths:
-                    if (start + length <= len(data)
-                            and self._digest(data[start:start + length]) in self._forms):
-                        spans.append((start, start + length))
-                        break
+                    if start + length <= len(data):
+                        digest = self._digest(data[start:start + length])
+                        if digest in young.forms or digest in old.forms:
+                            spans.append((start, start + length))
+                            break
         return spans
 
     def _short_spans(self, text: str) -> list[tuple[int, int]]:
         """Byte spans of short forms standing as whole words in ``text``."""
         spans: list[tuple[int, int]] = []
+        young, old = self._young, self._old
+        lengths = young.short_lengths | old.short_lengths
         n = len(text)
         for match in _WORD_START.finditer(text):
             i = match.start()
-            for length in self._short_lengths:
+            for length in lengths:
                 end = i + length
-                if (end <= n and not (end < n and text[end].isalnum())
-                        and hash(text[i:end]) in self._short
-                        and self._digest(text[i:end].encode("utf-8", "surrogatepass"))
-                        in self._forms):
+                if end > n or (end < n and text[end].isalnum()):
+                    continue
+                tag = hash(text[i:end])
+                if tag not in young.short and tag not in old.short:
+                    continue
+                digest = self._digest(text[i:end].encode("utf-8", "surrogatepass"))
+                if digest in young.forms or digest in old.forms:
                     spans.append((i, end))
         if spans and not text.isascii():
             def offset(i: int) -> int:
                 return len(text[:i].encode("utf-8", "surrogatepass"))
             spans = [(offset(start), offset(end)) for start, end in spans]
         return spans
-
-
-def _decrement(counter: dict[int, int], key: int) -> None:
-    counter[key] -= 1
-    if counter[key] <= 0:
-        del counter[key]
 
 
 _REDACTOR = _Redactor()

@@ -361,5 +361,40 @@ class TestRedactProbes:
             redactor.add(owner, {owner.reveal()})
             del owner
             gc.collect()
-        assert len(redactor._forms) == 4
-        assert len(redactor._grams) <= 4 * 8
+        assert len(redactor._forms) <= 4
+        assert len(redactor._young.grams) + len(redactor._old.grams) <= 4 * 8
+
+    def test_live_forms_outlast_any_number_of_dead_ones(self) -> None:
+        redactor = _Redactor(max_forms=4)
+        live = [Secret(_value()) for _ in range(3)]
+        for s in live:
+            redactor.add(s, {s.reveal()})
+        for _ in range(50):
+            owner = Secret(_value())
+            redactor.add(owner, {owner.reveal()})
+            del owner
+            gc.collect()
+        assert all(redactor.redact(f"x {s.reveal()} y") == f"x {MASK} y" for s in live)
+        assert len(redactor._forms) <= 4 + len(live)
+
+    def test_a_value_wrapped_again_is_remembered_anew(self) -> None:
+        """A value wrapped again after older ones is as new: it outlasts those."""
+        redactor = _Redactor(max_forms=4)
+        again = _value()
+        first = Secret(again)
+        redactor.add(first, {again})
+        del first
+        for _ in range(2):
+            owner = Secret(_value())
+            redactor.add(owner, {owner.reveal()})
+            del owner
+        second = Secret(again)
+        redactor.add(second, {again})
+        del second
+        gc.collect()
+        for _ in range(2):
+            owner = Secret(_value())
+            redactor.add(owner, {owner.reveal()})
+            del owner
+            gc.collect()
+        assert redactor.redact(again) == MASK
