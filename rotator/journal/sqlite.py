@@ -12,21 +12,7 @@ one connection whatever thread calls it, and a thread pool that replaces its thr
 not leave connections behind. Processes sharing the file are kept apart by SQLite's own
 locking (``BEGIN IMMEDIATE`` with a 30 s busy timeout).
 
-Schema versions (``PRAGMA user_version``), migrated on open, idempotently:
-
-0. rotations and steps, as written by rotator before versions were kept;
-1. ``rotations.targets`` and ``rotations.audit_key_id``; indexes on ``steps(rotation_id)``
-   and on each client's open and successful rotations, so that status costs the same
-   however long the history;
-2. ``hook_runs``: what each hook did for each rotation (:mod:`rotator.hooks`).
-3. ``audit_checkpoints``: where each audit log's chain stood now and then
-   (:meth:`SqliteJournal.record_audit_checkpoint`).
-
-4. ``leases`` (client, holder, fencing token, expiry on this host's clock).
-
-Every step is idempotent (``IF NOT EXISTS``, columns added only when missing) and all of them
-run whenever the file's version is below :data:`SCHEMA_VERSION`, so versions added on parallel
-branches merge by taking the next number and keeping every step.
+The schema and its versions: :mod:`rotator.journal.sqlite_schema`.
 
 The lock is an ``flock`` on one file per client in the state directory: it is released by
 the kernel when its holder dies, so a killed rotation never leaves a stale lock behind. Two
@@ -39,7 +25,6 @@ import fcntl
 import json
 import os
 import sqlite3
-import stat
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -48,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from rotator._files import UnsafeFile, ensure_private_dir
+from rotator._files import ensure_private_dir
 from rotator.errors import JournalConflict, LeaseLost, RotationError, RotationLocked
 from rotator.interfaces import (
     AuditCheckpoint,
@@ -64,80 +49,13 @@ from rotator.journal import _rows
 from rotator.journal._rows import COLUMNS as _COLUMNS
 from rotator.journal._rows import HOOK_COLUMNS as _HOOK_COLUMNS
 from rotator.journal.fencing import FencedJournal
+from rotator.journal.sqlite_schema import OPEN as _OPEN
+from rotator.journal.sqlite_schema import SCHEMA_VERSION, migrate, prepare_db_file
+from rotator.journal.sqlite_schema import SUCCESS as _SUCCESS
 from rotator.secrets import redact
 
-SCHEMA_VERSION = 4
+__all__ = ["SCHEMA_VERSION", "SqliteJournal", "check_lease_args"]
 
-_TABLES = """
-CREATE TABLE IF NOT EXISTS rotations (
-    id TEXT PRIMARY KEY,
-    client TEXT NOT NULL,
-    state TEXT NOT NULL,
-    family TEXT NOT NULL,
-    actor TEXT NOT NULL,
-    started_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    retire_after TEXT,
-    old_fingerprint TEXT,
-    new_fingerprint TEXT,
-    secret_ref TEXT,
-    error TEXT
-);
-CREATE INDEX IF NOT EXISTS rotations_client ON rotations (client, started_at);
-CREATE TABLE IF NOT EXISTS steps (
-    rotation_id TEXT NOT NULL REFERENCES rotations (id),
-    at TEXT NOT NULL,
-    state TEXT NOT NULL,
-    detail TEXT NOT NULL
-);
-"""
-
-# The WHERE clauses of the partial indexes and of the queries that use them must read the
-# same, or SQLite does not use the index.
-_OPEN = "state NOT IN ('completed', 'rolled_back', 'failed')"
-_SUCCESS = "state IN ('promoted', 'completed')"
-
-_V1_COLUMNS = (("targets", "TEXT"), ("audit_key_id", "TEXT"))
-_V1_INDEXES = f"""
-CREATE INDEX IF NOT EXISTS steps_rotation ON steps (rotation_id);
-CREATE INDEX IF NOT EXISTS rotations_open ON rotations (client, started_at) WHERE {_OPEN};
-CREATE INDEX IF NOT EXISTS rotations_success ON rotations (client, started_at)
-    WHERE {_SUCCESS};
-"""
-
-_V2_TABLES = """
-CREATE TABLE IF NOT EXISTS hook_runs (
-    rotation_id TEXT NOT NULL,
-    stage TEXT NOT NULL,
-    hook TEXT NOT NULL,
-    client TEXT NOT NULL,
-    status TEXT NOT NULL,
-    attempts INTEGER NOT NULL,
-    required INTEGER NOT NULL,
-    updated_at TEXT NOT NULL,
-    next_attempt_at TEXT,
-    error TEXT,
-    PRIMARY KEY (rotation_id, stage, hook)
-);
-CREATE INDEX IF NOT EXISTS hook_runs_unfinished ON hook_runs (updated_at)
-    WHERE status IN ('running', 'failed');
--- version 3
-CREATE TABLE IF NOT EXISTS audit_checkpoints (
-    log TEXT NOT NULL,
-    key_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    chain TEXT NOT NULL,
-    at TEXT NOT NULL,
-    PRIMARY KEY (log, key_id, seq)
-);
--- version 4
-CREATE TABLE IF NOT EXISTS leases (
-    client TEXT PRIMARY KEY,
-    holder TEXT NOT NULL,
-    token INTEGER NOT NULL,
-    expires_at TEXT NOT NULL
-);
-"""
 #: What a released lease expires at: before any clock reading.
 _RELEASED = "0001-01-01T00:00:00+00:00"
 _NEWEST = "ORDER BY started_at DESC, rowid DESC LIMIT 1"
@@ -155,26 +73,6 @@ def check_lease_args(holder: str, ttl: float) -> None:
         raise RotationError(f"a lease lasts 0 to 604800 seconds, not {ttl}")
 
 
-def _prepare_db_file(path: Path) -> None:
-    """Create the database file 0600 if missing; refuse a symlink or a file open to others.
-
-    An existing file is checked with ``lstat`` and never opened here: closing a descriptor
-    drops every POSIX lock this process holds on the file, SQLite's included, so another
-    journal open in the same process would lose its locks.
-    """
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        # SQLite gives its -wal and -shm files the database file's mode.
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW, 0o600))
-        return
-    if not stat.S_ISREG(info.st_mode):
-        raise UnsafeFile(f"{path} is not a regular file (a symbolic link?)")
-    if info.st_uid != os.geteuid() or info.st_mode & 0o077:
-        raise UnsafeFile(f"{path} must belong to this user with mode 600 "
-                         f"(it is uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o})")
-
-
 class SqliteJournal:
     """The rotation journal in ``journal.sqlite3`` under the state directory."""
 
@@ -188,7 +86,7 @@ class SqliteJournal:
         self._behind = False
         try:
             ensure_private_dir(state_dir)
-            _prepare_db_file(self.path)
+            prepare_db_file(self.path)
             self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None,
                                        check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
@@ -205,24 +103,7 @@ class SqliteJournal:
 
     def _migrate(self) -> None:
         with self._tx():
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise RotationError(
-                    f"the rotation journal at {self.path} has schema version {version}, newer "
-                    f"than this rotator knows ({SCHEMA_VERSION}); upgrade rotator")
-            if version == SCHEMA_VERSION:
-                return
-            for statement in _TABLES.split(";"):
-                if statement.strip():
-                    self._db.execute(statement)
-            have = {r[1] for r in self._db.execute("PRAGMA table_info(rotations)")}
-            for column, kind in _V1_COLUMNS:
-                if column not in have:
-                    self._db.execute(f"ALTER TABLE rotations ADD COLUMN {column} {kind}")
-            for statement in (_V1_INDEXES + _V2_TABLES).split(";"):
-                if statement.strip():
-                    self._db.execute(statement)
-            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            migrate(self._db, self.path)
 
     def close(self) -> None:
         with self._mutex, suppress(sqlite3.Error):
