@@ -193,3 +193,61 @@ def test_not_sent_ahead_elsewhere(caps: str, tmp_path: Path,
         assert watched.token_threads
         assert not any(name.startswith("rotator-helper") for name in watched.token_threads)
         assert watched.log.index("staged") < watched.log.index("token sent")
+
+
+class TestBusyOrDroppedHelpers:
+    def test_a_busy_pool_holds_no_rotation_up(
+            self, generated: tuple[Rig, Watched], monkeypatch: pytest.MonkeyPatch) -> None:
+        """Every helper thread busy elsewhere: the token request and the store read the pool
+        has not begun are made in the rotation's own thread, and both rotations complete."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from rotator.engine.store_steps import StoreSteps
+
+        rig, watched = generated
+        watched.token_arrived.set()  # staging cannot wait for a request that waits in line
+        busy = ThreadPoolExecutor(1, thread_name_prefix="rotator-helper")
+        hold = threading.Event()
+        busy.submit(hold.wait, WAIT)
+        monkeypatch.setattr(StoreSteps, "_helpers", busy)
+        reads: list[str] = []
+        real_read = EnvStore.read
+
+        def read(store: EnvStore, *args: Any, **kwargs: Any) -> Any:
+            reads.append(threading.current_thread().name)
+            return real_read(store, *args, **kwargs)
+
+        monkeypatch.setattr(EnvStore, "read", read)
+        try:
+            first = rig.engine.rotate("app")
+            assert first.ok, first.message
+            assert rig.engine.retire("app", now=True).ok
+            second = rig.engine.rotate("app")
+            assert second.ok, second.message
+        finally:
+            hold.set()
+            busy.shutdown()
+        assert watched.token_threads == [threading.current_thread().name] * 2
+        assert reads and all(name == threading.current_thread().name for name in reads)
+
+    def test_a_dropped_verification_retries_no_more(
+            self, generated: tuple[Rig, Watched], monkeypatch: pytest.MonkeyPatch) -> None:
+        """A store refuses while the token request, refused too, is held: once the rotation
+        drops it, the request is answered and not tried again (verify_attempts is 2)."""
+        import rotator.engine.steps as steps
+
+        rig, watched = generated
+        watched.release.clear()
+        watched.fail_stage = StoreUnavailable("env store 'env': the disk is full")
+        rig.refuse["token"] = True
+
+        class Dropped(threading.Event):
+            def set(self) -> None:  # the rotation drops the request: let it be answered
+                super().set()
+                watched.release.set()
+
+        monkeypatch.setattr(steps, "Event", Dropped)
+        outcome = rig.engine.rotate("app")
+        assert outcome.action == "rolled_back", outcome.message
+        assert watched.log.count("token sent") == 1
+        assert watched.log[-1] == "discarded"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import time
+from collections.abc import Callable
+from threading import Event
 from typing import TYPE_CHECKING, NamedTuple
 
 import structlog
@@ -44,6 +46,23 @@ class _Ahead(NamedTuple):
 
     token: Future[Token]
     started: float
+    #: set when the rotation no longer wants the answer: the request retries no more
+    dropped: Event
+
+
+def _until(dropped: Event, sleep: Callable[[float], None]) -> Callable[[float], None]:
+    """``sleep`` between a verification's attempts, ending them once ``dropped`` is set
+    (real time waits on the event itself, so a dropped request stops at once)."""
+    def pause(seconds: float) -> None:
+        if sleep is time.sleep:
+            stop = dropped.wait(seconds)
+        else:
+            stop = dropped.is_set()
+            if not stop:
+                sleep(seconds)
+        if stop:
+            raise VerificationError("the rotation no longer waits for this verification")
+    return pause
 
 
 class Steps(StoreSteps):
@@ -168,23 +187,30 @@ class Steps(StoreSteps):
         waits for it (:meth:`_drop_verification`).
         """
         creds = Credentials(client.client_id, value)
-        token = self._helper_pool().submit(contextvars.copy_context().run,
-                                           self._verify_with_retries, client, caps, creds)
-        self._verifying[rotation.id] = _Ahead(token, time.monotonic())
+        dropped = Event()
+        token = self._helper_pool().submit(
+            contextvars.copy_context().run, self._verify_with_retries, client, caps, creds,
+            _until(dropped, self.sleep))
+        self._verifying[rotation.id] = _Ahead(token, time.monotonic(), dropped)
 
     def _drop_verification(self, rotation_id: RotationId, *, wait: bool) -> None:
         """Forget a token request sent ahead for ``rotation_id`` (see :meth:`_verify_ahead`):
-        not sent yet, it never is; in flight, it is waited for if ``wait`` (not when the
-        process is being interrupted), its answer and any error dropped."""
+        not begun yet (a busy pool), it never is; begun, it retries no more, and it is
+        waited for if ``wait`` (not when the process is being interrupted), its answer and
+        any error dropped."""
         ahead = self._verifying.pop(rotation_id, None)
-        if ahead is not None and not ahead.token.cancel() and wait:
+        if ahead is None or ahead.token.cancel():
+            return
+        ahead.dropped.set()
+        if wait:
             ahead.token.exception()
 
     def _verify_with_retries(self, client: ClientConfig, caps: IdpCapabilities,
-                             creds: Credentials) -> Token:
+                             creds: Credentials,
+                             sleep: Callable[[float], None] | None = None) -> Token:
         return verify_credentials(client, creds, self.adapters.idp(client.idp),
                                   attempts=client.verify_attempts,
-                                  patience=caps.propagation_delay, sleep=self.sleep,
+                                  patience=caps.propagation_delay, sleep=sleep or self.sleep,
                                   http=self.adapters.http(client, self.http_factory))
 
     def _request_token(self, client: ClientConfig, creds: Credentials) -> Token:

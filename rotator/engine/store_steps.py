@@ -26,10 +26,12 @@ if TYPE_CHECKING:
     from concurrent.futures import Future, ThreadPoolExecutor
 
 
-#: Threads that run a rotation's independent calls beside it: the store read while the IdP
-#: is asked (StoreSteps._asked_and_read), the token request while the stores stage the new
-#: secret (Steps._verify_ahead)
-_HELPERS = 4
+#: Threads, one pool per process, that run a rotation's independent calls beside it: the store
+#: read while the IdP is asked (StoreSteps._asked_and_read), the token request while the
+#: stores stage the new secret (Steps._verify_ahead). A call the pool has not begun when the
+#: rotation needs its answer is cancelled and made in the rotation's own thread, so a busy
+#: pool (a daemon's many jobs) never holds a rotation up.
+_HELPERS = 8
 
 
 class StoreSteps(Audited):
@@ -53,7 +55,8 @@ class StoreSteps(Audited):
         while the IdP is asked, and a rotation begins one store round trip sooner. An
         answer that turns out to need the facts after all (the IdP's policy changed) reads
         again, with them. Both are reads: what either raises is raised as it would be one
-        after the other (the IdP's refusal first), once both are over.
+        after the other (the IdP's refusal first), once both are over. A read the helper
+        pool has not begun by the time the IdP answers is made here instead.
         """
         location = client.primary.location
         seen = self._caps_seen.get(client.idp)
@@ -65,7 +68,10 @@ class StoreSteps(Audited):
             caps = idp.capabilities(client.client_id)
         finally:
             if current is not None:
-                current.exception()  # over before anything else happens
+                if current.cancel():  # not begun (a busy pool): read below instead
+                    current = None
+                else:
+                    current.exception()  # over before anything else happens
         self._caps_seen[client.idp] = caps
         if needs_facts(caps):
             read, facts = _read_with_facts(primary, location)
@@ -74,14 +80,17 @@ class StoreSteps(Audited):
             return caps, primary.read(location, Stage.CURRENT), None
         return caps, current.result(), None
 
-    def _helper_pool(self) -> ThreadPoolExecutor:
-        with self._helpers_lock:
-            if self._helpers is None:
+    @classmethod
+    def _helper_pool(cls) -> ThreadPoolExecutor:
+        """The process's helper threads (see :data:`_HELPERS`), shared by every engine: a
+        daemon makes an engine per job, and a pool per engine would start threads per job."""
+        with cls._helpers_lock:
+            if StoreSteps._helpers is None:
                 from concurrent.futures import ThreadPoolExecutor  # only where it is used
 
-                self._helpers = ThreadPoolExecutor(_HELPERS,
-                                                   thread_name_prefix="rotator-helper")
-            return self._helpers
+                StoreSteps._helpers = ThreadPoolExecutor(_HELPERS,
+                                                         thread_name_prefix="rotator-helper")
+            return StoreSteps._helpers
 
     def _stage_all(self, client: ClientConfig, rotation: Rotation, value: Secret,
                    abandon_pending: bool, *, issued: bool = False) -> None:
