@@ -92,6 +92,9 @@ def generated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple
 
 
 class TestTokenRequestWhileStaging:
+    """At an overlap IdP that makes the value, the verifying token request is in flight while
+    the stores stage the secret, and the rotation records and ends as it did before."""
+
     def test_the_token_request_is_in_flight_while_the_store_stages(
             self, generated: tuple[Rig, Watched]) -> None:
         """An overlap IdP that makes the value: staging waits for the token request to
@@ -178,24 +181,31 @@ class TestTokenRequestWhileStaging:
         assert rig.env()["APP_CLIENT_SECRET"] in rig.idp.active.values()
 
 
-@pytest.mark.parametrize("caps", ["chosen-overlap", "chosen-single", "generated-single"])
-def test_not_sent_ahead_elsewhere(caps: str, tmp_path: Path,
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
+class TestNotSentAheadElsewhere:
     """A value the engine chose (staged before the IdP sees it) and a single-secret IdP
     (verified after the promotion) verify in the rotation's own thread, after staging."""
-    chosen = CAPS.get(caps) or IdpCapabilities(1, caller_sets_value=False,
-                                               can_revoke_old=False, can_read_current=False)
-    with make_rig(tmp_path, chosen) as rig:
-        watched = Watched(rig, monkeypatch)
-        watched.token_arrived.set()  # staging does not wait here
-        outcome = rig.engine.rotate("app")
-        assert outcome.ok, outcome.message
-        assert watched.token_threads
-        assert not any(name.startswith("rotator-helper") for name in watched.token_threads)
-        assert watched.log.index("staged") < watched.log.index("token sent")
+
+    @pytest.mark.parametrize("caps", ["chosen-overlap", "chosen-single", "generated-single"])
+    def test_verified_after_staging_in_the_rotations_thread(
+            self, caps: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        chosen = CAPS.get(caps) or IdpCapabilities(1, caller_sets_value=False,
+                                                   can_revoke_old=False,
+                                                   can_read_current=False)
+        with make_rig(tmp_path, chosen) as rig:
+            watched = Watched(rig, monkeypatch)
+            watched.token_arrived.set()  # staging does not wait here
+            outcome = rig.engine.rotate("app")
+            assert outcome.ok, outcome.message
+            assert watched.token_threads
+            assert not any(name.startswith("rotator-helper")
+                           for name in watched.token_threads)
+            assert watched.log.index("staged") < watched.log.index("token sent")
 
 
 class TestBusyOrDroppedHelpers:
+    """A helper call not begun is made in the rotation's thread; a dropped one retries no
+    more."""
+
     def test_a_busy_pool_holds_no_rotation_up(
             self, generated: tuple[Rig, Watched], monkeypatch: pytest.MonkeyPatch) -> None:
         """Every helper thread busy elsewhere: the token request and the store read the pool
