@@ -26,6 +26,10 @@ COLUMNS = ("id, client, state, family, actor, started_at, updated_at, retire_aft
            "old_fingerprint, new_fingerprint, secret_ref, error, targets, audit_key_id")
 HOOK_COLUMNS = ("rotation_id, client, stage, hook, status, attempts, required, updated_at, "
                 "next_attempt_at, error")
+#: The rotations still open and those that succeeded, as both journals' partial indexes and
+#: the queries that use them read them (SQLite uses such an index only for the same text).
+OPEN = "state NOT IN ('completed', 'rolled_back', 'failed')"
+SUCCESS = "state IN ('promoted', 'completed')"
 #: The fields ``advance`` sets as columns.
 FIELDS = frozenset({"retire_after", "new_fingerprint", "secret_ref", "error"})
 #: Fields kept only in the step's detail (no column): read back through ``steps``.

@@ -35,18 +35,18 @@ from rotator.interfaces import (
 from rotator.journal import _rows
 from rotator.journal._rows import COLUMNS as _COLUMNS
 from rotator.journal._rows import HOOK_COLUMNS as _HOOK_COLUMNS
+from rotator.journal._rows import OPEN as _OPEN
+from rotator.journal._rows import SUCCESS as _SUCCESS
 from rotator.journal._rows import as_is
 from rotator.journal.fencing import FencedJournal
 from rotator.journal.postgres_coordination import PostgresCoordination
 from rotator.journal.postgres_setup import NEWEST as _NEWEST
-from rotator.journal.postgres_setup import OPEN as _OPEN
 from rotator.journal.postgres_setup import (
     SCHEMA_VERSION,
     VERIFYING_SSLMODES,
     describe,
     url_problem,
 )
-from rotator.journal.postgres_setup import SUCCESS as _SUCCESS
 from rotator.secrets import redact
 
 if TYPE_CHECKING:

@@ -16,9 +16,9 @@ from typing import Any
 from rotator.errors import JournalConflict, LeaseLost, RotationError, RotationLocked
 from rotator.interfaces import Lease, RotationId
 from rotator.journal import new_rotation_id
+from rotator.journal._rows import OPEN as _OPEN
 from rotator.journal._rows import ROTATION_ID
 from rotator.journal.postgres_setup import NEWEST as _NEWEST
-from rotator.journal.postgres_setup import OPEN as _OPEN
 from rotator.journal.postgres_setup import PostgresConnections
 from rotator.journal.sqlite import check_lease_args
 

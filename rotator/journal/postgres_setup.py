@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from rotator.errors import RotationError
+from rotator.journal._rows import OPEN, SUCCESS
 from rotator.secrets import Secret, redact
 
 if TYPE_CHECKING:
@@ -37,8 +38,6 @@ SCHEMA_VERSION = 4
 #: The key of the transaction-scoped advisory lock migrations run under ('rotator' in ASCII).
 _MIGRATION_LOCK = 0x726F7461746F72
 
-OPEN = "state NOT IN ('completed', 'rolled_back', 'failed')"
-SUCCESS = "state IN ('promoted', 'completed')"
 
 MIGRATIONS: dict[int, str] = {
     1: f"""

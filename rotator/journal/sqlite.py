@@ -48,10 +48,10 @@ from rotator.interfaces import (
 from rotator.journal import _rows
 from rotator.journal._rows import COLUMNS as _COLUMNS
 from rotator.journal._rows import HOOK_COLUMNS as _HOOK_COLUMNS
+from rotator.journal._rows import OPEN as _OPEN
+from rotator.journal._rows import SUCCESS as _SUCCESS
 from rotator.journal.fencing import FencedJournal
-from rotator.journal.sqlite_schema import OPEN as _OPEN
 from rotator.journal.sqlite_schema import SCHEMA_VERSION, migrate, prepare_db_file
-from rotator.journal.sqlite_schema import SUCCESS as _SUCCESS
 from rotator.secrets import redact
 
 __all__ = ["SCHEMA_VERSION", "SqliteJournal", "check_lease_args"]

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from rotator._files import UnsafeFile
 from rotator.errors import RotationError
+from rotator.journal._rows import OPEN, SUCCESS
 
 SCHEMA_VERSION = 4
 
@@ -52,11 +53,6 @@ CREATE TABLE IF NOT EXISTS steps (
     detail TEXT NOT NULL
 );
 """
-
-# The WHERE clauses of the partial indexes and of the queries that use them must read the
-# same, or SQLite does not use the index.
-OPEN = "state NOT IN ('completed', 'rolled_back', 'failed')"
-SUCCESS = "state IN ('promoted', 'completed')"
 
 V1_COLUMNS = (("targets", "TEXT"), ("audit_key_id", "TEXT"))
 V1_INDEXES = f"""
