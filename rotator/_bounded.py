@@ -21,6 +21,7 @@ timer that shuts a socket learnt at connect down.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import ssl
@@ -138,6 +139,62 @@ class BoundedTransport(httpx.BaseTransport):
 
     def close(self) -> None:
         self._inner.close()
+
+
+class AsyncBoundedTransport(httpx.AsyncBaseTransport):
+    """:class:`BoundedTransport` for an ``httpx.AsyncClient``: the deadline is asyncio's, which
+    cancels whatever read or connect is under way when it passes (so no timer thread and no
+    deadline sockets); the answer is bounded and refused when encoded in the same way."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, *, deadline: float,
+                 max_body: int = MAX_ANSWER) -> None:
+        self._inner = inner
+        self._deadline = deadline
+        self._max_body = max_body
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        request.headers["Accept-Encoding"] = "identity"
+        bound = asyncio.timeout(self._deadline)
+        try:
+            async with bound:
+                response = await self._inner.handle_async_request(request)
+                try:
+                    body = await self._read(response, request)
+                finally:
+                    await response.aclose()
+        except TimeoutError:
+            if bound.expired():
+                raise DeadlinePassed(f"no answer within {self._deadline:g}s",
+                                     request=request) from None
+            raise
+        return _answer(response, body, request)
+
+    async def _read(self, response: httpx.Response, request: httpx.Request) -> bytes:
+        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise AnswerRefused(f"answer encoded as {encoding[:20]!r} though asked not to be",
+                                request=request)
+        try:  # a test's transport may hand back an answer it already read
+            body = bytearray(response.content)
+        except httpx.ResponseNotRead:
+            body = bytearray()
+        else:
+            if len(body) > self._max_body:
+                raise AnswerRefused(f"answer larger than {self._max_body} bytes",
+                                    request=request)
+            return bytes(body)
+        stream = response.stream
+        if not isinstance(stream, httpx.AsyncByteStream):
+            raise TypeError("AsyncBoundedTransport wraps asyncio transports only")
+        async for chunk in stream:
+            body += chunk
+            if len(body) > self._max_body:
+                raise AnswerRefused(f"answer larger than {self._max_body} bytes",
+                                    request=request)
+        return bytes(body)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 def _answer(response: httpx.Response, body: bytes, request: httpx.Request) -> httpx.Response:
@@ -261,6 +318,16 @@ def _proxy(url: str, verify: ssl.SSLContext | str | bool) -> httpcore.Proxy:
     """httpcore's proxy for ``url`` (``http://[user:password@]host:port``, or ``https://``,
     verified as the target is): an https target is reached through a CONNECT tunnel, its
     TLS end to end; through the same deadline-bounded sockets."""
+    parsed = _parsed_proxy(url)
+    return httpcore.Proxy(
+        url=httpcore.URL(scheme=parsed.url.raw_scheme, host=parsed.url.raw_host,
+                         port=parsed.url.port, target=parsed.url.raw_path),
+        auth=parsed.raw_auth, headers=parsed.headers.raw,
+        ssl_context=_tls_context(verify) if parsed.url.scheme == "https" else None)
+
+
+def _parsed_proxy(url: str) -> httpx.Proxy:
+    """``url`` as httpx's proxy, or :class:`ProxyRefused` (an http or https one only)."""
     try:
         parsed = httpx.Proxy(url)
     except (ValueError, httpx.InvalidURL) as exc:
@@ -269,11 +336,7 @@ def _proxy(url: str, verify: ssl.SSLContext | str | bool) -> httpcore.Proxy:
     if parsed.url.scheme not in ("http", "https"):
         raise ProxyRefused(f"a {parsed.url.scheme!r} proxy from the environment is not "
                            "supported (http or https only); set NO_PROXY for this host")
-    return httpcore.Proxy(
-        url=httpcore.URL(scheme=parsed.url.raw_scheme, host=parsed.url.raw_host,
-                         port=parsed.url.port, target=parsed.url.raw_path),
-        auth=parsed.raw_auth, headers=parsed.headers.raw,
-        ssl_context=_tls_context(verify) if parsed.url.scheme == "https" else None)
+    return parsed
 
 
 def environment_proxies() -> dict[str, str | None]:
@@ -314,3 +377,25 @@ def client(*, timeout: float, verify: ssl.SSLContext | str | bool = True,
                   for pattern, proxy in environment_proxies().items()}
     return httpx.Client(timeout=timeout, verify=verify, transport=bounded, mounts=mounts,
                         **kwargs)
+
+
+def async_client(*, timeout: float, verify: ssl.SSLContext | str | bool = True,
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 max_body: int = MAX_ANSWER, **kwargs: Any) -> httpx.AsyncClient:
+    """:func:`client` for asyncio: an ``httpx.AsyncClient`` each of whose requests ends
+    within ``timeout`` seconds in all, its answer bounded by ``max_body``, through the proxy
+    the environment names for its URL. ``transport`` (a test's) is wrapped instead of
+    httpx's own."""
+    context = _tls_context(verify) if transport is None else verify
+
+    def bounded(proxy: str | None) -> AsyncBoundedTransport:
+        inner = (transport if transport is not None else httpx.AsyncHTTPTransport(
+                     verify=context, proxy=None if proxy is None else _parsed_proxy(proxy)))
+        return AsyncBoundedTransport(inner, deadline=timeout, max_body=max_body)
+
+    mounts: dict[str, httpx.AsyncBaseTransport | None] = {}
+    if transport is None and kwargs.get("trust_env", True):
+        mounts = {pattern: None if proxy is None else bounded(proxy)
+                  for pattern, proxy in environment_proxies().items()}
+    return httpx.AsyncClient(timeout=timeout, verify=verify, transport=bounded(None),
+                             mounts=mounts, **kwargs)

@@ -18,7 +18,7 @@ import rotator.secrets as rotator_secrets
 from rotator.client import ClientCredentialsAuth, TokenClient
 from rotator.interfaces import Credentials
 from rotator.secrets import Secret
-from rotator.token import TokenRequest, build_request
+from rotator.token import TokenRequest, encode_request
 
 
 def _answer(_request: httpx.Request) -> httpx.Response:
@@ -107,9 +107,9 @@ class TestRequestBuiltOncePerCredentials:
 
         def counting(request: TokenRequest, creds: Credentials) -> Any:
             built.append(creds.client_id)
-            return build_request(request, creds)
+            return encode_request(request, creds)
 
-        monkeypatch.setattr(client_policy, "build_request", counting)
+        monkeypatch.setattr(client_policy, "encode_request", counting)
         with _client() as client:
             for _ in range(3):
                 client.invalidate(client.token())

@@ -1,5 +1,6 @@
 """Hostile answers to the outgoing calls tests/test_hostile_idp.py does not cover: a
-consumer's report to the daemon, the admin API's JWKS fetch, and the Cognito adapter (boto3).
+consumer's token request and its report to the daemon, the admin API's JWKS fetch, and the
+Cognito adapter (boto3).
 
 A server on 127.0.0.1 answers one byte at a time (of its headers or its body), with a 256 MB
 body, or never. Each call gives up within its total timeout (counted in what the server
@@ -9,6 +10,7 @@ one line, and names no secret.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import socket
 from collections.abc import Callable, Iterator
@@ -19,10 +21,14 @@ from hostile_http import HostileServer, check_cut_off, made_servers
 from structlog.testing import capture_logs
 
 from providers.idps.cognito import CognitoIdp
+from rotator.client import CachePolicy, TokenClient
+from rotator.client.asyncio import AsyncTokenClient
 from rotator.client_report import ConsumerReporter
 from rotator.daemon.auth import JwksCache, JwksUnavailable
-from rotator.errors import IdpUnavailable
+from rotator.errors import IdpUnavailable, TokenEndpointUnavailable
+from rotator.interfaces import Credentials
 from rotator.secrets import Secret
+from rotator.token import TokenRequest
 
 TIMEOUT = 0.5
 #: A slow server sends one piece every PACE seconds, LIMIT pieces in all (100 s): a caller
@@ -48,6 +54,53 @@ def hostile() -> Iterator[Callable[[str], HostileServer]]:
 
 def _check(server: HostileServer, message: str, *secrets_sent: str) -> None:
     check_cut_off(server, message, secrets_sent, limit=LIMIT)
+
+
+class TestTokenClientAgainstHostileEndpoint:
+    """A token client's own http client (sync and asyncio) gives a token request its timeout
+    in all and reads at most 1 MiB of the answer: a slow, oversized or silent token endpoint
+    fails the fetch with TokenEndpointUnavailable, naming neither secret."""
+
+    @staticmethod
+    def _parts(server: HostileServer) -> tuple[TokenRequest, Credentials, str]:
+        secret = secrets.token_urlsafe(24)
+        request = TokenRequest(f"http://127.0.0.1:{server.port}/token")
+        return request, Credentials("svc", Secret(secret)), secret
+
+    @staticmethod
+    def _expect(server: HostileServer, message: str, secret: str) -> None:
+        _check(server, message, secret)
+        assert ("larger than" if server.mode == "huge" else "timed out") in message
+
+    @pytest.mark.parametrize("mode", MODES)
+    def test_threads(self, mode: str, hostile: Callable[[str], HostileServer]) -> None:
+        server = hostile(mode)
+        request, creds, secret = self._parts(server)
+        client = TokenClient(request, creds, policy=CachePolicy(max_attempts=1),
+                             timeout=TIMEOUT)
+        try:
+            with pytest.raises(TokenEndpointUnavailable) as caught:
+                client.token()
+        finally:
+            client.close()
+        self._expect(server, str(caught.value), secret)
+
+    @pytest.mark.parametrize("mode", MODES)
+    def test_asyncio(self, mode: str, hostile: Callable[[str], HostileServer]) -> None:
+        server = hostile(mode)
+        request, creds, secret = self._parts(server)
+
+        async def fetch() -> str:
+            client = AsyncTokenClient(request, creds, policy=CachePolicy(max_attempts=1),
+                                      timeout=TIMEOUT)
+            try:
+                with pytest.raises(TokenEndpointUnavailable) as caught:
+                    await client.token()
+            finally:
+                await client.aclose()
+            return str(caught.value)
+
+        self._expect(server, asyncio.run(fetch()), secret)
 
 
 class TestConsumerReportAgainstHostileDaemon:

@@ -22,7 +22,17 @@ from typing import Any, Self
 import httpx
 from structlog.typing import FilteringBoundLogger
 
-from rotator.client.policy import CachePolicy, Clock, Random, ScopeKey, _Entry, _Fetch, _TokenCore
+from rotator import _bounded
+from rotator.client.policy import (
+    DEFAULT_TIMEOUT,
+    CachePolicy,
+    Clock,
+    Random,
+    ScopeKey,
+    _Entry,
+    _Fetch,
+    _TokenCore,
+)
 from rotator.client_report import ConsumerReporter
 from rotator.config import ClientConfig
 from rotator.interfaces import Credentials, Location, SecretStore, Stage, StoredCredentials
@@ -60,16 +70,17 @@ class AsyncTokenClient(_TokenCore[_Task]):
         random: Random = _random.random,
         logger: FilteringBoundLogger | None = None,
         reporter: ConsumerReporter | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         super().__init__(request, credentials, store, location, policy or CachePolicy(), clock,
                          random, logger, reporter)
-        self._http = http if http is not None else httpx.AsyncClient(timeout=10.0)
+        self._http = http if http is not None else _bounded.async_client(timeout=timeout)
         self._owns_http = http is None
         self._sleep = sleep
 
     @classmethod
     def _http_for(cls, client: ClientConfig) -> httpx.AsyncClient:
-        return httpx.AsyncClient(timeout=client.verify_timeout, verify=client.tls_verify)
+        return _bounded.async_client(timeout=client.verify_timeout, verify=client.tls_verify)
 
     async def token(self, scopes: Iterable[str] | None = None) -> Token:
         """A valid token for ``scopes`` (default: the request's), from the cache if possible."""
@@ -148,8 +159,7 @@ class AsyncTokenClient(_TokenCore[_Task]):
     async def _send(self, fetch: _Fetch) -> Token:
         """:func:`rotator.token.request_token_async`, with the headers and form built once."""
         try:
-            response = await self._http.post(fetch.request.token_endpoint, data=fetch.data,
-                                             headers=fetch.headers)
+            response = await self._http.post(fetch.url, content=fetch.body, headers=fetch.headers)
         except httpx.HTTPError as exc:
             raise _transport_error(fetch.request, exc) from None
         return parse_token_response(fetch.request, response)

@@ -11,7 +11,17 @@ from typing import Any, Self
 import httpx
 from structlog.typing import FilteringBoundLogger
 
-from rotator.client.policy import CachePolicy, Clock, Random, ScopeKey, _Entry, _Fetch, _TokenCore
+from rotator import _bounded
+from rotator.client.policy import (
+    DEFAULT_TIMEOUT,
+    CachePolicy,
+    Clock,
+    Random,
+    ScopeKey,
+    _Entry,
+    _Fetch,
+    _TokenCore,
+)
 from rotator.client_report import ConsumerReporter
 from rotator.config import ClientConfig
 from rotator.interfaces import Credentials, Location, SecretStore, Stage, StoredCredentials
@@ -56,7 +66,9 @@ class TokenClient(_TokenCore[_Flight]):
 
     Give ``credentials``, or a started ``store`` and the ``location`` of the credentials in
     it (re-read when the token endpoint refuses the secret). ``http`` is the client for the
-    token endpoint (closed by :meth:`close` only if this object created it). ``clock``,
+    token endpoint (closed by :meth:`close` only if this object created it); one it creates
+    gives each token request ``timeout`` seconds in all and reads at most 1 MiB of its answer
+    (an endpoint that drips or floods its answer fails the request). ``clock``,
     ``sleep`` and ``random`` are injectable for tests. :meth:`from_config` builds one from a
     rotator configuration.
     """
@@ -75,17 +87,18 @@ class TokenClient(_TokenCore[_Flight]):
         random: Random = _random.random,
         logger: FilteringBoundLogger | None = None,
         reporter: ConsumerReporter | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         super().__init__(request, credentials, store, location, policy or CachePolicy(), clock,
                          random, logger, reporter)
-        self._http = http if http is not None else httpx.Client(timeout=10.0)
+        self._http = http if http is not None else _bounded.client(timeout=timeout)
         self._owns_http = http is None
         self._sleep = sleep
         self._store_lock = threading.Lock()
 
     @classmethod
     def _http_for(cls, client: ClientConfig) -> httpx.Client:
-        return httpx.Client(timeout=client.verify_timeout, verify=client.tls_verify)
+        return _bounded.client(timeout=client.verify_timeout, verify=client.tls_verify)
 
     def token(self, scopes: Iterable[str] | None = None) -> Token:
         """A valid token for ``scopes`` (default: the request's), from the cache if possible.
@@ -174,8 +187,7 @@ class TokenClient(_TokenCore[_Flight]):
     def _send(self, fetch: _Fetch) -> Token:
         """:func:`rotator.token.request_token`, with the headers and form built once."""
         try:
-            response = self._http.post(fetch.request.token_endpoint, data=fetch.data,
-                                       headers=fetch.headers)
+            response = self._http.post(fetch.url, content=fetch.body, headers=fetch.headers)
         except httpx.HTTPError as exc:
             raise _transport_error(fetch.request, exc) from None
         return parse_token_response(fetch.request, response)
