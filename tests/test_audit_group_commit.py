@@ -106,6 +106,106 @@ class TestFailedSync:
             2, _last_chain(file))
 
 
+class TestInterruptedCommit:
+    """A Ctrl-C in the thread that leads a batch reaches that thread; the other writers of
+    the batch hear AuditWriteError (their events are not on disk), none of them waits for
+    ever, and the log goes on with the next event."""
+
+    @staticmethod
+    def _log(tmp_path: Path) -> tuple[AuditLog, sinks.FileSink, Path]:
+        file = tmp_path / "audit.jsonl"
+        log = AuditLog(Secret(KEY), file=file)
+        sink = log._sinks[0]
+        assert isinstance(sink, sinks.FileSink)
+        return log, sink, file
+
+    @staticmethod
+    def _finished(target: Callable[[], None]) -> None:
+        """Run ``target`` in a thread of its own; fail if it hangs (a bound, not a time)."""
+        thread = threading.Thread(target=target, daemon=True)
+        thread.start()
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "the writer never returned"
+
+    def test_interrupted_sync_then_the_log_goes_on(self, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+        calls: list[int] = []
+        real_sync = sinks._sync
+
+        def interrupted_once(fd: int) -> None:
+            calls.append(fd)
+            if len(calls) == 1:
+                raise KeyboardInterrupt
+            real_sync(fd)
+
+        monkeypatch.setattr(sinks, "_sync", interrupted_once)
+        log, _, file = self._log(tmp_path)
+        with pytest.raises(KeyboardInterrupt):
+            log.event("rotation_step", step="interrupted")
+        self._finished(lambda: log.event("rotation_step", step="after"))
+        self._finished(log.close)
+        assert len(calls) == 2
+        problem, count = verify(chain_key(KEY.encode()), [file],
+                                Checkpoint.load(checkpoint_path(file)))
+        assert (problem, count) == (None, 2)
+
+    def test_interrupted_append_fails_the_other_writers(
+            self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        gate, syncs = threading.Event(), []
+        real_sync = sinks._sync
+
+        def held_sync(fd: int) -> None:
+            syncs.append(fd)
+            gate.wait()
+            real_sync(fd)
+
+        monkeypatch.setattr(sinks, "_sync", held_sync)
+        log, sink, file = self._log(tmp_path)
+        appends = []
+        real_append = sink._append
+
+        def append(lines: list[str]) -> tuple[int, Checkpoint | None]:
+            appends.append(len(lines))
+            if len(appends) == sinks._MAX_SYNCS + 1:  # the batch queued behind the syncs
+                raise KeyboardInterrupt
+            return real_append(lines)
+
+        monkeypatch.setattr(sink, "_append", append)
+        outcomes: dict[int, str] = {}
+
+        def writer(n: int) -> None:
+            try:
+                log.event("rotation_step", step=f"w{n}")
+                outcomes[n] = "written"
+            except KeyboardInterrupt:
+                outcomes[n] = "interrupted"
+            except AuditWriteError as exc:
+                outcomes[n] = "failed: " + str(exc)
+
+        threads = [threading.Thread(target=writer, args=(n,), daemon=True)
+                   for n in range(WRITERS)]
+        for t in threads:
+            t.start()
+        _until(lambda: len(syncs) == sinks._MAX_SYNCS
+               and _records(file) + len(sink._open.lines) == WRITERS)
+        gate.set()
+        for t in threads:
+            t.join(timeout=30)
+            assert not t.is_alive(), "a writer of the interrupted batch waits for ever"
+        queued = WRITERS - sinks._MAX_SYNCS
+        assert appends == [1] * sinks._MAX_SYNCS + [queued]
+        results = sorted(outcomes.values())
+        assert results.count("written") == sinks._MAX_SYNCS
+        assert results.count("interrupted") == 1  # the leader of the queued batch
+        failed = [r for r in results if r.startswith("failed")]
+        assert len(failed) == queued - 1 and all("interrupted" in r for r in failed)
+        self._finished(lambda: log.event("rotation_step", step="after"))
+        self._finished(log.close)
+        problem, count = verify(chain_key(KEY.encode()), [file],
+                                Checkpoint.load(checkpoint_path(file)))
+        assert (problem, count) == (None, sinks._MAX_SYNCS + 1)
+
+
 class TestReopenInPlace:
     """A reopen asked for (SIGHUP) while the log was not moved goes on writing the same file:
     the next event is written, and close() returns."""

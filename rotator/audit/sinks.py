@@ -86,7 +86,7 @@ class _Batch:
         self.waiters: list[_Lock] = []
         #: the waiter told to append and sync the batch for the others
         self.leader: _Lock | None = None
-        self.error: Exception | None = None
+        self.error: BaseException | None = None
 
 
 class Appended(NamedTuple):
@@ -184,8 +184,10 @@ class FileSink:
         return self._outcome(batch)
 
     def _outcome(self, batch: _Batch) -> None:
-        if batch.error is not None:
-            raise AuditWriteError(f"audit log {self.file}: {batch.error}")
+        error = batch.error
+        if error is not None:
+            raise AuditWriteError(f"audit log {self.file}: "
+                                  f"{error if isinstance(error, Exception) else 'interrupted'}")
 
     def _start_next(self) -> None:
         """With the mutex held: when the sink may take another batch and one is waiting,
@@ -260,8 +262,10 @@ class FileSink:
         sync_fd, sealed_to = -1, None
         try:
             sync_fd, sealed_to = self._append(batch.lines)
-        except Exception as exc:  # a reopen's ConfigError too: every writer
-            batch.error = exc  # of the batch hears of it, none waits for it forever
+        except BaseException as exc:  # a reopen's ConfigError too: every writer of the
+            batch.error = exc  # batch hears of it, none waits for it forever; and an
+            if not isinstance(exc, Exception):  # interrupt: nobody hears "written"
+                raise
         finally:
             with self._mutex:
                 self._appending = False
@@ -276,10 +280,13 @@ class FileSink:
         if sync_fd < 0 or sealed_to is None:
             return
         record: Checkpoint | None = None
+        interrupt: BaseException | None = None
         try:
             _sync(sync_fd)
-        except Exception as exc:  # reported to every writer of the batch
-            batch.error = exc
+        except BaseException as exc:  # reported to every writer of the batch; an interrupt
+            batch.error = exc  # is raised once the batch is done (its writers woken)
+            if not isinstance(exc, Exception):
+                interrupt = exc
         finally:
             with self._mutex:  # the next batch may go while this one is checkpointed
                 self._release_fd(sync_fd)
@@ -294,12 +301,16 @@ class FileSink:
                 committed = self.on_commit
                 if committed is not None:
                     committed(sealed_to.seq, sealed_to.chain)
-        except Exception as exc:  # reported to every writer of the batch
+        except BaseException as exc:  # reported to every writer of the batch
             batch.error = exc
+            if not isinstance(exc, Exception):
+                raise
         finally:
             with self._mutex:
                 self._checkpointing -= 1
                 self._done(batch)
+        if interrupt is not None:
+            raise interrupt
 
     def _checkpoint_due(self, durable: Checkpoint | None) -> Checkpoint | None:
         """With the mutex held, as a batch's sync ends (``durable``: where it sealed to, None
