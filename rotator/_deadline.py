@@ -97,7 +97,9 @@ def post(http: httpx.Client, url: str, *, content: bytes, headers: Mapping[str, 
         finally:
             response.close()
     except httpx.HTTPError as exc:
-        if watch.fired:
+        # a per-read timeout as long as the deadline may beat the timer's thread to it
+        if watch.fired or (isinstance(exc, httpx.TimeoutException)
+                           and time.monotonic() - started >= deadline):
             raise DeadlinePassed(f"no answer within {deadline:g}s",
                                  request=request) from exc
         raise

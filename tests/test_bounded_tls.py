@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 import server_rsyslog
+from test_store_contract import aws_store
 
 from rotator import _bounded
 from rotator._deadline import DeadlinePassed
@@ -305,3 +306,17 @@ class TestAsyncClientFromTheEnvironment:
         with pytest.raises(_bounded.ProxyRefused) as refused:
             _bounded.async_client(timeout=5.0)
         assert password not in str(refused.value) and "socks5" in str(refused.value)
+
+
+class TestBotocoreThroughTheProxy:
+    """boto3 calls sent through the bounded client (rotator._bounded_boto) go through the
+    proxy the environment names, as botocore's own sending did: the AWS Secrets Manager store
+    on a real moto server, behind the test proxy."""
+
+    @pytest.mark.server
+    def test_secrets_manager_read_through_the_proxy(
+            self, proxy: _Proxy, moto_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("HTTP_PROXY", f"http://{_address(proxy)}")
+        with aws_store(moto_server) as store:
+            assert store.read(f"apps/missing-{secrets.token_hex(4)}") is None
+        assert proxy.seen == [f"POST {moto_server.url}/ HTTP/1.1"]

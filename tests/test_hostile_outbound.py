@@ -1,6 +1,6 @@
 """Hostile answers to the outgoing calls tests/test_hostile_idp.py does not cover: a
-consumer's token request and its report to the daemon, the admin API's JWKS fetch, and the
-Cognito adapter (boto3).
+consumer's token request and its report to the daemon, the admin API's JWKS fetch, the
+Cognito adapter and the AWS Secrets Manager store (both boto3).
 
 A server on 127.0.0.1 answers one byte at a time (of its headers or its body), with a 256 MB
 body, or never. Each call gives up within its total timeout (counted in what the server
@@ -21,11 +21,12 @@ from hostile_http import HostileServer, check_cut_off, made_servers
 from structlog.testing import capture_logs
 
 from providers.idps.cognito import CognitoIdp
+from providers.stores.aws_secrets_manager import AwsSecretsManagerStore
 from rotator.client import CachePolicy, TokenClient
 from rotator.client.asyncio import AsyncTokenClient
 from rotator.client_report import ConsumerReporter
 from rotator.daemon.auth import JwksCache, JwksUnavailable
-from rotator.errors import IdpUnavailable, TokenEndpointUnavailable
+from rotator.errors import IdpUnavailable, StoreUnavailable, TokenEndpointUnavailable
 from rotator.interfaces import Credentials
 from rotator.secrets import Secret
 from rotator.token import TokenRequest
@@ -170,3 +171,29 @@ class TestCognitoAgainstHostileEndpoint:
         _check(server, message, secret_key)
         assert len(server.requests) == 2  # botocore retried once, each attempt bounded
         assert ("larger than" if mode == "huge" else "within") in message
+
+
+class TestSecretsManagerAgainstHostileEndpoint:
+    """A Secrets Manager read from a slow, oversized or silent endpoint ends, botocore's
+    retries included, within max_attempts times its timeout as StoreUnavailable naming no
+    AWS secret key (botocore alone bounds each socket read, not a call, and reads whole)."""
+
+    @pytest.mark.parametrize("mode", MODES)
+    def test_mode(self, mode: str, hostile: Callable[[str], HostileServer]) -> None:
+        server = hostile(mode)
+        secret_key = secrets.token_urlsafe(30)
+        store = AwsSecretsManagerStore("aws", {
+            "region": "eu-west-1", "endpoint_url": f"http://127.0.0.1:{server.port}",
+            "timeout": TIMEOUT, "max_attempts": 2,
+        }, session=boto3.Session(aws_access_key_id="AKIDROTATORTEST",
+                                 aws_secret_access_key=secret_key, region_name="eu-west-1"))
+        store.start()
+        try:
+            with pytest.raises(StoreUnavailable) as caught:
+                store.read("apps/billing", "current")
+        finally:
+            store.close()
+        message = str(caught.value)
+        _check(server, message, secret_key)
+        assert len(server.requests) == 2  # botocore retried once, each attempt bounded
+        assert ("larger than" if mode == "huge" else "timed out") in message

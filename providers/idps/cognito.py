@@ -19,12 +19,10 @@ and ``DeleteUserPoolClientSecret`` on the user pool. The token endpoint is
 Retries are botocore's ``standard`` mode (``TooManyRequestsException`` and 5xx, with
 backoff; ``max_attempts`` in all). No botocore exception leaves this module.
 
-botocore's ``read_timeout`` bounds each socket read, not a call, and it reads an answer whole:
-an endpoint (or whatever answers in its place) that sends one byte a second, or 256 MB, would
-hold a rotation as long as it likes. So botocore's requests, once signed, are sent through
-:class:`rotator._bounded.BoundedTransport` (httpx): each attempt has ``timeout`` seconds in
-all and an answer of at most 1 MiB, or fails as a timeout that botocore retries. Proxies from
-the environment (``HTTPS_PROXY``) are not used for these calls.
+botocore's requests, once signed, are sent through a bounded httpx client
+(:mod:`rotator._bounded_boto`): each attempt has ``timeout`` seconds in all and an answer of
+at most 1 MiB, or fails as a timeout that botocore retries; through the proxy the
+environment names (``HTTPS_PROXY``, ``NO_PROXY``).
 """
 
 from __future__ import annotations
@@ -40,7 +38,7 @@ import httpx
 from botocore.config import Config
 
 from rotator import _bounded
-from rotator._deadline import DeadlinePassed
+from rotator._bounded_boto import detail, send_through
 from rotator.errors import (
     IdentityProviderError,
     IdpAccessDenied,
@@ -100,7 +98,7 @@ class CognitoIdp:
         self.name = name
         self._settings = dict(settings)
         self._transport = transport
-        self._http: httpx.BaseTransport | None = None
+        self._http: httpx.Client | None = None
         self._session = session
         self._api: Any = None
         self._pools: dict[ClientId, str] = {}
@@ -126,18 +124,18 @@ class CognitoIdp:
         except (bex.BotoCoreError, ValueError) as exc:
             raise IdentityProviderError(f"Cognito {self.name!r}: cannot set up the client: "
                                         f"{redact(str(exc))}") from None
-        self._http = _bounded.bounded_transport(deadline=timeout, verify=verify,
-                                                inner=self._transport)
-        self._api.meta.events.register("before-send.cognito-idp", _through(self._http))
+        self._http = _bounded.client(timeout=timeout, verify=verify, transport=self._transport)
+        send_through(self._api, "cognito-idp", self._http)
 
     def close(self) -> None:
         if self._api is not None:
             self._api.close()
             self._api = None
-        # Closing the bounded transport closes the one it wraps, as an httpx.Client does.
-        closing = self._http if self._http is not None else self._transport
-        if closing is not None:
-            closing.close()
+        # Closing the bounded client closes the transport it wraps.
+        if self._http is not None:
+            self._http.close()
+        elif self._transport is not None:
+            self._transport.close()
         self._http = None
 
     def default_token_endpoint(self) -> str | None:
@@ -187,15 +185,11 @@ class CognitoIdp:
                 bex.ReadTimeoutError) as exc:
             kind = "is unreachable" if isinstance(exc, bex.EndpointConnectionError) else \
                 "timed out"
-            bound = exc.kwargs.get("error")  # the bounded transport's own words, if it spoke
-            detail = str(bound) if isinstance(bound, DeadlinePassed) else str(exc)
             raise IdpUnavailable(f"Cognito {self.name!r}: the endpoint {kind} ({action}): "
-                                 f"{redact(detail)}") from None
+                                 f"{redact(detail(exc))}") from None
         except bex.ResponseStreamingError as exc:
-            bound = exc.kwargs.get("error")
-            detail = str(bound) if isinstance(bound, _bounded.AnswerRefused) else str(exc)
             raise IdpUnavailable(f"Cognito {self.name!r}: {action} failed: "
-                                 f"{redact(detail)}") from None
+                                 f"{redact(detail(exc))}") from None
         except (bex.BotoCoreError, ValueError, TypeError, AttributeError, KeyError) as exc:
             # A body botocore cannot parse (a proxy's page, a broken answer) lands here too.
             raise IdpUnavailable(f"Cognito {self.name!r}: {action} failed: "
@@ -299,47 +293,3 @@ def _when(value: object) -> datetime | None:
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
     return None
-
-
-class _Body:
-    """What botocore reads a response body from."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-
-    def stream(self, **_: Any) -> Any:
-        yield self._data
-
-
-def _through(transport: httpx.BaseTransport) -> Callable[..., Any]:
-    """A ``before-send`` hook that sends botocore's requests through an httpx transport: the
-    bounded one (around a test's stand-in for the server, if there is one). Its failures
-    become the botocore errors botocore retries and :meth:`CognitoIdp._call` words."""
-    from botocore.awsrequest import AWSResponse
-    from botocore.compat import HTTPHeaders
-
-    def send(request: Any, **_: Any) -> Any:
-        headers = {k: v.decode() if isinstance(v, bytes) else str(v)
-                   for k, v in request.headers.items()}
-        body = request.body or b""
-        if hasattr(body, "read"):
-            body = body.read()
-        try:
-            response = transport.handle_request(httpx.Request(
-                request.method, request.url, headers=headers,
-                content=body.encode() if isinstance(body, str) else body))
-            content = response.read()
-        except httpx.ConnectTimeout as exc:
-            raise bex.ConnectTimeoutError(endpoint_url=request.url, error=exc) from None
-        except httpx.TimeoutException as exc:  # DeadlinePassed among them
-            raise bex.ReadTimeoutError(endpoint_url=request.url, error=exc) from None
-        except _bounded.AnswerRefused as exc:
-            raise bex.ResponseStreamingError(error=exc) from None
-        except httpx.HTTPError as exc:
-            raise bex.EndpointConnectionError(endpoint_url=request.url, error=exc) from None
-        answer_headers = HTTPHeaders()
-        for key, value in response.headers.items():
-            answer_headers[key] = value
-        return AWSResponse(request.url, response.status_code, answer_headers, _Body(content))
-
-    return send

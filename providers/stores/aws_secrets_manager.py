@@ -25,6 +25,10 @@ write are separate requests; the label moves that follow name the version they t
 label from (``RemoveFromVersionId``), so a newer holder's promotion in between makes them
 fail.
 
+Requests, once signed, go through a bounded httpx client (:mod:`rotator._bounded_boto`):
+each attempt has ``timeout`` seconds in all, not per read, and an answer of at most 1 MiB,
+through the proxy the environment names (``HTTPS_PROXY``, ``NO_PROXY``).
+
 Retries are botocore's ``standard`` mode (throttling, 5xx, connection errors; exponential
 backoff with full jitter; ``max_attempts`` in all); none are added here. Errors: refusals
 → ``StoreAccessDenied`` naming ``secretsmanager:<Operation>``; unreachable, or throttled past
@@ -45,8 +49,11 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 import botocore.exceptions as bex
+import httpx
 from botocore.config import Config
 
+from rotator import _bounded
+from rotator._bounded_boto import detail, send_through
 from rotator.errors import (
     StoreAccessDenied,
     StoreConflict,
@@ -159,6 +166,7 @@ class AwsSecretsManagerStore:
         self.id_key = str(settings.get("client_id_key") or "client_id")
         self.secret_key = str(settings.get("client_secret_key") or "client_secret")
         self._client: SecretsManagerClient | None = None
+        self._http: httpx.Client | None = None
 
     def __enter__(self) -> AwsSecretsManagerStore:
         self.start()
@@ -177,17 +185,25 @@ class AwsSecretsManagerStore:
             if session.get_credentials() is None:
                 raise StoreAccessDenied(f"{where}: no AWS credentials found (environment, "
                                         "profile, container or instance role)")
+            verify: str | bool = s.get("ca_file") or bool(s.get("tls_verify", True))
             self._client = session.client(
                 "secretsmanager", region_name=s.get("region"), endpoint_url=s.get("endpoint_url"),
-                verify=s.get("ca_file") or bool(s.get("tls_verify", True)), config=config)
+                verify=verify, config=config)
+            self._http = _bounded.client(timeout=timeout, verify=verify)
         except bex.BotoCoreError as exc:  # ProfileNotFound, NoRegionError, ...
             raise StoreAccessDenied(f"{where}: {redact(str(exc))}") from exc
+        except _bounded.ProxyRefused as exc:
+            raise StoreUnavailable(f"{where}: {exc}") from None
+        send_through(self._client, "secrets-manager", self._http)
 
     def close(self) -> None:
         if self._client is not None:
             with suppress(Exception):
                 self._client.close()
             self._client = None
+        if self._http is not None:
+            self._http.close()
+            self._http = None
 
     @property
     def client(self) -> SecretsManagerClient:
@@ -223,7 +239,11 @@ class AwsSecretsManagerStore:
             report = re.sub(r"value: .*?(?=, valid |, type |$)", "value: (not shown)",
                             str(exc), flags=re.M)
             raise StoreError(f"{where}: invalid request: {redact(report)}") from exc
-        except bex.BotoCoreError as exc:  # connection refused, timeouts, closed connections
+        except (bex.ConnectTimeoutError, bex.ReadTimeoutError) as exc:
+            raise StoreUnavailable(f"{where}: timed out: {redact(detail(exc))}") from exc
+        except bex.ResponseStreamingError as exc:  # an answer refused as it arrived
+            raise StoreUnavailable(f"{where}: answer refused: {redact(detail(exc))}") from exc
+        except bex.BotoCoreError as exc:  # connection refused, closed connections
             raise StoreUnavailable(f"{where}: unreachable: {redact(str(exc))}") from exc
 
     # -- JSON values -----------------------------------------------------------------------
