@@ -19,6 +19,8 @@ from urllib.parse import parse_qs, quote, quote_plus, unquote_plus
 import httpx
 import pytest
 
+from rotator.client import TokenClient
+from rotator.client.asyncio import AsyncTokenClient
 from rotator.errors import (
     BadTokenResponse,
     InvalidClient,
@@ -83,10 +85,32 @@ class _Capture:
         return parse_qs(self.request.content.decode(), keep_blank_values=True)
 
 
+def _client_sync(handler: Handler, req: TokenRequest | None = None,
+                 creds: Credentials | None = None) -> Token:
+    with TokenClient(req or TokenRequest(ENDPOINT), creds or _creds(),
+                     http=httpx.Client(transport=httpx.MockTransport(handler))) as client:
+        return client.token()
+
+
+def _client_async(handler: Handler, req: TokenRequest | None = None,
+                  creds: Credentials | None = None) -> Token:
+    async def go() -> Token:
+        client = AsyncTokenClient(req or TokenRequest(ENDPOINT), creds or _creds(),
+                                  http=httpx.AsyncClient(transport=httpx.MockTransport(handler)))
+        try:
+            return await client.token()
+        finally:
+            await client.aclose()
+    return asyncio.run(go())
+
+
 SENDERS = [pytest.param(_send, id="sync"), pytest.param(_send_async, id="async")]
+#: The request on the wire is the same from the client library, which encodes it once.
+WIRE_SENDERS = [*SENDERS, pytest.param(_client_sync, id="client"),
+                pytest.param(_client_async, id="async-client")]
 
 
-@pytest.mark.parametrize("send", SENDERS)
+@pytest.mark.parametrize("send", WIRE_SENDERS)
 class TestClientSecretBasic:
     """client_secret_basic sends form-urlencoded id:secret in the Basic header, not the body."""
 
@@ -119,7 +143,7 @@ class TestClientSecretBasic:
         assert seen.request.headers["Authorization"].startswith("Basic ")
 
 
-@pytest.mark.parametrize("send", SENDERS)
+@pytest.mark.parametrize("send", WIRE_SENDERS)
 class TestClientSecretPost:
     """client_secret_post sends id and secret as form fields and no Authorization header."""
 
@@ -135,7 +159,7 @@ class TestClientSecretPost:
                              "client_secret": [secret]}
 
 
-@pytest.mark.parametrize("send", SENDERS)
+@pytest.mark.parametrize("send", WIRE_SENDERS)
 class TestRequestParameters:
     """Scopes are joined with spaces; audience and resource are sent only when set."""
 
