@@ -26,6 +26,7 @@ from test_store_contract import aws_store
 
 from rotator import _bounded
 from rotator._deadline import DeadlinePassed
+from rotator.errors import StoreError
 
 
 class _Ok(http.server.BaseHTTPRequestHandler):
@@ -157,9 +158,13 @@ class _ProxyHandler(socketserver.StreamRequestHandler):
             self._pipe(upstream)
             return
         parsed = urllib.parse.urlsplit(target)
+        # the body may already sit in rfile's buffer, where the pipe below would not see it
+        length = next((int(h.split(":", 1)[1]) for h in headers
+                       if h.lower().startswith("content-length:")), 0)
+        body = self.rfile.read(length) if length else b""
         upstream = socket.create_connection((parsed.hostname or "", parsed.port or 80))
         upstream.sendall(f"{method} {parsed.path or '/'} HTTP/1.1\r\n".encode()
-                         + "".join(headers).encode("latin-1") + b"\r\n")
+                         + "".join(headers).encode("latin-1") + b"\r\n" + body)
         self._pipe(upstream)
 
     def _pipe(self, upstream: socket.socket) -> None:
@@ -320,3 +325,13 @@ class TestBotocoreThroughTheProxy:
         with aws_store(moto_server) as store:
             assert store.read(f"apps/missing-{secrets.token_hex(4)}") is None
         assert proxy.seen == [f"POST {moto_server.url}/ HTTP/1.1"]
+
+    def test_unusable_proxy_refused_at_start(self, proxy: _Proxy, moto_server: Any,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+        password = secrets.token_urlsafe(12)
+        monkeypatch.setenv("HTTP_PROXY", f"socks5://rotator:{password}@127.0.0.1:1")
+        store = aws_store(moto_server)
+        with pytest.raises(StoreError, match="socks5") as refused:
+            store.start()
+        store.close()
+        assert password not in str(refused.value)

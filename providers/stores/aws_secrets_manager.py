@@ -192,8 +192,8 @@ class AwsSecretsManagerStore:
             self._http = _bounded.client(timeout=timeout, verify=verify)
         except bex.BotoCoreError as exc:  # ProfileNotFound, NoRegionError, ...
             raise StoreAccessDenied(f"{where}: {redact(str(exc))}") from exc
-        except _bounded.ProxyRefused as exc:
-            raise StoreUnavailable(f"{where}: {exc}") from None
+        except _bounded.ProxyRefused as exc:  # the environment's to fix: not retried
+            raise StoreError(f"{where}: {exc}") from None
         send_through(self._client, "secrets-manager", self._http)
 
     def close(self) -> None:
