@@ -1,6 +1,6 @@
 """Hostile answers to the outgoing calls tests/test_hostile_idp.py does not cover: a
 consumer's token request and its report to the daemon, the admin API's JWKS fetch, the
-Cognito adapter and the AWS Secrets Manager store (both boto3).
+Cognito adapter and the AWS Secrets Manager store (both boto3), and the Vault store (hvac).
 
 A server on 127.0.0.1 answers one byte at a time (of its headers or its body), with a 256 MB
 body, or never. Each call gives up within its total timeout (counted in what the server
@@ -22,6 +22,7 @@ from structlog.testing import capture_logs
 
 from providers.idps.cognito import CognitoIdp
 from providers.stores.aws_secrets_manager import AwsSecretsManagerStore
+from providers.stores.vault import VaultStore
 from rotator.client import CachePolicy, TokenClient
 from rotator.client.asyncio import AsyncTokenClient
 from rotator.client_report import ConsumerReporter
@@ -197,3 +198,27 @@ class TestSecretsManagerAgainstHostileEndpoint:
         _check(server, message, secret_key)
         assert len(server.requests) == 2  # botocore retried once, each attempt bounded
         assert ("larger than" if mode == "huge" else "timed out") in message
+
+
+class TestVaultAgainstHostileServer:
+    """The Vault store's requests (hvac over requests) read an answer's body within the
+    store's timeout and at most 1 MiB of it: a Vault (or whatever answers on its address)
+    that drips its body, sends 256 MB or never answers fails the call as StoreUnavailable,
+    naming no token. (Headers dripped one line at a time are bounded per read only.)"""
+
+    @pytest.mark.parametrize("mode", ["slow_body", "huge", "silent"])
+    def test_mode(self, mode: str, hostile: Callable[[str], HostileServer]) -> None:
+        server = hostile(mode)
+        token = secrets.token_urlsafe(24)
+        store = VaultStore("vault", {
+            "url": f"http://127.0.0.1:{server.port}", "mount": "secret", "auth": "token",
+            "token": Secret(token), "tls_verify": True, "timeout": TIMEOUT,
+        })
+        with pytest.raises(StoreUnavailable) as caught:
+            store.start()  # its token lookup is the first request
+        store.close()
+        message = str(caught.value)
+        _check(server, message, token)
+        assert len(server.requests) == 1
+        expected = {"huge": "larger than", "slow_body": "not read within", "silent": "within"}
+        assert expected[mode] in message

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,68 @@ def remote_message(exc: hv.VaultError) -> str:
     errors = exc.errors or [str(exc.args[0] if exc.args else "")]
     text = errors if isinstance(errors, str) else "; ".join(map(str, errors))
     return redact(text.strip() or type(exc).__name__)
+
+
+#: Bytes a Vault answer may have; real ones are a few KiB.
+MAX_ANSWER = 1 << 20
+
+
+@functools.cache
+def answer_refused() -> type[Exception]:
+    """The error of an answer read no further (too large, encoded, or too slow to arrive),
+    defined when requests is first needed."""
+    import requests
+
+    class _AnswerRefused(requests.RequestException):
+        """Vault's answer was refused as it arrived."""
+
+    return _AnswerRefused
+
+
+@functools.cache
+def bounded_adapter() -> type[Any]:
+    """requests' adapter that reads an answer's body within the request's deadline and at
+    most :data:`MAX_ANSWER` bytes of it, asked for unencoded (a small compressed body cannot
+    expand past the bound). Each socket read is still bounded by the timeout requests is
+    given, so an answer dripped a byte at a time ends within about twice the deadline; its
+    headers are bounded per read only."""
+    import requests.adapters
+
+    refused = answer_refused()
+
+    class _BoundedAdapter(requests.adapters.HTTPAdapter):
+        def __init__(self, deadline: float, max_body: int = MAX_ANSWER) -> None:
+            super().__init__()
+            self._deadline, self._max_body = deadline, max_body
+
+        def send(self, request: requests.PreparedRequest, stream: bool = False,
+                 timeout: Any = None, verify: Any = True, cert: Any = None,
+                 proxies: Any = None) -> requests.Response:
+            started = time.monotonic()
+            request.headers["Accept-Encoding"] = "identity"
+            response = super().send(request, stream=True, timeout=timeout, verify=verify,
+                                    cert=cert, proxies=proxies)
+            try:
+                response._content = self._body(response, started)
+                response._content_consumed = True
+            finally:
+                response.close()  # back to the pool when read whole, else closed
+            return response
+
+        def _body(self, response: requests.Response, started: float) -> bytes:
+            encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                raise refused(f"answer encoded as {encoding[:20]!r} though asked not to be")
+            body = bytearray()
+            while chunk := response.raw.read1(65536, decode_content=False):
+                body += chunk
+                if len(body) > self._max_body:
+                    raise refused(f"answer larger than {self._max_body} bytes")
+                if time.monotonic() - started > self._deadline:
+                    raise refused(f"answer not read within {self._deadline:g}s")
+            return bytes(body)
+
+    return _BoundedAdapter
 
 
 @functools.cache
@@ -68,8 +131,10 @@ def http_classes() -> tuple[type[Exception], type[requests.Session]]:
     return _RedirectRefused, _SameOriginSession
 
 
-def session_for(url: str, verify: str | bool) -> tuple[requests.Session, str | bool]:
-    """A session for ``url`` that reads the environment once, here, instead of per request.
+def session_for(url: str, verify: str | bool, timeout: float = 10.0
+                ) -> tuple[requests.Session, str | bool]:
+    """A session for ``url`` that reads the environment once, here, instead of per request,
+    and reads each answer within ``timeout`` and at most 1 MiB of it (:func:`bounded_adapter`).
 
     requests, trusting the environment, scans every variable for proxy settings and looks
     for a netrc file on each request (about 4 ms of a rotation's CPU at ten requests). The
@@ -80,6 +145,9 @@ def session_for(url: str, verify: str | bool) -> tuple[requests.Session, str | b
     import requests
 
     session = http_classes()[1]()
+    adapter = bounded_adapter()(timeout)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
     session.trust_env = False
     session.proxies = requests.utils.get_environ_proxies(url)
     if verify is True:
@@ -136,6 +204,8 @@ class VaultConnection:
             raise StoreUnavailable(f"{where}: {path}: {remote_message(exc)}") from exc
         except refused as exc:
             raise StoreUnavailable(f"{where}: {path}: {redact(str(exc))}") from exc
+        except answer_refused() as exc:
+            raise StoreUnavailable(f"{where}: {self._url}: {exc}") from exc
         except requests.Timeout as exc:
             raise StoreUnavailable(
                 f"{where}: {self._url} is unreachable (no answer within {self._timeout:g}s)"
@@ -188,7 +258,7 @@ class VaultConnection:
         import hvac
 
         verify: str | bool = s.get("ca_file") or bool(s.get("tls_verify", True))
-        session, verify = session_for(self._url, verify)
+        session, verify = session_for(self._url, verify, self._timeout)
         self._client = client = hvac.Client(
             url=self._url,
             token=token.reveal() if isinstance(token, Secret) else None,
