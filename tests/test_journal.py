@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from rotator import interfaces
 from rotator.errors import JournalConflict, LeaseLost, RotationError, RotationLocked
@@ -642,6 +643,23 @@ class TestFencing:
         journal.acquire_lease("app", "daemon-b", 60)
         with pytest.raises(JournalConflict):
             begin(journal.fenced(old))
+
+    def test_refused_write_logs_lease_lost_once(self, journal: Any) -> None:
+        """The job's refused write says the lease was lost, whether or not the renewal
+        thread got there first, and the two together say it once."""
+        old = journal.acquire_lease("app", "daemon-a", 0)
+        fenced = journal.fenced(old)
+        rotation = begin(fenced)
+        journal.acquire_lease("app", "daemon-b", 60)
+        with capture_logs() as logs:
+            with pytest.raises(LeaseLost):
+                fenced.advance(rotation.id, State.CREATING, NOW, expected=State.STARTED)
+            with pytest.raises(LeaseLost):
+                fenced.renew_lease(fenced.lease, 60)
+        lost = [e for e in logs if e["event"] == "lease_lost"]
+        assert lost == [{"event": "lease_lost", "client": "app", "token": old.token,
+                         "log_level": "warning"}]
+        assert fenced.lost
 
     def test_fenced_view_reads_and_closes_nothing(self, journal: Any) -> None:
         lease = journal.acquire_lease("app", "daemon-a", 60)

@@ -59,9 +59,8 @@ class LeaseKeeper:
         while not self._stop.wait(self.ttl / 3):
             try:
                 lease = self.journal.renew_lease(lease, self.ttl)
-            except LeaseLost:
+            except LeaseLost:  # logged by the fenced journal (once, with the job's write)
                 self.lost = True
-                log.warning("lease_lost", client=lease.client, token=lease.token)
                 return
             except RotatorError as exc:  # the database is away: the writes will fail too
                 log.warning("lease_renewal_failed", client=lease.client, error=str(exc))

@@ -3,12 +3,15 @@ check every secret store makes on a write that carries one (:func:`refuse_stale`
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Protocol, cast
 
-from rotator.errors import FencedOut
+import structlog
+
+from rotator.errors import FencedOut, LeaseLost
 from rotator.interfaces import (
     AuditCheckpoint,
     HookRun,
@@ -19,6 +22,8 @@ from rotator.interfaces import (
     State,
     Step,
 )
+
+log = structlog.get_logger("rotator.daemon")
 
 
 def recorded_fence(value: object) -> int | None:
@@ -78,22 +83,47 @@ class _FenceableJournal(Protocol):
 
 
 class FencedJournal:
-    """``inner`` with every write carrying ``lease`` (a Journal itself)."""
+    """``inner`` with every write carrying ``lease`` (a Journal itself).
+
+    The first write or renewal refused because a newer holder took the lease logs
+    ``lease_lost`` (once, whichever comes first: the job's write or the renewal thread's),
+    and :attr:`lost` stays true.
+    """
 
     def __init__(self, inner: _FenceableJournal, lease: Lease) -> None:
         self._inner = inner
         self.lease = lease
+        self.lost = False
+        self._noted = threading.Lock()
+
+    def note_lost(self, lease: Lease) -> None:
+        """Record that ``lease`` was taken over; logs ``lease_lost`` the first time."""
+        with self._noted:
+            if self.lost:
+                return
+            self.lost = True
+        log.warning("lease_lost", client=lease.client, token=lease.token)
 
     def begin(self, rotation_id: RotationId, client: str, family: str, actor: str,
               old_fingerprint: str | None, now: datetime, *,
               targets: Sequence[RotationTarget] = (),
               audit_key_id: str | None = None, then: State | None = None) -> Rotation:
-        return self._inner._begin(rotation_id, client, family, actor, old_fingerprint, now,
-                                  targets, audit_key_id, self.lease, then)
+        lease = self.lease
+        try:
+            return self._inner._begin(rotation_id, client, family, actor, old_fingerprint,
+                                      now, targets, audit_key_id, lease, then)
+        except LeaseLost:
+            self.note_lost(lease)
+            raise
 
     def advance(self, rotation_id: RotationId, state: State, now: datetime, *,
                 expected: State, **fields: str | None) -> Rotation:
-        return self._inner._advance(rotation_id, state, now, expected, self.lease, fields)
+        lease = self.lease
+        try:
+            return self._inner._advance(rotation_id, state, now, expected, lease, fields)
+        except LeaseLost:
+            self.note_lost(lease)
+            raise
 
     def get(self, rotation_id: RotationId) -> Rotation:
         return self._inner.get(rotation_id)
@@ -140,7 +170,12 @@ class FencedJournal:
         return self._inner.acquire_lease(client, holder, ttl)
 
     def renew_lease(self, lease: Lease, ttl: float) -> Lease:
-        renewed = self._inner.renew_lease(lease, ttl)
+        try:
+            renewed = self._inner.renew_lease(lease, ttl)
+        except LeaseLost:
+            if lease.token == self.lease.token and lease.client == self.lease.client:
+                self.note_lost(lease)
+            raise
         if lease.token == self.lease.token and lease.client == self.lease.client:
             self.lease = renewed
         return renewed
