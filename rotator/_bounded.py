@@ -109,19 +109,10 @@ class BoundedTransport(httpx.BaseTransport):
 
     def _read(self, response: httpx.Response, started: float,
               request: httpx.Request) -> bytes:
-        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-        if encoding not in ("", "identity"):
-            raise AnswerRefused(f"answer encoded as {encoding[:20]!r} though asked not to be",
-                                request=request)
-        try:  # a test's transport may hand back an answer it already read
-            body = bytearray(response.content)
-        except httpx.ResponseNotRead:
-            body = bytearray()
-        else:
-            if len(body) > self._max_body:
-                raise AnswerRefused(f"answer larger than {self._max_body} bytes",
-                                    request=request)
-            return bytes(body)
+        read = _read_already(response, request, self._max_body)
+        if read is not None:
+            return read
+        body = bytearray()
         stream = response.stream
         if not isinstance(stream, httpx.SyncByteStream):
             raise TypeError("BoundedTransport wraps synchronous transports only")
@@ -170,19 +161,10 @@ class AsyncBoundedTransport(httpx.AsyncBaseTransport):
         return _answer(response, body, request)
 
     async def _read(self, response: httpx.Response, request: httpx.Request) -> bytes:
-        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-        if encoding not in ("", "identity"):
-            raise AnswerRefused(f"answer encoded as {encoding[:20]!r} though asked not to be",
-                                request=request)
-        try:  # a test's transport may hand back an answer it already read
-            body = bytearray(response.content)
-        except httpx.ResponseNotRead:
-            body = bytearray()
-        else:
-            if len(body) > self._max_body:
-                raise AnswerRefused(f"answer larger than {self._max_body} bytes",
-                                    request=request)
-            return bytes(body)
+        read = _read_already(response, request, self._max_body)
+        if read is not None:
+            return read
+        body = bytearray()
         stream = response.stream
         if not isinstance(stream, httpx.AsyncByteStream):
             raise TypeError("AsyncBoundedTransport wraps asyncio transports only")
@@ -195,6 +177,23 @@ class AsyncBoundedTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+def _read_already(response: httpx.Response, request: httpx.Request,
+                  max_body: int) -> bytes | None:
+    """Refuse an encoded answer; the body of one a test's transport already read (refused
+    past ``max_body``), or None when it is still to be read from its stream."""
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise AnswerRefused(f"answer encoded as {encoding[:20]!r} though asked not to be",
+                            request=request)
+    try:
+        body = response.content
+    except httpx.ResponseNotRead:
+        return None
+    if len(body) > max_body:
+        raise AnswerRefused(f"answer larger than {max_body} bytes", request=request)
+    return body
 
 
 def _answer(response: httpx.Response, body: bytes, request: httpx.Request) -> httpx.Response:

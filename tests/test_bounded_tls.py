@@ -202,114 +202,72 @@ def _address(server: socketserver.TCPServer) -> str:
     return f"{host!s}:{port}"
 
 
-class TestProxyFromTheEnvironment:
-    """A bounded client goes through the proxy the environment names for its URL (plain
-    HTTP as an absolute URI, https through a CONNECT tunnel with TLS verified end to end),
-    goes direct where NO_PROXY says, and refuses a proxy it cannot use without naming it."""
+def _get(kind: str, url: str, **kwargs: Any) -> int:
+    """GET ``url`` through a fresh bounded client of ``kind`` built with ``kwargs``: the
+    threaded :func:`_bounded.client` or the asyncio :func:`_bounded.async_client`."""
+    if kind == "threads":
+        with _bounded.client(**kwargs) as client:
+            return client.get(url).status_code
 
-    def test_http_through_the_proxy(self, proxy: _Proxy, http_url: str,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setenv("HTTP_PROXY", f"http://rotator:pw@{_address(proxy)}")
-        with _bounded.client(timeout=5.0) as client:
-            assert client.get(http_url).status_code == 200
-        assert proxy.seen == [f"GET {http_url} HTTP/1.1"] and proxy.authorized == [True]
-
-    def test_https_through_a_tunnel(self, proxy: _Proxy, https_url: str,
-                                    ca: server_rsyslog.TestCa,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setenv("HTTPS_PROXY", f"http://{_address(proxy)}")
-        with _bounded.client(timeout=5.0, verify=str(ca.ca)) as client:
-            assert client.get(https_url).status_code == 200
-        with _bounded.client(timeout=5.0) as client, pytest.raises(httpx.ConnectError):
-            client.get(https_url)  # the default trust store does not know the test CA
-        target = https_url.removeprefix("https://").rstrip("/")
-        assert proxy.seen == [f"CONNECT {target} HTTP/1.1"] * 2
-
-    def test_no_proxy_goes_direct(self, proxy: _Proxy, http_url: str,
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setenv("HTTP_PROXY", f"http://{_address(proxy)}")
-        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-        with _bounded.client(timeout=5.0) as client:
-            assert client.get(http_url).status_code == 200
-        assert proxy.seen == []
-
-    def test_the_deadline_holds_through_a_proxy(self, http_url: str,
-                                                monkeypatch: pytest.MonkeyPatch,
-                                                proxy: _Proxy) -> None:
-        stalled = _Proxy(stall=True)
-        threading.Thread(target=stalled.serve_forever, daemon=True).start()
-        try:
-            monkeypatch.setenv("HTTP_PROXY", f"http://{_address(stalled)}")
-            with _bounded.client(timeout=0.5) as client, \
-                    pytest.raises((DeadlinePassed, httpx.TimeoutException)):
-                client.get(http_url)
-        finally:
-            stalled.shutdown()
-            stalled.server_close()
-
-    def test_unusable_proxy_refused_unnamed(self, proxy: _Proxy,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
-        password = secrets.token_urlsafe(12)
-        monkeypatch.setenv("HTTPS_PROXY", f"socks5://rotator:{password}@127.0.0.1:1")
-        with pytest.raises(_bounded.ProxyRefused) as refused:
-            _bounded.client(timeout=5.0)
-        assert password not in str(refused.value) and "socks5" in str(refused.value)
-
-
-def _async_get(url: str, **kwargs: Any) -> int:
-    """GET ``url`` through a fresh :func:`_bounded.async_client` built with ``kwargs``."""
     async def get() -> int:
         async with _bounded.async_client(**kwargs) as client:
             return (await client.get(url)).status_code
     return asyncio.run(get())
 
 
-class TestAsyncClientFromTheEnvironment:
-    """The asyncio bounded client (the consumer library's) honours the same proxies, TLS
-    verification and total deadline as the threaded one."""
+def _build(kind: str, **kwargs: Any) -> object:
+    return (_bounded.client if kind == "threads" else _bounded.async_client)(**kwargs)
 
-    def test_http_through_the_proxy(self, proxy: _Proxy, http_url: str,
+
+@pytest.mark.parametrize("kind", ["threads", "asyncio"])
+class TestProxyFromTheEnvironment:
+    """A bounded client, threaded or asyncio (the consumer library's), goes through the proxy
+    the environment names for its URL (plain HTTP as an absolute URI, https through a
+    CONNECT tunnel with TLS verified end to end), goes direct where NO_PROXY says, keeps its
+    deadline through a proxy, and refuses a proxy it cannot use without naming it."""
+
+    def test_http_through_the_proxy(self, kind: str, proxy: _Proxy, http_url: str,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("HTTP_PROXY", f"http://rotator:pw@{_address(proxy)}")
-        assert _async_get(http_url, timeout=5.0) == 200
+        assert _get(kind, http_url, timeout=5.0) == 200
         assert proxy.seen == [f"GET {http_url} HTTP/1.1"] and proxy.authorized == [True]
 
-    def test_https_through_a_tunnel(self, proxy: _Proxy, https_url: str,
+    def test_https_through_a_tunnel(self, kind: str, proxy: _Proxy, https_url: str,
                                     ca: server_rsyslog.TestCa,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("HTTPS_PROXY", f"http://{_address(proxy)}")
-        assert _async_get(https_url, timeout=5.0, verify=str(ca.ca)) == 200
+        assert _get(kind, https_url, timeout=5.0, verify=str(ca.ca)) == 200
         with pytest.raises(httpx.ConnectError):
-            _async_get(https_url, timeout=5.0)  # the default trust store lacks the test CA
+            _get(kind, https_url, timeout=5.0)  # the default trust store lacks the test CA
         target = https_url.removeprefix("https://").rstrip("/")
         assert proxy.seen == [f"CONNECT {target} HTTP/1.1"] * 2
 
-    def test_no_proxy_goes_direct(self, proxy: _Proxy, http_url: str,
+    def test_no_proxy_goes_direct(self, kind: str, proxy: _Proxy, http_url: str,
                                   monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("HTTP_PROXY", f"http://{_address(proxy)}")
         monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-        assert _async_get(http_url, timeout=5.0) == 200
+        assert _get(kind, http_url, timeout=5.0) == 200
         assert proxy.seen == []
 
-    def test_the_deadline_holds_through_a_proxy(self, http_url: str,
+    def test_the_deadline_holds_through_a_proxy(self, kind: str, http_url: str,
                                                 monkeypatch: pytest.MonkeyPatch,
                                                 proxy: _Proxy) -> None:
         stalled = _Proxy(stall=True)
         threading.Thread(target=stalled.serve_forever, daemon=True).start()
         try:
             monkeypatch.setenv("HTTP_PROXY", f"http://{_address(stalled)}")
-            with pytest.raises(DeadlinePassed):
-                _async_get(http_url, timeout=0.5)
+            with pytest.raises((DeadlinePassed, httpx.TimeoutException)):
+                _get(kind, http_url, timeout=0.5)
         finally:
             stalled.shutdown()
             stalled.server_close()
 
-    def test_unusable_proxy_refused_unnamed(self, proxy: _Proxy,
+    def test_unusable_proxy_refused_unnamed(self, kind: str, proxy: _Proxy,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
         password = secrets.token_urlsafe(12)
         monkeypatch.setenv("HTTPS_PROXY", f"socks5://rotator:{password}@127.0.0.1:1")
         with pytest.raises(_bounded.ProxyRefused) as refused:
-            _bounded.async_client(timeout=5.0)
+            _build(kind, timeout=5.0)
         assert password not in str(refused.value) and "socks5" in str(refused.value)
 
 
