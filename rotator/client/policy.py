@@ -162,7 +162,7 @@ class _Fetch:
         self.request = request
         self.credentials = credentials
         # parsed and encoded once: httpx would parse the URL, merge the headers given as a
-        # dict and encode the form on every fetch (a third of a bare post's cost)
+        # dict and encode the form on every fetch (about a fifth of a bare post's cost)
         self.url = httpx.URL(request.token_endpoint)
         self.headers, self.body = encode_request(request, credentials)
 
