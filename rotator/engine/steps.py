@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import time
 from collections.abc import Callable
 from threading import Event
@@ -188,9 +187,8 @@ class Steps(StoreSteps):
         """
         creds = Credentials(client.client_id, value)
         dropped = Event()
-        token = self._helper_pool().submit(
-            contextvars.copy_context().run, self._verify_with_retries, client, caps, creds,
-            _until(dropped, self.sleep))
+        token = self._beside(self._verify_with_retries, client, caps, creds,
+                             _until(dropped, self.sleep))
         self._verifying[rotation.id] = _Ahead(token, time.monotonic(), dropped)
 
     def _drop_verification(self, rotation_id: RotationId, *, wait: bool) -> None:

@@ -6,7 +6,7 @@ import contextvars
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from rotator.config import ClientConfig
 from rotator.engine.audited import Audited, _ms
@@ -25,6 +25,8 @@ from rotator.secrets import Secret
 if TYPE_CHECKING:
     from concurrent.futures import Future, ThreadPoolExecutor
 
+
+_T = TypeVar("_T")
 
 #: Threads, one pool per process, that run a rotation's independent calls beside it: the store
 #: read while the IdP is asked (StoreSteps._asked_and_read), the token request while the
@@ -62,8 +64,7 @@ class StoreSteps(Audited):
         seen = self._caps_seen.get(client.idp)
         current: Future[StoredCredentials | None] | None = None
         if seen is not None and not needs_facts(seen):
-            current = self._helper_pool().submit(
-                contextvars.copy_context().run, primary.read, location, Stage.CURRENT)
+            current = self._beside(primary.read, location, Stage.CURRENT)
         try:
             caps = idp.capabilities(client.client_id)
         finally:
@@ -80,11 +81,17 @@ class StoreSteps(Audited):
             return caps, primary.read(location, Stage.CURRENT), None
         return caps, current.result(), None
 
-    @classmethod
-    def _helper_pool(cls) -> ThreadPoolExecutor:
+    @staticmethod
+    def _beside(call: Callable[..., _T], *args: object) -> Future[_T]:
+        """``call(*args)`` in a helper thread, in a copy of this thread's context (the log
+        context it binds goes along)."""
+        return StoreSteps._helper_pool().submit(contextvars.copy_context().run, call, *args)
+
+    @staticmethod
+    def _helper_pool() -> ThreadPoolExecutor:
         """The process's helper threads (see :data:`_HELPERS`), shared by every engine: a
         daemon makes an engine per job, and a pool per engine would start threads per job."""
-        with cls._helpers_lock:
+        with StoreSteps._helpers_lock:
             if StoreSteps._helpers is None:
                 from concurrent.futures import ThreadPoolExecutor  # only where it is used
 
